@@ -1,0 +1,1 @@
+"""disnet runtime layer."""

@@ -1,0 +1,101 @@
+"""Row geometry of sliding-window layers: which input rows an output band needs.
+
+Pure integer arithmetic, no torch, so the executor, the workers and the cost model share one definition
+(in the spirit of DeepThings' ``ftp.c``). Rows are half-open ranges ``(lo, hi)``.
+
+A layer reads padded input: ``pad_top`` virtual rows above row 0 and ``pad_bottom`` below the last row.
+Output row ``o`` reads padded rows ``[o*stride, o*stride + dilation*(kernel-1)]``, i.e. real rows
+``o*stride - pad_top`` to ``o*stride - pad_top + dilation*(kernel-1)``. Padding exists only at the true
+image borders, so a band that does not touch a border is computed with no vertical padding at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Rows = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LayerGeom:
+    """Vertical geometry of one primitive layer (pointwise layers: kernel 1, stride 1, no padding)."""
+
+    kernel: int
+    stride: int
+    pad_top: int
+    pad_bottom: int
+    dilation: int
+    in_rows: int
+    out_rows: int
+
+    @property
+    def reach(self) -> int:
+        """Input rows spanned by one output row."""
+        return self.dilation * (self.kernel - 1) + 1
+
+
+def layer_input_rows(g: LayerGeom, out: Rows) -> Rows:
+    """Input rows (clamped to the image) that output rows ``out`` of layer ``g`` read."""
+    lo, hi = out
+    if hi <= lo:
+        return (0, 0)
+    first = lo * g.stride - g.pad_top
+    last = (hi - 1) * g.stride - g.pad_top + g.reach - 1
+    return (max(0, first), min(g.in_rows, last + 1))
+
+
+def path_input_rows(path: Sequence[LayerGeom], out: Rows) -> Rows:
+    """Input rows that a chain of layers needs to produce ``out`` rows of its last layer."""
+    rows = out
+    for g in reversed(path):
+        rows = layer_input_rows(g, rows)
+    return rows
+
+
+def path_row_counts(path: Sequence[LayerGeom], out: Rows) -> list[int]:
+    """Rows each layer of the chain computes (halo included) to produce ``out`` rows at the end."""
+    counts = []
+    rows = out
+    for g in reversed(path):
+        counts.append(rows[1] - rows[0])
+        rows = layer_input_rows(g, rows)
+    return counts[::-1]
+
+
+def union(a: Rows, b: Rows) -> Rows:
+    """Smallest range covering both (empty ranges are ignored)."""
+    if a[1] <= a[0]:
+        return b
+    if b[1] <= b[0]:
+        return a
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def intersect(a: Rows, b: Rows) -> Rows:
+    """Overlap of two ranges, ``(x, x)`` when they do not overlap."""
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    return (lo, max(lo, hi))
+
+
+def split_by_shares(total: int, shares: Sequence[float]) -> list[int]:
+    """Integer sizes proportional to ``shares`` summing to ``total`` (largest remainder method).
+
+    Ties in the remainder go to the earlier entry, so the split is deterministic.
+    """
+    weight = float(sum(shares))
+    exact = [total * s / weight for s in shares]
+    sizes = [int(e) for e in exact]
+    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - sizes[i]), i))
+    for i in order[: total - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def contiguous_ranges(sizes: Sequence[int]) -> list[Rows]:
+    """Consecutive ranges ``[(0, s0), (s0, s0+s1), ...]`` for the given sizes."""
+    ranges, lo = [], 0
+    for size in sizes:
+        ranges.append((lo, lo + size))
+        lo += size
+    return ranges
