@@ -50,9 +50,7 @@ def _apply(module: nn.Module, x: torch.Tensor, top: int, bottom: int) -> torch.T
     if isinstance(module, nn.MaxPool2d):
         if top or bottom:
             x = F.pad(x, (0, 0, top, bottom), value=float("-inf"))
-        k, s, p, d = (
-            _pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation)
-        )
+        k, s, p, d = (_pair(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation))
         return F.max_pool2d(x, k, s, (0, p[1]), d)
     if isinstance(module, nn.AvgPool2d):
         if top or bottom:
@@ -125,9 +123,7 @@ def compute_band(
         return x
 
 
-def _compute_flat(
-    graph: LayerGraph, start: int, end: int, x: torch.Tensor, out: Rows
-) -> torch.Tensor:
+def _compute_flat(graph: LayerGraph, start: int, end: int, x: torch.Tensor, out: Rows) -> torch.Tensor:
     """A flat stage: everything runs whole except the last linear layer, which computes ``out`` only."""
     last = graph.last_linear(start, end)
     sliced = False

@@ -137,9 +137,7 @@ def _trace_spatial(module: nn.Module, x: torch.Tensor) -> tuple[SpatialOp, torch
 
 
 def _is_flat(modules: list[nn.Module], x: torch.Tensor) -> bool:
-    return x.dim() == 2 or any(
-        isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear)) for m in modules
-    )
+    return x.dim() == 2 or any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear)) for m in modules)
 
 
 def op_input_rows(op: SpatialOp, out: Rows) -> Rows:
@@ -204,9 +202,7 @@ class LayerGraph:
                         flops += op_flops(op, (0, y.shape[-2]))
                     x = y
                 params = sum(p.numel() for m in modules for p in m.parameters())
-                state = sum(
-                    t.numel() * t.element_size() for m in modules for t in m.state_dict().values()
-                )
+                state = sum(t.numel() * t.element_size() for m in modules for t in m.state_dict().values())
                 units.append(
                     Unit(
                         index=index,

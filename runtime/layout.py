@@ -102,18 +102,14 @@ def layout(graph, plan: Plan) -> PlanLayout:
     transfers = []
     row_bytes = graph.row_bytes(0)
     for task in tasks[0]:
-        transfers.append(
-            Transfer(0, plan.source, task.device, task.in_rows, _n(task.in_rows) * row_bytes)
-        )
+        transfers.append(Transfer(0, plan.source, task.device, task.in_rows, _n(task.in_rows) * row_bytes))
     for s in range(1, len(tasks)):
         row_bytes = graph.row_bytes(plan.stages[s].start)
         for receiver in tasks[s]:
             for sender in tasks[s - 1]:
                 rows = intersect(receiver.in_rows, sender.out_rows)
                 if rows[1] > rows[0]:
-                    transfers.append(
-                        Transfer(s, sender.device, receiver.device, rows, _n(rows) * row_bytes)
-                    )
+                    transfers.append(Transfer(s, sender.device, receiver.device, rows, _n(rows) * row_bytes))
     row_bytes = graph.row_bytes(len(graph.units))
     for sender in tasks[-1]:
         transfers.append(

@@ -55,9 +55,7 @@ class Plan:
     stages: tuple[Stage, ...]
 
     @classmethod
-    def build(
-        cls, source: str, sink: str, stages: Iterable[tuple[int, int, dict[str, float]]]
-    ) -> Plan:
+    def build(cls, source: str, sink: str, stages: Iterable[tuple[int, int, dict[str, float]]]) -> Plan:
         """Convenience constructor: ``stages`` as ``(start, end, {device: share})``."""
         return cls(
             str(source),
@@ -80,11 +78,7 @@ class Plan:
             sizes = split_by_shares(graph.extent(stage.end), [a.share for a in stage.assignments])
             ranges = contiguous_ranges(sizes)
             result.append(
-                [
-                    Band(a.device, r)
-                    for a, r in zip(stage.assignments, ranges, strict=True)
-                    if r[1] > r[0]
-                ]
+                [Band(a.device, r) for a, r in zip(stage.assignments, ranges, strict=True) if r[1] > r[0]]
             )
         return result
 
@@ -104,13 +98,9 @@ class Plan:
             if not (0 <= stage.start < stage.end <= n):
                 raise PlanError(f"{where}: unit range outside the model's {n} units")
             if stage.start < expected_start:
-                raise PlanError(
-                    f"{where}: overlaps the previous stage, which ends at {expected_start}"
-                )
+                raise PlanError(f"{where}: overlaps the previous stage, which ends at {expected_start}")
             if stage.start > expected_start:
-                raise PlanError(
-                    f"{where}: units [{expected_start}, {stage.start}) are not in any stage"
-                )
+                raise PlanError(f"{where}: units [{expected_start}, {stage.start}) are not in any stage")
             if stage.end not in graph.cut_points:
                 unit = graph.units[stage.end - 1]
                 raise PlanError(
@@ -126,12 +116,8 @@ class Plan:
                 if a.device in seen:
                     raise PlanError(f"{where}: device {a.device!r} is listed twice")
                 seen.add(a.device)
-                if not (
-                    isinstance(a.share, (int, float)) and math.isfinite(a.share) and a.share > 0
-                ):
-                    raise PlanError(
-                        f"{where}: device {a.device!r} has share {a.share!r}; must be > 0"
-                    )
+                if not (isinstance(a.share, (int, float)) and math.isfinite(a.share) and a.share > 0):
+                    raise PlanError(f"{where}: device {a.device!r} has share {a.share!r}; must be > 0")
             extent = graph.extent(stage.end)
             if len(stage.assignments) > extent:
                 raise PlanError(
@@ -166,9 +152,7 @@ class Plan:
     def from_dict(cls, data: dict) -> Plan:
         try:
             if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-                raise PlanError(
-                    f"unknown plan format {data.get('format')!r}; expected {PLAN_FORMAT}"
-                )
+                raise PlanError(f"unknown plan format {data.get('format')!r}; expected {PLAN_FORMAT}")
             stages = tuple(
                 Stage(
                     int(s["start"]),

@@ -44,18 +44,12 @@ def test_cut_only_after_activation_or_pool():
 
 
 def test_layer_input_rows_conv_and_strided():
-    conv = LayerGeom(
-        kernel=3, stride=1, pad_top=1, pad_bottom=1, dilation=1, in_rows=10, out_rows=10
-    )
+    conv = LayerGeom(kernel=3, stride=1, pad_top=1, pad_bottom=1, dilation=1, in_rows=10, out_rows=10)
     assert layer_input_rows(conv, (0, 5)) == (0, 6)
     assert layer_input_rows(conv, (5, 10)) == (4, 10)
-    strided = LayerGeom(
-        kernel=7, stride=2, pad_top=3, pad_bottom=3, dilation=1, in_rows=224, out_rows=112
-    )
+    strided = LayerGeom(kernel=7, stride=2, pad_top=3, pad_bottom=3, dilation=1, in_rows=224, out_rows=112)
     assert layer_input_rows(strided, (10, 20)) == (17, 42)
-    dilated = LayerGeom(
-        kernel=3, stride=1, pad_top=2, pad_bottom=2, dilation=2, in_rows=20, out_rows=20
-    )
+    dilated = LayerGeom(kernel=3, stride=1, pad_top=2, pad_bottom=2, dilation=2, in_rows=20, out_rows=20)
     assert layer_input_rows(dilated, (5, 6)) == (3, 8)
 
 

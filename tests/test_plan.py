@@ -27,9 +27,7 @@ def test_json_round_trip(graph):
 
 def test_zero_row_assignment_is_dropped(graph):
     g = graph.groups[0]
-    plan = Plan.build(
-        "a", "a", [(g[0], g[1], {"a": 1.0, "b": 1e-6}), (g[1], len(graph.units), {"a": 1})]
-    )
+    plan = Plan.build("a", "a", [(g[0], g[1], {"a": 1.0, "b": 1e-6}), (g[1], len(graph.units), {"a": 1})])
     bands = plan.validate(graph).bands(graph)
     assert [b.device for b in bands[0]] == ["a"]
 
@@ -71,9 +69,7 @@ def test_more_devices_than_rows(graph):
     n = len(graph.units)
     features = graph.extent(n)
     shares = {f"d{i}": 1 for i in range(features + 1)}
-    with pytest.raises(
-        PlanError, match=f"{features + 1} devices but the output has only {features}"
-    ):
+    with pytest.raises(PlanError, match=f"{features + 1} devices but the output has only {features}"):
         Plan.build("d0", "d0", [(0, n, shares)]).validate(graph)
 
 
