@@ -286,6 +286,22 @@ class LayerGraph:
                 rows = op_input_rows(op, rows)
         return flops
 
+    def unit_fractions(self, start: int, end: int, out: Rows) -> list[tuple[int, float]]:
+        """Per unit of ``[start, end)``, the fraction of its output a band computes (halo included).
+
+        Scales a measured per-unit time to a band, the way ``band_flops`` scales FLOPs.
+        """
+        if self.stage_kind(end) == "flat":
+            last = self.last_linear(start, end)
+            share = (out[1] - out[0]) / self.extent(end)
+            return [(u.index, share if last is not None and u.index >= last else 1.0) for u in self.units[start:end]]
+        fractions, rows = [], out
+        for unit in reversed(self.units[start:end]):
+            fractions.append((unit.index, (rows[1] - rows[0]) / self.extent(unit.index + 1)))
+            for op in reversed(unit.ops):
+                rows = op_input_rows(op, rows)
+        return fractions[::-1]
+
     def last_linear(self, start: int, end: int) -> int | None:
         """Index of the last unit in ``[start, end)`` holding a linear layer (flat stages split it)."""
         for unit in reversed(self.units[start:end]):

@@ -1,0 +1,131 @@
+"""The cost model on hand-checked plans, and its agreement with the plan layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from env.cost_model import CostModel, Objective, Profile
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, random_plan
+from runtime.spec import load_cluster
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
+
+
+class Fixed:
+    """Constant conditions: every link at its spec bandwidth, every device at nominal speed."""
+
+    def __init__(self, spec, speed=None):
+        self.spec, self.speed = spec, speed or {}
+
+    def transfer_time(self, a, b, nbytes, t):
+        return nbytes * 8 / (self.spec.link(a, b).mbps * 1e6)
+
+    def latency(self, a, b):
+        return self.spec.link(a, b).latency_s
+
+    def speed_at(self, d, t):
+        return self.speed.get(d, 1.0)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_cluster(CONFIGS / "tiny3.yaml")
+
+
+def airtime(nbytes, mbps=50):
+    return nbytes * 8 / (mbps * 1e6)
+
+
+def test_single_device_plan_by_hand(graph, spec):
+    n = len(graph.units)
+    plan = Plan.build("d0", "d2", [(0, n, {"d1": 1})])
+    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    in_bytes, out_bytes = 3 * 32 * 32 * 4, 10 * 4
+    compute = graph.total_flops / 4e9
+    expected = airtime(in_bytes) + 0.001 + compute + airtime(out_bytes) + 0.001
+    assert p.latency_s == pytest.approx(expected, rel=1e-9)
+    d1 = p.device_time["d1"]
+    assert d1.compute_s == pytest.approx(compute)
+    assert d1.send_s == pytest.approx(airtime(out_bytes))
+    assert p.device_time["d0"].send_s == pytest.approx(airtime(in_bytes))
+    power = spec.devices["d1"].power
+    assert p.device_energy_j["d1"] == pytest.approx(
+        compute * power.compute_w + airtime(out_bytes) * power.transmit_w + airtime(in_bytes) * power.receive_w
+        + d1.idle_s * power.idle_w
+    )
+
+
+def test_source_radio_sends_one_band_at_a_time(graph, spec):
+    """Two devices split the first layer; the source's radio serves d1 first, then d2."""
+    s, e = graph.groups[0]
+    n = len(graph.units)
+    plan = Plan.build("d0", "d2", [(s, e, {"d1": 1, "d2": 1}), (e, n, {"d2": 1})])
+    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    row = 3 * 32 * 4
+    band = 17 * row  # 16 rows + 1 halo row
+    first_layer = graph.band_flops(s, e, (0, 16))
+    d1_done = airtime(band) + 0.001 + first_layer / 4e9
+    d2_ready = 2 * airtime(band) + 0.001  # waits for the radio to finish d1's band
+    d2_done_first = d2_ready + first_layer / 8e9
+    # d2 then needs d1's half of the stage-0 output (16 rows of 16x32 floats) plus its own
+    d1_to_d2 = d1_done + airtime(16 * 16 * 32 * 4) + 0.001
+    stage2_start = max(d2_done_first, d1_to_d2)
+    rest = graph.band_flops(e, n, (0, 10)) / 8e9
+    assert p.latency_s == pytest.approx(stage2_start + rest, rel=1e-9)
+
+
+def test_multi_hop_is_store_and_forward():
+    spec = load_cluster(CONFIGS / "line4.yaml")
+    graph = LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+    plan = Plan.build("d0", "d0", [(0, len(graph.units), {"d3": 1})])
+    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    path = spec.route_links("d0", "d3")
+    in_bytes, out_bytes = 3 * 32 * 32 * 4, 40
+    hops = sum(airtime(in_bytes, link.mbps) + link.latency_s for link in path)
+    back = sum(airtime(out_bytes, link.mbps) + link.latency_s for link in path)
+    compute = graph.total_flops / (spec.devices["d3"].gflops * 1e9)
+    assert p.latency_s == pytest.approx(hops + compute + back, rel=1e-9)
+    assert p.device_time["d1"].send_s > 0 and p.device_time["d1"].recv_s > 0  # the relay works too
+
+
+def test_slower_device_and_link_raise_latency(graph, spec):
+    plan = random_plan(graph, list(spec.device_ids), np.random.default_rng(0), source="d0", sink="d2")
+    model = CostModel(graph, spec)
+    base = model.latency(plan, Fixed(spec))
+    assert model.latency(plan, Fixed(spec, {d: 0.5 for d in spec.device_ids})) > base
+
+
+def test_profile_scales_with_device_speed(graph, spec):
+    flops_profile = Profile("tiny", 1.0, tuple(u.flops / 1e9 for u in graph.units))
+    plan = random_plan(graph, list(spec.device_ids), np.random.default_rng(1), source="d0", sink="d1")
+    by_flops = CostModel(graph, spec).predict(plan, Fixed(spec))
+    by_profile = CostModel(graph, spec, flops_profile).predict(plan, Fixed(spec))
+    assert by_profile.latency_s == pytest.approx(by_flops.latency_s, rel=1e-6)
+
+
+def test_objectives(graph, spec):
+    plan = Plan.build("d0", "d2", [(0, len(graph.units), {"d1": 1})])
+    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    assert Objective("latency").score(p) == p.latency_s
+    assert Objective("energy").score(p) == p.energy_j
+    assert Objective("weighted", 2.0).score(p) == pytest.approx(p.latency_s + 2 * p.energy_j)
+    with pytest.raises(ValueError, match="objective kind"):
+        Objective("speed")
+
+
+def test_deterministic(graph, spec):
+    rng = np.random.default_rng(5)
+    plans = [random_plan(graph, list(spec.device_ids), rng, source="d0", sink="d2") for _ in range(20)]
+    a = [CostModel(graph, spec).predict(p, Fixed(spec)) for p in plans]
+    b = [CostModel(graph, spec).predict(p, Fixed(spec)) for p in plans]
+    assert a == b
