@@ -14,8 +14,9 @@ small discrete-event simulation with exactly the runtime's semantics (design.md,
 - energy = compute, transmit and receive seconds times the device's powers, plus idle power while a
   participating device waits inside the makespan.
 
-``conditions`` is anything with ``transfer_time(a, b, nbytes, t)``, ``latency(a, b)`` and
-``speed_at(device, t)``: a ``Snapshot`` (what a planner sees) or a ``NetworkState`` (the world).
+``conditions`` is anything with ``transfer_time(a, b, nbytes, t)`` (one direct hop, latency excluded) and
+``speed_at(device, t)``: a ``Snapshot`` (what a planner sees) or a ``NetworkState`` (the world). Link
+latencies come from the cluster spec.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class _Hop:
     src: str
     dst: str
     nbytes: int
+    latency_s: float
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class _Skeleton:
     """Everything about a plan that does not depend on the network's state: cached per plan."""
 
     devices: tuple[str, ...]
-    work: tuple[tuple[str, float, int], ...]  # per task: device, reference seconds or FLOPs, stage
+    work: tuple[tuple[str, float], ...]  # per task: device, seconds at nominal speed
     inputs: tuple[int, ...]  # per task: number of remote pieces it waits for
     sends: tuple[tuple[_Route, ...], ...]  # per task: what it sends when done
     source_sends: tuple[_Route, ...]
@@ -132,20 +134,35 @@ class CostModel:
         self.spec = spec
         self.profile = profile
         self._skeletons: dict[Plan, _Skeleton] = {}
+        self._paths: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
 
     # ---- static part ---------------------------------------------------------------------------
-    def _work(self, stage_start: int, stage_end: int, rows) -> float:
-        """Work of one task: FLOPs, or reference-device seconds when a profile is given."""
+    def _nominal_seconds(self, device: str, start: int, end: int, rows) -> float:
+        """Compute time of one task on ``device`` at nominal speed: FLOPs / GFLOP/s, or the profile scaled."""
+        gflops = self.spec.devices[device].gflops
         if self.profile is None:
-            return float(self.graph.band_flops(stage_start, stage_end, rows))
-        seconds = 0.0
-        for unit, fraction in self.graph.unit_fractions(stage_start, stage_end, rows):
-            seconds += self.profile.unit_seconds[unit] * fraction
-        return seconds
+            return self.graph.band_flops(start, end, rows) / (gflops * 1e9)
+        seconds = sum(
+            self.profile.unit_seconds[u] * f for u, f in self.graph.unit_fractions(start, end, rows)
+        )
+        return seconds * self.profile.reference_gflops / gflops
 
     def _route(self, src: str, dst: str, nbytes: int, task: int) -> _Route:
-        path = self.spec.route(src, dst)
-        return _Route(tuple(_Hop(a, b, nbytes) for a, b in zip(path[:-1], path[1:], strict=True)), task)
+        hops = tuple(
+            _Hop(link_src, link_dst, nbytes, lat) for link_src, link_dst, lat in self._path(src, dst)
+        )
+        return _Route(hops, task)
+
+    def _path(self, src: str, dst: str) -> list[tuple[str, str, float]]:
+        """Hops ``(from, to, latency)`` of the route between two devices (cached)."""
+        path = self._paths.get((src, dst))
+        if path is None:
+            devices = self.spec.route(src, dst)
+            path = [
+                (a, b, self.spec.link(a, b).latency_s) for a, b in zip(devices[:-1], devices[1:], strict=True)
+            ]
+            self._paths[(src, dst)] = path
+        return path
 
     def skeleton(self, plan: Plan) -> _Skeleton:
         cached = self._skeletons.get(plan)
@@ -157,7 +174,9 @@ class CostModel:
         for stage, tasks in zip(plan.stages, lay.tasks, strict=True):
             for task in tasks:
                 index[(task.stage, task.device)] = len(work)
-                work.append((task.device, self._work(stage.start, stage.end, task.out_rows), task.stage))
+                work.append(
+                    (task.device, self._nominal_seconds(task.device, stage.start, stage.end, task.out_rows))
+                )
         sends: list[list[_Route]] = [[] for _ in work]
         local_ready: list[list[int]] = [[] for _ in work]
         inputs = [0] * len(work)
@@ -201,75 +220,68 @@ class CostModel:
         return skeleton
 
     # ---- simulation ----------------------------------------------------------------------------
-    def _duration(self, device: str, work: float, speed: float) -> float:
-        gflops = self.spec.devices[device].gflops * speed
-        if self.profile is None:
-            return work / (gflops * 1e9)
-        return work * self.profile.reference_gflops / gflops
-
     def predict(self, plan: Plan, conditions, t0: float = 0.0) -> Prediction:
         """Simulate one request that starts at ``t0`` with the input on the source."""
         sk = self.skeleton(plan)
-        compute = defaultdict(float)
-        send = defaultdict(float)
-        recv = defaultdict(float)
-        compute_free = defaultdict(lambda: t0)
-        radio_free = defaultdict(lambda: t0)
+        compute = dict.fromkeys(sk.devices, 0.0)
+        send = dict.fromkeys(sk.devices, 0.0)
+        recv = dict.fromkeys(sk.devices, 0.0)
+        compute_free = dict.fromkeys(sk.devices, t0)
+        radio_free = dict.fromkeys(sk.devices, t0)
         waiting = list(sk.inputs)
         ready_at = [t0] * len(sk.work)
         sink_waiting = sk.sink_inputs
         finish = t0
-        # heap of events: (time, seq, kind, payload); kind 0 = hop ready to send, 1 = task ready
+        transfer_time, speed_at = conditions.transfer_time, conditions.speed_at
+        push, pop = heapq.heappush, heapq.heappop
+        # events: (time, seq, route, hop index) for a hop whose bytes are ready to send, or
+        # (time, seq, None, task) for a task whose input is complete; seq keeps FIFO order on ties
         events: list = []
         seq = 0
-
-        def arrive(task: int, at: float) -> None:
-            nonlocal seq, sink_waiting, finish
-            if task < 0:
-                sink_waiting -= 1
-                finish = max(finish, at)
-                return
-            waiting[task] -= 1
-            ready_at[task] = max(ready_at[task], at)
-            if waiting[task] == 0:
-                heapq.heappush(events, (ready_at[task], seq, 1, task))
-                seq += 1
-
-        def emit(routes, at: float) -> None:
-            nonlocal seq
-            for route in routes:
-                heapq.heappush(events, (at, seq, 0, (route, 0)))
-                seq += 1
-
-        emit(sk.source_sends, t0)
-        for task in sk.source_local:
-            arrive(task, t0)
-        while events:
-            at, _, kind, payload = heapq.heappop(events)
-            if kind == 1:
-                device, work, _ = sk.work[payload]
-                start = max(at, compute_free[device])
-                duration = self._duration(device, work, conditions.speed_at(device, start))
-                end = start + duration
+        arrivals = [(task, t0) for task in sk.source_local]
+        for route in sk.source_sends:
+            push(events, (t0, seq, route, 0))
+            seq += 1
+        while True:
+            for task, at in arrivals:
+                if task < 0:
+                    sink_waiting -= 1
+                    finish = at if at > finish else finish
+                    continue
+                waiting[task] -= 1
+                if at > ready_at[task]:
+                    ready_at[task] = at
+                if waiting[task] == 0:
+                    push(events, (ready_at[task], seq, None, task))
+                    seq += 1
+            if not events:
+                break
+            at, _, route, i = pop(events)
+            if route is None:
+                device, nominal = sk.work[i]
+                start = at if at > compute_free[device] else compute_free[device]
+                end = start + nominal / speed_at(device, start)
                 compute_free[device] = end
-                compute[device] += duration
-                emit(sk.sends[payload], end)
-                for task in sk.local_ready[payload]:
-                    arrive(task, end)
+                compute[device] += end - start
+                for out in sk.sends[i]:
+                    push(events, (end, seq, out, 0))
+                    seq += 1
+                arrivals = [(task, end) for task in sk.local_ready[i]]
                 continue
-            route, i = payload
             hop = route.hops[i]
-            start = max(at, radio_free[hop.src])
-            airtime = conditions.transfer_time(hop.src, hop.dst, hop.nbytes, start)
+            free = radio_free[hop.src]
+            start = at if at > free else free
+            airtime = transfer_time(hop.src, hop.dst, hop.nbytes, start)
             radio_free[hop.src] = start + airtime
             send[hop.src] += airtime
             recv[hop.dst] += airtime
-            arrival = start + airtime + conditions.latency(hop.src, hop.dst)
+            arrival = start + airtime + hop.latency_s
             if i + 1 < len(route.hops):
-                heapq.heappush(events, (arrival, seq, 0, (route, i + 1)))
+                push(events, (arrival, seq, route, i + 1))
                 seq += 1
+                arrivals = ()
             else:
-                arrive(route.task, arrival)
+                arrivals = ((route.task, arrival),)
         if sink_waiting:
             raise RuntimeError("cost model: the sink never received the whole output")
         makespan = finish - t0
