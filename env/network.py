@@ -1,0 +1,437 @@
+"""The time-varying world a plan runs in, and the part of it a planner may observe.
+
+`NetworkState` is the whole truth: one bandwidth `Trace` per direct link, a speed factor schedule per
+device (1.0 = the spec's nominal gflops) and the intervals during which each device is gone. The cost
+model and the runtime's link shaping read it; planners never do. They get a `Snapshot`: what a
+monitor on the devices could have measured up to time t (windowed mean bandwidths, recent per-second
+history, speed factors, who is up), never anything after t.
+
+Both answer per *direct* link only; routes over relays are the cost model's job (`spec.route`).
+
+`DynamicsConfig` (pydantic, the `dynamics:` section of a training config) says how the world
+changes; `NetworkState.sample(spec, dynamics, rng)` draws one world from it, e.g. per episode. The
+default config is a static world: every link constant at its spec bandwidth, speed 1, no failures.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PlainSerializer,
+    PositiveFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from env.traces import Trace, TraceSource, constant, markov_outages, random_walk
+from runtime.spec import ClusterSpec, Link
+
+
+class NetworkError(ValueError):
+    """A dynamics config or network state is invalid, or a query names a link that does not exist."""
+
+
+def link_key(a: str, b: str) -> tuple[str, str]:
+    """The canonical key of the undirected link a-b: the sorted pair."""
+    return (a, b) if a <= b else (b, a)
+
+
+def _direct_link(spec: ClusterSpec, a: str, b: str) -> Link:
+    link = spec.link(a, b)
+    if link is None:
+        raise NetworkError(
+            f"cluster {spec.name!r}: no direct link {a}-{b} (multi-hop routes go through spec.route)"
+        )
+    return link
+
+
+# ---------------------------------------------------------------------------------------- snapshot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a planner may know at decision time `time`: measurements of the past only.
+
+    `speed[d]` is the measured speed factor of device d (1.0 = nominal gflops), `link_mbps` the recent
+    measured bandwidth per direct link and `link_history` its per-second means, oldest first, both
+    keyed by `link_key`. Costs derived from a snapshot assume these values hold from now on.
+    """
+
+    time: float
+    spec: ClusterSpec
+    source: str
+    sink: str
+    available: frozenset[str]
+    speed: dict[str, float]
+    link_mbps: dict[tuple[str, str], float]
+    link_history: dict[tuple[str, str], tuple[float, ...]]
+
+    def device_gflops(self, d: str) -> float:
+        """Effective GFLOP/s of device `d` at its measured speed."""
+        return self.spec.devices[d].gflops * self.speed[d]
+
+    def transfer_time(self, a: str, b: str, nbytes: float, t: float) -> float:
+        """Seconds to send `nbytes` over the direct link a-b at its measured bandwidth (no latency);
+        infinite if the link measured 0. `t` is accepted for the conditions interface and unused."""
+        _direct_link(self.spec, a, b)
+        if nbytes == 0:
+            return 0.0
+        mbps = self.link_mbps[link_key(a, b)]
+        return nbytes * 8 / (mbps * 1e6) if mbps > 0 else math.inf
+
+    def latency(self, a: str, b: str) -> float:
+        """Propagation latency of the direct link a-b, from the spec."""
+        return _direct_link(self.spec, a, b).latency_s
+
+    def speed_at(self, d: str, t: float) -> float:
+        """Measured speed factor of `d` (constant over the future as far as a snapshot knows)."""
+        return self.speed[d]
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _to_source(value: Any, info: ValidationInfo) -> TraceSource:
+    """Build (and so load and check) a trace source at config time; relative paths are resolved
+    against the `base_dir` of the validation context (the config file's folder)."""
+    if isinstance(value, TraceSource):
+        return value
+    base_dir = (info.context or {}).get("base_dir")
+    return TraceSource(value, base_dir=base_dir, origin="trace")
+
+
+_Source = Annotated[
+    TraceSource,
+    BeforeValidator(_to_source),
+    PlainSerializer(lambda source: source.spec.model_dump(mode="json"), return_type=dict),
+]
+
+
+class LinkDynamics(_Config):
+    """Bandwidth traces per link: `default` for every link (None: constant at the spec bandwidth),
+    `per_link` overrides keyed "a-b" (either order). Values are TraceSpecs or a trace file/folder."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    default: _Source | None = None
+    per_link: dict[str, _Source] = {}
+
+    @field_validator("per_link", mode="before")
+    @classmethod
+    def _keys_name_links(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for key in value:
+                if not (isinstance(key, str) and "-" in key.strip("-")):
+                    raise ValueError(f"key {key!r} must name a link as 'a-b'")
+        return value
+
+
+class NoLoad(_Config):
+    """Every device runs at its nominal speed."""
+
+    kind: Literal["none"] = "none"
+
+    def schedule(self, duration: float, rng: np.random.Generator) -> Trace:
+        return constant(1.0, duration)
+
+
+class RandomWalkLoad(_Config):
+    """Speed factor follows a mean-reverting random walk clipped to [lo, hi], one value per step."""
+
+    kind: Literal["random_walk"]
+    lo: PositiveFloat = 0.3
+    hi: PositiveFloat = 1.0
+    mean: PositiveFloat | None = None  # None: midway between lo and hi
+    sigma: NonNegativeFloat = 0.05
+    step_s: PositiveFloat = 1.0
+    reversion: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomWalkLoad:
+        if self.lo > self.hi:
+            raise ValueError(f"lo ({self.lo}) must not exceed hi ({self.hi})")
+        if self.mean is not None and not self.lo <= self.mean <= self.hi:
+            raise ValueError(f"mean ({self.mean}) must lie in [lo, hi] = [{self.lo}, {self.hi}]")
+        return self
+
+    def schedule(self, duration: float, rng: np.random.Generator) -> Trace:
+        mean = (self.lo + self.hi) / 2 if self.mean is None else self.mean
+        return random_walk(mean, self.sigma, duration, self.step_s, self.lo, self.hi, self.reversion, rng=rng)
+
+
+class MarkovLoad(_Config):
+    """Speed factor jumps between `levels` (e.g. nominal and slowed down) as a Markov chain stepped
+    every `step_s`; `transition` is a switch probability or a row-stochastic matrix."""
+
+    kind: Literal["markov"]
+    levels: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 0.5]
+    transition: Annotated[float, Field(ge=0, le=1)] | list[list[NonNegativeFloat]] = 0.05
+    step_s: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _matrix_fits(self) -> MarkovLoad:
+        self.schedule(self.step_s, np.random.default_rng(0))  # raises on a bad transition matrix
+        return self
+
+    def schedule(self, duration: float, rng: np.random.Generator) -> Trace:
+        return markov_outages(self.levels, self.transition, 0.0, self.step_s, duration, self.step_s, rng=rng)
+
+
+class FailureConfig(_Config):
+    """Devices leave and come back: failures arrive at `rate_per_min` per device while it is up (a
+    Poisson process), each lasting an exponential time of mean `mean_downtime_s`. `exempt` devices
+    never fail (None: the cluster's source and sink)."""
+
+    rate_per_min: NonNegativeFloat = 0.0
+    mean_downtime_s: PositiveFloat = 30.0
+    exempt: list[str] | None = None
+
+    def downtime(
+        self, spec: ClusterSpec, horizon_s: float, rngs: Sequence[np.random.Generator]
+    ) -> dict[str, list[tuple[float, float]]]:
+        """Down intervals per device, failures starting within [0, horizon_s); one rng per device."""
+        exempt = (spec.source, spec.sink) if self.exempt is None else tuple(self.exempt)
+        unknown = [d for d in exempt if d not in spec.devices]
+        if unknown:
+            raise NetworkError(f"failures.exempt: unknown device(s) {unknown} in cluster {spec.name!r}")
+        out: dict[str, list[tuple[float, float]]] = {}
+        for dev, rng in zip(spec.devices, rngs, strict=True):
+            intervals: list[tuple[float, float]] = []
+            if self.rate_per_min > 0 and dev not in exempt:
+                t = rng.exponential(60.0 / self.rate_per_min)
+                while t < horizon_s:
+                    end = t + rng.exponential(self.mean_downtime_s)
+                    intervals.append((float(t), float(end)))
+                    t = end + rng.exponential(60.0 / self.rate_per_min)
+            out[dev] = intervals
+        return out
+
+
+class DynamicsConfig(_Config):
+    """How the world changes during an episode (defaults: a static world).
+
+    Link traces are post-processed in this order: the TraceSpec's own shift/scale/cap, then
+    `scale_to_spec` (the trace's period mean becomes the spec link's Mbit/s, so topology bandwidths
+    keep their meaning while the trace supplies the shape), then `bandwidth_cap_mbps`. Load and
+    failure schedules are drawn for `horizon_s` seconds: load loops with that period, failures
+    start only before it. `seed` is used when `NetworkState.sample` gets no rng.
+    """
+
+    links: LinkDynamics = LinkDynamics()
+    scale_to_spec: bool = True
+    bandwidth_cap_mbps: PositiveFloat | None = None
+    load: Annotated[NoLoad | RandomWalkLoad | MarkovLoad, Field(discriminator="kind")] = NoLoad()
+    failures: FailureConfig = FailureConfig()
+    horizon_s: PositiveFloat = 3600.0
+    seed: int = 0
+
+    @classmethod
+    def parse(
+        cls, data: Any, *, origin: str = "<dict>", base_dir: str | Path | None = None
+    ) -> DynamicsConfig:
+        """Validate a parsed YAML mapping; errors become a NetworkError naming `origin` and the field.
+        Relative trace paths are resolved against `base_dir` (default: the working directory)."""
+        try:
+            return cls.model_validate(data, context={"base_dir": base_dir})
+        except ValidationError as exc:
+            lines = [
+                f"{origin}: {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            ]
+            raise NetworkError("\n".join(lines)) from None
+
+
+# ----------------------------------------------------------------------------------- network state
+
+
+def _child_rngs(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
+    """Independent generators, one per link or device, so one item's config leaves the others'
+    draws unchanged."""
+    return [np.random.default_rng(int(s)) for s in rng.integers(2**63, size=n)]
+
+
+def _resolve_overrides(
+    spec: ClusterSpec, per_link: Mapping[str, TraceSource]
+) -> dict[tuple[str, str], TraceSource]:
+    """Map "a-b" keys to link keys; ids may contain '-', so try every split that names a link."""
+    out: dict[tuple[str, str], TraceSource] = {}
+    for name, source in per_link.items():
+        keys = {
+            link_key(name[:i], name[i + 1 :])
+            for i, ch in enumerate(name)
+            if ch == "-" and spec.link(name[:i], name[i + 1 :]) is not None
+        }
+        if len(keys) != 1:
+            problem = "names no link" if not keys else "is ambiguous"
+            raise NetworkError(f"links.per_link.{name}: {problem} in cluster {spec.name!r}")
+        (key,) = keys
+        if key in out:
+            raise NetworkError(f"links.per_link.{name}: link {key[0]}-{key[1]} given twice")
+        out[key] = source
+    return out
+
+
+def _merged(dev: str, intervals: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    out: list[tuple[float, float]] = []
+    for t0, t1 in sorted((float(a), float(b)) for a, b in intervals):
+        if not (math.isfinite(t0) and t1 > t0):
+            raise NetworkError(f"downtime.{dev}: interval ({t0}, {t1}) needs a finite start before its end")
+        if out and t0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], t1))
+        else:
+            out.append((t0, t1))
+    return tuple(out)
+
+
+class NetworkState:
+    """One realisation of the world: per-link bandwidth traces, per-device speed factor schedules
+    (Traces whose values are factors) and down intervals [t0, t1) per device. Times are seconds
+    since the episode start. Devices without a speed schedule run at 1.0; without downtime, stay up.
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        link_traces: Mapping[tuple[str, str], Trace],
+        speed: Mapping[str, Trace] | None = None,
+        downtime: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._links: dict[tuple[str, str], Trace] = {}
+        for (a, b), trace in link_traces.items():
+            key = link_key(a, b)
+            if spec.link(a, b) is None:
+                raise NetworkError(f"link_traces: no link {a}-{b} in cluster {spec.name!r}")
+            if key in self._links:
+                raise NetworkError(f"link_traces: link {a}-{b} given twice")
+            self._links[key] = trace
+        missing = [f"{ln.a}-{ln.b}" for ln in spec.links if link_key(ln.a, ln.b) not in self._links]
+        if missing:
+            raise NetworkError(f"link_traces: no trace for link(s) {', '.join(missing)}")
+        for name, given in (("speed", speed), ("downtime", downtime)):
+            unknown = sorted(set(given or {}) - set(spec.devices))
+            if unknown:
+                raise NetworkError(f"{name}: unknown device(s) {unknown} in cluster {spec.name!r}")
+        nominal = constant(1.0)
+        self._speed = {d: (speed or {}).get(d, nominal) for d in spec.devices}
+        self._down = {d: _merged(d, (downtime or {}).get(d, ())) for d in spec.devices}
+        self._down_starts = {d: [t0 for t0, _ in iv] for d, iv in self._down.items()}
+
+    @classmethod
+    def static(cls, spec: ClusterSpec) -> NetworkState:
+        """A constant world: every link at its spec bandwidth, every device at speed 1, always up."""
+        return cls(spec, {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links})
+
+    @classmethod
+    def sample(
+        cls,
+        spec: ClusterSpec,
+        dynamics: DynamicsConfig | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> NetworkState:
+        """Draw one world: a trace per link, a speed schedule and down intervals per device.
+        Without `rng`, `dynamics.seed` seeds the draw (same config and seed, same world)."""
+        dynamics = DynamicsConfig() if dynamics is None else dynamics
+        rng = np.random.default_rng(dynamics.seed) if rng is None else rng
+        link_rng, load_rng, fail_rng = _child_rngs(rng, 3)
+        overrides = _resolve_overrides(spec, dynamics.links.per_link)
+        traces: dict[tuple[str, str], Trace] = {}
+        for link, link_rng_i in zip(spec.links, _child_rngs(link_rng, len(spec.links)), strict=True):
+            key = link_key(link.a, link.b)
+            source = overrides.get(key, dynamics.links.default)
+            if source is None:
+                trace = constant(link.mbps)
+            else:
+                trace = source.sample(link_rng_i)
+                if dynamics.scale_to_spec:
+                    mean = trace.mean_mbps(0.0, trace.duration)
+                    if mean <= 0:
+                        raise NetworkError(f"link {link.a}-{link.b}: trace {trace.name!r} has mean 0 Mbit/s")
+                    trace = trace.scaled(link.mbps / mean)
+            if dynamics.bandwidth_cap_mbps is not None:
+                trace = trace.capped(dynamics.bandwidth_cap_mbps)
+            traces[key] = trace
+        n = len(spec.devices)
+        speed = {
+            d: dynamics.load.schedule(dynamics.horizon_s, r)
+            for d, r in zip(spec.devices, _child_rngs(load_rng, n), strict=True)
+        }
+        downtime = dynamics.failures.downtime(spec, dynamics.horizon_s, _child_rngs(fail_rng, n))
+        return cls(spec, traces, speed, downtime)
+
+    def link_schedule(self, a: str, b: str) -> Trace:
+        """The bandwidth trace of the direct link a-b (the runtime shapes the link with it)."""
+        _direct_link(self.spec, a, b)
+        return self._links[link_key(a, b)]
+
+    def speed_schedule(self, d: str) -> Trace:
+        """Device `d`'s speed factor over time, as a Trace of factors."""
+        return self._speed[d]
+
+    def down_intervals(self, d: str) -> tuple[tuple[float, float], ...]:
+        """Sorted, disjoint [t0, t1) intervals during which device `d` is gone."""
+        return self._down[d]
+
+    def transfer_time(self, a: str, b: str, nbytes: float, t: float) -> float:
+        """Seconds to carry `nbytes` over the direct link a-b from time `t` (trace integration,
+        latency not included)."""
+        return self.link_schedule(a, b).transfer_time(nbytes, t)
+
+    def bandwidth_at(self, a: str, b: str, t: float) -> float:
+        """Instantaneous Mbit/s of the direct link a-b at time `t`."""
+        return float(self.link_schedule(a, b).bandwidth_at(t))
+
+    def latency(self, a: str, b: str) -> float:
+        """Propagation latency of the direct link a-b, from the spec."""
+        return _direct_link(self.spec, a, b).latency_s
+
+    def speed_at(self, d: str, t: float) -> float:
+        """Speed factor of device `d` at time `t` (1.0 = nominal gflops)."""
+        return float(self._speed[d].bandwidth_at(t))
+
+    def available_at(self, d: str, t: float) -> bool:
+        """Whether device `d` is up at time `t`."""
+        i = bisect_right(self._down_starts[d], t) - 1
+        return i < 0 or t >= self._down[d][i][1]
+
+    def snapshot(self, t: float, window_s: float = 5.0, history: int = 8) -> Snapshot:
+        """What monitors measured up to `t`: time-weighted means over [t - window_s, t] of each link's
+        bandwidth and each device's speed factor, the last `history` one-second link means (oldest
+        first) and who is up at `t`. Windows are clipped at time 0, where the world begins."""
+        if not (t >= 0 and window_s >= 0 and history >= 0):
+            raise NetworkError(
+                f"snapshot needs t >= 0, window_s >= 0, history >= 0 (got {t}, {window_s}, {history})"
+            )
+        start = max(0.0, t - window_s)
+        edges = [max(0.0, t - history + k) for k in range(history + 1)]
+        return Snapshot(
+            time=t,
+            spec=self.spec,
+            source=self.spec.source,
+            sink=self.spec.sink,
+            available=frozenset(d for d in self.spec.devices if self.available_at(d, t)),
+            speed={d: trace.mean_mbps(start, t) for d, trace in self._speed.items()},
+            link_mbps={key: trace.mean_mbps(start, t) for key, trace in self._links.items()},
+            link_history={
+                key: tuple(trace.mean_mbps(e0, e1) for e0, e1 in pairwise(edges))
+                for key, trace in self._links.items()
+            },
+        )
