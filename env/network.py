@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from env.traces import Trace, TraceSource, constant, markov_outages, random_walk
+from runtime.config import describe_validation_error
 from runtime.spec import ClusterSpec, Link
 
 
@@ -252,11 +253,7 @@ class DynamicsConfig(_Config):
         try:
             return cls.model_validate(data, context={"base_dir": base_dir})
         except ValidationError as exc:
-            lines = [
-                f"{origin}: {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
-                for err in exc.errors(include_url=False)
-            ]
-            raise NetworkError("\n".join(lines)) from None
+            raise NetworkError(describe_validation_error(origin, exc)) from None
 
 
 # ----------------------------------------------------------------------------------- network state

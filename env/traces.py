@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, RootModel
 from pydantic import ValidationError as PydanticValidationError
 
+from runtime.config import describe_validation_error
 from runtime.schedule import BYTES_PER_MBIT, Trace, TraceError, constant  # noqa: F401  (re-exported)
 
 MAHIMAHI_PACKET_BYTES = 1500
@@ -425,10 +426,7 @@ class TraceSource:
         try:
             self.spec = spec.root if isinstance(spec, TraceSpec) else TraceSpec.model_validate(spec).root
         except PydanticValidationError as e:
-            problems = "; ".join(
-                ": ".join(filter(None, (".".join(map(str, err["loc"])), err["msg"]))) for err in e.errors()
-            )
-            raise TraceError(f"{origin}: {problems}") from None
+            raise TraceError(describe_validation_error(origin, e)) from None
         self._traces: list[Trace] = []
         try:
             if isinstance(self.spec, (FileTraceSpec, DirTraceSpec)):

@@ -43,6 +43,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from runtime.config import describe_validation_error
+
 MESH_FORMAT = "disnet-mesh/1"
 CLUSTER_FORMAT = "disnet-cluster/1"
 DEFAULT_LATENCY_S = 1e-3
@@ -113,9 +115,7 @@ class ClusterSpec:
                 raise SpecError(f"links.{i}: self link on device {link.a!r}")
             pair = frozenset((link.a, link.b))
             if pair in first_index:
-                raise SpecError(
-                    f"links.{i}: duplicate of links.{first_index[pair]} ({link.a}-{link.b})"
-                )
+                raise SpecError(f"links.{i}: duplicate of links.{first_index[pair]} ({link.a}-{link.b})")
             first_index[pair] = i
         for role in ("source", "sink"):
             if getattr(self, role) not in self.devices:
@@ -185,8 +185,7 @@ class ClusterSpec:
                 entry["memory_mb"] = d.memory_mb
             devices.append(entry)
         links = [
-            {"a": ln.a, "b": ln.b, "mbps": ln.mbps, "latency_ms": ln.latency_s * 1000.0}
-            for ln in self.links
+            {"a": ln.a, "b": ln.b, "mbps": ln.mbps, "latency_ms": ln.latency_s * 1000.0} for ln in self.links
         ]
         return {
             "format": CLUSTER_FORMAT,
@@ -299,7 +298,7 @@ def parse_cluster(
                 f"links: devices unreachable from source {spec.source!r}: " + ", ".join(unreachable)
             )
     except ValidationError as exc:
-        raise SpecError(_format_validation(origin, exc)) from None
+        raise SpecError(describe_validation_error(origin, exc)) from None
     except SpecError as exc:
         raise SpecError(f"{origin}: {exc}") from None
     if file_cap is not None:
@@ -340,14 +339,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _format_validation(origin: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{origin}: {loc}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def _positive(name: str, value: Any) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
@@ -362,9 +353,7 @@ _NonNeg = Annotated[float, Field(ge=0)]
 class _Strict(BaseModel):
     """Unknown keys are typos; numeric YAML ids such as `0` are read as the string "0"."""
 
-    model_config = ConfigDict(
-        extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True, frozen=True
-    )
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True, frozen=True)
 
 
 class _Power(_Strict):
