@@ -193,6 +193,7 @@ def random_plan(
     rng,
     *,
     max_devices: int = 8,
+    max_stages: int | None = None,
     source: str | None = None,
     sink: str | None = None,
 ) -> Plan:
@@ -202,7 +203,8 @@ def random_plan(
     ``rng`` is a ``numpy.random.Generator``. Used by tests, calibration and exploration.
     """
     inner = graph.cut_points[1:-1]
-    cuts = sorted(rng.choice(inner, size=rng.integers(0, len(inner) + 1), replace=False).tolist())
+    most = len(inner) if max_stages is None else min(len(inner), max_stages - 1)
+    cuts = sorted(rng.choice(inner, size=rng.integers(0, most + 1), replace=False).tolist())
     bounds = [0, *cuts, len(graph.units)]
     stages = []
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from env.cost_model import CostModel, Objective, Profile
+from env.network import NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, random_plan
@@ -16,20 +18,10 @@ from runtime.spec import load_cluster
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 
 
-class Fixed:
-    """Constant conditions: every link at its spec bandwidth, every device at nominal speed."""
-
-    def __init__(self, spec, speed=None):
-        self.spec, self.speed = spec, speed or {}
-
-    def transfer_time(self, a, b, nbytes, t):
-        return nbytes * 8 / (self.spec.link(a, b).mbps * 1e6)
-
-    def latency(self, a, b):
-        return self.spec.link(a, b).latency_s
-
-    def speed_at(self, d, t):
-        return self.speed.get(d, 1.0)
+def static(spec, speed=None):
+    """What a planner sees in a constant world: spec bandwidths, optionally other speed factors."""
+    snap = NetworkState.static(spec).snapshot(0.0)
+    return replace(snap, speed={**snap.speed, **(speed or {})})
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def airtime(nbytes, mbps=50):
 def test_single_device_plan_by_hand(graph, spec):
     n = len(graph.units)
     plan = Plan.build("d0", "d2", [(0, n, {"d1": 1})])
-    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    p = CostModel(graph, spec).predict(plan, static(spec))
     in_bytes, out_bytes = 3 * 32 * 32 * 4, 10 * 4
     compute = graph.total_flops / 4e9
     expected = airtime(in_bytes) + 0.001 + compute + airtime(out_bytes) + 0.001
@@ -60,7 +52,9 @@ def test_single_device_plan_by_hand(graph, spec):
     assert p.device_time["d0"].send_s == pytest.approx(airtime(in_bytes))
     power = spec.devices["d1"].power
     assert p.device_energy_j["d1"] == pytest.approx(
-        compute * power.compute_w + airtime(out_bytes) * power.transmit_w + airtime(in_bytes) * power.receive_w
+        compute * power.compute_w
+        + airtime(out_bytes) * power.transmit_w
+        + airtime(in_bytes) * power.receive_w
         + d1.idle_s * power.idle_w
     )
 
@@ -70,7 +64,7 @@ def test_source_radio_sends_one_band_at_a_time(graph, spec):
     s, e = graph.groups[0]
     n = len(graph.units)
     plan = Plan.build("d0", "d2", [(s, e, {"d1": 1, "d2": 1}), (e, n, {"d2": 1})])
-    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    p = CostModel(graph, spec).predict(plan, static(spec))
     row = 3 * 32 * 4
     band = 17 * row  # 16 rows + 1 halo row
     first_layer = graph.band_flops(s, e, (0, 16))
@@ -88,7 +82,7 @@ def test_multi_hop_is_store_and_forward():
     spec = load_cluster(CONFIGS / "line4.yaml")
     graph = LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
     plan = Plan.build("d0", "d0", [(0, len(graph.units), {"d3": 1})])
-    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    p = CostModel(graph, spec).predict(plan, static(spec))
     path = spec.route_links("d0", "d3")
     in_bytes, out_bytes = 3 * 32 * 32 * 4, 40
     hops = sum(airtime(in_bytes, link.mbps) + link.latency_s for link in path)
@@ -101,21 +95,21 @@ def test_multi_hop_is_store_and_forward():
 def test_slower_device_and_link_raise_latency(graph, spec):
     plan = random_plan(graph, list(spec.device_ids), np.random.default_rng(0), source="d0", sink="d2")
     model = CostModel(graph, spec)
-    base = model.latency(plan, Fixed(spec))
-    assert model.latency(plan, Fixed(spec, {d: 0.5 for d in spec.device_ids})) > base
+    base = model.latency(plan, static(spec))
+    assert model.latency(plan, static(spec, {d: 0.5 for d in spec.device_ids})) > base
 
 
 def test_profile_scales_with_device_speed(graph, spec):
     flops_profile = Profile("tiny", 1.0, tuple(u.flops / 1e9 for u in graph.units))
     plan = random_plan(graph, list(spec.device_ids), np.random.default_rng(1), source="d0", sink="d1")
-    by_flops = CostModel(graph, spec).predict(plan, Fixed(spec))
-    by_profile = CostModel(graph, spec, flops_profile).predict(plan, Fixed(spec))
+    by_flops = CostModel(graph, spec).predict(plan, static(spec))
+    by_profile = CostModel(graph, spec, flops_profile).predict(plan, static(spec))
     assert by_profile.latency_s == pytest.approx(by_flops.latency_s, rel=1e-6)
 
 
 def test_objectives(graph, spec):
     plan = Plan.build("d0", "d2", [(0, len(graph.units), {"d1": 1})])
-    p = CostModel(graph, spec).predict(plan, Fixed(spec))
+    p = CostModel(graph, spec).predict(plan, static(spec))
     assert Objective("latency").score(p) == p.latency_s
     assert Objective("energy").score(p) == p.energy_j
     assert Objective("weighted", 2.0).score(p) == pytest.approx(p.latency_s + 2 * p.energy_j)
@@ -126,6 +120,22 @@ def test_objectives(graph, spec):
 def test_deterministic(graph, spec):
     rng = np.random.default_rng(5)
     plans = [random_plan(graph, list(spec.device_ids), rng, source="d0", sink="d2") for _ in range(20)]
-    a = [CostModel(graph, spec).predict(p, Fixed(spec)) for p in plans]
-    b = [CostModel(graph, spec).predict(p, Fixed(spec)) for p in plans]
+    a = [CostModel(graph, spec).predict(p, static(spec)) for p in plans]
+    b = [CostModel(graph, spec).predict(p, static(spec)) for p in plans]
     assert a == b
+
+
+def test_trace_driven_world_integrates_the_drop(graph, spec):
+    """In the live world a transfer that runs into a bandwidth drop takes the trace's exact time."""
+    from env.network import link_key
+    from env.traces import step_drop
+
+    n = len(graph.units)
+    plan = Plan.build("d0", "d2", [(0, n, {"d1": 1})])
+    traces = {link_key(link.a, link.b): step_drop(50, 5, 0.001, 10, 20) for link in spec.links}
+    world = NetworkState(spec, traces)
+    p = CostModel(graph, spec).predict(plan, world)
+    in_bytes = 3 * 32 * 32 * 4
+    first = 0.001 + (in_bytes - 50e6 / 8 * 0.001) * 8 / 5e6  # 1 ms at 50 Mbit/s, the rest at 5
+    out = 10 * 4 * 8 / 5e6
+    assert p.latency_s == pytest.approx(first + 0.001 + graph.total_flops / 4e9 + out + 0.001, rel=1e-6)

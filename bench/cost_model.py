@@ -1,0 +1,67 @@
+"""Cost-model evaluations per second: VGG-16 at 224 on the 10-device disnet-mesh0.
+
+Plans are random valid plans with up to 5 stages of up to 6 devices each (the range planners explore).
+Three figures, measured in one run: a planner's case (constant snapshot) for plans seen for the first
+time ("cold": layout and routes computed) and again ("warm": per-plan skeleton cached), and the
+trace-driven world (exact integration over real link traces) on warm plans.
+
+Rerun: python bench/cost_model.py [--plans 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from env.cost_model import CostModel
+from env.network import DynamicsConfig, NetworkState
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.plan import random_plan
+from runtime.spec import load_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rate(fn, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return len(items) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plans", type=int, default=2000)
+    args = parser.parse_args()
+    spec = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml")
+    graph = LayerGraph.from_model(models.build("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
+    rng = np.random.default_rng(0)
+    devices = list(spec.device_ids)
+    plans = [
+        random_plan(graph, devices, rng, max_devices=6, max_stages=5, source=spec.source, sink=spec.sink)
+        for _ in range(args.plans)
+    ]
+    dynamics = DynamicsConfig.parse({"links": {"default": {"kind": "random_walk", "mean": 20, "sigma": 5}}})
+    world = NetworkState.sample(spec, dynamics, np.random.default_rng(1))
+    snapshot = world.snapshot(30.0)
+    model = CostModel(graph, spec)
+    cold = rate(lambda p: model.predict(p, snapshot), plans)
+    warm = rate(lambda p: model.predict(p, snapshot), plans)
+    traced = rate(lambda p: model.predict(p, world, 30.0), plans)
+    table = Table(title=f"cost model, VGG-16 on mesh0, {args.plans} random plans (<= 5 stages x 6 devices)")
+    for col in ("conditions", "plans", "evaluations/s"):
+        table.add_column(col)
+    table.add_row("snapshot", "new (cold)", f"{cold:,.0f}")
+    table.add_row("snapshot", "seen (warm)", f"{warm:,.0f}")
+    table.add_row("trace-driven world", "seen (warm)", f"{traced:,.0f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
