@@ -177,15 +177,22 @@ class LayerGraph:
         self.groups = list(zip(self.cut_points[:-1], self.cut_points[1:], strict=True))
         self.total_flops = sum(u.flops for u in units)
         self.total_params = sum(u.params for u in units)
-        self.input_rows = lru_cache(maxsize=65536)(self._input_rows)
-        self.band_flops = lru_cache(maxsize=65536)(self._band_flops)
+        # plans reuse the same ranges over and over: cache per unit and per stage
+        self._unit_step = lru_cache(maxsize=1 << 18)(self._unit_step)
+        self._band = lru_cache(maxsize=1 << 16)(self._band)
+        self.last_linear = lru_cache(maxsize=1 << 12)(self.last_linear)
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: tuple[int, ...], name: str = "model"):
-        """Build the graph by running the model's layers once on a zero input of ``input_shape``."""
+        """Build the graph by running the model's layers once on a zero input of ``input_shape``.
+
+        The input lives where the model's tensors live, so a skeleton on the meta device (no weights
+        in memory) gives the same graph as the real model.
+        """
         layers = models.layers(model)
         units: list[Unit] = []
-        x = torch.zeros(1, *input_shape)
+        first = next(iter(model.state_dict().values()), None)
+        x = torch.zeros(1, *input_shape, device=first.device if first is not None else "cpu")
         with torch.no_grad():
             for index, (layer_name, modules) in enumerate(layers):
                 in_shape = tuple(x.shape[1:])
@@ -250,27 +257,23 @@ class LayerGraph:
         """A stage is split the way its last unit's output is: by rows or by features."""
         return self.units[end - 1].kind
 
-    # ---- halo arithmetic (cached: plans reuse the same ranges over and over) -----------------
-    def _input_rows(self, start: int, end: int, out: Rows) -> Rows:
-        """Rows of boundary ``start`` needed to compute rows ``out`` of boundary ``end``."""
-        if out[1] <= out[0]:
-            return (0, 0)
-        if self.stage_kind(end) == "flat":
-            return (0, self.extent(start))
-        rows = out
-        for unit in reversed(self.units[start:end]):
-            for op in reversed(unit.ops):
-                rows = op_input_rows(op, rows)
-        return rows
+    # ---- halo arithmetic -----------------------------------------------------------------------
+    def _unit_step(self, index: int, out: Rows) -> tuple[Rows, int]:
+        """Input rows and FLOPs of one spatial unit for output rows ``out``."""
+        flops, rows = 0, out
+        for op in reversed(self.units[index].ops):
+            flops += op_flops(op, rows)
+            rows = op_input_rows(op, rows)
+        return rows, flops
 
-    def _band_flops(self, start: int, end: int, out: Rows) -> int:
-        """FLOPs to compute rows ``out`` of boundary ``end`` from boundary ``start``, halo included.
+    def _band(self, start: int, end: int, out: Rows) -> tuple[Rows, int]:
+        """Input rows of boundary ``start`` and FLOPs (halo included) for rows ``out`` of boundary ``end``.
 
-        In a flat stage every unit but the last linear layer runs whole; the last linear layer computes
-        only the requested features.
+        In a flat stage every unit but the last linear layer runs whole on the whole input; the last
+        linear layer computes only the requested features.
         """
         if out[1] <= out[0]:
-            return 0
+            return (0, 0), 0
         if self.stage_kind(end) == "flat":
             flops = sum(u.flops for u in self.units[start:end])
             last = self.last_linear(start, end)
@@ -278,13 +281,20 @@ class LayerGraph:
                 unit = self.units[last]
                 share = (out[1] - out[0]) / unit.out_shape[-1]
                 flops -= round(unit.flops * (1 - share))
-            return flops
+            return (0, self.extent(start)), flops
         flops, rows = 0, out
-        for unit in reversed(self.units[start:end]):
-            for op in reversed(unit.ops):
-                flops += op_flops(op, rows)
-                rows = op_input_rows(op, rows)
-        return flops
+        for index in range(end - 1, start - 1, -1):
+            rows, unit_flops = self._unit_step(index, rows)
+            flops += unit_flops
+        return rows, flops
+
+    def input_rows(self, start: int, end: int, out: Rows) -> Rows:
+        """Rows of boundary ``start`` needed to compute rows ``out`` of boundary ``end``."""
+        return self._band(start, end, out)[0]
+
+    def band_flops(self, start: int, end: int, out: Rows) -> int:
+        """FLOPs to compute rows ``out`` of boundary ``end`` from boundary ``start``, halo included."""
+        return self._band(start, end, out)[1]
 
     def unit_fractions(self, start: int, end: int, out: Rows) -> list[tuple[int, float]]:
         """Per unit of ``[start, end)``, the fraction of its output a band computes (halo included).
@@ -294,7 +304,10 @@ class LayerGraph:
         if self.stage_kind(end) == "flat":
             last = self.last_linear(start, end)
             share = (out[1] - out[0]) / self.extent(end)
-            return [(u.index, share if last is not None and u.index >= last else 1.0) for u in self.units[start:end]]
+            return [
+                (u.index, share if last is not None and u.index >= last else 1.0)
+                for u in self.units[start:end]
+            ]
         fractions, rows = [], out
         for unit in reversed(self.units[start:end]):
             fractions.append((unit.index, (rows[1] - rows[0]) / self.extent(unit.index + 1)))
