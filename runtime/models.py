@@ -456,6 +456,23 @@ def build(name: str, *, seed: int = 0, checkpoint: str | Path | None = None) -> 
     return model.eval()
 
 
+def skeleton(name: str) -> nn.Module:
+    """The named model in eval mode on the meta device: its structure and shapes, no weight storage.
+
+    ``LayerGraph.from_model`` works on it, and a worker loads into it only the units it runs.
+    """
+    with torch.device("meta"):
+        model = _spec(name).factory()
+    return model.eval()
+
+
+def export_checkpoint(name: str, path: str | Path, *, seed: int = 0) -> Path:
+    """Save the seeded model's state_dict to ``path`` (what ``build(name, seed=seed)`` computes with)."""
+    path = Path(path)
+    torch.save(build(name, seed=seed).state_dict(), path)
+    return path
+
+
 def _calibrate_batchnorm(model: nn.Module, shape: tuple[int, int, int]) -> None:
     """Set BN running statistics from one seeded random batch.
 

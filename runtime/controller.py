@@ -1,0 +1,689 @@
+"""Controller: deploys plans on the workers of a cluster and runs inference requests through them.
+
+::
+
+    with Controller(spec, endpoints, model="tiny", emulation=Emulation(host_gflops)) as ctl:
+        ctl.deploy(plan)
+        result = ctl.infer(x)                       # one request: output, latency, energy, timeline
+        for r in ctl.stream(xs, window=3): ...      # pipelined: request r+1 enters stage 0 early
+
+The controller only hands the input to the source worker and receives the output from the sink;
+bands travel peer to peer. Workers report per-request telemetry, from which each ``Result`` gets a
+``Timeline`` (per device compute / send / receive / wait seconds and energy, per link bytes and radio
+seconds), and the controller keeps recent measurements for live planning (``link_mbps``,
+``compute_samples``, ``available``).
+
+Plans swap between requests: requests in flight finish on the plan they started with, the old plan is
+retired on the workers once its last request is done. Liveness: the controller pings every worker
+while it waits; a worker that stays silent for ``dead_after_s`` (or comes back with a new boot id) is
+marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
+default ``fallback_plan`` drops it from the current plan), and every request the failure touched is
+sent again under a fresh attempt id. Only the current attempt of a request is accepted, so each
+request yields exactly one result: nothing is lost, nothing duplicated.
+
+Not thread-safe: one thread drives a controller (it does its networking while waiting in calls).
+``latency_s`` is measured on the workers' clocks (from the moment the source holds the input to the
+moment the sink holds the whole output), which is exact on one host and assumes synchronised clocks
+across hosts; ``wall_s`` is the controller's own round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from runtime import models
+from runtime.emulation import Emulation, emulation_to_wire, energy_j
+from runtime.graph import LayerGraph
+from runtime.plan import Assignment, Plan, PlanError, Stage
+from runtime.spec import ClusterSpec, SpecError
+from runtime.transport import Header, Kind, Message, ProtocolError, recv, send
+from runtime.worker import Deployment, deployments
+
+log = logging.getLogger("runtime.controller")
+
+Replanner = Callable[[frozenset[str]], Plan]
+
+
+class ControllerError(RuntimeError):
+    """The cluster cannot do what was asked (no plan, no live workers, a request that keeps failing)."""
+
+
+class RequestFailed(ControllerError):
+    """A worker reported an error that re-running the request will not fix."""
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    """Seconds one device spent on one request, and what they cost."""
+
+    compute_s: float
+    send_s: float
+    recv_s: float
+    wait_s: float  # idle inside the request's makespan
+    energy_j: float
+
+
+@dataclass(frozen=True)
+class LinkTimes:
+    """Traffic over one direct hop (sender, receiver) during one request."""
+
+    bytes: int
+    seconds: float  # radio time
+
+    @property
+    def mbps(self) -> float:
+        return self.bytes * 8 / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Per device and per link figures of one request, and the raw worker events behind them.
+
+    Event times are wall-clock (``time.time()``); every event dict names its ``device``.
+    ``complete`` is False when some worker's telemetry did not arrive in time.
+    """
+
+    devices: dict[str, DeviceTimes]
+    links: dict[tuple[str, str], LinkTimes]
+    events: tuple[dict[str, Any], ...]
+    complete: bool = True
+
+    def of(self, kind: str, device: str | None = None) -> list[dict[str, Any]]:
+        """Events of one kind ("input", "compute", "tx", "done"), optionally of one device."""
+        return [e for e in self.events if e["ev"] == kind and (device is None or e["device"] == device)]
+
+
+@dataclass(frozen=True)
+class Result:
+    rid: int
+    output: torch.Tensor
+    latency_s: float  # source holds the input -> sink holds the whole output
+    energy_j: float
+    timeline: Timeline
+    plan: Plan
+    wall_s: float  # controller hands the input over -> controller has the result
+    attempts: int
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    up: bool
+    endpoint: str
+    boot: str | None
+    last_seen: float | None
+    stats: dict[str, Any]
+
+
+@dataclass
+class _Deployed:
+    plan_id: int
+    plan: Plan
+    parts: dict[str, Deployment]
+
+
+@dataclass
+class _Peer:
+    endpoint: str
+    socket: zmq.Socket
+    up: bool = False
+    boot: str | None = None
+    last_seen: float | None = None
+    silent_since: float | None = None  # first unanswered ping
+    configuring: bool = False  # CONFIG sent, not yet acknowledged
+    config_error: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    rid: int
+    x: torch.Tensor
+    submitted: float
+    plan_id: int = -1
+    wire: int = -1  # id of the current attempt on the wire
+    attempts: int = 0
+    sent: float = 0.0
+    output: torch.Tensor | None = None
+    done_at: float = 0.0  # sink's clock
+    received: float = 0.0  # controller's clock
+    telemetry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+
+class _DeployFailed(Exception):
+    """A device went down while a plan was being deployed."""
+
+
+def fallback_plan(plan: Plan, available: frozenset[str], spec: ClusterSpec) -> Plan:
+    """The default replanner: ``plan`` without the devices that are down.
+
+    A stage left without devices goes to the fastest available device, and so do a source or sink that
+    is down (unless the spec's own source or sink is up). Good enough to keep serving until a real
+    planner chooses better.
+    """
+    if not available:
+        raise ControllerError("no device is available")
+    fastest = max(sorted(available), key=lambda d: spec.devices[d].gflops)
+    stages = tuple(
+        Stage(
+            s.start,
+            s.end,
+            tuple(a for a in s.assignments if a.device in available) or (Assignment(fastest, 1.0),),
+        )
+        for s in plan.stages
+    )
+
+    def keep(dev: str, default: str) -> str:
+        return dev if dev in available else default if default in available else fastest
+
+    return Plan(keep(plan.source, spec.source), keep(plan.sink, spec.sink), stages)
+
+
+class Controller:
+    """Drives the workers of one cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        endpoints: Mapping[str, str] | None = None,
+        *,
+        model: str = "tiny",
+        seed: int = 0,
+        input_shape: tuple[int, int, int] | None = None,
+        emulation: Emulation | None = None,
+        replan: Replanner | None = None,
+        curve_keys: str | Path | None = None,
+        curve_name: str = "controller",
+        heartbeat_s: float = 0.2,
+        dead_after_s: float = 2.0,
+        request_timeout_s: float = 120.0,
+        connect_timeout_s: float = 60.0,
+        max_attempts: int = 4,
+        telemetry_grace_s: float = 2.0,
+        history: int = 4096,
+    ):
+        self.spec = spec
+        self.model = model
+        self.seed = seed
+        self.input_shape = tuple(input_shape or models.input_shape(model))
+        self.graph = LayerGraph.from_model(models.skeleton(model), self.input_shape, model)
+        self.emulation = emulation
+        self.replan = replan
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.request_timeout_s = request_timeout_s
+        self.max_attempts = max_attempts
+        self.telemetry_grace_s = telemetry_grace_s
+        self.epoch = time.time()  # t=0 of every emulation schedule
+        self.identity = f"controller-{uuid.uuid4().hex[:8]}".encode()
+        self.plan: Plan | None = None
+        self.failures: list[tuple[float, str]] = []  # (time, device) of every worker found down
+        self.replans = 0
+        self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
+        self.compute_samples: deque[tuple[float, str, int, float]] = deque(maxlen=history)
+        self._plan_id: int | None = None
+        self._deployed: dict[int, _Deployed] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._by_wire: dict[int, _Pending] = {}
+        self._results: dict[int, Result] = {}
+        self._newly_down: list[str] = []
+        self._ids = itertools.count(1)
+        self._last_ping = 0.0
+        self._ctx = zmq.Context()
+        self._poller = zmq.Poller()
+        self._peers: dict[str, _Peer] = {}
+        self._by_socket: dict[zmq.Socket, str] = {}
+        endpoints = dict(endpoints) if endpoints is not None else self._spec_endpoints()
+        if missing := set(spec.devices) - set(endpoints):
+            raise ControllerError(f"no endpoint for device(s) {sorted(missing)}")
+        try:
+            for dev in spec.devices:
+                sock = self._ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.sndtimeo = 100
+                sock.identity = self.identity
+                if curve_keys is not None:
+                    from runtime.security import secure_client
+
+                    secure_client(sock, curve_keys, curve_name)
+                sock.connect(endpoints[dev])
+                self._peers[dev] = _Peer(endpoints[dev], sock)
+                self._by_socket[sock] = dev
+                self._poller.register(sock, zmq.POLLIN)
+            self._configure(list(self._peers), connect_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _spec_endpoints(self) -> dict[str, str]:
+        return {d: f"tcp://{dev.address}" for d, dev in self.spec.devices.items() if dev.address}
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets (the workers keep running; ``shutdown_workers`` stops them)."""
+        self._ctx.destroy(linger=0)
+
+    # ---- public API ------------------------------------------------------------------------------
+    @property
+    def available(self) -> frozenset[str]:
+        """Devices whose workers are up."""
+        return frozenset(d for d, p in self._peers.items() if p.up)
+
+    def now(self) -> float:
+        """Seconds since the emulation epoch: the time axis of link and speed schedules."""
+        return time.time() - self.epoch
+
+    def deploy(self, plan: Plan) -> Plan:
+        """Make ``plan`` the plan of every request submitted from now on; returns the plan in force.
+
+        Requests already in flight finish on their own plan. If a device fails during the deployment,
+        the replanner is asked for a plan without it, and that plan is returned.
+        """
+        plan.validate(self.graph, self.available)
+        try:
+            self._deploy(plan)
+        except _DeployFailed:
+            self._recover()
+        return self.plan
+
+    def infer(self, x: torch.Tensor) -> Result:
+        """Run one request on the current plan and wait for its result."""
+        rid = self._submit(x)
+        while rid not in self._results:
+            self._step(self.heartbeat_s)
+        return self._results.pop(rid)
+
+    def stream(self, xs: Iterable[torch.Tensor], window: int = 2) -> Iterator[Result]:
+        """Run requests with up to ``window`` in flight; yields results in submission order.
+
+        Between two yields the caller may ``deploy`` another plan: later requests use it.
+        """
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        inputs, order, exhausted = iter(xs), deque(), False
+        while True:
+            while not exhausted and len(self._pending) < window:
+                x = next(inputs, None)
+                if x is None:
+                    exhausted = True
+                else:
+                    order.append(self._submit(x))
+            if not order:
+                return
+            if order[0] in self._results:
+                yield self._results.pop(order.popleft())
+            else:
+                self._step(self.heartbeat_s)
+
+    def ping(self, timeout_s: float | None = None) -> dict[str, WorkerStatus]:
+        """Ping every worker, wait for the answers (or ``timeout_s``) and return their status."""
+        deadline = time.time() + (timeout_s if timeout_s is not None else self.dead_after_s)
+        asked = time.time()
+        self._ping_all(asked)
+        while time.time() < deadline and any(
+            p.up and (p.last_seen or 0) < asked for p in self._peers.values()
+        ):
+            self._step(0.05)
+        return self.status()
+
+    def status(self) -> dict[str, WorkerStatus]:
+        """Last known status of every worker (stats as reported in its last PONG)."""
+        return {
+            d: WorkerStatus(p.up, p.endpoint, p.boot, p.last_seen, dict(p.stats))
+            for d, p in self._peers.items()
+        }
+
+    def configure(self, emulation: Emulation | None) -> None:
+        """Change the emulation (e.g. new link schedules) on every live worker; the epoch is kept."""
+        self.emulation = emulation
+        self._configure([d for d, p in self._peers.items() if p.up], self.dead_after_s * 5)
+
+    def link_mbps(self, window_s: float = 5.0) -> dict[tuple[str, str], float]:
+        """Measured bandwidth per direct link (sorted pair) from the radio time of recent transfers."""
+        since = time.time() - window_s
+        totals: dict[tuple[str, str], list[float]] = {}
+        for end, a, b, nbytes, seconds in self.link_samples:
+            if end >= since and seconds > 0:
+                acc = totals.setdefault((a, b) if a <= b else (b, a), [0.0, 0.0])
+                acc[0] += nbytes
+                acc[1] += seconds
+        return {k: b * 8 / 1e6 / s for k, (b, s) in totals.items()}
+
+    def shutdown_workers(self, timeout_s: float = 2.0) -> None:
+        """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
+        asked = {d for d, p in self._peers.items() if p.up}
+        for d in asked:
+            self._send(d, Header(Kind.SHUTDOWN, 0))
+        deadline = time.time() + timeout_s
+        while asked and time.time() < deadline:
+            for dev, msg in self._receive(0.05):
+                if msg.header.kind == Kind.ACK:
+                    asked.discard(dev)
+                    self._peers[dev].up = False
+
+    # ---- connection and configuration ------------------------------------------------------------
+    def _configure(self, devices: list[str], timeout_s: float) -> None:
+        """Configure ``devices`` and wait until they acknowledged (those that do not stay down)."""
+        for d in devices:
+            self._send_config(d)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and any(self._peers[d].configuring for d in devices):
+            self._pump(0.05)
+        if failed := [d for d in devices if self._peers[d].config_error]:
+            raise ControllerError("; ".join(f"worker {d}: {self._peers[d].config_error}" for d in failed))
+        if late := [d for d in devices if self._peers[d].configuring]:
+            if len(late) == len(self._peers):
+                raise ControllerError(f"no worker answered within {timeout_s:g} s")
+            log.warning("worker(s) %s did not answer: down until they do", late)
+
+    def _send_config(self, dev: str) -> None:
+        """Send CONFIG (peers, power, emulation); the worker is up once it acknowledges."""
+        power = self.spec.devices[dev].power
+        meta: dict[str, Any] = {
+            "device": dev,
+            "peers": {d: p.endpoint for d, p in self._peers.items()},
+            "power": [power.compute_w, power.transmit_w, power.receive_w, power.idle_w],
+            "emulation": None,
+        }
+        tensors = []
+        if self.emulation is not None:
+            meta["emulation"], tensors = emulation_to_wire(
+                self.emulation.for_device(self.spec, dev, self.epoch)
+            )
+        peer = self._peers[dev]
+        peer.configuring, peer.config_error = True, None
+        self._send(dev, Header(Kind.CONFIG, 0, meta), tensors)
+
+    # ---- messaging -------------------------------------------------------------------------------
+    def _send(self, dev: str, header: Header, tensors=()) -> bool:
+        try:
+            send(self._peers[dev].socket, header, tensors)
+            return True
+        except zmq.Again:  # the worker's queue is full or it was never reachable
+            return False
+
+    def _receive(self, timeout_s: float) -> list[tuple[str, Message]]:
+        out = []
+        for sock, _ in self._poller.poll(max(0, int(timeout_s * 1000))):
+            dev = self._by_socket[sock]
+            while True:
+                try:
+                    msg = recv(sock, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ProtocolError as exc:
+                    log.warning("bad message from worker %s: %s", dev, exc)
+                    continue
+                peer = self._peers[dev]
+                peer.last_seen, peer.silent_since = time.time(), None
+                out.append((dev, msg))
+        return out
+
+    def _ping_all(self, now: float) -> None:
+        self._last_ping = now
+        for d, p in self._peers.items():
+            self._send(d, Header(Kind.PING, 0))
+            if p.up and p.silent_since is None:
+                p.silent_since = now
+
+    def _pump(self, timeout_s: float, intercept: Callable[[str, Message], bool] | None = None) -> None:
+        """Heartbeats, incoming messages and failure detection (failures are queued, not handled).
+
+        ``intercept(device, message)`` sees every message first and returns True for those it consumed.
+        """
+        now = time.time()
+        if now - self._last_ping >= self.heartbeat_s:
+            self._ping_all(now)
+        for dev, msg in self._receive(min(timeout_s, self.heartbeat_s)):
+            if intercept is None or not intercept(dev, msg):
+                self._handle(dev, msg)
+        now = time.time()
+        for d, p in self._peers.items():
+            if p.up and p.silent_since is not None and now - p.silent_since > self.dead_after_s:
+                self._mark_down(d, f"silent for {now - p.silent_since:.1f} s")
+
+    def _mark_down(self, dev: str, why: str) -> None:
+        log.warning("worker %s is down (%s)", dev, why)
+        peer = self._peers[dev]
+        peer.up, peer.silent_since = False, None
+        self.failures.append((time.time(), dev))
+        self._newly_down.append(dev)
+
+    def _handle(self, dev: str, msg: Message) -> None:
+        kind, meta = msg.header.kind, msg.header.meta
+        peer = self._peers[dev]
+        if kind == Kind.PONG:
+            peer.stats = meta
+            if peer.up and meta.get("boot") != peer.boot:
+                self._mark_down(dev, "restarted: its state is lost")
+            if not peer.up and not peer.configuring:
+                log.warning("worker %s answers again: configuring it", dev)
+                self._send_config(dev)
+        elif kind == Kind.ACK and peer.configuring:
+            peer.up, peer.configuring, peer.boot, peer.silent_since = True, False, meta.get("boot"), None
+        elif kind == Kind.RESULT:
+            p = self._by_wire.get(msg.header.rid)
+            if p is not None and meta.get("plan") == p.plan_id and p.output is None and msg.tensors:
+                p.output, p.done_at, p.received = msg.tensors[0].clone(), float(meta["done"]), time.time()
+        elif kind == Kind.TELEMETRY:
+            p = self._by_wire.get(msg.header.rid)
+            if p is not None and meta.get("plan") == p.plan_id:
+                p.telemetry[dev] = [e | {"device": dev} for e in meta.get("events", [])]
+        elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
+            peer.configuring, peer.config_error = False, meta.get("message")
+            log.error("worker %s refused its configuration: %s", dev, peer.config_error)
+        elif kind == Kind.ERROR:
+            p = self._by_wire.get(msg.header.rid)
+            if p is not None and meta.get("plan") == p.plan_id:
+                if meta.get("transient"):
+                    log.warning("request %d: %s (waiting for recovery)", p.rid, meta.get("message"))
+                else:
+                    p.error = meta
+            else:
+                log.info("worker %s: %s", dev, meta.get("message"))
+
+    # ---- deployment ------------------------------------------------------------------------------
+    def _route(self, a: str, b: str) -> list[str]:
+        """Route between two live devices, avoiding devices that are down."""
+        up = self.available
+        if a == b:
+            return [a]
+        if up == set(self.spec.devices):
+            return self.spec.route(a, b)
+        live = replace(
+            self.spec,
+            devices={d: v for d, v in self.spec.devices.items() if d in up},
+            links=tuple(ln for ln in self.spec.links if ln.a in up and ln.b in up),
+            source=a,
+            sink=b,
+        )
+        return live.route(a, b)
+
+    def _deploy(self, plan: Plan) -> None:
+        pid = next(self._ids)
+        try:
+            parts = deployments(self.graph, plan, pid, self.model, self.seed, self._route)
+        except SpecError as exc:
+            raise PlanError(f"plan cannot be routed over the live devices: {exc}") from None
+        waiting, refused = set(parts), []
+        for d, dep in parts.items():
+            self._send(d, Header(Kind.DEPLOY, 0, {"deploy": dep.to_meta(), "retire": []}))
+
+        def confirmations(dev: str, msg: Message) -> bool:
+            if msg.header.kind == Kind.DEPLOY_OK and msg.header.meta.get("plan") == pid:
+                waiting.discard(dev)
+                return True
+            if msg.header.kind == Kind.ERROR and msg.header.meta.get("kind") == "deploy":
+                refused.append(f"worker {dev} refused plan {pid}: {msg.header.meta.get('message')}")
+                return True
+            return False
+
+        deadline = time.time() + max(30.0, 5 * self.dead_after_s)
+        while waiting:
+            if time.time() > deadline:
+                raise ControllerError(f"worker(s) {sorted(waiting)} did not confirm plan {pid}")
+            self._pump(self.heartbeat_s, confirmations)
+            if refused:
+                self._retire(_Deployed(pid, plan, parts))
+                raise ControllerError("; ".join(refused))
+            if down := waiting - self.available:
+                self._retire(_Deployed(pid, plan, parts))
+                raise _DeployFailed(sorted(down))
+        self._deployed[pid] = _Deployed(pid, plan, parts)
+        previous, self._plan_id, self.plan = self._plan_id, pid, plan
+        self._retire_unused(previous)
+
+    def _retire_unused(self, pid: int | None) -> None:
+        if pid is None or pid == self._plan_id or pid not in self._deployed:
+            return
+        if not any(p.plan_id == pid for p in self._pending.values()):
+            self._retire(self._deployed.pop(pid))
+
+    def _retire(self, dep: _Deployed) -> None:
+        for d in dep.parts:
+            if self._peers[d].up:
+                self._send(d, Header(Kind.DEPLOY, 0, {"deploy": None, "retire": [dep.plan_id]}))
+
+    # ---- requests --------------------------------------------------------------------------------
+    def _submit(self, x: torch.Tensor) -> int:
+        if self._plan_id is None:
+            raise ControllerError("no plan deployed: call deploy(plan) first")
+        x = torch.as_tensor(x, dtype=torch.float32)
+        x = (x.unsqueeze(0) if x.dim() == 3 else x).contiguous()
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input shape {tuple(x.shape)} does not fit the model's {self.input_shape}")
+        p = _Pending(next(self._ids), x, time.time())
+        self._pending[p.rid] = p
+        self._start(p)
+        return p.rid
+
+    def _start(self, p: _Pending) -> None:
+        """Send (again) request ``p`` on the current plan under a fresh attempt id."""
+        if p.attempts >= self.max_attempts:
+            self._forget(p)
+            raise ControllerError(f"request {p.rid} failed {p.attempts} times; giving up")
+        self._by_wire.pop(p.wire, None)
+        old = p.plan_id
+        p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, next(self._ids), p.attempts + 1, time.time()
+        p.output, p.telemetry, p.error = None, {}, None
+        self._by_wire[p.wire] = p
+        self._retire_unused(old)
+        source = self._deployed[p.plan_id].plan.source
+        self._send(source, Header(Kind.INPUT, p.wire, {"plan": p.plan_id}), [p.x])
+
+    def _forget(self, p: _Pending) -> None:
+        self._pending.pop(p.rid, None)
+        self._by_wire.pop(p.wire, None)
+        self._retire_unused(p.plan_id)
+
+    def _step(self, timeout_s: float) -> None:
+        """Wait a little for messages, then recover from failures and finish what can be finished."""
+        self._pump(timeout_s)
+        if self._newly_down:
+            self._recover()
+        now = time.time()
+        for p in list(self._pending.values()):
+            if p.error is not None:
+                self._forget(p)
+                raise RequestFailed(
+                    f"request {p.rid}: worker {p.error.get('device')}: {p.error.get('message')}"
+                )
+            dep = self._deployed[p.plan_id]
+            if p.output is not None:
+                if set(dep.parts) <= set(p.telemetry) or now - p.received > self.telemetry_grace_s:
+                    self._finish(p, dep)
+            elif now - p.sent > self.request_timeout_s:
+                log.warning("request %d timed out after %.1f s: sending it again", p.rid, now - p.sent)
+                self._start(p)
+
+    def _recover(self) -> None:
+        """Handle the workers found down: new plan if the current one needs them, re-run their requests."""
+        while self._newly_down:
+            down = set(self._newly_down)
+            self._newly_down.clear()
+            if self.plan is not None and not set(self._deployed[self._plan_id].parts) <= self.available:
+                try:
+                    self._deploy(self._next_plan())
+                except _DeployFailed:
+                    continue  # the newly failed devices are queued: plan again
+            for p in list(self._pending.values()):
+                if p.output is None and self._uses(p.plan_id, down | (set(self._peers) - self.available)):
+                    self._start(p)
+
+    def _uses(self, pid: int, devices: set[str]) -> bool:
+        return bool(set(self._deployed[pid].parts) & devices)
+
+    def _next_plan(self) -> Plan:
+        available = self.available
+        plan = (
+            self.replan(available)
+            if self.replan is not None
+            else fallback_plan(self.plan, available, self.spec)
+        )
+        plan.validate(self.graph, available)
+        self.replans += 1
+        log.warning("replanned for devices %s: %s", sorted(available), plan.describe())
+        return plan
+
+    def _finish(self, p: _Pending, dep: _Deployed) -> None:
+        events = [e for evs in p.telemetry.values() for e in evs]
+        starts = [e["t"] for e in events if e["ev"] == "input"]
+        latency = p.done_at - starts[0] if starts else p.received - p.sent
+        timeline = _timeline(self.spec, dep, events, latency, complete=set(dep.parts) <= set(p.telemetry))
+        for e in events:
+            if e["ev"] == "tx":
+                self.link_samples.append((e["end"], e["from"], e["to"], e["bytes"], e["end"] - e["start"]))
+            elif e["ev"] == "compute":
+                self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
+        energy = sum(t.energy_j for t in timeline.devices.values())
+        result = Result(
+            p.rid, p.output, latency, energy, timeline, dep.plan, p.received - p.submitted, p.attempts
+        )
+        self._results[p.rid] = result
+        self._forget(p)
+
+
+def _timeline(
+    spec: ClusterSpec, dep: _Deployed, events: list[dict[str, Any]], latency: float, complete: bool
+) -> Timeline:
+    """Per-device and per-link figures of one request from its workers' events (design.md, rule 6)."""
+    compute = dict.fromkeys(dep.parts, 0.0)
+    sent, got = dict(compute), dict(compute)
+    links: dict[tuple[str, str], list] = {}
+    for e in events:
+        if e["ev"] == "compute":
+            compute[e["device"]] += e["end"] - e["start"]
+        elif e["ev"] == "tx":
+            radio = e["end"] - e["start"]
+            sent[e["from"]] += radio
+            got[e["to"]] += radio
+            acc = links.setdefault((e["from"], e["to"]), [0, 0.0])
+            acc[0] += e["bytes"]
+            acc[1] += radio
+    devices = {}
+    for d in dep.parts:
+        wait = max(0.0, latency - compute[d] - sent[d] - got[d])
+        joules = energy_j(spec.devices[d].power, compute[d], sent[d], got[d], wait)
+        devices[d] = DeviceTimes(compute[d], sent[d], got[d], wait, joules)
+    return Timeline(
+        devices,
+        {k: LinkTimes(b, s) for k, (b, s) in links.items()},
+        tuple(sorted(events, key=lambda e: e.get("start", e.get("t", 0.0)))),
+        complete,
+    )

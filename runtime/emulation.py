@@ -1,0 +1,249 @@
+"""Emulating slow devices and shaped radio links on one fast host (off for real deployments).
+
+Real outputs are always computed; only timing is shaped, with the semantics env/cost_model.py predicts:
+
+- compute pacing: a worker measures the thread CPU time of its real computation and sleeps until
+  ``cpu_s * slowdown / speed(t)`` wall seconds have passed since it started, where
+  ``slowdown = host_gflops / device_gflops`` and ``speed`` is the device's speed-factor schedule;
+- one radio per device: a hop of B bytes to neighbour n starting at t holds the sender's radio for
+  ``schedule.transfer_time(B, t - epoch)`` seconds (exact integration of the link's trace) and arrives
+  ``latency_s`` after the radio is free again;
+- energy: compute, transmit and receive seconds times the device's powers, plus idle power while a
+  participating device waits inside a request's makespan (``energy_j``).
+
+Schedules travel to the workers as ``runtime.schedule.Trace`` arrays. The transport has no float64, so
+times and values are shipped bit for bit as int64 views: both ends integrate the identical series.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime.schedule import Trace, constant
+from runtime.spec import ClusterSpec, PowerProfile
+
+T = TypeVar("T")
+ScheduleLike = float | Trace  # a constant value or a piecewise-constant series (Mbit/s or speed factor)
+
+
+def as_schedule(value: ScheduleLike, what: str) -> Trace:
+    """A Trace from a number (constant) or from anything with ``times``, ``mbps`` and ``duration``."""
+    if isinstance(value, Trace):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what}: constant value must be positive, got {value}")
+        return constant(float(value))
+    try:
+        return Trace(value.times, value.mbps, value.duration, getattr(value, "name", what))
+    except AttributeError:
+        raise TypeError(f"{what}: expected a number or a Trace, got {type(value).__name__}") from None
+
+
+def schedule_to_wire(trace: Trace) -> tuple[float, list[torch.Tensor]]:
+    """(duration, [times, values]) with the float64 arrays viewed bit for bit as int64 tensors."""
+    return trace.duration, [
+        torch.from_numpy(np.array(a, dtype=np.float64).view(np.int64)) for a in (trace.times, trace.mbps)
+    ]
+
+
+def schedule_from_wire(duration: float, times: torch.Tensor, values: torch.Tensor, name: str) -> Trace:
+    """Inverse of ``schedule_to_wire``; raises ValueError (TraceError) on a malformed series."""
+    if times.dtype != torch.int64 or values.dtype != torch.int64 or times.dim() != 1:
+        raise ValueError(f"schedule {name}: expected two 1-d int64 tensors")
+    return Trace(times.numpy().view(np.float64), values.numpy().view(np.float64), float(duration), name)
+
+
+@dataclass(frozen=True)
+class LinkShape:
+    """One direct link as the sender sees it."""
+
+    schedule: Trace
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class DeviceEmulation:
+    """Everything one worker needs to pace its compute and shape its radio.
+
+    ``epoch`` is the wall-clock time (``time.time()``) that is t=0 of every schedule, chosen by the
+    controller, so all workers and the caller's traces share one clock.
+    """
+
+    epoch: float
+    slowdown: float
+    speed: Trace
+    links: Mapping[str, LinkShape]
+
+    def pacing_factor(self, wall: float) -> float:
+        """Wall seconds per CPU second of real computation for work starting at ``wall``."""
+        factor = float(self.speed.bandwidth_at(wall - self.epoch))
+        return math.inf if factor <= 0 else self.slowdown / factor
+
+    def radio_time(self, neighbour: str, nbytes: int, wall: float) -> float:
+        """Seconds a hop of ``nbytes`` to ``neighbour`` starting at ``wall`` holds the radio."""
+        return self.links[neighbour].schedule.transfer_time(nbytes, wall - self.epoch)
+
+    def latency(self, neighbour: str) -> float:
+        return self.links[neighbour].latency_s
+
+
+@dataclass(frozen=True)
+class Paced:
+    """What one paced computation measured."""
+
+    cpu_s: float  # thread CPU time of the real computation
+    target_s: float  # cpu_s times the pacing factor: the emulated compute time
+    start: float  # wall clock
+    end: float  # wall clock, >= start + target_s
+
+
+def paced(fn: Callable[[], T], emulation: DeviceEmulation | None) -> tuple[T, Paced]:
+    """Run ``fn`` and, when emulating, sleep until its emulated compute time has passed."""
+    start, cpu0 = time.time(), time.thread_time()
+    out = fn()
+    cpu = time.thread_time() - cpu0
+    if emulation is None:
+        end = time.time()
+        return out, Paced(cpu, end - start, start, end)
+    target = cpu * emulation.pacing_factor(start)
+    if not math.isfinite(target):
+        raise RuntimeError("device speed factor is 0: the emulated device never finishes")
+    sleep_until(start + target)
+    return out, Paced(cpu, target, start, time.time())
+
+
+def sleep_until(wall: float) -> None:
+    """Sleep until ``time.time() >= wall`` (no-op if it has passed)."""
+    while (left := wall - time.time()) > 0:
+        time.sleep(left)
+
+
+def energy_j(power: PowerProfile, compute_s: float, send_s: float, recv_s: float, idle_s: float) -> float:
+    """Joules of one device from the seconds it spent in each state (design.md, rule 6)."""
+    return (
+        compute_s * power.compute_w
+        + send_s * power.transmit_w
+        + recv_s * power.receive_w
+        + idle_s * power.idle_w
+    )
+
+
+class EnergyMeter:
+    """A device's cumulative seconds per state and the joules they cost (idle is not metered here)."""
+
+    def __init__(self, power: PowerProfile | None = None):
+        self.power = power or PowerProfile(0.0, 0.0, 0.0, 0.0)
+        self.seconds = {"compute": 0.0, "send": 0.0, "recv": 0.0}
+
+    def add(self, state: str, seconds: float) -> None:
+        self.seconds[state] += seconds
+
+    @property
+    def joules(self) -> float:
+        s = self.seconds
+        return energy_j(self.power, s["compute"], s["send"], s["recv"], 0.0)
+
+
+def measure_host_gflops(seconds: float = 0.3) -> float:
+    """GFLOP/s of one thread of this host on a 3x3 convolution, measured in thread CPU time.
+
+    Pacing divides by this figure, so it is measured the way pacing measures work: CPU time, one
+    thread, best of several runs (a run slowed down by other processes must not make devices look
+    faster than they are).
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 56, 56, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen)
+    flops = 2 * 64 * 64 * 9 * 56 * 56
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            F.conv2d(x, w, padding=1)  # warm-up
+            best, deadline = math.inf, time.time() + seconds
+            while time.time() < deadline or best == math.inf:
+                cpu0 = time.thread_time()
+                F.conv2d(x, w, padding=1)
+                best = min(best, time.thread_time() - cpu0)
+    finally:
+        torch.set_num_threads(threads)
+    return flops / max(best, 1e-9) / 1e9
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """Emulation settings of a whole cluster, from which each worker's ``DeviceEmulation`` is cut.
+
+    ``link_schedules`` maps a device pair (either order) to its bandwidth (Mbit/s, number or Trace),
+    default the spec's constant bandwidth; ``speed_schedules`` maps a device to its speed factor
+    (1.0 = the spec's gflops), default 1.
+    """
+
+    host_gflops: float
+    link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None
+    speed_schedules: Mapping[str, ScheduleLike] | None = None
+
+    def for_device(self, spec: ClusterSpec, device: str, epoch: float) -> DeviceEmulation:
+        links = {
+            frozenset(pair): as_schedule(v, f"link {pair}") for pair, v in (self.link_schedules or {}).items()
+        }
+        speeds = self.speed_schedules or {}
+        unknown = [d for d in speeds if d not in spec.devices] + [
+            "-".join(sorted(p)) for p in links if len(p) != 2 or spec.link(*sorted(p)) is None
+        ]
+        if unknown:
+            raise ValueError(f"emulation names unknown devices or links: {', '.join(unknown)}")
+        shapes = {}
+        for n in spec.neighbours(device):
+            link = spec.link(device, n)
+            shapes[n] = LinkShape(links.get(frozenset((device, n)), constant(link.mbps)), link.latency_s)
+        speed = as_schedule(speeds.get(device, 1.0), f"speed of {device}")
+        return DeviceEmulation(epoch, self.host_gflops / spec.devices[device].gflops, speed, shapes)
+
+
+def emulation_to_wire(emu: DeviceEmulation) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """CONFIG meta and tensors describing one device's emulation."""
+    tensors: list[torch.Tensor] = []
+
+    def put(trace: Trace) -> dict[str, Any]:
+        duration, arrays = schedule_to_wire(trace)
+        tensors.extend(arrays)
+        return {"duration": duration, "index": len(tensors) - 2}
+
+    meta = {
+        "epoch": emu.epoch,
+        "slowdown": emu.slowdown,
+        "speed": put(emu.speed),
+        "links": {n: {"latency": s.latency_s, "schedule": put(s.schedule)} for n, s in emu.links.items()},
+    }
+    return meta, tensors
+
+
+def emulation_from_wire(meta: Any, tensors: list[torch.Tensor]) -> DeviceEmulation:
+    """Inverse of ``emulation_to_wire``; raises ValueError/KeyError/TypeError on malformed input."""
+
+    def get(entry: Any, name: str) -> Trace:
+        i = entry["index"]
+        if type(i) is not int or not 0 <= i < len(tensors) - 1:
+            raise ValueError(f"schedule {name}: tensor index {i!r} out of range")
+        return schedule_from_wire(entry["duration"], tensors[i], tensors[i + 1], name)
+
+    epoch, slowdown = float(meta["epoch"]), float(meta["slowdown"])
+    if not (math.isfinite(epoch) and math.isfinite(slowdown) and slowdown > 0):
+        raise ValueError("emulation epoch and slowdown must be finite, slowdown > 0")
+    links = {}
+    for n, entry in meta["links"].items():
+        latency = float(entry["latency"])
+        if not (math.isfinite(latency) and latency >= 0):
+            raise ValueError(f"link to {n}: latency must be >= 0")
+        links[str(n)] = LinkShape(get(entry["schedule"], f"link to {n}"), latency)
+    return DeviceEmulation(epoch, slowdown, get(meta["speed"], "speed"), links)

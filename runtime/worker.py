@@ -1,0 +1,948 @@
+"""A worker: one device of the cluster, running its share of every deployed plan.
+
+``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR]``
+
+The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
+emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
+of other workers) send it row bands. Three threads share the work:
+
+- the I/O thread owns the ROUTER: it answers control messages at once (so heartbeats are answered
+  while the device computes), holds emulated arrivals until their delivery time and files bands;
+- the compute thread runs tasks one at a time, in the order they become ready, paced by emulation;
+- the radio thread sends hops one at a time, in the order they were queued (the device's one radio),
+  peer to peer to the next device of the route: the bands never pass through the controller.
+
+A ``Deployment`` (one per plan, built by the controller from ``layout(graph, plan)``) tells the worker
+its tasks, who sends it which rows, what it sends to whom along which route, and how many hops it
+relays. Telemetry (one TELEMETRY message per request per worker, once all its events for the request
+are done) and results go back to the controller that deployed the plan.
+
+Weights: the model is built on the meta device and only the units the worker computes are loaded
+from the checkpoint, which is memory-mapped, so a device never holds the weights of units it does not
+run (a flat stage split by features touches only its rows of the weight). Loaded units stay cached
+across plan swaps. Without ``--model-file`` the worker builds the whole seeded model itself.
+
+Anything malformed (bad frames, wrong version, unknown plan or request, a plan naming an unknown
+device) gets an ERROR reply or a log line, and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import logging
+import math
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+from torch import nn
+
+from runtime import models
+from runtime.emulation import DeviceEmulation, EnergyMeter, emulation_from_wire, paced, sleep_until
+from runtime.executor import assemble, compute_band, take_rows
+from runtime.graph import LayerGraph
+from runtime.halo import Rows
+from runtime.layout import layout
+from runtime.plan import Plan
+from runtime.spec import PowerProfile
+from runtime.transport import Header, Kind, Message, ProtocolError, encode, recv
+
+log = logging.getLogger("runtime.worker")
+
+MAX_OPEN_REQUESTS = 1024  # per worker: bounds the state a stream of bogus bands can create
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+POLL_MS = 100  # the I/O loop wakes at least this often (parent check, shutdown)
+
+
+# ---------------------------------------------------------------------------------- deployment format
+
+
+@dataclass(frozen=True)
+class Send:
+    """A transfer this device originates: rows of the boundary in front of ``stage``.
+
+    ``path`` is the route ``[this device, relays..., receiver]``; a path of one device is a local
+    hand-over, which costs no radio time.
+    """
+
+    stage: int
+    rows: Rows
+    path: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: compute ``out_rows`` of boundary ``end`` from ``in_rows`` of boundary ``start``."""
+
+    stage: int
+    start: int
+    end: int
+    in_rows: Rows
+    out_rows: Rows
+    flops: int
+    inputs: tuple[tuple[str, Rows], ...]  # (sender, rows) pieces that make up in_rows
+    sends: tuple[Send, ...]  # in the order the layout lists them: the radio sends them in this order
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One device's part of one plan: the deployment message the controller sends (``to_meta``)."""
+
+    plan_id: int
+    device: str
+    model: str
+    seed: int
+    input_shape: tuple[int, ...]
+    source: str
+    sink: str
+    n_stages: int
+    out_extent: int
+    tasks: tuple[TaskSpec, ...]
+    feed: tuple[Send, ...]  # source only: the stage-0 input bands
+    collect: tuple[tuple[str, Rows], ...]  # sink only: the output pieces
+    relays: int  # hops this device forwards for others, per request
+
+    @property
+    def expected_events(self) -> int:
+        """Telemetry events this device records per request (then it reports them)."""
+        sends = [s for t in self.tasks for s in t.sends] + list(self.feed)
+        return (
+            (self.device == self.source)
+            + len(self.tasks)
+            + sum(len(s.path) > 1 for s in sends)
+            + self.relays
+            + (self.device == self.sink)
+        )
+
+    def units(self) -> set[int]:
+        return {u for t in self.tasks for u in range(t.start, t.end)}
+
+    def task_for(self, stage: int) -> TaskSpec | None:
+        return next((t for t in self.tasks if t.stage == stage), None)
+
+    def expected_pieces(self, stage: int) -> tuple[tuple[str, Rows], ...]:
+        if stage == self.n_stages:
+            return self.collect
+        task = self.task_for(stage)
+        return task.inputs if task is not None else ()
+
+    def to_meta(self) -> dict[str, Any]:
+        def send(s: Send) -> list:
+            return [s.stage, list(s.rows), list(s.path)]
+
+        return {
+            "plan": self.plan_id,
+            "device": self.device,
+            "model": self.model,
+            "seed": self.seed,
+            "input_shape": list(self.input_shape),
+            "source": self.source,
+            "sink": self.sink,
+            "n_stages": self.n_stages,
+            "out_extent": self.out_extent,
+            "tasks": [
+                {
+                    "stage": t.stage,
+                    "units": [t.start, t.end],
+                    "in": list(t.in_rows),
+                    "out": list(t.out_rows),
+                    "flops": t.flops,
+                    "inputs": [[d, list(r)] for d, r in t.inputs],
+                    "sends": [send(s) for s in t.sends],
+                }
+                for t in self.tasks
+            ],
+            "feed": [send(s) for s in self.feed],
+            "collect": [[d, list(r)] for d, r in self.collect],
+            "relays": self.relays,
+        }
+
+    @classmethod
+    def from_meta(cls, m: Any) -> Deployment:
+        """Parse and check a deployment message; raises ValueError naming the bad field."""
+        if not isinstance(m, dict):
+            raise ValueError("deployment must be a map")
+        n_stages = _int(m.get("n_stages"), "n_stages", 1)
+
+        def send(v: Any) -> Send:
+            if not (isinstance(v, list) and len(v) == 3):
+                raise ValueError("a send must be [stage, rows, path]")
+            path = tuple(_str(d, "path device") for d in _list(v[2], "path"))
+            if not path:
+                raise ValueError("a send path must not be empty")
+            return Send(_int(v[0], "send stage", 0, n_stages), _rows(v[1]), path)
+
+        def piece(v: Any) -> tuple[str, Rows]:
+            if not (isinstance(v, list) and len(v) == 2):
+                raise ValueError("a piece must be [device, rows]")
+            return _str(v[0], "piece device"), _rows(v[1])
+
+        tasks = []
+        for t in _list(m.get("tasks"), "tasks"):
+            if not isinstance(t, dict):
+                raise ValueError("a task must be a map")
+            start, end = _rows(t.get("units"))
+            if start == end:
+                raise ValueError("a task must cover at least one unit")
+            stage = _int(t.get("stage"), "task stage", 0, n_stages - 1)
+            sends = tuple(send(s) for s in _list(t.get("sends"), "sends"))
+            if any(s.stage != stage + 1 for s in sends):
+                raise ValueError(f"task of stage {stage} sends rows of another stage")
+            tasks.append(
+                TaskSpec(
+                    stage,
+                    start,
+                    end,
+                    _rows(t.get("in")),
+                    _rows(t.get("out")),
+                    _int(t.get("flops"), "flops", 0),
+                    tuple(piece(p) for p in _list(t.get("inputs"), "inputs")),
+                    sends,
+                )
+            )
+        if len({t.stage for t in tasks}) != len(tasks):
+            raise ValueError("two tasks in one stage")
+        shape = tuple(_int(s, "input_shape", 1) for s in _list(m.get("input_shape"), "input_shape"))
+        if len(shape) != 3:
+            raise ValueError("input_shape must be [C, H, W]")
+        feed = tuple(send(s) for s in _list(m.get("feed"), "feed"))
+        if any(s.stage != 0 for s in feed):
+            raise ValueError("the source feeds stage 0 only")
+        dep = cls(
+            _int(m.get("plan"), "plan", 0),
+            _str(m.get("device"), "device"),
+            _str(m.get("model"), "model"),
+            _int(m.get("seed"), "seed", 0),
+            shape,
+            _str(m.get("source"), "source"),
+            _str(m.get("sink"), "sink"),
+            n_stages,
+            _int(m.get("out_extent"), "out_extent", 1),
+            tuple(tasks),
+            feed,
+            tuple(piece(p) for p in _list(m.get("collect"), "collect")),
+            _int(m.get("relays"), "relays", 0),
+        )
+        for s in [*feed, *(s for t in tasks for s in t.sends)]:
+            if s.path[0] != dep.device:
+                raise ValueError(f"a send of {dep.device} starts at {s.path[0]}")
+        if dep.feed and dep.device != dep.source:
+            raise ValueError("only the source feeds stage 0")
+        if dep.collect and dep.device != dep.sink:
+            raise ValueError("only the sink collects the output")
+        return dep
+
+
+def deployments(
+    graph: LayerGraph,
+    plan: Plan,
+    plan_id: int,
+    model: str,
+    seed: int,
+    route: Callable[[str, str], list[str]],
+) -> dict[str, Deployment]:
+    """Every device's deployment of ``plan`` (devices with nothing to do get none).
+
+    ``route(a, b)`` gives the devices a transfer from a to b travels through (``ClusterSpec.route``
+    of the devices that are up).
+    """
+    lay = layout(graph, plan)
+    n = len(plan.stages)
+    paths = {(t.src, t.dst): tuple(route(t.src, t.dst)) for t in lay.transfers}
+    relays: dict[str, int] = {}
+    for t in lay.transfers:
+        for d in paths[(t.src, t.dst)][1:-1]:
+            relays[d] = relays.get(d, 0) + 1
+    tasks: dict[str, list[TaskSpec]] = {}
+    for s, (stage, stage_tasks) in enumerate(zip(plan.stages, lay.tasks, strict=True)):
+        for task in stage_tasks:
+            tasks.setdefault(task.device, []).append(
+                TaskSpec(
+                    s,
+                    stage.start,
+                    stage.end,
+                    task.in_rows,
+                    task.out_rows,
+                    task.flops,
+                    tuple((t.src, t.rows) for t in lay.inputs_of(s, task.device)),
+                    tuple(
+                        Send(s + 1, t.rows, paths[(t.src, t.dst)]) for t in lay.outputs_of(s + 1, task.device)
+                    ),
+                )
+            )
+    devices = set(tasks) | set(relays) | {plan.source, plan.sink}
+    return {
+        d: Deployment(
+            plan_id,
+            d,
+            model,
+            seed,
+            tuple(graph.input_shape),
+            plan.source,
+            plan.sink,
+            n,
+            graph.extent(len(graph.units)),
+            tuple(tasks.get(d, ())),
+            tuple(Send(0, t.rows, paths[(t.src, t.dst)]) for t in lay.outputs_of(0, d))
+            if d == plan.source
+            else (),
+            tuple((t.src, t.rows) for t in lay.inputs_of(n, d)) if d == plan.sink else (),
+            relays.get(d, 0),
+        )
+        for d in sorted(devices)
+    }
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = (1 << 63) - 1) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{what} must be an int in [{lo}, {hi}], got {repr(v)[:40]}")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > 200:
+        raise ValueError(f"{what} must be a non-empty string, got {repr(v)[:40]}")
+    return v
+
+
+def _list(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"{what} must be a list, got {type(v).__name__}")
+    return v
+
+
+def _rows(v: Any) -> Rows:
+    if not (isinstance(v, list) and len(v) == 2):
+        raise ValueError(f"rows must be [lo, hi], got {repr(v)[:40]}")
+    lo, hi = _int(v[0], "rows"), _int(v[1], "rows")
+    if hi < lo:
+        raise ValueError(f"rows [{lo}, {hi}) are reversed")
+    return lo, hi
+
+
+def _float(v: Any, what: str) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {repr(v)[:40]}")
+    return float(v)
+
+
+# ---------------------------------------------------------------------------------- weights
+
+
+class WeightStore:
+    """Model skeletons and graphs, with the weights of the units this worker has run.
+
+    With a checkpoint (``model_file``) a model is a meta-device skeleton whose units get their tensors
+    from the memory-mapped checkpoint when first needed; without one the seeded model is built whole.
+    """
+
+    def __init__(self, model_file: Path | None):
+        self.model_file = model_file
+        self._checkpoint: dict[str, torch.Tensor] | None = None
+        self._models: dict[tuple[str, int], tuple[nn.Module, list[models.Layer], dict[int, str]]] = {}
+        self._graphs: dict[tuple[str, int, tuple[int, ...]], LayerGraph] = {}
+        self.loaded: dict[tuple[str, int], set[int]] = {}
+
+    def _model(self, name: str, seed: int) -> tuple[nn.Module, list[models.Layer], dict[int, str]]:
+        key = (name, seed)
+        if key not in self._models:
+            model = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
+            layers = models.layers(model)
+            names = {id(m): n for n, m in model.named_modules()}
+            self._models[key] = (model, layers, names)
+            self.loaded[key] = set() if self.model_file else set(range(len(layers)))
+        return self._models[key]
+
+    def graph(self, name: str, seed: int, shape: tuple[int, ...]) -> LayerGraph:
+        key = (name, seed, tuple(shape))
+        if key not in self._graphs:
+            self._graphs[key] = LayerGraph.from_model(self._model(name, seed)[0], shape, name)
+        return self._graphs[key]
+
+    def load(self, name: str, seed: int, units: Iterable[int]) -> None:
+        """Materialise the weights of ``units`` (no-op for units already loaded)."""
+        _, layers, names = self._model(name, seed)
+        done = self.loaded[(name, seed)]
+        for u in sorted(set(units) - done):
+            for module in layers[u][1]:
+                self._load_module(module, names)
+            done.add(u)
+
+    def _load_module(self, module: nn.Module, names: dict[int, str]) -> None:
+        wanted = module.state_dict()
+        if not wanted:
+            return
+        if self._checkpoint is None:
+            try:
+                self._checkpoint = torch.load(self.model_file, mmap=True, weights_only=True)
+            except Exception as exc:  # torch raises several unrelated types for unreadable files
+                raise models.ModelError(f"cannot read checkpoint {self.model_file}: {exc}") from None
+            if not isinstance(self._checkpoint, dict):
+                raise models.ModelError(f"checkpoint {self.model_file} is not a state_dict")
+        prefix = names.get(id(module))
+        if prefix is None:
+            raise models.ModelError(f"{type(module).__name__} with weights is not part of the model")
+        state = {}
+        for key, meta in wanted.items():
+            tensor = self._checkpoint.get(f"{prefix}.{key}")
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != meta.shape:
+                raise models.ModelError(
+                    f"checkpoint {self.model_file} lacks {prefix}.{key} {tuple(meta.shape)}"
+                )
+            state[key] = tensor
+        module.load_state_dict(state, assign=True)
+
+    def loaded_bytes(self) -> int:
+        total = 0
+        for key, units in self.loaded.items():
+            layers = self._models[key][1]
+            total += sum(
+                t.numel() * t.element_size()
+                for u in units
+                for m in layers[u][1]
+                for t in m.state_dict().values()
+            )
+        return total
+
+
+# ---------------------------------------------------------------------------------- worker
+
+
+@dataclass
+class _Request:
+    """One request's state on this worker, dropped once its events are all recorded."""
+
+    pending: int
+    pieces: dict[int, list[tuple[str, Rows, torch.Tensor]]] = field(default_factory=dict)
+    ready_at: dict[int, float] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Hop:
+    """A hop waiting for the radio: send ``tensor`` (rows of stage ``stage``) to ``path[hop + 1]``."""
+
+    plan_id: int
+    rid: int
+    stage: int
+    rows: Rows
+    path: tuple[str, ...]
+    hop: int
+    tensor: torch.Tensor
+    queued: float
+
+
+class Worker:
+    """One device's worker process (see the module docstring)."""
+
+    def __init__(
+        self,
+        bind: str,
+        device: str,
+        *,
+        model_file: Path | None = None,
+        curve_keys: Path | None = None,
+        parent_pid: int | None = None,
+        max_bytes: int = MAX_MESSAGE_BYTES,
+    ):
+        self.device = device
+        self.boot = uuid.uuid4().hex[:12]
+        self.max_bytes = max_bytes
+        self.parent_pid = parent_pid
+        self.curve_keys = curve_keys
+        self.weights = WeightStore(model_file)
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.router_mandatory = 1
+        self.router.router_handover = 1
+        self.router.maxmsgsize = max_bytes
+        self._auth = None
+        if curve_keys is not None:
+            from runtime.security import secure_server
+
+            self._auth = secure_server(self.router, curve_keys, self.ctx)
+        self.router.bind(bind)
+        self.endpoint = self.router.last_endpoint.decode()
+        self._outbox = self.ctx.socket(zmq.PULL)
+        self._outbox.bind(f"inproc://outbox-{id(self)}")
+        self._io_thread = threading.get_ident()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._plans: dict[int, Deployment] = {}
+        self._owners: dict[int, bytes] = {}
+        self._requests: dict[tuple[int, int], _Request] = {}
+        self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._held: list[tuple[float, int, Message]] = []
+        self._seq = itertools.count()
+        self._peers: dict[str, str] = {}
+        self._emulation: DeviceEmulation | None = None
+        self.meter = EnergyMeter()
+        self.computed = 0
+        self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._radio_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._compute_loop, name="compute", daemon=True),
+            threading.Thread(target=self._radio_loop, name="radio", daemon=True),
+        ]
+
+    # ---- I/O thread ----------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Run until SHUTDOWN, SIGTERM or the death of the parent process."""
+        for t in self._threads:
+            t.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._outbox, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                wait = POLL_MS
+                if self._held:
+                    wait = min(wait, max(0, math.ceil((self._held[0][0] - time.time()) * 1000)))
+                events = dict(poller.poll(wait))
+                if self._outbox in events:
+                    self._flush_outbox()
+                if self.router in events:
+                    for _ in range(64):  # bounded, so held deliveries and the outbox are not starved
+                        if not self._handle_one():
+                            break
+                self._release_held()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("%s: parent process %d is gone, exiting", self.device, self.parent_pid)
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._compute_q.put(None)
+        self._radio_q.put(None)
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=2.0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.ctx.destroy(linger=200)  # long enough to flush the last replies (e.g. the SHUTDOWN ack)
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                frames = self._outbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._send_router(frames)
+
+    def _send_router(self, frames: list) -> None:
+        try:
+            self.router.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the controller went away, or its queue is full
+            log.warning("%s: cannot reach %r: %s", self.device, bytes(frames[0])[:32], exc)
+
+    def _emit(self, peer: bytes | None, header: Header, tensors: list[torch.Tensor] = (), rows=None) -> None:
+        """Send a message to a controller (``peer``) from any thread."""
+        if peer is None:
+            return
+        frames = [peer, *encode(header, tensors, rows=rows)]
+        if threading.get_ident() == self._io_thread:
+            self._send_router(frames)
+            return
+        push = getattr(self._local, "push", None)
+        if push is None:
+            push = self._local.push = self.ctx.socket(zmq.PUSH)
+            push.linger = 0
+            push.connect(f"inproc://outbox-{id(self)}")
+        push.send_multipart(frames, copy=False)
+
+    def _error(
+        self, peer: bytes | None, rid: int, message: str, kind: str | None = None, **extra: Any
+    ) -> None:
+        """Tell ``peer`` what went wrong; ``extra`` may name the ``plan`` and say it is ``transient``."""
+        log.warning("%s: %s", self.device, message)
+        meta = {"message": message[:2000], "kind": kind, "device": self.device} | extra
+        self._emit(peer, Header(Kind.ERROR, rid, meta))
+
+    def _handle_one(self) -> bool:
+        try:
+            msg = recv(self.router, flags=zmq.NOBLOCK, max_bytes=self.max_bytes)
+        except zmq.Again:
+            return False
+        except ProtocolError as exc:
+            self._error(exc.peer, exc.rid or 0, f"bad message: {exc}")
+            return True
+        kind, plan = msg.header.kind.value, msg.header.meta.get("plan")
+        plan = plan if type(plan) is int else None
+        try:
+            self._dispatch(msg)
+        except (ValueError, KeyError, TypeError, IndexError, models.ModelError) as exc:
+            self._error(msg.peer, msg.header.rid, f"{kind}: {exc}", kind, plan=plan)
+        except Exception as exc:  # keep serving whatever a message does
+            log.exception("%s: handling %s failed", self.device, kind)
+            self._error(msg.peer, msg.header.rid, f"{kind}: internal error {exc!r}", kind, plan=plan)
+        return True
+
+    def _dispatch(self, msg: Message) -> None:
+        kind, meta = msg.header.kind, msg.header.meta
+        if kind == Kind.PING:
+            self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, self.status()))
+        elif kind == Kind.BAND:
+            deliver_at = meta.get("deliver_at")
+            if deliver_at is not None and _float(deliver_at, "deliver_at") > time.time():
+                heapq.heappush(self._held, (deliver_at, next(self._seq), msg))
+            else:
+                self._on_band(msg)
+        elif kind == Kind.INPUT:
+            self._on_input(msg)
+        elif kind == Kind.DEPLOY:
+            self._on_deploy(msg)
+        elif kind == Kind.CONFIG:
+            self._on_config(msg)
+        elif kind == Kind.SHUTDOWN:
+            self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device}))
+            self._stop.set()
+        else:
+            raise ValueError(f"a worker does not accept {kind.value} messages")
+
+    def status(self) -> dict[str, Any]:
+        """What PONG reports: identity, load and meters."""
+        with self._lock:
+            plans, open_requests = sorted(self._plans), len(self._requests)
+        return {
+            "device": self.device,
+            "boot": self.boot,
+            "plans": plans,
+            "open_requests": open_requests,
+            "computed": self.computed,
+            "loaded_units": {f"{m}:{s}": sorted(u) for (m, s), u in self.weights.loaded.items()},
+            "loaded_bytes": self.weights.loaded_bytes(),
+            "busy_s": dict(self.meter.seconds),
+            "energy_j": self.meter.joules,
+        }
+
+    def _release_held(self) -> None:
+        now = time.time()
+        while self._held and self._held[0][0] <= now:
+            msg = heapq.heappop(self._held)[2]
+            try:
+                self._on_band(msg)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                self._error(
+                    msg.peer, msg.header.rid, f"band: {exc}", "band", plan=msg.header.meta.get("plan")
+                )
+
+    # ---- control ---------------------------------------------------------------------------------
+    def _on_config(self, msg: Message) -> None:
+        meta = msg.header.meta
+        if meta.get("device") != self.device:
+            raise ValueError(f"configuration for device {meta.get('device')!r} sent to {self.device!r}")
+        peers = meta.get("peers")
+        if not isinstance(peers, dict) or not all(isinstance(v, str) for v in peers.values()):
+            raise ValueError("peers must map device ids to endpoints")
+        power = [_float(p, "power") for p in _list(meta.get("power"), "power")]
+        if len(power) != 4:
+            raise ValueError("power must be [compute, transmit, receive, idle] watts")
+        emulation = meta.get("emulation")
+        emulation = None if emulation is None else emulation_from_wire(emulation, msg.tensors)
+        if emulation is not None and set(emulation.links) - set(peers):
+            raise ValueError("emulated links name devices without an endpoint")
+        with self._lock:
+            self._peers = dict(peers)
+            self._emulation = emulation
+            self.meter.power = PowerProfile(*power)
+        self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device, "boot": self.boot}))
+
+    def _on_deploy(self, msg: Message) -> None:
+        meta = msg.header.meta
+        retire = [_int(p, "retire") for p in _list(meta.get("retire", []), "retire")]
+        dep = None
+        if meta.get("deploy") is not None:
+            dep = Deployment.from_meta(meta["deploy"])
+            if dep.device != self.device:
+                raise ValueError(f"deployment for {dep.device!r} sent to {self.device!r}")
+            with self._lock:
+                peers = set(self._peers)
+            hops = {s.path[1] for t in dep.tasks for s in t.sends if len(s.path) > 1}
+            hops |= {s.path[1] for s in dep.feed if len(s.path) > 1}
+            if unknown := hops - peers:
+                raise ValueError(f"plan {dep.plan_id} sends to unknown device(s) {sorted(unknown)}")
+            graph = self.weights.graph(dep.model, dep.seed, dep.input_shape)
+            for t in dep.tasks:
+                if t.end > len(graph.units):
+                    raise ValueError(f"task units [{t.start}, {t.end}) beyond the model's {len(graph.units)}")
+            self.weights.load(dep.model, dep.seed, dep.units())
+        with self._lock:
+            for pid in retire:
+                self._plans.pop(pid, None)
+                self._owners.pop(pid, None)
+                for key in [k for k in self._requests if k[0] == pid]:
+                    del self._requests[key]
+            if dep is not None:
+                self._plans[dep.plan_id] = dep
+                self._owners[dep.plan_id] = msg.peer
+        reply = {"plan": None if dep is None else dep.plan_id, "device": self.device, "boot": self.boot}
+        self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
+
+    # ---- request flow ----------------------------------------------------------------------------
+    def _request(self, dep: Deployment, rid: int, create: bool) -> _Request | None:
+        """The state of request ``rid`` under ``dep`` (caller holds the lock)."""
+        key = (dep.plan_id, rid)
+        req = self._requests.get(key)
+        if req is None and create:
+            if key in self._finished:
+                raise ValueError(f"request {rid} of plan {dep.plan_id} is already finished here")
+            if len(self._requests) >= MAX_OPEN_REQUESTS:
+                raise ValueError(f"too many open requests ({MAX_OPEN_REQUESTS})")
+            req = self._requests[key] = _Request(dep.expected_events)
+        return req
+
+    def _record(self, dep: Deployment, rid: int, event: dict[str, Any]) -> None:
+        """Add one telemetry event; the last one expected flushes them to the controller."""
+        with self._lock:
+            if self._plans.get(dep.plan_id) is not dep:
+                return  # retired meanwhile
+            req = self._request(dep, rid, create=True)
+            req.events.append(event)
+            req.pending -= 1
+            if req.pending > 0:
+                return
+            del self._requests[(dep.plan_id, rid)]
+            self._finished[(dep.plan_id, rid)] = None
+            if len(self._finished) > 4 * MAX_OPEN_REQUESTS:
+                self._finished.popitem(last=False)
+            owner = self._owners.get(dep.plan_id)
+        meta = {"plan": dep.plan_id, "device": self.device, "events": req.events}
+        self._emit(owner, Header(Kind.TELEMETRY, rid, meta))
+
+    def _deployment(self, meta: dict[str, Any]) -> Deployment:
+        pid = _int(meta.get("plan"), "plan")
+        with self._lock:
+            dep = self._plans.get(pid)
+        if dep is None:
+            raise ValueError(f"unknown plan {pid}")
+        return dep
+
+    def _on_input(self, msg: Message) -> None:
+        now = time.time()
+        dep = self._deployment(msg.header.meta)
+        rid = msg.header.rid
+        if dep.device != dep.source:
+            raise ValueError(f"{self.device} is not the source of plan {dep.plan_id}")
+        if (
+            len(msg.tensors) != 1
+            or msg.tensors[0].dim() != 4
+            or tuple(msg.tensors[0].shape[1:]) != dep.input_shape
+        ):
+            raise ValueError(
+                f"input must be one float tensor of shape (N, {', '.join(map(str, dep.input_shape))})"
+            )
+        x = msg.tensors[0]
+        if x.dtype != torch.float32:
+            raise ValueError("input must be float32")
+        with self._lock:
+            if (dep.plan_id, msg.header.rid) in self._requests or (dep.plan_id, rid) in self._finished:
+                raise ValueError(f"request {rid} of plan {dep.plan_id} was already started")
+        self._record(dep, rid, {"ev": "input", "t": now})
+        full = (0, x.shape[-2])
+        for s in dep.feed:
+            self._send(dep, rid, s, take_rows(x, full, s.rows), now)
+
+    def _send(self, dep: Deployment, rid: int, s: Send, tensor: torch.Tensor, now: float) -> None:
+        if len(s.path) == 1:
+            self._deliver(dep, rid, s.stage, self.device, s.rows, tensor, now)
+        else:
+            self._radio_q.put(_Hop(dep.plan_id, rid, s.stage, s.rows, s.path, 0, tensor, now))
+
+    def _on_band(self, msg: Message) -> None:
+        now = time.time()
+        meta = msg.header.meta
+        dep = self._deployment(meta)
+        path = tuple(_str(d, "path device") for d in _list(meta.get("path"), "path"))
+        hop = _int(meta.get("hop"), "hop", 1, max(1, len(path) - 1))
+        if len(path) < 2 or path[hop] != self.device:
+            raise ValueError(f"band routed along {list(path)} reached {self.device} at hop {hop}")
+        stage = _int(meta.get("stage"), "stage", 0, dep.n_stages)
+        if len(msg.tensors) != 1 or msg.specs[0].rows is None:
+            raise ValueError("a band carries exactly one tensor with its rows")
+        rows, tensor = msg.specs[0].rows, msg.tensors[0]
+        if hop < len(path) - 1:  # relay: store and forward on this device's radio
+            if dep.relays == 0:
+                raise ValueError(f"{self.device} relays nothing in plan {dep.plan_id}")
+            self._radio_q.put(_Hop(dep.plan_id, msg.header.rid, stage, rows, path, hop, tensor, now))
+            return
+        self._deliver(dep, msg.header.rid, stage, path[0], rows, tensor, now)
+
+    def _deliver(
+        self, dep: Deployment, rid: int, stage: int, src: str, rows: Rows, tensor: torch.Tensor, now: float
+    ):
+        """File one piece; queue the task it completes, or assemble the output at the sink."""
+        expected = dep.expected_pieces(stage)
+        if (src, rows) not in expected:
+            raise ValueError(f"{self.device} expects no rows {list(rows)} of stage {stage} from {src!r}")
+        with self._lock:
+            if self._plans.get(dep.plan_id) is not dep:
+                return
+            req = self._request(dep, rid, create=True)
+            got = req.pieces.setdefault(stage, [])
+            if any(p[0] == src and p[1] == rows for p in got):
+                raise ValueError(f"rows {list(rows)} of stage {stage} from {src!r} arrived twice")
+            got.append((src, rows, tensor))
+            if len(got) < len(expected):
+                return
+            pieces = req.pieces.pop(stage)
+        if stage < dep.n_stages:
+            self._compute_q.put((dep, rid, dep.task_for(stage), pieces, now))
+            return
+        output = assemble([(r, t) for _, r, t in pieces], (0, dep.out_extent))
+        self._emit(
+            self._owners.get(dep.plan_id),
+            Header(Kind.RESULT, rid, {"plan": dep.plan_id, "done": now}),
+            [output],
+        )
+        self._record(dep, rid, {"ev": "done", "t": now})
+
+    # ---- compute thread --------------------------------------------------------------------------
+    def _compute_loop(self) -> None:
+        torch.set_num_threads(1)
+        while (item := self._compute_q.get()) is not None:
+            dep, rid, task, pieces, ready = item
+            with self._lock:
+                live = self._plans.get(dep.plan_id) is dep
+                emulation = self._emulation
+            if not live:
+                continue
+            try:
+                graph = self.weights.graph(dep.model, dep.seed, dep.input_shape)
+
+                def run(task=task, pieces=pieces, graph=graph):
+                    band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
+                    return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
+
+                out, p = paced(run, emulation)
+            except Exception as exc:  # a bad band or a broken model: report, keep serving
+                log.exception("%s: task of stage %d failed", self.device, task.stage)
+                with self._lock:
+                    self._requests.pop((dep.plan_id, rid), None)
+                    self._finished[(dep.plan_id, rid)] = None
+                self._error(
+                    self._owners.get(dep.plan_id), rid, f"compute failed: {exc!r}", "band", plan=dep.plan_id
+                )
+                continue
+            self.computed += 1
+            self.meter.add("compute", p.end - p.start)
+            event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
+            self._record(dep, rid, event | {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops})
+            for s in task.sends:
+                try:
+                    self._send(dep, rid, s, take_rows(out, task.out_rows, s.rows), p.end)
+                except ValueError as exc:
+                    self._error(
+                        self._owners.get(dep.plan_id), rid, f"local hand-over failed: {exc}", plan=dep.plan_id
+                    )
+
+    # ---- radio thread ----------------------------------------------------------------------------
+    def _radio_loop(self) -> None:
+        sockets: dict[str, tuple[str, zmq.Socket]] = {}
+        while (job := self._radio_q.get()) is not None:
+            with self._lock:
+                dep = self._plans.get(job.plan_id)
+                emulation, peers = self._emulation, dict(self._peers)
+            if dep is None:
+                continue
+            nxt = job.path[job.hop + 1]
+            try:
+                sock = self._peer_socket(sockets, nxt, peers.get(nxt))
+                nbytes = job.tensor.numel() * job.tensor.element_size()
+                start = time.time()
+                radio = emulation.radio_time(nxt, nbytes, start) if emulation else 0.0
+                meta = {"plan": job.plan_id, "stage": job.stage, "path": list(job.path), "hop": job.hop + 1}
+                if emulation is not None:
+                    meta["deliver_at"] = start + radio + emulation.latency(nxt)
+                frames = encode(Header(Kind.BAND, job.rid, meta), [job.tensor], rows=[job.rows])
+                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                sleep_until(start + radio)
+                end = time.time()
+            except (zmq.ZMQError, ValueError, KeyError) as exc:  # e.g. the next device is down
+                owner = self._owners.get(job.plan_id)
+                self._error(owner, job.rid, f"send to {nxt} failed: {exc}", plan=job.plan_id, transient=True)
+                continue
+            self.meter.add("send", end - start)
+            event = {"ev": "tx", "stage": job.stage, "from": self.device, "to": nxt, "src": job.path[0]}
+            event |= {"dst": job.path[-1], "bytes": nbytes, "queued": job.queued, "start": start, "end": end}
+            event["arrive"] = meta.get("deliver_at", end)
+            self._record(dep, job.rid, event)
+        for _, sock in sockets.values():
+            sock.close(linger=0)
+
+    def _peer_socket(
+        self, sockets: dict[str, tuple[str, zmq.Socket]], device: str, endpoint: str | None
+    ) -> zmq.Socket:
+        if endpoint is None:
+            raise ValueError(f"no endpoint for device {device!r}")
+        known = sockets.get(device)
+        if known is not None and known[0] == endpoint:
+            return known[1]
+        if known is not None:
+            known[1].close(linger=0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.rcvhwm = 16  # peers only ever answer bad bands: never let replies pile up
+        if self.curve_keys is not None:
+            from runtime.security import secure_client
+
+            secure_client(sock, self.curve_keys, self.device)
+        sock.connect(endpoint)
+        sockets[device] = (endpoint, sock)
+        return sock
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker", description="Run one device's worker.")
+    parser.add_argument(
+        "--bind", required=True, help="endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any)"
+    )
+    parser.add_argument("--device-id", required=True, help="this device's id in the cluster spec")
+    parser.add_argument(
+        "--model-file", type=Path, help="state_dict checkpoint (loaded memory-mapped, per unit)"
+    )
+    parser.add_argument("--curve-keys", type=Path, help="CurveZMQ key directory (runtime.security keygen)")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s worker {args.device_id} %(levelname)s %(message)s"
+    )
+    torch.set_num_threads(1)
+    if args.model_file is not None and not args.model_file.is_file():
+        parser.exit(2, f"worker: error: model file {args.model_file} does not exist\n")
+    try:
+        worker = Worker(
+            args.bind,
+            args.device_id,
+            model_file=args.model_file,
+            curve_keys=args.curve_keys,
+            parent_pid=args.parent_pid,
+        )
+    except (zmq.ZMQError, OSError) as exc:
+        parser.exit(2, f"worker: error: cannot serve on {args.bind}: {exc}\n")
+    # Shape inference on the meta device imports torch's meta kernels (seconds on a busy host): do it
+    # now, or the first deployment would stall the I/O thread and the worker would look dead.
+    LayerGraph.from_model(models.skeleton("tiny"), models.input_shape("tiny"))
+    signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
+    print(f"READY {worker.endpoint}", flush=True)  # the only line on stdout: LocalCluster waits for it
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()

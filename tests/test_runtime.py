@@ -1,0 +1,317 @@
+"""The distributed runtime on a real 6-worker emulated cluster on loopback.
+
+One cluster serves the whole module (starting workers is the expensive part). Its topology has
+devices without a direct link, so bands really travel through relay workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.emulation import energy_j
+from runtime.layout import layout
+from runtime.plan import Plan, random_plan
+from runtime.schedule import Trace
+from runtime.spec import parse_cluster
+
+torch.set_num_threads(1)
+MODEL, SEED = "tiny", 3
+TIMING_TOLERANCE = 0.15
+
+HEX6 = {
+    "format": "disnet-cluster/1",
+    "name": "hex6",
+    "source": "a",
+    "sink": "f",
+    "devices": [
+        {"id": d, "gflops": g, "power": {"compute": 2.0 + i, "transmit": 1.0, "receive": 0.8, "idle": 0.3}}
+        for i, (d, g) in enumerate(zip("abcdef", (40, 30, 40, 20, 30, 10), strict=True))
+    ],
+    # a chain a-b-c-d-e-f with chords a-c and d-f: a reaches d only through c, e through c and d
+    "links": [
+        {"a": x, "b": y, "mbps": m, "latency_ms": 1}
+        for x, y, m in [
+            ("a", "b", 50),
+            ("b", "c", 40),
+            ("c", "d", 50),
+            ("d", "e", 30),
+            ("e", "f", 50),
+            ("a", "c", 45),
+            ("d", "f", 40),
+        ]
+    ],  # fmt: skip
+}
+SPEC = parse_cluster(HEX6, origin="hex6")
+
+
+def _worker_children() -> list[psutil.Process]:
+    procs = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "runtime.worker" in " ".join(p.cmdline()):
+                procs.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_orphans():
+    """After the module's clusters are closed, no worker process of ours may be left."""
+    yield
+    left = _worker_children()
+    assert not left, f"worker processes left behind: {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(SPEC, model=MODEL, seed=SEED) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = models.build(MODEL, seed=SEED)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return forward
+
+
+@pytest.fixture
+def ctl(cluster):
+    """The cluster's controller, with the module's default emulation restored after each test."""
+    emulation = cluster.controller.emulation
+    yield cluster.controller
+    if cluster.controller.emulation is not emulation:
+        cluster.controller.configure(emulation)
+
+
+def _inputs(n: int, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, *models.input_shape(MODEL), generator=gen) for _ in range(n)]
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _plans(graph) -> dict[str, Plan]:
+    n = len(graph.units)
+    rng = np.random.default_rng(7)
+    devices = list(SPEC.devices)
+    plans = {
+        # three stages on three devices, each band whole
+        "vertical": Plan.build("a", "f", [(0, 6, {"b": 1}), (6, 9, {"c": 1}), (9, n, {"d": 1})]),
+        # one spatial stage split six ways by rows, then the head on one device
+        "horizontal": Plan.build("a", "f", [(0, 6, dict.fromkeys("abcdef", 1.0)), (6, n, {"e": 1})]),
+        # rows and features split, relays everywhere (a -> d, a -> e, f -> a ...)
+        "mixed": Plan.build(
+            "a",
+            "e",
+            [
+                (0, 3, {"a": 1, "b": 2}),
+                (3, 7, {"c": 1, "d": 1, "e": 3}),
+                (7, 13, {"f": 2, "b": 1}),
+                (13, n, {"a": 1}),
+            ],
+        ),
+    }
+    for i in range(3):
+        plans[f"random{i}"] = random_plan(graph, devices, rng, max_devices=6)
+    return plans
+
+
+DEPLOYED_UNITS: dict[str, set[int]] = {}  # units each device was given by any plan of this module
+
+
+@pytest.mark.parametrize("name", ["vertical", "horizontal", "mixed", "random0", "random1", "random2"])
+def test_distributed_output_equals_unsplit_forward(ctl, reference, name):
+    plan = _plans(ctl.graph)[name]
+    assert ctl.deploy(plan) == plan
+    lay = layout(ctl.graph, plan)
+    for stage, tasks in zip(plan.stages, lay.tasks, strict=True):
+        for task in tasks:
+            DEPLOYED_UNITS.setdefault(task.device, set()).update(range(stage.start, stage.end))
+    for x in _inputs(2, seed=len(name)):
+        result = ctl.infer(x)
+        _assert_close(result.output, reference(x))
+        assert result.plan == plan and result.attempts == 1 and result.timeline.complete
+    # every hop of every transfer went over a direct link, relays included
+    for (a, b), link in result.timeline.links.items():
+        assert SPEC.link(a, b) is not None and link.bytes > 0
+    expected_hops = sum(len(SPEC.route(t.src, t.dst)) - 1 for t in lay.transfers if not t.local)
+    assert len(result.timeline.of("tx")) == expected_hops
+    # a worker holds the weights of the units it was given, and of no others
+    for dev, status in ctl.ping().items():
+        loaded = set(status.stats["loaded_units"].get(f"{MODEL}:{SEED}", []))
+        now = {u for s, ts in zip(plan.stages, lay.tasks, strict=True) for t in ts if t.device == dev
+               for u in range(s.start, s.end)}  # fmt: skip
+        assert now <= loaded <= DEPLOYED_UNITS.get(dev, set()), dev
+
+
+def test_relayed_transfer_uses_every_hop_radio_and_arrives_after_the_sum_of_hops(ctl, reference):
+    """a -> d has no direct link: the input band is stored and forwarded by c."""
+    slow = dataclasses.replace(ctl.emulation, link_schedules={("a", "c"): 1.0, ("c", "d"): 2.0})
+    ctl.configure(slow)
+    n = len(ctl.graph.units)
+    ctl.deploy(Plan.build("a", "d", [(0, n, {"d": 1})]))
+    x = _inputs(1)[0]
+    result = ctl.infer(x)
+    _assert_close(result.output, reference(x))
+    nbytes = x.numel() * 4
+    hops = result.timeline.of("tx")
+    assert [(h["from"], h["to"]) for h in hops] == [("a", "c"), ("c", "d")]
+    assert all(h["bytes"] == nbytes and h["src"] == "a" and h["dst"] == "d" for h in hops)
+    want = sum(nbytes * 8 / (mbps * 1e6) + 1e-3 for mbps in (1.0, 2.0))
+    got = result.timeline.of("compute", "d")[0]["ready"] - hops[0]["start"]
+    assert got == pytest.approx(want, rel=TIMING_TOLERANCE)
+    # the relay's radio time counts as its transmit time and as d's receive time
+    assert result.timeline.devices["c"].send_s == pytest.approx(nbytes * 8 / 2e6, rel=TIMING_TOLERANCE)
+    assert result.timeline.devices["d"].recv_s == pytest.approx(nbytes * 8 / 2e6, rel=TIMING_TOLERANCE)
+
+
+def test_shaped_link_transfer_time_matches_bytes_over_rate_plus_latency(ctl):
+    step = Trace([0.0, 0.3], [0.5, 2.0], duration=0.6, name="step")
+    ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("a", "b"): 0.5, ("b", "c"): step}))
+    n = len(ctl.graph.units)
+    ctl.deploy(Plan.build("a", "c", [(0, 6, {"b": 1}), (6, n, {"c": 1})]))
+    for x in _inputs(3):
+        result = ctl.infer(x)
+        (first, second) = result.timeline.of("tx")
+        # constant 0.5 Mbit/s: bytes / rate + 1 ms latency
+        arrived = result.timeline.of("compute", "b")[0]["ready"]
+        want = first["bytes"] * 8 / 0.5e6 + 1e-3
+        assert arrived - first["start"] == pytest.approx(want, rel=TIMING_TOLERANCE)
+        # time-varying link: the trace integrated from the moment the radio starts
+        arrived = result.timeline.of("compute", "c")[0]["ready"]
+        want = step.transfer_time(second["bytes"], second["start"] - ctl.epoch) + 1e-3
+        assert arrived - second["start"] == pytest.approx(want, rel=TIMING_TOLERANCE)
+
+
+def test_compute_is_paced_to_the_device_speed_and_speed_schedule(ctl, cluster):
+    ctl.configure(dataclasses.replace(ctl.emulation, speed_schedules={"f": 0.5, "d": 0.2}))
+    n = len(ctl.graph.units)
+    ctl.deploy(Plan.build("a", "a", [(0, 7, {"f": 1}), (7, n, {"d": 1})]))
+    for x in _inputs(2):
+        result = ctl.infer(x)
+        for dev, factor in (("f", 0.5), ("d", 0.2)):
+            (event,) = result.timeline.of("compute", dev)
+            slowdown = cluster.host_gflops / SPEC.devices[dev].gflops / factor
+            assert event["target"] == pytest.approx(event["cpu"] * slowdown, rel=1e-9)
+            assert event["end"] - event["start"] == pytest.approx(event["target"], rel=TIMING_TOLERANCE)
+
+
+def test_timeline_energy_and_latency_are_consistent(ctl):
+    n = len(ctl.graph.units)
+    plan = Plan.build("a", "f", [(0, 6, {"b": 1, "c": 1}), (6, n, {"f": 1})])
+    ctl.deploy(plan)
+    result = ctl.infer(_inputs(1)[0])
+    tl = result.timeline
+    (start,) = tl.of("input")
+    (done,) = tl.of("done")
+    assert (start["device"], done["device"]) == ("a", "f")
+    assert result.latency_s == pytest.approx(done["t"] - start["t"])
+    assert 0 < result.latency_s <= result.wall_s
+    # everyone who computed, sent, relayed (d, on the way from c to f) or received
+    assert set(tl.devices) == {"a", "b", "c", "d", "f"}
+    total = 0.0
+    for dev, t in tl.devices.items():
+        busy = t.compute_s + t.send_s + t.recv_s
+        assert t.wait_s == pytest.approx(max(0.0, result.latency_s - busy))
+        p = SPEC.devices[dev].power
+        assert t.energy_j == pytest.approx(energy_j(p, t.compute_s, t.send_s, t.recv_s, t.wait_s))
+        total += t.energy_j
+    assert result.energy_j == pytest.approx(total)
+    # every event lies inside the request, in causal order per device
+    for e in tl.events:
+        for key in ("start", "end", "ready", "t"):
+            if key in e:
+                assert start["t"] - 1e-6 <= e[key] <= done["t"] + 1e-6
+    assert all(e["start"] <= e["end"] for e in tl.events if "start" in e)
+
+
+def test_stream_pipelines_requests_through_the_stages(ctl, reference):
+    n = len(ctl.graph.units)
+    plan = Plan.build("a", "f", [(0, 6, {"f": 1}), (6, 9, {"d": 1}), (9, n, {"e": 1})])
+    ctl.configure(dataclasses.replace(ctl.emulation, speed_schedules={"d": 0.2, "e": 0.1}))
+    ctl.deploy(plan)
+    xs = _inputs(8, seed=11)
+    results = list(ctl.stream(xs, window=3))
+    assert [r.rid for r in results] == sorted(r.rid for r in results)
+    for x, r in zip(xs, results, strict=True):
+        _assert_close(r.output, reference(x))
+    # request i+1 ran its first stage while request i was still in a later stage
+    overlaps = 0
+    for prev, nxt in itertools.pairwise(results):
+        first_of_next = nxt.timeline.of("compute", "f")[0]
+        last_of_prev = prev.timeline.of("compute", "e")[0]
+        overlaps += first_of_next["start"] < last_of_prev["end"]
+    assert overlaps >= len(results) // 2
+    one_at_a_time = sum(r.latency_s for r in results)
+    span = results[-1].timeline.of("done")[0]["t"] - results[0].timeline.of("input")[0]["t"]
+    assert span < 0.8 * one_at_a_time
+
+
+def test_plan_swap_mid_stream_loses_and_duplicates_nothing(ctl, reference):
+    n = len(ctl.graph.units)
+    plans = [
+        Plan.build("a", "f", [(0, 7, {"b": 1}), (7, n, {"c": 1})]),
+        Plan.build("b", "d", [(0, 3, {"c": 1, "e": 1}), (3, n, {"a": 1})]),
+        Plan.build("f", "a", [(0, n, {"d": 1})]),
+    ]
+    ctl.deploy(plans[0])
+    xs = _inputs(10, seed=5)
+    results = []
+    for r in ctl.stream(xs, window=3):
+        results.append(r)
+        if len(results) in (3, 6):
+            ctl.deploy(plans[len(results) // 3])
+    assert len(results) == 10 and len({r.rid for r in results}) == 10
+    for x, r in zip(xs, results, strict=True):
+        _assert_close(r.output, reference(x))
+    used = [plans.index(r.plan) for r in results]
+    assert used == sorted(used) and set(used) == {0, 1, 2}
+    # the old plans are retired on the workers: only the current one is left
+    for status in ctl.ping().values():
+        assert len(status.stats["plans"]) <= 1 and status.stats["open_requests"] == 0
+
+
+def test_bad_plans_are_refused_before_anything_is_sent(ctl):
+    n = len(ctl.graph.units)
+    current = ctl.plan
+    with pytest.raises(ValueError, match="not in the cluster"):
+        ctl.deploy(Plan.build("a", "f", [(0, n, {"zz": 1})]))
+    with pytest.raises(ValueError, match="cannot cut"):
+        ctl.deploy(Plan.build("a", "f", [(0, 1, {"b": 1}), (1, n, {"c": 1})]))
+    assert ctl.plan == current
+    with pytest.raises(ValueError, match="does not fit"):
+        ctl.infer(torch.zeros(1, 3, 8, 8))
+
+
+def test_link_and_compute_telemetry_for_live_planning(ctl):
+    n = len(ctl.graph.units)
+    ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
+    ctl.deploy(Plan.build("d", "e", [(0, 6, {"e": 1}), (6, n, {"d": 1})]))
+    since = time.time()
+    for x in _inputs(2):
+        ctl.infer(x)
+    measured = ctl.link_mbps(window_s=time.time() - since)
+    assert measured[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    recent = [s for s in ctl.compute_samples if s[1] == "e"][-2:]
+    assert len(recent) == 2 and all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
+    status = ctl.ping()
+    assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
+    assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
