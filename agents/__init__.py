@@ -1,1 +1,64 @@
-"""disnet agents layer."""
+"""disnet agents layer: planners that turn a Snapshot into a Plan, and a registry to build them by name.
+
+``make_planner("optimal")`` and friends; ``graph`` and ``spec`` (or ``cost_model``) let the planners
+that score candidates share one cost model with the caller. Other keyword options go to the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agents.base import Planner, PlannerError
+from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
+from agents.disnet import DisnetPlanner
+from agents.optimizer import OptimalPlanner
+from env.cost_model import CostModel
+from runtime.graph import LayerGraph
+from runtime.spec import ClusterSpec
+
+PLANNERS: dict[str, Callable[..., Planner]] = {
+    "optimal": OptimalPlanner,
+    "disnet": DisnetPlanner,
+    "modnn": MoDNN,
+    "modnn-p2p": lambda cost_model=None, **options: MoDNN(cost_model, gather=False, **options),
+    "deepslicing": DeepSlicing,
+    "deepthings": DeepThings,
+    "neurosurgeon": Neurosurgeon,
+    "local": LocalOnly,
+}
+
+
+def make_planner(
+    name: str,
+    *,
+    graph: LayerGraph | None = None,
+    spec: ClusterSpec | None = None,
+    cost_model: CostModel | None = None,
+    **options: Any,
+) -> Planner:
+    """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option."""
+    factory = PLANNERS.get(name)
+    if factory is None:
+        raise PlannerError(f"unknown planner {name!r}; valid names: {', '.join(PLANNERS)}")
+    if cost_model is None and graph is not None and spec is not None:
+        cost_model = CostModel(graph, spec)
+    try:
+        return factory(cost_model, **options)
+    except TypeError as exc:
+        raise PlannerError(f"planner {name!r}: {exc}") from None
+
+
+__all__ = [
+    "PLANNERS",
+    "DeepSlicing",
+    "DeepThings",
+    "DisnetPlanner",
+    "LocalOnly",
+    "MoDNN",
+    "Neurosurgeon",
+    "OptimalPlanner",
+    "Planner",
+    "PlannerError",
+    "make_planner",
+]

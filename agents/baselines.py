@@ -1,0 +1,180 @@
+"""The published partitioning schemes the project compares against, each expressed as a Plan.
+
+Every class cites its paper and says how the scheme maps onto this project's plan semantics (stages of
+fused layers split into row or feature bands, peer-to-peer exchange of exactly the rows needed between
+stages, design.md). Where a scheme picks devices it takes only available devices that can hold the
+weights; shares follow effective speed unless the paper says otherwise. All but Neurosurgeon are
+fixed rules and ignore the objective.
+"""
+
+from __future__ import annotations
+
+from agents.base import (
+    Planner,
+    StageDraft,
+    build_plan,
+    fits_memory,
+    memory_left,
+    memory_use,
+    spatial_groups,
+    usable,
+)
+from env.cost_model import Objective
+from env.network import Snapshot
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+
+def neighbourhood(
+    snapshot: Snapshot, graph: LayerGraph, stages: list[StageDraft], start: int, end: int
+) -> tuple[str, ...]:
+    """The source and its available one-hop neighbours that can hold the weights of units
+    [start, end) on top of those of the ``stages`` planned so far: the device group that MoDNN,
+    DeepSlicing and DeepThings distribute over (a Wi-Fi group around the data owner), capped at the
+    stage's output rows. The source leads the band order; falls back to the source alone."""
+    spec = snapshot.spec
+    need, used = graph.stage_param_bytes(start, end), memory_use(stages, graph)
+    near = set(spec.neighbours(snapshot.source))
+    group = [snapshot.source] + [d for d in usable(snapshot) if d in near]
+    fits = [d for d in group if d in snapshot.available and memory_left(spec, d, used) >= need]
+    return tuple(fits[: graph.extent(end)]) or (snapshot.source,)
+
+
+def flat_start(graph: LayerGraph) -> int:
+    """First unit after the last spatial group: where the flat (fully connected) tail begins."""
+    spatial = spatial_groups(graph)
+    return spatial[-1][1] if spatial else 0
+
+
+class LocalOnly(Planner):
+    """Everything on the source device: the no-offloading reference point."""
+
+    name = "local"
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        return build_plan(snapshot, [(0, len(graph.units), (snapshot.source,))])
+
+
+class Neurosurgeon(Planner):
+    """Neurosurgeon (Kang et al., "Neurosurgeon: Collaborative Intelligence Between the Cloud and
+    Mobile Edge", ASPLOS 2017): one vertical cut; the layers before it run on the mobile device (the
+    source), the rest on one remote device. The paper picks the cut by predicted latency or energy;
+    here every allowed cut point and every other available device that can hold its part are tried
+    on the cost model under the given objective, and the best pair is kept (cut 0 = all remote,
+    cut at the end = all local)."""
+
+    name = "neurosurgeon"
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        n = len(graph.units)
+        best = LocalOnly().plan(snapshot, graph, objective)
+        best_score = self.score(best, snapshot, graph, objective)
+        for remote in usable(snapshot):
+            if remote == snapshot.source:
+                continue
+            for cut in graph.cut_points[:-1]:
+                stages: list[StageDraft] = [(0, cut, (snapshot.source,))] if cut else []
+                stages.append((cut, n, (remote,)))
+                if not fits_memory(stages, graph, snapshot.spec):
+                    continue
+                plan = build_plan(snapshot, stages)
+                score = self.score(plan, snapshot, graph, objective)
+                if score < best_score:
+                    best, best_score = plan, score
+        return best
+
+
+class MoDNN(Planner):
+    """MoDNN (Mao et al., "MoDNN: Local Distributed Mobile Computing System for Deep Neural
+    Network", DATE 2017): the group owner (the source) splits every layer across the devices of its
+    Wi-Fi group (itself and its one-hop neighbours), in proportion to their computing capability
+    (BODP for convolutions; fully connected layers split by output neurons), and after every layer
+    gathers all output bands and re-scatters the next layer's input bands.
+
+    Our plans exchange data peer to peer and have no communication-only stage, so the gather is
+    expressed by alternating stages: a layer group split across the group, then the next layer group
+    on the owner alone. Every boundary of a split layer then goes through the owner exactly as in
+    MoDNN (all bands to the owner, all input bands from it); the price is that the owner computes
+    every other layer group by itself instead of splitting it. Of the two alternations the one that
+    splits more FLOPs is used. ``gather=False`` gives the other reading, every layer group split
+    with only halo rows exchanged peer to peer (MoDNN without its gather, cheaper than the paper's
+    scheme); the comparison reports both.
+    """
+
+    name = "modnn"
+
+    def __init__(self, cost_model=None, *, gather: bool = True) -> None:
+        super().__init__(cost_model)
+        self.gather = gather
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        owner = (snapshot.source,)
+        options = []
+        for phase in (0, 1) if self.gather else (None,):
+            stages: list[StageDraft] = []
+            for i, (s, e) in enumerate(graph.groups):
+                split = phase is None or i % 2 == phase
+                stages.append((s, e, neighbourhood(snapshot, graph, stages, s, e) if split else owner))
+            split_flops = sum(
+                graph.units[u].flops for s, e, devs in stages if devs != owner for u in range(s, e)
+            )
+            options.append((-split_flops, phase, stages))
+        return build_plan(snapshot, min(options)[2])
+
+
+class DeepSlicing(Planner):
+    """DeepSlicing (Zhang et al., "DeepSlicing: Collaborative and Adaptive CNN Inference With Low
+    Latency", IEEE TPDS 2021): the feature maps are sliced across the devices in proportion to their
+    computing capability, layers are fused between synchronisation points, and all devices
+    synchronise (exchange boundary rows) at each of them (its Proportional Synchronized Scheduler).
+
+    Devices: the source and its one-hop neighbours, as in the DISNET evaluation. Synchronisation
+    points: after every downsampling group (a pooling or strided layer whose output has fewer rows),
+    so each stage is one resolution level, fused; the fully connected tail runs on the fastest device
+    of the group, which gathers the last feature map.
+    """
+
+    name = "deepslicing"
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        stages: list[StageDraft] = []
+        start = 0
+        for s, e in spatial_groups(graph):
+            if graph.extent(e) < graph.extent(s) or e == flat_start(graph):
+                stages.append((start, e, neighbourhood(snapshot, graph, stages, start, e)))
+                start = e
+        n = len(graph.units)
+        if start < n:
+            group = neighbourhood(snapshot, graph, stages, start, n)
+            fastest = max(group, key=snapshot.device_gflops)
+            stages.append((start, n, (fastest,)))
+        return build_plan(snapshot, stages)
+
+
+class DeepThings(Planner):
+    """DeepThings (Zhao, Mirzazad Barijough and Gerstlauer, "DeepThings: Distributed Adaptive Deep
+    Learning Inference on Resource-Constrained IoT Edge Clusters", IEEE TCAD 2018): Fused Tile
+    Partitioning fuses the early convolutional layers and cuts them into equal tiles computed on
+    the edge devices (each tile with its whole receptive field, so no exchange inside the fused
+    block); a gateway collects the tiles and runs the remaining layers.
+
+    Here the tiles are row bands (our plans split rows, not 2-D grids), in equal shares over the
+    source and its one-hop neighbours; the fused block ends at the first group whose output has at
+    most 1/16 of the input rows (four 2x downsamplings, as DeepThings fused YOLOv2's first 16 layers)
+    or at the last spatial group; the gateway is the sink.
+    """
+
+    name = "deepthings"
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        spatial = spatial_groups(graph)
+        n = len(graph.units)
+        if not spatial:
+            return build_plan(snapshot, [(0, n, (snapshot.sink,))])
+        rows = graph.extent(0)
+        end = next((e for _, e in spatial if graph.extent(e) * 16 <= rows), spatial[-1][1])
+        group = neighbourhood(snapshot, graph, [], 0, end)
+        stages = [(0, end, {d: 1.0 for d in group})]
+        if end < n:
+            stages.append((end, n, {snapshot.sink: 1.0}))
+        return Plan.build(snapshot.source, snapshot.sink, stages)

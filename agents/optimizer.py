@@ -1,0 +1,240 @@
+"""The analytic optimiser: the best plan the cost model can find, the yardstick for every other planner.
+
+**Search space W** (what "exact" refers to). A plan in W is ``env.completion.complete(graph, view,
+shape)`` for a *shape*: a set of cut points (any subset of ``graph.cut_points``; consecutive groups
+form a stage) and a split factor 1 <= k_s <= min(usable devices, output rows) per stage. The completion
+picks the k_s devices and balances their shares analytically from the snapshot (env/completion.py).
+W is exactly the PPO planner's action space, so the optimiser's best over W is what a perfect policy
+could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups (5 devices, 6 groups:
+38,880; distinct plans can be fewer, the completion clamps and drops devices).
+
+**Search.**
+
+1. *Seeds*: the plans of every other planner (local, Neurosurgeon, MoDNN in both readings, DeepSlicing,
+   DeepThings, DISNET) are scored and the best kept, so the result is never worse than theirs.
+2. *Exact*: when the number of shapes is at most ``exact_limit`` every shape is completed and scored
+   on the cost model. There is no pruning: nothing cheaper than the model bounds a partial plan's
+   latency soundly, since a later stage's transfer can queue ahead of an earlier one on a relay radio.
+3. *Otherwise*, steepest descent over shapes (``env.completion.search_shape``: change a factor by one,
+   add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
+   resolution level, k ways) and the shapes of the seed plans.
+4. *Local search beyond W* (``refine``), on the cost model, first improvement, seeded order, at most
+   ``max_evaluations`` new plans, from the best few plans so far: scale one device's share up or down,
+   swap two neighbouring bands, move a cut to the neighbouring cut point, merge two stages, split
+   one, add / remove / replace a device (tried in that order of kinds, which pay off most often).
+
+Every plan considered must use only available devices and respect every device's memory (the weights
+of all stages it computes in, ``graph.stage_param_bytes``, within its ``memory_mb``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from agents.base import Planner, PlannerError, fits_memory, usable
+from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
+from agents.disnet import DisnetPlanner
+from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.cost_model import CostModel, Objective
+from env.network import Snapshot
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, PlanError
+
+
+def shape_count(graph: LayerGraph, n_devices: int) -> int:
+    """Number of shapes with factors up to ``n_devices``: the size of W before deduplication."""
+    points = graph.cut_points
+    ways = {points[-1]: 1}
+    for i in range(len(points) - 2, -1, -1):
+        ways[points[i]] = sum(min(n_devices, graph.extent(e)) * ways[e] for e in points[i + 1 :])
+    return ways[0]
+
+
+def all_shapes(graph: LayerGraph, n_devices: int) -> Iterator[Shape]:
+    """Every shape: each subset of the inner cut points, each factor 1..min(n, rows) per stage."""
+    inner, n = graph.cut_points[1:-1], len(graph.units)
+    for r in range(len(inner) + 1):
+        for cuts in itertools.combinations(inner, r):
+            bounds = (0, *cuts, n)
+            ranges = [range(1, min(n_devices, graph.extent(e)) + 1) for e in bounds[1:]]
+            for factors in itertools.product(*ranges):
+                yield Shape(bounds, factors)
+
+
+class OptimalPlanner(Planner):
+    """Exact over W on small instances, shape descent plus local search on large ones (module doc)."""
+
+    name = "optimal"
+    SHAPE_SHARE = 0.6  # of max_evaluations that the shape descent may use
+
+    def __init__(
+        self,
+        cost_model: CostModel | None = None,
+        *,
+        exact_limit: int = 40_000,
+        max_evaluations: int = 500,
+        refine: bool = True,
+        seed_planners: Sequence[Planner] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(cost_model)
+        self.exact_limit = exact_limit
+        self.max_evaluations = max_evaluations
+        self.refine = refine
+        self.seed = seed
+        if seed_planners is None:
+            seed_planners = [
+                LocalOnly(),
+                Neurosurgeon(),
+                MoDNN(),
+                MoDNN(gather=False),
+                DeepSlicing(),
+                DeepThings(),
+                DisnetPlanner(),
+            ]
+        self.seed_planners = list(seed_planners)
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        search = _Search(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
+        seeds = [planner.plan(snapshot, graph, objective) for planner in self.seed_planners]
+        for plan in seeds:
+            search.consider(plan)
+        view = net_view(snapshot)
+        n = view.n_usable
+        refine_budget = self.max_evaluations
+        if shape_count(graph, n) <= self.exact_limit:
+            for shape in all_shapes(graph, n):
+                search.consider(complete(graph, view, shape))
+        else:
+            after_seeds = search.evaluations
+            budget = after_seeds + int(self.max_evaluations * self.SHAPE_SHARE)
+
+            def score(shape: Shape) -> float:
+                """A shape's objective; infinite once the budget is spent, which ends the descent."""
+                plan = complete(graph, view, shape)
+                return (
+                    search.consider(plan)
+                    if search.evaluations < budget
+                    else search.scores.get(plan, math.inf)
+                )
+
+            starts = structured_shapes(graph, len(graph.groups), n)
+            starts += [_clamped(Shape.of_plan(plan), graph, n) for plan in seeds]
+            search_shape(graph, score, starts, len(graph.groups), n)
+            refine_budget -= search.evaluations - after_seeds
+        if self.refine:
+            search.local_search(refine_budget, np.random.default_rng(self.seed))
+        if search.best is None:
+            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        return search.best
+
+
+def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:
+    """The shape with every factor within what the devices and the stage's rows allow."""
+    factors = tuple(max(1, min(k, n_devices, graph.extent(e))) for (_, e, k) in shape.stages)
+    return Shape(shape.bounds, factors)
+
+
+class _Search:
+    """Scores candidate plans on the cost model, remembers them, keeps the best feasible one."""
+
+    def __init__(self, model: CostModel, snapshot: Snapshot, graph: LayerGraph, objective: Objective):
+        self.model, self.snapshot, self.graph, self.objective = model, snapshot, graph, objective
+        self.scores: dict[Plan, float] = {}
+        self.evaluations = 0  # plans actually scored on the cost model
+        self.best: Plan | None = None
+        self.best_score = math.inf
+
+    def consider(self, plan: Plan) -> float:
+        """The plan's objective (infinite if it is invalid or infeasible); updates the best."""
+        score = self.scores.get(plan)
+        if score is not None:
+            return score
+        score = math.inf
+        if self._feasible(plan):
+            self.evaluations += 1
+            prediction = self.model.predict(plan, self.snapshot, t0=self.snapshot.time)
+            score = self.objective.score(prediction)
+        self.scores[plan] = score
+        if score < self.best_score:
+            self.best, self.best_score = plan, score
+        return score
+
+    def _feasible(self, plan: Plan) -> bool:
+        up = self.snapshot.available
+        if any(d not in up for st in plan.stages for d in st.devices):
+            return False
+        try:
+            plan.validate(self.graph)
+        except PlanError:
+            return False
+        return fits_memory(plan, self.graph, self.snapshot.spec)
+
+    def local_search(self, budget: int, rng: np.random.Generator, starts: int = 3) -> None:
+        """First-improvement descent from the best few distinct plans, ``budget`` new plans in all.
+
+        Moves are tried kind by kind in the order of `_moves` (the kinds that pay off most often
+        first), in a seeded random order within a kind.
+        """
+        evaluated = self.evaluations
+        ranked = sorted((s, i, p) for i, (p, s) in enumerate(self.scores.items()) if math.isfinite(s))
+        for _, _, plan in ranked[:starts]:
+            current, current_score = plan, self.scores[plan]
+            improved = True
+            while improved and self.evaluations - evaluated < budget:
+                improved = False
+                for kind in self._moves(current):
+                    for i in rng.permutation(len(kind)):
+                        if self.evaluations - evaluated >= budget:
+                            return
+                        candidate = Plan.build(current.source, current.sink, kind[i])
+                        score = self.consider(candidate)
+                        if score < current_score - 1e-12:
+                            current, current_score, improved = candidate, score, True
+                            break
+                    if improved:
+                        break
+
+    def _moves(self, plan: Plan) -> list[list[list[tuple[int, int, dict[str, float]]]]]:
+        """Stage lists one local change away from ``plan``, by kind: share scaling, band order swaps,
+        cut moves, merges, splits, device additions, removals, replacements."""
+        snap, cuts = self.snapshot, self.graph.cut_points
+        stages = [(st.start, st.end, {a.device: a.share for a in st.assignments}) for st in plan.stages]
+        share, order, cut, merge, split, add, remove, replace = ([] for _ in range(8))
+        for i in range(len(stages) - 1):
+            (s0, e0, a0), (_, e1, a1) = stages[i], stages[i + 1]
+            at = cuts.index(e0)
+            for c in (cuts[at - 1], cuts[at + 1]):
+                if s0 < c < e1:
+                    cut.append([*stages[:i], (s0, c, a0), (c, e1, a1), *stages[i + 2 :]])
+            for keep in (a0, a1):
+                merge.append([*stages[:i], (s0, e1, keep), *stages[i + 2 :]])
+        for i, (s, e, shares) in enumerate(stages):
+            head, tail = stages[:i], stages[i + 1 :]
+            split.extend([*head, (s, c, shares), (c, e, shares), *tail] for c in cuts if s < c < e)
+            devices = list(shares)
+            spare = [d for d in usable(snap) if d not in shares]
+            new = []  # (kind, shares of stage i)
+            for j, d in enumerate(devices):
+                new.extend((share, {**shares, d: shares[d] * f}) for f in (1.25, 0.8))
+                if j + 1 < len(devices):
+                    swapped = devices[:j] + [devices[j + 1], devices[j]] + devices[j + 2 :]
+                    new.append((order, {x: shares[x] for x in swapped}))
+                if len(devices) > 1:
+                    new.append((remove, {x: w for x, w in shares.items() if x != d}))
+                for other in spare:
+                    speed = snap.device_gflops(other)
+                    new.append(
+                        (
+                            replace,
+                            {(other if x == d else x): (speed if x == d else w) for x, w in shares.items()},
+                        )
+                    )
+            new.extend((add, {**shares, other: snap.device_gflops(other)}) for other in spare)
+            for kind, changed in new:
+                kind.append([*head, (s, e, changed), *tail])
+        return [share, order, cut, merge, split, add, remove, replace]
