@@ -392,11 +392,16 @@ class Controller:
                 raise ControllerError(f"no worker answered within {timeout_s:g} s")
             log.warning("worker(s) %s did not answer: down until they do", late)
 
-    def _send_config(self, dev: str) -> None:
-        """Send CONFIG (peers, power, emulation); the worker is up once it acknowledges."""
+    def _send_config(self, dev: str, reset: bool = False) -> None:
+        """Send CONFIG (peers, power, emulation); the worker is up once it acknowledges.
+
+        ``reset`` makes the worker drop every deployment it holds: a worker that was down may still
+        hold plans and requests that were retired or re-run meanwhile.
+        """
         power = self.spec.devices[dev].power
         meta: dict[str, Any] = {
             "device": dev,
+            "reset": reset,
             "peers": {d: p.endpoint for d, p in self._peers.items()},
             "power": [power.compute_w, power.transmit_w, power.receive_w, power.idle_w],
             "emulation": None,
@@ -474,7 +479,7 @@ class Controller:
                 self._mark_down(dev, "restarted: its state is lost")
             if not peer.up and not peer.configuring:
                 log.warning("worker %s answers again: configuring it", dev)
-                self._send_config(dev)
+                self._send_config(dev, reset=True)
         elif kind == Kind.ACK and peer.configuring:
             peer.up, peer.configuring, peer.boot, peer.silent_since = True, False, meta.get("boot"), None
         elif kind == Kind.RESULT:

@@ -64,6 +64,7 @@ log = logging.getLogger("runtime.worker")
 MAX_OPEN_REQUESTS = 1024  # per worker: bounds the state a stream of bogus bands can create
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 POLL_MS = 100  # the I/O loop wakes at least this often (parent check, shutdown)
+MAX_HOLD_S = 3600.0  # an emulated arrival further in the future than this is refused
 
 
 # ---------------------------------------------------------------------------------- deployment format
@@ -509,22 +510,28 @@ class Worker:
         poller.register(self._outbox, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                wait = POLL_MS
-                if self._held:
-                    wait = min(wait, max(0, math.ceil((self._held[0][0] - time.time()) * 1000)))
-                events = dict(poller.poll(wait))
-                if self._outbox in events:
-                    self._flush_outbox()
-                if self.router in events:
-                    for _ in range(64):  # bounded, so held deliveries and the outbox are not starved
-                        if not self._handle_one():
-                            break
-                self._release_held()
+                try:
+                    self._serve_once(poller)
+                except Exception:  # a bug must not take the device down: log it and keep serving
+                    log.exception("%s: I/O loop error", self.device)
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("%s: parent process %d is gone, exiting", self.device, self.parent_pid)
                     break
         finally:
             self.close()
+
+    def _serve_once(self, poller: zmq.Poller) -> None:
+        wait = POLL_MS
+        if self._held:
+            wait = min(wait, max(0, math.ceil((self._held[0][0] - time.time()) * 1000)))
+        events = dict(poller.poll(wait))
+        if self._outbox in events:
+            self._flush_outbox()
+        if self.router in events:
+            for _ in range(64):  # bounded, so held deliveries and the outbox are not starved
+                if not self._handle_one():
+                    break
+        self._release_held()
 
     def close(self) -> None:
         self._stop.set()
@@ -600,6 +607,8 @@ class Worker:
         elif kind == Kind.BAND:
             deliver_at = meta.get("deliver_at")
             if deliver_at is not None and _float(deliver_at, "deliver_at") > time.time():
+                if deliver_at > time.time() + MAX_HOLD_S or len(self._held) >= MAX_OPEN_REQUESTS:
+                    raise ValueError(f"cannot hold a band until {deliver_at} ({len(self._held)} held)")
                 heapq.heappush(self._held, (deliver_at, next(self._seq), msg))
             else:
                 self._on_band(msg)
@@ -661,6 +670,10 @@ class Worker:
             self._peers = dict(peers)
             self._emulation = emulation
             self.meter.power = PowerProfile(*power)
+            if meta.get("reset"):
+                self._plans.clear()
+                self._owners.clear()
+                self._requests.clear()
         self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device, "boot": self.boot}))
 
     def _on_deploy(self, msg: Message) -> None:
@@ -918,6 +931,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--curve-keys", type=Path, help="CurveZMQ key directory (runtime.security keygen)")
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
+    parser.add_argument(
+        "--max-bytes", type=int, default=MAX_MESSAGE_BYTES, help="largest message accepted (bigger: dropped)"
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -933,6 +949,7 @@ def main(argv: list[str] | None = None) -> None:
             model_file=args.model_file,
             curve_keys=args.curve_keys,
             parent_pid=args.parent_pid,
+            max_bytes=args.max_bytes,
         )
     except (zmq.ZMQError, OSError) as exc:
         parser.exit(2, f"worker: error: cannot serve on {args.bind}: {exc}\n")

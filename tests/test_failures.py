@@ -1,0 +1,190 @@
+"""Worker failures on a live 4-worker cluster: killed, frozen and restarted workers.
+
+Every request must come back exactly once with the right output, on a plan that avoids the failed
+device, and a worker that comes back must be usable again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import torch
+
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.controller import fallback_plan
+from runtime.plan import Plan
+from runtime.spec import parse_cluster
+
+torch.set_num_threads(1)
+MODEL, SEED, N_UNITS = "tiny", 1, 14
+MESH4 = parse_cluster(
+    {
+        "format": "disnet-cluster/1",
+        "name": "mesh4",
+        "source": "a",
+        "sink": "d",
+        "devices": [
+            {"id": d, "gflops": 20, "power": {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2}}
+            for d in "abcd"
+        ],
+        "links": [{"a": x, "b": y, "mbps": 40} for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]],
+    },
+    origin="mesh4",
+)
+
+
+def _plan(available: frozenset[str], source: str = "a", sink: str = "d") -> Plan:
+    """Rows of the first layers split over every available device, the rest on the sink."""
+    return Plan.build(source, sink, [(0, 6, dict.fromkeys(sorted(available), 1.0)), (6, N_UNITS, {sink: 1})])
+
+
+class Replanner:
+    """The planner callback: records what it was offered, plans over the devices that are up."""
+
+    def __init__(self):
+        self.calls: list[frozenset[str]] = []
+
+    def __call__(self, available: frozenset[str]) -> Plan:
+        self.calls.append(available)
+
+        def pick(preferred: str) -> str:
+            return preferred if preferred in available else min(available)
+
+        return _plan(available, source=pick("a"), sink=pick("d"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_orphans():
+    yield
+    left = [p for p in psutil.Process().children(recursive=True) if "runtime.worker" in " ".join(p.cmdline())]
+    assert not left, f"worker processes left behind: {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def replanner():
+    return Replanner()
+
+
+@pytest.fixture(scope="module")
+def cluster(replanner):
+    options = {"dead_after_s": 1.0, "heartbeat_s": 0.1}
+    with LocalCluster(MESH4, model=MODEL, seed=SEED, replan=replanner, controller_options=options) as c:
+        yield c
+
+
+@pytest.fixture
+def ctl(cluster, replanner):
+    """All four workers up and the full plan deployed; a killed worker is restarted afterwards."""
+    _wait_until(lambda: cluster.controller.available == frozenset("abcd"), cluster)
+    cluster.controller.deploy(_plan(frozenset("abcd")))
+    replanner.calls.clear()
+    yield cluster.controller
+    for dev, proc in cluster.processes.items():
+        if proc.poll() is not None:
+            cluster.restart(dev)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = models.build(MODEL, seed=SEED)
+    return lambda x: model(x).detach()
+
+
+def _wait_until(condition, cluster, timeout_s: float = 30.0) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, "condition not reached in time"
+        cluster.controller.ping(0.2)
+
+
+def _inputs(n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, *models.input_shape(MODEL), generator=gen) for _ in range(n)]
+
+
+def _check_stream(results, xs, reference) -> None:
+    assert len(results) == len(xs)
+    assert len({r.rid for r in results}) == len(xs)  # nothing duplicated
+    assert [r.rid for r in results] == sorted(r.rid for r in results)  # in submission order
+    for x, r in zip(xs, results, strict=True):
+        torch.testing.assert_close(r.output, reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_killed_worker_mid_stream_every_request_completes_once(ctl, cluster, replanner, reference):
+    xs = _inputs(12, seed=1)
+    results = []
+    for r in ctl.stream(xs, window=3):
+        results.append(r)
+        if len(results) == 3:
+            cluster.kill("c")
+    _check_stream(results, xs, reference)
+    assert replanner.calls == [frozenset("abd")]
+    assert "c" not in ctl.available and ctl.failures[-1][1] == "c"
+    assert "c" not in results[-1].plan.devices
+    assert any(r.attempts > 1 for r in results)  # requests caught by the failure ran again
+
+
+def test_killed_source_is_replaced_and_its_requests_rerun(ctl, cluster, replanner, reference):
+    xs = _inputs(6, seed=2)
+    results = []
+    for r in ctl.stream(xs, window=2):
+        results.append(r)
+        if len(results) == 2:
+            cluster.kill("a")
+    _check_stream(results, xs, reference)
+    assert replanner.calls == [frozenset("bcd")]
+    assert results[-1].plan.source == "b"
+
+
+def test_frozen_worker_is_replaced_and_its_late_work_is_ignored(ctl, cluster, replanner, reference):
+    """A worker that stops answering (SIGSTOP) is declared down; when it wakes up, the bands and
+    results of the attempts it held are stale and must not produce duplicates."""
+    pid = cluster.processes["b"].pid
+    xs = _inputs(10, seed=3)
+    results = []
+    try:
+        for r in ctl.stream(xs, window=3):
+            results.append(r)
+            if len(results) == 2:
+                os.kill(pid, signal.SIGSTOP)
+            if len(results) == 5:
+                assert "b" not in ctl.available
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _check_stream(results, xs, reference)
+    assert replanner.calls[0] == frozenset("acd")
+    _wait_until(lambda: "b" in ctl.available, cluster)  # same process, answering again
+    for x in xs[:2]:
+        torch.testing.assert_close(ctl.infer(x).output, reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_restarted_worker_is_noticed_and_used_again(ctl, cluster, reference):
+    boot = ctl.status()["d"].boot
+    cluster.kill("d")
+    cluster.restart("d")  # before the controller noticed: only the new boot id tells
+    xs = _inputs(3, seed=4)
+    results = list(ctl.stream(xs, window=1))
+    _check_stream(results, xs, reference)
+    assert any(dev == "d" for _, dev in ctl.failures)
+    _wait_until(lambda: "d" in ctl.available, cluster)
+    assert ctl.status()["d"].boot != boot
+    plan = ctl.deploy(_plan(ctl.available))
+    assert "d" in plan.devices
+    torch.testing.assert_close(ctl.infer(xs[0]).output, reference(xs[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_fallback_plan_drops_devices_that_are_down():
+    plan = Plan.build("a", "d", [(0, 6, {"a": 1, "c": 2}), (6, 9, {"c": 1}), (9, N_UNITS, {"d": 1})])
+    fixed = fallback_plan(plan, frozenset("abc"), MESH4)
+    assert fixed.stages[0].devices == ("a", "c")
+    assert fixed.stages[2].devices == ("a",)  # fastest available (ties: first in order)
+    assert (fixed.source, fixed.sink) == ("a", "a")
+    fixed = fallback_plan(plan, frozenset("bd"), MESH4)
+    assert [s.devices for s in fixed.stages] == [("b",), ("b",), ("d",)]
+    assert (fixed.source, fixed.sink) == ("b", "d")
