@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,6 +66,17 @@ def all_shapes(graph: LayerGraph, n_devices: int) -> Iterator[Shape]:
                 yield Shape(bounds, factors)
 
 
+@dataclass(frozen=True)
+class SearchStats:
+    """How the last decision was reached: whether W was enumerated, and how many plans the cost model
+    scored (seeds and duplicates scored once)."""
+
+    exhaustive: bool
+    shapes: int  # shapes in W for this graph and number of usable devices
+    evaluations: int
+    score: float
+
+
 class OptimalPlanner(Planner):
     """Exact over W on small instances, shape descent plus local search on large ones (module doc)."""
 
@@ -89,7 +101,7 @@ class OptimalPlanner(Planner):
         if seed_planners is None:
             seed_planners = [
                 LocalOnly(),
-                Neurosurgeon(),
+                Neurosurgeon(cost_model),
                 MoDNN(),
                 MoDNN(gather=False),
                 DeepSlicing(),
@@ -97,6 +109,7 @@ class OptimalPlanner(Planner):
                 DisnetPlanner(),
             ]
         self.seed_planners = list(seed_planners)
+        self.last_stats: SearchStats | None = None  # diagnostics of the last plan() call
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         search = _Search(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
@@ -106,7 +119,8 @@ class OptimalPlanner(Planner):
         view = net_view(snapshot)
         n = view.n_usable
         refine_budget = self.max_evaluations
-        if shape_count(graph, n) <= self.exact_limit:
+        shapes = shape_count(graph, n)
+        if shapes <= self.exact_limit:
             for shape in all_shapes(graph, n):
                 search.consider(complete(graph, view, shape))
         else:
@@ -130,6 +144,8 @@ class OptimalPlanner(Planner):
             search.local_search(refine_budget, np.random.default_rng(self.seed))
         if search.best is None:
             raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        exhaustive = shapes <= self.exact_limit
+        self.last_stats = SearchStats(exhaustive, shapes, search.evaluations, search.best_score)
         return search.best
 
 

@@ -218,6 +218,22 @@ def test_disnet_segments_and_partition_caps_on_vgg16(vgg):
         assert (tail.start, tail.end, len(tail.devices)) == (vgg.groups[18][0], len(vgg.units), 1)
 
 
+def test_disnet_caps_partitions_per_segment(tiny):
+    """tiny has 5 spatial groups: caps (3, 2) give segments of 3 and 2 groups (the longer first when
+    the runs are equally central), each at most that wide, then the flat tail on one device."""
+    planner = DisnetPlanner(max_partitions=(3, 2))
+    segments = planner.segments(tiny)
+    assert [(len(groups), cap) for groups, cap in segments] == [(3, 3), (2, 2)]
+    for trial in range(3):
+        snap = snapshot(five_spec(), np.random.default_rng(trial))
+        plan = planner.plan(snap, tiny, LATENCY)
+        widths = {(st.start, st.end): len(st.devices) for st in plan.stages}
+        for groups, cap in segments:
+            assert all(1 <= widths[g] <= cap for g in groups)
+        assert max(widths[g] for g in segments[0][0]) == 3  # five devices all linked: the cap binds
+        assert len(plan.stages[-1].devices) == 1 and plan.stages[-1].end == len(tiny.units)
+
+
 def test_disnet_energy_sensitivity_prefers_efficient_devices(tiny):
     snap = snapshot(five_spec())
     fast = DisnetPlanner(energy_sensitivity=0.0).resources(snap, 0.0)
