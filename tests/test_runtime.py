@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import time
 
@@ -16,11 +17,13 @@ import psutil
 import pytest
 import torch
 
+from env.cost_model import Profile
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.emulation import energy_j
 from runtime.layout import layout
 from runtime.plan import Plan, random_plan
+from runtime.profiler import profile_record
 from runtime.schedule import Trace
 from runtime.spec import parse_cluster
 
@@ -315,3 +318,18 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     status = ctl.ping()
     assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
+
+
+def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
+    record = profile_record(ctl, "c", cluster.host_gflops, repeats=2)
+    graph = ctl.graph
+    assert (record["model"], record["device"], record["input_shape"]) == (MODEL, "c", [3, 32, 32])
+    seconds = record["unit_seconds"]
+    assert len(seconds) == len(graph.units)
+    for start, end in graph.groups:
+        assert sum(seconds[start:end]) > 0  # every group was measured
+    assert all(s > 0 for s, u in zip(seconds, graph.units, strict=True) if u.flops > 0)
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(record))
+    profile = Profile.load(path)  # the cost model reads it as written
+    assert profile.unit_seconds == tuple(seconds) and profile.reference_gflops == cluster.host_gflops
