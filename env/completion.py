@@ -1,0 +1,419 @@
+"""Analytic completion: from a plan *shape* (cut points + split factor per stage) to a full Plan.
+
+The policy only decides the shape of a plan: where the vertical cuts go and across how many devices each
+stage is split. Which devices, in which row order and with which shares, follows from the snapshot by a
+small load-balancing model, so the learning problem stays small and the same shape keeps its meaning on
+any cluster. Everything here is a pure function of ``(graph, snapshot)``; planners may reuse it.
+
+Model of one stage ``[start, end)`` split ``k`` ways (seconds; x = a device's share of the output):
+
+    t_d(x) = a_d + x * c_d
+    c_d = in_bytes * spb_in(d) + flops / speed(d) + out_bytes * spb_out(d)   (the whole stage on d)
+    a_d = the halo a band of a k-way split adds (its extra input rows and FLOPs), or, for a flat
+          stage, the whole input tensor (every device needs all of it)
+
+``spb_in(d)`` is the seconds per byte from the previous stage's devices to ``d`` (route store-and-forward,
+weighted by the previous shares; 0 on the same device), ``spb_out(d)`` the same towards the sink for the
+last stage (0 otherwise). The ``k`` devices with the smallest single-device time ``a_d + c_d`` are chosen
+and their shares equalise finish times, ``x_d = (T - a_d) / c_d`` with ``sum x_d = 1`` (the divisible-load
+solution); a device that would get ``x_d <= 0`` is dropped. Shares are then rounded to whole rows (largest
+remainder), so plans are canonical and the cost model's per-plan cache hits when conditions barely move.
+Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down) or lack memory for the
+stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
+
+The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
+policy learns which shapes work under which conditions. ``search_shape`` is the matching oracle: a
+steepest-descent search over shapes scored by the cost model, used to build the candidate set of shapes
+and the optimiser-like labels for behaviour cloning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from env.network import Snapshot, link_key
+from runtime.graph import LayerGraph
+from runtime.halo import split_by_shares
+from runtime.plan import Plan
+from runtime.spec import ClusterSpec
+
+BITS = 8.0
+UNREACHABLE = math.inf
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Stage boundaries (cut points, first 0 and last ``len(units)``) and a split factor per stage."""
+
+    bounds: tuple[int, ...]
+    factors: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.bounds) != len(self.factors) + 1 or len(self.factors) < 1:
+            raise ValueError(f"shape needs one more bound than factors, got {self.bounds} / {self.factors}")
+        if any(b >= c for b, c in zip(self.bounds[:-1], self.bounds[1:], strict=True)):
+            raise ValueError(f"shape bounds must increase: {self.bounds}")
+        if any(k < 1 for k in self.factors):
+            raise ValueError(f"split factors must be >= 1: {self.factors}")
+
+    @property
+    def stages(self) -> list[tuple[int, int, int]]:
+        """``(start, end, factor)`` per stage."""
+        return [(s, e, k) for s, e, k in zip(self.bounds[:-1], self.bounds[1:], self.factors, strict=True)]
+
+    def fits(self, graph: LayerGraph) -> bool:
+        """Whether the bounds are cut points of ``graph`` covering all its units."""
+        cuts = set(graph.cut_points)
+        return self.bounds[0] == 0 and self.bounds[-1] == len(graph.units) and cuts.issuperset(self.bounds)
+
+    def to_list(self) -> list[list[int]]:
+        return [list(self.bounds), list(self.factors)]
+
+    @classmethod
+    def from_list(cls, data: Sequence[Sequence[int]]) -> Shape:
+        bounds, factors = data
+        return cls(tuple(int(b) for b in bounds), tuple(int(k) for k in factors))
+
+    def describe(self) -> str:
+        return " | ".join(f"[{s},{e})x{k}" for s, e, k in self.stages)
+
+    @classmethod
+    def of_plan(cls, plan: Plan) -> Shape:
+        """The shape of an existing plan (its cut points and device counts)."""
+        bounds = (plan.stages[0].start, *(s.end for s in plan.stages))
+        return cls(bounds, tuple(len(s.assignments) for s in plan.stages))
+
+
+# ------------------------------------------------------------------------------------ route table
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """Per cluster: which links and relays each device pair's route uses (fixed by ``spec.route``)."""
+
+    devices: tuple[str, ...]
+    index: dict[str, int]
+    links: tuple[tuple[str, str], ...]
+    link_use: np.ndarray  # (D*D, L) 1 where the route of pair (a, b) crosses link l
+    relay_use: np.ndarray  # (D*D, D) 1 where device r relays for pair (a, b)
+    no_route: np.ndarray  # (D*D,) bool: distinct devices with no route at all
+    nominal: list[float]  # GFLOP/s per device
+    memory: list[float]  # bytes per device, inf when unlimited
+
+
+_ROUTE_CACHE: dict[tuple, _Routes] = {}
+
+
+def _routes(spec: ClusterSpec) -> _Routes:
+    key = (spec.device_ids, spec.links)  # source/sink do not matter: variants share one table
+    table = _ROUTE_CACHE.get(key)
+    if table is not None:
+        return table
+    devices = spec.device_ids
+    index = {d: i for i, d in enumerate(devices)}
+    links = tuple(link_key(ln.a, ln.b) for ln in spec.links)
+    link_index = {k: i for i, k in enumerate(links)}
+    n = len(devices)
+    link_use = np.zeros((n * n, len(links)))
+    relay_use = np.zeros((n * n, n))
+    no_route = np.zeros(n * n, dtype=bool)
+    for a in devices:
+        for b in devices:
+            row = index[a] * n + index[b]
+            if a == b:
+                continue
+            if not spec.reachable(a, b):
+                no_route[row] = True
+                continue
+            path = spec.route(a, b)
+            for u, v in zip(path[:-1], path[1:], strict=True):
+                link_use[row, link_index[link_key(u, v)]] = 1.0
+            for r in path[1:-1]:
+                relay_use[row, index[r]] = 1.0
+    memory = [
+        math.inf if spec.devices[d].memory_mb is None else spec.devices[d].memory_mb * 1e6 for d in devices
+    ]
+    table = _Routes(
+        devices,
+        index,
+        links,
+        link_use,
+        relay_use,
+        no_route,
+        [spec.devices[d].gflops for d in devices],
+        memory,
+    )
+    if len(_ROUTE_CACHE) > 64:
+        _ROUTE_CACHE.clear()
+    _ROUTE_CACHE[key] = table
+    return table
+
+
+@dataclass(frozen=True)
+class NetView:
+    """A snapshot as arrays over the cluster's devices (declaration order), for fast planning.
+
+    Lists for the completion's inner loops (pure Python beats numpy's per-call cost on ten devices),
+    the seconds-per-byte matrix also as an array for the observation.
+    """
+
+    devices: tuple[str, ...]
+    index: dict[str, int]
+    usable: list[bool]  # up at decision time
+    gflops: list[float]  # effective GFLOP/s (nominal x measured speed), 0 when down
+    memory: list[float]  # bytes of memory, inf when unlimited
+    sec_per_byte: np.ndarray  # (D, D) route store-and-forward seconds per byte, 0 on the diagonal
+    spb_rows: list[list[float]]  # the same as nested lists
+    source: str
+    sink: str
+
+    @property
+    def n_usable(self) -> int:
+        return sum(self.usable)
+
+
+def net_view(snapshot: Snapshot) -> NetView:
+    """What the snapshot says as arrays: speed, availability and per-route seconds per byte.
+
+    A route's seconds per byte is the sum over its hops of 8 / bandwidth (store and forward); it is
+    infinite when a hop measured 0 Mbit/s or a relay on it is down.
+    """
+    table = _routes(snapshot.spec)
+    n = len(table.devices)
+    available, speed = snapshot.available, snapshot.speed
+    usable = [d in available for d in table.devices]
+    gflops = [
+        g * speed[d] if u else 0.0 for d, g, u in zip(table.devices, table.nominal, usable, strict=True)
+    ]
+    mbps = np.array([snapshot.link_mbps[k] for k in table.links])
+    per_link = BITS / (np.maximum(mbps, 1e-24) * 1e6)  # 0 Mbit/s -> ~1e19 s/B, caught below
+    spb = table.link_use @ per_link
+    blocked = table.no_route | (spb > 1e12)
+    if not all(usable):
+        blocked |= table.relay_use @ np.array([0.0 if u else 1.0 for u in usable]) > 0
+    spb[blocked] = UNREACHABLE
+    spb = spb.reshape(n, n)
+    return NetView(
+        table.devices,
+        table.index,
+        usable,
+        gflops,
+        table.memory,
+        spb,
+        spb.tolist(),
+        snapshot.source,
+        snapshot.sink,
+    )
+
+
+# ------------------------------------------------------------------------------------ completion
+
+
+@dataclass(frozen=True)
+class _StageInfo:
+    """What the balancing model needs of one stage split ``k`` ways; static per graph, so cached."""
+
+    extent: int
+    flat: bool
+    in_bytes: float
+    flops: float
+    out_bytes: float
+    halo_bytes: float  # extra input bytes one band of a k-way split needs (a middle band, the worst case)
+    halo_flops: float  # extra FLOPs that band computes
+    param_bytes: int
+
+
+@lru_cache(maxsize=8192)
+def _stage_info(graph: LayerGraph, start: int, end: int, k: int) -> _StageInfo:
+    extent = graph.extent(end)
+    flat = graph.stage_kind(end) == "flat"
+    flops = float(graph.band_flops(start, end, (0, extent)))
+    in_bytes = float(graph.extent(start) * graph.row_bytes(start))
+    out_bytes = float(extent * graph.row_bytes(end))
+    halo_bytes = halo_flops = 0.0
+    if k > 1 and not flat:
+        rows = max(1, extent // k)
+        lo = (extent - rows) // 2
+        band_in = graph.input_rows(start, end, (lo, lo + rows))
+        halo_bytes = max(0.0, (band_in[1] - band_in[0]) * graph.row_bytes(start) - in_bytes * rows / extent)
+        halo_flops = max(0.0, graph.band_flops(start, end, (lo, lo + rows)) - flops * rows / extent)
+    return _StageInfo(
+        extent, flat, in_bytes, flops, out_bytes, halo_bytes, halo_flops, graph.stage_param_bytes(start, end)
+    )
+
+
+def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
+    """The plan for ``shape`` under the conditions in ``view`` (see the module docstring).
+
+    Factors larger than the usable devices or the stage's extent are clamped; the result always
+    validates against the graph. Pure Python over lists: for ten devices it beats numpy's per-call cost.
+    """
+    n = len(view.devices)
+    spb = view.spb_rows
+    usable, memory = view.usable, view.memory
+    inv_speed = [1.0 / (g * 1e9) if g > 0 else 0.0 for g in view.gflops]
+    sink = view.index[view.sink]
+    prev: list[tuple[int, float]] = [(view.index[view.source], 1.0)]  # (device, share) in row order
+    used_memory = [0.0] * n
+    stages = []
+    last = len(shape.factors) - 1
+    for i, (start, end, factor) in enumerate(shape.stages):
+        info = _stage_info(graph, start, end, max(1, min(factor, graph.extent(end))))
+        spb_in = [0.0] * n
+        for p, w in prev:
+            spb_in = [x + w * y for x, y in zip(spb_in, spb[p], strict=True)]
+        to_sink = [spb[d][sink] for d in range(n)] if i == last else [0.0] * n
+        fixed, per_share = [0.0] * n, [0.0] * n
+        candidates = []
+        for d in range(n):
+            if not usable[d] or used_memory[d] + info.param_bytes > memory[d] or spb_in[d] == UNREACHABLE:
+                continue
+            if to_sink[d] == UNREACHABLE:
+                continue
+            compute = info.flops * inv_speed[d] + info.out_bytes * to_sink[d]
+            if info.flat:
+                fixed[d], per_share[d] = info.in_bytes * spb_in[d], compute
+            else:
+                fixed[d] = info.halo_bytes * spb_in[d] + info.halo_flops * inv_speed[d]
+                per_share[d] = info.in_bytes * spb_in[d] + compute
+            candidates.append(d)
+        if not candidates:  # nothing usable can take it: stay where the data is
+            candidates = [prev[0][0]]
+            fixed[prev[0][0]], per_share[prev[0][0]] = 0.0, 1.0
+        candidates.sort(key=lambda d: (fixed[d] + per_share[d], d))
+        chosen = candidates[: max(1, min(factor, info.extent))]
+        shares = _balance(fixed, per_share, chosen)
+        sizes = split_by_shares(info.extent, shares)
+        prev_rank = {d: r for r, (d, _) in enumerate(prev)}
+        order = sorted(
+            (j for j in range(len(chosen)) if sizes[j] > 0),
+            key=lambda j: (prev_rank.get(chosen[j], n), spb_in[chosen[j]], chosen[j]),
+        )
+        stages.append((start, end, {view.devices[chosen[j]]: float(sizes[j]) for j in order}))
+        prev = [(chosen[j], sizes[j] / info.extent) for j in order]
+        for d, _ in prev:
+            used_memory[d] += info.param_bytes
+    return Plan.build(view.source, view.sink, stages)
+
+
+def _balance(fixed: list[float], per_share: list[float], chosen: list[int]) -> list[float]:
+    """Shares over ``chosen`` that equalise ``fixed + share * per_share``; a device whose fixed cost
+    alone exceeds the common finish time gets 0."""
+    active = list(chosen)
+    while True:
+        inv = [1.0 / max(per_share[d], 1e-15) for d in active]
+        finish = (1.0 + sum(fixed[d] * v for d, v in zip(active, inv, strict=True))) / sum(inv)
+        x = {d: (finish - fixed[d]) * v for d, v in zip(active, inv, strict=True)}
+        keep = [d for d in active if x[d] > 0]
+        if len(keep) == len(active) or not keep:
+            break
+        active = keep
+    if not keep:
+        x = {min(active, key=lambda d: fixed[d]): 1.0}
+    return [max(0.0, x.get(d, 0.0)) for d in chosen]
+
+
+def shape_valid(graph: LayerGraph, view: NetView, shape: Shape) -> bool:
+    """Whether every stage's factor fits the usable devices and the stage's extent (the action mask)."""
+    usable = view.n_usable
+    return all(k <= usable and k <= graph.extent(e) for _, e, k in shape.stages)
+
+
+# ------------------------------------------------------------------------------ candidate shapes
+
+
+def downsampling_cuts(graph: LayerGraph) -> list[int]:
+    """Inner cut points where the feature map gets fewer rows (after pools and strided layers) or the
+    model turns flat: the natural places to change the set of devices."""
+    cuts, rows = [], graph.extent(0)
+    for c in graph.cut_points[1:-1]:
+        if graph.units[c - 1].kind == "spatial":
+            if graph.extent(c) < rows or graph.units[c].kind == "flat":
+                cuts.append(c)
+            rows = graph.extent(c)
+    return cuts
+
+
+def structured_shapes(graph: LayerGraph, max_stages: int, max_factor: int) -> list[Shape]:
+    """Shapes that need no search, from coarse to fine: one stage; the spatial part then the flat part;
+    one stage per downsampling block; one stage per spatial group (re-splitting often keeps halos
+    small). Spatial stages get the same factor k = 1..max_factor, flat stages 1. Segmentations with
+    more than ``max_stages`` stages are left out."""
+    n = len(graph.units)
+    out = [Shape((0, n), (k,)) for k in range(1, max_factor + 1)]
+    cuts = downsampling_cuts(graph)
+    flat_start = next((c for c in graph.cut_points[1:-1] if graph.units[c].kind == "flat"), n)
+    spatial_cuts = [c for c in graph.cut_points[1:-1] if c < flat_start]
+    tail = [flat_start] if flat_start < n else []
+    segmentations = [
+        (0, *tail, n),
+        (0, *[c for c in cuts if c < flat_start], *tail, n),
+        (0, *spatial_cuts, *tail, n),
+    ]
+    for bounds in dict.fromkeys(segmentations):
+        if len(bounds) - 1 > max_stages:
+            continue
+        for k in range(1, max_factor + 1):
+            factors = tuple(k if graph.stage_kind(e) == "spatial" else 1 for e in bounds[1:])
+            out.append(Shape(tuple(bounds), factors))
+    return list(dict.fromkeys(out))
+
+
+def neighbours(graph: LayerGraph, shape: Shape, max_stages: int, max_factor: int) -> Iterable[Shape]:
+    """Shapes one edit away: a factor changed by +-1 (one stage, or every stage split more than once),
+    a cut added, removed or moved to a neighbouring cut point."""
+    bounds, factors = list(shape.bounds), list(shape.factors)
+    cuts = graph.cut_points
+    for step in (-1, 1):
+        wide = [k + step if k > 1 else k for k in factors]
+        if wide != factors and all(1 <= k <= max_factor for k in wide):
+            yield Shape(shape.bounds, tuple(wide))
+    for i, k in enumerate(factors):
+        for k2 in (k - 1, k + 1):
+            if 1 <= k2 <= max_factor:
+                yield Shape(shape.bounds, tuple(factors[:i] + [k2] + factors[i + 1 :]))
+    if len(factors) < max_stages:
+        for c in cuts[1:-1]:
+            if c in bounds:
+                continue
+            i = next(j for j in range(len(bounds) - 1) if bounds[j] < c < bounds[j + 1])
+            yield Shape(
+                tuple(sorted([*bounds, c])), tuple(factors[: i + 1] + [factors[i]] + factors[i + 1 :])
+            )
+    for i in range(1, len(bounds) - 1):
+        merged = factors[: i - 1] + [max(factors[i - 1], factors[i])] + factors[i + 1 :]
+        yield Shape(tuple(bounds[:i] + bounds[i + 1 :]), tuple(merged))
+        pos = cuts.index(bounds[i])
+        for c in (cuts[pos - 1], cuts[pos + 1]):
+            if bounds[i - 1] < c < bounds[i + 1]:
+                yield Shape(tuple(bounds[:i] + [c] + bounds[i + 1 :]), shape.factors)
+
+
+def search_shape(
+    graph: LayerGraph,
+    score: Callable[[Shape], float],
+    starts: Sequence[Shape],
+    max_stages: int,
+    max_factor: int,
+    max_rounds: int = 50,
+) -> tuple[Shape, float]:
+    """Steepest descent over shapes from the best of ``starts``; ``score`` is lower-is-better."""
+    seen: dict[Shape, float] = {}
+
+    def cost(s: Shape) -> float:
+        if s not in seen:
+            seen[s] = score(s)
+        return seen[s]
+
+    best = min(starts, key=cost)
+    for _ in range(max_rounds):
+        step = min(neighbours(graph, best, max_stages, max_factor), key=cost, default=best)
+        if cost(step) >= cost(best) * (1 - 1e-9):
+            break
+        best = step
+    return best, cost(best)

@@ -1,0 +1,498 @@
+"""MicroSplit: the Gymnasium environment in which a policy learns where to cut a CNN and how widely to split.
+
+**One step = one inference request** at the current time ``t`` of a trace-driven world (``NetworkState``:
+link traces, device load, failures). The agent sees a normalised encoding of the ``Snapshot`` at ``t``
+(what monitors measured up to ``t``, never the future), picks a plan *shape*, the env completes it into a
+full ``Plan`` (env/completion.py) and runs it; ``t`` then advances by the request's latency plus an
+inter-arrival gap, so an episode walks along the traces while devices slow down, leave and come back.
+
+**Action**: ``Discrete(n_actions)``, an index into a fixed list of candidate shapes (cut points + a split
+factor per stage). Why not one "cut here?" bit per group boundary plus a factor per stage: VGG-16 would
+need 20 bits and up to 21 factors, almost all combinations are poor, and a factorised MultiDiscrete
+cannot mask joint constraints (a factor only matters for the stages a segmentation has). A list of
+shapes that are good somewhere in the condition space (found by the cost-model oracle under sampled
+conditions, see train.py, plus structured ones: one stage split k ways, cuts at downsampling points) is
+small (tens), masks exactly, and makes behaviour cloning a plain classification. Index 0 is always
+"the whole model on one device" so at least one action is valid. ``action_masks()`` hides shapes whose
+factors exceed the usable devices or a stage's extent and the padding; an unmasked invalid action is
+still run safely (factors clamped by the completion, a padding index replaced by action 0) and flagged
+with ``info["invalid_action"] = True``.
+
+**Observation**: ``Box(0, 4, (d,), float32)`` from ``Observer``: per device slot (cluster declaration
+order, padded to ``max_devices``) presence, availability, log nominal speed, measured speed factor,
+source/sink one-hot, log route bandwidth from the source and to the sink; per device pair a link flag,
+its windowed bandwidth and its per-second history (log-scaled); global model size features. Bandwidths
+map through ``log2(1 + Mbit/s) / 6``, so 0 -> 0 and 63 Mbit/s -> 1.
+
+**Reward**: ``-score(request) / score(reference)``, where score is the configured ``Objective`` (latency,
+energy or weighted) and the reference is the best single-device plan (the completion of shape 0 on the
+snapshot) run under the same conditions at the same ``t``. The ratio keeps the scale near 1 for any
+model or cluster; a policy that beats offloading to the best device earns more than -1.
+
+**Failures**: a request fails when a device it touches (computing, source, sink or relay) is down at
+any moment of ``[t, t + latency]``; it is then retried on the reference plan, so its latency and energy
+are the failed attempt's plus the reference's (``info["failed"] = True``).
+
+**Backends** behind the same API: ``sim`` predicts each request with the cost model on the world;
+``live`` executes it on a cluster through the runtime's controller, with links shaped by the world's
+traces (env/live.py), and rewards measured latency and energy. The reference is always predicted.
+
+Domain randomisation per episode (``reset``): a cluster from ``clusters``, a dynamics config from
+``dynamics`` (traces, load, failures), optionally random source/sink, and a fresh world sampled from the
+episode's seed. ``reset(options={"world": NetworkState, "time": t})`` replays a given world instead
+(evaluation on identical conditions).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from env.completion import NetView, Shape, complete, net_view, shape_valid, structured_shapes
+from env.cost_model import CostModel, Objective, Prediction
+from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
+from runtime import models
+from runtime.config import describe_validation_error
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+from runtime.spec import ClusterSpec, load_cluster
+
+CLUSTER_DIR = Path(__file__).resolve().parents[1] / "configs" / "clusters"
+OBS_HIGH = 4.0
+
+
+class EnvConfigError(ValueError):
+    """An environment config is invalid; the message names the file (or origin) and the field."""
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+class ObjectiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["latency", "energy", "weighted"] = "latency"
+    energy_weight: float = Field(0.0, ge=0)
+
+    def build(self) -> Objective:
+        return Objective(self.kind, self.energy_weight)
+
+
+class EnvConfig(BaseModel):
+    """Everything that defines the learning problem (the ``env:`` section of a training config).
+
+    ``clusters``: bundled names (``mesh0``, ``tiny3``: configs/clusters/NAME.yaml), or paths and glob
+    patterns relative to ``base_dir`` (a pattern that matches nothing is skipped, so optional shared
+    scenarios can be listed). ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
+    episode. ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the structured
+    shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to spare.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = "tiny"
+    clusters: list[str] = Field(default_factory=lambda: ["tiny3"], min_length=1)
+    gflops_per_rate: float | None = Field(None, gt=0)
+    bandwidth_cap_mbps: float | None = Field(None, gt=0)
+    dynamics: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
+    random_endpoints: bool = False
+    requests_per_episode: int = Field(64, ge=1)
+    gap_s: tuple[float, float] = (0.0, 1.0)
+    start_s: float = Field(8.0, ge=0)
+    window_s: float = Field(5.0, ge=0)
+    history: int = Field(8, ge=1)
+    max_devices: int | None = Field(None, ge=1)
+    max_stages: int = Field(4, ge=1)
+    max_split: int = Field(6, ge=1)
+    shapes: list[list[list[int]]] | None = None
+    n_actions: int | None = Field(None, ge=1)
+    objective: ObjectiveConfig = ObjectiveConfig()
+    base_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _gaps(self) -> EnvConfig:
+        lo, hi = self.gap_s
+        if not 0 <= lo <= hi:
+            raise ValueError(f"gap_s must be [lo, hi] with 0 <= lo <= hi, got {list(self.gap_s)}")
+        return self
+
+    @classmethod
+    def parse(
+        cls, data: Any, *, origin: str = "<env config>", base_dir: str | Path | None = None
+    ) -> EnvConfig:
+        """Validate a mapping; errors name ``origin`` and the field. Also checks the dynamics entries."""
+        try:
+            cfg = cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise EnvConfigError(describe_validation_error(origin, exc)) from None
+        if base_dir is not None:
+            cfg = cfg.model_copy(update={"base_dir": str(base_dir)})
+        for i, dyn in enumerate(cfg.dynamics):
+            try:
+                DynamicsConfig.parse(dyn, origin=f"{origin}: dynamics.{i}", base_dir=cfg.base_dir)
+            except ValueError as exc:
+                raise EnvConfigError(str(exc)) from None
+        return cfg
+
+
+def cluster_paths(entries: Sequence[str], base_dir: str | Path | None) -> list[Path]:
+    """Resolve cluster entries: bundled names, paths, or glob patterns (empty matches are skipped)."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    out: list[Path] = []
+    for entry in entries:
+        if "/" not in entry and "." not in entry:
+            out.append(CLUSTER_DIR / f"{entry}.yaml")
+        elif glob.has_magic(entry):
+            out.extend(Path(p) for p in sorted(glob.glob(str(base / entry))))
+        else:
+            out.append(base / entry)
+    return out
+
+
+@lru_cache(maxsize=8)
+def model_graph(name: str) -> LayerGraph:
+    """The LayerGraph of a zoo model, traced on a weightless (meta) skeleton: fast, no memory."""
+    return LayerGraph.from_model(models.skeleton(name), models.input_shape(name), name)
+
+
+# ------------------------------------------------------------------------------------- observation
+
+
+def bw_feature(mbps: float | np.ndarray) -> float | np.ndarray:
+    """Bandwidth feature: log2(1 + Mbit/s) / 6 (0 -> 0, 63 Mbit/s -> 1)."""
+    return np.log2(1.0 + np.maximum(mbps, 0.0)) / 6.0
+
+
+def _route_feature(sec_per_byte: np.ndarray) -> np.ndarray:
+    """``bw_feature`` of a route's effective Mbit/s; the device itself (0 s/B) counts as 10 Gbit/s."""
+    with np.errstate(divide="ignore"):
+        return bw_feature(np.where(sec_per_byte > 0, 8e-6 / sec_per_byte, 1e4))
+
+
+class _Slots:
+    """Per cluster topology: where each device and link goes in the observation vector."""
+
+    def __init__(self, spec: ClusterSpec, max_devices: int, history: int):
+        ids = spec.device_ids
+        if len(ids) > max_devices:
+            raise ValueError(
+                f"cluster {spec.name!r} has {len(ids)} devices; the policy handles {max_devices}"
+            )
+        self.devices = ids
+        self.index = {d: i for i, d in enumerate(ids)}
+        pair_base = max_devices * Observer.DEVICE_FEATURES
+        per_pair = 2 + history
+        self.links = [link_key(ln.a, ln.b) for ln in spec.links]
+        offsets = []
+        for ln in spec.links:
+            i, j = sorted((self.index[ln.a], self.index[ln.b]))
+            pair = i * max_devices - i * (i + 1) // 2 + (j - i - 1)  # upper-triangle index
+            offsets.append(pair_base + pair * per_pair)
+        self.link_flags = np.array(offsets, dtype=np.int64)
+        self.link_values = self.link_flags[:, None] + 1 + np.arange(1 + history)  # mean, then history
+        self.nominal = np.array([math.log2(1.0 + spec.devices[d].gflops) / 4.0 for d in ids])
+
+
+class Observer:
+    """Turns a Snapshot (and its NetView) into the policy's observation vector (module docstring)."""
+
+    DEVICE_FEATURES = 8
+    GLOBAL_FEATURES = 3
+
+    def __init__(self, graph: LayerGraph, max_devices: int, history: int):
+        self.max_devices = max_devices
+        self.history = history
+        pairs = max_devices * (max_devices - 1) // 2
+        self.size = max_devices * self.DEVICE_FEATURES + pairs * (2 + history) + self.GLOBAL_FEATURES
+        input_bytes = graph.extent(0) * graph.row_bytes(0)
+        self._model = np.array([math.log10(max(graph.total_flops, 1)) / 10, math.log10(input_bytes) / 6])
+        self._slots: dict[tuple, _Slots] = {}
+
+    @property
+    def space(self) -> gym.spaces.Box:
+        return gym.spaces.Box(0.0, OBS_HIGH, (self.size,), np.float32)
+
+    def slots(self, spec: ClusterSpec) -> _Slots:
+        key = (spec.device_ids, spec.links)
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = _Slots(spec, self.max_devices, self.history)
+        return slots
+
+    def encode(self, snapshot: Snapshot, view: NetView) -> np.ndarray:
+        slots = self.slots(snapshot.spec)
+        n, f = len(slots.devices), self.DEVICE_FEATURES
+        obs = np.zeros(self.size)
+        dev = obs[: n * f].reshape(n, f)
+        dev[:, 0] = 1.0
+        dev[:, 1] = view.usable
+        dev[:, 2] = slots.nominal
+        dev[:, 3] = [snapshot.speed[d] for d in slots.devices]
+        dev[slots.index[snapshot.source], 4] = 1.0
+        dev[slots.index[snapshot.sink], 5] = 1.0
+        dev[:, 6] = _route_feature(view.sec_per_byte[view.index[snapshot.source]])
+        dev[:, 7] = _route_feature(view.sec_per_byte[:, view.index[snapshot.sink]])
+        h = self.history
+        values = []
+        for key in slots.links:
+            hist = snapshot.link_history[key][-h:]
+            mean = snapshot.link_mbps[key]
+            values.append((mean, *(mean,) * (h - len(hist)), *hist))  # short history: pad with the mean
+        obs[slots.link_flags] = 1.0
+        obs[slots.link_values] = bw_feature(np.array(values))
+        obs[-3:-1] = self._model
+        obs[-1] = view.n_usable / self.max_devices
+        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ env
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request cost, as a backend measured or predicted it."""
+
+    latency_s: float
+    energy_j: float
+    failed: bool = False
+    outputs_match: bool | None = None
+
+
+@dataclass
+class _Cluster:
+    spec: ClusterSpec
+    cost: CostModel
+
+
+class SimBackend:
+    """Requests predicted by the cost model in the trace-driven world."""
+
+    name = "sim"
+
+    def run(self, env: MicroSplitEnv, plan: Plan, t: float) -> Outcome:
+        return env.predicted_outcome(plan, t)
+
+    def reset(self, env: MicroSplitEnv) -> None:
+        """Nothing to prepare: the world is all the simulator needs."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MicroSplitEnv(gym.Env):
+    """See the module docstring. ``config`` is an EnvConfig or a mapping for ``EnvConfig.parse``."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | dict | None = None, backend: str = "sim", **backend_options: Any):
+        super().__init__()
+        self.config = config if isinstance(config, EnvConfig) else EnvConfig.parse(config or {})
+        cfg = self.config
+        self.graph = model_graph(cfg.model)
+        self.objective = cfg.objective.build()
+        self.dynamics = [DynamicsConfig.parse(d, base_dir=cfg.base_dir) for d in cfg.dynamics]
+        paths = cluster_paths(cfg.clusters, cfg.base_dir)
+        specs = {}
+        for path in paths:
+            spec = load_cluster(
+                path, gflops_per_rate=cfg.gflops_per_rate, bandwidth_cap=cfg.bandwidth_cap_mbps
+            )
+            specs.setdefault(spec.name, spec)
+        if not specs:
+            raise EnvConfigError(f"clusters: no cluster file found for {cfg.clusters}")
+        self.clusters = [_Cluster(spec, CostModel(self.graph, spec)) for spec in specs.values()]
+        self.max_devices = cfg.max_devices or max(len(c.spec.devices) for c in self.clusters)
+        self.shapes = self._shapes()
+        self.n_actions = max(cfg.n_actions or 0, len(self.shapes))
+        self.observer = Observer(self.graph, self.max_devices, cfg.history)
+        self.observation_space = self.observer.space
+        self.action_space = gym.spaces.Discrete(self.n_actions)
+        self.backend = _make_backend(backend, **backend_options)
+        self._cluster = self.clusters[0]
+        self.world: NetworkState | None = None
+        self.time = 0.0
+        self.snapshot: Snapshot | None = None
+        self.view: NetView | None = None
+        self._requests = 0
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _shapes(self) -> list[Shape]:
+        cfg, n = self.config, len(self.graph.units)
+        if cfg.shapes is None:
+            shapes = structured_shapes(self.graph, cfg.max_stages, cfg.max_split)
+        else:
+            shapes = [Shape.from_list(s) for s in cfg.shapes]
+        for s in shapes:
+            if not s.fits(self.graph):
+                raise EnvConfigError(
+                    f"shapes: {s.describe()} does not fit the cut points of {self.graph.name}"
+                )
+        single = Shape((0, n), (1,))
+        return [single, *(s for s in dict.fromkeys(shapes) if s != single)]
+
+    # ---- what tools (training, evaluation, the planner) use ------------------------------------
+    @property
+    def cluster_spec(self) -> ClusterSpec:
+        return self.world.spec if self.world is not None else self._cluster.spec
+
+    @property
+    def cost_model(self) -> CostModel:
+        return self._cluster.cost
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions under the current snapshot (MaskablePPO calls this). Validity depends only on
+        how many devices are usable, so masks are cached per count."""
+        n = self.view.n_usable
+        mask = self._masks.get(n)
+        if mask is None:
+            mask = np.zeros(self.n_actions, dtype=bool)
+            mask[: len(self.shapes)] = [shape_valid(self.graph, self.view, s) for s in self.shapes]
+            mask[0] = True
+            self._masks[n] = mask
+        return mask.copy()
+
+    def plan_for(self, action: int) -> tuple[Plan, bool]:
+        """The plan an action stands for under the current snapshot, and whether the action was invalid."""
+        valid = 0 <= action < len(self.shapes) and shape_valid(self.graph, self.view, self.shapes[action])
+        shape = self.shapes[action] if 0 <= action < len(self.shapes) else self.shapes[0]
+        return complete(self.graph, self.view, shape), not valid
+
+    def reference_plan(self) -> Plan:
+        return complete(self.graph, self.view, self.shapes[0])
+
+    def score(self, prediction: Prediction | Outcome) -> float:
+        return self.objective.score(prediction)  # type: ignore[arg-type]
+
+    def touches_outage(self, plan: Plan, t0: float, t1: float) -> bool:
+        """Whether a device the plan uses (relays included) is down at some moment of [t0, t1]."""
+        for d in self.cost_model.skeleton(plan).devices:
+            for start, end in self.world.down_intervals(d):
+                if start <= t1 and end > t0:
+                    return True
+        return False
+
+    def predicted_outcome(self, plan: Plan, t: float) -> Outcome:
+        """The cost model's prediction of a request in the world at ``t``, failure check included."""
+        prediction = self.cost_model.predict(plan, self.world, t)
+        failed = self.touches_outage(plan, t, t + prediction.latency_s)
+        return Outcome(prediction.latency_s, prediction.energy_j, failed)
+
+    @staticmethod
+    def charged(outcome: Outcome, reference: Prediction) -> tuple[float, float]:
+        """Latency and energy a request costs: a failed attempt is retried on the reference plan."""
+        if outcome.failed:
+            return outcome.latency_s + reference.latency_s, outcome.energy_j + reference.energy_j
+        return outcome.latency_s, outcome.energy_j
+
+    def action_costs(self, world: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per action, relative to the reference (lower is better; inf for masked actions): the objective
+        under the snapshot (what an analytic optimiser over the action list sees) and, with ``world``,
+        minus the reward the action would earn now in the world (what actually happens). For labels,
+        oracles and diagnostics; the sim backend's semantics, whatever the env's backend."""
+        t = self.time
+        reference = self.reference_plan()
+        ref_snap = self.score(self.cost_model.predict(reference, self.snapshot, t))
+        ref_world = self.cost_model.predict(reference, self.world, t) if world else None
+        snap = np.full(self.n_actions, np.inf)
+        real = np.full(self.n_actions, np.inf) if world else None
+        for a in np.flatnonzero(self.action_masks()):
+            plan = complete(self.graph, self.view, self.shapes[a])
+            snap[a] = self.score(self.cost_model.predict(plan, self.snapshot, t)) / ref_snap
+            if world:
+                latency, energy = self.charged(self.predicted_outcome(plan, t), ref_world)
+                real[a] = self.objective.score(_Scored(latency, energy)) / self.score(ref_world)
+        return snap, real
+
+    # ---- gymnasium API --------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        rng = self.np_random
+        world = options.get("world")
+        if world is None:
+            cluster = self.clusters[int(rng.integers(len(self.clusters)))]
+            spec = cluster.spec
+            if self.config.random_endpoints:
+                source, sink = rng.choice(spec.device_ids, size=2, replace=True)
+                spec = spec.with_source_sink(str(source), str(sink))
+            dynamics = self.dynamics[int(rng.integers(len(self.dynamics)))]
+            world = NetworkState.sample(spec, dynamics, np.random.default_rng(int(rng.integers(2**63))))
+        else:
+            cluster = self._cluster_for(world.spec)
+        self._cluster = cluster
+        self.world = world
+        self.time = float(options.get("time", self.config.start_s))
+        self._requests = 0
+        self.backend.reset(self)
+        return self._observe(), {"cluster": world.spec.name, "time_s": self.time}
+
+    def step(self, action):
+        if self.world is None:
+            raise RuntimeError("call reset() before step()")
+        action = int(action)
+        plan, invalid = self.plan_for(action)
+        t = self.time
+        outcome = self.backend.run(self, plan, t)
+        reference = self.cost_model.predict(self.reference_plan(), self.world, t)
+        latency, energy = self.charged(outcome, reference)
+        reward = -self.objective.score(_Scored(latency, energy)) / max(self.score(reference), 1e-12)
+        info = {
+            "latency_s": latency,
+            "energy_j": energy,
+            "reference_latency_s": reference.latency_s,
+            "reference_energy_j": reference.energy_j,
+            "plan": plan.to_json(),
+            "shape": self.shapes[action].describe() if 0 <= action < len(self.shapes) else None,
+            "invalid_action": invalid,
+            "failed": outcome.failed,
+            "outputs_match": outcome.outputs_match,
+            "time_s": t,
+            "cluster": self.cluster_spec.name,
+        }
+        lo, hi = self.config.gap_s
+        self.time = t + latency + float(self.np_random.uniform(lo, hi))
+        self._requests += 1
+        truncated = self._requests >= self.config.requests_per_episode
+        return self._observe(), float(reward), False, truncated, info
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _observe(self) -> np.ndarray:
+        self.snapshot = self.world.snapshot(self.time, self.config.window_s, self.config.history)
+        self.view = net_view(self.snapshot)
+        return self.observer.encode(self.snapshot, self.view)
+
+    def _cluster_for(self, spec: ClusterSpec) -> _Cluster:
+        for c in self.clusters:
+            if c.spec.name == spec.name and c.spec.links == spec.links:
+                return c
+        cluster = _Cluster(spec, CostModel(self.graph, spec))
+        self.clusters.append(cluster)
+        return cluster
+
+
+@dataclass(frozen=True)
+class _Scored:
+    latency_s: float
+    energy_j: float
+
+
+def _make_backend(name: str, **options: Any):
+    if name == "sim":
+        if options:
+            raise ValueError(f"the sim backend takes no options, got {sorted(options)}")
+        return SimBackend()
+    if name == "live":
+        from env.live import LiveBackend  # the runtime's processes are only needed here
+
+        return LiveBackend(**options)
+    raise ValueError(f"backend must be 'sim' or 'live', not {name!r}")
