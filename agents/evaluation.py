@@ -1,0 +1,224 @@
+"""Side-by-side comparison of planners on identical snapshots: records, summaries, table, JSON, plots.
+
+Every agent sees the same sequence of snapshots (the same world, the same request times); what differs
+is only the plan it chooses. A request's outcome comes from an ``executor`` callable: the cost model in
+the trace-driven world (``sim``) or a live cluster (``live``), so both backends share all the reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from env.network import Snapshot
+from runtime.cluster import LocalCluster
+from runtime.plan import Plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request cost; ``outputs_match`` is None when no output was computed (sim)."""
+
+    latency_s: float
+    energy_j: float
+    outputs_match: bool | None = None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    agent: str
+    index: int
+    time_s: float
+    latency_s: float
+    energy_j: float
+    decision_s: float
+    outputs_match: bool | None
+    plan: str
+
+
+Executor = Callable[[str, int, float, Plan], Outcome]  # (agent, request index, time, plan) -> outcome
+SnapshotAt = Callable[[int], Snapshot]  # request index -> what the planners may know before it
+
+
+def run_comparison(
+    planners: dict,
+    snapshot_at: SnapshotAt,
+    requests: int,
+    graph,
+    objective,
+    execute: Executor,
+    *,
+    console: Console | None = None,
+) -> list[RequestRecord]:
+    """For each request, every planner plans on the same snapshot and its plan is executed.
+
+    Request-major order keeps the agents' requests of one index close in time on a live cluster.
+    """
+    records = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("requests", total=requests * len(planners))
+        for i in range(requests):
+            snap = snapshot_at(i)
+            for name, planner in planners.items():
+                start = time.perf_counter()
+                plan = planner.plan(snap, graph, objective)
+                decision = time.perf_counter() - start
+                outcome = execute(name, i, snap.time, plan)
+                records.append(
+                    RequestRecord(
+                        name,
+                        i,
+                        snap.time,
+                        outcome.latency_s,
+                        outcome.energy_j,
+                        decision,
+                        outcome.outputs_match,
+                        plan.to_json(),
+                    )
+                )
+                progress.advance(task)
+    return records
+
+
+@contextmanager
+def live_session(spec, model_name: str, model, world, *, seed: int = 0, **cluster_options):
+    """A local emulated cluster whose links and device speeds follow ``world``'s schedules.
+
+    Yields ``(snapshot_at, execute)``: snapshots are taken at the cluster's current time, and every
+    request runs on the workers and has its output checked against the unsplit model.
+    """
+    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    speeds = {d: world.speed_schedule(d) for d in spec.devices}
+    with LocalCluster(
+        spec, model=model_name, seed=seed, link_schedules=links, speed_schedules=speeds, **cluster_options
+    ) as cluster:
+        ctl = cluster.controller
+        expected: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def snapshot_at(index: int) -> Snapshot:
+            return world.snapshot(max(0.0, ctl.now()))
+
+        def execute(agent: str, index: int, t: float, plan: Plan) -> Outcome:
+            if index not in expected:
+                x = torch.randn(1, *ctl.input_shape, generator=torch.Generator().manual_seed(seed + index))
+                with torch.no_grad():
+                    expected[index] = (x, model(x))
+            x, reference = expected[index]
+            if ctl.plan != plan:
+                ctl.deploy(plan)
+            result = ctl.infer(x)
+            match = torch.allclose(result.output, reference, rtol=1e-4, atol=1e-5)
+            return Outcome(result.latency_s, result.energy_j, bool(match))
+
+        yield snapshot_at, execute
+
+
+def summarize(records: list[RequestRecord]) -> dict[str, dict]:
+    """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan."""
+    summary = {}
+    for agent in dict.fromkeys(r.agent for r in records):
+        mine = [r for r in records if r.agent == agent]
+        lat = np.array([r.latency_s for r in mine])
+        checks = [r.outputs_match for r in mine if r.outputs_match is not None]
+        summary[agent] = {
+            "requests": len(mine),
+            "latency_mean_s": float(lat.mean()),
+            "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)),
+            "energy_mean_j": float(np.mean([r.energy_j for r in mine])),
+            "decision_time_mean_s": float(np.mean([r.decision_s for r in mine])),
+            "outputs_match": all(checks) if checks else None,
+            "plan": json.loads(mine[0].plan),
+        }
+    return summary
+
+
+def ratios(summary: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
+    """``ratios[a][b]`` = b's value / a's value: how many times lower a is than b."""
+    return {a: {b: summary[b][key] / summary[a][key] for b in summary if b != a} for a in summary}
+
+
+def print_summary(summary: dict[str, dict], console: Console, title: str) -> None:
+    table = Table(title=title)
+    for col in ("agent", "lat mean s", "p50 s", "p95 s", "energy J", "decide ms", "outputs"):
+        table.add_column(col, justify="right" if col != "agent" else "left")
+    best = min(summary, key=lambda a: summary[a]["latency_mean_s"])
+    for agent, s in sorted(summary.items(), key=lambda kv: kv[1]["latency_mean_s"]):
+        match = {True: "exact", False: "MISMATCH", None: "-"}[s["outputs_match"]]
+        table.add_row(
+            f"[bold]{agent}[/]" if agent == best else agent,
+            f"{s['latency_mean_s']:.3f}",
+            f"{s['latency_p50_s']:.3f}",
+            f"{s['latency_p95_s']:.3f}",
+            f"{s['energy_mean_j']:.2f}",
+            f"{s['decision_time_mean_s'] * 1e3:.2f}",
+            match,
+        )
+    console.print(table)
+    others = [a for a in summary if a != best]
+    if others:
+        lat = ratios(summary, "latency_mean_s")[best]
+        energy = ratios(summary, "energy_mean_j")[best]
+        console.print(
+            f"{best}: "
+            + ", ".join(
+                f"{lat[o]:.2f}x lower latency / {energy[o]:.2f}x lower energy than {o}" for o in others
+            )
+        )
+
+
+def report_json(summary: dict[str, dict], records: list[RequestRecord], **context) -> dict:
+    """The machine-readable result: context keys, per-agent summaries, all pairwise ratios, raw records."""
+    return {
+        **context,
+        "agents": summary,
+        "latency_ratio": ratios(summary, "latency_mean_s"),
+        "energy_ratio": ratios(summary, "energy_mean_j"),
+        "records": [asdict(r) | {"plan": json.loads(r.plan)} for r in records],
+    }
+
+
+def plot(summary: dict[str, dict], records: list[RequestRecord], out_dir: Path) -> list[Path]:
+    """Latency CDF per agent and bars of mean latency and energy; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cdf_path, bars_path = out_dir / "latency_cdf.png", out_dir / "agents.png"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for agent in summary:
+        lat = np.sort([r.latency_s for r in records if r.agent == agent])
+        ax.step(lat, np.arange(1, len(lat) + 1) / len(lat), where="post", label=agent)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(cdf_path, dpi=120)
+    plt.close(fig)
+    names = sorted(summary, key=lambda a: summary[a]["latency_mean_s"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.bar(names, [summary[a]["latency_mean_s"] for a in names], color="tab:blue")
+    ax1.set_ylabel("mean latency (s)")
+    ax2.bar(names, [summary[a]["energy_mean_j"] for a in names], color="tab:orange")
+    ax2.set_ylabel("mean energy (J)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=45)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(bars_path, dpi=120)
+    plt.close(fig)
+    return [cdf_path, bars_path]

@@ -1,0 +1,57 @@
+"""evaluate.py compare: the JSON interface, both backends, and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import evaluate
+
+CLUSTER = str(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "tiny3.yaml")
+KEYS = {
+    "latency_mean_s",
+    "latency_p50_s",
+    "latency_p95_s",
+    "energy_mean_j",
+    "decision_time_mean_s",
+    "outputs_match",
+    "plan",
+}
+
+
+def run(tmp_path, *extra):
+    out = tmp_path / "result.json"
+    code = evaluate.main(["compare", "--cluster", CLUSTER, "--model", "tiny", "--json", str(out), *extra])
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_sim_compare_writes_the_documented_json(tmp_path):
+    code, report = run(
+        tmp_path, "--agents", "optimal,local,deepslicing", "--requests", "3", "--bandwidth-cap", "10"
+    )
+    assert code == 0
+    assert report["model"] == "tiny" and report["backend"] == "sim" and report["bandwidth_cap_mbps"] == 10
+    assert set(report["agents"]) == {"optimal", "local", "deepslicing"}
+    for summary in report["agents"].values():
+        assert KEYS <= set(summary)
+        assert summary["outputs_match"] is None  # nothing is computed in the simulator
+    best = report["agents"]["optimal"]["latency_mean_s"]
+    assert all(best <= s["latency_mean_s"] + 1e-12 for s in report["agents"].values())
+    ratio = report["latency_ratio"]["optimal"]["local"]
+    assert ratio == report["agents"]["local"]["latency_mean_s"] / best
+
+
+def test_live_compare_checks_every_output(tmp_path):
+    code, report = run(tmp_path, "--agents", "deepslicing,local", "--requests", "2", "--backend", "live")
+    assert code == 0
+    assert all(s["outputs_match"] is True for s in report["agents"].values())
+    assert all(s["latency_mean_s"] > 0 and s["energy_mean_j"] > 0 for s in report["agents"].values())
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
+    code = evaluate.main(["compare", "--cluster", str(tmp_path / "missing.yaml"), "--model", "tiny"])
+    assert code == 2
+    assert "missing.yaml" in capsys.readouterr().out
+    code, _ = run(tmp_path, "--agents", "optimal,nosuch")
+    assert code == 2
+    assert "unknown planner 'nosuch'" in capsys.readouterr().out
