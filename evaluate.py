@@ -4,6 +4,9 @@
       [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--json OUT] [--plots DIR]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--json OUT]
 
+``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
+energy per plan and in summary.
+
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
 unsplit model.
@@ -18,23 +21,27 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 
 from agents import PlannerError, make_planner
 from agents.evaluation import (
     Outcome,
+    calibration_report,
     live_session,
     plot,
+    print_calibration,
     print_summary,
     report_json,
     run_comparison,
     summarize,
 )
-from env.cost_model import CostModel, Objective
+from env.cost_model import CostModel, Objective, Profile
 from env.network import DynamicsConfig, NetworkError, NetworkState
 from env.traces import TraceError
 from runtime import models
 from runtime.graph import LayerGraph
-from runtime.plan import PlanError
+from runtime.plan import PlanError, random_plan
+from runtime.profiler import profile_record
 from runtime.spec import SpecError, load_cluster
 
 console = Console()
@@ -69,9 +76,15 @@ def compare(args) -> dict:
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
     else:
-        with live_session(spec, args.model, model, world, seed=args.seed) as (snapshot_at, execute):
+        with live_session(spec, args.model, model, world, seed=args.seed) as session:
             records = run_comparison(
-                planners, snapshot_at, args.requests, graph, objective, execute, console=console
+                planners,
+                session.snapshot_at,
+                args.requests,
+                graph,
+                objective,
+                session.execute,
+                console=console,
             )
     summary = summarize(records)
     cap = f", cap {args.bandwidth_cap:g} Mbit/s" if args.bandwidth_cap else ""
@@ -94,6 +107,63 @@ def compare(args) -> dict:
     return report
 
 
+def calibrate(args) -> dict:
+    """Run random plans on an emulated local cluster; compare measured latency and energy with predictions.
+
+    Two predictions per plan: from FLOPs and device GFLOP/s alone, and from a per-unit profile of this host
+    measured through the cluster's own worker first (what the emulation paces by), so the report shows
+    which term of the model an error comes from.
+    """
+    spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
+    model = models.build(args.model, seed=args.seed)
+    graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
+    world = build_world(spec, args.traces, args.seed)
+    rng = np.random.default_rng(args.seed)
+    devices = list(spec.device_ids)
+    plans = [
+        random_plan(
+            graph,
+            devices,
+            rng,
+            max_devices=args.max_devices,
+            max_stages=args.max_stages,
+            source=spec.source,
+            sink=spec.sink,
+        )
+        for _ in range(args.plans)
+    ]
+    with live_session(spec, args.model, model, world, seed=args.seed) as session:
+        console.print(f"profiling {args.model} on this host through worker {spec.source} ...")
+        record = profile_record(session.controller, spec.source, session.cluster.host_gflops)
+        models_by_name = {
+            "flops": CostModel(graph, spec),
+            "profile": CostModel(
+                graph, spec, Profile(args.model, record["reference_gflops"], tuple(record["unit_seconds"]))
+            ),
+        }
+        rows = []
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("plans", total=len(plans))
+            for i, plan in enumerate(plans):
+                outcome, t = session.run(i, plan)
+                row = {
+                    "plan": plan.to_dict(),
+                    "time_s": t,
+                    "measured": {"latency_s": outcome.latency_s, "energy_j": outcome.energy_j},
+                    "outputs_match": outcome.outputs_match,
+                }
+                for name, cost in models_by_name.items():
+                    p = cost.predict(plan, world, t)
+                    row[name] = {"latency_s": p.latency_s, "energy_j": p.energy_j}
+                rows.append(row)
+                progress.advance(task)
+    report = calibration_report(rows, list(models_by_name))
+    print_calibration(
+        report, console, f"{args.model} on {spec.name}: predicted vs measured, {len(plans)} plans"
+    )
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,11 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", default=None, help="write the result as JSON here")
     c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
+    k = sub.add_parser("calibrate", help="predicted vs measured latency and energy of random plans")
+    k.add_argument("--cluster", required=True, help="cluster YAML or disnet-mesh/1 JSON")
+    k.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    k.add_argument("--plans", type=int, default=20)
+    k.add_argument("--max-devices", type=int, default=4, help="devices per stage in the random plans")
+    k.add_argument("--max-stages", type=int, default=4)
+    k.add_argument("--bandwidth-cap", type=float, default=None)
+    k.add_argument("--traces", default=None, help="trace file or folder every link samples from")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
     args = parser.parse_args(argv)
-    if getattr(args, "requests", 1) < 1:
-        parser.error("--requests must be >= 1")
+    for name in ("requests", "plans", "max_devices", "max_stages"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
-        report = compare(args)
+        report = compare(args) if args.command == "compare" else calibrate(args)
     except (SpecError, PlanError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

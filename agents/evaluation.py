@@ -90,37 +90,103 @@ def run_comparison(
     return records
 
 
+class LiveSession:
+    """A running local emulated cluster plus the reference model that checks its outputs."""
+
+    def __init__(self, cluster: LocalCluster, model, world, seed: int):
+        self.cluster, self.model, self.world, self.seed = cluster, model, world, seed
+        self.controller = cluster.controller
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def snapshot_at(self, index: int) -> Snapshot:
+        """What planners may know now: the world's snapshot at the cluster's current time."""
+        return self.world.snapshot(max(0.0, self.controller.now()))
+
+    def run(self, index: int, plan: Plan) -> tuple[Outcome, float]:
+        """Run request ``index`` (a seeded input) on ``plan``; returns the outcome and its start time."""
+        if index not in self._inputs:
+            gen = torch.Generator().manual_seed(self.seed + index)
+            x = torch.randn(1, *self.controller.input_shape, generator=gen)
+            with torch.no_grad():
+                self._inputs[index] = (x, self.model(x))
+        x, reference = self._inputs[index]
+        if self.controller.plan != plan:
+            self.controller.deploy(plan)
+        start = self.controller.now()
+        result = self.controller.infer(x)
+        match = bool(torch.allclose(result.output, reference, rtol=1e-4, atol=1e-5))
+        return Outcome(result.latency_s, result.energy_j, match), start
+
+    def execute(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
+        return self.run(index, plan)[0]
+
+
 @contextmanager
 def live_session(spec, model_name: str, model, world, *, seed: int = 0, **cluster_options):
-    """A local emulated cluster whose links and device speeds follow ``world``'s schedules.
-
-    Yields ``(snapshot_at, execute)``: snapshots are taken at the cluster's current time, and every
-    request runs on the workers and has its output checked against the unsplit model.
-    """
+    """A local emulated cluster whose links and device speeds follow ``world``'s schedules."""
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     speeds = {d: world.speed_schedule(d) for d in spec.devices}
     with LocalCluster(
         spec, model=model_name, seed=seed, link_schedules=links, speed_schedules=speeds, **cluster_options
     ) as cluster:
-        ctl = cluster.controller
-        expected: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        yield LiveSession(cluster, model, world, seed)
 
-        def snapshot_at(index: int) -> Snapshot:
-            return world.snapshot(max(0.0, ctl.now()))
 
-        def execute(agent: str, index: int, t: float, plan: Plan) -> Outcome:
-            if index not in expected:
-                x = torch.randn(1, *ctl.input_shape, generator=torch.Generator().manual_seed(seed + index))
-                with torch.no_grad():
-                    expected[index] = (x, model(x))
-            x, reference = expected[index]
-            if ctl.plan != plan:
-                ctl.deploy(plan)
-            result = ctl.infer(x)
-            match = torch.allclose(result.output, reference, rtol=1e-4, atol=1e-5)
-            return Outcome(result.latency_s, result.energy_j, bool(match))
+def calibration_report(rows: list[dict], predictors: list[str]) -> dict:
+    """Absolute relative errors of each predictor against the measurements, summarised per quantity.
 
-        yield snapshot_at, execute
+    The first predictor's summary sits at the top level (the documented interface); every predictor's
+    summary is under ``predictors``.
+    """
+
+    def summary(name: str) -> dict:
+        out = {}
+        for key, quantity in (("latency_s", "latency"), ("energy_j", "energy")):
+            errors = np.array([abs(r[name][key] - r["measured"][key]) / r["measured"][key] for r in rows])
+            out[quantity] = {
+                "median_abs_rel_error": float(np.median(errors)),
+                "p90_abs_rel_error": float(np.percentile(errors, 90)),
+            }
+        return out
+
+    per = {name: summary(name) for name in predictors}
+    best = predictors[-1]
+    return {
+        "plans": len(rows),
+        "predictor": best,
+        **per[best],
+        "predictors": per,
+        "outputs_match": all(r["outputs_match"] for r in rows),
+        "per_plan": rows,
+    }
+
+
+def print_calibration(report: dict, console: Console, title: str) -> None:
+    table = Table(title=title)
+    for col in (
+        "#",
+        "measured s",
+        *[f"{p} s" for p in report["predictors"]],
+        "measured J",
+        *[f"{p} J" for p in report["predictors"]],
+    ):
+        table.add_column(col, justify="right")
+    for i, row in enumerate(report["per_plan"]):
+        table.add_row(
+            str(i),
+            f"{row['measured']['latency_s']:.3f}",
+            *[f"{row[p]['latency_s']:.3f}" for p in report["predictors"]],
+            f"{row['measured']['energy_j']:.2f}",
+            *[f"{row[p]['energy_j']:.2f}" for p in report["predictors"]],
+        )
+    console.print(table)
+    for name, s in report["predictors"].items():
+        console.print(
+            f"{name:8s} latency error median {s['latency']['median_abs_rel_error']:.1%} "
+            f"p90 {s['latency']['p90_abs_rel_error']:.1%}; energy error median "
+            f"{s['energy']['median_abs_rel_error']:.1%} p90 {s['energy']['p90_abs_rel_error']:.1%}"
+        )
+    console.print(f"outputs exact on every plan: {report['outputs_match']}")
 
 
 def summarize(records: list[RequestRecord]) -> dict[str, dict]:
