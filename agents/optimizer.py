@@ -88,7 +88,7 @@ class OptimalPlanner(Planner):
         cost_model: CostModel | None = None,
         *,
         exact_limit: int = 40_000,
-        max_evaluations: int = 500,
+        max_evaluations: int = 400,
         refine: bool = True,
         seed_planners: Sequence[Planner] | None = None,
         seed: int = 0,
