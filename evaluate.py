@@ -44,7 +44,7 @@ from runtime.plan import PlanError, random_plan
 from runtime.profiler import profile_record
 from runtime.spec import SpecError, load_cluster
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def build_world(spec, traces: str | None, seed: int) -> NetworkState:

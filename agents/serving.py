@@ -1,0 +1,259 @@
+"""Live serving: a stream of requests on a running cluster, re-planned online from its own telemetry.
+
+The loop keeps a live Snapshot (env/telemetry.py: bandwidth from real transfers, speed from compute
+times, liveness from heartbeats) and asks the planner for a new plan every ``replan_every`` requests or
+as soon as conditions move: a link the current plan uses measures more than ``threshold`` away from what
+the plan was made for, a device's speed does, or a device leaves or returns. Plans are hot-swapped
+between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
+handled by the controller, which asks the same planner for a plan without it and re-runs what it
+touched. If the planner fails or returns an invalid plan, the analytic optimiser decides instead.
+``static=True`` plans once at the start and never again: the reference an adaptive run is measured
+against.
+
+Every output is checked against the unsplit model on a pool of seeded inputs whose reference outputs
+are computed before serving starts (so the check costs the cluster nothing while it runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agents.base import Planner
+from agents.optimizer import OptimalPlanner
+from env.cost_model import Objective
+from env.network import Snapshot, link_key
+from env.telemetry import LiveView
+from runtime.cluster import LocalCluster
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, PlanError
+
+log = logging.getLogger("agents.serving")
+
+
+@dataclass
+class ServeOptions:
+    requests: int = 50
+    duration_s: float | None = None  # stop after this many seconds instead (requests is then a cap)
+    replan_every: int = 10
+    threshold: float = 0.3
+    static: bool = False
+    window: int = 1  # requests in flight (pipelining)
+    chaos: list[tuple[int, str, str]] = field(
+        default_factory=list
+    )  # (request index, "kill"|"restart", device)
+    input_pool: int = 4
+    seed: int = 0
+
+
+@dataclass
+class RequestLog:
+    index: int
+    rid: int
+    time_s: float
+    latency_s: float
+    energy_j: float
+    outputs_match: bool
+    plan: str
+    replanned: bool
+
+
+@dataclass
+class ServeReport:
+    agent: str
+    records: list[RequestLog]
+    requests: int
+    replans: int
+    worker_kills: int
+    fallbacks: int
+    rss_mb: list[tuple[int, float]]  # (request index, controller RSS in MB)
+
+    def summary(self) -> dict:
+        rids = [r.rid for r in self.records]
+        lat = np.array([r.latency_s for r in self.records]) if self.records else np.array([math.nan])
+        return {
+            "agent": self.agent,
+            "requests": self.requests,
+            "completed": len(set(rids)),
+            "lost": self.requests - len(set(rids)),
+            "duplicated": len(rids) - len(set(rids)),
+            "outputs_match": all(r.outputs_match for r in self.records),
+            "replans": self.replans,
+            "latency_mean_s": float(lat.mean()),
+            "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)),
+            "energy_mean_j": float(np.mean([r.energy_j for r in self.records])) if self.records else math.nan,
+            "worker_kills": self.worker_kills,
+            "planner_fallbacks": self.fallbacks,
+        }
+
+
+class Decider:
+    """The planner, with the optimiser behind it when the planner fails."""
+
+    def __init__(
+        self, planner: Planner, graph: LayerGraph, objective: Objective, fallback: Planner | None = None
+    ):
+        self.planner, self.graph, self.objective = planner, graph, objective
+        self.fallback = fallback or OptimalPlanner()
+        self.fallbacks = 0
+
+    def __call__(self, snapshot: Snapshot) -> Plan:
+        try:
+            plan = self.planner.plan(snapshot, self.graph, self.objective)
+            return plan.validate(self.graph, snapshot.available)
+        except (PlanError, ValueError, RuntimeError) as exc:
+            self.fallbacks += 1
+            log.warning("planner %s failed (%s); the optimiser decides", self.planner, exc)
+            return self.fallback.plan(snapshot, self.graph, self.objective)
+
+
+def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> bool:
+    """Whether conditions that matter to ``plan`` changed by more than ``threshold`` (relative)."""
+    if made_on.available != now.available:
+        return True
+    devices = {d for s in plan.stages for d in s.devices} | {plan.source, plan.sink}
+    for d in devices:
+        if abs(now.speed[d] - made_on.speed[d]) > threshold * made_on.speed[d]:
+            return True
+    used = set()
+    for a in devices:
+        for b in devices:
+            if a < b:
+                route = now.spec.route(a, b)
+                used |= {link_key(x, y) for x, y in zip(route[:-1], route[1:], strict=True)}
+    return any(abs(now.link_mbps[k] - made_on.link_mbps[k]) > threshold * made_on.link_mbps[k] for k in used)
+
+
+def serve(
+    cluster: LocalCluster,
+    model: torch.nn.Module,
+    decide: Decider,
+    options: ServeOptions,
+    *,
+    agent: str,
+    console: Console | None = None,
+    on_result: Callable[[RequestLog], None] | None = None,
+) -> ServeReport:
+    """Serve ``options.requests`` requests on a started cluster (see the module docstring)."""
+    ctl = cluster.controller
+    view = LiveView(cluster.spec, ctl)
+    gen = torch.Generator().manual_seed(options.seed)
+    pool = [torch.randn(1, *ctl.input_shape, generator=gen) for _ in range(options.input_pool)]
+    with torch.no_grad():
+        expected = [model(x) for x in pool]
+    ctl.replan = lambda available: decide(replace(view.snapshot(), available=frozenset(available)))
+    made_on = view.snapshot()
+    ctl.deploy(decide(made_on))
+    replans, kills, records, rss = 0, 0, [], []
+    chaos = {i: (action, device) for i, action, device in options.chaos}
+    process = psutil.Process()
+    start = ctl.now()
+
+    def inputs():
+        for i in range(options.requests):
+            if options.duration_s is not None and ctl.now() - start > options.duration_s:
+                return
+            yield pool[i % len(pool)]
+
+    columns = (
+        TextColumn(f"[bold]{agent}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(agent, total=options.requests, status="")
+        for index, result in enumerate(ctl.stream(inputs(), window=options.window)):
+            match = bool(torch.allclose(result.output, expected[index % len(pool)], rtol=1e-4, atol=1e-5))
+            replanned = False
+            if index + 1 in chaos:
+                action, device = chaos[index + 1]
+                if action == "kill":
+                    cluster.kill(device)
+                    kills += 1
+                else:
+                    cluster.restart(device)
+            if not options.static:
+                now = view.snapshot()
+                if (index + 1) % options.replan_every == 0 or moved(
+                    ctl.plan, made_on, now, options.threshold
+                ):
+                    plan = decide(now)
+                    made_on = now
+                    if plan != ctl.plan:
+                        ctl.deploy(plan)
+                        replans += 1
+                        replanned = True
+            record = RequestLog(
+                index,
+                result.rid,
+                ctl.now(),
+                result.latency_s,
+                result.energy_j,
+                match,
+                result.plan.to_json(),
+                replanned,
+            )
+            records.append(record)
+            if index % 10 == 0:
+                rss.append((index, process.memory_info().rss / 2**20))
+            if on_result is not None:
+                on_result(record)
+            progress.update(
+                task, advance=1, status=f"{result.latency_s:.3f}s {'exact' if match else 'MISMATCH'}"
+            )
+    return ServeReport(
+        agent,
+        records,
+        len(records) if options.duration_s else options.requests,
+        replans + ctl.replans,
+        kills,
+        decide.fallbacks,
+        rss,
+    )
+
+
+class MetricsWriter:
+    """Per-request metrics to CSV and TensorBoard."""
+
+    def __init__(self, out_dir: Path, agent: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = out_dir / f"{agent}.csv"
+        self._file = self.csv_path.open("w", newline="")
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(["index", "rid", "time_s", "latency_s", "energy_j", "outputs_match", "replanned"])
+        self._tb = SummaryWriter(str(out_dir / "tensorboard" / agent))
+
+    def __call__(self, r: RequestLog) -> None:
+        self._csv.writerow(
+            [
+                r.index,
+                r.rid,
+                f"{r.time_s:.4f}",
+                f"{r.latency_s:.6f}",
+                f"{r.energy_j:.6f}",
+                r.outputs_match,
+                r.replanned,
+            ]
+        )
+        self._tb.add_scalar("serve/latency_s", r.latency_s, r.index)
+        self._tb.add_scalar("serve/energy_j", r.energy_j, r.index)
+        self._tb.add_scalar("serve/replanned", float(r.replanned), r.index)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()

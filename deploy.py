@@ -1,0 +1,183 @@
+"""Serve inference on a cluster with a planner that adapts online; or run the end-to-end demo.
+
+  python deploy.py --cluster CONFIG --model NAME --agent ppo:PATH|optimal|disnet|... \
+      [--requests N | --duration S] [--traces DIR | --collapse] [--static] [--chaos] [--json OUT]
+  python deploy.py --demo
+
+By default the cluster is a local emulated one (one worker process per device; links follow the traces).
+``--demo`` serves VGG-16 on a local 10-device cluster like disnet-mesh0 with the shipped PPO policy, then
+with the analytic optimiser and two baselines, each on a fresh cluster under the same trace, checks every
+output against the unsplit model and prints the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agents import PlannerError, make_planner
+from agents.serving import Decider, MetricsWriter, ServeOptions, serve
+from env.cost_model import Objective
+from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.traces import TraceError
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.graph import LayerGraph
+from runtime.spec import SpecError, load_cluster
+
+ROOT = Path(__file__).resolve().parent
+DEMO_POLICY = ROOT / "agents" / "pretrained" / "vgg16_mesh.zip"
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def world_for(spec, args) -> NetworkState:
+    """The link conditions the emulated cluster follows: constant, a trace folder, or a collapse."""
+    if args.collapse:
+        links = {
+            "kind": "step_drop",
+            "high": 20.0,
+            "low": 2.0,
+            "t_drop": args.collapse_at,
+            "drop_len": 30.0,
+            "duration": 600.0,
+        }
+        dynamics = {"links": {"default": links}, "scale_to_spec": False, "seed": args.seed}
+    elif args.traces:
+        dynamics = {"links": {"default": args.traces}, "seed": args.seed}
+    else:
+        return NetworkState.static(spec)
+    return NetworkState.sample(
+        spec, DynamicsConfig.parse(dynamics, origin="deploy.py"), np.random.default_rng(args.seed)
+    )
+
+
+def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:
+    """Kill ``kills`` workers (never source or sink) spread over the run, each restarted a little later."""
+    victims = [d for d in spec.device_ids if d not in (spec.source, spec.sink)]
+    events = []
+    for k in range(kills):
+        at = (k + 1) * requests // (kills + 1)
+        device = victims[k % len(victims)]
+        events += [(at, "kill", device), (at + max(2, requests // (4 * kills)), "restart", device)]
+    return events
+
+
+def run_agent(agent: str, spec, model_name: str, model, graph, world, args, out_dir: Path | None) -> dict:
+    """One serving run of ``agent`` on a fresh local cluster; returns its summary."""
+    planner = make_planner(agent, graph=graph, spec=spec)
+    decide = Decider(planner, graph, Objective(args.objective, args.energy_weight))
+    options = ServeOptions(
+        requests=args.requests,
+        duration_s=args.duration,
+        replan_every=args.replan_every,
+        static=args.static,
+        window=args.window,
+        chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
+        seed=args.seed,
+    )
+    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    writer = MetricsWriter(out_dir, agent.replace(":", "_").replace("/", "_")) if out_dir else None
+    try:
+        with LocalCluster(spec, model=model_name, seed=args.seed, link_schedules=links) as cluster:
+            report = serve(cluster, model, decide, options, agent=agent, console=console, on_result=writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    summary = report.summary()
+    summary["rss_mb"] = report.rss_mb
+    return summary
+
+
+def print_table(summaries: list[dict], title: str) -> None:
+    table = Table(title=title)
+    cols = ("agent", "done", "lost", "dup", "outputs", "replans", "lat mean s", "p50 s", "p95 s", "energy J")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "agent" else "right")
+    for s in sorted(summaries, key=lambda s: s["latency_mean_s"]):
+        table.add_row(
+            s["agent"],
+            str(s["completed"]),
+            str(s["lost"]),
+            str(s["duplicated"]),
+            "exact" if s["outputs_match"] else "MISMATCH",
+            str(s["replans"]),
+            f"{s['latency_mean_s']:.3f}",
+            f"{s['latency_p50_s']:.3f}",
+            f"{s['latency_p95_s']:.3f}",
+            f"{s['energy_mean_j']:.2f}",
+        )
+    console.print(table)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", action="store_true", help="the end-to-end demo (ignores the other options)")
+    parser.add_argument("--cluster", help="cluster YAML or disnet-mesh/1 JSON")
+    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    parser.add_argument(
+        "--agent", default="optimal", help="ppo:PATH, optimal, disnet, modnn, ... (comma list ok)"
+    )
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument(
+        "--duration", type=float, default=None, help="serve for S seconds (at most --requests)"
+    )
+    parser.add_argument("--traces", default=None, help="trace file or folder the links follow")
+    parser.add_argument("--collapse", action="store_true", help="links drop 20 -> 2 Mbit/s for 30 s")
+    parser.add_argument("--collapse-at", type=float, default=20.0, help="seconds into the run")
+    parser.add_argument("--bandwidth-cap", type=float, default=None)
+    parser.add_argument("--static", action="store_true", help="plan once at the start, never again")
+    parser.add_argument("--chaos", action="store_true", help="kill and restart 3 workers during the run")
+    parser.add_argument("--replan-every", type=int, default=10)
+    parser.add_argument("--window", type=int, default=1, help="requests in flight (pipelining)")
+    parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
+    parser.add_argument("--energy-weight", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.demo:
+        args.cluster = str(ROOT / "configs" / "clusters" / "mesh0.yaml")
+        args.model, args.requests, args.bandwidth_cap, args.collapse = "vgg16_bn", 8, 15.0, False
+        args.agent = f"ppo:{DEMO_POLICY},optimal,disnet,deepslicing"
+        args.traces = None
+    if not args.cluster:
+        parser.error("--cluster is required (or use --demo)")
+    if args.requests < 1 or args.replan_every < 1 or args.window < 1:
+        parser.error("--requests, --replan-every and --window must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    started = time.time()
+    try:
+        spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
+        model = models.build(args.model, seed=args.seed)
+        graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
+        world = world_for(spec, args)
+        summaries = [
+            run_agent(agent, spec, args.model, model, graph, world, args, Path(args.out))
+            for agent in args.agent.split(",")
+        ]
+    except (SpecError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    print_table(summaries, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")
+    if args.json:
+        result = summaries[0] if len(summaries) == 1 else {"agents": summaries}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {args.json}")
+    ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
