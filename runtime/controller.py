@@ -80,6 +80,7 @@ class LinkTimes:
 
     bytes: int
     seconds: float  # radio time
+    energy_j: float  # the sender's transmit and the receiver's receive energy for that time
 
     @property
     def mbps(self) -> float:
@@ -364,6 +365,17 @@ class Controller:
                 acc[0] += nbytes
                 acc[1] += seconds
         return {k: b * 8 / 1e6 / s for k, (b, s) in totals.items()}
+
+    def device_gflops(self, window_s: float = 5.0) -> dict[str, float]:
+        """Measured GFLOP/s per device over recent tasks (FLOPs, halo included, per compute second)."""
+        since = time.time() - window_s
+        totals: dict[str, list[float]] = {}
+        for end, dev, flops, seconds in self.compute_samples:
+            if end >= since and seconds > 0:
+                acc = totals.setdefault(dev, [0.0, 0.0])
+                acc[0] += flops
+                acc[1] += seconds
+        return {d: f / s / 1e9 for d, (f, s) in totals.items()}
 
     def shutdown_workers(self, timeout_s: float = 2.0) -> None:
         """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
@@ -688,7 +700,10 @@ def _timeline(
         devices[d] = DeviceTimes(compute[d], sent[d], got[d], wait, joules)
     return Timeline(
         devices,
-        {k: LinkTimes(b, s) for k, (b, s) in links.items()},
+        {
+            (a, b): LinkTimes(n, s, s * (spec.devices[a].power.transmit_w + spec.devices[b].power.receive_w))
+            for (a, b), (n, s) in links.items()
+        },
         tuple(sorted(events, key=lambda e: e.get("start", e.get("t", 0.0)))),
         complete,
     )

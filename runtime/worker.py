@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import zmq
 from torch import nn
@@ -636,6 +637,7 @@ class Worker:
             "computed": self.computed,
             "loaded_units": {f"{m}:{s}": sorted(u) for (m, s), u in self.weights.loaded.items()},
             "loaded_bytes": self.weights.loaded_bytes(),
+            "rss_bytes": psutil.Process().memory_info().rss,
             "busy_s": dict(self.meter.seconds),
             "energy_j": self.meter.joules,
         }

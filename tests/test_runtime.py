@@ -238,6 +238,9 @@ def test_timeline_energy_and_latency_are_consistent(ctl):
         assert t.energy_j == pytest.approx(energy_j(p, t.compute_s, t.send_s, t.recv_s, t.wait_s))
         total += t.energy_j
     assert result.energy_j == pytest.approx(total)
+    for (a, b), link in tl.links.items():
+        power = SPEC.devices[a].power.transmit_w + SPEC.devices[b].power.receive_w
+        assert link.energy_j == pytest.approx(link.seconds * power)
     # every event lies inside the request, in causal order per device
     for e in tl.events:
         for key in ("start", "end", "ready", "t"):
@@ -315,6 +318,8 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     assert measured[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
     recent = [s for s in ctl.compute_samples if s[1] == "e"][-2:]
     assert len(recent) == 2 and all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
+    measured = ctl.device_gflops(window_s=time.time() - since)
+    assert set(measured) == {"d", "e"} and all(g > 0 for g in measured.values())
     status = ctl.ping()
     assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
