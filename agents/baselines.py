@@ -19,7 +19,7 @@ from agents.base import (
     spatial_groups,
     usable,
 )
-from env.cost_model import Objective
+from env.cost_model import CostModel, Objective
 from env.network import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
@@ -103,7 +103,7 @@ class MoDNN(Planner):
 
     name = "modnn"
 
-    def __init__(self, cost_model=None, *, gather: bool = True) -> None:
+    def __init__(self, cost_model: CostModel | None = None, *, gather: bool = True) -> None:
         super().__init__(cost_model)
         self.gather = gather
 

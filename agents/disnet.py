@@ -63,7 +63,7 @@ from agents.base import (
     spatial_groups,
     usable,
 )
-from env.cost_model import Objective
+from env.cost_model import CostModel, Objective
 from env.network import Snapshot, link_key
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
@@ -85,7 +85,7 @@ class DisnetPlanner(Planner):
 
     def __init__(
         self,
-        cost_model=None,
+        cost_model: CostModel | None = None,
         *,
         max_partitions: Sequence[int] = VGG16_MAX_PARTITIONS,
         energy_sensitivity: float | None = None,
