@@ -167,7 +167,7 @@ def test_distributed_output_equals_unsplit_forward(ctl, reference, name):
 
 def test_relayed_transfer_uses_every_hop_radio_and_arrives_after_the_sum_of_hops(ctl, reference):
     """a -> d has no direct link: the input band is stored and forwarded by c."""
-    slow = dataclasses.replace(ctl.emulation, link_schedules={("a", "c"): 1.0, ("c", "d"): 2.0})
+    slow = dataclasses.replace(ctl.emulation, link_schedules={("a", "c"): 0.5, ("c", "d"): 1.0})
     ctl.configure(slow)
     n = len(ctl.graph.units)
     ctl.deploy(Plan.build("a", "d", [(0, n, {"d": 1})]))
@@ -178,12 +178,12 @@ def test_relayed_transfer_uses_every_hop_radio_and_arrives_after_the_sum_of_hops
     hops = result.timeline.of("tx")
     assert [(h["from"], h["to"]) for h in hops] == [("a", "c"), ("c", "d")]
     assert all(h["bytes"] == nbytes and h["src"] == "a" and h["dst"] == "d" for h in hops)
-    want = sum(nbytes * 8 / (mbps * 1e6) + 1e-3 for mbps in (1.0, 2.0))
+    want = sum(nbytes * 8 / (mbps * 1e6) + 1e-3 for mbps in (0.5, 1.0))
     got = result.timeline.of("compute", "d")[0]["ready"] - hops[0]["start"]
     assert got == pytest.approx(want, rel=TIMING_TOLERANCE)
     # the relay's radio time counts as its transmit time and as d's receive time
-    assert result.timeline.devices["c"].send_s == pytest.approx(nbytes * 8 / 2e6, rel=TIMING_TOLERANCE)
-    assert result.timeline.devices["d"].recv_s == pytest.approx(nbytes * 8 / 2e6, rel=TIMING_TOLERANCE)
+    assert result.timeline.devices["c"].send_s == pytest.approx(nbytes * 8 / 1e6, rel=TIMING_TOLERANCE)
+    assert result.timeline.devices["d"].recv_s == pytest.approx(nbytes * 8 / 1e6, rel=TIMING_TOLERANCE)
 
 
 def test_shaped_link_transfer_time_matches_bytes_over_rate_plus_latency(ctl):
@@ -205,12 +205,13 @@ def test_shaped_link_transfer_time_matches_bytes_over_rate_plus_latency(ctl):
 
 
 def test_compute_is_paced_to_the_device_speed_and_speed_schedule(ctl, cluster):
-    ctl.configure(dataclasses.replace(ctl.emulation, speed_schedules={"f": 0.5, "d": 0.2}))
+    # slow enough (~100 ms per task) that scheduling jitter of a busy host stays inside the tolerance
+    ctl.configure(dataclasses.replace(ctl.emulation, speed_schedules={"f": 0.1, "d": 0.05}))
     n = len(ctl.graph.units)
     ctl.deploy(Plan.build("a", "a", [(0, 7, {"f": 1}), (7, n, {"d": 1})]))
     for x in _inputs(2):
         result = ctl.infer(x)
-        for dev, factor in (("f", 0.5), ("d", 0.2)):
+        for dev, factor in (("f", 0.1), ("d", 0.05)):
             (event,) = result.timeline.of("compute", dev)
             slowdown = cluster.host_gflops / SPEC.devices[dev].gflops / factor
             assert event["target"] == pytest.approx(event["cpu"] * slowdown, rel=1e-9)
