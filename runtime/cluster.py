@@ -240,6 +240,10 @@ def _even_plan(spec: ClusterSpec, graph) -> Plan:
     return Plan.build(spec.source, spec.sink, [(0, len(graph.units), dict.fromkeys(devices, 1.0))])
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m runtime.cluster", description="Run a local emulated cluster."
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"check: {ctl.plan.describe()}: latency {result.latency_s * 1e3:.1f} ms, max |error| {err:.2e}"
             )
         print("Ctrl-C to stop")
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the cluster as cleanly as Ctrl-C
         try:
             while True:
                 time.sleep(3600)
