@@ -313,24 +313,31 @@ class Controller:
     def stream(self, xs: Iterable[torch.Tensor], window: int = 2) -> Iterator[Result]:
         """Run requests with up to ``window`` in flight; yields results in submission order.
 
-        Between two yields the caller may ``deploy`` another plan: later requests use it.
+        Between two yields the caller may ``deploy`` another plan: later requests use it. Closing
+        the iterator early abandons the requests still in flight.
         """
         if window < 1:
             raise ValueError("window must be >= 1")
         inputs, order, exhausted = iter(xs), deque(), False
-        while True:
-            while not exhausted and len(self._pending) < window:
-                x = next(inputs, None)
-                if x is None:
-                    exhausted = True
+        try:
+            while True:
+                while not exhausted and len(self._pending) < window:
+                    x = next(inputs, None)
+                    if x is None:
+                        exhausted = True
+                    else:
+                        order.append(self._submit(x))
+                if not order:
+                    return
+                if order[0] in self._results:
+                    yield self._results.pop(order.popleft())
                 else:
-                    order.append(self._submit(x))
-            if not order:
-                return
-            if order[0] in self._results:
-                yield self._results.pop(order.popleft())
-            else:
-                self._step(self.heartbeat_s)
+                    self._step(self.heartbeat_s)
+        finally:
+            for rid in order:
+                self._results.pop(rid, None)
+                if rid in self._pending:
+                    self._forget(self._pending[rid])
 
     def ping(self, timeout_s: float | None = None) -> dict[str, WorkerStatus]:
         """Ping every worker, wait for the answers (or ``timeout_s``) and return their status."""

@@ -29,6 +29,7 @@ device) gets an ERROR reply or a log line, and the worker keeps serving.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import heapq
 import itertools
 import logging
@@ -922,6 +923,22 @@ class Worker:
         return sock
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    By default buffers of more than a few MB are mmapped and unmapped on every request, so each
+    request page-faults its activations in again (measured: ~20k faults and 15-25% more CPU time per
+    VGG-16 stage than the same computation in a warm process). No-op where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # the largest value glibc accepts
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker", description="Run one device's worker.")
     parser.add_argument(
@@ -942,6 +959,7 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level, format=f"%(asctime)s worker {args.device_id} %(levelname)s %(message)s"
     )
     torch.set_num_threads(1)
+    keep_freed_memory()
     if args.model_file is not None and not args.model_file.is_file():
         parser.exit(2, f"worker: error: model file {args.model_file} does not exist\n")
     try:
