@@ -37,7 +37,15 @@ def make_planner(
     cost_model: CostModel | None = None,
     **options: Any,
 ) -> Planner:
-    """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option."""
+    """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
+    ``ppo:PATH`` loads a trained policy file (agents/ppo.py)."""
+    if name.startswith("ppo:"):
+        from agents.ppo import PolicyFileError, PPOPlanner  # torch and the env only when asked for
+
+        try:
+            return PPOPlanner(name.removeprefix("ppo:"), cost_model, **options)
+        except (PolicyFileError, TypeError) as exc:
+            raise PlannerError(f"planner {name!r}: {exc}") from None
     factory = PLANNERS.get(name)
     if factory is None:
         raise PlannerError(f"unknown planner {name!r}; valid names: {', '.join(PLANNERS)}")

@@ -110,7 +110,7 @@ _ROUTE_CACHE: dict[tuple, _Routes] = {}
 
 
 def _routes(spec: ClusterSpec) -> _Routes:
-    key = (spec.device_ids, spec.links)  # source/sink do not matter: variants share one table
+    key = (tuple(spec.devices.values()), spec.links)  # source/sink do not matter: variants share it
     table = _ROUTE_CACHE.get(key)
     if table is not None:
         return table

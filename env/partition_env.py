@@ -35,7 +35,7 @@ are the failed attempt's plus the reference's (``info["failed"] = True``).
 
 **Backends** behind the same API: ``sim`` predicts each request with the cost model on the world;
 ``live`` executes it on a cluster through the runtime's controller, with links shaped by the world's
-traces (env/live.py), and rewards measured latency and energy. The reference is always predicted.
+traces (``LiveBackend``), and rewards measured latency and energy. The reference is always predicted.
 
 Domain randomisation per episode (``reset``): a cluster from ``clusters``, a dynamics config from
 ``dynamics`` (traces, load, failures), optionally random source/sink, and a fresh world sampled from the
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import glob
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,6 +56,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from env.completion import NetView, Shape, complete, net_view, shape_valid, structured_shapes
@@ -132,8 +134,12 @@ class EnvConfig(BaseModel):
             cfg = cls.model_validate(data or {})
         except ValidationError as exc:
             raise EnvConfigError(describe_validation_error(origin, exc)) from None
-        if base_dir is not None:
-            cfg = cfg.model_copy(update={"base_dir": str(base_dir)})
+        return cfg.resolved(origin, base_dir)
+
+    def resolved(self, origin: str, base_dir: str | Path | None = None) -> EnvConfig:
+        """This config with relative paths anchored at ``base_dir``, after loading every dynamics entry
+        (trace folders included) so that a bad one fails now, named ``origin: dynamics.i: field``."""
+        cfg = self if base_dir is None else self.model_copy(update={"base_dir": str(base_dir)})
         for i, dyn in enumerate(cfg.dynamics):
             try:
                 DynamicsConfig.parse(dyn, origin=f"{origin}: dynamics.{i}", base_dir=cfg.base_dir)
@@ -220,7 +226,7 @@ class Observer:
         return gym.spaces.Box(0.0, OBS_HIGH, (self.size,), np.float32)
 
     def slots(self, spec: ClusterSpec) -> _Slots:
-        key = (spec.device_ids, spec.links)
+        key = (tuple(spec.devices.values()), spec.links)
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = _Slots(spec, self.max_devices, self.history)
@@ -282,8 +288,91 @@ class SimBackend:
     def reset(self, env: MicroSplitEnv) -> None:
         """Nothing to prepare: the world is all the simulator needs."""
 
+    def advance(self, env: MicroSplitEnv, t: float) -> float:
+        """Simulated time jumps to the next request."""
+        return t
+
     def close(self) -> None:
         """Nothing to release."""
+
+
+class LiveBackend:
+    """Requests executed for real on a ``LocalCluster`` through the runtime's controller.
+
+    One cluster of worker processes per cluster spec, started on first use and kept across episodes;
+    on every reset its emulation is reconfigured so that the links follow the new world's bandwidth
+    traces and the devices its speed schedules, aligned so that world time ``t`` is "now" on the
+    controller's clock. Each step deploys the plan (if it changed), infers one seeded input, and
+    reports the measured latency and energy; ``outputs_match`` compares the output with the unsplit
+    model's (rtol 1e-4, atol 1e-5). Time advances with the wall clock (the gap is slept).
+    The world's failure schedule is not enacted: it only shapes what the snapshot says; workers fail
+    only for real, in which case the controller retries the request (its latency includes that).
+    """
+
+    name = "live"
+
+    def __init__(self, host_gflops: float | None = None, seed: int = 0, start_timeout_s: float = 120.0):
+        self.host_gflops = host_gflops
+        self.seed = seed
+        self.start_timeout_s = start_timeout_s
+        self._clusters: dict[str, Any] = {}
+        self._cluster = None
+        self._offset = 0.0
+        self._input: torch.Tensor | None = None
+        self._expected: torch.Tensor | None = None
+
+    def reset(self, env: MicroSplitEnv) -> None:
+        from runtime.cluster import LocalCluster
+        from runtime.emulation import Emulation
+
+        spec = env.world.spec
+        cluster = self._clusters.get(spec.name)
+        if cluster is None:
+            cluster = LocalCluster(
+                spec,
+                model=env.config.model,
+                seed=self.seed,
+                host_gflops=self.host_gflops,
+                start_timeout_s=self.start_timeout_s,
+            )
+            cluster.start()
+            self.host_gflops = cluster.host_gflops
+            self._clusters[spec.name] = cluster
+        self._cluster = cluster
+        ctl = cluster.controller
+        self._offset = env.time - ctl.now()
+        world = env.world
+        links = {
+            link_key(ln.a, ln.b): world.link_schedule(ln.a, ln.b).shifted(self._offset) for ln in spec.links
+        }
+        speeds = {d: world.speed_schedule(d).shifted(self._offset) for d in spec.devices}
+        ctl.configure(Emulation(cluster.host_gflops, links, speeds))
+        if self._input is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            self._input = torch.randn(1, *models.input_shape(env.config.model), generator=gen)
+            with torch.no_grad():
+                self._expected = models.build(env.config.model, seed=self.seed)(self._input)
+
+    def run(self, env: MicroSplitEnv, plan: Plan, t: float) -> Outcome:
+        ctl = self._cluster.controller
+        if ctl.plan != plan:
+            ctl.deploy(plan)
+        result = ctl.infer(self._input)
+        match = bool(torch.allclose(result.output, self._expected, rtol=1e-4, atol=1e-5))
+        return Outcome(result.latency_s, result.energy_j, False, match)
+
+    def advance(self, env: MicroSplitEnv, t: float) -> float:
+        """Sleep until world time ``t`` (the next request's arrival) and return the world time."""
+        ctl = self._cluster.controller
+        wait = t - (ctl.now() + self._offset)
+        if wait > 0:
+            time.sleep(wait)
+        return ctl.now() + self._offset
+
+    def close(self) -> None:
+        for cluster in self._clusters.values():
+            cluster.close()
+        self._clusters.clear()
 
 
 class MicroSplitEnv(gym.Env):
@@ -457,7 +546,7 @@ class MicroSplitEnv(gym.Env):
             "cluster": self.cluster_spec.name,
         }
         lo, hi = self.config.gap_s
-        self.time = t + latency + float(self.np_random.uniform(lo, hi))
+        self.time = self.backend.advance(self, t + latency + float(self.np_random.uniform(lo, hi)))
         self._requests += 1
         truncated = self._requests >= self.config.requests_per_episode
         return self._observe(), float(reward), False, truncated, info
@@ -492,7 +581,5 @@ def _make_backend(name: str, **options: Any):
             raise ValueError(f"the sim backend takes no options, got {sorted(options)}")
         return SimBackend()
     if name == "live":
-        from env.live import LiveBackend  # the runtime's processes are only needed here
-
         return LiveBackend(**options)
     raise ValueError(f"backend must be 'sim' or 'live', not {name!r}")

@@ -1,0 +1,152 @@
+"""MicroSplit speed: sim env steps per second, where a step's time goes, and the policy's decision time.
+
+VGG-16 (bn, 224) on disnet-mesh0 with recorded Norway HSDPA traces, random-walk load and failures, one
+process. Measured side by side in one run:
+
+1. env steps/s (sim backend) when the actions are the shipped policy's, random valid actions, and a
+   fixed single-device action (the cheapest plan), plus cost-model evaluations/s of the same plans;
+2. the share of a step spent in NetworkState.snapshot, CostModel.predict (with its per-plan skeleton),
+   the completion, the observation and the rest (cProfile, a separate pass);
+3. decision time of the PPO planner and of the analytic optimiser on the same snapshots, and the ratio.
+
+Rerun: python bench/env.py [--policy agents/pretrained/vgg16_mesh.zip] [--steps 600] [--decisions 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agents.optimizer import OptimalPlanner
+from agents.ppo import PPOPlanner
+from env.cost_model import Objective
+from env.partition_env import EnvConfig, MicroSplitEnv
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+console = Console()
+
+
+def make_env(policy: PPOPlanner | None) -> MicroSplitEnv:
+    traces = SHARED / "traces" / "pensieve_norway_hsdpa"
+    links = {"default": {"kind": "dir", "path": str(traces)}} if traces.is_dir() else {}
+    config = {
+        "model": "vgg16_bn",
+        "clusters": ["mesh0"],
+        "requests_per_episode": 64,
+        "dynamics": [
+            {
+                "links": links,
+                "load": {"kind": "random_walk", "lo": 0.3, "hi": 1.0},
+                "failures": {"rate_per_min": 0.5},
+                "horizon_s": 600,
+            }
+        ],
+    }
+    if policy is not None:
+        config |= {"shapes": policy.meta.shapes, "n_actions": policy.meta.n_actions}
+    return MicroSplitEnv(EnvConfig.parse(config))
+
+
+def run_steps(env: MicroSplitEnv, steps: int, choose) -> tuple[float, float]:
+    """(steps/s, cost-model evaluations/s of the same plans at the same times)."""
+    env.reset(seed=0)
+    plans = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        action = choose(env)
+        plans.append((env.plan_for(action)[0], env.world, env.time))
+        *_, truncated, _ = env.step(action)
+        if truncated:
+            env.reset()
+    step_rate = steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for plan, world, t in plans:
+        env.cost_model.predict(plan, world, t)
+    return step_rate, len(plans) / (time.perf_counter() - start)
+
+
+def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
+    profiler = cProfile.Profile()
+    env.reset(seed=1)
+    profiler.enable()
+    for _ in range(steps):
+        *_, truncated, _ = env.step(choose(env))
+        if truncated:
+            env.reset()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = max(v[3] for k, v in stats.items() if k[2] == "step")
+
+    def cum(name: str, file_part: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == name and file_part in k[0])
+
+    parts = {
+        "NetworkState.snapshot": cum("snapshot", "network.py"),
+        "CostModel.predict": cum("predict", "cost_model.py"),
+        "completion": cum("complete", "completion.py"),
+        "observation": cum("encode", "partition_env.py") + cum("net_view", "completion.py"),
+    }
+    parts["rest (env, masks, info)"] = total - sum(parts.values())
+    return {k: v / total for k, v in parts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--decisions", type=int, default=5)
+    args = parser.parse_args()
+    policy = PPOPlanner(args.policy) if args.policy.is_file() else None
+    env = make_env(policy)
+    rng = np.random.default_rng(0)
+    choosers = {"single device (action 0)": lambda e: 0}
+    choosers["random valid action"] = lambda e: int(rng.choice(np.flatnonzero(e.action_masks())))
+    if policy is not None:
+        choosers["shipped policy"] = lambda e: policy.act(e.snapshot, e.graph, e.view)
+    table = Table(title=f"sim env, VGG-16 on disnet-mesh0, {len(env.shapes)} actions, one process")
+    for col in ("actions", "env steps/s", "cost-model evals/s", "step / eval time"):
+        table.add_column(col)
+    for name, choose in choosers.items():
+        steps, evals = run_steps(env, args.steps, choose)
+        table.add_row(name, f"{steps:,.0f}", f"{evals:,.0f}", f"{evals / steps:.1f}x")
+    console.print(table)
+    choose = choosers.get("shipped policy", choosers["random valid action"])
+    parts = breakdown(env, max(50, args.steps // 4), choose)
+    table = Table(title="where a step's time goes (cProfile, same actions)")
+    table.add_column("part")
+    table.add_column("share")
+    for name, share in parts.items():
+        table.add_row(name, f"{100 * share:.0f} %")
+    console.print(table)
+    if policy is not None:
+        optimiser = OptimalPlanner(env.cost_model)
+        env.reset(seed=2)
+        ppo_s, opt_s = [], []
+        for _ in range(args.decisions):
+            snap = env.snapshot
+            start = time.perf_counter()
+            for _ in range(20):
+                policy.plan(snap, env.graph, Objective())
+            ppo_s.append((time.perf_counter() - start) / 20)
+            start = time.perf_counter()
+            optimiser.plan(snap, env.graph, Objective())
+            opt_s.append(time.perf_counter() - start)
+            for _ in range(3):
+                env.step(0)
+        ppo, opt = float(np.mean(ppo_s)), float(np.mean(opt_s))
+        console.print(
+            f"decision time on {args.decisions} snapshots: PPO {ppo * 1e3:.2f} ms, optimiser {opt:.2f} s "
+            f"-> PPO decides {opt / ppo:,.0f}x faster"
+        )
+
+
+if __name__ == "__main__":
+    main()

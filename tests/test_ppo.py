@@ -1,0 +1,141 @@
+"""Training and the policy planner: a smoke run writes the run folder, the planner loads the policy,
+agrees with the trained model's deterministic action, decides fast, and falls back safely."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train
+from agents import make_planner
+from agents.ppo import PolicyFileError, PPOPlanner
+from env.cost_model import Objective
+from env.network import NetworkState
+from env.partition_env import EnvConfig, MicroSplitEnv, model_graph
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A 2k-step MaskablePPO smoke run of the tiny config (one process, small oracle and BC sets)."""
+    config = yaml.safe_load(TINY.read_text())
+    config["ppo"].update(n_envs=1, vec_env="dummy", timesteps=2048)
+    config["shapes"].update(search_samples=2, select_samples=8)
+    config["bc"].update(samples=24, epochs=2)
+    config["compare"]["requests"] = 2
+    folder = tmp_path_factory.mktemp("run")
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = folder / "out"
+    assert train.main(["--config", str(path), "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_run_writes_the_run_folder(run):
+    for name in ("policy.zip", "config.yaml", "learning_curve.png", "summary.json", "bc_data.npz"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["env"]["shapes"], "the resolved config pins the action list"
+    summary = (run / "summary.json").read_text()
+    assert '"heldout"' in summary and '"ppo"' in summary
+
+
+def test_planner_matches_the_env_policy_and_decides_fast(run):
+    planner = PPOPlanner(run / "policy.zip")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["env"]
+    env = MicroSplitEnv(EnvConfig.parse(cfg, base_dir=REPO / "configs" / "train"))
+    env.reset(seed=11)
+    graph, objective = env.graph, Objective()
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        plan = planner.plan(env.snapshot, graph, objective)
+        times.append(time.perf_counter() - start)
+        plan.validate(graph, env.snapshot.available)
+        action = planner.act(env.snapshot, graph)
+        expected, _ = env.plan_for(action)
+        assert plan == expected
+        env.step(action)
+    assert statistics.median(times) < 2e-3
+    assert planner.fallbacks == 0
+
+
+def test_planner_logits_equal_the_torch_policy(run):
+    from agents.ppo import load_policy
+
+    state, meta = load_policy(run / "policy.zip")
+    planner = PPOPlanner(run / "policy.zip")
+    obs = (
+        np.random.default_rng(0).uniform(0, 1, planner._observer(model_graph("tiny")).size).astype(np.float32)
+    )
+    layers = [
+        (state[f"mlp_extractor.policy_net.{i}.weight"], state[f"mlp_extractor.policy_net.{i}.bias"])
+        for i in (0, 2)
+    ]
+    x = torch.as_tensor(obs)
+    for w, b in layers:
+        x = torch.tanh(w @ x + b)
+    want = state["action_net.weight"] @ x + state["action_net.bias"]
+    np.testing.assert_allclose(planner.logits(obs), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_planner_falls_back_on_a_foreign_graph(run):
+    planner = PPOPlanner(run / "policy.zip")
+    env = MicroSplitEnv(EnvConfig.parse({}))
+    env.reset(seed=0)
+    other = model_graph("yolov2_tiny")
+    plan = planner.plan(env.snapshot, other, Objective())
+    plan.validate(other, env.snapshot.available)
+    assert len(plan.stages) == 1 and len(plan.stages[0].assignments) == 1
+    assert planner.fallbacks == 1
+
+
+def test_registry_builds_the_planner_from_a_path(run):
+    planner = make_planner(f"ppo:{run / 'policy.zip'}")
+    assert isinstance(planner, PPOPlanner)
+
+
+def test_bad_policy_files_are_refused(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_text("not a zip")
+    with pytest.raises(PolicyFileError, match="bad.zip"):
+        PPOPlanner(bad)
+
+
+def test_bad_training_config_names_field_and_file(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "ppo": {"n_steps": 0}}))
+    assert train.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml: ppo.n_steps" in err and "Traceback" not in err
+    path.write_text(yaml.safe_dump({"name": "x", "env": {"max_split": "many"}}))
+    assert train.main(["--config", str(path)]) == 2
+    assert "broken.yaml: env.max_split" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"name": "x", "compare": {"dynamics": [{"load": {"kind": "bogus"}}]}}))
+    assert train.main(["--config", str(path)]) == 2
+    assert "broken.yaml: compare.dynamics.0: load" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_a_policy_and_keeps_its_actions(run, tmp_path):
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["ppo"].update(n_envs=1, vec_env="dummy", timesteps=256, n_steps=128, batch_size=64)
+    config["compare"]["requests"] = 0
+    config["env"]["shapes"] = None
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "ft"
+    assert train.main(["--config", str(path), "--out", str(out), "--init", str(run / "policy.zip")]) == 0
+    before, after = PPOPlanner(run / "policy.zip"), PPOPlanner(out / "policy.zip")
+    assert before.meta.shapes == after.meta.shapes
+    world = NetworkState.static(MicroSplitEnv(EnvConfig.parse({})).clusters[0].spec)
+    graph = model_graph("tiny")
+    after.plan(world.snapshot(5.0), graph, Objective()).validate(graph)
