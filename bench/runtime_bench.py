@@ -41,6 +41,7 @@ from runtime.plan import Plan
 from runtime.profiler import profile_units
 from runtime.spec import ClusterSpec, parse_cluster
 from runtime.transport import Header, Kind, recv, send
+from runtime.worker import keep_freed_memory
 
 torch.set_num_threads(1)
 
@@ -75,6 +76,7 @@ BAND = Header(Kind.BAND, 1, {"plan": 1, "stage": 1, "path": ["a", "b"], "hop": 1
 def _sender(endpoint: str, runs: list[tuple[str, bool, int]]) -> None:
     """Child process: for each run (size, through transport?, n) wait for "go", then send n messages."""
     torch.set_num_threads(1)
+    keep_freed_memory()
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(endpoint)
@@ -95,9 +97,20 @@ def _sender(endpoint: str, runs: list[tuple[str, bool, int]]) -> None:
 
 
 def bench_transport(quick: bool) -> dict:
-    """Sender in another process (as workers are), receiver here; runs interleaved, best of 5."""
+    """Sender in another process (as workers are), receiver here; runs interleaved, best of 6.
+
+    Both processes keep freed buffers like the workers do (``keep_freed_memory``), so neither side
+    pays page faults that the other does not.
+    """
+    keep_freed_memory()
     counts = {"1MB": 30 if quick else 100, "10MB": 5 if quick else 15, "header": 3000 if quick else 20000}
-    runs = [(size, tr, counts[size]) for _ in range(5) for size in SIZES for tr in (True, False)]
+    # interleaved, and which of the pair goes first alternates, so neither side inherits a warmer cache
+    runs = [
+        (size, tr, counts[size])
+        for i in range(6)
+        for size in SIZES
+        for tr in ((True, False), (False, True))[i % 2]
+    ]
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0

@@ -239,6 +239,7 @@ class Controller:
         self._by_wire: dict[int, _Pending] = {}
         self._results: dict[int, Result] = {}
         self._newly_down: list[str] = []
+        self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
         self._ids = itertools.count(1)
         self._last_ping = 0.0
         self._ctx = zmq.Context()
@@ -490,6 +491,12 @@ class Controller:
         self._newly_down.append(dev)
 
     def _handle(self, dev: str, msg: Message) -> None:
+        try:
+            self._dispatch(dev, msg)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed reply must not stop the controller
+            log.warning("ignoring a malformed %s from worker %s: %s", msg.header.kind.value, dev, exc)
+
+    def _dispatch(self, dev: str, msg: Message) -> None:
         kind, meta = msg.header.kind, msg.header.meta
         peer = self._peers[dev]
         if kind == Kind.PONG:
@@ -508,7 +515,7 @@ class Controller:
         elif kind == Kind.TELEMETRY:
             p = self._by_wire.get(msg.header.rid)
             if p is not None and meta.get("plan") == p.plan_id:
-                p.telemetry[dev] = [e | {"device": dev} for e in meta.get("events", [])]
+                p.telemetry[dev] = [_event(e, dev, self._deployed[p.plan_id].parts) for e in meta["events"]]
         elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
             peer.configuring, peer.config_error = False, meta.get("message")
             log.error("worker %s refused its configuration: %s", dev, peer.config_error)
@@ -526,18 +533,15 @@ class Controller:
     def _route(self, a: str, b: str) -> list[str]:
         """Route between two live devices, avoiding devices that are down."""
         up = self.available
-        if a == b:
-            return [a]
-        if up == set(self.spec.devices):
-            return self.spec.route(a, b)
-        live = replace(
-            self.spec,
-            devices={d: v for d, v in self.spec.devices.items() if d in up},
-            links=tuple(ln for ln in self.spec.links if ln.a in up and ln.b in up),
-            source=a,
-            sink=b,
-        )
-        return live.route(a, b)
+        if up not in self._live_specs:
+            self._live_specs[up] = replace(
+                self.spec,
+                devices={d: v for d, v in self.spec.devices.items() if d in up},
+                links=tuple(ln for ln in self.spec.links if ln.a in up and ln.b in up),
+                source=a,
+                sink=b,
+            )
+        return self._live_specs[up].route(a, b)
 
     def _deploy(self, plan: Plan) -> None:
         pid = next(self._ids)
@@ -681,6 +685,28 @@ class Controller:
         )
         self._results[p.rid] = result
         self._forget(p)
+
+
+_EVENT_FIELDS = {
+    "input": ("t",),
+    "done": ("t",),
+    "compute": ("stage", "ready", "start", "end", "cpu", "target", "flops"),
+    "tx": ("stage", "from", "to", "bytes", "queued", "start", "end", "arrive"),
+}
+
+
+def _event(e: Any, device: str, parts: Mapping[str, Deployment]) -> dict[str, Any]:
+    """A worker's telemetry event, checked (ValueError otherwise) and tagged with its device."""
+    if not isinstance(e, dict) or e.get("ev") not in _EVENT_FIELDS:
+        raise ValueError(f"unknown telemetry event {str(e)[:80]}")
+    for key in _EVENT_FIELDS[e["ev"]]:
+        value = e.get(key)
+        if key in ("from", "to"):
+            if value not in parts:
+                raise ValueError(f"telemetry names device {value!r} outside the plan")
+        elif type(value) not in (int, float) or value != value:
+            raise ValueError(f"telemetry field {key} is {value!r}")
+    return e | {"device": device}
 
 
 def _timeline(
