@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
@@ -240,7 +241,9 @@ class Controller:
         self._results: dict[int, Result] = {}
         self._newly_down: list[str] = []
         self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
-        self._ids = itertools.count(1)
+        # plan, request and attempt ids share one counter starting at a random point, so that the ids
+        # of two controllers driving the same workers never collide
+        self._ids = itertools.count(secrets.randbits(52))
         self._last_ping = 0.0
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()

@@ -344,44 +344,54 @@ def _float(v: Any, what: str) -> float:
 # ---------------------------------------------------------------------------------- weights
 
 
+@dataclass
+class _Model:
+    module: nn.Module
+    layers: list[models.Layer]
+    names: dict[int, str]  # id(module) -> qualified name in the state_dict
+    graph: LayerGraph
+    loaded: set[int] = field(default_factory=set)
+
+
 class WeightStore:
     """Model skeletons and graphs, with the weights of the units this worker has run.
 
     With a checkpoint (``model_file``) a model is a meta-device skeleton whose units get their tensors
-    from the memory-mapped checkpoint when first needed; without one the seeded model is built whole.
+    from the memory-mapped checkpoint when first needed, and the checkpoint alone defines the weights;
+    without one the seeded model is built whole. One entry per (model, seed, input shape), at most
+    ``MAX_MODELS`` of them (least recently used first out; an evicted one is rebuilt on demand), so
+    no sequence of deployments can exhaust the device's memory.
     """
+
+    MAX_MODELS = 4
 
     def __init__(self, model_file: Path | None):
         self.model_file = model_file
         self._checkpoint: dict[str, torch.Tensor] | None = None
-        self._models: dict[tuple[str, int], tuple[nn.Module, list[models.Layer], dict[int, str]]] = {}
-        self._graphs: dict[tuple[str, int, tuple[int, ...]], LayerGraph] = {}
-        self.loaded: dict[tuple[str, int], set[int]] = {}
+        self._models: OrderedDict[tuple, _Model] = OrderedDict()
+        self._lock = threading.Lock()  # the I/O thread deploys while the compute thread computes
 
-    def _model(self, name: str, seed: int) -> tuple[nn.Module, list[models.Layer], dict[int, str]]:
-        key = (name, seed)
-        if key not in self._models:
-            model = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
-            layers = models.layers(model)
-            names = {id(m): n for n, m in model.named_modules()}
-            self._models[key] = (model, layers, names)
-            self.loaded[key] = set() if self.model_file else set(range(len(layers)))
-        return self._models[key]
-
-    def graph(self, name: str, seed: int, shape: tuple[int, ...]) -> LayerGraph:
-        key = (name, seed, tuple(shape))
-        if key not in self._graphs:
-            self._graphs[key] = LayerGraph.from_model(self._model(name, seed)[0], shape, name)
-        return self._graphs[key]
-
-    def load(self, name: str, seed: int, units: Iterable[int]) -> None:
-        """Materialise the weights of ``units`` (no-op for units already loaded)."""
-        _, layers, names = self._model(name, seed)
-        done = self.loaded[(name, seed)]
-        for u in sorted(set(units) - done):
-            for module in layers[u][1]:
-                self._load_module(module, names)
-            done.add(u)
+    def prepare(self, name: str, seed: int, shape: tuple[int, ...], units: Iterable[int] = ()) -> LayerGraph:
+        """The graph of the model for this input shape, with the weights of ``units`` loaded."""
+        key = (name, None if self.model_file else seed, tuple(shape))
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                module = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
+                layers = models.layers(module)
+                graph = LayerGraph.from_model(module, shape, name)
+                model = _Model(module, layers, {id(m): n for n, m in module.named_modules()}, graph)
+                if not self.model_file:
+                    model.loaded.update(range(len(layers)))
+                self._models[key] = model
+                while len(self._models) > self.MAX_MODELS:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            for u in sorted(set(units) - model.loaded):
+                for module in model.layers[u][1]:
+                    self._load_module(module, model.names)
+                model.loaded.add(u)
+            return model.graph
 
     def _load_module(self, module: nn.Module, names: dict[int, str]) -> None:
         wanted = module.state_dict()
@@ -407,17 +417,25 @@ class WeightStore:
             state[key] = tensor
         module.load_state_dict(state, assign=True)
 
+    def loaded(self) -> dict[str, list[int]]:
+        """Loaded units per model, keyed ``name:CxHxW`` (plus ``:seed`` without a checkpoint)."""
+        with self._lock:
+            return {
+                ":".join([name, "x".join(map(str, shape))] + ([] if seed is None else [str(seed)])): sorted(
+                    m.loaded
+                )
+                for (name, seed, shape), m in self._models.items()
+            }
+
     def loaded_bytes(self) -> int:
-        total = 0
-        for key, units in self.loaded.items():
-            layers = self._models[key][1]
-            total += sum(
+        with self._lock:
+            return sum(
                 t.numel() * t.element_size()
-                for u in units
-                for m in layers[u][1]
-                for t in m.state_dict().values()
+                for m in self._models.values()
+                for u in m.loaded
+                for module in m.layers[u][1]
+                for t in module.state_dict().values()
             )
-        return total
 
 
 # ---------------------------------------------------------------------------------- worker
@@ -636,7 +654,7 @@ class Worker:
             "plans": plans,
             "open_requests": open_requests,
             "computed": self.computed,
-            "loaded_units": {f"{m}:{s}": sorted(u) for (m, s), u in self.weights.loaded.items()},
+            "loaded_units": self.weights.loaded(),
             "loaded_bytes": self.weights.loaded_bytes(),
             "rss_bytes": psutil.Process().memory_info().rss,
             "busy_s": dict(self.meter.seconds),
@@ -693,11 +711,11 @@ class Worker:
             hops |= {s.path[1] for s in dep.feed if len(s.path) > 1}
             if unknown := hops - peers:
                 raise ValueError(f"plan {dep.plan_id} sends to unknown device(s) {sorted(unknown)}")
-            graph = self.weights.graph(dep.model, dep.seed, dep.input_shape)
+            graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape)
             for t in dep.tasks:
                 if t.end > len(graph.units):
                     raise ValueError(f"task units [{t.start}, {t.end}) beyond the model's {len(graph.units)}")
-            self.weights.load(dep.model, dep.seed, dep.units())
+            self.weights.prepare(dep.model, dep.seed, dep.input_shape, dep.units())
         with self._lock:
             for pid in retire:
                 self._plans.pop(pid, None)
@@ -839,7 +857,8 @@ class Worker:
             if not live:
                 continue
             try:
-                graph = self.weights.graph(dep.model, dep.seed, dep.input_shape)
+                units = range(task.start, task.end)
+                graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape, units)
 
                 def run(task=task, pieces=pieces, graph=graph):
                     band = assemble([(r, t) for _, r, t in pieces], task.in_rows)

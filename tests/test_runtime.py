@@ -20,6 +20,7 @@ import torch
 from env.cost_model import Profile
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.controller import Controller
 from runtime.emulation import energy_j
 from runtime.layout import layout
 from runtime.plan import Plan, random_plan
@@ -159,7 +160,7 @@ def test_distributed_output_equals_unsplit_forward(ctl, reference, name):
     assert len(result.timeline.of("tx")) == expected_hops
     # a worker holds the weights of the units it was given, and of no others
     for dev, status in ctl.ping().items():
-        loaded = set(status.stats["loaded_units"].get(f"{MODEL}:{SEED}", []))
+        loaded = set(status.stats["loaded_units"].get(f"{MODEL}:3x32x32", []))
         now = {u for s, ts in zip(plan.stages, lay.tasks, strict=True) for t in ts if t.device == dev
                for u in range(s.start, s.end)}  # fmt: skip
         assert now <= loaded <= DEPLOYED_UNITS.get(dev, set()), dev
@@ -339,3 +340,18 @@ def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
     path.write_text(json.dumps(record))
     profile = Profile.load(path)  # the cost model reads it as written
     assert profile.unit_seconds == tuple(seconds) and profile.reference_gflops == cluster.host_gflops
+
+
+def test_second_controller_with_another_input_size_shares_the_workers(ctl, cluster, reference):
+    """Workers keep one graph per input shape; results go to the controller that deployed the plan."""
+    n = len(ctl.graph.units)
+    with Controller(SPEC, cluster.endpoints, model=MODEL, seed=SEED, input_shape=(3, 48, 40)) as other:
+        other.deploy(Plan.build("b", "e", [(0, 6, {"c": 1, "d": 2}), (6, n, {"e": 1})]))
+        x = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(4))
+        _assert_close(other.infer(x).output, reference(x))
+        shapes = ctl.ping()["c"].stats["loaded_units"]
+        assert {f"{MODEL}:3x32x32", f"{MODEL}:3x48x40"} <= set(shapes)
+    ctl.configure(ctl.emulation)  # the other controller configured the workers without emulation
+    ctl.deploy(Plan.build("a", "f", [(0, n, {"c": 1})]))
+    x = _inputs(1)[0]
+    _assert_close(ctl.infer(x).output, reference(x))
