@@ -377,6 +377,22 @@ class Controller:
                 acc[1] += seconds
         return {k: b * 8 / 1e6 / s for k, (b, s) in totals.items()}
 
+    def link_history(self, seconds: int = 8) -> dict[tuple[str, str], tuple[float, ...]]:
+        """Per-second measured Mbit/s per direct link (sorted pair) over the last ``seconds``, oldest
+        first; seconds in which a link carried nothing are left out."""
+        now = time.time()
+        bins: dict[tuple[str, str], dict[int, list[float]]] = {}
+        for end, a, b, nbytes, radio in self.link_samples:
+            ago = int(now - end)
+            if 0 <= ago < seconds and radio > 0:
+                acc = bins.setdefault((a, b) if a <= b else (b, a), {}).setdefault(ago, [0.0, 0.0])
+                acc[0] += nbytes
+                acc[1] += radio
+        return {
+            key: tuple(n * 8 / 1e6 / r for _, (n, r) in sorted(per.items(), reverse=True))
+            for key, per in bins.items()
+        }
+
     def device_gflops(self, window_s: float = 5.0) -> dict[str, float]:
         """Measured GFLOP/s per device over recent tasks (FLOPs, halo included, per compute second)."""
         since = time.time() - window_s

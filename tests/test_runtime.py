@@ -314,10 +314,14 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
     ctl.deploy(Plan.build("d", "e", [(0, 6, {"e": 1}), (6, n, {"d": 1})]))
     since = time.time()
-    for x in _inputs(2):
+    for x in _inputs(40):  # for a bit more than a second, so that the history has a full second
         ctl.infer(x)
+        if time.time() - since > 1.2:
+            break
     measured = ctl.link_mbps(window_s=time.time() - since)
     assert measured[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    history = ctl.link_history(seconds=int(time.time() - since))[("d", "e")]
+    assert history and all(mbps == pytest.approx(3.0, rel=TIMING_TOLERANCE) for mbps in history)
     recent = [s for s in ctl.compute_samples if s[1] == "e"][-2:]
     assert len(recent) == 2 and all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
     measured = ctl.device_gflops(window_s=time.time() - since)
