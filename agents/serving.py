@@ -46,7 +46,7 @@ class ServeOptions:
     requests: int = 50
     duration_s: float | None = None  # stop after this many seconds instead (requests is then a cap)
     replan_every: int = 10
-    threshold: float = 0.3
+    threshold: float = 0.5
     static: bool = False
     window: int = 1  # requests in flight (pipelining)
     chaos: list[tuple[int, str, str]] = field(

@@ -72,6 +72,12 @@ def collapse(args) -> None:
             f"{report.agent:24s} requests {s['completed']:3d}  mean {s['latency_mean_s']:.2f} s  "
             f"p95 {s['latency_p95_s']:.2f} s  replans {s['replans']}  outputs exact {s['outputs_match']}"
         )
+        console.print(
+            "  t(s):latency(s), * = new plan: "
+            + " ".join(
+                f"{r.time_s:.0f}:{r.latency_s:.1f}{'*' if r.replanned else ''}" for r in report.records
+            )
+        )
     adaptive, static = reports[False].summary(), reports[True].summary()
     console.print(
         f"p95 adaptive / static = {adaptive['latency_p95_s'] / static['latency_p95_s']:.2f} (target <= 0.6)"

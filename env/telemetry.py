@@ -4,9 +4,14 @@ Planners only ever see a ``Snapshot``. In the simulator it comes from the world'
 cluster it comes from the runtime's telemetry:
 
 - link bandwidth: bytes over radio seconds of the real transfers of recent requests, per direct link
-  (``Controller.link_mbps``); a link no recent request used keeps its last measurement (or the spec's
-  figure until it is first used), because nothing probes idle links;
-- speed factor: achieved FLOP/s of recent compute tasks over the device's nominal GFLOP/s;
+  (``Controller.link_mbps``). Nothing probes idle links, so a link no recent request used is estimated
+  from the ones that were: its spec bandwidth times the median ratio measured/spec of the observed
+  links (wireless links of one site tend to fade together). Without that, a planner keeps moving
+  traffic to links whose stale figures look good, and learns each is bad one request at a time;
+- speed factor: achieved FLOP/s of recent compute tasks over the device's nominal GFLOP/s, capped at
+  the median over the devices that computed recently (small bands run below a device's peak for
+  reasons that have nothing to do with the device; only a device clearly slower than the rest is
+  slow); a device that computed nothing recently gets that median;
 - availability: the controller's liveness view (heartbeats, timeouts).
 
 Each call to ``snapshot`` also appends the current bandwidths to a per-link history, so a policy that
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+
+import numpy as np
 
 from env.network import Snapshot, link_key
 from runtime.spec import ClusterSpec
@@ -34,7 +41,11 @@ class LiveView:
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
 
     def _update(self) -> None:
-        self.link_mbps.update(self.controller.link_mbps(self.window_s))
+        nominal = {link_key(link.a, link.b): link.mbps for link in self.spec.links}
+        measured = self.controller.link_mbps(self.window_s)
+        if measured:
+            ratio = float(np.median([mbps / nominal[key] for key, mbps in measured.items()]))
+            self.link_mbps = {key: measured.get(key, mbps * ratio) for key, mbps in nominal.items()}
         since = time.time() - self.window_s
         achieved: dict[str, list[float]] = {}
         for end, device, flops, seconds in self.controller.compute_samples:
@@ -42,8 +53,10 @@ class LiveView:
                 acc = achieved.setdefault(device, [0.0, 0.0])
                 acc[0] += flops
                 acc[1] += seconds
-        for device, (flops, seconds) in achieved.items():
-            self.speed[device] = flops / seconds / (self.spec.devices[device].gflops * 1e9)
+        factors = {d: f / s / (self.spec.devices[d].gflops * 1e9) for d, (f, s) in achieved.items()}
+        if factors:
+            typical = float(np.median(list(factors.values())))
+            self.speed = {d: min(factors.get(d, typical), typical) for d in self.spec.devices}
 
     def snapshot(self) -> Snapshot:
         """What the cluster has measured up to now."""
