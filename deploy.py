@@ -6,8 +6,9 @@
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
 ``--demo`` serves VGG-16 on a local 10-device cluster like disnet-mesh0 with the shipped PPO policy, then
-with the analytic optimiser and two baselines, each on a fresh cluster under the same trace, checks every
-output against the unsplit model and prints the comparison.
+with the analytic optimiser and two baselines, each replaying the same synthetic link traces from t=0
+(the cluster's emulation clock restarts per planner), checks every output against the unsplit model and
+prints the comparison.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def world_for(spec, args) -> NetworkState:
             "duration": 600.0,
         }
         dynamics = {"links": {"default": links}, "scale_to_spec": False, "seed": args.seed}
+    elif args.traces == "synthetic":  # every link wanders around its spec bandwidth
+        walk = {"kind": "random_walk", "mean": 1.0, "sigma": 0.25, "lo": 0.2, "hi": 1.5, "duration": 600.0}
+        dynamics = {"links": {"default": walk}, "seed": args.seed}
     elif args.traces:
         dynamics = {"links": {"default": args.traces}, "seed": args.seed}
     else:
@@ -69,8 +73,9 @@ def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, 
     return events
 
 
-def run_agent(agent: str, spec, model_name: str, model, graph, world, args, out_dir: Path | None) -> dict:
-    """One serving run of ``agent`` on a fresh local cluster; returns its summary."""
+def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Path | None) -> dict:
+    """One serving run of ``agent`` on the cluster, with the emulation clock (and so the traces) from t=0."""
+    spec = cluster.spec
     planner = make_planner(agent, graph=graph, spec=spec)
     decide = Decider(planner, graph, Objective(args.objective, args.energy_weight))
     options = ServeOptions(
@@ -82,11 +87,10 @@ def run_agent(agent: str, spec, model_name: str, model, graph, world, args, out_
         chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
         seed=args.seed,
     )
-    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     writer = MetricsWriter(out_dir, agent.replace(":", "_").replace("/", "_")) if out_dir else None
+    cluster.controller.restart_clock()
     try:
-        with LocalCluster(spec, model=model_name, seed=args.seed, link_schedules=links) as cluster:
-            report = serve(cluster, model, decide, options, agent=agent, console=console, on_result=writer)
+        report = serve(cluster, model, decide, options, agent=agent, console=console, on_result=writer)
     finally:
         if writer is not None:
             writer.close()
@@ -128,7 +132,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, default=None, help="serve for S seconds (at most --requests)"
     )
-    parser.add_argument("--traces", default=None, help="trace file or folder the links follow")
+    parser.add_argument(
+        "--traces", default=None, help="trace file or folder the links follow, or 'synthetic'"
+    )
     parser.add_argument("--collapse", action="store_true", help="links drop 20 -> 2 Mbit/s for 30 s")
     parser.add_argument("--collapse-at", type=float, default=20.0, help="seconds into the run")
     parser.add_argument("--bandwidth-cap", type=float, default=None)
@@ -146,7 +152,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.cluster = str(ROOT / "configs" / "clusters" / "mesh0.yaml")
         args.model, args.requests, args.bandwidth_cap, args.collapse = "vgg16_bn", 8, 15.0, False
         args.agent = f"ppo:{DEMO_POLICY},optimal,disnet,deepslicing"
-        args.traces = None
+        args.traces = "synthetic"
     if not args.cluster:
         parser.error("--cluster is required (or use --demo)")
     if args.requests < 1 or args.replan_every < 1 or args.window < 1:
@@ -162,10 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         model = models.build(args.model, seed=args.seed)
         graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
         world = world_for(spec, args)
-        summaries = [
-            run_agent(agent, spec, args.model, model, graph, world, args, Path(args.out))
-            for agent in args.agent.split(",")
-        ]
+        links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+        with LocalCluster(spec, model=args.model, seed=args.seed, link_schedules=links) as cluster:
+            summaries = [
+                run_agent(agent, cluster, model, graph, args, Path(args.out))
+                for agent in args.agent.split(",")
+            ]
     except (SpecError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

@@ -156,6 +156,7 @@ def serve(
     made_on = view.snapshot()
     ctl.deploy(decide(made_on))
     replans, kills, records, rss = 0, 0, [], []
+    recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
     start = ctl.now()

@@ -366,6 +366,16 @@ class Controller:
         self.emulation = emulation
         self._configure([d for d, p in self._peers.items() if p.up], self.dead_after_s * 5)
 
+    def restart_clock(self) -> None:
+        """Start every emulation schedule again from t=0: replays the same traces, e.g. for another planner.
+
+        Telemetry gathered so far is dropped, since its times refer to the old clock.
+        """
+        self.epoch = time.time()
+        self.link_samples.clear()
+        self.compute_samples.clear()
+        self.configure(self.emulation)
+
     def link_mbps(self, window_s: float = 5.0) -> dict[tuple[str, str], float]:
         """Measured bandwidth per direct link (sorted pair) from the radio time of recent transfers."""
         since = time.time() - window_s
