@@ -18,7 +18,8 @@ The whole algorithm, top to bottom:
    ``softmax(-(regret) / bc.temperature)`` over the valid actions (cross-entropy) and its value head to
    the best reward. This is a warm start: PPO alone would spend most of the time budget finding what
    the model can tell us directly.
-4. **PPO** (sb3-contrib MaskablePPO, ``ppo.timesteps``): vectorised envs (SubprocVecEnv or DummyVecEnv)
+4. **PPO** (sb3-contrib MaskablePPO, ``ppo.timesteps``): vectorised envs (SubprocVecEnv or DummyVecEnv;
+   ``--backend live``: one env on one LocalCluster, labels and validation stay simulated)
    with domain randomisation over clusters, traces, loads and failures; reward = -latency / reference
    (env docstring). ``gamma`` defaults to 0: a plan does not change the world, only when the next
    request comes, so each request is a contextual bandit step. Callbacks: MaskableEvalCallback on a
@@ -335,6 +336,24 @@ class OracleInfo(gym.Wrapper):
         )
 
 
+class FixedWorlds(gym.Wrapper):
+    """Validation env: every evaluation replays the same worlds (the i-th reset of an evaluation always
+    gets the i-th seed), so that checkpoints are compared, and the best kept, on identical requests."""
+
+    def __init__(self, env: gym.Env, episodes: int, seed: int) -> None:
+        super().__init__(env)
+        self.seeds = [seed + i for i in range(episodes + 1)]  # + the auto-reset after the last episode
+        self.resets = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        seed = self.seeds[self.resets % len(self.seeds)]
+        self.resets += 1
+        return self.env.reset(seed=seed, options=options)
+
+    def action_masks(self) -> np.ndarray:
+        return self.env.unwrapped.action_masks()
+
+
 class RequestStats(BaseCallback):
     """TensorBoard scalars of the training requests: latency, energy, ratio to the reference, failures."""
 
@@ -449,15 +468,18 @@ def make_vec_env(env_cfg: EnvConfig, backend: str, n_envs: int, kind: str, seed:
 
 
 def compare(cfg: TrainConfig, env_cfg: EnvConfig, policy_path: Path) -> dict:
-    """PPO (the saved file), the oracle and ``compare.agents`` on identical snapshots of held-out worlds."""
+    """PPO (the saved file), the oracle and ``compare.agents`` on identical snapshots of held-out worlds.
+
+    Returns the summary over all requests (``all``) and per ``compare.dynamics`` entry, each agent with
+    the number of its requests that failed (a device went down mid-request) and were retried."""
     from agents import PlannerError, make_planner
     from agents.evaluation import Outcome, print_summary, run_comparison, summarize
 
     cc = cfg.compare
-    records = []
-    worlds = 0
+    records, per_dynamics = [], {}
     for d, dynamics in enumerate(cc.dynamics):
         env = MicroSplitEnv(EnvConfig.model_validate({**env_cfg.model_dump(), "dynamics": [dynamics]}))
+        mine, failed = [], {}
         for w in range(cc.worlds):
             env.reset(seed=10_000 * (cfg.seed + 1) + 100 * d + w)
             planners = {"ppo": PPOPlanner(policy_path, env.cost_model), "oracle": _Oracle(env)}
@@ -470,21 +492,26 @@ def compare(cfg: TrainConfig, env_cfg: EnvConfig, policy_path: Path) -> dict:
             def snapshot_at(i: int, env=env):
                 return env.world.snapshot(env_cfg.start_s + i * cc.gap_s, env_cfg.window_s, env_cfg.history)
 
-            def execute(agent: str, index: int, t: float, plan, env=env) -> Outcome:
+            def execute(agent: str, index: int, t: float, plan, env=env, failed=failed) -> Outcome:
                 reference = env.cost_model.predict(_reference(env, t), env.world, t)
-                latency, energy = env.charged(env.predicted_outcome(plan, t), reference)
-                return Outcome(latency, energy)
+                outcome = env.predicted_outcome(plan, t)
+                failed[agent] = failed.get(agent, 0) + outcome.failed
+                return Outcome(*env.charged(outcome, reference))
 
-            console.print(f"held-out world {worlds}: {env.world.spec.name}, compare.dynamics.{d}")
-            records += run_comparison(
+            console.print(f"held-out world {w}: {env.world.spec.name}, compare.dynamics.{d}")
+            mine += run_comparison(
                 planners, snapshot_at, cc.requests, env.graph, env.objective, execute, console=console
             )
-            worlds += 1
+        per_dynamics[d] = {a: {**s, "failed_requests": failed.get(a, 0)} for a, s in summarize(mine).items()}
+        print_summary(
+            summarize(mine), console, f"compare.dynamics.{d}: {cc.worlds} worlds x {cc.requests} requests"
+        )
+        records += mine
     summary = summarize(records)
     print_summary(
-        summary, console, f"held-out comparison: {env_cfg.model}, {worlds} worlds x {cc.requests} requests"
+        summary, console, f"held-out comparison, all: {len(records) // len(summary)} requests per agent"
     )
-    return summary
+    return {"all": summary, "per_dynamics": per_dynamics}
 
 
 def _reference(env: MicroSplitEnv, t: float):
@@ -512,7 +539,11 @@ class _Oracle:
 # ----------------------------------------------------------------------------------------- plot
 
 
-def plot_learning_curve(out: Path, history: list[dict], monitor_dir: Path, bc_metrics: dict) -> Path:
+def plot_learning_curve(
+    out: Path, history: list[dict], monitor_dir: Path, n_envs: int, bc_metrics: dict
+) -> Path:
+    """Reward per request (training episodes, smoothed, and the fixed validation worlds) and the
+    validation latency relative to the oracle's on the same requests, over PPO timesteps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -520,39 +551,32 @@ def plot_learning_curve(out: Path, history: list[dict], monitor_dir: Path, bc_me
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for csv in sorted(monitor_dir.glob("train_*.monitor.csv")):
-        data = np.genfromtxt(csv, delimiter=",", skip_header=2)
-        if data.ndim == 2 and len(data):
-            steps = np.cumsum(data[:, 1])
-            ax1.plot(steps, data[:, 0] / data[:, 1], alpha=0.4, label=f"train {csv.stem.split('.')[0]}")
+        data = np.atleast_2d(np.genfromtxt(csv, delimiter=",", skip_header=2))
+        if data.shape[0] >= 2:
+            per_request = data[:, 0] / data[:, 1]
+            window = max(1, len(per_request) // 20)
+            smooth = np.convolve(per_request, np.ones(window) / window, mode="valid")
+            steps = np.cumsum(data[:, 1])[window - 1 :] * n_envs
+            ax1.plot(steps, smooth, alpha=0.6, label=f"training episodes ({csv.name.split('.')[0]})")
     if history:
-        ax1.plot(
-            [h["timesteps"] for h in history],
-            [h["reward_per_request"] for h in history],
-            "o-",
-            label="eval",
-        )
-        ax2.plot(
-            [h["timesteps"] for h in history],
-            [h["ratio_to_oracle"] for h in history],
-            "o-",
-            label="PPO / oracle",
-        )
-    ax1.set_xlabel("timesteps")
-    ax1.set_ylabel("mean reward per request (-latency / reference)")
+        steps = [h["timesteps"] for h in history]
+        ax1.plot(steps, [h["reward_per_request"] for h in history], "o-", label="validation (fixed worlds)")
+        ax2.plot(steps, [h["ratio_to_oracle"] for h in history], "o-", label="policy / oracle, same requests")
+    ax1.set_xlabel("PPO timesteps (0: after behaviour cloning)")
+    ax1.set_ylabel("reward per request (-latency / reference)")
     ax1.grid(alpha=0.3)
-    ax1.legend()
+    ax1.legend(fontsize=8)
     ax2.axhline(1.0, color="gray", lw=0.8)
-    if "validation_world_regret_pct" in bc_metrics:
-        ax2.axhline(
-            1 + bc_metrics["validation_world_regret_pct"] / 100,
-            color="tab:green",
-            ls="--",
-            label="after BC: regret to the hindsight-best action (validation)",
+    ax2.set_xlabel("PPO timesteps (0: after behaviour cloning)")
+    ax2.set_ylabel("validation mean latency / oracle's")
+    if bc_metrics:
+        ax2.set_title(
+            f"BC validation regret: {bc_metrics.get('validation_snapshot_regret_pct', float('nan')):.1f} % "
+            f"(snapshot), {bc_metrics.get('validation_world_regret_pct', float('nan')):.1f} % (world)",
+            fontsize=9,
         )
-    ax2.set_xlabel("timesteps")
-    ax2.set_ylabel("eval mean latency / oracle's")
     ax2.grid(alpha=0.3)
-    ax2.legend()
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     path = out / "learning_curve.png"
     fig.savefig(path, dpi=120)
@@ -602,8 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     # 4. (set up first: behaviour cloning trains this model's policy)
     monitor_dir = out / "monitor"
     monitor_dir.mkdir(exist_ok=True)
-    vec_env = make_vec_env(env_cfg, args.backend, cfg.ppo.n_envs, cfg.ppo.vec_env, cfg.seed, monitor_dir)
     pc = cfg.ppo
+    if args.backend == "live":  # one cluster of real worker processes, in this process
+        pc = pc.model_copy(update={"n_envs": 1, "vec_env": "dummy"})
+    vec_env = make_vec_env(env_cfg, args.backend, pc.n_envs, pc.vec_env, cfg.seed, monitor_dir)
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[pc.activation]
     model = MaskablePPO(
         "MlpPolicy",
@@ -642,11 +668,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         for key, value in bc_metrics.items():
             model.logger.record(f"bc/{key}", value)
+        save_policy(out / "policy_bc.zip", model.policy, meta)
 
     # 4. PPO
     eval_cfg = env_cfg.model_copy(update={"requests_per_episode": cfg.eval.requests_per_episode})
-    eval_env = DummyVecEnv([lambda: Monitor(OracleInfo(MicroSplitEnv(eval_cfg)))])
-    eval_env.seed(cfg.seed + 1000)
+    eval_env = DummyVecEnv(
+        [
+            lambda: Monitor(
+                FixedWorlds(OracleInfo(MicroSplitEnv(eval_cfg)), cfg.eval.episodes, 1000 * (cfg.seed + 1))
+            )
+        ]
+    )
     best_path = out / "policy_best.zip"
     evaluator = OracleEvalCallback(
         eval_env,
@@ -676,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(best_path, policy_path)
     else:
         save_policy(policy_path, model.policy, meta)
-    plot_learning_curve(out, evaluator.history, monitor_dir, bc_metrics)
+    plot_learning_curve(out, evaluator.history, monitor_dir, pc.n_envs, bc_metrics)
     summary = {
         "name": cfg.name,
         "train_seconds": time.perf_counter() - started,

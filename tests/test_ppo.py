@@ -139,3 +139,21 @@ def test_fine_tuning_starts_from_a_policy_and_keeps_its_actions(run, tmp_path):
     world = NetworkState.static(MicroSplitEnv(EnvConfig.parse({})).clusters[0].spec)
     graph = model_graph("tiny")
     after.plan(world.snapshot(5.0), graph, Objective()).validate(graph)
+
+
+def test_live_fine_tuning_runs_requests_on_a_local_cluster(run, tmp_path):
+    """``--backend live --init``: PPO steps on real worker processes, starting from the sim policy."""
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["ppo"].update(n_steps=32, batch_size=32, n_epochs=1)
+    config["env"].update(gap_s=[0.0, 0.01], requests_per_episode=16)
+    config["eval"]["episodes"] = 1
+    config["compare"]["requests"] = 0
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "live"
+    args = ["--config", str(path), "--out", str(out), "--init", str(run / "policy.zip"), "--backend", "live"]
+    assert train.main([*args, "--timesteps", "32"]) == 0
+    rows = (out / "monitor" / "train_0.monitor.csv").read_text().splitlines()[2:]
+    assert len(rows) == 2  # two live episodes of 16 requests
+    assert all(np.isfinite(float(r.split(",")[0])) for r in rows)
+    PPOPlanner(out / "policy.zip")
