@@ -28,8 +28,7 @@ from torch import nn
 from runtime import models
 from runtime.halo import LayerGeom, Rows, layer_input_rows, union
 
-POINTWISE = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Dropout, nn.Identity)
-FLAT_OPS = (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.ReLU6, nn.Dropout, nn.Identity)
+POINTWISE = models.POINTWISE_MODULES
 # Modules that never start a group (no cut right before them) or never end one (no cut right after).
 ATTACHED = (*POINTWISE, nn.Flatten)
 PREFIX = (nn.ZeroPad2d, nn.AdaptiveAvgPool2d, nn.Flatten)

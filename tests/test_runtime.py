@@ -13,7 +13,6 @@ import math
 import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
@@ -56,25 +55,6 @@ HEX6 = {
     ],  # fmt: skip
 }
 SPEC = parse_cluster(HEX6, origin="hex6")
-
-
-def _worker_children() -> list[psutil.Process]:
-    procs = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "runtime.worker" in " ".join(p.cmdline()):
-                procs.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return procs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_orphans():
-    """After the module's clusters are closed, no worker process of ours may be left."""
-    yield
-    left = _worker_children()
-    assert not left, f"worker processes left behind: {[p.pid for p in left]}"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import sys
 import time
 
 import msgpack
-import psutil
 import pytest
 import torch
 import zmq
@@ -48,13 +47,6 @@ def _spec(devices: list[str]) -> ClusterSpec:
             "links": [{"a": x, "b": y, "mbps": 50} for i, x in enumerate(devices) for y in devices[i + 1 :]],
         }
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_orphans():
-    yield
-    left = [p for p in psutil.Process().children(recursive=True) if "runtime.worker" in " ".join(p.cmdline())]
-    assert not left, f"worker processes left behind: {[p.pid for p in left]}"
 
 
 @pytest.fixture(scope="module")
