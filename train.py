@@ -551,6 +551,8 @@ def plot_learning_curve(
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for csv in sorted(monitor_dir.glob("train_*.monitor.csv")):
+        if len(csv.read_text().splitlines()) < 4:  # header lines and fewer than two episodes
+            continue
         data = np.atleast_2d(np.genfromtxt(csv, delimiter=",", skip_header=2))
         if data.shape[0] >= 2:
             per_request = data[:, 0] / data[:, 1]

@@ -9,7 +9,9 @@ process. Measured side by side in one run:
    the completion, the observation and the rest (cProfile, a separate pass);
 3. decision time of the PPO planner and of the analytic optimiser on the same snapshots, and the ratio.
 
-Rerun: python bench/env.py [--policy agents/pretrained/vgg16_mesh.zip] [--steps 600] [--decisions 5]
+Rerun: python bench/microsplit.py [--policy agents/pretrained/vgg16_mesh.zip] [--steps 600] [--decisions 5]
+(Not bench/env.py: ``python bench/X.py`` puts bench/ first on sys.path, where a file named env.py
+would shadow the ``env`` package for every bench script.)
 """
 
 from __future__ import annotations

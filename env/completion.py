@@ -17,7 +17,7 @@ weighted by the previous shares; 0 on the same device), ``spb_out(d)`` the same 
 last stage (0 otherwise). The ``k`` devices with the smallest single-device time ``a_d + c_d`` are chosen
 and their shares equalise finish times, ``x_d = (T - a_d) / c_d`` with ``sum x_d = 1`` (the divisible-load
 solution); a device that would get ``x_d <= 0`` is dropped. Shares are then rounded to whole rows (largest
-remainder), so plans are canonical and the cost model's per-plan cache hits when conditions barely move.
+remainder), so a plan is canonical: equal conditions give the identical plan.
 Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down) or lack memory for the
 stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
 
