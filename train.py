@@ -15,24 +15,28 @@ The whole algorithm, top to bottom:
    mean regret of the best kept shape (the oracle's loss from restricting itself to the list).
 3. **Behaviour cloning** (``bc.samples`` > 0): on fresh snapshots every kept shape is scored by the cost
    model (what an analytic optimiser over this action space sees); the policy is fitted to a soft label
-   ``softmax(-(regret) / bc.temperature)`` over the valid actions (cross-entropy) and its value head to
-   the best reward. This is a warm start: PPO alone would spend most of the time budget finding what
+   ``softmax(-(regret) / bc.temperature)`` over the valid actions (cross-entropy; ``bc.labels: world``
+   uses what each action earns in the world instead) and its value head to the label action's reward. This is a warm start: PPO alone would spend most of the time budget finding what
    the model can tell us directly.
 4. **PPO** (sb3-contrib MaskablePPO, ``ppo.timesteps``): vectorised envs (SubprocVecEnv or DummyVecEnv;
    ``--backend live``: one env on one LocalCluster, labels and validation stay simulated)
    with domain randomisation over clusters, traces, loads and failures; reward = -latency / reference
    (env docstring). ``gamma`` defaults to 0: a plan does not change the world, only when the next
    request comes, so each request is a contextual bandit step. Callbacks: MaskableEvalCallback on a
-   validation env (fresh seeds of the training distribution) that also logs latency, energy and the
-   ratio to the oracle, keeps the best policy; CheckpointCallback; training latency/energy scalars.
+   validation env (the same unseen worlds of the training distribution at every evaluation, the first
+   one right after behaviour cloning) that also logs latency, energy and the ratio to the oracle, and
+   keeps the policy with the best validation reward (possibly the behaviour-cloned one);
+   CheckpointCallback; training latency/energy/failure scalars.
 5. **Held-out comparison** (``compare.requests`` > 0): the saved policy (through ``PPOPlanner``, exactly
    what ships), the oracle and the planners named in ``compare.agents`` plan on identical snapshots of
    worlds drawn from ``compare.dynamics`` (traces not used in training); each plan runs in the world
    with the env's semantics (cost model, failures retried on the reference).
 
-The run folder holds ``policy.zip`` (agents/ppo.py format), ``config.yaml`` (resolved, shapes included,
-so ``--config`` on it reproduces the action list), ``learning_curve.png``, ``heldout.json``, TensorBoard
-logs (``tb/``), checkpoints and monitor CSVs.
+The run folder holds ``policy.zip`` (agents/ppo.py format; ``policy_bc.zip``: right after cloning),
+``config.yaml`` (resolved, shapes included, so ``--config`` on it reproduces the action list),
+``learning_curve.png``, ``summary.json`` (timings, BC metrics, validation history, held-out summaries
+overall and per dynamics), ``bc_data.npz`` (the labels), TensorBoard logs and a CSV of every scalar
+(``tb/``), SB3 checkpoints and monitor CSVs. ``--init P --timesteps 0`` re-runs only the evaluations.
 """
 
 from __future__ import annotations
