@@ -580,13 +580,19 @@ class Controller:
             raise PlanError(f"plan cannot be routed over the live devices: {exc}") from None
         waiting, refused = set(parts), []
         for d, dep in parts.items():
-            self._send(d, Header(Kind.DEPLOY, 0, {"deploy": dep.to_meta(), "retire": []}))
+            # rid = plan id, so a refusal can be told apart from one of an older deployment that a
+            # restarted worker may receive first (messages queued for it while it was down)
+            self._send(d, Header(Kind.DEPLOY, pid, {"deploy": dep.to_meta(), "retire": []}))
 
         def confirmations(dev: str, msg: Message) -> bool:
             if msg.header.kind == Kind.DEPLOY_OK and msg.header.meta.get("plan") == pid:
                 waiting.discard(dev)
                 return True
-            if msg.header.kind == Kind.ERROR and msg.header.meta.get("kind") == "deploy":
+            if (
+                msg.header.kind == Kind.ERROR
+                and msg.header.meta.get("kind") == "deploy"
+                and msg.header.rid == pid
+            ):
                 refused.append(f"worker {dev} refused plan {pid}: {msg.header.meta.get('message')}")
                 return True
             return False
