@@ -91,19 +91,15 @@ class Profile:
         return cls(data["model"], float(data["reference_gflops"]), tuple(map(float, data["unit_seconds"])))
 
 
-@dataclass(frozen=True)
-class _Hop:
-    src: str
-    dst: str
-    nbytes: int
-    latency_s: float
+Hop = tuple[str, str, float]  # (from, to, link latency)
 
 
 @dataclass(frozen=True)
 class _Route:
-    """One transfer as the list of hops it takes; ``task`` is the receiving task index (-1: the sink)."""
+    """One transfer: the hops it takes, its bytes, and the receiving task index (-1: the sink)."""
 
-    hops: tuple[_Hop, ...]
+    hops: tuple[Hop, ...]
+    nbytes: int
     task: int
 
 
@@ -134,7 +130,7 @@ class CostModel:
         self.spec = spec
         self.profile = profile
         self._skeletons: dict[Plan, _Skeleton] = {}
-        self._paths: dict[tuple[str, str], list[tuple[str, str, float]]] = {}
+        self._paths: dict[tuple[str, str], tuple[Hop, ...]] = {}
 
     # ---- static part ---------------------------------------------------------------------------
     def _nominal_seconds(self, device: str, start: int, end: int, rows) -> float:
@@ -147,20 +143,14 @@ class CostModel:
         )
         return seconds * self.profile.reference_gflops / gflops
 
-    def _route(self, src: str, dst: str, nbytes: int, task: int) -> _Route:
-        hops = tuple(
-            _Hop(link_src, link_dst, nbytes, lat) for link_src, link_dst, lat in self._path(src, dst)
-        )
-        return _Route(hops, task)
-
-    def _path(self, src: str, dst: str) -> list[tuple[str, str, float]]:
+    def _path(self, src: str, dst: str) -> tuple[Hop, ...]:
         """Hops ``(from, to, latency)`` of the route between two devices (cached)."""
         path = self._paths.get((src, dst))
         if path is None:
             devices = self.spec.route(src, dst)
-            path = [
+            path = tuple(
                 (a, b, self.spec.link(a, b).latency_s) for a, b in zip(devices[:-1], devices[1:], strict=True)
-            ]
+            )
             self._paths[(src, dst)] = path
         return path
 
@@ -193,15 +183,12 @@ class CostModel:
             if t.local:
                 (source_local if sender is None else local_ready[sender]).append(receiver)
                 continue
-            route = self._route(t.src, t.dst, t.nbytes, receiver)
-            for hop in route.hops:
-                link_bytes[(hop.src, hop.dst)] += hop.nbytes
+            route = _Route(self._path(t.src, t.dst), t.nbytes, receiver)
+            for a, b, _ in route.hops:
+                link_bytes[(a, b)] += t.nbytes
             (source_sends if sender is None else sends[sender]).append(route)
         devices = sorted(
-            {plan.source, plan.sink}
-            | {w[0] for w in work}
-            | {h.src for rs in [*sends, source_sends] for r in rs for h in r.hops}
-            | {h.dst for rs in [*sends, source_sends] for r in rs for h in r.hops}
+            {plan.source, plan.sink} | {w[0] for w in work} | {d for pair in link_bytes for d in pair}
         )
         skeleton = _Skeleton(
             tuple(devices),
@@ -268,14 +255,14 @@ class CostModel:
                     seq += 1
                 arrivals = [(task, end) for task in sk.local_ready[i]]
                 continue
-            hop = route.hops[i]
-            free = radio_free[hop.src]
+            src, dst, latency = route.hops[i]
+            free = radio_free[src]
             start = at if at > free else free
-            airtime = transfer_time(hop.src, hop.dst, hop.nbytes, start)
-            radio_free[hop.src] = start + airtime
-            send[hop.src] += airtime
-            recv[hop.dst] += airtime
-            arrival = start + airtime + hop.latency_s
+            airtime = transfer_time(src, dst, route.nbytes, start)
+            radio_free[src] = start + airtime
+            send[src] += airtime
+            recv[dst] += airtime
+            arrival = start + airtime + latency
             if i + 1 < len(route.hops):
                 push(events, (arrival, seq, route, i + 1))
                 seq += 1

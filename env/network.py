@@ -323,6 +323,8 @@ class NetworkState:
         missing = [f"{ln.a}-{ln.b}" for ln in spec.links if link_key(ln.a, ln.b) not in self._links]
         if missing:
             raise NetworkError(f"link_traces: no trace for link(s) {', '.join(missing)}")
+        # both directions of every link: transfer_time is the cost model's innermost call
+        self._directed = {**self._links, **{(b, a): trace for (a, b), trace in self._links.items()}}
         for name, given in (("speed", speed), ("downtime", downtime)):
             unknown = sorted(set(given or {}) - set(spec.devices))
             if unknown:
@@ -390,7 +392,10 @@ class NetworkState:
     def transfer_time(self, a: str, b: str, nbytes: float, t: float) -> float:
         """Seconds to carry `nbytes` over the direct link a-b from time `t` (trace integration,
         latency not included)."""
-        return self.link_schedule(a, b).transfer_time(nbytes, t)
+        trace = self._directed.get((a, b))
+        if trace is None:
+            _direct_link(self.spec, a, b)  # raises the usual error
+        return trace.transfer_time(nbytes, t)
 
     def bandwidth_at(self, a: str, b: str, t: float) -> float:
         """Instantaneous Mbit/s of the direct link a-b at time `t`."""
@@ -402,7 +407,7 @@ class NetworkState:
 
     def speed_at(self, d: str, t: float) -> float:
         """Speed factor of device `d` at time `t` (1.0 = nominal gflops)."""
-        return float(self._speed[d].bandwidth_at(t))
+        return self._speed[d].value_at(t)
 
     def available_at(self, d: str, t: float) -> bool:
         """Whether device `d` is up at time `t`."""

@@ -96,6 +96,15 @@ class Trace:
         i = bisect_right(self._times_l, r) - 1
         return k, r, self._cum_l[i] + self._rate_l[i] * (r - self._times_l[i])
 
+    def value_at(self, t: float) -> float:
+        """Mbit/s at one absolute time ``t``: the scalar fast path of ``bandwidth_at``."""
+        r = t % self.duration
+        return (
+            self._rate_l[bisect_right(self._times_l, r) - 1] / BYTES_PER_MBIT
+            if r < self.duration
+            else self._rate_l[-1] / BYTES_PER_MBIT
+        )
+
     def bandwidth_at(self, t: float | np.ndarray) -> float | np.ndarray:
         """Mbit/s at absolute time(s) `t` (scalar or array, wraps around the period)."""
         r = np.mod(t, self.duration)  # r may round to `duration`: that is the last segment anyway
