@@ -219,7 +219,7 @@ def serve(
         agent,
         records,
         len(records) if options.duration_s else options.requests,
-        replans + ctl.replans,
+        replans + ctl.replans - recoveries_before,
         kills,
         decide.fallbacks,
         rss,

@@ -153,9 +153,7 @@ class BasicBlock(Block):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample: nn.Sequential | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def branches(self) -> list[list[nn.Module]]:
         main = [self.conv1, self.bn1, self.relu, self.conv2, self.bn2]

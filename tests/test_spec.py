@@ -237,8 +237,7 @@ def _base_yaml() -> dict:
         "source": "a",
         "sink": "c",
         "devices": [
-            {"id": d, "gflops": g, "power": dict(power)}
-            for d, g in zip("abc", (2, 4, 8), strict=True)
+            {"id": d, "gflops": g, "power": dict(power)} for d, g in zip("abc", (2, 4, 8), strict=True)
         ],
         "links": [{"a": "a", "b": "b", "mbps": 50}, {"a": "b", "b": "c", "mbps": 40}],
     }
@@ -323,9 +322,7 @@ def _mesh_json() -> dict:
         ("sink", 9, "sink: unknown device '9'"),
     ],
 )
-def test_bad_mesh_json_raises_spec_error(
-    tmp_path: Path, field: str, value: object, expected: str
-) -> None:
+def test_bad_mesh_json_raises_spec_error(tmp_path: Path, field: str, value: object, expected: str) -> None:
     assert load_cluster(_write(tmp_path, _mesh_json(), "ok.json")).route("0", "2") == [
         "0",
         "1",
@@ -352,9 +349,7 @@ def test_bad_mesh_json_raises_spec_error(
         ("noformat.yaml", "name: x\n", "format: expected"),
     ],
 )
-def test_unreadable_files_raise_spec_error(
-    tmp_path: Path, name: str, text: str, expected: str
-) -> None:
+def test_unreadable_files_raise_spec_error(tmp_path: Path, name: str, text: str, expected: str) -> None:
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(SpecError) as info:
