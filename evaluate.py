@@ -55,12 +55,17 @@ def build_world(spec, traces: str | None, seed: int) -> NetworkState:
     return NetworkState.sample(spec, dynamics, np.random.default_rng(seed))
 
 
-def compare(args) -> dict:
+def load_problem(args):
+    """The cluster, the seeded model, its graph and the world the links follow, from the CLI options."""
     spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
     model = models.build(args.model, seed=args.seed)
     graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
+    return spec, model, graph, build_world(spec, args.traces, args.seed)
+
+
+def compare(args) -> dict:
+    spec, model, graph, world = load_problem(args)
     objective = Objective(args.objective, args.energy_weight)
-    world = build_world(spec, args.traces, args.seed)
     planners = {name: make_planner(name, graph=graph, spec=spec) for name in args.agents.split(",")}
     if args.backend == "sim":
         cost = CostModel(graph, spec)
@@ -114,10 +119,7 @@ def calibrate(args) -> dict:
     measured through the cluster's own worker first (what the emulation paces by), so the report shows
     which term of the model an error comes from.
     """
-    spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
-    model = models.build(args.model, seed=args.seed)
-    graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
-    world = build_world(spec, args.traces, args.seed)
+    spec, model, graph, world = load_problem(args)
     rng = np.random.default_rng(args.seed)
     devices = list(spec.device_ids)
     plans = [
