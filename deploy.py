@@ -87,10 +87,11 @@ def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Pa
         chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
         seed=args.seed,
     )
-    writer = MetricsWriter(out_dir, agent.replace(":", "_").replace("/", "_")) if out_dir else None
+    label = f"ppo:{Path(agent[4:]).name}" if agent.startswith("ppo:") else agent
+    writer = MetricsWriter(out_dir, label.replace(":", "_")) if out_dir else None
     cluster.controller.restart_clock()
     try:
-        report = serve(cluster, model, decide, options, agent=agent, console=console, on_result=writer)
+        report = serve(cluster, model, decide, options, agent=label, console=console, on_result=writer)
     finally:
         if writer is not None:
             writer.close()
