@@ -32,7 +32,7 @@ from runtime.spec import ClusterSpec
 class LiveView:
     """Turns a controller's telemetry into Snapshots (see the module docstring)."""
 
-    def __init__(self, spec: ClusterSpec, controller, *, window_s: float = 5.0, history: int = 8):
+    def __init__(self, spec: ClusterSpec, controller, *, window_s: float = 2.0, history: int = 8):
         self.spec = spec
         self.controller = controller
         self.window_s = window_s
