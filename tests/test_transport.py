@@ -354,7 +354,10 @@ def test_curve_rejected_client_gets_nothing_while_authorised_one_is_served(
     keys, endpoint, serve = curve_server
     intruder = _socket(ctx, zmq.DEALER)
     setup(intruder, keys, tmp_path)
-    _ping(intruder, endpoint, 1)
+    try:
+        _ping(intruder, endpoint, 1)
+    except zmq.Again:
+        pass  # the handshake never completes, so zmq may not even queue the message: nothing is sent
     assert not serve(SILENCE_MS)  # nothing reaches the server...
     assert not intruder.poll(SILENCE_MS)  # ...and nothing comes back
 
