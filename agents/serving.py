@@ -157,6 +157,7 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, records, rss = 0, 0, [], []
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
+    plan_json: dict[Plan, str] = {}  # one string per plan, shared by its requests' records
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
     start = ctl.now()
@@ -204,7 +205,7 @@ def serve(
                 result.latency_s,
                 result.energy_j,
                 match,
-                result.plan.to_json(),
+                plan_json.setdefault(result.plan, result.plan.to_json()),
                 replanned,
             )
             records.append(record)
