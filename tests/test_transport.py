@@ -12,6 +12,7 @@ import pytest
 import torch
 import zmq
 import zmq.auth
+from curve_strangers import plain, untrusted
 
 from runtime.security import generate_keypairs, main, secure_client, secure_server
 from runtime.transport import (
@@ -337,17 +338,7 @@ def test_curve_authorised_client_gets_a_reply(curve_server, ctx):
     assert recv(client).header == Header(Kind.PONG, 3)
 
 
-def _untrusted(client: zmq.Socket, keys, tmp_path) -> None:
-    public, secret = zmq.auth.load_certificate(zmq.auth.create_certificates(tmp_path, "rogue")[1])
-    client.curve_publickey, client.curve_secretkey = public, secret
-    client.curve_serverkey, _ = zmq.auth.load_certificate(keys / "server.key")
-
-
-def _plain(client: zmq.Socket, keys, tmp_path) -> None:
-    """Leave the socket on the NULL mechanism: no keys at all."""
-
-
-@pytest.mark.parametrize("setup", [_untrusted, _plain])
+@pytest.mark.parametrize("setup", [untrusted, plain])
 def test_curve_rejected_client_gets_nothing_while_authorised_one_is_served(
     curve_server, ctx, tmp_path, setup
 ):

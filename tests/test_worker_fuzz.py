@@ -19,6 +19,7 @@ import pytest
 import torch
 import zmq
 import zmq.auth
+from curve_strangers import plain, untrusted
 
 from runtime import models
 from runtime.cluster import LocalCluster
@@ -235,17 +236,7 @@ def secure_cluster(tmp_path_factory):
         yield c, keys
 
 
-def _untrusted(sock: zmq.Socket, keys, tmp_path) -> None:
-    public, secret = zmq.auth.load_certificate(zmq.auth.create_certificates(tmp_path, "rogue")[1])
-    sock.curve_publickey, sock.curve_secretkey = public, secret
-    sock.curve_serverkey, _ = zmq.auth.load_certificate(keys / "server.key")
-
-
-def _plain(sock: zmq.Socket, keys, tmp_path) -> None:
-    """No CURVE at all."""
-
-
-@pytest.mark.parametrize("setup", [_untrusted, _plain])
+@pytest.mark.parametrize("setup", [untrusted, plain])
 def test_curve_cluster_serves_its_controller_and_refuses_strangers(
     secure_cluster, reference, tmp_path, setup
 ):
