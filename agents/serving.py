@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,31 +69,69 @@ class RequestLog:
     replanned: bool
 
 
+class Tally:
+    """What a run's summary needs, in 16 bytes and one bit per request.
+
+    A serving process runs for hours: it keeps latencies and energies as packed doubles and the request ids
+    it has seen as a bitmap (to count duplicates; ids are dense), never the records themselves (``on_result`` streams those
+    to CSV and TensorBoard).
+    """
+
+    def __init__(self) -> None:
+        self.latency_s = array("d")
+        self.energy_j = array("d")
+        self.duplicated = 0
+        self.mismatched = 0
+        self._seen = bytearray()  # bit k: request id self._base + k was seen
+        self._base: int | None = None
+
+    def add(self, record: RequestLog) -> None:
+        self.latency_s.append(record.latency_s)
+        self.energy_j.append(record.energy_j)
+        self.mismatched += not record.outputs_match
+        if self._base is None:
+            self._base = record.rid - record.rid % 8
+        if record.rid < self._base:  # ids start anywhere (the controller's are random-based)
+            grow = (self._base - record.rid) // 8 + 4096
+            self._seen[:0] = bytes(grow)
+            self._base -= 8 * grow
+        byte, bit = divmod(record.rid - self._base, 8)
+        if byte >= len(self._seen):
+            self._seen.extend(bytes(byte + 1 - len(self._seen) + 4096))
+        if self._seen[byte] >> bit & 1:
+            self.duplicated += 1
+        self._seen[byte] |= 1 << bit
+
+    @property
+    def completed(self) -> int:
+        return len(self.latency_s) - self.duplicated
+
+
 @dataclass
 class ServeReport:
     agent: str
-    records: list[RequestLog]
+    tally: Tally
     requests: int
     replans: int
     worker_kills: int
     fallbacks: int
-    rss_mb: list[tuple[int, float]]  # (request index, controller RSS in MB)
+    rss_mb: list[tuple[int, float]]  # (request index, controller RSS in MB), every 100 requests
 
     def summary(self) -> dict:
-        rids = [r.rid for r in self.records]
-        lat = np.array([r.latency_s for r in self.records]) if self.records else np.array([math.nan])
+        t = self.tally
+        lat = np.asarray(t.latency_s) if t.latency_s else np.array([math.nan])
         return {
             "agent": self.agent,
             "requests": self.requests,
-            "completed": len(set(rids)),
-            "lost": self.requests - len(set(rids)),
-            "duplicated": len(rids) - len(set(rids)),
-            "outputs_match": all(r.outputs_match for r in self.records),
+            "completed": t.completed,
+            "lost": self.requests - t.completed,
+            "duplicated": t.duplicated,
+            "outputs_match": t.mismatched == 0,
             "replans": self.replans,
             "latency_mean_s": float(lat.mean()),
             "latency_p50_s": float(np.percentile(lat, 50)),
             "latency_p95_s": float(np.percentile(lat, 95)),
-            "energy_mean_j": float(np.mean([r.energy_j for r in self.records])) if self.records else math.nan,
+            "energy_mean_j": float(np.mean(t.energy_j)) if t.energy_j else math.nan,
             "worker_kills": self.worker_kills,
             "planner_fallbacks": self.fallbacks,
         }
@@ -155,7 +194,7 @@ def serve(
     ctl.replan = lambda available: decide(replace(view.snapshot(), available=frozenset(available)))
     made_on = view.snapshot()
     ctl.deploy(decide(made_on))
-    replans, kills, records, rss = 0, 0, [], []
+    replans, kills, tally, rss = 0, 0, Tally(), []
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     plan_json: dict[Plan, str] = {}  # one string per plan, shared by its requests' records
     chaos = {i: (action, device) for i, action, device in options.chaos}
@@ -208,8 +247,8 @@ def serve(
                 plan_json.setdefault(result.plan, result.plan.to_json()),
                 replanned,
             )
-            records.append(record)
-            if index % 10 == 0:
+            tally.add(record)
+            if index % 100 == 0:
                 rss.append((index, process.memory_info().rss / 2**20))
             if on_result is not None:
                 on_result(record)
@@ -218,8 +257,8 @@ def serve(
             )
     return ServeReport(
         agent,
-        records,
-        len(records) if options.duration_s else options.requests,
+        tally,
+        len(tally.latency_s) if options.duration_s else options.requests,
         replans + ctl.replans - recoveries_before,
         kills,
         decide.fallbacks,

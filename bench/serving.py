@@ -59,14 +59,23 @@ def collapse(args) -> None:
         np.random.default_rng(0),
     )
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
-    reports = {}
+    reports, records = {}, {}
     for static in (False, True):
         decide = Decider(make_planner(args.agent, graph=graph, spec=spec), graph, Objective())
         options = ServeOptions(requests=10_000, duration_s=args.seconds, static=static, replan_every=1000)
         label = f"{args.agent} ({'static' if static else 'adaptive'})"
         with LocalCluster(spec, model="vgg16_bn", link_schedules=links) as cluster:
-            reports[static] = serve(cluster, model, decide, options, agent=label, console=console)
-    for report in reports.values():
+            records[static] = []
+            reports[static] = serve(
+                cluster,
+                model,
+                decide,
+                options,
+                agent=label,
+                console=console,
+                on_result=records[static].append,
+            )
+    for static, report in reports.items():
         s = report.summary()
         console.print(
             f"{report.agent:24s} requests {s['completed']:3d}  mean {s['latency_mean_s']:.2f} s  "
@@ -75,14 +84,14 @@ def collapse(args) -> None:
         console.print(
             "  t(s):latency(s), * = new plan: "
             + " ".join(
-                f"{r.time_s:.0f}:{r.latency_s:.1f}{'*' if r.replanned else ''}" for r in report.records
+                f"{r.time_s:.0f}:{r.latency_s:.1f}{'*' if r.replanned else ''}" for r in records[static]
             )
         )
     adaptive, static = reports[False].summary(), reports[True].summary()
     console.print(
         f"p95 adaptive / static = {adaptive['latency_p95_s'] / static['latency_p95_s']:.2f} (target <= 0.6)"
     )
-    after = [r for r in reports[False].records if r.time_s >= args.drop_at]
+    after = [r for r in records[False] if r.time_s >= args.drop_at]
     switched = next((i + 1 for i, r in enumerate(after) if r.replanned), None)
     console.print(f"adaptive run switched plan after request {switched} of the collapse (target <= 2)")
 

@@ -11,7 +11,7 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.serving import Decider, ServeOptions, moved, serve
+from agents.serving import Decider, RequestLog, ServeOptions, Tally, moved, serve
 from env.cost_model import Objective
 from env.network import NetworkState
 from runtime import models
@@ -75,3 +75,13 @@ def test_moved_detects_what_matters(setup):
 def test_deploy_cli_reports_bad_input(capsys):
     assert deploy.main(["--cluster", "nope.yaml", "--model", "tiny"]) == 2
     assert "nope.yaml" in capsys.readouterr().out
+
+
+def test_tally_counts_duplicates_and_mismatches_without_keeping_records():
+    tally = Tally()
+    base = 2**51  # the controller's ids start at a random 52-bit number
+    for rid, match in ((base + 5, True), (base + 70_000, True), (base - 3, True), (base + 5, False)):
+        tally.add(RequestLog(0, rid, 0.0, 1.5, 2.0, match, "{}", False))
+    assert tally.completed == 3 and tally.duplicated == 1 and tally.mismatched == 1
+    assert list(tally.latency_s) == [1.5] * 4
+    assert len(tally._seen) < 70_000 // 8 + 3 * 4096  # a bit per request id, not an object per record
