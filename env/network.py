@@ -19,11 +19,12 @@ import math
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from numba import njit
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -39,7 +40,9 @@ from pydantic import (
 )
 
 from env.traces import Trace, TraceSource, constant, markov_outages, random_walk
+from runtime import schedule
 from runtime.config import describe_validation_error
+from runtime.schedule import BYTES_PER_MBIT, TraceStack
 from runtime.spec import ClusterSpec, Link
 
 
@@ -102,6 +105,72 @@ class Snapshot:
     def speed_at(self, d: str, t: float) -> float:
         """Measured speed factor of `d` (constant over the future as far as a snapshot knows)."""
         return self.speed[d]
+
+    @cached_property
+    def rates(self) -> Rates:
+        """The snapshot as arrays for the compiled cost model: constant measured rates."""
+        return Rates(
+            True,
+            _NO_TRACES,
+            np.array([self.link_mbps[link_key(ln.a, ln.b)] for ln in self.spec.links], dtype=np.float64),
+            _NO_TRACES,
+            np.array([self.speed[d] for d in self.spec.devices], dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Conditions as arrays, what the compiled cost model reads: links in ``spec.links`` order, devices in
+    ``spec.devices`` order. A world has trace stacks; a snapshot has empty stacks and the constant
+    measured values (Mbit/s per link, speed factor per device) it assumes from now on."""
+
+    constant: bool
+    links: TraceStack
+    link_mbps: np.ndarray
+    speeds: TraceStack
+    speed: np.ndarray
+
+
+_NO_TRACES = TraceStack(())
+
+
+@njit(cache=True)
+def _window_means(times, mbps, rate, cum, lo, hi, duration, period, t0s, t1s):
+    """Time-weighted mean (Mbit/s, or factor) of every stacked trace over every window [t0s[w], t1s[w]]:
+    ``Trace.mean_mbps`` (same routine, same float operations) for all of them in one call."""
+    out = np.empty((lo.size, t0s.size))
+    for i in range(lo.size):
+        for w in range(t0s.size):
+            t0, t1 = t0s[w], t1s[w]
+            if t1 == t0:
+                out[i, w] = mbps[_segment_at(times, lo[i], hi[i], duration[i], t0)]
+            else:
+                k0, _, c0 = _locate(times, rate, cum, lo[i], hi[i], duration[i], t0)
+                k1, _, c1 = _locate(times, rate, cum, lo[i], hi[i], duration[i], t1)
+                out[i, w] = ((k1 - k0) * period[i] + c1 - c0) / (t1 - t0) / BYTES_PER_MBIT
+    return out
+
+
+# the one integration routine (runtime/schedule.py), compiled
+_locate = njit(cache=True)(schedule.locate)
+_segment_at = njit(cache=True)(schedule.segment_at)
+_carry_seconds = njit(cache=True)(schedule.carry_seconds)
+
+
+def window_means(stack: TraceStack, t0s: np.ndarray, t1s: np.ndarray) -> np.ndarray:
+    """(traces, windows) array of ``stack.traces[i].mean_mbps(t0s[w], t1s[w])`` (needs t0s <= t1s)."""
+    return _window_means(
+        stack.times,
+        stack.mbps,
+        stack.rate,
+        stack.cum,
+        stack.lo,
+        stack.hi,
+        stack.duration,
+        stack.period,
+        t0s,
+        t1s,
+    )
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -333,6 +402,12 @@ class NetworkState:
         self._speed = {d: (speed or {}).get(d, nominal) for d in spec.devices}
         self._down = {d: _merged(d, (downtime or {}).get(d, ())) for d in spec.devices}
         self._down_starts = {d: [t0 for t0, _ in iv] for d, iv in self._down.items()}
+        # the same traces as arrays: spec order for the compiled cost model; the snapshot's dicts keep
+        # the order of `link_traces`
+        order = {link_key(ln.a, ln.b): i for i, ln in enumerate(spec.links)}
+        self._link_slots = np.array([order[key] for key in self._links], dtype=np.int64)
+        stack = TraceStack(tuple(self._links[link_key(ln.a, ln.b)] for ln in spec.links))
+        self.rates = Rates(False, stack, np.zeros(0), TraceStack(tuple(self._speed.values())), np.zeros(0))
 
     @classmethod
     def static(cls, spec: ClusterSpec) -> NetworkState:
@@ -423,17 +498,24 @@ class NetworkState:
                 f"snapshot needs t >= 0, window_s >= 0, history >= 0 (got {t}, {window_s}, {history})"
             )
         start = max(0.0, t - window_s)
-        edges = [max(0.0, t - history + k) for k in range(history + 1)]
-        return Snapshot(
+        edges = np.maximum(0.0, (t - history) + np.arange(history + 1, dtype=np.float64))
+        t0s = np.concatenate(([start], edges[:-1]))
+        t1s = np.concatenate(([t], edges[1:]))
+        links = window_means(self.rates.links, t0s, t1s)[self._link_slots]  # (links, 1 + history)
+        speed = window_means(self.rates.speeds, t0s[:1], t1s[:1])[:, 0]
+        keys = list(self._links)
+        snap = Snapshot(
             time=t,
             spec=self.spec,
             source=self.spec.source,
             sink=self.spec.sink,
             available=frozenset(d for d in self.spec.devices if self.available_at(d, t)),
-            speed={d: trace.mean_mbps(start, t) for d, trace in self._speed.items()},
-            link_mbps={key: trace.mean_mbps(start, t) for key, trace in self._links.items()},
-            link_history={
-                key: tuple(trace.mean_mbps(e0, e1) for e0, e1 in pairwise(edges))
-                for key, trace in self._links.items()
-            },
+            speed=dict(zip(self._speed, speed.tolist(), strict=True)),
+            link_mbps=dict(zip(keys, links[:, 0].tolist(), strict=True)),
+            link_history=dict(zip(keys, map(tuple, links[:, 1:].tolist()), strict=True)),
         )
+        # what Snapshot.rates would compute from these dicts, in spec order
+        snap.__dict__["rates"] = Rates(
+            True, _NO_TRACES, links[np.argsort(self._link_slots), 0], _NO_TRACES, speed
+        )
+        return snap

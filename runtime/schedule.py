@@ -6,20 +6,104 @@ into an outage waits it out, which a point sample of the bandwidth would miss. V
 timestamp until the next one and the series loops with period ``duration``, so callers pass absolute time.
 Units: seconds, bytes, Mbit/s (1 Mbit/s = 125 000 bytes/s).
 
-Queries cost O(log n): ``bisect`` on list mirrors for scalar calls (a numpy call's fixed overhead would
-dominate), ``np.searchsorted`` for the vectorised ``bandwidth_at``. Measured: 150k-330k scalar
-``transfer_time`` calls/s on the 7 862-segment ATT-LTE-driving.down trace (shared 2-core host).
+The routine itself is three plain functions (``locate``, ``segment_at``, ``carry_seconds``) over a trace's
+arrays, in the subset of Python that numba compiles: ``Trace``'s scalar methods run them on list mirrors
+(a binary search over a list beats a numpy call's fixed overhead), env's cost model compiles the same
+functions and runs them over a ``TraceStack`` (many traces in one set of arrays). O(log n) per query;
+``bandwidth_at`` is also vectorised with ``np.searchsorted``.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
 
 BYTES_PER_MBIT = 1e6 / 8
+
+
+# ---- the integration routine -------------------------------------------------------------------
+# Plain functions over one trace's arrays (or list mirrors) ``times``, ``rate`` (bytes/s) and ``cum`` (bytes
+# carried from 0 to ``times[i]``), the trace occupying indices ``[lo, hi)`` so that many traces can share
+# one concatenated array (``TraceStack``). They are written in the subset of Python that numba compiles:
+# env's cost model and network state compile these very functions, so the runtime's link shaping, Trace's
+# scalar methods and the compiled replay integrate bandwidth with one definition. No calls between them:
+# a compiled caller chains them itself.
+
+
+def locate(times, rate, cum, lo: int, hi: int, duration: float, t: float) -> tuple[float, float, float]:
+    """Absolute time -> (whole periods, time in period, bytes carried since period start)."""
+    k, r = divmod(t, duration)
+    if r >= duration:  # divmod of a tiny negative t rounds r up to the period
+        k, r = k + 1.0, 0.0
+    a, b = lo + 1, hi  # bisect_right(times[lo:hi], r) - 1; times[lo] == 0 <= r
+    while a < b:
+        m = (a + b) // 2
+        if r < times[m]:
+            b = m
+        else:
+            a = m + 1
+    i = a - 1
+    return k, r, cum[i] + rate[i] * (r - times[i])
+
+
+def segment_at(times, lo: int, hi: int, duration: float, t: float) -> int:
+    """Index of the segment holding absolute time ``t`` (``t % duration``)."""
+    r = t % duration
+    if r >= duration:  # rounding of a tiny negative t: the last segment
+        return hi - 1
+    a, b = lo + 1, hi
+    while a < b:
+        m = (a + b) // 2
+        if r < times[m]:
+            b = m
+        else:
+            a = m + 1
+    return a - 1
+
+
+def carry_seconds(
+    times,
+    rate,
+    cum,
+    lo: int,
+    hi: int,
+    duration: float,
+    period: float,
+    max_rate: float,
+    nbytes: float,
+    t0: float,
+    r0: float,
+    c0: float,
+) -> float:
+    """Seconds to carry ``nbytes`` (> 0) from absolute time ``t0``, whose ``locate`` is ``(_, r0, c0)``.
+
+    Inverts the cumulative-bytes curve, so outages (0 Mbit/s) are waited out and long transfers wrap
+    over as many periods as needed. ``period`` (bytes per period) must be > 0.
+    """
+    target = c0 + nbytes
+    # A transfer within rounding error (of the byte sums, and of t0 as a float) of a segment
+    # end finishes there, not after the outage that may follow: search for target - slack.
+    x = abs(t0) + duration
+    slack = 1e-12 * (target + period) + 8 * max_rate * (math.nextafter(x, math.inf) - x)
+    slack = min(slack, 1e-6 * period)  # keeps rem - slack in (0, period] below
+    extra = math.ceil((target - slack) / period) - 1  # whole periods passed
+    rem = target - extra * period
+    if rem <= slack:  # the ceil rounded the wrong way
+        extra, rem = extra - 1, rem + period
+    elif rem - slack > period:
+        extra, rem = extra + 1, rem - period
+    a, b, v = lo, hi, rem - slack  # bisect_left(cum[lo:hi] + [period], v): cum[j-1] < v <= cum[j]
+    while a < b:
+        m = (a + b) // 2
+        if cum[m] < v:
+            a = m + 1
+        else:
+            b = m
+    j = a  # segment j - 1 has a positive rate
+    r1 = times[j - 1] + (rem - cum[j - 1]) / rate[j - 1]
+    return max(0.0, extra * duration + r1 - r0)
 
 
 class TraceError(ValueError):
@@ -90,19 +174,12 @@ class Trace:
 
     def _split(self, t: float) -> tuple[float, float, float]:
         """Absolute time -> (whole periods, time in period, bytes carried since period start)."""
-        k, r = divmod(t, self.duration)
-        if r >= self.duration:  # divmod of a tiny negative t rounds r up to the period
-            k, r = k + 1.0, 0.0
-        i = bisect_right(self._times_l, r) - 1
-        return k, r, self._cum_l[i] + self._rate_l[i] * (r - self._times_l[i])
+        return locate(self._times_l, self._rate_l, self._cum_l, 0, len(self._times_l), self.duration, t)
 
     def value_at(self, t: float) -> float:
         """Mbit/s at one absolute time ``t``: the scalar fast path of ``bandwidth_at``."""
-        r = t % self.duration
         return (
-            self._rate_l[bisect_right(self._times_l, r) - 1] / BYTES_PER_MBIT
-            if r < self.duration
-            else self._rate_l[-1] / BYTES_PER_MBIT
+            self._rate_l[segment_at(self._times_l, 0, len(self._times_l), self.duration, t)] / BYTES_PER_MBIT
         )
 
     def bandwidth_at(self, t: float | np.ndarray) -> float | np.ndarray:
@@ -139,21 +216,20 @@ class Trace:
         if period <= 0:
             raise TraceError(f"trace {self.name!r} carries no bytes in a whole period")
         _, r0, c0 = self._split(t0)
-        target = c0 + nbytes
-        # A transfer within rounding error (of the byte sums, and of t0 as a float) of a segment
-        # end finishes there, not after the outage that may follow: search for target - slack.
-        slack = 1e-12 * (target + period) + 8 * self._max_rate * math.ulp(abs(t0) + self.duration)
-        slack = min(slack, 1e-6 * period)  # keeps rem - slack in (0, period] below
-        extra = math.ceil((target - slack) / period) - 1  # whole periods passed
-        rem = target - extra * period
-        if rem <= slack:  # the ceil rounded the wrong way
-            extra, rem = extra - 1, rem + period
-        elif rem - slack > period:
-            extra, rem = extra + 1, rem - period
-        j = bisect_left(self._cum_l, rem - slack)
-        # cum[j-1] < rem - slack <= cum[j], so segment j-1 has a positive rate
-        r1 = self._times_l[j - 1] + (rem - self._cum_l[j - 1]) / self._rate_l[j - 1]
-        return max(0.0, extra * self.duration + r1 - r0)
+        return carry_seconds(
+            self._times_l,
+            self._rate_l,
+            self._cum_l,
+            0,
+            len(self._times_l),
+            self.duration,
+            period,
+            self._max_rate,
+            nbytes,
+            t0,
+            r0,
+            c0,
+        )
 
     def scaled(self, factor: float) -> Trace:
         """Every value multiplied by `factor` (>= 0)."""
@@ -184,3 +260,48 @@ class Trace:
 def constant(mbps: float, duration: float = 1.0) -> Trace:
     """A link that always carries ``mbps``."""
     return Trace([0.0], [mbps], duration, f"constant({mbps:g})")
+
+
+@dataclass(frozen=True, eq=False)
+class TraceStack:
+    """Several traces in one set of concatenated arrays, for compiled or vectorised queries.
+
+    Trace ``i`` occupies indices ``[lo[i], hi[i])`` of ``times``, ``mbps``, ``rate`` (bytes/s) and ``cum``;
+    ``duration``, ``period`` (bytes per period) and ``max_rate`` hold one value per trace. Pass the slices
+    to ``locate``, ``segment_at`` and ``carry_seconds`` (env compiles them and loops over many queries).
+    """
+
+    traces: tuple[Trace, ...]
+    times: np.ndarray = field(init=False, repr=False)
+    mbps: np.ndarray = field(init=False, repr=False)
+    rate: np.ndarray = field(init=False, repr=False)
+    cum: np.ndarray = field(init=False, repr=False)
+    lo: np.ndarray = field(init=False, repr=False)
+    hi: np.ndarray = field(init=False, repr=False)
+    duration: np.ndarray = field(init=False, repr=False)
+    period: np.ndarray = field(init=False, repr=False)
+    max_rate: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        traces = tuple(self.traces)
+        sizes = np.array([tr.times.size for tr in traces], dtype=np.int64)
+        hi = np.cumsum(sizes)
+        arrays = {
+            "traces": traces,
+            "times": np.concatenate([tr.times for tr in traces]) if traces else np.zeros(0),
+            "mbps": np.concatenate([tr.mbps for tr in traces]) if traces else np.zeros(0),
+            "rate": np.array([x for tr in traces for x in tr._rate_l], dtype=np.float64),
+            "cum": np.concatenate([tr.cum_bytes[:-1] for tr in traces]) if traces else np.zeros(0),
+            "lo": hi - sizes,
+            "hi": hi,
+            "duration": np.array([tr.duration for tr in traces], dtype=np.float64),
+            "period": np.array([tr.period_bytes for tr in traces], dtype=np.float64),
+            "max_rate": np.array([tr._max_rate for tr in traces], dtype=np.float64),
+        }
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return len(self.traces)

@@ -344,3 +344,37 @@ def test_recorded_norway_traces_drive_the_links():
     snap = world.snapshot(60.0)
     assert all(v >= 0 and np.isfinite(v) for v in snap.link_mbps.values())
     assert len({round(v, 6) for v in snap.link_mbps.values()}) > 1
+
+
+def _random_trace(rng: np.random.Generator, name: str) -> Trace:
+    """Irregular segments, some of them outages (0 Mbit/s), non-integer period."""
+    n = int(rng.integers(1, 40))
+    times = np.concatenate(([0.0], np.sort(rng.uniform(0.0, 30.0, n - 1))))
+    mbps = np.where(rng.random(n) < 0.2, 0.0, rng.uniform(0.1, 50.0, n))
+    mbps[0] = max(mbps[0], 1.0)
+    return Trace(times, mbps, float(times[-1] + rng.uniform(0.1, 3.0)), name)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_snapshot_means_are_the_scalar_trace_integrals(seed):
+    """The compiled snapshot computes exactly what Trace.mean_mbps says for every link window and speed
+    (windows clipped at 0, crossing the period wrap, zero-length at t = 0)."""
+    rng = np.random.default_rng(seed)
+    spec = _line_spec()
+    links = {("c", "b"): _random_trace(rng, "cb"), ("a", "b"): _random_trace(rng, "ab")}  # not spec order
+    speed = {d: _random_trace(rng, d) for d in ("a", "c")}
+    world = NetworkState(spec, links, speed)
+    for t in (0.0, 0.25, 3.0, *rng.uniform(0.0, 200.0, 20)):
+        snap = world.snapshot(float(t), window_s=2.5, history=4)
+        start = max(0.0, t - 2.5)
+        edges = [max(0.0, t - 4 + k) for k in range(5)]
+        for (a, b), trace in links.items():
+            key = link_key(a, b)
+            assert snap.link_mbps[key] == trace.mean_mbps(start, t)
+            assert snap.link_history[key] == tuple(
+                trace.mean_mbps(e0, e1) for e0, e1 in zip(edges[:-1], edges[1:], strict=True)
+            )
+        assert snap.speed == {d: world.speed_schedule(d).mean_mbps(start, t) for d in spec.devices}
+        fresh = Snapshot(**{f: getattr(snap, f) for f in Snapshot.__dataclass_fields__})
+        np.testing.assert_array_equal(snap.rates.link_mbps, fresh.rates.link_mbps)
+        np.testing.assert_array_equal(snap.rates.speed, fresh.rates.speed)
