@@ -6,6 +6,7 @@ that score candidates share one cost model with the caller. Other keyword option
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from env.cost_model import CostModel
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 
+POLICY_NAME = re.compile(r"ppo(?:-top(?P<k>[1-9][0-9]*))?:(?P<path>.+)")
 PLANNERS: dict[str, Callable[..., Planner]] = {
     "optimal": OptimalPlanner,
     "disnet": DisnetPlanner,
@@ -38,13 +40,16 @@ def make_planner(
     **options: Any,
 ) -> Planner:
     """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
-    ``ppo:PATH`` loads a trained policy file (agents/ppo.py)."""
-    if name.startswith("ppo:"):
+    ``ppo:PATH`` loads a trained policy file (agents/ppo.py); ``ppo-topK:PATH`` lets the cost model pick
+    the best of the policy's K most likely actions."""
+    policy = POLICY_NAME.fullmatch(name)
+    if policy is not None:
         from agents.ppo import PolicyFileError, PPOPlanner  # torch and the env only when asked for
 
+        top_k = int(policy["k"] or 1)
         try:
-            return PPOPlanner(name.removeprefix("ppo:"), cost_model, **options)
-        except (PolicyFileError, TypeError) as exc:
+            return PPOPlanner(policy["path"], cost_model, **({"top_k": top_k} | options))
+        except (PolicyFileError, TypeError, ValueError) as exc:
             raise PlannerError(f"planner {name!r}: {exc}") from None
     factory = PLANNERS.get(name)
     if factory is None:

@@ -13,6 +13,13 @@ actor (numpy, no torch dispatch: ~30 us instead of ~200 us), the most likely val
 (deterministic), and the env's analytic completion (env/completion.py) of that shape. So the planner
 chooses exactly what the environment's policy would, on the same observation.
 
+``top_k > 1`` (``ppo:PATH`` with ``top_k=3``, or ``ppo-top3:PATH`` by name) lets the policy propose and
+the cost model verify: the completions of the k most likely valid actions are scored on the snapshot and
+the best is chosen — k cost-model evaluations (a few hundred microseconds each) instead of the
+optimiser's thousands. It trims the policy's own mistakes (a shape ranked second that the cost model
+sees is better); the price is that the cost model, like the optimiser, sees only the snapshot, not
+the risk the policy learned (a device that may leave mid-request).
+
 Safe fallback (``plan`` never raises for a policy problem): if the graph is not the one the policy was
 trained for, the cluster has more devices than the observation holds, no action is valid, or the plan
 fails to validate, the planner returns the completion of shape 0 — the whole model on the single best
@@ -112,8 +119,11 @@ class PPOPlanner(Planner):
 
     name = "ppo"
 
-    def __init__(self, path: str | Path, cost_model: CostModel | None = None) -> None:
+    def __init__(self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1) -> None:
         super().__init__(cost_model)
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
+        self.top_k = top_k
         self.path = Path(path)
         state, self.meta = load_policy(self.path)
         self.shapes = [Shape.from_list(s) for s in self.meta.shapes]
@@ -128,14 +138,23 @@ class PPOPlanner(Planner):
         ``self.meta.objective``). Falls back to the single best device when the policy cannot answer."""
         view = net_view(snapshot)
         try:
-            action = self.act(snapshot, graph, view)
-            return complete(graph, view, self.shapes[action]).validate(graph, snapshot.spec.device_ids)
+            plans = [
+                complete(graph, view, self.shapes[a]).validate(graph, snapshot.spec.device_ids)
+                for a in self.ranked(snapshot, graph, view)[: self.top_k]
+            ]
         except (ValueError, PlanError, IndexError):
             self.fallbacks += 1
             return complete(graph, view, Shape((0, len(graph.units)), (1,)))
+        if len(plans) == 1:
+            return plans[0]
+        return min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective))
 
     def act(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> int:
         """The policy's deterministic action (index into ``self.shapes``); ValueError if it has none."""
+        return self.ranked(snapshot, graph, view)[0]
+
+    def ranked(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> list[int]:
+        """The valid actions, most likely first; ValueError if there is none."""
         if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
             raise ValueError(f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}")
         view = view or net_view(snapshot)
@@ -144,7 +163,8 @@ class PPOPlanner(Planner):
         mask = self._mask(graph, view)
         if not mask.any():
             raise ValueError("no valid action")
-        return int(np.argmax(np.where(mask, logits, -np.inf)))
+        order = np.argsort(-np.where(mask, logits, -np.inf), kind="stable")
+        return [int(a) for a in order[: int(mask.sum())]]
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """The actor's action logits for one observation."""
@@ -171,7 +191,7 @@ class PPOPlanner(Planner):
         return mask
 
     def __repr__(self) -> str:
-        return f"PPOPlanner({str(self.path)!r})"
+        return f"PPOPlanner({str(self.path)!r}, top_k={self.top_k})"
 
 
 def _actor_layers(state: dict[str, torch.Tensor], path: Path) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import train
-from agents import make_planner
+from agents import PlannerError, make_planner
 from agents.ppo import PolicyFileError, PPOPlanner
 from env.cost_model import Objective
 from env.network import NetworkState
@@ -101,7 +101,24 @@ def test_planner_falls_back_on_a_foreign_graph(run):
 
 def test_registry_builds_the_planner_from_a_path(run):
     planner = make_planner(f"ppo:{run / 'policy.zip'}")
-    assert isinstance(planner, PPOPlanner)
+    assert isinstance(planner, PPOPlanner) and planner.top_k == 1
+    assert make_planner(f"ppo-top3:{run / 'policy.zip'}").top_k == 3
+    with pytest.raises(PlannerError, match="top_k"):
+        make_planner(f"ppo:{run / 'policy.zip'}", top_k=0)
+
+
+def test_top_k_picks_the_best_of_the_policys_k_favourites_on_the_cost_model(run):
+    top1, top3 = PPOPlanner(run / "policy.zip"), PPOPlanner(run / "policy.zip", top_k=3)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["env"]
+    env = MicroSplitEnv(EnvConfig.parse(cfg, base_dir=REPO / "configs" / "train"))
+    env.reset(seed=5)
+    graph, objective, snap = env.graph, Objective(), env.snapshot
+    ranked = top1.ranked(snap, graph)
+    assert ranked[0] == top1.act(snap, graph) and len(ranked) == int(env.action_masks().sum())
+    candidates = [env.plan_for(a)[0] for a in ranked[:3]]
+    scores = [top3.score(p, snap, graph, objective) for p in candidates]
+    assert top3.plan(snap, graph, objective) == candidates[int(np.argmin(scores))]
+    assert top1.plan(snap, graph, objective) == candidates[0]
 
 
 def test_bad_policy_files_are_refused(tmp_path):
