@@ -14,22 +14,32 @@ small discrete-event simulation with exactly the runtime's semantics (design.md,
 - energy = compute, transmit and receive seconds times the device's powers, plus idle power while a
   participating device waits inside the makespan.
 
-``conditions`` is anything with ``transfer_time(a, b, nbytes, t)`` (one direct hop, latency excluded) and
-``speed_at(device, t)``: a ``Snapshot`` (what a planner sees) or a ``NetworkState`` (the world). Link
+``conditions`` is a ``Snapshot`` (what a planner sees: constant measured bandwidths and speeds) or a
+``NetworkState`` (the world: trace integration); both hand the model their ``rates`` as arrays. Link
 latencies come from the cluster spec.
+
+Speed: a plan's skeleton (its tasks, routes and hops, independent of the network's state) is compiled
+once per plan into flat arrays, and the replay runs in one numba kernel (``_replay``) that integrates the
+world's traces with runtime/schedule.py's routine, compiled. ``predict`` is the thin wrapper that turns
+the kernel's per-device seconds into a ``Prediction``; ``cost`` skips that for callers that only need
+latency and energy (the env, per request).
 """
 
 from __future__ import annotations
 
-import heapq
 import json
-from collections import defaultdict
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from numba import njit
+
+from env.network import Rates, _carry_seconds, _locate, _segment_at
 from runtime.graph import LayerGraph
-from runtime.layout import layout
+from runtime.layout import band_transfers
 from runtime.plan import Plan
+from runtime.schedule import BYTES_PER_MBIT
 from runtime.spec import ClusterSpec
 
 
@@ -53,6 +63,14 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """Latency and energy of one request, without the per-device detail of a ``Prediction``."""
+
+    latency_s: float
+    energy_j: float
+
+
+@dataclass(frozen=True)
 class Objective:
     """What a planner minimises: latency (s), energy (J), or latency + ``energy_weight`` x energy."""
 
@@ -65,7 +83,7 @@ class Objective:
         if self.energy_weight < 0:
             raise ValueError("energy_weight must be >= 0")
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction | Cost) -> float:
         if self.kind == "latency":
             return prediction.latency_s
         if self.kind == "energy":
@@ -95,27 +113,40 @@ Hop = tuple[str, str, float]  # (from, to, link latency)
 
 
 @dataclass(frozen=True)
-class _Route:
-    """One transfer: the hops it takes, its bytes, and the receiving task index (-1: the sink)."""
-
-    hops: tuple[Hop, ...]
-    nbytes: int
-    task: int
-
-
-@dataclass(frozen=True)
 class _Skeleton:
-    """Everything about a plan that does not depend on the network's state: cached per plan."""
+    """Everything about a plan that does not depend on the network's state, as the kernel's flat arrays
+    (cached per plan). Devices are indices into ``spec.devices``; links into ``spec.links``.
 
-    devices: tuple[str, ...]
-    work: tuple[tuple[str, float], ...]  # per task: device, seconds at nominal speed
-    inputs: tuple[int, ...]  # per task: number of remote pieces it waits for
-    sends: tuple[tuple[_Route, ...], ...]  # per task: what it sends when done
-    source_sends: tuple[_Route, ...]
+    Tasks are the layout's bands in stage order; row ``T`` (the task count) of the two CSR tables is the
+    source: ``send_ptr``/``send_route`` list the routes a task (or the source) sends when done,
+    ``local_ptr``/``local_task`` the tasks it feeds on the same device (-1: the sink). Route ``r`` has hops
+    ``route_ptr[r]..route_ptr[r+1]-1``, carries ``route_bytes[r]`` and feeds task ``route_task[r]`` (-1:
+    the sink).
+    """
+
+    devices: tuple[str, ...]  # participating devices (source, sink, workers, relays), sorted by id
+    device_index: np.ndarray  # their indices into spec.devices
+    task_device: np.ndarray
+    task_seconds: np.ndarray  # at nominal speed
+    task_inputs: np.ndarray  # pieces a task waits for (local ones included)
+    send_ptr: np.ndarray
+    send_route: np.ndarray
+    local_ptr: np.ndarray
+    local_task: np.ndarray
+    route_ptr: np.ndarray
+    route_bytes: np.ndarray
+    route_task: np.ndarray
+    hop_src: np.ndarray
+    hop_dst: np.ndarray
+    hop_link: np.ndarray
+    hop_latency: np.ndarray
     sink_inputs: int
-    local_ready: tuple[tuple[int, ...], ...]  # per task: tasks it feeds locally (same device)
-    source_local: tuple[int, ...]
-    link_bytes: dict[tuple[str, str], int]
+    link_matrix: np.ndarray = field(repr=False)  # bytes sent per directed (from, to) device pair
+
+    def link_bytes(self, names: tuple[str, ...]) -> dict[tuple[str, str], int]:
+        """Bytes per directed hop ``(from, to)`` that carries any (device ids ``names``)."""
+        a, b = np.nonzero(self.link_matrix)
+        return {(names[i], names[j]): int(self.link_matrix[i, j]) for i, j in zip(a, b, strict=True)}
 
 
 class CostModel:
@@ -130,9 +161,50 @@ class CostModel:
         self.spec = spec
         self.profile = profile
         self._skeletons: dict[Plan, _Skeleton] = {}
-        self._paths: dict[tuple[str, str], tuple[Hop, ...]] = {}
+        names = spec.device_ids
+        self._names = names
+        self._device = {d: i for i, d in enumerate(names)}
+        self._by_name = np.argsort(np.array(names, dtype=object)).astype(np.int64)  # sorted-id order
+        self._routes = self._route_table()
+        powers = [spec.devices[d].power for d in names]
+        self._power = tuple(
+            np.array([getattr(p, name) for p in powers], dtype=np.float64)
+            for name in ("compute_w", "transmit_w", "receive_w", "idle_w")
+        )
+        self._checked_spec = spec  # the last conditions' spec known to share this one's devices and links
 
     # ---- static part ---------------------------------------------------------------------------
+    def _route_table(self) -> tuple[np.ndarray, ...]:
+        """Hops of ``spec.route(a, b)`` for every device pair ``a * D + b`` as arrays: the pair's hops are
+        ``lo[p]..hi[p]-1`` (-1, -1: no route), each with from, to, link index and latency."""
+        spec, index = self.spec, self._device
+        link = {}
+        for i, ln in enumerate(spec.links):
+            link[(ln.a, ln.b)] = link[(ln.b, ln.a)] = i
+        lo, hi, hops = [], [], []
+        for a in self._names:
+            for b in self._names:
+                if a != b and not spec.reachable(a, b):
+                    lo.append(-1)
+                    hi.append(-1)
+                    continue
+                lo.append(len(hops))
+                path = spec.route(a, b)
+                hops.extend(
+                    (index[u], index[v], link[(u, v)], spec.link(u, v).latency_s)
+                    for u, v in zip(path[:-1], path[1:], strict=True)
+                )
+                hi.append(len(hops))
+        hop = np.array(hops, dtype=np.float64).reshape(len(hops), 4)
+        return (
+            np.array(lo, dtype=np.int64),
+            np.array(hi, dtype=np.int64),
+            hop[:, 0].astype(np.int64),
+            hop[:, 1].astype(np.int64),
+            hop[:, 2].astype(np.int64),
+            hop[:, 3].copy(),
+        )
+
     def _nominal_seconds(self, device: str, start: int, end: int, rows) -> float:
         """Compute time of one task on ``device`` at nominal speed: FLOPs / GFLOP/s, or the profile scaled."""
         gflops = self.spec.devices[device].gflops
@@ -143,63 +215,47 @@ class CostModel:
         )
         return seconds * self.profile.reference_gflops / gflops
 
-    def _path(self, src: str, dst: str) -> tuple[Hop, ...]:
-        """Hops ``(from, to, latency)`` of the route between two devices (cached)."""
-        path = self._paths.get((src, dst))
-        if path is None:
-            devices = self.spec.route(src, dst)
-            path = tuple(
-                (a, b, self.spec.link(a, b).latency_s) for a, b in zip(devices[:-1], devices[1:], strict=True)
-            )
-            self._paths[(src, dst)] = path
-        return path
-
     def skeleton(self, plan: Plan) -> _Skeleton:
+        """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan."""
         cached = self._skeletons.get(plan)
         if cached is not None:
             return cached
-        lay = layout(self.graph, plan)
-        index: dict[tuple[int, str], int] = {}
-        work = []
-        for stage, tasks in zip(plan.stages, lay.tasks, strict=True):
-            for task in tasks:
-                index[(task.stage, task.device)] = len(work)
-                work.append(
-                    (task.device, self._nominal_seconds(task.device, stage.start, stage.end, task.out_rows))
-                )
-        sends: list[list[_Route]] = [[] for _ in work]
-        local_ready: list[list[int]] = [[] for _ in work]
-        inputs = [0] * len(work)
-        source_sends, source_local, sink_inputs = [], [], 0
-        link_bytes: dict[tuple[str, str], int] = defaultdict(int)
-        n_stages = len(plan.stages)
-        for t in lay.transfers:
-            receiver = index[(t.stage, t.dst)] if t.stage < n_stages else -1
-            sender = index[(t.stage - 1, t.src)] if t.stage > 0 else None
-            if receiver >= 0:
-                inputs[receiver] += 1
-            else:
-                sink_inputs += 1
-            if t.local:
-                (source_local if sender is None else local_ready[sender]).append(receiver)
-                continue
-            route = _Route(self._path(t.src, t.dst), t.nbytes, receiver)
-            for a, b, _ in route.hops:
-                link_bytes[(a, b)] += t.nbytes
-            (source_sends if sender is None else sends[sender]).append(route)
-        devices = sorted(
-            {plan.source, plan.sink} | {w[0] for w in work} | {d for pair in link_bytes for d in pair}
+        graph, index = self.graph, self._device
+        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = [0], [], [], [], [], [], []
+        for stage, bands in zip(plan.stages, plan.bands(graph), strict=True):
+            for band in bands:
+                rows = graph.input_rows(stage.start, stage.end, band.rows)
+                band_device.append(index[band.device])
+                out_lo.append(band.rows[0])
+                out_hi.append(band.rows[1])
+                in_lo.append(rows[0])
+                in_hi.append(rows[1])
+                seconds.append(self._nominal_seconds(band.device, stage.start, stage.end, band.rows))
+            stage_ptr.append(len(band_device))
+        row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
+        ints = [np.array(x, dtype=np.int64) for x in (stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi)]
+        arrays = _compile_skeleton(
+            len(self._names),
+            *ints,
+            np.array(row_bytes, dtype=np.int64),
+            index[plan.source],
+            index[plan.sink],
+            *self._routes,
         )
+        missing = arrays[-1]
+        if missing >= 0:  # a transfer between devices without a route: the spec's error
+            n = len(self._names)
+            self.spec.route(self._names[missing // n], self._names[missing % n])
+        *arrays, sink_inputs, used, _ = arrays
+        order = self._by_name[used[self._by_name]]
         skeleton = _Skeleton(
-            tuple(devices),
-            tuple(work),
-            tuple(inputs),
-            tuple(tuple(s) for s in sends),
-            tuple(source_sends),
+            tuple(self._names[i] for i in order),
+            order,
+            ints[1],
+            np.array(seconds),
+            *arrays[:12],
             sink_inputs,
-            tuple(tuple(x) for x in local_ready),
-            tuple(source_local),
-            dict(link_bytes),
+            arrays[12],
         )
         if len(self._skeletons) > 20000:
             self._skeletons.clear()
@@ -207,84 +263,377 @@ class CostModel:
         return skeleton
 
     # ---- simulation ----------------------------------------------------------------------------
+    def _run(self, plan: Plan, conditions, t0: float) -> tuple[_Skeleton, float, float, np.ndarray]:
+        """(skeleton, latency, energy, per-device seconds: compute, send, recv, idle, energy rows)."""
+        sk = self.skeleton(plan)
+        rates: Rates = conditions.rates
+        spec = conditions.spec
+        if spec is not self._checked_spec:
+            if spec.device_ids != self.spec.device_ids or spec.links != self.spec.links:
+                raise ValueError(
+                    f"conditions for cluster {spec.name!r} do not match the cost model's {self.spec.name!r}"
+                )
+            self._checked_spec = spec
+        links, speeds = rates.links, rates.speeds
+        out = np.zeros((5, len(self._names)))
+        finish, energy = _replay(
+            float(t0),
+            sk.task_device,
+            sk.task_seconds,
+            sk.task_inputs,
+            sk.send_ptr,
+            sk.send_route,
+            sk.local_ptr,
+            sk.local_task,
+            sk.route_ptr,
+            sk.route_bytes,
+            sk.route_task,
+            sk.hop_src,
+            sk.hop_dst,
+            sk.hop_link,
+            sk.hop_latency,
+            sk.sink_inputs,
+            rates.constant,
+            rates.link_mbps,
+            rates.speed,
+            links.times,
+            links.rate,
+            links.cum,
+            links.lo,
+            links.hi,
+            links.duration,
+            links.period,
+            links.max_rate,
+            speeds.times,
+            speeds.rate,
+            speeds.lo,
+            speeds.hi,
+            speeds.duration,
+            sk.device_index,
+            *self._power,
+            out,
+        )
+        if math.isnan(finish):
+            raise RuntimeError("cost model: the sink never received the whole output")
+        return sk, finish - t0, energy, out
+
     def predict(self, plan: Plan, conditions, t0: float = 0.0) -> Prediction:
         """Simulate one request that starts at ``t0`` with the input on the source."""
-        sk = self.skeleton(plan)
-        compute = dict.fromkeys(sk.devices, 0.0)
-        send = dict.fromkeys(sk.devices, 0.0)
-        recv = dict.fromkeys(sk.devices, 0.0)
-        compute_free = dict.fromkeys(sk.devices, t0)
-        radio_free = dict.fromkeys(sk.devices, t0)
-        waiting = list(sk.inputs)
-        ready_at = [t0] * len(sk.work)
-        sink_waiting = sk.sink_inputs
-        finish = t0
-        transfer_time, speed_at = conditions.transfer_time, conditions.speed_at
-        push, pop = heapq.heappush, heapq.heappop
-        # events: (time, seq, route, hop index) for a hop whose bytes are ready to send, or
-        # (time, seq, None, task) for a task whose input is complete; seq keeps FIFO order on ties
-        events: list = []
-        seq = 0
-        arrivals = [(task, t0) for task in sk.source_local]
-        for route in sk.source_sends:
-            push(events, (t0, seq, route, 0))
-            seq += 1
-        while True:
-            for task, at in arrivals:
-                if task < 0:
-                    sink_waiting -= 1
-                    finish = at if at > finish else finish
-                    continue
-                waiting[task] -= 1
-                if at > ready_at[task]:
-                    ready_at[task] = at
-                if waiting[task] == 0:
-                    push(events, (ready_at[task], seq, None, task))
-                    seq += 1
-            if not events:
-                break
-            at, _, route, i = pop(events)
-            if route is None:
-                device, nominal = sk.work[i]
-                start = at if at > compute_free[device] else compute_free[device]
-                end = start + nominal / speed_at(device, start)
-                compute_free[device] = end
-                compute[device] += end - start
-                for out in sk.sends[i]:
-                    push(events, (end, seq, out, 0))
-                    seq += 1
-                arrivals = [(task, end) for task in sk.local_ready[i]]
-                continue
-            src, dst, latency = route.hops[i]
-            free = radio_free[src]
-            start = at if at > free else free
-            airtime = transfer_time(src, dst, route.nbytes, start)
-            radio_free[src] = start + airtime
-            send[src] += airtime
-            recv[dst] += airtime
-            arrival = start + airtime + latency
-            if i + 1 < len(route.hops):
-                push(events, (arrival, seq, route, i + 1))
-                seq += 1
-                arrivals = ()
-            else:
-                arrivals = ((route.task, arrival),)
-        if sink_waiting:
-            raise RuntimeError("cost model: the sink never received the whole output")
-        makespan = finish - t0
-        times, energy = {}, {}
-        for d in sk.devices:
-            busy = compute[d] + send[d] + recv[d]
-            dt = DeviceTime(compute[d], send[d], recv[d], max(0.0, makespan - busy))
-            p = self.spec.devices[d].power
-            times[d] = dt
-            energy[d] = (
-                dt.compute_s * p.compute_w
-                + dt.send_s * p.transmit_w
-                + dt.recv_s * p.receive_w
-                + dt.idle_s * p.idle_w
-            )
-        return Prediction(makespan, sum(energy.values()), times, energy, sk.link_bytes)
+        sk, makespan, energy, out = self._run(plan, conditions, t0)
+        per_device = out[:, sk.device_index].T.tolist()
+        times = {d: DeviceTime(*row[:4]) for d, row in zip(sk.devices, per_device, strict=True)}
+        energies = {d: row[4] for d, row in zip(sk.devices, per_device, strict=True)}
+        return Prediction(makespan, energy, times, energies, sk.link_bytes(self._names))
+
+    def cost(self, plan: Plan, conditions, t0: float = 0.0) -> Cost:
+        """Latency and energy of ``predict`` without the per-device breakdown (the env's per-request call)."""
+        _, makespan, energy, _ = self._run(plan, conditions, t0)
+        return Cost(makespan, energy)
 
     def latency(self, plan: Plan, conditions, t0: float = 0.0) -> float:
-        return self.predict(plan, conditions, t0).latency_s
+        return self._run(plan, conditions, t0)[1]
+
+
+# ---- the compiled skeleton and replay ----------------------------------------------------------
+
+_band_transfers = njit(cache=True)(band_transfers)  # the layout's transfer rule, compiled
+
+
+@njit(cache=True)
+def _compile_skeleton(
+    n_dev,
+    stage_ptr,
+    band_device,
+    out_lo,
+    out_hi,
+    in_lo,
+    in_hi,
+    row_bytes,
+    source,
+    sink,
+    pair_lo,
+    pair_hi,
+    pair_src,
+    pair_dst,
+    pair_link,
+    pair_latency,
+):
+    """A plan's ``_Skeleton`` arrays from its bands (``band_transfers``' inputs plus each band's device and
+    the bytes per row of each stage's input and of the output): the CSR tables, routes and hops over the
+    route table ``pair_*`` (pair ``a * D + b``). Returns them followed by the sink's input count, a mask of
+    the participating devices and the first device pair without a route (-1: none)."""
+    n_tasks = band_device.size
+    n_stages = stage_ptr.size - 1
+    cap = (stage_ptr[1] - stage_ptr[0]) + (stage_ptr[n_stages] - stage_ptr[n_stages - 1])  # source, sink
+    for s in range(1, n_stages):
+        cap += (stage_ptr[s] - stage_ptr[s - 1]) * (stage_ptr[s + 1] - stage_ptr[s])
+    t_stage = np.empty(cap, dtype=np.int64)
+    t_src = np.empty(cap, dtype=np.int64)
+    t_dst = np.empty(cap, dtype=np.int64)
+    t_lo = np.empty(cap, dtype=np.int64)
+    t_hi = np.empty(cap, dtype=np.int64)
+    n = _band_transfers(stage_ptr, out_lo, out_hi, in_lo, in_hi, t_stage, t_src, t_dst, t_lo, t_hi)
+    inputs = np.zeros(n_tasks, dtype=np.int64)
+    send_ptr = np.zeros(n_tasks + 3, dtype=np.int64)  # row x (the source: n_tasks) counts at x + 2
+    local_ptr = np.zeros(n_tasks + 3, dtype=np.int64)
+    used = np.zeros(n_dev, dtype=np.bool_)
+    used[source] = used[sink] = True
+    sink_inputs, n_routes, n_hops, missing = 0, 0, 0, -1
+    for i in range(n):  # count
+        q, r = t_src[i], t_dst[i]
+        a = source if q < 0 else band_device[q]
+        b = sink if r < 0 else band_device[r]
+        sender = n_tasks if q < 0 else q
+        used[a] = used[b] = True
+        if r >= 0:
+            inputs[r] += 1
+        else:
+            sink_inputs += 1
+        if a == b:
+            local_ptr[sender + 2] += 1
+        else:
+            send_ptr[sender + 2] += 1
+            n_routes += 1
+            if pair_lo[a * n_dev + b] < 0:
+                missing = a * n_dev + b if missing < 0 else missing
+            else:
+                n_hops += pair_hi[a * n_dev + b] - pair_lo[a * n_dev + b]
+    send_ptr = np.cumsum(send_ptr)  # row x fills from send_ptr[x + 1] on, which ends as its end
+    local_ptr = np.cumsum(local_ptr)
+    send_route = np.empty(n_routes, dtype=np.int64)
+    local_task = np.empty(local_ptr[-1], dtype=np.int64)
+    route_ptr = np.zeros(n_routes + 1, dtype=np.int64)
+    route_bytes = np.empty(n_routes)
+    route_task = np.empty(n_routes, dtype=np.int64)
+    hop_src = np.empty(n_hops, dtype=np.int64)
+    hop_dst = np.empty(n_hops, dtype=np.int64)
+    hop_link = np.empty(n_hops, dtype=np.int64)
+    hop_latency = np.empty(n_hops)
+    link_matrix = np.zeros((n_dev, n_dev), dtype=np.int64)
+    if missing >= 0:
+        n = 0
+    route, hop = 0, 0
+    for i in range(n):  # fill, in transfer order
+        q, r = t_src[i], t_dst[i]
+        a = source if q < 0 else band_device[q]
+        b = sink if r < 0 else band_device[r]
+        sender = n_tasks if q < 0 else q
+        if a == b:
+            local_task[local_ptr[sender + 1]] = r
+            local_ptr[sender + 1] += 1
+            continue
+        send_route[send_ptr[sender + 1]] = route
+        send_ptr[sender + 1] += 1
+        nbytes = (t_hi[i] - t_lo[i]) * row_bytes[t_stage[i]]
+        for h in range(pair_lo[a * n_dev + b], pair_hi[a * n_dev + b]):
+            hop_src[hop], hop_dst[hop] = pair_src[h], pair_dst[h]
+            hop_link[hop], hop_latency[hop] = pair_link[h], pair_latency[h]
+            link_matrix[pair_src[h], pair_dst[h]] += nbytes
+            used[pair_src[h]] = used[pair_dst[h]] = True
+            hop += 1
+        route_bytes[route] = nbytes
+        route_task[route] = r
+        route += 1
+        route_ptr[route] = hop
+    return (
+        inputs,
+        send_ptr[:-1],
+        send_route,
+        local_ptr[:-1],
+        local_task,
+        route_ptr,
+        route_bytes,
+        route_task,
+        hop_src,
+        hop_dst,
+        hop_link,
+        hop_latency,
+        link_matrix,
+        sink_inputs,
+        used,
+        missing,
+    )
+
+
+@njit(cache=True)
+def _push(heap_t, heap_s, heap_a, heap_b, n, t, seq, a, b):
+    """Push event (t, seq) carrying (a, b) on a binary min-heap ordered by (time, seq); returns size."""
+    i = n
+    while i > 0:
+        parent = (i - 1) // 2
+        pt, ps = heap_t[parent], heap_s[parent]
+        if pt < t or (pt == t and ps < seq):
+            break
+        heap_t[i], heap_s[i], heap_a[i], heap_b[i] = pt, ps, heap_a[parent], heap_b[parent]
+        i = parent
+    heap_t[i], heap_s[i], heap_a[i], heap_b[i] = t, seq, a, b
+    return n + 1
+
+
+@njit(cache=True)
+def _pop(heap_t, heap_s, heap_a, heap_b, n):
+    """Remove the smallest event; returns (time, a, b, new size)."""
+    t, a, b = heap_t[0], heap_a[0], heap_b[0]
+    n -= 1
+    lt, ls, la, lb = heap_t[n], heap_s[n], heap_a[n], heap_b[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (
+            heap_t[c + 1] < heap_t[c] or (heap_t[c + 1] == heap_t[c] and heap_s[c + 1] < heap_s[c])
+        ):
+            c += 1
+        if lt < heap_t[c] or (lt == heap_t[c] and ls < heap_s[c]):
+            break
+        heap_t[i], heap_s[i], heap_a[i], heap_b[i] = heap_t[c], heap_s[c], heap_a[c], heap_b[c]
+        i = c
+    if n > 0:
+        heap_t[i], heap_s[i], heap_a[i], heap_b[i] = lt, ls, la, lb
+    return t, a, b, n
+
+
+@njit(cache=True)
+def _replay(
+    t0,
+    task_device,
+    task_seconds,
+    task_inputs,
+    send_ptr,
+    send_route,
+    local_ptr,
+    local_task,
+    route_ptr,
+    route_bytes,
+    route_task,
+    hop_src,
+    hop_dst,
+    hop_link,
+    hop_latency,
+    sink_inputs,
+    constant,
+    link_mbps,
+    speed,
+    l_times,
+    l_rate,
+    l_cum,
+    l_lo,
+    l_hi,
+    l_duration,
+    l_period,
+    l_max_rate,
+    s_times,
+    s_rate,
+    s_lo,
+    s_hi,
+    s_duration,
+    devices,
+    compute_w,
+    transmit_w,
+    receive_w,
+    idle_w,
+    out,
+):
+    """Discrete-event replay of one request (module docstring). Fills ``out`` rows compute, send, recv,
+    idle and energy seconds/joules per device (idle and energy for the participating ``devices`` only) and
+    returns (the time the sink holds the whole output, total energy); NaN if the sink never does.
+
+    Events are task-ready (kind -1, a = task) and hop-ready (a = route, b = hop index) on one heap ordered
+    by (time, sequence number), so simultaneous events keep the order in which they arose.
+    """
+    n_tasks = task_device.size
+    n_dev = out.shape[1]
+    compute_free = np.full(n_dev, t0)
+    radio_free = np.full(n_dev, t0)
+    waiting = task_inputs.copy()
+    ready_at = np.full(n_tasks, t0)
+    cap = n_tasks + hop_src.size + 1
+    heap_t = np.empty(cap)
+    heap_s = np.empty(cap, dtype=np.int64)
+    heap_a = np.empty(cap, dtype=np.int64)
+    heap_b = np.empty(cap, dtype=np.int64)
+    n, seq = 0, 0
+    sink_waiting = sink_inputs
+    finish = t0
+    for k in range(send_ptr[n_tasks], send_ptr[n_tasks + 1]):
+        r = send_route[k]
+        n = _push(heap_t, heap_s, heap_a, heap_b, n, t0, seq, r, route_ptr[r])
+        seq += 1
+    # arrivals at a_at to handle before the next event: the local hand-overs local_task[a_lo:a_hi], or
+    # (a_lo == a_hi == -1) one route's receiving task a_task
+    a_lo, a_hi, a_at, a_task = local_ptr[n_tasks], local_ptr[n_tasks + 1], t0, 0
+    while True:
+        for k in range(a_lo, a_hi) if a_lo >= 0 else range(1):
+            task = local_task[k] if a_lo >= 0 else a_task
+            if task < 0:
+                sink_waiting -= 1
+                finish = a_at if a_at > finish else finish
+                continue
+            waiting[task] -= 1
+            if a_at > ready_at[task]:
+                ready_at[task] = a_at
+            if waiting[task] == 0:
+                n = _push(heap_t, heap_s, heap_a, heap_b, n, ready_at[task], seq, -1, task)
+                seq += 1
+        if n == 0:
+            break
+        at, a, b, n = _pop(heap_t, heap_s, heap_a, heap_b, n)
+        if a == -1:  # task b is ready
+            d = task_device[b]
+            start = at if at > compute_free[d] else compute_free[d]
+            if constant:
+                factor = speed[d]
+            else:
+                factor = s_rate[_segment_at(s_times, s_lo[d], s_hi[d], s_duration[d], start)] / BYTES_PER_MBIT
+            end = start + task_seconds[b] / factor
+            compute_free[d] = end
+            out[0, d] += end - start
+            for k in range(send_ptr[b], send_ptr[b + 1]):
+                r = send_route[k]
+                n = _push(heap_t, heap_s, heap_a, heap_b, n, end, seq, r, route_ptr[r])
+                seq += 1
+            a_lo, a_hi, a_at = local_ptr[b], local_ptr[b + 1], end
+            continue
+        src, dst, link = hop_src[b], hop_dst[b], hop_link[b]
+        free = radio_free[src]
+        start = at if at > free else free
+        nbytes = route_bytes[a]
+        if nbytes == 0:
+            airtime = 0.0
+        elif constant:
+            mbps = link_mbps[link]
+            airtime = nbytes * 8 / (mbps * 1e6) if mbps > 0 else math.inf
+        else:
+            if l_period[link] <= 0:
+                raise ValueError("cost model: a link trace carries no bytes in a whole period")
+            lo, hi, dur = l_lo[link], l_hi[link], l_duration[link]
+            _, r0, c0 = _locate(l_times, l_rate, l_cum, lo, hi, dur, start)
+            airtime = _carry_seconds(
+                l_times, l_rate, l_cum, lo, hi, dur, l_period[link], l_max_rate[link], nbytes, start, r0, c0
+            )
+        radio_free[src] = start + airtime
+        out[1, src] += airtime
+        out[2, dst] += airtime
+        arrival = start + airtime + hop_latency[b]
+        if b + 1 < route_ptr[a + 1]:
+            n = _push(heap_t, heap_s, heap_a, heap_b, n, arrival, seq, a, b + 1)
+            seq += 1
+            a_lo, a_hi = 0, 0
+        else:
+            a_lo, a_hi, a_at, a_task = -1, -1, arrival, route_task[a]
+    if sink_waiting:
+        return math.nan, 0.0
+    makespan = finish - t0
+    total = 0.0
+    for d in devices:
+        busy = out[0, d] + out[1, d] + out[2, d]
+        out[3, d] = max(0.0, makespan - busy)
+        out[4, d] = (
+            out[0, d] * compute_w[d]
+            + out[1, d] * transmit_w[d]
+            + out[2, d] * receive_w[d]
+            + out[3, d] * idle_w[d]
+        )
+        total += out[4, d]
+    return finish, total

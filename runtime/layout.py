@@ -9,7 +9,9 @@ in-process executor, by the workers and by the cost model, so they cannot disagr
 - the sink receives every output band of the last stage.
 
 A transfer whose sender and receiver are the same device is *local*: it costs nothing but is still a
-dependency. Pure Python, cached per (graph, plan).
+dependency. Pure Python, cached per (graph, plan). The transfer rule itself is ``band_transfers``, a plain
+function over arrays of bands written in the subset of Python that numba compiles: env's cost model
+compiles this very function to build a plan's skeleton without Transfer objects.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
-from runtime.halo import Rows, intersect
+from runtime.halo import Rows
 from runtime.plan import Plan
 
 
@@ -81,6 +83,41 @@ class PlanLayout:
         return dict(totals)
 
 
+def band_transfers(stage_ptr, out_lo, out_hi, in_lo, in_hi, t_stage, t_src, t_dst, t_lo, t_hi) -> int:
+    """Who sends which rows to whom, over bands ``b`` (tasks, in stage order; stage ``s`` holds bands
+    ``stage_ptr[s]..stage_ptr[s+1]-1`` in row order) with output rows ``out_lo/out_hi`` and input rows
+    (halo included) ``in_lo/in_hi``.
+
+    Writes transfer ``i`` as (boundary stage, sender band or -1 for the source, receiver band or -1 for
+    the sink, rows lo, hi) into the ``t_*`` outputs (room for ``sum k_s k_(s+1)`` plus the first and last
+    stage's bands) and returns the count. Order: the source's sends to stage 0, then per stage each
+    receiver's pieces sender by sender, then the last stage's outputs to the sink.
+    """
+    n = 0
+    n_stages = len(stage_ptr) - 1
+    for b in range(stage_ptr[0], stage_ptr[1]):
+        t_stage[n], t_src[n], t_dst[n], t_lo[n], t_hi[n] = 0, -1, b, in_lo[b], in_hi[b]
+        n += 1
+    for s in range(1, n_stages):
+        for r in range(stage_ptr[s], stage_ptr[s + 1]):
+            for q in range(stage_ptr[s - 1], stage_ptr[s]):
+                lo = max(in_lo[r], out_lo[q])
+                hi = min(in_hi[r], out_hi[q])
+                if hi > lo:
+                    t_stage[n], t_src[n], t_dst[n], t_lo[n], t_hi[n] = s, q, r, lo, hi
+                    n += 1
+    for b in range(stage_ptr[n_stages - 1], stage_ptr[n_stages]):
+        t_stage[n], t_src[n], t_dst[n], t_lo[n], t_hi[n] = n_stages, b, -1, out_lo[b], out_hi[b]
+        n += 1
+    return n
+
+
+def transfer_capacity(stage_ptr) -> int:
+    """Room ``band_transfers`` needs for these stages."""
+    sizes = [stage_ptr[s + 1] - stage_ptr[s] for s in range(len(stage_ptr) - 1)]
+    return sizes[0] + sizes[-1] + sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
 @lru_cache(maxsize=4096)
 def layout(graph, plan: Plan) -> PlanLayout:
     """Lay out a (valid) plan on a graph."""
@@ -99,30 +136,28 @@ def layout(graph, plan: Plan) -> PlanLayout:
                 for b in stage_bands
             )
         )
-    transfers = []
-    row_bytes = graph.row_bytes(0)
-    for task in tasks[0]:
-        transfers.append(Transfer(0, plan.source, task.device, task.in_rows, _n(task.in_rows) * row_bytes))
-    for s in range(1, len(tasks)):
-        row_bytes = graph.row_bytes(plan.stages[s].start)
-        for receiver in tasks[s]:
-            for sender in tasks[s - 1]:
-                rows = intersect(receiver.in_rows, sender.out_rows)
-                if rows[1] > rows[0]:
-                    transfers.append(Transfer(s, sender.device, receiver.device, rows, _n(rows) * row_bytes))
-    row_bytes = graph.row_bytes(len(graph.units))
-    for sender in tasks[-1]:
-        transfers.append(
-            Transfer(
-                len(tasks),
-                sender.device,
-                plan.sink,
-                sender.out_rows,
-                _n(sender.out_rows) * row_bytes,
-            )
+    flat = [task for stage in tasks for task in stage]
+    stage_ptr = [0]
+    for stage in tasks:
+        stage_ptr.append(stage_ptr[-1] + len(stage))
+    out = [[0] * transfer_capacity(stage_ptr) for _ in range(5)]
+    n = band_transfers(
+        stage_ptr,
+        [t.out_rows[0] for t in flat],
+        [t.out_rows[1] for t in flat],
+        [t.in_rows[0] for t in flat],
+        [t.in_rows[1] for t in flat],
+        *out,
+    )
+    row_bytes = [graph.row_bytes(stage.start) for stage in plan.stages] + [graph.row_bytes(len(graph.units))]
+    transfers = tuple(
+        Transfer(
+            stage,
+            plan.source if src < 0 else flat[src].device,
+            plan.sink if dst < 0 else flat[dst].device,
+            (lo, hi),
+            (hi - lo) * row_bytes[stage],
         )
-    return PlanLayout(plan, tuple(tasks), tuple(transfers))
-
-
-def _n(rows: Rows) -> int:
-    return rows[1] - rows[0]
+        for stage, src, dst, lo, hi in zip(*(col[:n] for col in out), strict=True)
+    )
+    return PlanLayout(plan, tuple(tasks), transfers)
