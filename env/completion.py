@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from numba import njit
 
 from env.network import Snapshot, link_key
 from runtime.graph import LayerGraph
-from runtime.halo import split_by_shares
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
 
@@ -104,15 +104,20 @@ class _Routes:
     no_route: np.ndarray  # (D*D,) bool: distinct devices with no route at all
     nominal: list[float]  # GFLOP/s per device
     memory: list[float]  # bytes per device, inf when unlimited
+    memory_bytes: np.ndarray  # the same as an array
 
 
 _ROUTE_CACHE: dict[tuple, _Routes] = {}
+_LAST_ROUTES: list = [None, None]  # the spec asked about last, and its table
 
 
 def _routes(spec: ClusterSpec) -> _Routes:
+    if _LAST_ROUTES[0] is spec:  # hashing a spec's devices costs more than a net view
+        return _LAST_ROUTES[1]
     key = (tuple(spec.devices.values()), spec.links)  # source/sink do not matter: variants share it
     table = _ROUTE_CACHE.get(key)
     if table is not None:
+        _LAST_ROUTES[:] = (spec, table)
         return table
     devices = spec.device_ids
     index = {d: i for i, d in enumerate(devices)}
@@ -147,10 +152,12 @@ def _routes(spec: ClusterSpec) -> _Routes:
         no_route,
         [spec.devices[d].gflops for d in devices],
         memory,
+        np.array(memory, dtype=np.float64),
     )
     if len(_ROUTE_CACHE) > 64:
         _ROUTE_CACHE.clear()
     _ROUTE_CACHE[key] = table
+    _LAST_ROUTES[:] = (spec, table)
     return table
 
 
@@ -158,8 +165,8 @@ def _routes(spec: ClusterSpec) -> _Routes:
 class NetView:
     """A snapshot as arrays over the cluster's devices (declaration order), for fast planning.
 
-    Lists for the completion's inner loops (pure Python beats numpy's per-call cost on ten devices),
-    the seconds-per-byte matrix also as an array for the observation.
+    Lists for planners' Python loops; arrays for the completion's compiled stage choice and the
+    observation.
     """
 
     devices: tuple[str, ...]
@@ -168,9 +175,11 @@ class NetView:
     gflops: list[float]  # effective GFLOP/s (nominal x measured speed), 0 when down
     memory: list[float]  # bytes of memory, inf when unlimited
     sec_per_byte: np.ndarray  # (D, D) route store-and-forward seconds per byte, 0 on the diagonal
-    spb_rows: list[list[float]]  # the same as nested lists
     source: str
     sink: str
+    usable_mask: np.ndarray = field(repr=False)  # usable as a bool array
+    inv_speed: np.ndarray = field(repr=False)  # seconds per FLOP, 0 when down
+    memory_bytes: np.ndarray = field(repr=False)  # memory as an array
 
     @property
     def n_usable(self) -> int:
@@ -190,7 +199,7 @@ def net_view(snapshot: Snapshot) -> NetView:
     gflops = [
         g * speed[d] if u else 0.0 for d, g, u in zip(table.devices, table.nominal, usable, strict=True)
     ]
-    mbps = np.array([snapshot.link_mbps[k] for k in table.links])
+    mbps = snapshot.rates.link_mbps  # per link in spec order, as table.links
     per_link = BITS / (np.maximum(mbps, 1e-24) * 1e6)  # 0 Mbit/s -> ~1e19 s/B, caught below
     spb = table.link_use @ per_link
     blocked = table.no_route | (spb > 1e12)
@@ -205,9 +214,11 @@ def net_view(snapshot: Snapshot) -> NetView:
         gflops,
         table.memory,
         spb,
-        spb.tolist(),
         snapshot.source,
         snapshot.sink,
+        np.array(usable, dtype=np.bool_),
+        np.array([1.0 / (g * 1e9) if g > 0 else 0.0 for g in gflops]),
+        table.memory_bytes,
     )
 
 
@@ -247,75 +258,207 @@ def _stage_info(graph: LayerGraph, start: int, end: int, k: int) -> _StageInfo:
     )
 
 
+@lru_cache(maxsize=1024)
+def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
+    """Per stage of ``shape``, what ``_complete`` needs: the clamped factor and the ``_StageInfo`` fields."""
+    infos, ks = [], []
+    for start, end, factor in shape.stages:
+        k = max(1, min(factor, graph.extent(end)))
+        infos.append(_stage_info(graph, start, end, k))
+        ks.append(k)
+    floats = np.array(
+        [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64
+    ).T
+    ints = np.array([(i.extent, i.param_bytes, k) for i, k in zip(infos, ks, strict=True)], dtype=np.int64).T
+    return (np.array([i.flat for i in infos], dtype=np.bool_), *floats, *ints)
+
+
 def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
     """The plan for ``shape`` under the conditions in ``view`` (see the module docstring).
 
     Factors larger than the usable devices or the stage's extent are clamped; the result always
-    validates against the graph. Pure Python over lists: for ten devices it beats numpy's per-call cost.
+    validates against the graph. The compiled ``_complete`` does the per-stage choice and balancing.
     """
-    n = len(view.devices)
-    spb = view.spb_rows
-    usable, memory = view.usable, view.memory
-    inv_speed = [1.0 / (g * 1e9) if g > 0 else 0.0 for g in view.gflops]
-    sink = view.index[view.sink]
-    prev: list[tuple[int, float]] = [(view.index[view.source], 1.0)]  # (device, share) in row order
-    used_memory = [0.0] * n
-    stages = []
-    last = len(shape.factors) - 1
-    for i, (start, end, factor) in enumerate(shape.stages):
-        info = _stage_info(graph, start, end, max(1, min(factor, graph.extent(end))))
-        spb_in = [0.0] * n
-        for p, w in prev:
-            spb_in = [x + w * y for x, y in zip(spb_in, spb[p], strict=True)]
-        to_sink = [spb[d][sink] for d in range(n)] if i == last else [0.0] * n
-        fixed, per_share = [0.0] * n, [0.0] * n
-        candidates = []
-        for d in range(n):
-            if not usable[d] or used_memory[d] + info.param_bytes > memory[d] or spb_in[d] == UNREACHABLE:
-                continue
-            if to_sink[d] == UNREACHABLE:
-                continue
-            compute = info.flops * inv_speed[d] + info.out_bytes * to_sink[d]
-            if info.flat:
-                fixed[d], per_share[d] = info.in_bytes * spb_in[d], compute
-            else:
-                fixed[d] = info.halo_bytes * spb_in[d] + info.halo_flops * inv_speed[d]
-                per_share[d] = info.in_bytes * spb_in[d] + compute
-            candidates.append(d)
-        if not candidates:  # nothing usable can take it: stay where the data is
-            candidates = [prev[0][0]]
-            fixed[prev[0][0]], per_share[prev[0][0]] = 0.0, 1.0
-        candidates.sort(key=lambda d: (fixed[d] + per_share[d], d))
-        chosen = candidates[: max(1, min(factor, info.extent))]
-        shares = _balance(fixed, per_share, chosen)
-        sizes = split_by_shares(info.extent, shares)
-        prev_rank = {d: r for r, (d, _) in enumerate(prev)}
-        order = sorted(
-            (j for j in range(len(chosen)) if sizes[j] > 0),
-            key=lambda j: (prev_rank.get(chosen[j], n), spb_in[chosen[j]], chosen[j]),
-        )
-        stages.append((start, end, {view.devices[chosen[j]]: float(sizes[j]) for j in order}))
-        prev = [(chosen[j], sizes[j] / info.extent) for j in order]
-        for d, _ in prev:
-            used_memory[d] += info.param_bytes
+    stage_ptr, devices, sizes = _complete(
+        view.sec_per_byte, view.usable_mask, view.memory_bytes, view.inv_speed, view.index[view.source],
+        view.index[view.sink], *_shape_arrays(graph, shape),
+    )  # fmt: skip
+    names, ptr, devices, sizes = view.devices, stage_ptr.tolist(), devices.tolist(), sizes.tolist()
+    stages = [
+        (start, end, {names[devices[j]]: float(sizes[j]) for j in range(ptr[i], ptr[i + 1])})
+        for i, (start, end, _) in enumerate(shape.stages)
+    ]
     return Plan.build(view.source, view.sink, stages)
 
 
-def _balance(fixed: list[float], per_share: list[float], chosen: list[int]) -> list[float]:
-    """Shares over ``chosen`` that equalise ``fixed + share * per_share``; a device whose fixed cost
-    alone exceeds the common finish time gets 0."""
-    active = list(chosen)
+@njit(cache=True)
+def _complete(
+    spb, usable, memory, inv_speed, source, sink, flat, in_bytes, flops, out_bytes, halo_bytes, halo_flops,
+    extent, param_bytes, k,
+):  # fmt: skip
+    """Every stage's devices (in row order) and rows: ``devices[stage_ptr[s]:stage_ptr[s+1]]`` and ``sizes``.
+
+    Per stage: ``_choose`` the devices and shares, whole rows by ``split_rows``, then the devices that got
+    rows ordered by (rank in the previous stage, seconds per byte from it, index), which keeps data
+    local and transfers short.
+    """
+    n = spb.shape[0]
+    n_stages = flat.size
+    prev_dev = np.full(1, source, dtype=np.int64)  # previous stage's devices and shares, in row order
+    prev_w = np.ones(1)
+    used_memory = np.zeros(n)
+    stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
+    out_dev = np.empty(n_stages * n, dtype=np.int64)
+    out_rows = np.empty(n_stages * n, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    for s in range(n_stages):
+        chosen, shares, spb_in = _choose(
+            spb, usable, memory, inv_speed, used_memory, prev_dev, prev_w, sink if s == n_stages - 1 else -1,
+            flat[s], in_bytes[s], flops[s], out_bytes[s], halo_bytes[s], halo_flops[s], param_bytes[s], k[s],
+        )  # fmt: skip
+        sizes = split_rows(extent[s], shares)
+        rank[:] = n
+        for r in range(prev_dev.size):
+            rank[prev_dev[r]] = r
+        order = np.empty(chosen.size, dtype=np.int64)
+        m = 0
+        for j in range(chosen.size):  # insertion sort of the devices with rows by (rank, spb_in, index)
+            if sizes[j] <= 0:
+                continue
+            d = chosen[j]
+            i = m - 1
+            while i >= 0:
+                e = chosen[order[i]]
+                if rank[e] > rank[d] or (
+                    rank[e] == rank[d] and (spb_in[e] > spb_in[d] or (spb_in[e] == spb_in[d] and e > d))
+                ):
+                    order[i + 1] = order[i]
+                    i -= 1
+                else:
+                    break
+            order[i + 1] = j
+            m += 1
+        prev_dev = np.empty(m, dtype=np.int64)
+        prev_w = np.empty(m)
+        base = stage_ptr[s]
+        for i in range(m):
+            j = order[i]
+            prev_dev[i] = chosen[j]
+            prev_w[i] = sizes[j] / extent[s]
+            out_dev[base + i] = chosen[j]
+            out_rows[base + i] = sizes[j]
+            used_memory[chosen[j]] += param_bytes[s]
+        stage_ptr[s + 1] = base + m
+    return stage_ptr, out_dev[: stage_ptr[n_stages]], out_rows[: stage_ptr[n_stages]]
+
+
+@njit(cache=True)
+def split_rows(total, shares):
+    """``runtime.halo.split_by_shares`` compiled (largest remainder, ties to the earlier entry; tested
+    equal to it): integer sizes proportional to ``shares`` summing to ``total``."""
+    weight = 0.0
+    for x in shares:
+        weight += x
+    m = shares.size
+    exact = np.empty(m)
+    sizes = np.empty(m, dtype=np.int64)
+    given = 0
+    for i in range(m):
+        exact[i] = total * shares[i] / weight
+        sizes[i] = int(exact[i])
+        given += sizes[i]
+    order = np.empty(m, dtype=np.int64)
+    for i in range(m):  # by remainder, largest first; ties: earlier first
+        rem = exact[i] - sizes[i]
+        j = i - 1
+        while j >= 0 and exact[order[j]] - sizes[order[j]] < rem:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = i
+    extra = total - given  # Python's order[:extra], negative counts from the end
+    count = min(extra, m) if extra >= 0 else max(0, m + extra)
+    for i in range(count):
+        sizes[order[i]] += 1
+    return sizes
+
+
+@njit(cache=True)
+def _choose(
+    spb, usable, memory, inv_speed, used_memory, prev_dev, prev_w, sink, flat, in_bytes, flops, out_bytes,
+    halo_bytes, halo_flops, param_bytes, k,
+):  # fmt: skip
+    """One stage's devices and shares (module docstring): returns the chosen devices (the ``k`` best by
+    single-device time), their shares (equal finish times; 0 for a device whose fixed cost alone exceeds
+    the common finish) and ``spb_in`` per device. ``sink`` >= 0 only for the last stage."""
+    n = spb.shape[0]
+    spb_in = np.zeros(n)
+    for p in range(prev_dev.size):
+        w = prev_w[p]
+        for d in range(n):
+            spb_in[d] = spb_in[d] + w * spb[prev_dev[p], d]
+    fixed = np.zeros(n)
+    per_share = np.zeros(n)
+    cand = np.empty(n, dtype=np.int64)
+    m = 0
+    for d in range(n):
+        if not usable[d] or used_memory[d] + param_bytes > memory[d] or spb_in[d] == UNREACHABLE:
+            continue
+        to_sink = spb[d, sink] if sink >= 0 else 0.0
+        if to_sink == UNREACHABLE:
+            continue
+        compute = flops * inv_speed[d] + out_bytes * to_sink
+        if flat:
+            fixed[d], per_share[d] = in_bytes * spb_in[d], compute
+        else:
+            fixed[d] = halo_bytes * spb_in[d] + halo_flops * inv_speed[d]
+            per_share[d] = in_bytes * spb_in[d] + compute
+        cand[m] = d
+        m += 1
+    if m == 0:  # nothing usable can take it: stay where the data is
+        d = prev_dev[0]
+        cand[0], fixed[d], per_share[d] = d, 0.0, 1.0
+        m = 1
+    for i in range(1, m):  # sort by (single-device time, index)
+        d = cand[i]
+        key = fixed[d] + per_share[d]
+        j = i - 1
+        while j >= 0 and (
+            fixed[cand[j]] + per_share[cand[j]] > key
+            or (fixed[cand[j]] + per_share[cand[j]] == key and cand[j] > d)
+        ):
+            cand[j + 1] = cand[j]
+            j -= 1
+        cand[j + 1] = d
+    chosen = cand[: min(k, m)].copy()
+    # shares over `chosen` that equalise fixed + share * per_share, dropping devices that would get <= 0
+    x = np.zeros(n)
+    active = chosen.copy()
     while True:
-        inv = [1.0 / max(per_share[d], 1e-15) for d in active]
-        finish = (1.0 + sum(fixed[d] * v for d, v in zip(active, inv, strict=True))) / sum(inv)
-        x = {d: (finish - fixed[d]) * v for d, v in zip(active, inv, strict=True)}
-        keep = [d for d in active if x[d] > 0]
-        if len(keep) == len(active) or not keep:
+        num, den = 0.0, 0.0
+        for d in active:
+            v = 1.0 / max(per_share[d], 1e-15)
+            num += fixed[d] * v
+            den += v
+        finish = (1.0 + num) / den
+        x[:] = 0.0
+        kept = 0
+        for d in active:
+            x[d] = (finish - fixed[d]) * (1.0 / max(per_share[d], 1e-15))
+            kept += x[d] > 0
+        if kept == active.size or kept == 0:
             break
-        active = keep
-    if not keep:
-        x = {min(active, key=lambda d: fixed[d]): 1.0}
-    return [max(0.0, x.get(d, 0.0)) for d in chosen]
+        active = np.array([d for d in active if x[d] > 0])
+    if kept == 0:
+        best = active[0]
+        for d in active:
+            if fixed[d] < fixed[best]:
+                best = d
+        x[:] = 0.0
+        x[best] = 1.0
+    shares = np.empty(chosen.size)
+    for j in range(chosen.size):
+        shares[j] = max(0.0, x[chosen[j]])
+    return chosen, shares, spb_in
 
 
 def shape_valid(graph: LayerGraph, view: NetView, shape: Shape) -> bool:

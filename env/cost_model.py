@@ -161,6 +161,10 @@ class CostModel:
         self.spec = spec
         self.profile = profile
         self._skeletons: dict[Plan, _Skeleton] = {}
+        self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
+        # per band (start, end, out rows, device): input rows and seconds at nominal speed; bands recur
+        # across plans far more than plans do
+        self._band_work: dict[tuple[int, int, int, int, str], tuple[int, int, float]] = {}
         names = spec.device_ids
         self._names = names
         self._device = {d: i for i, d in enumerate(names)}
@@ -216,21 +220,45 @@ class CostModel:
         return seconds * self.profile.reference_gflops / gflops
 
     def skeleton(self, plan: Plan) -> _Skeleton:
-        """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan."""
-        cached = self._skeletons.get(plan)
-        if cached is not None:
-            return cached
-        graph, index = self.graph, self._device
+        """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
+
+        The last few plans are also found by identity: a caller asks several times about the plan object
+        it just built, and hashing a plan (nested dataclasses) costs more than the rest of a lookup.
+        """
+        hit = self._recent.get(id(plan))
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+        skeleton = self._skeletons.get(plan)
+        if skeleton is None:
+            skeleton = self._build(plan)
+            if len(self._skeletons) > 20000:
+                self._skeletons.clear()
+            self._skeletons[plan] = skeleton
+        if len(self._recent) >= 64:
+            self._recent.clear()
+        self._recent[id(plan)] = (plan, skeleton)  # holds the plan, so its id is not reused meanwhile
+        return skeleton
+
+    def _build(self, plan: Plan) -> _Skeleton:
+        graph, index, work = self.graph, self._device, self._band_work
         stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = [0], [], [], [], [], [], []
         for stage, bands in zip(plan.stages, plan.bands(graph), strict=True):
+            start, end = stage.start, stage.end
             for band in bands:
-                rows = graph.input_rows(stage.start, stage.end, band.rows)
+                lo, hi = band.rows
+                key = (start, end, lo, hi, band.device)
+                known = work.get(key)
+                if known is None:
+                    if len(work) > 200_000:
+                        work.clear()
+                    rows = graph.input_rows(start, end, band.rows)
+                    known = work[key] = (*rows, self._nominal_seconds(band.device, start, end, band.rows))
                 band_device.append(index[band.device])
-                out_lo.append(band.rows[0])
-                out_hi.append(band.rows[1])
-                in_lo.append(rows[0])
-                in_hi.append(rows[1])
-                seconds.append(self._nominal_seconds(band.device, stage.start, stage.end, band.rows))
+                out_lo.append(lo)
+                out_hi.append(hi)
+                in_lo.append(known[0])
+                in_hi.append(known[1])
+                seconds.append(known[2])
             stage_ptr.append(len(band_device))
         row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
         ints = [np.array(x, dtype=np.int64) for x in (stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi)]
@@ -248,7 +276,7 @@ class CostModel:
             self.spec.route(self._names[missing // n], self._names[missing % n])
         *arrays, sink_inputs, used, _ = arrays
         order = self._by_name[used[self._by_name]]
-        skeleton = _Skeleton(
+        return _Skeleton(
             tuple(self._names[i] for i in order),
             order,
             ints[1],
@@ -257,10 +285,6 @@ class CostModel:
             sink_inputs,
             arrays[12],
         )
-        if len(self._skeletons) > 20000:
-            self._skeletons.clear()
-        self._skeletons[plan] = skeleton
-        return skeleton
 
     # ---- simulation ----------------------------------------------------------------------------
     def _run(self, plan: Plan, conditions, t0: float) -> tuple[_Skeleton, float, float, np.ndarray]:

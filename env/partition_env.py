@@ -60,7 +60,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from env.completion import NetView, Shape, complete, net_view, shape_valid, structured_shapes
-from env.cost_model import CostModel, Objective, Prediction
+from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
 from runtime import models
 from runtime.config import describe_validation_error
@@ -220,16 +220,20 @@ class Observer:
         input_bytes = graph.extent(0) * graph.row_bytes(0)
         self._model = np.array([math.log10(max(graph.total_flops, 1)) / 10, math.log10(input_bytes) / 6])
         self._slots: dict[tuple, _Slots] = {}
+        self._last: tuple[ClusterSpec | None, _Slots | None] = (None, None)
 
     @property
     def space(self) -> gym.spaces.Box:
         return gym.spaces.Box(0.0, OBS_HIGH, (self.size,), np.float32)
 
     def slots(self, spec: ClusterSpec) -> _Slots:
+        if spec is self._last[0]:  # hashing a spec's devices costs more than encoding
+            return self._last[1]
         key = (tuple(spec.devices.values()), spec.links)
         slots = self._slots.get(key)
         if slots is None:
             slots = self._slots[key] = _Slots(spec, self.max_devices, self.history)
+        self._last = (spec, slots)
         return slots
 
     def encode(self, snapshot: Snapshot, view: NetView) -> np.ndarray:
@@ -456,7 +460,7 @@ class MicroSplitEnv(gym.Env):
     def reference_plan(self) -> Plan:
         return complete(self.graph, self.view, self.shapes[0])
 
-    def score(self, prediction: Prediction | Outcome) -> float:
+    def score(self, prediction: Prediction | Cost | Outcome) -> float:
         return self.objective.score(prediction)  # type: ignore[arg-type]
 
     def touches_outage(self, plan: Plan, t0: float, t1: float) -> bool:
@@ -469,12 +473,12 @@ class MicroSplitEnv(gym.Env):
 
     def predicted_outcome(self, plan: Plan, t: float) -> Outcome:
         """The cost model's prediction of a request in the world at ``t``, failure check included."""
-        prediction = self.cost_model.predict(plan, self.world, t)
-        failed = self.touches_outage(plan, t, t + prediction.latency_s)
-        return Outcome(prediction.latency_s, prediction.energy_j, failed)
+        cost = self.cost_model.cost(plan, self.world, t)
+        failed = self.touches_outage(plan, t, t + cost.latency_s)
+        return Outcome(cost.latency_s, cost.energy_j, failed)
 
     @staticmethod
-    def charged(outcome: Outcome, reference: Prediction) -> tuple[float, float]:
+    def charged(outcome: Outcome, reference: Prediction | Cost) -> tuple[float, float]:
         """Latency and energy a request costs: a failed attempt is retried on the reference plan."""
         if outcome.failed:
             return outcome.latency_s + reference.latency_s, outcome.energy_j + reference.energy_j
@@ -487,16 +491,16 @@ class MicroSplitEnv(gym.Env):
         oracles and diagnostics; the sim backend's semantics, whatever the env's backend."""
         t = self.time
         reference = self.reference_plan()
-        ref_snap = self.score(self.cost_model.predict(reference, self.snapshot, t))
-        ref_world = self.cost_model.predict(reference, self.world, t) if world else None
+        ref_snap = self.score(self.cost_model.cost(reference, self.snapshot, t))
+        ref_world = self.cost_model.cost(reference, self.world, t) if world else None
         snap = np.full(self.n_actions, np.inf)
         real = np.full(self.n_actions, np.inf) if world else None
         for a in np.flatnonzero(self.action_masks()):
             plan = complete(self.graph, self.view, self.shapes[a])
-            snap[a] = self.score(self.cost_model.predict(plan, self.snapshot, t)) / ref_snap
+            snap[a] = self.score(self.cost_model.cost(plan, self.snapshot, t)) / ref_snap
             if world:
                 latency, energy = self.charged(self.predicted_outcome(plan, t), ref_world)
-                real[a] = self.objective.score(_Scored(latency, energy)) / self.score(ref_world)
+                real[a] = self.objective.score(Cost(latency, energy)) / self.score(ref_world)
         return snap, real
 
     # ---- gymnasium API --------------------------------------------------------------------------
@@ -529,9 +533,9 @@ class MicroSplitEnv(gym.Env):
         plan, invalid = self.plan_for(action)
         t = self.time
         outcome = self.backend.run(self, plan, t)
-        reference = self.cost_model.predict(self.reference_plan(), self.world, t)
+        reference = self.cost_model.cost(self.reference_plan(), self.world, t)
         latency, energy = self.charged(outcome, reference)
-        reward = -self.objective.score(_Scored(latency, energy)) / max(self.score(reference), 1e-12)
+        reward = -self.objective.score(Cost(latency, energy)) / max(self.score(reference), 1e-12)
         info = {
             "latency_s": latency,
             "energy_j": energy,
@@ -567,12 +571,6 @@ class MicroSplitEnv(gym.Env):
         cluster = _Cluster(spec, CostModel(self.graph, spec))
         self.clusters.append(cluster)
         return cluster
-
-
-@dataclass(frozen=True)
-class _Scored:
-    latency_s: float
-    energy_j: float
 
 
 def _make_backend(name: str, **options: Any):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -125,10 +126,7 @@ class Trace:
     duration: float
     name: str = "trace"
     cum_bytes: np.ndarray = field(init=False, repr=False)
-    # list mirrors for scalar queries: bisect on a list is ~10x cheaper than a numpy call per query
-    _times_l: list[float] = field(init=False, repr=False)
-    _rate_l: list[float] = field(init=False, repr=False)
-    _cum_l: list[float] = field(init=False, repr=False)
+    rate: np.ndarray = field(init=False, repr=False)  # bytes/s per segment
     _max_rate: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -150,16 +148,21 @@ class Trace:
             raise TraceError(f"{where}: duration {duration} must exceed the last time {times[-1]}")
         rate = mbps * BYTES_PER_MBIT
         cum = np.concatenate(([0.0], np.cumsum(rate * np.diff(np.append(times, duration)))))
-        for arr in (times, mbps, cum):
+        for arr in (times, mbps, rate, cum):
             arr.setflags(write=False)
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "mbps", mbps)
         object.__setattr__(self, "duration", duration)
         object.__setattr__(self, "cum_bytes", cum)
-        object.__setattr__(self, "_times_l", times.tolist())
-        object.__setattr__(self, "_rate_l", rate.tolist())
-        object.__setattr__(self, "_cum_l", cum.tolist())
+        object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "_max_rate", float(rate.max()))
+
+    @cached_property
+    def _lists(self) -> tuple[list[float], list[float], list[float]]:
+        """List mirrors of times, rate and cum_bytes for the scalar queries (a list beats numpy's
+        per-call cost there); built on first use, as traces used only through a TraceStack never need
+        them."""
+        return self.times.tolist(), self.rate.tolist(), self.cum_bytes.tolist()
 
     def __repr__(self) -> str:
         return (
@@ -174,13 +177,13 @@ class Trace:
 
     def _split(self, t: float) -> tuple[float, float, float]:
         """Absolute time -> (whole periods, time in period, bytes carried since period start)."""
-        return locate(self._times_l, self._rate_l, self._cum_l, 0, len(self._times_l), self.duration, t)
+        times, rate, cum = self._lists
+        return locate(times, rate, cum, 0, len(times), self.duration, t)
 
     def value_at(self, t: float) -> float:
         """Mbit/s at one absolute time ``t``: the scalar fast path of ``bandwidth_at``."""
-        return (
-            self._rate_l[segment_at(self._times_l, 0, len(self._times_l), self.duration, t)] / BYTES_PER_MBIT
-        )
+        times, rate, _ = self._lists
+        return rate[segment_at(times, 0, len(times), self.duration, t)] / BYTES_PER_MBIT
 
     def bandwidth_at(self, t: float | np.ndarray) -> float | np.ndarray:
         """Mbit/s at absolute time(s) `t` (scalar or array, wraps around the period)."""
@@ -216,19 +219,9 @@ class Trace:
         if period <= 0:
             raise TraceError(f"trace {self.name!r} carries no bytes in a whole period")
         _, r0, c0 = self._split(t0)
+        times, rate, cum = self._lists
         return carry_seconds(
-            self._times_l,
-            self._rate_l,
-            self._cum_l,
-            0,
-            len(self._times_l),
-            self.duration,
-            period,
-            self._max_rate,
-            nbytes,
-            t0,
-            r0,
-            c0,
+            times, rate, cum, 0, len(times), self.duration, period, self._max_rate, nbytes, t0, r0, c0
         )
 
     def scaled(self, factor: float) -> Trace:
@@ -290,7 +283,7 @@ class TraceStack:
             "traces": traces,
             "times": np.concatenate([tr.times for tr in traces]) if traces else np.zeros(0),
             "mbps": np.concatenate([tr.mbps for tr in traces]) if traces else np.zeros(0),
-            "rate": np.array([x for tr in traces for x in tr._rate_l], dtype=np.float64),
+            "rate": np.concatenate([tr.rate for tr in traces]) if traces else np.zeros(0),
             "cum": np.concatenate([tr.cum_bytes[:-1] for tr in traces]) if traces else np.zeros(0),
             "lo": hi - sizes,
             "hi": hi,
