@@ -19,7 +19,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +52,7 @@ class ServeOptions:
     threshold: float = 0.5
     static: bool = False
     window: int = 1  # requests in flight (pipelining)
+    arrival_every_s: float | None = None  # open loop: request k arrives at k * this, however slow the cluster
     chaos: list[tuple[int, str, str]] = field(
         default_factory=list
     )  # (request index, "kill"|"restart", device)
@@ -67,6 +70,12 @@ class RequestLog:
     outputs_match: bool
     plan: str
     replanned: bool
+    waited_s: float = 0.0  # open loop: from the request's arrival until the cluster took it
+
+    @property
+    def response_s(self) -> float:
+        """Latency as the client sees it: waiting for the cluster, then being served."""
+        return self.waited_s + self.latency_s
 
 
 class Tally:
@@ -86,7 +95,7 @@ class Tally:
         self._base: int | None = None
 
     def add(self, record: RequestLog) -> None:
-        self.latency_s.append(record.latency_s)
+        self.latency_s.append(record.response_s)
         self.energy_j.append(record.energy_j)
         self.mismatched += not record.outputs_match
         if self._base is None:
@@ -183,16 +192,28 @@ def serve(
     agent: str,
     console: Console | None = None,
     on_result: Callable[[RequestLog], None] | None = None,
+    observe: Callable[[], Snapshot] | None = None,
 ) -> ServeReport:
-    """Serve ``options.requests`` requests on a started cluster (see the module docstring)."""
+    """Serve ``options.requests`` requests on a started cluster (see the module docstring).
+
+    Closed loop by default: the next request enters as soon as the window has room. With
+    ``options.arrival_every_s`` requests arrive on a fixed schedule instead (open loop, one at a time) and
+    count their wait for the cluster in their latency, so a slow spell is not hidden by fewer requests
+    being issued during it.
+
+    ``observe`` gives the planner its Snapshot; by default a LiveView of the cluster's own telemetry (a
+    benchmark may pass the emulated world's exact snapshots, to measure what perfect knowledge would gain).
+    """
+    if options.arrival_every_s is not None and options.window != 1:
+        raise ValueError("open-loop serving (arrival_every_s) runs one request at a time (window=1)")
     ctl = cluster.controller
-    view = LiveView(cluster.spec, ctl)
+    observe = observe or LiveView(cluster.spec, ctl).snapshot
     gen = torch.Generator().manual_seed(options.seed)
     pool = [torch.randn(1, *ctl.input_shape, generator=gen) for _ in range(options.input_pool)]
     with torch.no_grad():
         expected = [model(x) for x in pool]
-    ctl.replan = lambda available: decide(replace(view.snapshot(), available=frozenset(available)))
-    made_on = view.snapshot()
+    ctl.replan = lambda available: decide(replace(observe(), available=frozenset(available)))
+    made_on = observe()
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
@@ -201,11 +222,29 @@ def serve(
     process = psutil.Process()
     start = ctl.now()
 
+    waits: deque[float] = deque()  # per request in flight, oldest first: seconds it waited for the cluster
+
     def inputs():
         for i in range(options.requests):
-            if options.duration_s is not None and ctl.now() - start > options.duration_s:
+            if options.arrival_every_s is None:
+                if options.duration_s is not None and ctl.now() - start > options.duration_s:
+                    return
+                waits.append(0.0)
+                yield pool[i % len(pool)]
+                continue
+            due = start + i * options.arrival_every_s
+            if options.duration_s is not None and due - start > options.duration_s:
                 return
+            time.sleep(max(0.0, due - ctl.now()))  # nothing is in flight (open loop: one at a time)
+            waits.append(max(0.0, ctl.now() - due))
             yield pool[i % len(pool)]
+
+    def results():
+        if options.window > 1:  # pipelined: the next requests are in flight before a result is seen
+            yield from ctl.stream(inputs(), window=options.window)
+            return
+        for x in inputs():  # one at a time: a plan chosen after a result serves the very next request
+            yield ctl.infer(x)
 
     columns = (
         TextColumn(f"[bold]{agent}"),
@@ -216,7 +255,7 @@ def serve(
     )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(agent, total=options.requests, status="")
-        for index, result in enumerate(ctl.stream(inputs(), window=options.window)):
+        for index, result in enumerate(results()):
             match = bool(torch.allclose(result.output, expected[index % len(pool)], rtol=1e-4, atol=1e-5))
             replanned = False
             if index + 1 in chaos:
@@ -227,7 +266,7 @@ def serve(
                 else:
                     cluster.restart(device)
             if not options.static:
-                now = view.snapshot()
+                now = observe()
                 if (index + 1) % options.replan_every == 0 or moved(
                     ctl.plan, made_on, now, options.threshold
                 ):
@@ -246,6 +285,7 @@ def serve(
                 match,
                 plan_json.setdefault(result.plan, result.plan.to_json()),
                 replanned,
+                waits.popleft(),
             )
             tally.add(record)
             if index % 100 == 0:
@@ -276,7 +316,9 @@ class MetricsWriter:
         self.csv_path = out_dir / f"{agent}.csv"
         self._file = self.csv_path.open("w", newline="")
         self._csv = csv.writer(self._file)
-        self._csv.writerow(["index", "rid", "time_s", "latency_s", "energy_j", "outputs_match", "replanned"])
+        self._csv.writerow(
+            ["index", "rid", "time_s", "latency_s", "waited_s", "energy_j", "outputs_match", "replanned"]
+        )
         self._tb = SummaryWriter(str(out_dir / "tensorboard" / agent))
 
     def __call__(self, r: RequestLog) -> None:
@@ -286,12 +328,13 @@ class MetricsWriter:
                 r.rid,
                 f"{r.time_s:.4f}",
                 f"{r.latency_s:.6f}",
+                f"{r.waited_s:.6f}",
                 f"{r.energy_j:.6f}",
                 r.outputs_match,
                 r.replanned,
             ]
         )
-        self._tb.add_scalar("serve/latency_s", r.latency_s, r.index)
+        self._tb.add_scalar("serve/latency_s", r.response_s, r.index)
         self._tb.add_scalar("serve/energy_j", r.energy_j, r.index)
         self._tb.add_scalar("serve/replanned", float(r.replanned), r.index)
 

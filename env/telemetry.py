@@ -1,55 +1,116 @@
 """A live Snapshot built from what a running cluster measures, for planning while serving.
 
 Planners only ever see a ``Snapshot``. In the simulator it comes from the world's traces; on a live
-cluster it comes from the runtime's telemetry:
+cluster it comes from the runtime's telemetry (``Controller.link_samples``, ``compute_samples``,
+``available``). Each ``snapshot`` folds in what was measured since the previous one: with one request
+in flight that is the whole of the last request, however long it took (a fixed window of the last few
+seconds would see only the tail of a slow request and forget the links its early stages used).
 
-- link bandwidth: bytes over radio seconds of the real transfers of recent requests, per direct link
-  (``Controller.link_mbps``). Nothing probes idle links, so a link no recent request used is estimated
-  from the ones that were: its spec bandwidth times the median ratio measured/spec of the observed
-  links (wireless links of one site tend to fade together). Without that, a planner keeps moving
-  traffic to links whose stale figures look good, and learns each is bad one request at a time;
-- speed factor: achieved FLOP/s of recent compute tasks over the device's nominal GFLOP/s, capped at
-  the median over the devices that computed recently (small bands run below a device's peak for
-  reasons that have nothing to do with the device; only a device clearly slower than the rest is
-  slow); a device that computed nothing recently gets that median;
+- link bandwidth: per direct link, the throughput (bytes over radio seconds) of its newest transfers
+  *of the current regime*: walking back from the newest transfer, older ones are left out from the
+  first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
+  ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
+  now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses
+  it, with one exception: when the links that were measured moved together by more than ``drift`` x
+  (the median ratio new/old estimate), the silent ones are assumed to have moved too (links of one site
+  tend to fade together) — after a drop, as much as the *worst* measured link (a planner that believes a
+  silent link kept its old speed moves traffic onto it and learns it is slow one request at a time);
+  after a rise, by the median. Until a link is measured its estimate starts from the spec;
+- speed factor: achieved FLOP/s of the compute tasks since the previous snapshot (at least the last
+  ``window_s``) over the device's nominal GFLOP/s, capped at the median over the devices that computed
+  (small bands run below a device's peak for reasons that have nothing to do with the device; only a
+  device clearly slower than the rest is slow); a device that computed nothing gets that median;
 - availability: the controller's liveness view (heartbeats, timeouts).
 
-Each call to ``snapshot`` also appends the current bandwidths to a per-link history, so a policy that
-reads ``link_history`` sees the recent trend, oldest first.
+``link_history`` holds the estimates second by second (oldest first), as the simulator's per-second
+means do, so a policy trained on those sees a drop as a step in its history.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from env.network import Snapshot, link_key
 from runtime.spec import ClusterSpec
 
+LinkSample = tuple[float, int, float]  # (end wall time, bytes, radio seconds) of one transfer
+
+
+def current_rate(
+    samples: Sequence[LinkSample], drift: float, window_s: float, settle_s: float = 0.05
+) -> float:
+    """Mbit/s of the newest regime in ``samples`` (oldest first): see the module docstring.
+
+    The newest transfers are pooled until they hold ``settle_s`` of radio time, so that the reference
+    rate is not that of one tiny transfer (whose radio time is mostly timer overshoot).
+    """
+    newest = samples[-1][0]
+    nbytes, radio = 0.0, 0.0
+    for end, n, seconds in reversed(samples):
+        if end < newest - window_s:
+            break
+        if radio >= settle_s and seconds >= settle_s:
+            rate, pooled = n / seconds, nbytes / radio
+            if not pooled / drift <= rate <= pooled * drift:
+                break
+        nbytes += n
+        radio += seconds
+    return nbytes * 8 / 1e6 / radio
+
+
+def drift_factor(ratios: Iterable[float], drift: float) -> float:
+    """How much the silent links are assumed to have moved, from the measured links' ratios new/old."""
+    ratios = list(ratios)
+    if not ratios:
+        return 1.0
+    median = float(np.median(ratios))
+    if median < 1 / drift:
+        return min(ratios)
+    return median if median > drift else 1.0
+
 
 class LiveView:
     """Turns a controller's telemetry into Snapshots (see the module docstring)."""
 
-    def __init__(self, spec: ClusterSpec, controller, *, window_s: float = 2.0, history: int = 8):
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        controller,
+        *,
+        window_s: float = 2.0,
+        drift: float = 1.5,
+        history: int = 8,
+    ):
         self.spec = spec
         self.controller = controller
         self.window_s = window_s
+        self.drift = drift
         self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
+        self._history_len = history
+        self._folded = -np.inf  # wall time up to which telemetry has been folded in
+        self._second: int | None = None  # last whole second (controller clock) written to the history
 
-    def _update(self) -> None:
-        nominal = {link_key(link.a, link.b): link.mbps for link in self.spec.links}
-        measured = self.controller.link_mbps(self.window_s)
-        if measured:
-            ratio = float(np.median([mbps / nominal[key] for key, mbps in measured.items()]))
-            self.link_mbps = {key: measured.get(key, mbps * ratio) for key, mbps in nominal.items()}
-        since = time.time() - self.window_s
+    def _update_links(self, since: float) -> None:
+        fresh: dict[tuple[str, str], list[LinkSample]] = {}
+        for end, a, b, nbytes, seconds in self.controller.link_samples:
+            if end > since and seconds > 0 and nbytes > 0:
+                fresh.setdefault(link_key(a, b), []).append((end, nbytes, seconds))
+        measured = {
+            key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
+        }
+        factor = drift_factor((mbps / self.link_mbps[key] for key, mbps in measured.items()), self.drift)
+        self.link_mbps = {key: measured.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
+
+    def _update_speed(self, since: float) -> None:
         achieved: dict[str, list[float]] = {}
         for end, device, flops, seconds in self.controller.compute_samples:
-            if end >= since and seconds > 0 and flops > 0:
+            if end > since and seconds > 0 and flops > 0:
                 acc = achieved.setdefault(device, [0.0, 0.0])
                 acc[0] += flops
                 acc[1] += seconds
@@ -58,13 +119,27 @@ class LiveView:
             typical = float(np.median(list(factors.values())))
             self.speed = {d: min(factors.get(d, typical), typical) for d in self.spec.devices}
 
+    def _record_history(self, now: float) -> None:
+        second, last = int(now), self._second
+        steps = 1 if last is None or second < last else min(second - last, self._history_len)
+        for key, mbps in self.link_mbps.items():
+            if steps == 0:
+                self.history[key][-1] = mbps  # the same second again: it ends with the newest estimate
+            else:
+                self.history[key].extend([mbps] * steps)
+        self._second = second
+
     def snapshot(self) -> Snapshot:
         """What the cluster has measured up to now."""
-        self._update()
-        for key, mbps in self.link_mbps.items():
-            self.history[key].append(mbps)
+        wall = time.time()
+        since = min(self._folded, wall - self.window_s)
+        self._update_links(since)
+        self._update_speed(since)
+        self._folded = wall
+        now = self.controller.now()
+        self._record_history(now)
         return Snapshot(
-            time=self.controller.now(),
+            time=now,
             spec=self.spec,
             source=self.spec.source,
             sink=self.spec.sink,

@@ -17,6 +17,7 @@ from env.network import NetworkState
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
+from runtime.plan import Assignment, Plan, Stage
 from runtime.spec import load_cluster
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
@@ -85,3 +86,66 @@ def test_tally_counts_duplicates_and_mismatches_without_keeping_records():
     assert tally.completed == 3 and tally.duplicated == 1 and tally.mismatched == 1
     assert list(tally.latency_s) == [1.5] * 4
     assert len(tally._seen) < 70_000 // 8 + 3 * 4096  # a bit per request id, not an object per record
+
+
+def test_open_loop_counts_the_wait_for_a_busy_cluster(setup):
+    spec, model, graph = setup
+    decide = Decider(make_planner("local"), graph, Objective())
+    world = NetworkState.static(spec)
+    seen = []
+
+    def observe():
+        seen.append(world.snapshot(0.0))
+        return seen[-1]
+
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny") as cluster:
+        # requests arrive far faster than they are served: each waits for those before it
+        fast = ServeOptions(requests=6, arrival_every_s=1e-4, replan_every=2)
+        report = serve(cluster, model, decide, fast, agent="o", on_result=records.append, observe=observe)
+        waits = [r.waited_s for r in records]
+        assert waits[0] < 0.05 and all(b > a for a, b in zip(waits[1:], waits[2:], strict=False))
+        assert list(report.tally.latency_s) == pytest.approx([r.latency_s + r.waited_s for r in records])
+        assert len(seen) == 1 + 6  # the first plan, then one look after every request
+        # arrivals slower than service: nobody waits, and requests start on schedule
+        records.clear()
+        start = cluster.controller.now()
+        serve(
+            cluster,
+            model,
+            decide,
+            ServeOptions(requests=3, arrival_every_s=0.4),
+            agent="o",
+            on_result=records.append,
+        )
+        assert all(r.waited_s < 0.1 for r in records)
+        assert records[-1].time_s - start >= 0.8
+        with pytest.raises(ValueError, match="window"):
+            serve(cluster, model, decide, ServeOptions(arrival_every_s=1.0, window=2), agent="o")
+
+
+class Alternating(Planner):
+    """Everything on d0, then on d1, then on d0...: a different plan at every decision."""
+
+    name = "alternating"
+
+    def __init__(self):
+        self.decided: list[Plan] = []
+
+    def plan(self, snapshot, graph, objective):
+        device = ("d0", "d1")[len(self.decided) % 2]
+        self.decided.append(Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment(device, 1.0),)),)))
+        return self.decided[-1]
+
+
+def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
+    spec, model, graph = setup
+    planner = Alternating()
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny") as cluster:
+        options = ServeOptions(requests=4, replan_every=1)
+        serve(
+            cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
+        )
+    assert [Plan.from_json(r.plan) for r in records] == planner.decided[:4]
+    assert all(r.replanned for r in records)

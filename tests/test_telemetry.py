@@ -8,25 +8,26 @@ from pathlib import Path
 import pytest
 
 from env.network import link_key
-from env.telemetry import LiveView
+from env.telemetry import LiveView, current_rate, drift_factor
 from runtime.spec import load_cluster
 
 SPEC = load_cluster(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "mesh0.yaml")
 
 
 class Telemetry:
-    """The part of a Controller that LiveView reads, filled by hand."""
+    """The part of a Controller that LiveView reads, filled by hand (times relative to now)."""
 
-    def __init__(self, links=None, compute=()):
-        self.links = links or {}
+    def __init__(self, compute=()):
+        self.link_samples: list[tuple[float, str, str, int, float]] = []
         self.compute_samples = list(compute)
         self.available = frozenset(SPEC.devices)
+        self.clock = 12.5
 
-    def link_mbps(self, window_s):
-        return dict(self.links)
+    def transfer(self, a: str, b: str, mbps: float, seconds: float = 0.5, ago: float = 0.0) -> None:
+        self.link_samples.append((time.time() - ago, a, b, int(mbps * 1e6 / 8 * seconds), seconds))
 
     def now(self):
-        return 12.5
+        return self.clock
 
 
 def test_before_any_measurement_the_spec_is_the_guess():
@@ -35,12 +36,71 @@ def test_before_any_measurement_the_spec_is_the_guess():
     assert set(snap.speed.values()) == {1.0} and snap.time == 12.5
 
 
-def test_unobserved_links_follow_the_observed_fade():
-    observed = {link_key("8", "4"): 3.0, link_key("6", "8"): 1.7}  # spec: 30 and 17 Mbit/s, both at 1/10
-    snap = LiveView(SPEC, Telemetry(links=observed)).snapshot()
-    assert snap.link_mbps[link_key("8", "4")] == 3.0
-    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 10)  # spec 26 Mbit/s
-    assert snap.link_history[link_key("8", "4")][-1] == 3.0
+def test_silent_links_keep_their_estimate_while_the_measured_ones_hold():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.transfer("8", "4", 20.0)  # spec 30: within the drift band of its old estimate
+    tel.transfer("6", "8", 17.0)  # spec 17
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(20.0)
+    assert snap.link_mbps[link_key("0", "9")] == 26  # spec, untouched
+    tel.link_samples.clear()
+    tel.clock += 30  # long after: nothing new crossed any link
+    assert view.snapshot().link_mbps[link_key("8", "4")] == pytest.approx(20.0)  # no fixed window forgets it
+
+
+def test_after_a_common_drop_silent_links_fall_as_much_as_the_worst_measured_one():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.transfer("8", "4", 3.0)  # spec 30: a tenth
+    tel.transfer("6", "8", 3.4)  # spec 17: a fifth
+    tel.transfer("4", "9", 8.6)  # spec 43: a fifth
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 10)
+    assert snap.link_history[link_key("8", "4")][-1] == pytest.approx(3.0)
+    tel.link_samples.clear()
+    tel.transfer("8", "4", 30.0)  # recovery, seen on one link: the silent ones follow by the same ratio
+    tel.clock += 5
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26.0)
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(34.0)
+
+
+def test_a_link_estimate_is_its_current_regime_not_a_blend():
+    before = [(float(t), 250_000, 0.1) for t in range(5)]  # 20 Mbit/s
+    after = [(5.0 + t, 250_000, 1.0) for t in range(3)]  # 2 Mbit/s
+    assert current_rate(before + after, drift=1.5, window_s=10) == pytest.approx(2.0)
+    assert current_rate(before, drift=1.5, window_s=10) == pytest.approx(20.0)
+    # a tiny transfer (mostly timer overshoot) does not count as a change point
+    blip = [(5.0, 1_000, 0.002)]
+    assert current_rate(before + blip, drift=1.5, window_s=10) == pytest.approx(
+        (5 * 250_000 + 1_000) * 8 / 1e6 / 0.502
+    )
+    # transfers that ended more than window_s before the newest are too old to count
+    assert current_rate(before, drift=1.5, window_s=1.5) == pytest.approx(20.0)
+    assert current_rate([(0.0, 250_000, 1.0), (9.0, 250_000, 0.1)], 100.0, 5.0) == pytest.approx(20.0)
+
+
+def test_drift_needs_the_measured_links_to_agree():
+    assert drift_factor([], 1.5) == 1.0
+    assert drift_factor([0.9, 1.2, 1.1], 1.5) == 1.0  # noise, not a move
+    assert drift_factor([0.1, 0.3, 0.2, 1.0], 1.5) == pytest.approx(0.1)  # a drop: the worst
+    assert drift_factor([10.0, 8.0, 12.0], 1.5) == pytest.approx(10.0)  # a rise: the median
+
+
+def test_history_steps_once_per_second():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel, history=4)
+    key = link_key("8", "4")
+    view.snapshot()
+    tel.transfer("8", "4", 3.0)
+    tel.clock += 2.0  # two seconds later
+    assert view.snapshot().link_history[key] == (30, 30, 3.0, 3.0)
+    tel.link_samples.clear()
+    tel.transfer("8", "4", 2.0)
+    tel.clock += 0.2  # same second: its value is the newest estimate
+    assert view.snapshot().link_history[key] == (30, 30, 3.0, 2.0)
 
 
 def test_speed_is_relative_to_what_the_others_achieve():
@@ -49,9 +109,11 @@ def test_speed_is_relative_to_what_the_others_achieve():
         (now, "8", 6e9, 2.0),  # 6 GFLOP/s nominal: achieves half
         (now, "9", 9e9, 2.0),  # 9 GFLOP/s nominal: achieves half
         (now, "3", 8e9, 5.0),  # 8 GFLOP/s nominal: achieves a fifth, clearly loaded
-        (now - 60, "7", 7e9, 100.0),  # too old to count
     ]
-    snap = LiveView(SPEC, Telemetry(compute=compute)).snapshot()
+    view = LiveView(SPEC, Telemetry(compute=compute))
+    view._folded = now - 10  # the previous snapshot was taken 10 s ago
+    view.controller.compute_samples.append((now - 60, "7", 7e9, 100.0))  # before it: already folded in
+    snap = view.snapshot()
     assert snap.speed["8"] == pytest.approx(0.5) and snap.speed["9"] == pytest.approx(0.5)
     assert snap.speed["3"] == pytest.approx(0.2)
     assert snap.speed["7"] == pytest.approx(0.5)  # not measured recently: the typical factor
