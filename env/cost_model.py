@@ -162,9 +162,9 @@ class CostModel:
         self.profile = profile
         self._skeletons: dict[Plan, _Skeleton] = {}
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
-        # per band (start, end, out rows, device): input rows and seconds at nominal speed; bands recur
-        # across plans far more than plans do
-        self._band_work: dict[tuple[int, int, int, int, str], tuple[int, int, float]] = {}
+        # per band (start, end, out rows, device): device index, out rows, input rows and seconds at
+        # nominal speed; bands recur across plans far more than plans do
+        self._band_work: dict[tuple, tuple[int, int, int, int, int, float]] = {}
         names = spec.device_ids
         self._names = names
         self._device = {d: i for i, d in enumerate(names)}
@@ -241,27 +241,30 @@ class CostModel:
 
     def _build(self, plan: Plan) -> _Skeleton:
         graph, index, work = self.graph, self._device, self._band_work
-        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = [0], [], [], [], [], [], []
+        stage_ptr, rows = [0], []
         for stage, bands in zip(plan.stages, plan.bands(graph), strict=True):
             start, end = stage.start, stage.end
             for band in bands:
-                lo, hi = band.rows
-                key = (start, end, lo, hi, band.device)
+                key = (start, end, band.rows, band.device)
                 known = work.get(key)
                 if known is None:
                     if len(work) > 200_000:
                         work.clear()
-                    rows = graph.input_rows(start, end, band.rows)
-                    known = work[key] = (*rows, self._nominal_seconds(band.device, start, end, band.rows))
-                band_device.append(index[band.device])
-                out_lo.append(lo)
-                out_hi.append(hi)
-                in_lo.append(known[0])
-                in_hi.append(known[1])
-                seconds.append(known[2])
-            stage_ptr.append(len(band_device))
+                    lo, hi = band.rows
+                    seconds = self._nominal_seconds(band.device, start, end, band.rows)
+                    known = work[key] = (
+                        index[band.device],
+                        lo,
+                        hi,
+                        *graph.input_rows(start, end, band.rows),
+                        seconds,
+                    )
+                rows.append(known)
+            stage_ptr.append(len(rows))
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
+        band_device, out_lo, out_hi, in_lo, in_hi = np.ascontiguousarray(table[:, :5].T, dtype=np.int64)
         row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
-        ints = [np.array(x, dtype=np.int64) for x in (stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi)]
+        ints = [np.array(stage_ptr, dtype=np.int64), band_device, out_lo, out_hi, in_lo, in_hi]
         arrays = _compile_skeleton(
             len(self._names),
             *ints,
@@ -279,8 +282,8 @@ class CostModel:
         return _Skeleton(
             tuple(self._names[i] for i in order),
             order,
-            ints[1],
-            np.array(seconds),
+            band_device,
+            table[:, 5].copy(),
             *arrays[:12],
             sink_inputs,
             arrays[12],

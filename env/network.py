@@ -117,6 +117,18 @@ class Snapshot:
             np.array([self.speed[d] for d in self.spec.devices], dtype=np.float64),
         )
 
+    @cached_property
+    def link_windows(self) -> np.ndarray:
+        """(links in spec order, 1 + H): each link's windowed mean, then its per-second history
+        right-aligned, a shorter history padded on the left with the mean (H: the longest history)."""
+        keys = [link_key(ln.a, ln.b) for ln in self.spec.links]
+        width = max((len(self.link_history[k]) for k in keys), default=0)
+        rows = []
+        for k in keys:
+            hist, mean = self.link_history[k], self.link_mbps[k]
+            rows.append((mean, *(mean,) * (width - len(hist)), *hist))
+        return np.array(rows, dtype=np.float64).reshape(len(keys), 1 + width)
+
 
 @dataclass(frozen=True)
 class Rates:
@@ -135,13 +147,17 @@ _NO_TRACES = TraceStack(())
 
 
 @njit(cache=True)
-def _window_means(times, mbps, rate, cum, lo, hi, duration, period, t0s, t1s):
-    """Time-weighted mean (Mbit/s, or factor) of every stacked trace over every window [t0s[w], t1s[w]]:
-    ``Trace.mean_mbps`` (same routine, same float operations) for all of them in one call."""
-    out = np.empty((lo.size, t0s.size))
-    for i in range(lo.size):
-        for w in range(t0s.size):
-            t0, t1 = t0s[w], t1s[w]
+def _window_means(times, mbps, rate, cum, lo, hi, duration, period, t, window_s, history, n_windows):
+    """``Trace.mean_mbps`` (same routine, same float operations) of every stacked trace over the
+    snapshot's windows at ``t``: [t - window_s, t], then the one-second windows ending at
+    t - history + 1, ..., t (all clipped at 0); the first ``n_windows`` of them."""
+    out = np.empty((lo.size, n_windows))
+    for w in range(n_windows):
+        if w == 0:
+            t0, t1 = max(0.0, t - window_s), t
+        else:
+            t0, t1 = max(0.0, (t - history) + (w - 1)), max(0.0, (t - history) + w)
+        for i in range(lo.size):
             if t1 == t0:
                 out[i, w] = mbps[_segment_at(times, lo[i], hi[i], duration[i], t0)]
             else:
@@ -157,20 +173,12 @@ _segment_at = njit(cache=True)(schedule.segment_at)
 _carry_seconds = njit(cache=True)(schedule.carry_seconds)
 
 
-def window_means(stack: TraceStack, t0s: np.ndarray, t1s: np.ndarray) -> np.ndarray:
-    """(traces, windows) array of ``stack.traces[i].mean_mbps(t0s[w], t1s[w])`` (needs t0s <= t1s)."""
+def window_means(stack: TraceStack, t: float, window_s: float, history: int, n_windows: int) -> np.ndarray:
+    """(traces, windows) means of ``_window_means``'s windows."""
     return _window_means(
-        stack.times,
-        stack.mbps,
-        stack.rate,
-        stack.cum,
-        stack.lo,
-        stack.hi,
-        stack.duration,
-        stack.period,
-        t0s,
-        t1s,
-    )
+        stack.times, stack.mbps, stack.rate, stack.cum, stack.lo, stack.hi, stack.duration, stack.period,
+        float(t), float(window_s), history, n_windows,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -406,6 +414,7 @@ class NetworkState:
         # the order of `link_traces`
         order = {link_key(ln.a, ln.b): i for i, ln in enumerate(spec.links)}
         self._link_slots = np.array([order[key] for key in self._links], dtype=np.int64)
+        self._link_keys = list(self._links)
         stack = TraceStack(tuple(self._links[link_key(ln.a, ln.b)] for ln in spec.links))
         self.rates = Rates(False, stack, np.zeros(0), TraceStack(tuple(self._speed.values())), np.zeros(0))
 
@@ -497,13 +506,10 @@ class NetworkState:
             raise NetworkError(
                 f"snapshot needs t >= 0, window_s >= 0, history >= 0 (got {t}, {window_s}, {history})"
             )
-        start = max(0.0, t - window_s)
-        edges = np.maximum(0.0, (t - history) + np.arange(history + 1, dtype=np.float64))
-        t0s = np.concatenate(([start], edges[:-1]))
-        t1s = np.concatenate(([t], edges[1:]))
-        links = window_means(self.rates.links, t0s, t1s)[self._link_slots]  # (links, 1 + history)
-        speed = window_means(self.rates.speeds, t0s[:1], t1s[:1])[:, 0]
-        keys = list(self._links)
+        links = window_means(self.rates.links, t, window_s, history, 1 + history)  # spec order
+        speed = window_means(self.rates.speeds, t, window_s, history, 1)[:, 0]
+        mine = links[self._link_slots]  # the order of the dicts
+        keys = self._link_keys
         snap = Snapshot(
             time=t,
             spec=self.spec,
@@ -511,11 +517,10 @@ class NetworkState:
             sink=self.spec.sink,
             available=frozenset(d for d in self.spec.devices if self.available_at(d, t)),
             speed=dict(zip(self._speed, speed.tolist(), strict=True)),
-            link_mbps=dict(zip(keys, links[:, 0].tolist(), strict=True)),
-            link_history=dict(zip(keys, map(tuple, links[:, 1:].tolist()), strict=True)),
+            link_mbps=dict(zip(keys, mine[:, 0].tolist(), strict=True)),
+            link_history=dict(zip(keys, map(tuple, mine[:, 1:].tolist()), strict=True)),
         )
-        # what Snapshot.rates would compute from these dicts, in spec order
-        snap.__dict__["rates"] = Rates(
-            True, _NO_TRACES, links[np.argsort(self._link_slots), 0], _NO_TRACES, speed
-        )
+        # what Snapshot.rates and .link_windows would compute from these dicts
+        snap.__dict__["rates"] = Rates(True, _NO_TRACES, links[:, 0].copy(), _NO_TRACES, speed)
+        snap.__dict__["link_windows"] = links
         return snap

@@ -178,8 +178,10 @@ def bw_feature(mbps: float | np.ndarray) -> float | np.ndarray:
 
 def _route_feature(sec_per_byte: np.ndarray) -> np.ndarray:
     """``bw_feature`` of a route's effective Mbit/s; the device itself (0 s/B) counts as 10 Gbit/s."""
-    with np.errstate(divide="ignore"):
-        return bw_feature(np.where(sec_per_byte > 0, 8e-6 / sec_per_byte, 1e4))
+    mbps = np.full(sec_per_byte.shape, 1e4)
+    positive = sec_per_byte > 0
+    mbps[positive] = 8e-6 / sec_per_byte[positive]
+    return bw_feature(mbps)
 
 
 class _Slots:
@@ -238,25 +240,25 @@ class Observer:
 
     def encode(self, snapshot: Snapshot, view: NetView) -> np.ndarray:
         slots = self.slots(snapshot.spec)
-        n, f = len(slots.devices), self.DEVICE_FEATURES
+        n, f, h = len(slots.devices), self.DEVICE_FEATURES, self.history
         obs = np.zeros(self.size)
         dev = obs[: n * f].reshape(n, f)
         dev[:, 0] = 1.0
         dev[:, 1] = view.usable
         dev[:, 2] = slots.nominal
-        dev[:, 3] = [snapshot.speed[d] for d in slots.devices]
+        dev[:, 3] = snapshot.rates.speed  # spec order, as slots.devices
         dev[slots.index[snapshot.source], 4] = 1.0
         dev[slots.index[snapshot.sink], 5] = 1.0
-        dev[:, 6] = _route_feature(view.sec_per_byte[view.index[snapshot.source]])
-        dev[:, 7] = _route_feature(view.sec_per_byte[:, view.index[snapshot.sink]])
-        h = self.history
-        values = []
-        for key in slots.links:
-            hist = snapshot.link_history[key][-h:]
-            mean = snapshot.link_mbps[key]
-            values.append((mean, *(mean,) * (h - len(hist)), *hist))  # short history: pad with the mean
+        spb = view.sec_per_byte
+        dev[:, 6:8] = _route_feature(
+            np.stack((spb[view.index[snapshot.source]], spb[:, view.index[snapshot.sink]]), 1)
+        )
+        windows = snapshot.link_windows  # spec order, as slots.links: mean, then the history
+        if windows.shape[1] < 1 + h:  # short history: pad with the mean
+            windows = np.concatenate((np.repeat(windows[:, :1], 1 + h - windows.shape[1], 1), windows), 1)
+        values = windows[:, np.r_[0, windows.shape[1] - h : windows.shape[1]]]
         obs[slots.link_flags] = 1.0
-        obs[slots.link_values] = bw_feature(np.array(values))
+        obs[slots.link_values] = bw_feature(values)
         obs[-3:-1] = self._model
         obs[-1] = view.n_usable / self.max_devices
         return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
@@ -415,6 +417,8 @@ class MicroSplitEnv(gym.Env):
         self.view: NetView | None = None
         self._requests = 0
         self._masks: dict[int, np.ndarray] = {}
+        self._plans: dict[int, Plan] = {}  # per shape index, for the current view
+        self._costs: dict[int, tuple[Plan, float, Cost]] = {}  # per plan object, for the current view
 
     def _shapes(self) -> list[Shape]:
         cfg, n = self.config, len(self.graph.units)
@@ -454,11 +458,27 @@ class MicroSplitEnv(gym.Env):
     def plan_for(self, action: int) -> tuple[Plan, bool]:
         """The plan an action stands for under the current snapshot, and whether the action was invalid."""
         valid = 0 <= action < len(self.shapes) and shape_valid(self.graph, self.view, self.shapes[action])
-        shape = self.shapes[action] if 0 <= action < len(self.shapes) else self.shapes[0]
-        return complete(self.graph, self.view, shape), not valid
+        return self._completed(action if 0 <= action < len(self.shapes) else 0), not valid
 
     def reference_plan(self) -> Plan:
-        return complete(self.graph, self.view, self.shapes[0])
+        return self._completed(0)
+
+    def _completed(self, index: int) -> Plan:
+        """``complete`` of shape ``index`` under the current view, memoised until the next observation
+        (the reference is also action 0's plan, and callers ask about a step's plan more than once)."""
+        plan = self._plans.get(index)
+        if plan is None:
+            plan = self._plans[index] = complete(self.graph, self.view, self.shapes[index])
+        return plan
+
+    def _world_cost(self, plan: Plan, t: float) -> Cost:
+        """``cost_model.cost`` in the world, memoised per plan object and time until the next observation."""
+        hit = self._costs.get(id(plan))
+        if hit is not None and hit[0] is plan and hit[1] == t:
+            return hit[2]
+        cost = self.cost_model.cost(plan, self.world, t)
+        self._costs[id(plan)] = (plan, t, cost)
+        return cost
 
     def score(self, prediction: Prediction | Cost | Outcome) -> float:
         return self.objective.score(prediction)  # type: ignore[arg-type]
@@ -473,7 +493,7 @@ class MicroSplitEnv(gym.Env):
 
     def predicted_outcome(self, plan: Plan, t: float) -> Outcome:
         """The cost model's prediction of a request in the world at ``t``, failure check included."""
-        cost = self.cost_model.cost(plan, self.world, t)
+        cost = self._world_cost(plan, t)
         failed = self.touches_outage(plan, t, t + cost.latency_s)
         return Outcome(cost.latency_s, cost.energy_j, failed)
 
@@ -492,11 +512,11 @@ class MicroSplitEnv(gym.Env):
         t = self.time
         reference = self.reference_plan()
         ref_snap = self.score(self.cost_model.cost(reference, self.snapshot, t))
-        ref_world = self.cost_model.cost(reference, self.world, t) if world else None
+        ref_world = self._world_cost(reference, t) if world else None
         snap = np.full(self.n_actions, np.inf)
         real = np.full(self.n_actions, np.inf) if world else None
         for a in np.flatnonzero(self.action_masks()):
-            plan = complete(self.graph, self.view, self.shapes[a])
+            plan = self._completed(a)
             snap[a] = self.score(self.cost_model.cost(plan, self.snapshot, t)) / ref_snap
             if world:
                 latency, energy = self.charged(self.predicted_outcome(plan, t), ref_world)
@@ -533,7 +553,7 @@ class MicroSplitEnv(gym.Env):
         plan, invalid = self.plan_for(action)
         t = self.time
         outcome = self.backend.run(self, plan, t)
-        reference = self.cost_model.cost(self.reference_plan(), self.world, t)
+        reference = self._world_cost(self.reference_plan(), t)
         latency, energy = self.charged(outcome, reference)
         reward = -self.objective.score(Cost(latency, energy)) / max(self.score(reference), 1e-12)
         info = {
@@ -562,6 +582,8 @@ class MicroSplitEnv(gym.Env):
     def _observe(self) -> np.ndarray:
         self.snapshot = self.world.snapshot(self.time, self.config.window_s, self.config.history)
         self.view = net_view(self.snapshot)
+        self._plans.clear()
+        self._costs.clear()
         return self.observer.encode(self.snapshot, self.view)
 
     def _cluster_for(self, spec: ClusterSpec) -> _Cluster:

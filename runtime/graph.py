@@ -180,6 +180,8 @@ class LayerGraph:
         self._unit_step = lru_cache(maxsize=1 << 18)(self._unit_step)
         self._band = lru_cache(maxsize=1 << 16)(self._band)
         self.last_linear = lru_cache(maxsize=1 << 12)(self.last_linear)
+        self.extent = lru_cache(maxsize=None)(self.extent)  # one entry per boundary
+        self.row_bytes = lru_cache(maxsize=None)(self.row_bytes)
 
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: tuple[int, ...], name: str = "model"):

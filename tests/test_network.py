@@ -378,3 +378,11 @@ def test_snapshot_means_are_the_scalar_trace_integrals(seed):
         fresh = Snapshot(**{f: getattr(snap, f) for f in Snapshot.__dataclass_fields__})
         np.testing.assert_array_equal(snap.rates.link_mbps, fresh.rates.link_mbps)
         np.testing.assert_array_equal(snap.rates.speed, fresh.rates.speed)
+        np.testing.assert_array_equal(snap.link_windows, fresh.link_windows)
+
+
+def test_link_windows_pad_a_short_history_with_the_mean():
+    snap = NetworkState.static(_line_spec()).snapshot(3.0, history=2)
+    short = Snapshot(**{**{f: getattr(snap, f) for f in Snapshot.__dataclass_fields__}, "link_history": {
+        ("a", "b"): (7.0,), ("b", "c"): (1.0, 2.0)}})  # fmt: skip
+    np.testing.assert_array_equal(short.link_windows, [[20.0, 20.0, 7.0], [40.0, 1.0, 2.0]])
