@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from env.completion import split_rows
 from env.network import Rates, _carry_seconds, _locate, _segment_at
 from runtime.graph import LayerGraph
 from runtime.layout import band_transfers
@@ -160,11 +161,11 @@ class CostModel:
         self.graph = graph
         self.spec = spec
         self.profile = profile
-        self._skeletons: dict[Plan, _Skeleton] = {}
+        self._skeletons: dict[int, list[tuple[Plan, _Skeleton]]] = {}  # by hash(plan)
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
-        # per band (start, end, out rows, device): device index, out rows, input rows and seconds at
-        # nominal speed; bands recur across plans far more than plans do
-        self._band_work: dict[tuple, tuple[int, int, int, int, int, float]] = {}
+        # per band (start, end, device index, out rows): input rows and seconds at nominal speed; bands
+        # recur across plans far more than plans do
+        self._band_work: dict[tuple[int, int, int, int, int], tuple[int, int, float]] = {}
         names = spec.device_ids
         self._names = names
         self._device = {d: i for i, d in enumerate(names)}
@@ -228,12 +229,14 @@ class CostModel:
         hit = self._recent.get(id(plan))
         if hit is not None and hit[0] is plan:
             return hit[1]
-        skeleton = self._skeletons.get(plan)
+        key = hash(plan)  # once: a plan's hash walks all its stages and assignments
+        bucket = self._skeletons.get(key)
+        skeleton = next((sk for p, sk in bucket if p is plan or p == plan), None) if bucket else None
         if skeleton is None:
             skeleton = self._build(plan)
             if len(self._skeletons) > 20000:
                 self._skeletons.clear()
-            self._skeletons[plan] = skeleton
+            self._skeletons.setdefault(key, []).append((plan, skeleton))
         if len(self._recent) >= 64:
             self._recent.clear()
         self._recent[id(plan)] = (plan, skeleton)  # holds the plan, so its id is not reused meanwhile
@@ -241,30 +244,38 @@ class CostModel:
 
     def _build(self, plan: Plan) -> _Skeleton:
         graph, index, work = self.graph, self._device, self._band_work
-        stage_ptr, rows = [0], []
-        for stage, bands in zip(plan.stages, plan.bands(graph), strict=True):
+        ptr, devices, shares = [0], [], []
+        for stage in plan.stages:
+            for a in stage.assignments:
+                devices.append(index[a.device])
+                shares.append(a.share)
+            ptr.append(len(devices))
+        stage_ptr, band_device, out_lo, out_hi = _plan_bands(
+            np.array(ptr, dtype=np.int64),
+            np.array(devices, dtype=np.int64),
+            np.array(shares, dtype=np.float64),
+            np.array([graph.extent(st.end) for st in plan.stages], dtype=np.int64),
+        )
+        bounds, rows = stage_ptr.tolist(), []
+        band = zip(band_device.tolist(), out_lo.tolist(), out_hi.tolist(), strict=True)
+        for s, stage in enumerate(plan.stages):
             start, end = stage.start, stage.end
-            for band in bands:
-                key = (start, end, band.rows, band.device)
+            for _ in range(bounds[s + 1] - bounds[s]):
+                key = (start, end, *next(band))
                 known = work.get(key)
                 if known is None:
                     if len(work) > 200_000:
                         work.clear()
-                    lo, hi = band.rows
-                    seconds = self._nominal_seconds(band.device, start, end, band.rows)
+                    device, out = self._names[key[2]], (key[3], key[4])
                     known = work[key] = (
-                        index[band.device],
-                        lo,
-                        hi,
-                        *graph.input_rows(start, end, band.rows),
-                        seconds,
+                        *graph.input_rows(start, end, out),
+                        self._nominal_seconds(device, start, end, out),
                     )
                 rows.append(known)
-            stage_ptr.append(len(rows))
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
-        band_device, out_lo, out_hi, in_lo, in_hi = np.ascontiguousarray(table[:, :5].T, dtype=np.int64)
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+        in_lo, in_hi = np.ascontiguousarray(table[:, :2].T, dtype=np.int64)
         row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
-        ints = [np.array(stage_ptr, dtype=np.int64), band_device, out_lo, out_hi, in_lo, in_hi]
+        ints = [stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi]
         arrays = _compile_skeleton(
             len(self._names),
             *ints,
@@ -283,7 +294,7 @@ class CostModel:
             tuple(self._names[i] for i in order),
             order,
             band_device,
-            table[:, 5].copy(),
+            table[:, 2].copy(),
             *arrays[:12],
             sink_inputs,
             arrays[12],
@@ -364,6 +375,29 @@ class CostModel:
 # ---- the compiled skeleton and replay ----------------------------------------------------------
 
 _band_transfers = njit(cache=True)(band_transfers)  # the layout's transfer rule, compiled
+
+
+@njit(cache=True)
+def _plan_bands(ptr, devices, shares, extents):
+    """``Plan.bands`` over flat arrays (stage ``s``'s assignments are ``ptr[s]..ptr[s+1]-1``): each
+    stage's extent split by ``split_rows`` (= ``split_by_shares``) into consecutive row ranges in listed
+    order, empty ones dropped. Returns the bands' stage_ptr, device, out_lo, out_hi."""
+    n_stages = extents.size
+    stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
+    band_device = np.empty(devices.size, dtype=np.int64)
+    out_lo = np.empty(devices.size, dtype=np.int64)
+    out_hi = np.empty(devices.size, dtype=np.int64)
+    n = 0
+    for s in range(n_stages):
+        sizes = split_rows(extents[s], shares[ptr[s] : ptr[s + 1]])
+        lo = 0
+        for j in range(sizes.size):
+            if sizes[j] > 0:
+                band_device[n], out_lo[n], out_hi[n] = devices[ptr[s] + j], lo, lo + sizes[j]
+                n += 1
+            lo += sizes[j]
+        stage_ptr[s + 1] = n
+    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n]
 
 
 @njit(cache=True)

@@ -176,12 +176,9 @@ def bw_feature(mbps: float | np.ndarray) -> float | np.ndarray:
     return np.log2(1.0 + np.maximum(mbps, 0.0)) / 6.0
 
 
-def _route_feature(sec_per_byte: np.ndarray) -> np.ndarray:
-    """``bw_feature`` of a route's effective Mbit/s; the device itself (0 s/B) counts as 10 Gbit/s."""
-    mbps = np.full(sec_per_byte.shape, 1e4)
-    positive = sec_per_byte > 0
-    mbps[positive] = 8e-6 / sec_per_byte[positive]
-    return bw_feature(mbps)
+def _route_mbps(sec_per_byte: np.ndarray) -> np.ndarray:
+    """A route's effective Mbit/s; the device itself (0 s/B) counts as 10 Gbit/s."""
+    return np.divide(8e-6, sec_per_byte, out=np.full(sec_per_byte.shape, 1e4), where=sec_per_byte > 0)
 
 
 class _Slots:
@@ -249,16 +246,21 @@ class Observer:
         dev[:, 3] = snapshot.rates.speed  # spec order, as slots.devices
         dev[slots.index[snapshot.source], 4] = 1.0
         dev[slots.index[snapshot.sink], 5] = 1.0
+        # every bandwidth feature in one bw_feature call: routes from the source, to the sink, then the
+        # links' mean and history (spec order, as slots.links)
         spb = view.sec_per_byte
-        dev[:, 6:8] = _route_feature(
-            np.stack((spb[view.index[snapshot.source]], spb[:, view.index[snapshot.sink]]), 1)
-        )
-        windows = snapshot.link_windows  # spec order, as slots.links: mean, then the history
-        if windows.shape[1] < 1 + h:  # short history: pad with the mean
-            windows = np.concatenate((np.repeat(windows[:, :1], 1 + h - windows.shape[1], 1), windows), 1)
-        values = windows[:, np.r_[0, windows.shape[1] - h : windows.shape[1]]]
+        windows = snapshot.link_windows
+        width = windows.shape[1]
+        if width < 1 + h:  # short history: pad with the mean
+            windows = np.concatenate((np.repeat(windows[:, :1], 1 + h - width, 1), windows), 1)
+        elif width > 1 + h:  # the last h seconds
+            windows = np.concatenate((windows[:, :1], windows[:, width - h :]), 1)
+        routes = np.concatenate((spb[view.index[snapshot.source]], spb[:, view.index[snapshot.sink]]))
+        features = bw_feature(np.concatenate((_route_mbps(routes), windows.ravel())))
+        dev[:, 6] = features[:n]
+        dev[:, 7] = features[n : 2 * n]
         obs[slots.link_flags] = 1.0
-        obs[slots.link_values] = bw_feature(values)
+        obs[slots.link_values] = features[2 * n :].reshape(windows.shape)
         obs[-3:-1] = self._model
         obs[-1] = view.n_usable / self.max_devices
         return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)

@@ -139,3 +139,129 @@ def test_trace_driven_world_integrates_the_drop(graph, spec):
     first = 0.001 + (in_bytes - 50e6 / 8 * 0.001) * 8 / 5e6  # 1 ms at 50 Mbit/s, the rest at 5
     out = 10 * 4 * 8 / 5e6
     assert p.latency_s == pytest.approx(first + 0.001 + graph.total_flops / 4e9 + out + 0.001, rel=1e-6)
+
+
+def _reference_replay(graph, spec, plan, conditions, t0):
+    """An independent, plain statement of the replay semantics over runtime.layout (module docstring of
+    env/cost_model.py): per device one compute queue and one radio, FIFO on ties, store and forward."""
+    import heapq
+
+    from runtime.layout import layout
+
+    lay = layout(graph, plan)
+    tasks = [task for stage in lay.tasks for task in stage]
+    index = {(t.stage, t.device): i for i, t in enumerate(tasks)}
+    n_stages = len(plan.stages)
+    waiting = [len(lay.inputs_of(t.stage, t.device)) for t in tasks]
+    ready = [t0] * len(tasks)
+    busy = {d: [0.0, 0.0, 0.0] for d in spec.devices}  # compute, send, recv seconds
+    cpu, radio = dict.fromkeys(spec.devices, t0), dict.fromkeys(spec.devices, t0)
+    events, seq, state = [], [0], {"sink": len(lay.inputs_of(n_stages, plan.sink)), "finish": t0}
+
+    def push(at, item):
+        heapq.heappush(events, (at, seq[0], item))
+        seq[0] += 1
+
+    def sent(stage, src, at):  # a task (or the source) is done at `at`: its outputs leave
+        local = []
+        for t in lay.outputs_of(stage, src):
+            path = spec.route(t.src, t.dst)
+            if t.local:
+                local.append(t)
+            else:
+                push(at, ("hop", t, tuple(zip(path[:-1], path[1:], strict=True)), 0))
+        for t in local:
+            arrived(t, at)
+
+    def arrived(t, at):
+        if t.stage == n_stages:
+            state["sink"] -= 1
+            state["finish"] = max(state["finish"], at)
+            return
+        i = index[(t.stage, t.dst)]
+        waiting[i] -= 1
+        ready[i] = max(ready[i], at)
+        if waiting[i] == 0:
+            push(ready[i], ("task", i))
+
+    sent(0, plan.source, t0)
+    while events:
+        at, _, item = heapq.heappop(events)
+        if item[0] == "task":
+            task = tasks[item[1]]
+            stage = plan.stages[task.stage]
+            start = max(at, cpu[task.device])
+            nominal = graph.band_flops(stage.start, stage.end, task.out_rows) / (
+                spec.devices[task.device].gflops * 1e9
+            )
+            end = start + nominal / conditions.speed_at(task.device, start)
+            cpu[task.device] = end
+            busy[task.device][0] += end - start
+            sent(task.stage + 1, task.device, end)
+            continue
+        _, t, hops, h = item
+        a, b = hops[h]
+        start = max(at, radio[a])
+        air = conditions.transfer_time(a, b, t.nbytes, start)
+        radio[a] = start + air
+        busy[a][1] += air
+        busy[b][2] += air
+        arrival = start + air + conditions.latency(a, b)
+        if h + 1 < len(hops):
+            push(arrival, ("hop", t, hops, h + 1))
+        else:
+            arrived(t, arrival)
+    assert state["sink"] == 0
+    makespan = state["finish"] - t0
+    used = {plan.source, plan.sink} | {t.device for t in tasks}
+    used |= {d for t in lay.transfers if not t.local for d in spec.route(t.src, t.dst)}
+    energy = 0.0
+    for d in sorted(used):
+        c, s, r = busy[d]
+        p = spec.devices[d].power
+        energy += (
+            c * p.compute_w + s * p.transmit_w + r * p.receive_w + max(0.0, makespan - (c + s + r)) * p.idle_w
+        )
+    return makespan, energy, {d: tuple(busy[d]) for d in used}
+
+
+@pytest.mark.parametrize("cluster", ["tiny3", "line4"])
+def test_compiled_replay_matches_a_plain_replay_of_the_layout(graph, cluster):
+    """Random plans (fractional shares too), a trace-driven world with outages, slow devices and relays,
+    and the snapshot of it: the compiled skeleton and replay give the plain replay's figures."""
+    from env.network import link_key
+    from env.traces import Trace
+
+    spec = load_cluster(CONFIGS / f"{cluster}.yaml")
+    rng = np.random.default_rng(7)
+    traces = {}
+    for ln in spec.links:
+        n = int(rng.integers(1, 12))
+        times = np.concatenate(([0.0], np.sort(rng.uniform(0.0, 0.05, n - 1))))
+        mbps = np.where(rng.random(n) < 0.2, 0.0, rng.uniform(5.0, 80.0, n))
+        mbps[0] = max(mbps[0], 5.0)
+        traces[link_key(ln.a, ln.b)] = Trace(times, mbps, float(times[-1] + rng.uniform(0.001, 0.02)))
+    speed = {d: Trace([0.0, 0.01], rng.uniform(0.3, 1.0, 2), 0.02) for d in spec.device_ids}
+    world = NetworkState(spec, traces, speed)
+    model = CostModel(graph, spec)
+    devices = list(spec.device_ids)
+    for i in range(40):
+        plan = random_plan(graph, devices, rng, source=devices[0], sink=devices[-1])
+        if i % 2:  # shares that are not whole rows
+            plan = Plan.build(plan.source, plan.sink, [
+                (st.start, st.end, {a.device: a.share * rng.uniform(0.5, 2.0) for a in st.assignments})
+                for st in plan.stages
+            ])  # fmt: skip
+        t0 = float(rng.uniform(0.0, 1.0))
+        for conditions in (world, world.snapshot(t0, window_s=0.01, history=2)):
+            latency, energy, busy = _reference_replay(graph, spec, plan, conditions, t0)
+            p = model.predict(plan, conditions, t0)
+            assert p.latency_s == pytest.approx(latency, rel=1e-12)
+            assert p.energy_j == pytest.approx(energy, rel=1e-12)
+            assert set(p.device_time) == set(busy)
+            for d, (c, s, r) in busy.items():
+                assert (
+                    p.device_time[d].compute_s,
+                    p.device_time[d].send_s,
+                    p.device_time[d].recv_s,
+                ) == pytest.approx((c, s, r), rel=1e-12, abs=1e-15)
