@@ -175,9 +175,10 @@ class Trace:
         """Bytes the link carries in one full period."""
         return float(self.cum_bytes[-1])
 
-    def _split(self, t: float) -> tuple[float, float, float]:
-        """Absolute time -> (whole periods, time in period, bytes carried since period start)."""
-        times, rate, cum = self._lists
+    def _split(self, t: float, lists: bool = True) -> tuple[float, float, float]:
+        """Absolute time -> (whole periods, time in period, bytes carried since period start); on the
+        list mirrors, or (``lists=False``: one-off queries) on the arrays, same values."""
+        times, rate, cum = self._lists if lists else (self.times, self.rate, self.cum_bytes)
         return locate(times, rate, cum, 0, len(times), self.duration, t)
 
     def value_at(self, t: float) -> float:
@@ -195,8 +196,9 @@ class Trace:
         """Bytes the link can carry in [t0, t1] (exact integral, any number of periods)."""
         if t1 < t0:
             raise ValueError(f"bytes_between needs t0 <= t1, got {t0} > {t1}")
-        k0, _, c0 = self._split(t0)
-        k1, _, c1 = self._split(t1)
+        lists = "_lists" in self.__dict__  # a trace read only through a TraceStack never builds them
+        k0, _, c0 = self._split(t0, lists)
+        k1, _, c1 = self._split(t1, lists)
         return (k1 - k0) * self.period_bytes + c1 - c0
 
     def mean_mbps(self, t0: float, t1: float) -> float:
