@@ -22,7 +22,9 @@ Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down
 stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
 
 The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
-policy learns which shapes work under which conditions. ``search_shape`` is the matching oracle: a
+policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
+per-stage loop is one numba kernel (``_complete``); its largest-remainder rounding ``split_rows`` is
+``runtime.halo.split_by_shares`` compiled and tested equal to it. ``search_shape`` is the matching oracle: a
 steepest-descent search over shapes scored by the cost model, used to build the candidate set of shapes
 and the optimiser-like labels for behaviour cloning.
 """
@@ -270,7 +272,9 @@ def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
         [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64
     ).T
     ints = np.array([(i.extent, i.param_bytes, k) for i, k in zip(infos, ks, strict=True)], dtype=np.int64).T
-    return (np.array([i.flat for i in infos], dtype=np.bool_), *floats, *ints)
+    # contiguous rows: one compiled signature for every shape (see env/cost_model.py on the numba cache)
+    columns = [np.ascontiguousarray(c) for c in (*floats, *ints)]
+    return (np.array([i.flat for i in infos], dtype=np.bool_), *columns)
 
 
 def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
@@ -382,7 +386,7 @@ def split_rows(total, shares):
     return sizes
 
 
-@njit(cache=True)
+@njit  # called only by _complete, whose cache holds it
 def _choose(
     spb, usable, memory, inv_speed, used_memory, prev_dev, prev_w, sink, flat, in_bytes, flops, out_bytes,
     halo_bytes, halo_flops, param_bytes, k,

@@ -23,6 +23,11 @@ once per plan into flat arrays, and the replay runs in one numba kernel (``_repl
 world's traces with runtime/schedule.py's routine, compiled. ``predict`` is the thin wrapper that turns
 the kernel's per-device seconds into a ``Prediction``; ``cost`` skips that for callers that only need
 latency and energy (the env, per request).
+
+The kernels that Python calls are compiled with ``cache=True`` (first use in a fresh checkout compiles for a
+few seconds, later processes load them) and always receive the same argument types (contiguous int64 and
+float64 arrays), so each has one compiled signature: processes that compile at the same time (vectorised
+envs on a cold cache) then write identical cache entries. Helpers are compiled into their callers.
 """
 
 from __future__ import annotations
@@ -374,7 +379,7 @@ class CostModel:
 
 # ---- the compiled skeleton and replay ----------------------------------------------------------
 
-_band_transfers = njit(cache=True)(band_transfers)  # the layout's transfer rule, compiled
+_band_transfers = njit(band_transfers)  # the layout's transfer rule, compiled (into _compile_skeleton)
 
 
 @njit(cache=True)
@@ -516,7 +521,7 @@ def _compile_skeleton(
     )
 
 
-@njit(cache=True)
+@njit  # called only by _replay, whose cache holds it
 def _push(heap_t, heap_s, heap_a, heap_b, n, t, seq, a, b):
     """Push event (t, seq) carrying (a, b) on a binary min-heap ordered by (time, seq); returns size."""
     i = n
@@ -531,7 +536,7 @@ def _push(heap_t, heap_s, heap_a, heap_b, n, t, seq, a, b):
     return n + 1
 
 
-@njit(cache=True)
+@njit  # called only by _replay, whose cache holds it
 def _pop(heap_t, heap_s, heap_a, heap_b, n):
     """Remove the smallest event; returns (time, a, b, new size)."""
     t, a, b = heap_t[0], heap_a[0], heap_b[0]

@@ -167,10 +167,10 @@ def _window_means(times, mbps, rate, cum, lo, hi, duration, period, t, window_s,
     return out
 
 
-# the one integration routine (runtime/schedule.py), compiled
-_locate = njit(cache=True)(schedule.locate)
-_segment_at = njit(cache=True)(schedule.segment_at)
-_carry_seconds = njit(cache=True)(schedule.carry_seconds)
+# the one integration routine (runtime/schedule.py), compiled into the kernels that call it
+_locate = njit(schedule.locate)
+_segment_at = njit(schedule.segment_at)
+_carry_seconds = njit(schedule.carry_seconds)
 
 
 def window_means(stack: TraceStack, t: float, window_s: float, history: int, n_windows: int) -> np.ndarray:
