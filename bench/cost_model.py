@@ -2,7 +2,7 @@
 
 Plans are random valid plans with up to 5 stages of up to 6 devices each (the range planners explore).
 Three figures, measured in one run: a planner's case (constant snapshot) for plans seen for the first
-time ("cold": layout and routes computed) and again ("warm": per-plan skeleton cached), and the
+time ("cold": the skeleton built: bands, halo rows, transfers) and again ("warm": cached), and the
 trace-driven world (exact integration over real link traces) on warm plans.
 
 Rerun: python bench/cost_model.py [--plans 2000]

@@ -115,9 +115,6 @@ class Profile:
         return cls(data["model"], float(data["reference_gflops"]), tuple(map(float, data["unit_seconds"])))
 
 
-Hop = tuple[str, str, float]  # (from, to, link latency)
-
-
 @dataclass(frozen=True)
 class _Skeleton:
     """Everything about a plan that does not depend on the network's state, as the kernel's flat arrays
