@@ -136,18 +136,21 @@ class Trace:
         where = f"trace {self.name!r}"
         if times.size == 0 or times.size != mbps.size:
             raise TraceError(f"{where}: need equal, non-zero numbers of times and values")
-        if not (np.all(np.isfinite(times)) and np.all(np.isfinite(mbps))):
+        if not (np.isfinite(times).all() and np.isfinite(mbps).all()):
             raise TraceError(f"{where}: times and values must be finite")
         if times[0] != 0.0:
             raise TraceError(f"{where}: times must start at 0, got {times[0]}")
-        if np.any(np.diff(times) <= 0):
+        spans = np.diff(times)
+        if (spans <= 0).any():
             raise TraceError(f"{where}: times must be strictly increasing")
-        if np.any(mbps < 0):
+        if (mbps < 0).any():
             raise TraceError(f"{where}: bandwidth must be >= 0 Mbit/s")
         if not (math.isfinite(duration) and duration > times[-1]):
             raise TraceError(f"{where}: duration {duration} must exceed the last time {times[-1]}")
         rate = mbps * BYTES_PER_MBIT
-        cum = np.concatenate(([0.0], np.cumsum(rate * np.diff(np.append(times, duration)))))
+        cum = np.empty(times.size + 1)
+        cum[0] = 0.0
+        np.cumsum(rate * np.append(spans, duration - times[-1]), out=cum[1:])
         for arr in (times, mbps, rate, cum):
             arr.setflags(write=False)
         object.__setattr__(self, "times", times)
