@@ -153,6 +153,17 @@ class _Skeleton:
         return {(names[i], names[j]): int(self.link_matrix[i, j]) for i, j in zip(a, b, strict=True)}
 
 
+def _plan_key(plan: Plan) -> tuple:
+    """A plan's content as one flat tuple: source, sink, then per stage its bounds, assignment count and
+    (device, share) pairs."""
+    key = [plan.source, plan.sink]
+    for st in plan.stages:
+        key += (st.start, st.end, len(st.assignments))
+        for a in st.assignments:
+            key += (a.device, a.share)
+    return tuple(key)
+
+
 class CostModel:
     """Predicts what the runtime will measure for a plan."""
 
@@ -164,7 +175,7 @@ class CostModel:
         self.graph = graph
         self.spec = spec
         self.profile = profile
-        self._skeletons: dict[int, list[tuple[Plan, _Skeleton]]] = {}  # by hash(plan)
+        self._skeletons: dict[tuple, _Skeleton] = {}  # by _plan_key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
         # per band (start, end, device, out rows), packed into one int64 key: its row in _work_rows
         # (input rows) and _work_seconds (at nominal speed); bands recur across plans far more than plans
@@ -233,21 +244,22 @@ class CostModel:
     def skeleton(self, plan: Plan) -> _Skeleton:
         """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
 
-        The last few plans are also found by identity: a caller asks several times about the plan object
-        it just built, and hashing a plan (nested dataclasses) costs more than the rest of a lookup.
+        The cache is keyed by the plan's content as one flat tuple of strings and numbers, which the
+        garbage collector stops tracking, rather than by Plan objects (dozens of dataclasses per plan
+        that every full collection would walk). The last few plans are also found by identity: a caller
+        asks several times about the plan object it just built.
         """
         hit = self._recent.get(id(plan))
         if hit is not None and hit[0] is plan:
             return hit[1]
-        key = hash(plan)  # once: a plan's hash walks all its stages and assignments
-        bucket = self._skeletons.get(key)
-        skeleton = next((sk for p, sk in bucket if p is plan or p == plan), None) if bucket else None
+        key = _plan_key(plan)
+        skeleton = self._skeletons.get(key)
         if skeleton is None:
             skeleton = self._build(plan)
             if len(self._skeletons) > 20000:
                 self._skeletons.clear()
-            self._skeletons.setdefault(key, []).append((plan, skeleton))
-        if len(self._recent) >= 64:
+            self._skeletons[key] = skeleton
+        if len(self._recent) >= 8:
             self._recent.clear()
         self._recent[id(plan)] = (plan, skeleton)  # holds the plan, so its id is not reused meanwhile
         return skeleton
