@@ -226,17 +226,12 @@ def serve(
 
     def inputs():
         for i in range(options.requests):
-            if options.arrival_every_s is None:
-                if options.duration_s is not None and ctl.now() - start > options.duration_s:
-                    return
-                waits.append(0.0)
-                yield pool[i % len(pool)]
-                continue
-            due = start + i * options.arrival_every_s
+            due = ctl.now() if options.arrival_every_s is None else start + i * options.arrival_every_s
             if options.duration_s is not None and due - start > options.duration_s:
                 return
-            time.sleep(max(0.0, due - ctl.now()))  # nothing is in flight (open loop: one at a time)
-            waits.append(max(0.0, ctl.now() - due))
+            if options.arrival_every_s is not None:
+                time.sleep(max(0.0, due - ctl.now()))  # nothing is in flight meanwhile (window 1)
+            waits.append(0.0 if options.arrival_every_s is None else max(0.0, ctl.now() - due))
             yield pool[i % len(pool)]
 
     def results():

@@ -33,6 +33,7 @@ from agents import make_planner
 from agents.serving import Decider, ServeOptions, serve
 from env.cost_model import Objective
 from env.network import DynamicsConfig, NetworkState, Snapshot
+from env.telemetry import LiveView
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
@@ -67,11 +68,14 @@ def collapse_world(spec, drop_at: float) -> NetworkState:
 
 
 def oracle(world: NetworkState, ctl: Controller) -> Callable[[], Snapshot]:
-    """The emulated world's own snapshots at the controller's clock: perfect knowledge of the present
-    (not of the future), the bound for what better telemetry could gain."""
+    """Live snapshots whose link bandwidths are the emulated world's exact present (not its future): the
+    bound for what better link telemetry could gain. Device speeds stay measured, since the emulated
+    devices run below their nominal speed on a busy host and the world does not know by how much."""
+    live = LiveView(ctl.spec, ctl)
 
     def snapshot() -> Snapshot:
-        return replace(world.snapshot(ctl.now(), window_s=1.0), available=ctl.available)
+        exact = world.snapshot(ctl.now(), window_s=1.0)
+        return replace(live.snapshot(), link_mbps=exact.link_mbps, link_history=exact.link_history)
 
     return snapshot
 
@@ -136,8 +140,9 @@ def collapse(args) -> None:
 
 
 def short(agent: str) -> str:
-    """A planner name without the policy file's folders."""
-    return agent if not agent.startswith("ppo:") else "ppo:" + Path(agent[4:]).name
+    """A planner name without the policy file's folders (ppo:PATH, ppo-top3:PATH)."""
+    kind, sep, path = agent.partition(":")
+    return kind + sep + Path(path).name if sep else agent
 
 
 def chaos(args) -> None:
