@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numba import njit, types
-from numba.typed import Dict
+from numba import njit
 
 from env.completion import split_rows
 from env.network import Rates, _carry_seconds, _locate, _segment_at
@@ -177,16 +176,9 @@ class CostModel:
         self.profile = profile
         self._skeletons: dict[tuple, _Skeleton] = {}  # by _plan_key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
-        # per band (start, end, device, out rows), packed into one int64 key: its row in _work_rows
-        # (input rows) and _work_seconds (at nominal speed); bands recur across plans far more than plans
-        # do, and the compiled _plan_bands looks them up
-        if len(graph.units) >= 1 << 10 or len(spec.devices) >= 1 << 8:
-            raise ValueError("the cost model packs band keys for < 1024 units and < 256 devices")
-        if max(graph.extent(i) for i in range(len(graph.units) + 1)) >= 1 << 17:
-            raise ValueError("the cost model packs band keys for extents < 131072 rows or features")
-        self._work_index = Dict.empty(key_type=types.int64, value_type=types.int64)
-        self._work_rows = np.zeros((1024, 2), dtype=np.int64)
-        self._work_seconds = np.zeros(1024)
+        # per band (start, end, device index, out rows): input rows and seconds at nominal speed; bands
+        # recur across plans far more than plans do
+        self._band_work: dict[tuple[int, int, int, int, int], tuple[int, int, float]] = {}
         names = spec.device_ids
         self._names = names
         self._device = {d: i for i, d in enumerate(names)}
@@ -265,30 +257,37 @@ class CostModel:
         return skeleton
 
     def _build(self, plan: Plan) -> _Skeleton:
-        graph, index = self.graph, self._device
+        graph, index, work = self.graph, self._device, self._band_work
         ptr, devices, shares = [0], [], []
         for stage in plan.stages:
             for a in stage.assignments:
                 devices.append(index[a.device])
                 shares.append(a.share)
             ptr.append(len(devices))
-        bands = _plan_bands(
+        stage_ptr, band_device, out_lo, out_hi = _plan_bands(
             np.array(ptr, dtype=np.int64),
             np.array(devices, dtype=np.int64),
             np.array(shares, dtype=np.float64),
-            np.array([(graph.extent(st.end), st.start, st.end) for st in plan.stages], dtype=np.int64),
-            self._work_index,
-            self._work_rows,
-            self._work_seconds,
+            np.array([graph.extent(st.end) for st in plan.stages], dtype=np.int64),
         )
-        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds, keys, missing = bands
-        for b in missing.tolist():  # bands never seen: the graph's halo arithmetic, then remembered
-            stage = int(np.searchsorted(stage_ptr, b, side="right")) - 1
-            start, end = plan.stages[stage].start, plan.stages[stage].end
-            out = (int(out_lo[b]), int(out_hi[b]))
-            in_lo[b], in_hi[b] = graph.input_rows(start, end, out)
-            seconds[b] = self._nominal_seconds(self._names[band_device[b]], start, end, out)
-            self._remember(int(keys[b]), int(in_lo[b]), int(in_hi[b]), float(seconds[b]))
+        bounds, rows = stage_ptr.tolist(), []
+        band = zip(band_device.tolist(), out_lo.tolist(), out_hi.tolist(), strict=True)
+        for s, stage in enumerate(plan.stages):
+            start, end = stage.start, stage.end
+            for _ in range(bounds[s + 1] - bounds[s]):
+                key = (start, end, *next(band))
+                known = work.get(key)
+                if known is None:
+                    if len(work) > 200_000:
+                        work.clear()
+                    device, out = self._names[key[2]], (key[3], key[4])
+                    known = work[key] = (
+                        *graph.input_rows(start, end, out),
+                        self._nominal_seconds(device, start, end, out),
+                    )
+                rows.append(known)
+        table = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+        in_lo, in_hi = np.ascontiguousarray(table[:, :2].T, dtype=np.int64)
         row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
         ints = [stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi]
         arrays = _compile_skeleton(
@@ -309,24 +308,11 @@ class CostModel:
             tuple(self._names[i] for i in order),
             order,
             band_device,
-            seconds,
+            table[:, 2].copy(),
             *arrays[:12],
             sink_inputs,
             arrays[12],
         )
-
-    def _remember(self, key: int, in_lo: int, in_hi: int, seconds: float) -> None:
-        """Add one band's figures to the lookup table (doubling its arrays when full)."""
-        n = len(self._work_index)
-        if n >= 1 << 20:  # bounded: start over
-            self._work_index.clear()
-            n = 0
-        if n == len(self._work_seconds):
-            self._work_rows = np.concatenate((self._work_rows, np.zeros_like(self._work_rows)))
-            self._work_seconds = np.concatenate((self._work_seconds, np.zeros_like(self._work_seconds)))
-        self._work_rows[n] = in_lo, in_hi
-        self._work_seconds[n] = seconds
-        self._work_index[key] = n
 
     # ---- simulation ----------------------------------------------------------------------------
     def _run(self, plan: Plan, conditions, t0: float) -> tuple[_Skeleton, float, float, np.ndarray]:
@@ -406,46 +392,26 @@ _band_transfers = njit(band_transfers)  # the layout's transfer rule, compiled (
 
 
 @njit(cache=True)
-def _plan_bands(ptr, devices, shares, stages, index, work_rows, work_seconds):
-    """``Plan.bands`` over flat arrays (stage ``s``'s assignments are ``ptr[s]..ptr[s+1]-1``; ``stages``
-    rows are extent, start, end): each stage's extent split by ``split_rows`` (= ``split_by_shares``) into
-    consecutive row ranges in listed order, empty ones dropped; then each band's input rows and nominal
-    seconds from the table ``index`` -> ``work_*``. Returns the bands' stage_ptr, device, out_lo, out_hi,
-    in_lo, in_hi, seconds, packed keys, and the bands missing from the table (their figures unset)."""
-    n_stages = stages.shape[0]
-    n = devices.size
+def _plan_bands(ptr, devices, shares, extents):
+    """``Plan.bands`` over flat arrays (stage ``s``'s assignments are ``ptr[s]..ptr[s+1]-1``): each
+    stage's extent split by ``split_rows`` (= ``split_by_shares``) into consecutive row ranges in listed
+    order, empty ones dropped. Returns the bands' stage_ptr, device, out_lo, out_hi."""
+    n_stages = extents.size
     stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
-    band_device = np.empty(n, dtype=np.int64)
-    out_lo = np.empty(n, dtype=np.int64)
-    out_hi = np.empty(n, dtype=np.int64)
-    in_lo = np.zeros(n, dtype=np.int64)
-    in_hi = np.zeros(n, dtype=np.int64)
-    seconds = np.zeros(n)
-    keys = np.empty(n, dtype=np.int64)
-    missing = np.empty(n, dtype=np.int64)
-    b, m = 0, 0
+    band_device = np.empty(devices.size, dtype=np.int64)
+    out_lo = np.empty(devices.size, dtype=np.int64)
+    out_hi = np.empty(devices.size, dtype=np.int64)
+    n = 0
     for s in range(n_stages):
-        sizes = split_rows(stages[s, 0], shares[ptr[s] : ptr[s + 1]])
+        sizes = split_rows(extents[s], shares[ptr[s] : ptr[s + 1]])
         lo = 0
         for j in range(sizes.size):
             if sizes[j] > 0:
-                d = devices[ptr[s] + j]
-                band_device[b], out_lo[b], out_hi[b] = d, lo, lo + sizes[j]
-                key = ((((stages[s, 1] << 10) | stages[s, 2]) << 8 | d) << 17 | lo) << 17 | (lo + sizes[j])
-                keys[b] = key
-                if key in index:
-                    row = index[key]
-                    in_lo[b], in_hi[b], seconds[b] = work_rows[row, 0], work_rows[row, 1], work_seconds[row]
-                else:
-                    missing[m] = b
-                    m += 1
-                b += 1
+                band_device[n], out_lo[n], out_hi[n] = devices[ptr[s] + j], lo, lo + sizes[j]
+                n += 1
             lo += sizes[j]
-        stage_ptr[s + 1] = b
-    return (
-        stage_ptr, band_device[:b], out_lo[:b], out_hi[:b], in_lo[:b], in_hi[:b], seconds[:b], keys[:b],
-        missing[:m],
-    )  # fmt: skip
+        stage_ptr[s + 1] = n
+    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n]
 
 
 @njit(cache=True)
