@@ -33,7 +33,6 @@ from agents.optimizer import OptimalPlanner
 from agents.ppo import PPOPlanner
 from env.cost_model import Objective
 from env.partition_env import EnvConfig, MicroSplitEnv
-from runtime.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -86,7 +85,7 @@ def run_steps(env: MicroSplitEnv, steps: int, choose) -> Rates:
         if truncated:
             env.reset()
         in_env += clock() - t0
-        plans.append((Plan.from_json(info["plan"]), world, t))
+        plans.append((info["plan"], world, t))
     loop = clock() - start
     start = clock()
     for plan, world, t in plans:

@@ -563,7 +563,7 @@ class MicroSplitEnv(gym.Env):
             "energy_j": energy,
             "reference_latency_s": reference.latency_s,
             "reference_energy_j": reference.energy_j,
-            "plan": plan.to_json(),
+            "plan": plan,  # the Plan object: serialising it on every step cost ~5% of a step
             "shape": self.shapes[action].describe() if 0 <= action < len(self.shapes) else None,
             "invalid_action": invalid,
             "failed": outcome.failed,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 
 import gymnasium as gym
 import numpy as np
@@ -96,7 +95,7 @@ def test_action_zero_is_the_reference_and_rewards_are_latency_ratios():
         assert reward == pytest.approx(-info["latency_s"] / info["reference_latency_s"])
         if action == 0:
             assert reward == pytest.approx(-1.0)
-            assert json.loads(info["plan"])["stages"][0]["assign"][0][1] > 0
+            assert info["plan"].stages[0].assignments[0].share > 0
 
 
 def test_energy_objective_rewards_energy_ratio():
@@ -121,7 +120,8 @@ def test_unmasked_invalid_actions_run_safely_and_are_flagged():
     e = make(shapes=shapes, n_actions=4)
     e.reset(seed=0, options={"world": static_world(down={"d1": [(0.0, 1e6)]})})
     _, reward, _, _, info = e.step(1)  # needs 3 devices, only 2 are up: clamped
-    plan = Plan.from_json(info["plan"])
+    plan = info["plan"]
+    assert isinstance(plan, Plan) and Plan.from_json(plan.to_json()) == plan
     assert info["invalid_action"] is True and np.isfinite(reward)
     assert "d1" not in {d for st in plan.stages for d in st.devices}
     assert len(plan.stages[0].assignments) <= 2
