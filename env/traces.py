@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
 import numpy as np
+from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, RootModel
 from pydantic import ValidationError as PydanticValidationError
 
@@ -218,12 +218,21 @@ def random_walk(
         )
     times = _steps(duration, step)
     noise = rng.normal(0.0, sigma, size=times.size)
-    values = np.empty(times.size)
+    values = _walk(float(mean), float(lo), float(hi), float(reversion), noise)
+    return Trace(times, values, duration, f"random_walk(mean={mean:g},sigma={sigma:g})")
+
+
+@njit(cache=True)
+def _walk(mean: float, lo: float, hi: float, reversion: float, noise: np.ndarray) -> np.ndarray:
+    """The walk's recurrence, compiled: every world draws one 600-sample walk per device per episode,
+    which in Python was half of an episode reset. Same operations in the same order as the Python loop
+    it replaces, so the same noise gives the same values bit for bit."""
+    values = np.empty(noise.size)
     x = mean
-    for k in range(times.size):
+    for k in range(noise.size):
         values[k] = x
         x = min(hi, max(lo, x + reversion * (mean - x) + noise[k]))
-    return Trace(times, values, duration, f"random_walk(mean={mean:g},sigma={sigma:g})")
+    return values
 
 
 def _transition_matrix(n: int, transition: float | Sequence[Sequence[float]]) -> np.ndarray:
@@ -272,12 +281,26 @@ def markov_outages(
     matrix = _transition_matrix(levels.size, transition)
     times = _steps(duration, step)
     outage_steps = math.ceil(outage_len / step)
-    cum_rows = np.cumsum(matrix, axis=1).tolist()
     draws = rng.random((times.size, 2))  # per step: outage start?, next level
-    values = np.empty(times.size)
     state = int(rng.integers(levels.size))
+    values = _markov_levels(levels, np.cumsum(matrix, axis=1), draws, state, float(outage_prob), outage_steps)
+    return Trace(times, values, duration, f"markov_outages({levels.size} levels,p_out={outage_prob:g})")
+
+
+@njit(cache=True)
+def _markov_levels(
+    levels: np.ndarray,
+    cum_rows: np.ndarray,
+    draws: np.ndarray,
+    state: int,
+    outage_prob: float,
+    outage_steps: int,
+) -> np.ndarray:
+    """The chain's per-step loop, compiled (a Markov load draws one chain per device per episode). The next
+    state is the first level whose cumulative transition probability exceeds the draw (bisect right)."""
+    values = np.empty(draws.shape[0])
     down = 0
-    for k in range(times.size):
+    for k in range(draws.shape[0]):
         if down == 0 and draws[k, 0] < outage_prob:
             down = outage_steps
         if down > 0:
@@ -285,8 +308,8 @@ def markov_outages(
             down -= 1
         else:
             values[k] = levels[state]
-        state = min(bisect_right(cum_rows[state], draws[k, 1]), levels.size - 1)
-    return Trace(times, values, duration, f"markov_outages({levels.size} levels,p_out={outage_prob:g})")
+        state = min(np.searchsorted(cum_rows[state], draws[k, 1], side="right"), levels.size - 1)
+    return values
 
 
 def step_drop(high: float, low: float, t_drop: float, drop_len: float, duration: float) -> Trace:

@@ -3,6 +3,7 @@ config-level trace sources, plus a check of every recorded trace against its REA
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from pathlib import Path
 
@@ -374,6 +375,49 @@ def test_markov_outages_transition_matrix_and_no_outages() -> None:
     assert np.all(np.diff(flip.mbps) != 0)
     with pytest.raises(TraceError, match="2x2"):
         markov_outages([4.0, 8.0], [[0.5, 0.6], [1.0, 0.0]], 0.0, 1.0, 10.0, rng=rng)
+
+
+@pytest.mark.parametrize(
+    ("mean", "sigma", "lo", "hi", "reversion"),
+    [
+        (20.0, 2.0, 5.0, 30.0, 0.1),
+        (0.65, 0.05, 0.3, 1.0, 0.1),
+        (1.0, 3.0, 0.0, float("inf"), 0.0),
+        (5, 1, 4, 6, 1),
+    ],
+)
+def test_random_walk_equals_the_plain_recurrence_bit_for_bit(mean, sigma, lo, hi, reversion) -> None:
+    """The compiled walk must reproduce the Python loop exactly (recorded episodes stay identical)."""
+    for seed in range(5):
+        trace = random_walk(mean, sigma, 700.0, 0.5, lo, hi, reversion, rng=np.random.default_rng(seed))
+        noise = np.random.default_rng(seed).normal(0.0, sigma, size=trace.times.size)
+        expected, x = [], mean
+        for n in noise:
+            expected.append(x)
+            x = min(hi, max(lo, x + reversion * (mean - x) + n))
+        assert trace.mbps.tolist() == expected
+
+
+@pytest.mark.parametrize("transition", [0.3, [[0.1, 0.6, 0.3], [0.0, 0.5, 0.5], [0.7, 0.2, 0.1]]])
+def test_markov_outages_equals_the_plain_chain(transition) -> None:
+    """The compiled chain: same draws, same states as a plain loop with bisect over cumulative rows."""
+    levels, p_out, steps = [2.0, 10.0, 30.0], 0.05, 3
+    matrix = (
+        np.where(np.eye(3, dtype=bool), 1.0 - 0.3, 0.3 / 2)
+        if isinstance(transition, float)
+        else np.array(transition)
+    )
+    for seed in range(5):
+        trace = markov_outages(levels, transition, p_out, 3.0, 400.0, rng=np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        draws, state = rng.random((400, 2)), int(rng.integers(3))
+        expected, down = [], 0
+        for start, move in draws:
+            down = steps if down == 0 and start < p_out else down
+            expected.append(0.0 if down > 0 else levels[state])
+            down = max(down - 1, 0)
+            state = min(bisect.bisect_right(np.cumsum(matrix[state]).tolist(), move), 2)
+        assert trace.mbps.tolist() == expected
 
 
 def test_step_drop_shape() -> None:
