@@ -41,7 +41,7 @@ from numba import njit
 
 from env.network import Snapshot, link_key
 from runtime.graph import LayerGraph
-from runtime.plan import Plan
+from runtime.plan import Assignment, Plan, Stage
 from runtime.spec import ClusterSpec
 
 BITS = 8.0
@@ -288,11 +288,20 @@ def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
         view.index[view.sink], *_shape_arrays(graph, shape),
     )  # fmt: skip
     names, ptr, devices, sizes = view.devices, stage_ptr.tolist(), devices.tolist(), sizes.tolist()
-    stages = [
-        (start, end, {names[devices[j]]: float(sizes[j]) for j in range(ptr[i], ptr[i + 1])})
+    stages = tuple(
+        Stage(
+            start,
+            end,
+            tuple(_assignment(names[devices[j]], float(sizes[j])) for j in range(ptr[i], ptr[i + 1])),
+        )
         for i, (start, end, _) in enumerate(shape.stages)
-    ]
-    return Plan.build(view.source, view.sink, stages)
+    )
+    return Plan(view.source, view.sink, stages)
+
+
+# Assignments are immutable and few distinct ones recur (device x whole rows): sharing them saves building
+# ~20 frozen dataclasses per completed plan, a new plan every env step.
+_assignment = lru_cache(maxsize=16384)(Assignment)
 
 
 @njit(cache=True)

@@ -407,6 +407,7 @@ class MicroSplitEnv(gym.Env):
         self.clusters = [_Cluster(spec, CostModel(self.graph, spec)) for spec in specs.values()]
         self.max_devices = cfg.max_devices or max(len(c.spec.devices) for c in self.clusters)
         self.shapes = self._shapes()
+        self._shape_names = [shape.describe() for shape in self.shapes]  # for info, once (5 us a step)
         self.n_actions = max(cfg.n_actions or 0, len(self.shapes))
         self.observer = Observer(self.graph, self.max_devices, cfg.history)
         self.observation_space = self.observer.space
@@ -564,7 +565,7 @@ class MicroSplitEnv(gym.Env):
             "reference_latency_s": reference.latency_s,
             "reference_energy_j": reference.energy_j,
             "plan": plan,  # the Plan object: serialising it on every step cost ~5% of a step
-            "shape": self.shapes[action].describe() if 0 <= action < len(self.shapes) else None,
+            "shape": self._shape_names[action] if 0 <= action < len(self.shapes) else None,
             "invalid_action": invalid,
             "failed": outcome.failed,
             "outputs_match": outcome.outputs_match,
