@@ -140,6 +140,8 @@ def main() -> None:
     table = Table(title=f"sim env, VGG-16 on disnet-mesh0, {len(env.shapes)} actions, one process")
     for col in ("actions", "env steps/s (step+reset only)", "with the decision", "cost-model evals/s"):
         table.add_column(col)
+    for choose in choosers.values():  # warm-up: a fresh checkout compiles the numba kernels on first use
+        run_steps(env, 20, choose)
     for name, choose in choosers.items():
         r = run_steps(env, args.steps, choose)
         table.add_row(name, f"{r.env:,.0f}", f"{r.loop:,.0f}", f"{r.evals:,.0f}")

@@ -289,19 +289,19 @@ def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
     )  # fmt: skip
     names, ptr, devices, sizes = view.devices, stage_ptr.tolist(), devices.tolist(), sizes.tolist()
     stages = tuple(
-        Stage(
-            start,
-            end,
-            tuple(_assignment(names[devices[j]], float(sizes[j])) for j in range(ptr[i], ptr[i + 1])),
-        )
+        _stage(start, end, names, tuple(devices[ptr[i] : ptr[i + 1]]), tuple(sizes[ptr[i] : ptr[i + 1]]))
         for i, (start, end, _) in enumerate(shape.stages)
     )
     return Plan(view.source, view.sink, stages)
 
 
-# Assignments are immutable and few distinct ones recur (device x whole rows): sharing them saves building
-# ~20 frozen dataclasses per completed plan, a new plan every env step.
-_assignment = lru_cache(maxsize=16384)(Assignment)
+@lru_cache(maxsize=16384)
+def _stage(start: int, end: int, names: tuple[str, ...], devices: tuple[int, ...], sizes: tuple) -> Stage:
+    """One stage of a completed plan, shared: stages are immutable and recur across steps (same bounds,
+    devices and rows), so a new plan every env step rarely builds its frozen dataclasses again."""
+    return Stage(
+        start, end, tuple(Assignment(names[d], float(w)) for d, w in zip(devices, sizes, strict=True))
+    )
 
 
 @njit(cache=True)
