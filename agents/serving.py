@@ -217,7 +217,7 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
-    plan_json: dict[Plan, str] = {}  # one string per plan, shared by its requests' records
+    plan_json: dict[Plan, str] = {}  # the current plan's JSON, shared by its requests' records
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
     start = ctl.now()
@@ -278,7 +278,7 @@ def serve(
                 result.latency_s,
                 result.energy_j,
                 match,
-                plan_json.setdefault(result.plan, result.plan.to_json()),
+                plan_json.get(result.plan) or _only(plan_json, result.plan, result.plan.to_json()),
                 replanned,
                 waits.popleft(),
             )
@@ -299,6 +299,13 @@ def serve(
         decide.fallbacks,
         rss,
     )
+
+
+def _only(memo: dict, key, value):
+    """Make ``key -> value`` the memo's only entry (a long run must not keep every plan it served)."""
+    memo.clear()
+    memo[key] = value
+    return value
 
 
 class MetricsWriter:

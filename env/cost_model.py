@@ -166,6 +166,11 @@ def _plan_key(plan: Plan) -> tuple:
 class CostModel:
     """Predicts what the runtime will measure for a plan."""
 
+    # cache bounds: a few optimiser decisions' plans (~400-2,000 each) and their bands; a serving process
+    # lives for days, so each cache is cleared when full rather than left to grow (~10 MB at most)
+    SKELETONS_KEPT = 4096
+    BANDS_KEPT = 50_000
+
     def __init__(self, graph: LayerGraph, spec: ClusterSpec, profile: Profile | None = None):
         if profile is not None and len(profile.unit_seconds) != len(graph.units):
             raise ValueError(
@@ -248,7 +253,7 @@ class CostModel:
         skeleton = self._skeletons.get(key)
         if skeleton is None:
             skeleton = self._build(plan)
-            if len(self._skeletons) > 20000:
+            if len(self._skeletons) >= self.SKELETONS_KEPT:
                 self._skeletons.clear()
             self._skeletons[key] = skeleton
         if len(self._recent) >= 8:
@@ -278,7 +283,7 @@ class CostModel:
                 key = (start, end, *next(band))
                 known = work.get(key)
                 if known is None:
-                    if len(work) > 200_000:
+                    if len(work) >= self.BANDS_KEPT:
                         work.clear()
                     device, out = self._names[key[2]], (key[3], key[4])
                     known = work[key] = (

@@ -118,7 +118,7 @@ def transfer_capacity(stage_ptr) -> int:
     return sizes[0] + sizes[-1] + sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=64)  # the plans in service now; a long-running server sees thousands over a day
 def layout(graph, plan: Plan) -> PlanLayout:
     """Lay out a (valid) plan on a graph."""
     bands = plan.bands(graph)
