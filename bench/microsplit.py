@@ -4,9 +4,10 @@ VGG-16 (bn, 224) on disnet-mesh0 with recorded Norway HSDPA traces, random-walk 
 process. Measured side by side in one run:
 
 1. env steps/s (sim backend) when the actions are the shipped policy's, random valid actions, and a
-   fixed single-device action (the cheapest plan), plus cost-model evaluations/s of the same plans;
+   fixed single-device action (the cheapest plan), plus cost-model evaluations/s of the same plans.
    The headline env steps/s counts only the time inside env.step()/env.reset(), what an RL library's
-   rollout pays for the env; "with the decision" also counts choosing the action (the agent's cost);
+   rollout pays for the env (also in process CPU time, which other processes on a shared host move
+   less); "with the decision" also counts choosing the action (the agent's cost);
 2. the share of a step spent in NetworkState.snapshot, CostModel.predict (with its per-plan skeleton),
    the completion, the observation, the decision and the rest (cProfile, a separate pass);
 3. decision time of the PPO planner and of the analytic optimiser on the same snapshots, and the ratio.
@@ -63,10 +64,12 @@ def make_env(policy: PPOPlanner | None) -> MicroSplitEnv:
 @dataclass(frozen=True)
 class Rates:
     """Steps/s of one run: ``env`` counts only the time inside env.step()/env.reset() (what an RL
-    library's rollout pays for the env; choosing the action is the agent's cost), ``loop`` the whole
+    library's rollout pays for the env; choosing the action is the agent's cost), ``env_cpu`` the same
+    in this process's CPU time (less moved by other processes on a shared host), ``loop`` the whole
     loop with the decision; ``evals`` are cost-model evaluations/s of the same plans at the same times."""
 
     env: float
+    env_cpu: float
     loop: float
     evals: float
 
@@ -75,22 +78,23 @@ def run_steps(env: MicroSplitEnv, steps: int, choose) -> Rates:
     clock = time.perf_counter
     env.reset(seed=0)
     plans = []
-    in_env = 0.0
+    in_env = in_env_cpu = 0.0
     start = clock()
     for _ in range(steps):
         action = choose(env)
         world, t = env.world, env.time
-        t0 = clock()
+        t0, c0 = clock(), time.process_time()
         *_, truncated, info = env.step(action)
         if truncated:
             env.reset()
         in_env += clock() - t0
+        in_env_cpu += time.process_time() - c0
         plans.append((info["plan"], world, t))
     loop = clock() - start
     start = clock()
     for plan, world, t in plans:
         env.cost_model.predict(plan, world, t)
-    return Rates(steps / in_env, steps / loop, len(plans) / (clock() - start))
+    return Rates(steps / in_env, steps / in_env_cpu, steps / loop, len(plans) / (clock() - start))
 
 
 def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
@@ -138,13 +142,20 @@ def main() -> None:
     if policy is not None:
         choosers["shipped policy"] = lambda e: policy.act(e.snapshot, e.graph, e.view)
     table = Table(title=f"sim env, VGG-16 on disnet-mesh0, {len(env.shapes)} actions, one process")
-    for col in ("actions", "env steps/s (step+reset only)", "with the decision", "cost-model evals/s"):
+    columns = (
+        "actions",
+        "env steps/s (step+reset only)",
+        "same, CPU time",
+        "with the decision",
+        "cost-model evals/s",
+    )
+    for col in columns:
         table.add_column(col)
     for choose in choosers.values():  # warm-up: a fresh checkout compiles the numba kernels on first use
         run_steps(env, 20, choose)
     for name, choose in choosers.items():
         r = run_steps(env, args.steps, choose)
-        table.add_row(name, f"{r.env:,.0f}", f"{r.loop:,.0f}", f"{r.evals:,.0f}")
+        table.add_row(name, f"{r.env:,.0f}", f"{r.env_cpu:,.0f}", f"{r.loop:,.0f}", f"{r.evals:,.0f}")
     console.print(table)
     choose = choosers.get("shipped policy", choosers["random valid action"])
     parts = breakdown(env, max(50, args.steps // 4), choose)
