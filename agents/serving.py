@@ -82,8 +82,8 @@ class Tally:
     """What a run's summary needs, in 16 bytes and one bit per request.
 
     A serving process runs for hours: it keeps latencies and energies as packed doubles and the request ids
-    it has seen as a bitmap (to count duplicates; ids are dense), never the records themselves (``on_result`` streams those
-    to CSV and TensorBoard).
+    it has seen as a bitmap (to count duplicates; ids are dense), never the records themselves
+    (``on_result`` streams those to CSV and TensorBoard).
     """
 
     def __init__(self) -> None:
@@ -217,7 +217,7 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
-    plan_json: dict[Plan, str] = {}  # the current plan's JSON, shared by its requests' records
+    served: tuple[Plan | None, str] = (None, "")  # the plan in service and its JSON, shared by its records
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
     start = ctl.now()
@@ -253,6 +253,8 @@ def serve(
         for index, result in enumerate(results()):
             match = bool(torch.allclose(result.output, expected[index % len(pool)], rtol=1e-4, atol=1e-5))
             replanned = False
+            if served[0] is not result.plan:
+                served = (result.plan, result.plan.to_json())
             if index + 1 in chaos:
                 action, device = chaos[index + 1]
                 if action == "kill":
@@ -278,7 +280,7 @@ def serve(
                 result.latency_s,
                 result.energy_j,
                 match,
-                plan_json.get(result.plan) or _only(plan_json, result.plan, result.plan.to_json()),
+                served[1],
                 replanned,
                 waits.popleft(),
             )
@@ -299,13 +301,6 @@ def serve(
         decide.fallbacks,
         rss,
     )
-
-
-def _only(memo: dict, key, value):
-    """Make ``key -> value`` the memo's only entry (a long run must not keep every plan it served)."""
-    memo.clear()
-    memo[key] = value
-    return value
 
 
 class MetricsWriter:
