@@ -23,8 +23,8 @@ stage's weights are never chosen, and ``k`` is clamped to what is usable and to 
 
 The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
 policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
-per-stage loop is one numba kernel (``_complete``); its largest-remainder rounding ``split_rows`` is
-``runtime.halo.split_by_shares`` compiled and tested equal to it. ``search_shape`` is the matching oracle: a
+per-stage loop is one numba kernel (``_complete``); its whole-row rounding ``split_rows`` compiles
+``runtime.halo.largest_remainder``, the rule ``split_by_shares`` runs in Python. ``search_shape`` is the matching oracle: a
 steepest-descent search over shapes scored by the cost model, used to build the candidate set of shapes
 and the optimiser-like labels for behaviour cloning.
 """
@@ -41,6 +41,7 @@ from numba import njit
 
 from env.network import Snapshot, link_key
 from runtime.graph import LayerGraph
+from runtime.halo import largest_remainder
 from runtime.plan import Assignment, Plan, Stage
 from runtime.spec import ClusterSpec
 
@@ -363,33 +364,15 @@ def _complete(
     return stage_ptr, out_dev[: stage_ptr[n_stages]], out_rows[: stage_ptr[n_stages]]
 
 
+_largest_remainder = njit(largest_remainder)  # runtime.halo's rule, compiled into split_rows
+
+
 @njit(cache=True)
 def split_rows(total, shares):
-    """``runtime.halo.split_by_shares`` compiled (largest remainder, ties to the earlier entry; tested
-    equal to it): integer sizes proportional to ``shares`` summing to ``total``."""
-    weight = 0.0
-    for x in shares:
-        weight += x
-    m = shares.size
-    exact = np.empty(m)
-    sizes = np.empty(m, dtype=np.int64)
-    given = 0
-    for i in range(m):
-        exact[i] = total * shares[i] / weight
-        sizes[i] = int(exact[i])
-        given += sizes[i]
-    order = np.empty(m, dtype=np.int64)
-    for i in range(m):  # by remainder, largest first; ties: earlier first
-        rem = exact[i] - sizes[i]
-        j = i - 1
-        while j >= 0 and exact[order[j]] - sizes[order[j]] < rem:
-            order[j + 1] = order[j]
-            j -= 1
-        order[j + 1] = i
-    extra = total - given  # Python's order[:extra], negative counts from the end
-    count = min(extra, m) if extra >= 0 else max(0, m + extra)
-    for i in range(count):
-        sizes[order[i]] += 1
+    """``runtime.halo.split_by_shares`` compiled: integer sizes proportional to ``shares`` summing to
+    ``total`` (largest remainder, ties to the earlier entry), as an int64 array."""
+    sizes = np.zeros(shares.size, dtype=np.int64)
+    _largest_remainder(total, shares, sizes)
     return sizes
 
 

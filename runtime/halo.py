@@ -83,13 +83,36 @@ def split_by_shares(total: int, shares: Sequence[float]) -> list[int]:
 
     Ties in the remainder go to the earlier entry, so the split is deterministic.
     """
-    weight = float(sum(shares))
-    exact = [total * s / weight for s in shares]
-    sizes = [int(e) for e in exact]
-    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - sizes[i]), i))
-    for i in order[: total - sum(sizes)]:
-        sizes[i] += 1
+    sizes = [0] * len(shares)
+    largest_remainder(total, shares, sizes)
     return sizes
+
+
+def largest_remainder(total, shares, sizes) -> None:
+    """``split_by_shares`` into ``sizes`` (a list or array as long as ``shares``), written in the subset
+    of Python that numba compiles: env's completion and cost model compile this very function."""
+    m = len(shares)
+    weight = 0.0
+    for x in shares:
+        weight += x
+    remainder = [0.0] * m
+    given = 0
+    for i in range(m):
+        exact = total * shares[i] / weight
+        sizes[i] = int(exact)
+        remainder[i] = exact - sizes[i]
+        given += sizes[i]
+    order = [0] * m  # by remainder, largest first; ties: earlier first (a stable insertion sort)
+    for i in range(m):
+        j = i - 1
+        while j >= 0 and remainder[order[j]] < remainder[i]:
+            order[j + 1] = order[j]
+            j -= 1
+        order[j + 1] = i
+    extra = total - given  # rounding can make it negative: then, like a slice [:extra], all but -extra
+    count = min(extra, m) if extra >= 0 else max(0, m + extra)
+    for i in range(count):
+        sizes[order[i]] += 1
 
 
 def contiguous_ranges(sizes: Sequence[int]) -> list[Rows]:
