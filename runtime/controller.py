@@ -21,6 +21,17 @@ default ``fallback_plan`` drops it from the current plan), and every request the
 sent again under a fresh attempt id. Only the current attempt of a request is accepted, so each
 request yields exactly one result: nothing is lost, nothing duplicated.
 
+Rescue: a request can be restarted on the plan in force while its attempt is still running
+(``restart``), for when conditions collapsed under it and finishing the old attempt would take longer
+than starting over. The caller decides when (``in_flight`` says how far each attempt got; ``watch`` is
+called while the controller waits, so a serving loop can re-plan in the middle of a request); the
+controller sends the request again under a fresh attempt id and cancels the old attempt on its workers,
+which drop its queued work and cut short the transfer or computation they are in the middle of.
+
+Transfers are reported by the workers as they start and end (PROGRESS), so ``link_samples`` holds every
+finished transfer at once and ``transfers_in_progress`` the ones still on the air: a transfer that has
+been running for a long time is evidence that its link is slow before any request has finished.
+
 Not thread-safe: one thread drives a controller (it does its networking while waiting in calls).
 ``latency_s`` is measured on the workers' clocks (from the moment the source holds the input to the
 moment the sink holds the whole output), which is exact on one host and assumes synchronised clocks
@@ -46,6 +57,7 @@ import zmq
 from runtime import models
 from runtime.emulation import Emulation, emulation_to_wire, energy_j
 from runtime.graph import LayerGraph
+from runtime.layout import layout
 from runtime.plan import Assignment, Plan, PlanError, Stage
 from runtime.spec import ClusterSpec, SpecError
 from runtime.transport import Header, Kind, Message, ProtocolError, recv, send
@@ -110,12 +122,25 @@ class Timeline:
 class Result:
     rid: int
     output: torch.Tensor
-    latency_s: float  # source holds the input -> sink holds the whole output
+    latency_s: float  # source holds the input (of the first attempt) -> sink holds the whole output
     energy_j: float
     timeline: Timeline
     plan: Plan
     wall_s: float  # controller hands the input over -> controller has the result
     attempts: int
+    rescues: int = 0  # attempts abandoned by ``restart`` (counted in ``attempts``)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A request whose attempt is running, as ``Controller.in_flight`` reports it."""
+
+    rid: int
+    plan: Plan
+    current: bool  # its plan is the plan in force
+    elapsed_s: float  # since its current attempt was sent
+    progress: float  # fraction of the attempt's radio bytes (first hops) already delivered, 0..1
+    rescues: int
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,7 @@ class _Deployed:
     plan_id: int
     plan: Plan
     parts: dict[str, Deployment]
+    radio_bytes: int = 0  # bytes a request sends over radios (first hops): what ``progress`` counts
 
 
 @dataclass
@@ -155,7 +181,10 @@ class _Pending:
     plan_id: int = -1
     wire: int = -1  # id of the current attempt on the wire
     attempts: int = 0
+    rescues: int = 0
     sent: float = 0.0
+    first_sent: float = 0.0
+    radio_done: int = 0  # first-hop bytes of the current attempt whose transfer ended
     output: torch.Tensor | None = None
     done_at: float = 0.0  # sink's clock
     received: float = 0.0  # controller's clock
@@ -214,6 +243,8 @@ class Controller:
         max_attempts: int = 4,
         telemetry_grace_s: float = 2.0,
         history: int = 4096,
+        watch: Callable[[], None] | None = None,
+        watch_every_s: float = 0.2,
     ):
         self.spec = spec
         self.model = model
@@ -234,6 +265,11 @@ class Controller:
         self.replans = 0
         self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
         self.compute_samples: deque[tuple[float, str, int, float]] = deque(maxlen=history)
+        self.watch = watch  # called every ``watch_every_s`` while a request waits for its result
+        self.watch_every_s = watch_every_s
+        self._last_watch = 0.0
+        self._history = history
+        self._in_transit: dict[tuple[str, int], tuple[str, str, int, float]] = {}
         self._plan_id: int | None = None
         self._deployed: dict[int, _Deployed] = {}
         self._pending: dict[int, _Pending] = {}
@@ -374,7 +410,40 @@ class Controller:
         self.epoch = time.time()
         self.link_samples.clear()
         self.compute_samples.clear()
+        self._in_transit.clear()
         self.configure(self.emulation)
+
+    def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
+        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
+        return list(self._in_transit.values())
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests whose attempt is still running (no output yet), oldest first."""
+        now = time.time()
+        out = []
+        for p in self._pending.values():
+            if p.output is None:
+                dep = self._deployed[p.plan_id]
+                progress = min(1.0, p.radio_done / dep.radio_bytes) if dep.radio_bytes else 0.0
+                out.append(
+                    InFlight(p.rid, dep.plan, p.plan_id == self._plan_id, now - p.sent, progress, p.rescues)
+                )
+        return out
+
+    def restart(self, rid: int) -> bool:
+        """Rescue request ``rid``: start it again on the plan in force and abandon its running attempt.
+
+        Only a request still running on another plan is restarted (starting over on the same plan gains
+        nothing); returns whether it was. Rescues do not count against ``max_attempts``, which bounds
+        restarts after failures.
+        """
+        p = self._pending.get(rid)
+        if p is None or p.output is not None or p.plan_id == self._plan_id:
+            return False
+        log.info("request %d: rescued onto plan %d after %.1f s", rid, self._plan_id, time.time() - p.sent)
+        p.rescues += 1
+        self._start(p)
+        return True
 
     def link_mbps(self, window_s: float = 5.0) -> dict[tuple[str, str], float]:
         """Measured bandwidth per direct link (sorted pair) from the radio time of recent transfers."""
@@ -516,6 +585,7 @@ class Controller:
         log.warning("worker %s is down (%s)", dev, why)
         peer = self._peers[dev]
         peer.up, peer.silent_since = False, None
+        self._in_transit = {k: v for k, v in self._in_transit.items() if k[0] != dev}
         self.failures.append((time.time(), dev))
         self._newly_down.append(dev)
 
@@ -541,6 +611,8 @@ class Controller:
             p = self._by_wire.get(msg.header.rid)
             if p is not None and meta.get("plan") == p.plan_id and p.output is None and msg.tensors:
                 p.output, p.done_at, p.received = msg.tensors[0].clone(), float(meta["done"]), time.time()
+        elif kind == Kind.PROGRESS:
+            self._progress(dev, msg.header.rid, meta)
         elif kind == Kind.TELEMETRY:
             p = self._by_wire.get(msg.header.rid)
             if p is not None and meta.get("plan") == p.plan_id:
@@ -557,6 +629,37 @@ class Controller:
                     p.error = meta
             else:
                 log.info("worker %s: %s", dev, meta.get("message"))
+
+    def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
+        """A transfer started, ended or was cut short on ``dev``'s radio (raises on malformed fields).
+
+        Every finished transfer is a link measurement, whichever attempt it served.
+        """
+        a, b, src = meta["from"], meta["to"], meta["src"]
+        nbytes, start, ev = meta["bytes"], meta["start"], meta["ev"]
+        if a != dev or b not in self.spec.devices or src not in self.spec.devices:
+            raise ValueError(f"a transfer {a!r} -> {b!r} reported by {dev}")
+        if (
+            type(nbytes) is not int
+            or nbytes < 0
+            or type(start) is not float
+            or ev not in ("start", "end", "cut")
+        ):
+            raise ValueError("transfer progress fields")
+        key = (dev, meta["id"])
+        if ev == "start":
+            self._in_transit[key] = (a, b, nbytes, start)
+            if len(self._in_transit) > self._history:
+                del self._in_transit[next(iter(self._in_transit))]
+            return
+        self._in_transit.pop(key, None)
+        end = meta["end"]
+        if ev == "cut" or type(end) is not float or not start <= end:
+            return
+        self.link_samples.append((end, a, b, nbytes, end - start))
+        p = self._by_wire.get(wire)
+        if p is not None and meta.get("plan") == p.plan_id and a == src:
+            p.radio_done += nbytes
 
     # ---- deployment ------------------------------------------------------------------------------
     def _route(self, a: str, b: str) -> list[str]:
@@ -608,7 +711,8 @@ class Controller:
             if down := waiting - self.available:
                 self._retire(_Deployed(pid, plan, parts))
                 raise _DeployFailed(sorted(down))
-        self._deployed[pid] = _Deployed(pid, plan, parts)
+        radio = sum(t.nbytes for t in layout(self.graph, plan).transfers if t.src != t.dst)
+        self._deployed[pid] = _Deployed(pid, plan, parts, radio)
         previous, self._plan_id, self.plan = self._plan_id, pid, plan
         self._retire_unused(previous)
 
@@ -622,6 +726,13 @@ class Controller:
         for d in dep.parts:
             if self._peers[d].up:
                 self._send(d, Header(Kind.DEPLOY, 0, {"deploy": None, "retire": [dep.plan_id]}))
+
+    def _cancel(self, dep: _Deployed, wire: int) -> None:
+        """Make the workers of ``dep`` drop attempt ``wire`` (the plan stays: other requests use it)."""
+        meta = {"deploy": None, "retire": [], "cancel": [[dep.plan_id, wire]]}
+        for d in dep.parts:
+            if self._peers[d].up:
+                self._send(d, Header(Kind.DEPLOY, 0, meta))
 
     # ---- requests --------------------------------------------------------------------------------
     def _submit(self, x: torch.Tensor) -> int:
@@ -637,16 +748,23 @@ class Controller:
         return p.rid
 
     def _start(self, p: _Pending) -> None:
-        """Send (again) request ``p`` on the current plan under a fresh attempt id."""
-        if p.attempts >= self.max_attempts:
+        """Send (again) request ``p`` on the current plan under a fresh attempt id.
+
+        A previous attempt is abandoned on the workers: retired with its plan if no other request uses
+        that plan, cancelled on its own otherwise.
+        """
+        if p.attempts - p.rescues >= self.max_attempts:
             self._forget(p)
-            raise ControllerError(f"request {p.rid} failed {p.attempts} times; giving up")
+            raise ControllerError(f"request {p.rid} failed {p.attempts - p.rescues} times; giving up")
         self._by_wire.pop(p.wire, None)
-        old = p.plan_id
+        old, old_wire = p.plan_id, p.wire
         p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, next(self._ids), p.attempts + 1, time.time()
-        p.output, p.telemetry, p.error = None, {}, None
+        p.output, p.telemetry, p.error, p.radio_done = None, {}, None, 0
+        p.first_sent = p.first_sent or p.sent
         self._by_wire[p.wire] = p
         self._retire_unused(old)
+        if old_wire != -1 and old in self._deployed:
+            self._cancel(self._deployed[old], old_wire)
         source = self._deployed[p.plan_id].plan.source
         self._send(source, Header(Kind.INPUT, p.wire, {"plan": p.plan_id}), [p.x])
 
@@ -674,6 +792,9 @@ class Controller:
             elif now - p.sent > self.request_timeout_s:
                 log.warning("request %d timed out after %.1f s: sending it again", p.rid, now - p.sent)
                 self._start(p)
+        if self.watch is not None and now - self._last_watch >= self.watch_every_s and self.in_flight():
+            self._last_watch = now
+            self.watch()
 
     def _recover(self) -> None:
         """Handle the workers found down: new plan if the current one needs them, re-run their requests."""
@@ -707,16 +828,23 @@ class Controller:
     def _finish(self, p: _Pending, dep: _Deployed) -> None:
         events = [e for evs in p.telemetry.values() for e in evs]
         starts = [e["t"] for e in events if e["ev"] == "input"]
-        latency = p.done_at - starts[0] if starts else p.received - p.sent
+        # a restarted request's latency includes the time its abandoned attempts ran
+        latency = (p.done_at - starts[0] if starts else p.received - p.sent) + p.sent - p.first_sent
         timeline = _timeline(self.spec, dep, events, latency, complete=set(dep.parts) <= set(p.telemetry))
-        for e in events:
-            if e["ev"] == "tx":
-                self.link_samples.append((e["end"], e["from"], e["to"], e["bytes"], e["end"] - e["start"]))
-            elif e["ev"] == "compute":
+        for e in events:  # transfers were sampled as they ended (PROGRESS)
+            if e["ev"] == "compute":
                 self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
         energy = sum(t.energy_j for t in timeline.devices.values())
         result = Result(
-            p.rid, p.output, latency, energy, timeline, dep.plan, p.received - p.submitted, p.attempts
+            p.rid,
+            p.output,
+            latency,
+            energy,
+            timeline,
+            dep.plan,
+            p.received - p.submitted,
+            p.attempts,
+            p.rescues,
         )
         self._results[p.rid] = result
         self._forget(p)

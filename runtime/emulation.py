@@ -106,8 +106,14 @@ class Paced:
     end: float  # wall clock, >= start + target_s
 
 
-def paced(fn: Callable[[], T], emulation: DeviceEmulation | None) -> tuple[T, Paced]:
-    """Run ``fn`` and, when emulating, sleep until its emulated compute time has passed."""
+def paced(
+    fn: Callable[[], T], emulation: DeviceEmulation | None, abort: Callable[[], bool] | None = None
+) -> tuple[T, Paced]:
+    """Run ``fn`` and, when emulating, sleep until its emulated compute time has passed.
+
+    ``abort()`` cuts the emulated sleep short (the work was cancelled: the device is free again at
+    once, as a real one would be after dropping the task); the caller checks why and drops the output.
+    """
     start, cpu0 = time.time(), time.thread_time()
     out = fn()
     cpu = time.thread_time() - cpu0
@@ -117,14 +123,25 @@ def paced(fn: Callable[[], T], emulation: DeviceEmulation | None) -> tuple[T, Pa
     target = cpu * emulation.pacing_factor(start)
     if not math.isfinite(target):
         raise RuntimeError("device speed factor is 0: the emulated device never finishes")
-    sleep_until(start + target)
+    sleep_until(start + target, abort)
     return out, Paced(cpu, target, start, time.time())
 
 
-def sleep_until(wall: float) -> None:
-    """Sleep until ``time.time() >= wall`` (no-op if it has passed)."""
+ABORT_POLL_S = 0.02  # how often an abortable sleep checks its condition
+
+
+def sleep_until(wall: float, abort: Callable[[], bool] | None = None) -> bool:
+    """Sleep until ``time.time() >= wall`` (no-op if it has passed); False if ``abort()`` cut it short.
+
+    A worker's radio and compute threads sleep out emulated transfer and compute times; without ``abort``
+    a cancelled request would keep the device's radio busy for the rest of a transfer it no longer needs
+    (seconds on a collapsed link), delaying the request that replaced it.
+    """
     while (left := wall - time.time()) > 0:
-        time.sleep(left)
+        if abort is not None and abort():
+            return False
+        time.sleep(left if abort is None else min(left, ABORT_POLL_S))
+    return True
 
 
 def energy_j(power: PowerProfile, compute_s: float, send_s: float, recv_s: float, idle_s: float) -> float:

@@ -71,6 +71,7 @@ class Kind(str, enum.Enum):
     PING = "ping"
     PONG = "pong"
     TELEMETRY = "telemetry"  # worker -> controller: timings, bytes, energy
+    PROGRESS = "progress"  # worker -> controller: a transfer started, ended or was cut, as it happens
     SHUTDOWN = "shutdown"
 
 

@@ -15,7 +15,15 @@ of other workers) send it row bands. Three threads share the work:
 A ``Deployment`` (one per plan, built by the controller from ``layout(graph, plan)``) tells the worker
 its tasks, who sends it which rows, what it sends to whom along which route, and how many hops it
 relays. Telemetry (one TELEMETRY message per request per worker, once all its events for the request
-are done) and results go back to the controller that deployed the plan.
+are done) and results go back to the controller that deployed the plan. Transfers are also reported as
+they happen (PROGRESS: start, end, or cut short), so the controller sees a link slow down while the
+request that crosses it is still running, not only once it is done.
+
+Cancelling: a DEPLOY message may retire whole plans and cancel single attempts (``cancel``: [[plan,
+request], ...], an attempt the controller restarted elsewhere). Either way the worker drops the
+attempt's state, its queued computations and sends, cuts short the emulated compute or transfer it is in
+the middle of, and silently drops its bands still on their way in: the abandoned attempt stops using
+the device's compute and radio at once.
 
 Weights: the model is built on the meta device and only the units the worker computes are loaded
 from the checkpoint, which is memory-mapped, so a device never holds the weights of units it does not
@@ -506,6 +514,8 @@ class Worker:
         self._owners: dict[int, bytes] = {}
         self._requests: dict[tuple[int, int], _Request] = {}
         self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._cancelled: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._transfers = itertools.count()  # ids of this radio's transfers in PROGRESS messages
         self._held: list[tuple[float, int, Message]] = []
         self._seq = itertools.count()
         self._peers: dict[str, str] = {}
@@ -695,11 +705,17 @@ class Worker:
                 self._plans.clear()
                 self._owners.clear()
                 self._requests.clear()
+                self._cancelled.clear()
         self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device, "boot": self.boot}))
 
     def _on_deploy(self, msg: Message) -> None:
         meta = msg.header.meta
         retire = [_int(p, "retire") for p in _list(meta.get("retire", []), "retire")]
+        cancel = []
+        for c in _list(meta.get("cancel", []), "cancel"):
+            if not (isinstance(c, list) and len(c) == 2):
+                raise ValueError("a cancelled attempt must be [plan, request]")
+            cancel.append((_int(c[0], "cancel plan"), _int(c[1], "cancel request")))
         dep = None
         if meta.get("deploy") is not None:
             dep = Deployment.from_meta(meta["deploy"])
@@ -722,6 +738,11 @@ class Worker:
                 self._owners.pop(pid, None)
                 for key in [k for k in self._requests if k[0] == pid]:
                     del self._requests[key]
+            for key in cancel:
+                self._requests.pop(key, None)
+                self._finished[key] = self._cancelled[key] = None
+                if len(self._cancelled) > 4 * MAX_OPEN_REQUESTS:
+                    self._cancelled.popitem(last=False)
             if dep is not None:
                 self._plans[dep.plan_id] = dep
                 self._owners[dep.plan_id] = msg.peer
@@ -729,6 +750,11 @@ class Worker:
         self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
 
     # ---- request flow ----------------------------------------------------------------------------
+    def _live(self, dep: Deployment, rid: int) -> bool:
+        """Whether attempt ``rid`` of ``dep`` still matters: its plan is deployed, it is not cancelled."""
+        with self._lock:
+            return self._plans.get(dep.plan_id) is dep and (dep.plan_id, rid) not in self._cancelled
+
     def _request(self, dep: Deployment, rid: int, create: bool) -> _Request | None:
         """The state of request ``rid`` under ``dep`` (caller holds the lock)."""
         key = (dep.plan_id, rid)
@@ -744,8 +770,8 @@ class Worker:
     def _record(self, dep: Deployment, rid: int, event: dict[str, Any]) -> None:
         """Add one telemetry event; the last one expected flushes them to the controller."""
         with self._lock:
-            if self._plans.get(dep.plan_id) is not dep:
-                return  # retired meanwhile
+            if self._plans.get(dep.plan_id) is not dep or (dep.plan_id, rid) in self._cancelled:
+                return  # retired or cancelled meanwhile
             req = self._request(dep, rid, create=True)
             req.events.append(event)
             req.pending -= 1
@@ -825,7 +851,7 @@ class Worker:
         if (src, rows) not in expected:
             raise ValueError(f"{self.device} expects no rows {list(rows)} of stage {stage} from {src!r}")
         with self._lock:
-            if self._plans.get(dep.plan_id) is not dep:
+            if self._plans.get(dep.plan_id) is not dep or (dep.plan_id, rid) in self._cancelled:
                 return
             req = self._request(dep, rid, create=True)
             got = req.pieces.setdefault(stage, [])
@@ -852,9 +878,8 @@ class Worker:
         while (item := self._compute_q.get()) is not None:
             dep, rid, task, pieces, ready = item
             with self._lock:
-                live = self._plans.get(dep.plan_id) is dep
                 emulation = self._emulation
-            if not live:
+            if not self._live(dep, rid):
                 continue
             try:
                 units = range(task.start, task.end)
@@ -864,7 +889,7 @@ class Worker:
                     band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
                     return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
 
-                out, p = paced(run, emulation)
+                out, p = paced(run, emulation, abort=lambda dep=dep, rid=rid: not self._live(dep, rid))
             except Exception as exc:  # a bad band or a broken model: report, keep serving
                 log.exception("%s: task of stage %d failed", self.device, task.stage)
                 with self._lock:
@@ -876,6 +901,8 @@ class Worker:
                 continue
             self.computed += 1
             self.meter.add("compute", p.end - p.start)
+            if not self._live(dep, rid):
+                continue  # cancelled while it computed: the output is not wanted any more
             event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
             self._record(dep, rid, event | {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops})
             for s in task.sends:
@@ -893,9 +920,10 @@ class Worker:
             with self._lock:
                 dep = self._plans.get(job.plan_id)
                 emulation, peers = self._emulation, dict(self._peers)
-            if dep is None:
+            if dep is None or not self._live(dep, job.rid):
                 continue
             nxt = job.path[job.hop + 1]
+            owner = self._owners.get(job.plan_id)
             try:
                 sock = self._peer_socket(sockets, nxt, peers.get(nxt))
                 nbytes = job.tensor.numel() * job.tensor.element_size()
@@ -906,13 +934,19 @@ class Worker:
                     meta["deliver_at"] = start + radio + emulation.latency(nxt)
                 frames = encode(Header(Kind.BAND, job.rid, meta), [job.tensor], rows=[job.rows])
                 sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-                sleep_until(start + radio)
-                end = time.time()
             except (zmq.ZMQError, ValueError, KeyError) as exc:  # e.g. the next device is down
-                owner = self._owners.get(job.plan_id)
                 self._error(owner, job.rid, f"send to {nxt} failed: {exc}", plan=job.plan_id, transient=True)
                 continue
+            progress = {"plan": job.plan_id, "id": next(self._transfers), "from": self.device, "to": nxt}
+            progress |= {"src": job.path[0], "bytes": nbytes, "start": start}
+            self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "start"}))
+            done = sleep_until(start + radio, abort=lambda dep=dep, rid=job.rid: not self._live(dep, rid))
+            end = time.time()
             self.meter.add("send", end - start)
+            if not done:  # cancelled: the band's receiver drops it, the radio is free for what replaced it
+                self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "cut", "end": end}))
+                continue
+            self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "end", "end": end}))
             event = {"ev": "tx", "stage": job.stage, "from": self.device, "to": nxt, "src": job.path[0]}
             event |= {"dst": job.path[-1], "bytes": nbytes, "queued": job.queued, "start": start, "end": end}
             event["arrive"] = meta.get("deliver_at", end)
