@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from env.band_tables import BandTables
 from env.completion import split_rows
 from env.network import Rates, _carry_seconds, _locate, _segment_at
 from runtime.graph import LayerGraph
@@ -166,10 +167,9 @@ def _plan_key(plan: Plan) -> tuple:
 class CostModel:
     """Predicts what the runtime will measure for a plan."""
 
-    # cache bounds: a few optimiser decisions' plans (~400-2,000 each) and their bands; a serving process
-    # lives for days, so each cache is cleared when full rather than left to grow (~10 MB at most)
+    # cache bound: a few optimiser decisions' plans (~400-2,000 each); a serving process lives for days,
+    # so the cache is cleared when full rather than left to grow (~10 MB at most)
     SKELETONS_KEPT = 4096
-    BANDS_KEPT = 50_000
 
     def __init__(self, graph: LayerGraph, spec: ClusterSpec, profile: Profile | None = None):
         if profile is not None and len(profile.unit_seconds) != len(graph.units):
@@ -181,9 +181,7 @@ class CostModel:
         self.profile = profile
         self._skeletons: dict[tuple, _Skeleton] = {}  # by _plan_key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
-        # per band (start, end, device index, out rows): input rows and seconds at nominal speed; bands
-        # recur across plans far more than plans do
-        self._band_work: dict[tuple[int, int, int, int, int], tuple[int, int, float]] = {}
+        self._tables = BandTables(graph, profile.unit_seconds if profile is not None else None)
         names = spec.device_ids
         self._names = names
         self._device = {d: i for i, d in enumerate(names)}
@@ -194,6 +192,9 @@ class CostModel:
             np.array([getattr(p, name) for p in powers], dtype=np.float64)
             for name in ("compute_w", "transmit_w", "receive_w", "idle_w")
         )
+        # a band's seconds at nominal speed = its work (FLOPs, or the profile's reference seconds) / this
+        gflops = np.array([spec.devices[d].gflops for d in names], dtype=np.float64)
+        self._work_rate = gflops * 1e9 if profile is None else gflops / profile.reference_gflops
         self._checked_spec = spec  # the last conditions' spec known to share this one's devices and links
 
     # ---- static part ---------------------------------------------------------------------------
@@ -228,16 +229,6 @@ class CostModel:
             hop[:, 3].copy(),
         )
 
-    def _nominal_seconds(self, device: str, start: int, end: int, rows) -> float:
-        """Compute time of one task on ``device`` at nominal speed: FLOPs / GFLOP/s, or the profile scaled."""
-        gflops = self.spec.devices[device].gflops
-        if self.profile is None:
-            return self.graph.band_flops(start, end, rows) / (gflops * 1e9)
-        seconds = sum(
-            self.profile.unit_seconds[u] * f for u, f in self.graph.unit_fractions(start, end, rows)
-        )
-        return seconds * self.profile.reference_gflops / gflops
-
     def skeleton(self, plan: Plan) -> _Skeleton:
         """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
 
@@ -262,37 +253,29 @@ class CostModel:
         return skeleton
 
     def _build(self, plan: Plan) -> _Skeleton:
-        graph, index, work = self.graph, self._device, self._band_work
+        graph, index = self.graph, self._device
         ptr, devices, shares = [0], [], []
         for stage in plan.stages:
             for a in stage.assignments:
                 devices.append(index[a.device])
                 shares.append(a.share)
             ptr.append(len(devices))
-        stage_ptr, band_device, out_lo, out_hi = _plan_bands(
+        offsets = [self._tables.offset(st.start, st.end) for st in plan.stages]  # may tabulate a stage
+        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = _plan_tasks(
             np.array(ptr, dtype=np.int64),
             np.array(devices, dtype=np.int64),
             np.array(shares, dtype=np.float64),
             np.array([graph.extent(st.end) for st in plan.stages], dtype=np.int64),
+            np.array(offsets, dtype=np.int64),
+            *self._tables.columns,
+            self._work_rate,
         )
-        bounds, rows = stage_ptr.tolist(), []
-        band = zip(band_device.tolist(), out_lo.tolist(), out_hi.tolist(), strict=True)
-        for s, stage in enumerate(plan.stages):
-            start, end = stage.start, stage.end
-            for _ in range(bounds[s + 1] - bounds[s]):
-                key = (start, end, *next(band))
-                known = work.get(key)
-                if known is None:
-                    if len(work) >= self.BANDS_KEPT:
-                        work.clear()
-                    device, out = self._names[key[2]], (key[3], key[4])
-                    known = work[key] = (
-                        *graph.input_rows(start, end, out),
-                        self._nominal_seconds(device, start, end, out),
-                    )
-                rows.append(known)
-        table = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
-        in_lo, in_hi = np.ascontiguousarray(table[:, :2].T, dtype=np.int64)
+        for i in np.flatnonzero(
+            np.isnan(seconds)
+        ).tolist():  # a flat stage's band size met for the first time
+            stage = plan.stages[int(np.searchsorted(stage_ptr, i, side="right")) - 1]
+            work = self._tables.size_work(stage.start, stage.end, int(out_hi[i] - out_lo[i]))
+            seconds[i] = work / self._work_rate[band_device[i]]
         row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
         ints = [stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi]
         arrays = _compile_skeleton(
@@ -313,7 +296,7 @@ class CostModel:
             tuple(self._names[i] for i in order),
             order,
             band_device,
-            table[:, 2].copy(),
+            seconds,
             *arrays[:12],
             sink_inputs,
             arrays[12],
@@ -397,26 +380,38 @@ _band_transfers = njit(band_transfers)  # the layout's transfer rule, compiled (
 
 
 @njit(cache=True)
-def _plan_bands(ptr, devices, shares, extents):
+def _plan_tasks(
+    ptr, devices, shares, extents, offsets, in_first, in_end, work_first, work_end, work_size, rate
+):
     """``Plan.bands`` over flat arrays (stage ``s``'s assignments are ``ptr[s]..ptr[s+1]-1``): each
     stage's extent split by ``split_rows`` (= ``split_by_shares``) into consecutive row ranges in listed
-    order, empty ones dropped. Returns the bands' stage_ptr, device, out_lo, out_hi."""
+    order, empty ones dropped; each band's input rows and seconds at nominal speed read from the stage's
+    ``BandTables`` rows at ``offsets[s]`` (work / ``rate`` of its device). Returns the bands' stage_ptr,
+    device, out_lo, out_hi, in_lo, in_hi and seconds."""
     n_stages = extents.size
     stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
     band_device = np.empty(devices.size, dtype=np.int64)
     out_lo = np.empty(devices.size, dtype=np.int64)
     out_hi = np.empty(devices.size, dtype=np.int64)
+    in_lo = np.empty(devices.size, dtype=np.int64)
+    in_hi = np.empty(devices.size, dtype=np.int64)
+    seconds = np.empty(devices.size)
     n = 0
     for s in range(n_stages):
         sizes = split_rows(extents[s], shares[ptr[s] : ptr[s + 1]])
-        lo = 0
+        o, lo = offsets[s], 0
         for j in range(sizes.size):
-            if sizes[j] > 0:
-                band_device[n], out_lo[n], out_hi[n] = devices[ptr[s] + j], lo, lo + sizes[j]
+            hi = lo + sizes[j]
+            if hi > lo:
+                d = devices[ptr[s] + j]
+                band_device[n], out_lo[n], out_hi[n] = d, lo, hi
+                in_lo[n], in_hi[n] = in_first[o + lo], in_end[o + hi]
+                work = work_end[o + hi] - work_first[o + lo] + work_size[o + hi - lo]
+                seconds[n] = work / rate[d]
                 n += 1
-            lo += sizes[j]
+            lo = hi
         stage_ptr[s + 1] = n
-    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n]
+    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n], in_lo[:n], in_hi[:n], seconds[:n]
 
 
 @njit(cache=True)

@@ -147,10 +147,14 @@ class Trace:
             raise TraceError(f"{where}: bandwidth must be >= 0 Mbit/s")
         if not (math.isfinite(duration) and duration > times[-1]):
             raise TraceError(f"{where}: duration {duration} must exceed the last time {times[-1]}")
+        self._store(times, mbps, duration)
+
+    def _store(self, times: np.ndarray, mbps: np.ndarray, duration: float) -> None:
+        """Set the series (float64 arrays, made read-only) and what follows from it: rate and cum_bytes."""
         rate = mbps * BYTES_PER_MBIT
         cum = np.empty(times.size + 1)
         cum[0] = 0.0
-        np.cumsum(rate * np.append(spans, duration - times[-1]), out=cum[1:])
+        np.cumsum(rate * np.append(np.diff(times), duration - times[-1]), out=cum[1:])
         for arr in (times, mbps, rate, cum):
             arr.setflags(write=False)
         object.__setattr__(self, "times", times)
@@ -159,6 +163,15 @@ class Trace:
         object.__setattr__(self, "cum_bytes", cum)
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "_max_rate", float(rate.max()))
+
+    def _derived(self, times: np.ndarray, mbps: np.ndarray, name: str) -> Trace:
+        """A trace of the same duration made from this valid one by an operation that keeps it valid
+        (scale, cap, shift): the checks of ``__post_init__`` are skipped, as an episode reset derives
+        dozens of traces."""
+        trace = object.__new__(Trace)
+        object.__setattr__(trace, "name", name)
+        trace._store(np.asarray(times, dtype=np.float64), np.asarray(mbps, dtype=np.float64), self.duration)
+        return trace
 
     @cached_property
     def _lists(self) -> tuple[list[float], list[float], list[float]]:
@@ -233,14 +246,14 @@ class Trace:
         """Every value multiplied by `factor` (>= 0)."""
         if not (factor >= 0 and math.isfinite(factor)):
             raise ValueError(f"scale factor must be finite and >= 0, got {factor}")
-        return Trace(self.times, self.mbps * factor, self.duration, f"{self.name}*{factor:g}")
+        return self._derived(self.times, self.mbps * factor, f"{self.name}*{factor:g}")
 
     def capped(self, max_mbps: float) -> Trace:
         """Values limited to `max_mbps` (e.g. a radio's peak rate)."""
         if not max_mbps >= 0:
             raise ValueError(f"cap must be >= 0 Mbit/s, got {max_mbps}")
         mbps = np.minimum(self.mbps, max_mbps)
-        return Trace(self.times, mbps, self.duration, f"{self.name}<={max_mbps:g}")
+        return self._derived(self.times, mbps, f"{self.name}<={max_mbps:g}")
 
     def shifted(self, offset_s: float) -> Trace:
         """The same loop started `offset_s` seconds in: new(t) == old(t + offset_s)."""
@@ -252,7 +265,7 @@ class Trace:
         mbps = np.concatenate((self.mbps[i:], self.mbps[: i + 1]))
         # drop empty pieces: the tail piece when o is a segment start, or ones lost to rounding
         keep = np.append(times[1:], self.duration) > times
-        return Trace(times[keep], mbps[keep], self.duration, f"{self.name}@{o:g}s")
+        return self._derived(times[keep], mbps[keep], f"{self.name}@{o:g}s")
 
 
 def constant(mbps: float, duration: float = 1.0) -> Trace:
