@@ -40,9 +40,10 @@ import numpy as np
 from numba import njit
 
 from env.network import Snapshot, link_key
+from env.plan_arrays import PlanArrays
 from runtime.graph import LayerGraph
 from runtime.halo import largest_remainder
-from runtime.plan import Assignment, Plan, Stage
+from runtime.plan import Plan
 from runtime.spec import ClusterSpec
 
 BITS = 8.0
@@ -282,25 +283,27 @@ def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
     """The plan for ``shape`` under the conditions in ``view`` (see the module docstring).
 
     Factors larger than the usable devices or the stage's extent are clamped; the result always
-    validates against the graph. The compiled ``_complete`` does the per-stage choice and balancing.
+    validates against the graph.
     """
+    return complete_arrays(graph, view, shape).plan
+
+
+def complete_arrays(graph: LayerGraph, view: NetView, shape: Shape) -> PlanArrays:
+    """``complete`` as the arrays the compiled ``_complete`` returns (the per-stage choice and balancing),
+    for callers that only cost the plan: the Plan's objects are built when ``.plan`` is first asked for."""
     stage_ptr, devices, sizes = _complete(
         view.sec_per_byte, view.usable_mask, view.memory_bytes, view.inv_speed, view.index[view.source],
         view.index[view.sink], *_shape_arrays(graph, shape),
     )  # fmt: skip
-    names, ptr, devices, sizes = view.devices, stage_ptr.tolist(), devices.tolist(), sizes.tolist()
-    # Plan, Stage and Assignment built directly (Plan.build's per-value conversions and dicts are not needed
-    # here, ~20 assignments a plan, a new plan every env step). Not cached: a cache of stages kept tens of
-    # thousands of dataclasses alive, which every full garbage collection then walked (-15% env steps/s).
-    stages = tuple(
-        Stage(
-            start,
-            end,
-            tuple(Assignment(names[devices[j]], float(sizes[j])) for j in range(ptr[i], ptr[i + 1])),
-        )
-        for i, (start, end, _) in enumerate(shape.stages)
+    return PlanArrays(
+        view.devices,
+        view.index[view.source],
+        view.index[view.sink],
+        tuple((start, end) for start, end, _ in shape.stages),
+        stage_ptr,
+        devices,
+        sizes.astype(np.float64),
     )
-    return Plan(view.source, view.sink, stages)
 
 
 @njit(cache=True)

@@ -43,6 +43,7 @@ from numba import njit
 from env.band_tables import BandTables
 from env.completion import split_rows
 from env.network import Rates, _carry_seconds, _locate, _segment_at
+from env.plan_arrays import PlanArrays
 from runtime.graph import LayerGraph
 from runtime.layout import band_transfers
 from runtime.plan import Plan
@@ -153,17 +154,6 @@ class _Skeleton:
         return {(names[i], names[j]): int(self.link_matrix[i, j]) for i, j in zip(a, b, strict=True)}
 
 
-def _plan_key(plan: Plan) -> tuple:
-    """A plan's content as one flat tuple: source, sink, then per stage its bounds, assignment count and
-    (device, share) pairs."""
-    key = [plan.source, plan.sink]
-    for st in plan.stages:
-        key += (st.start, st.end, len(st.assignments))
-        for a in st.assignments:
-            key += (a.device, a.share)
-    return tuple(key)
-
-
 class CostModel:
     """Predicts what the runtime will measure for a plan."""
 
@@ -179,11 +169,11 @@ class CostModel:
         self.graph = graph
         self.spec = spec
         self.profile = profile
-        self._skeletons: dict[tuple, _Skeleton] = {}  # by _plan_key
+        self._skeletons: dict[tuple, _Skeleton] = {}  # by PlanArrays.key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
         self._tables = BandTables(graph, profile.unit_seconds if profile is not None else None)
         names = spec.device_ids
-        self._names = names
+        self._names = names  # the device order of every array
         self._device = {d: i for i, d in enumerate(names)}
         self._by_name = np.argsort(np.array(names, dtype=object)).astype(np.int64)  # sorted-id order
         self._routes = self._route_table()
@@ -229,43 +219,44 @@ class CostModel:
             hop[:, 3].copy(),
         )
 
-    def skeleton(self, plan: Plan) -> _Skeleton:
+    def skeleton(self, plan: Plan | PlanArrays) -> _Skeleton:
         """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
 
-        The cache is keyed by the plan's content as one flat tuple of strings and numbers, which the
-        garbage collector stops tracking, rather than by Plan objects (dozens of dataclasses per plan
+        The cache is keyed by the plan's content (``PlanArrays.key``: numbers, strings and bytes, which
+        the garbage collector stops tracking) rather than by Plan objects (dozens of dataclasses per plan
         that every full collection would walk). The last few plans are also found by identity: a caller
         asks several times about the plan object it just built.
         """
         hit = self._recent.get(id(plan))
         if hit is not None and hit[0] is plan:
             return hit[1]
-        key = _plan_key(plan)
-        skeleton = self._skeletons.get(key)
+        arrays = self._arrays(plan)
+        skeleton = self._skeletons.get(arrays.key)
         if skeleton is None:
-            skeleton = self._build(plan)
+            skeleton = self._build(arrays)
             if len(self._skeletons) >= self.SKELETONS_KEPT:
                 self._skeletons.clear()
-            self._skeletons[key] = skeleton
+            self._skeletons[arrays.key] = skeleton
         if len(self._recent) >= 8:
             self._recent.clear()
         self._recent[id(plan)] = (plan, skeleton)  # holds the plan, so its id is not reused meanwhile
         return skeleton
 
-    def _build(self, plan: Plan) -> _Skeleton:
-        graph, index = self.graph, self._device
-        ptr, devices, shares = [0], [], []
-        for stage in plan.stages:
-            for a in stage.assignments:
-                devices.append(index[a.device])
-                shares.append(a.share)
-            ptr.append(len(devices))
-        offsets = [self._tables.offset(st.start, st.end) for st in plan.stages]  # may tabulate a stage
+    def _arrays(self, plan: Plan | PlanArrays) -> PlanArrays:
+        if not isinstance(plan, PlanArrays):
+            return PlanArrays.of(plan, self._names, self._device)
+        if plan.names is not self._names and plan.names != self._names:
+            raise ValueError(f"plan arrays over devices {plan.names} do not match cluster {self.spec.name!r}")
+        return plan
+
+    def _build(self, plan: PlanArrays) -> _Skeleton:
+        graph = self.graph
+        offsets = [self._tables.offset(start, end) for start, end in plan.stages]  # may tabulate a stage
         stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = _plan_tasks(
-            np.array(ptr, dtype=np.int64),
-            np.array(devices, dtype=np.int64),
-            np.array(shares, dtype=np.float64),
-            np.array([graph.extent(st.end) for st in plan.stages], dtype=np.int64),
+            plan.ptr,
+            plan.devices,
+            plan.shares,
+            np.array([graph.extent(end) for _, end in plan.stages], dtype=np.int64),
             np.array(offsets, dtype=np.int64),
             *self._tables.columns,
             self._work_rate,
@@ -273,17 +264,17 @@ class CostModel:
         for i in np.flatnonzero(
             np.isnan(seconds)
         ).tolist():  # a flat stage's band size met for the first time
-            stage = plan.stages[int(np.searchsorted(stage_ptr, i, side="right")) - 1]
-            work = self._tables.size_work(stage.start, stage.end, int(out_hi[i] - out_lo[i]))
+            start, end = plan.stages[int(np.searchsorted(stage_ptr, i, side="right")) - 1]
+            work = self._tables.size_work(start, end, int(out_hi[i] - out_lo[i]))
             seconds[i] = work / self._work_rate[band_device[i]]
-        row_bytes = [graph.row_bytes(st.start) for st in plan.stages] + [graph.row_bytes(len(graph.units))]
+        row_bytes = [graph.row_bytes(start) for start, _ in plan.stages] + [graph.row_bytes(len(graph.units))]
         ints = [stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi]
         arrays = _compile_skeleton(
             len(self._names),
             *ints,
             np.array(row_bytes, dtype=np.int64),
-            index[plan.source],
-            index[plan.sink],
+            plan.source,
+            plan.sink,
             *self._routes,
         )
         missing = arrays[-1]
@@ -303,7 +294,9 @@ class CostModel:
         )
 
     # ---- simulation ----------------------------------------------------------------------------
-    def _run(self, plan: Plan, conditions, t0: float) -> tuple[_Skeleton, float, float, np.ndarray]:
+    def _run(
+        self, plan: Plan | PlanArrays, conditions, t0: float
+    ) -> tuple[_Skeleton, float, float, np.ndarray]:
         """(skeleton, latency, energy, per-device seconds: compute, send, recv, idle, energy rows)."""
         sk = self.skeleton(plan)
         rates: Rates = conditions.rates
@@ -357,7 +350,7 @@ class CostModel:
             raise RuntimeError("cost model: the sink never received the whole output")
         return sk, finish - t0, energy, out
 
-    def predict(self, plan: Plan, conditions, t0: float = 0.0) -> Prediction:
+    def predict(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> Prediction:
         """Simulate one request that starts at ``t0`` with the input on the source."""
         sk, makespan, energy, out = self._run(plan, conditions, t0)
         per_device = out[:, sk.device_index].T.tolist()
@@ -365,12 +358,12 @@ class CostModel:
         energies = {d: row[4] for d, row in zip(sk.devices, per_device, strict=True)}
         return Prediction(makespan, energy, times, energies, sk.link_bytes(self._names))
 
-    def cost(self, plan: Plan, conditions, t0: float = 0.0) -> Cost:
+    def cost(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> Cost:
         """Latency and energy of ``predict`` without the per-device breakdown (the env's per-request call)."""
         _, makespan, energy, _ = self._run(plan, conditions, t0)
         return Cost(makespan, energy)
 
-    def latency(self, plan: Plan, conditions, t0: float = 0.0) -> float:
+    def latency(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> float:
         return self._run(plan, conditions, t0)[1]
 
 

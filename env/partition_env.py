@@ -59,9 +59,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from env.completion import NetView, Shape, complete, net_view, shape_valid, structured_shapes
+from env.completion import NetView, Shape, complete_arrays, net_view, shape_valid, structured_shapes
 from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
+from env.plan_arrays import PlanArrays
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph
@@ -290,7 +291,7 @@ class SimBackend:
 
     name = "sim"
 
-    def run(self, env: MicroSplitEnv, plan: Plan, t: float) -> Outcome:
+    def run(self, env: MicroSplitEnv, plan: PlanArrays, t: float) -> Outcome:
         return env.predicted_outcome(plan, t)
 
     def reset(self, env: MicroSplitEnv) -> None:
@@ -361,10 +362,10 @@ class LiveBackend:
             with torch.no_grad():
                 self._expected = models.build(env.config.model, seed=self.seed)(self._input)
 
-    def run(self, env: MicroSplitEnv, plan: Plan, t: float) -> Outcome:
+    def run(self, env: MicroSplitEnv, plan: PlanArrays, t: float) -> Outcome:
         ctl = self._cluster.controller
-        if ctl.plan != plan:
-            ctl.deploy(plan)
+        if ctl.plan != plan.plan:
+            ctl.deploy(plan.plan)
         result = ctl.infer(self._input)
         match = bool(torch.allclose(result.output, self._expected, rtol=1e-4, atol=1e-5))
         return Outcome(result.latency_s, result.energy_j, False, match)
@@ -420,8 +421,8 @@ class MicroSplitEnv(gym.Env):
         self.view: NetView | None = None
         self._requests = 0
         self._masks: dict[int, np.ndarray] = {}
-        self._plans: dict[int, Plan] = {}  # per shape index, for the current view
-        self._costs: dict[int, tuple[Plan, float, Cost]] = {}  # per plan object, for the current view
+        self._plans: dict[int, PlanArrays] = {}  # per shape index, for the current view
+        self._costs: dict[int, tuple[Plan | PlanArrays, float, Cost]] = {}  # per plan object, current view
 
     def _shapes(self) -> list[Shape]:
         cfg, n = self.config, len(self.graph.units)
@@ -460,21 +461,26 @@ class MicroSplitEnv(gym.Env):
 
     def plan_for(self, action: int) -> tuple[Plan, bool]:
         """The plan an action stands for under the current snapshot, and whether the action was invalid."""
+        arrays, invalid = self._action_plan(action)
+        return arrays.plan, invalid
+
+    def reference_plan(self) -> Plan:
+        return self._completed(0).plan
+
+    def _action_plan(self, action: int) -> tuple[PlanArrays, bool]:
+        """``plan_for`` as arrays, what the step costs (an action outside the list gets the reference plan)."""
         valid = 0 <= action < len(self.shapes) and shape_valid(self.graph, self.view, self.shapes[action])
         return self._completed(action if 0 <= action < len(self.shapes) else 0), not valid
 
-    def reference_plan(self) -> Plan:
-        return self._completed(0)
-
-    def _completed(self, index: int) -> Plan:
+    def _completed(self, index: int) -> PlanArrays:
         """``complete`` of shape ``index`` under the current view, memoised until the next observation
         (the reference is also action 0's plan, and callers ask about a step's plan more than once)."""
         plan = self._plans.get(index)
         if plan is None:
-            plan = self._plans[index] = complete(self.graph, self.view, self.shapes[index])
+            plan = self._plans[index] = complete_arrays(self.graph, self.view, self.shapes[index])
         return plan
 
-    def _world_cost(self, plan: Plan, t: float) -> Cost:
+    def _world_cost(self, plan: Plan | PlanArrays, t: float) -> Cost:
         """``cost_model.cost`` in the world, memoised per plan object and time until the next observation."""
         hit = self._costs.get(id(plan))
         if hit is not None and hit[0] is plan and hit[1] == t:
@@ -486,7 +492,7 @@ class MicroSplitEnv(gym.Env):
     def score(self, prediction: Prediction | Cost | Outcome) -> float:
         return self.objective.score(prediction)  # type: ignore[arg-type]
 
-    def touches_outage(self, plan: Plan, t0: float, t1: float) -> bool:
+    def touches_outage(self, plan: Plan | PlanArrays, t0: float, t1: float) -> bool:
         """Whether a device the plan uses (relays included) is down at some moment of [t0, t1]."""
         for d in self.cost_model.skeleton(plan).devices:
             for start, end in self.world.down_intervals(d):
@@ -494,7 +500,7 @@ class MicroSplitEnv(gym.Env):
                     return True
         return False
 
-    def predicted_outcome(self, plan: Plan, t: float) -> Outcome:
+    def predicted_outcome(self, plan: Plan | PlanArrays, t: float) -> Outcome:
         """The cost model's prediction of a request in the world at ``t``, failure check included."""
         cost = self._world_cost(plan, t)
         failed = self.touches_outage(plan, t, t + cost.latency_s)
@@ -513,7 +519,7 @@ class MicroSplitEnv(gym.Env):
         minus the reward the action would earn now in the world (what actually happens). For labels,
         oracles and diagnostics; the sim backend's semantics, whatever the env's backend."""
         t = self.time
-        reference = self.reference_plan()
+        reference = self._completed(0)
         ref_snap = self.score(self.cost_model.cost(reference, self.snapshot, t))
         ref_world = self._world_cost(reference, t) if world else None
         snap = np.full(self.n_actions, np.inf)
@@ -553,10 +559,10 @@ class MicroSplitEnv(gym.Env):
         if self.world is None:
             raise RuntimeError("call reset() before step()")
         action = int(action)
-        plan, invalid = self.plan_for(action)
+        plan, invalid = self._action_plan(action)
         t = self.time
         outcome = self.backend.run(self, plan, t)
-        reference = self._world_cost(self.reference_plan(), t)
+        reference = self._world_cost(self._completed(0), t)
         latency, energy = self.charged(outcome, reference)
         reward = -self.objective.score(Cost(latency, energy)) / max(self.score(reference), 1e-12)
         info = {
@@ -564,7 +570,7 @@ class MicroSplitEnv(gym.Env):
             "energy_j": energy,
             "reference_latency_s": reference.latency_s,
             "reference_energy_j": reference.energy_j,
-            "plan": plan,  # the Plan object: serialising it on every step cost ~5% of a step
+            "plan": plan.plan,  # the Plan object: serialising it on every step cost ~5% of a step
             "shape": self._shape_names[action] if 0 <= action < len(self.shapes) else None,
             "invalid_action": invalid,
             "failed": outcome.failed,
