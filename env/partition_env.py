@@ -57,6 +57,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
+from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from env.completion import NetView, Shape, complete_arrays, net_view, shape_valid, structured_shapes
@@ -172,14 +173,14 @@ def model_graph(name: str) -> LayerGraph:
 # ------------------------------------------------------------------------------------- observation
 
 
-def bw_feature(mbps: float | np.ndarray) -> float | np.ndarray:
+def bw_feature(mbps: float) -> float:
     """Bandwidth feature: log2(1 + Mbit/s) / 6 (0 -> 0, 63 Mbit/s -> 1)."""
-    return np.log2(1.0 + np.maximum(mbps, 0.0)) / 6.0
+    return math.log2(1.0 + max(mbps, 0.0)) / 6.0
 
 
-def _route_mbps(sec_per_byte: np.ndarray) -> np.ndarray:
+def route_mbps(sec_per_byte: float) -> float:
     """A route's effective Mbit/s; the device itself (0 s/B) counts as 10 Gbit/s."""
-    return np.divide(8e-6, sec_per_byte, out=np.full(sec_per_byte.shape, 1e4), where=sec_per_byte > 0)
+    return 8e-6 / sec_per_byte if sec_per_byte > 0 else 1e4
 
 
 class _Slots:
@@ -238,33 +239,44 @@ class Observer:
 
     def encode(self, snapshot: Snapshot, view: NetView) -> np.ndarray:
         slots = self.slots(snapshot.spec)
-        n, f, h = len(slots.devices), self.DEVICE_FEATURES, self.history
-        obs = np.zeros(self.size)
-        dev = obs[: n * f].reshape(n, f)
-        dev[:, 0] = 1.0
-        dev[:, 1] = view.usable
-        dev[:, 2] = slots.nominal
-        dev[:, 3] = snapshot.rates.speed  # spec order, as slots.devices
-        dev[slots.index[snapshot.source], 4] = 1.0
-        dev[slots.index[snapshot.sink], 5] = 1.0
-        # every bandwidth feature in one bw_feature call: routes from the source, to the sink, then the
-        # links' mean and history (spec order, as slots.links)
-        spb = view.sec_per_byte
-        windows = snapshot.link_windows
-        width = windows.shape[1]
-        if width < 1 + h:  # short history: pad with the mean
-            windows = np.concatenate((np.repeat(windows[:, :1], 1 + h - width, 1), windows), 1)
-        elif width > 1 + h:  # the last h seconds
-            windows = np.concatenate((windows[:, :1], windows[:, width - h :]), 1)
-        routes = np.concatenate((spb[view.index[snapshot.source]], spb[:, view.index[snapshot.sink]]))
-        features = bw_feature(np.concatenate((_route_mbps(routes), windows.ravel())))
-        dev[:, 6] = features[:n]
-        dev[:, 7] = features[n : 2 * n]
-        obs[slots.link_flags] = 1.0
-        obs[slots.link_values] = features[2 * n :].reshape(windows.shape)
-        obs[-3:-1] = self._model
-        obs[-1] = view.n_usable / self.max_devices
-        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+        return _encode(
+            self.size, self.DEVICE_FEATURES, self.history, view.usable_mask, slots.nominal,
+            snapshot.rates.speed, slots.index[snapshot.source], slots.index[snapshot.sink], view.sec_per_byte,
+            snapshot.link_windows, slots.link_flags, slots.link_values, self._model, self.max_devices,
+        )  # fmt: skip
+
+
+_bw_feature = njit(bw_feature)  # compiled into _encode
+_route_mbps = njit(route_mbps)
+
+
+@njit(cache=True)
+def _encode(
+    size, f, h, usable, nominal, speed, source, sink, sec_per_byte, windows, link_flags, link_values, model,
+    max_devices,
+):  # fmt: skip
+    """The observation vector (module docstring), in one pass: per device (spec order) its ``f`` features,
+    per link (spec order) a flag, its mean and its last ``h`` one-second means (a shorter history padded
+    with the mean), then the model's two features and the usable share; clipped to [0, OBS_HIGH]."""
+    obs = np.zeros(size)
+    n = nominal.size
+    for i in range(n):
+        row = obs[i * f : (i + 1) * f]
+        row[0], row[1], row[2], row[3] = 1.0, usable[i], nominal[i], speed[i]
+        row[6] = _bw_feature(_route_mbps(sec_per_byte[source, i]))
+        row[7] = _bw_feature(_route_mbps(sec_per_byte[i, sink]))
+    obs[source * f + 4] = 1.0
+    obs[sink * f + 5] = 1.0
+    width = windows.shape[1]
+    for k in range(windows.shape[0]):
+        obs[link_flags[k]] = 1.0
+        obs[link_values[k, 0]] = _bw_feature(windows[k, 0])
+        for j in range(1, h + 1):
+            column = width - h + j - 1  # history right-aligned; before its start, the mean
+            obs[link_values[k, j]] = _bw_feature(windows[k, column] if column >= 1 else windows[k, 0])
+    obs[size - 3], obs[size - 2] = model[0], model[1]
+    obs[size - 1] = usable.sum() / max_devices
+    return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ env
