@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from numba import njit
@@ -65,10 +65,15 @@ class Shape:
         if any(k < 1 for k in self.factors):
             raise ValueError(f"split factors must be >= 1: {self.factors}")
 
-    @property
-    def stages(self) -> list[tuple[int, int, int]]:
+    @cached_property
+    def stages(self) -> tuple[tuple[int, int, int], ...]:
         """``(start, end, factor)`` per stage."""
-        return [(s, e, k) for s, e, k in zip(self.bounds[:-1], self.bounds[1:], self.factors, strict=True)]
+        return tuple(zip(self.bounds[:-1], self.bounds[1:], self.factors, strict=True))
+
+    @cached_property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """``(start, end)`` per stage."""
+        return tuple(zip(self.bounds[:-1], self.bounds[1:], strict=True))
 
     def fits(self, graph: LayerGraph) -> bool:
         """Whether the bounds are cut points of ``graph`` covering all its units."""
@@ -299,7 +304,7 @@ def complete_arrays(graph: LayerGraph, view: NetView, shape: Shape) -> PlanArray
         view.devices,
         view.index[view.source],
         view.index[view.sink],
-        tuple((start, end) for start, end, _ in shape.stages),
+        shape.spans,
         stage_ptr,
         devices,
         sizes.astype(np.float64),
