@@ -10,6 +10,16 @@ touched. If the planner fails or returns an invalid plan, the analytic optimiser
 ``static=True`` plans once at the start and never again: the reference an adaptive run is measured
 against.
 
+Rescue (adaptive runs): conditions can collapse in the middle of a request, and the request then pays
+the plan made for the old conditions for as long as it runs (at 20 -> 2 Mbit/s, 12-15 s for a 2.5 s
+plan, while a plan made for 2 Mbit/s takes 5-6 s). So the loop also watches while a request runs
+(``Controller.watch``, every 0.2 s): the live view sees transfers that are overdue before they end, the
+plan is re-made as soon as conditions moved, and a request still running on an older plan is restarted
+on the new one when ``worth_restarting``: the cost model's time for the rest of its attempt under the
+new conditions exceeds ``rescue_margin`` x a fresh start on the new plan. The margin pays for what the
+estimate of the rest gets wrong (progress is measured in radio bytes, compute is not) and for the work
+thrown away; a request is rescued at most ``MAX_RESCUES`` times.
+
 Every output is checked against the unsplit model on a pool of seeded inputs whose reference outputs
 are computed before serving starts (so the check costs the cluster nothing while it runs).
 """
@@ -34,14 +44,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.base import Planner
 from agents.optimizer import OptimalPlanner
-from env.cost_model import Objective
+from env.cost_model import CostModel, Objective
 from env.network import Snapshot, link_key
 from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
+from runtime.controller import InFlight
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 
 log = logging.getLogger("agents.serving")
+
+MAX_RESCUES = 2  # per request: a third restart would mostly throw away work the second one did
 
 
 @dataclass
@@ -58,6 +71,7 @@ class ServeOptions:
     )  # (request index, "kill"|"restart", device)
     input_pool: int = 4
     seed: int = 0
+    rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
 
 
 @dataclass
@@ -71,6 +85,7 @@ class RequestLog:
     plan: str
     replanned: bool
     waited_s: float = 0.0  # open loop: from the request's arrival until the cluster took it
+    rescues: int = 0  # times it was restarted on a newer plan while it ran
 
     @property
     def response_s(self) -> float:
@@ -91,6 +106,7 @@ class Tally:
         self.energy_j = array("d")
         self.duplicated = 0
         self.mismatched = 0
+        self.rescued = 0
         self._seen = bytearray()  # bit k: request id self._base + k was seen
         self._base: int | None = None
 
@@ -98,6 +114,7 @@ class Tally:
         self.latency_s.append(record.response_s)
         self.energy_j.append(record.energy_j)
         self.mismatched += not record.outputs_match
+        self.rescued += record.rescues > 0
         if self._base is None:
             self._base = record.rid - record.rid % 8
         if record.rid < self._base:  # ids start anywhere (the controller's are random-based)
@@ -143,6 +160,7 @@ class ServeReport:
             "energy_mean_j": float(np.mean(t.energy_j)) if t.energy_j else math.nan,
             "worker_kills": self.worker_kills,
             "planner_fallbacks": self.fallbacks,
+            "rescued": t.rescued,
         }
 
 
@@ -183,6 +201,19 @@ def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> boo
     return any(abs(now.link_mbps[k] - made_on.link_mbps[k]) > threshold * made_on.link_mbps[k] for k in used)
 
 
+def worth_restarting(
+    cost: CostModel, running: InFlight, plan: Plan, snapshot: Snapshot, margin: float
+) -> bool:
+    """Whether restarting ``running`` on ``plan`` beats letting it finish, under ``snapshot``.
+
+    The rest of the running attempt is its plan's predicted latency under the new conditions scaled by
+    the share of its radio bytes not yet delivered; a restart pays ``plan``'s whole predicted latency,
+    times ``margin``.
+    """
+    rest = cost.latency(running.plan, snapshot) * (1.0 - running.progress)
+    return rest > margin * cost.latency(plan, snapshot)
+
+
 def serve(
     cluster: LocalCluster,
     model: torch.nn.Module,
@@ -216,6 +247,30 @@ def serve(
     made_on = observe()
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
+    switched = False  # the plan changed while a request was running
+    cost = CostModel(decide.graph, cluster.spec)
+    cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first rescue
+
+    def watch() -> None:
+        """While a request runs: re-plan if conditions moved, rescue requests stuck on older plans."""
+        nonlocal made_on, replans, switched
+        now = observe()
+        if moved(ctl.plan, made_on, now, options.threshold):
+            plan, made_on = decide(now), now
+            if plan != ctl.plan:
+                ctl.deploy(plan)
+                replans += 1
+                switched = True
+        for running in ctl.in_flight():
+            if (
+                not running.current
+                and running.rescues < MAX_RESCUES
+                and worth_restarting(cost, running, ctl.plan, now, options.rescue_margin)
+            ):
+                ctl.restart(running.rid)
+
+    if not options.static and options.rescue_margin is not None:
+        ctl.watch = watch
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     served: tuple[Plan | None, str] = (None, "")  # the plan in service and its JSON, shared by its records
     chaos = {i: (action, device) for i, action, device in options.chaos}
@@ -248,50 +303,54 @@ def serve(
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(agent, total=options.requests, status="")
-        for index, result in enumerate(results()):
-            match = bool(torch.allclose(result.output, expected[index % len(pool)], rtol=1e-4, atol=1e-5))
-            replanned = False
-            if served[0] is not result.plan:
-                served = (result.plan, result.plan.to_json())
-            if index + 1 in chaos:
-                action, device = chaos[index + 1]
-                if action == "kill":
-                    cluster.kill(device)
-                    kills += 1
-                else:
-                    cluster.restart(device)
-            if not options.static:
-                now = observe()
-                if (index + 1) % options.replan_every == 0 or moved(
-                    ctl.plan, made_on, now, options.threshold
-                ):
-                    plan = decide(now)
-                    made_on = now
-                    if plan != ctl.plan:
-                        ctl.deploy(plan)
-                        replans += 1
-                        replanned = True
-            record = RequestLog(
-                index,
-                result.rid,
-                ctl.now(),
-                result.latency_s,
-                result.energy_j,
-                match,
-                served[1],
-                replanned,
-                waits.popleft(),
-            )
-            tally.add(record)
-            if index % 100 == 0:
-                rss.append((index, process.memory_info().rss / 2**20))
-            if on_result is not None:
-                on_result(record)
-            progress.update(
-                task, advance=1, status=f"{result.latency_s:.3f}s {'exact' if match else 'MISMATCH'}"
-            )
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(agent, total=options.requests, status="")
+            for index, result in enumerate(results()):
+                match = bool(torch.allclose(result.output, expected[index % len(pool)], rtol=1e-4, atol=1e-5))
+                replanned, switched = switched, False
+                if served[0] is not result.plan:
+                    served = (result.plan, result.plan.to_json())
+                if index + 1 in chaos:
+                    action, device = chaos[index + 1]
+                    if action == "kill":
+                        cluster.kill(device)
+                        kills += 1
+                    else:
+                        cluster.restart(device)
+                if not options.static:
+                    now = observe()
+                    if (index + 1) % options.replan_every == 0 or moved(
+                        ctl.plan, made_on, now, options.threshold
+                    ):
+                        plan = decide(now)
+                        made_on = now
+                        if plan != ctl.plan:
+                            ctl.deploy(plan)
+                            replans += 1
+                            replanned = True
+                record = RequestLog(
+                    index,
+                    result.rid,
+                    ctl.now(),
+                    result.latency_s,
+                    result.energy_j,
+                    match,
+                    served[1],
+                    replanned,
+                    waits.popleft(),
+                    result.rescues,
+                )
+                tally.add(record)
+                if index % 100 == 0:
+                    rss.append((index, process.memory_info().rss / 2**20))
+                if on_result is not None:
+                    on_result(record)
+                progress.update(
+                    task, advance=1, status=f"{result.latency_s:.3f}s {'exact' if match else 'MISMATCH'}"
+                )
+    finally:
+        ctl.watch = None  # the cluster may serve another run next
     return ServeReport(
         agent,
         tally,
@@ -314,7 +373,17 @@ class MetricsWriter:
         self._file = self.csv_path.open("w", newline="")
         self._csv = csv.writer(self._file)
         self._csv.writerow(
-            ["index", "rid", "time_s", "latency_s", "waited_s", "energy_j", "outputs_match", "replanned"]
+            [
+                "index",
+                "rid",
+                "time_s",
+                "latency_s",
+                "waited_s",
+                "energy_j",
+                "outputs_match",
+                "replanned",
+                "rescues",
+            ]
         )
         self._tb = SummaryWriter(str(out_dir / "tensorboard" / agent))
 
@@ -329,6 +398,7 @@ class MetricsWriter:
                 f"{r.energy_j:.6f}",
                 r.outputs_match,
                 r.replanned,
+                r.rescues,
             ]
         )
         self._tb.add_scalar("serve/latency_s", r.response_s, r.index)

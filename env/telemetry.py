@@ -15,11 +15,21 @@ seconds would see only the tail of a slow request and forget the links its early
   (the median ratio new/old estimate), the silent ones are assumed to have moved too (links of one site
   tend to fade together) — after a drop, as much as the *worst* measured link (a planner that believes a
   silent link kept its old speed moves traffic onto it and learns it is slow one request at a time);
-  after a rise, by the median. Until a link is measured its estimate starts from the spec;
-- speed factor: achieved FLOP/s of the compute tasks since the previous snapshot (at least the last
-  ``window_s``) over the device's nominal GFLOP/s, capped at the median over the devices that computed
-  (small bands run below a device's peak for reasons that have nothing to do with the device; only a
-  device clearly slower than the rest is slow); a device that computed nothing gets that median;
+  after a rise, by the median. Until a link is measured its estimate starts from the spec.
+  Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
+  seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
+  the transfer has run ``drift`` x longer than the estimate allows (and at least ``overdue_s``, so a
+  transfer whose end is merely still being reported does not count), on its own link only, and it
+  stands until a transfer that ends after it says otherwise (earlier ones describe the link before the
+  change): a collapse is seen while the first transfer it slows down is still crawling, not only when the
+  request that crosses it is done;
+- speed factor: achieved FLOP/s of the compute tasks *received* since the previous snapshot over the
+  device's nominal GFLOP/s, capped at the median over the devices that computed (small bands run below a
+  device's peak for reasons that have nothing to do with the device; only a device clearly slower than
+  the rest is slow); a device that computed nothing gets that median; no new tasks, no change. Compute
+  samples arrive with their request's end, stamped with their own (earlier) end times, so a snapshot
+  taken while requests run (serving re-plans mid-request) must not pick them by end time: it would see
+  only a finished request's last tasks;
 - availability: the controller's liveness view (heartbeats, timeouts).
 
 ``link_history`` holds the estimates second by second (oldest first), as the simulator's per-second
@@ -62,6 +72,29 @@ def current_rate(
     return nbytes * 8 / 1e6 / radio
 
 
+def overdue_bounds(
+    transfers: Iterable[tuple[str, str, int, float]],
+    wall: float,
+    estimates: dict[tuple[str, str], float],
+    drift: float,
+    overdue_s: float,
+) -> dict[tuple[str, str], float]:
+    """Upper bounds (Mbit/s) on the links that carry an overdue transfer, from ``(a, b, bytes, start)``.
+
+    A transfer is overdue once it has run ``overdue_s`` and ``drift`` x the time ``estimates`` give it;
+    its link then carries at most ``bytes*8/elapsed`` (the lowest such bound per link is kept).
+    """
+    bounds: dict[tuple[str, str], float] = {}
+    for a, b, nbytes, start in transfers:
+        elapsed, key = wall - start, link_key(a, b)
+        if elapsed < overdue_s or key not in estimates:
+            continue
+        bound = nbytes * 8 / 1e6 / elapsed
+        if bound * drift < estimates[key]:
+            bounds[key] = min(bound, bounds.get(key, bound))
+    return bounds
+
+
 def drift_factor(ratios: Iterable[float], drift: float) -> float:
     """How much the silent links are assumed to have moved, from the measured links' ratios new/old."""
     ratios = list(ratios)
@@ -84,33 +117,54 @@ class LiveView:
         window_s: float = 2.0,
         drift: float = 1.5,
         history: int = 8,
+        overdue_s: float = 0.25,
     ):
         self.spec = spec
         self.controller = controller
         self.window_s = window_s
         self.drift = drift
+        self.overdue_s = overdue_s
         self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
         self._history_len = history
-        self._folded = -np.inf  # wall time up to which telemetry has been folded in
+        self._folded = -np.inf  # wall time up to which link telemetry has been folded in
+        self._last_compute: tuple | None = None  # the newest compute sample folded in
+        self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
         self._second: int | None = None  # last whole second (controller clock) written to the history
 
-    def _update_links(self, since: float) -> None:
+    def _update_links(self, since: float, wall: float) -> None:
         fresh: dict[tuple[str, str], list[LinkSample]] = {}
         for end, a, b, nbytes, seconds in self.controller.link_samples:
-            if end > since and seconds > 0 and nbytes > 0:
-                fresh.setdefault(link_key(a, b), []).append((end, nbytes, seconds))
+            key = link_key(a, b)
+            if end > max(since, self._bounded.get(key, since)) and seconds > 0 and nbytes > 0:
+                fresh.setdefault(key, []).append((end, nbytes, seconds))
         measured = {
             key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
         }
         factor = drift_factor((mbps / self.link_mbps[key] for key, mbps in measured.items()), self.drift)
-        self.link_mbps = {key: measured.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
+        estimates = {key: measured.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
+        # bounds only lower their own links: a bound is not a measurement, and one that tightens while
+        # its transfer crawls on would drag the silent links down again at every snapshot
+        overdue = overdue_bounds(
+            self.controller.transfers_in_progress(), wall, estimates, self.drift, self.overdue_s
+        )
+        self.link_mbps = estimates | overdue
+        # a bound is a change point: transfers that ended before it no longer speak for the link
+        self._bounded |= dict.fromkeys(overdue, wall)
 
-    def _update_speed(self, since: float) -> None:
+    def _update_speed(self) -> None:
+        samples = self.controller.compute_samples
+        new = []
+        for sample in reversed(samples):  # the newest first, back to the last one folded in
+            if sample is self._last_compute:
+                break
+            new.append(sample)
+        if samples:
+            self._last_compute = samples[-1]
         achieved: dict[str, list[float]] = {}
-        for end, device, flops, seconds in self.controller.compute_samples:
-            if end > since and seconds > 0 and flops > 0:
+        for _, device, flops, seconds in new:
+            if seconds > 0 and flops > 0:
                 acc = achieved.setdefault(device, [0.0, 0.0])
                 acc[0] += flops
                 acc[1] += seconds
@@ -133,8 +187,8 @@ class LiveView:
         """What the cluster has measured up to now."""
         wall = time.time()
         since = min(self._folded, wall - self.window_s)
-        self._update_links(since)
-        self._update_speed(since)
+        self._update_links(since, wall)
+        self._update_speed()
         self._folded = wall
         now = self.controller.now()
         self._record_history(now)

@@ -6,6 +6,7 @@ device, and a worker that comes back must be usable again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -169,6 +170,47 @@ def test_restarted_worker_is_noticed_and_used_again(ctl, cluster, reference):
     plan = ctl.deploy(_plan(ctl.available))
     assert "d" in plan.devices
     torch.testing.assert_close(ctl.infer(xs[0]).output, reference(xs[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ctl, reference):
+    """Two requests crawl over a slow link a-b; the first is restarted on a plan that avoids it. Each comes
+    back once with the right output, and the workers drop the abandoned attempt at once: a's radio cuts
+    its transfer short (the second request's transfer starts right after the rescue, not when the first
+    would have ended) and b never computes for it."""
+    emulation = ctl.emulation
+    ctl.configure(dataclasses.replace(emulation, link_schedules={("a", "b"): 0.1}))  # ~1 s per input
+    slow = Plan.build("a", "d", [(0, N_UNITS, {"b": 1})])
+    fast = Plan.build("a", "d", [(0, N_UNITS, {"d": 1})])
+    computed_by_b = ctl.ping()["b"].stats["computed"]
+    seen: list[tuple[float, list]] = []
+
+    def rescue() -> None:
+        running = ctl.in_flight()
+        if seen or not ctl.transfers_in_progress() or running[0].elapsed_s < 0.3:
+            return
+        ctl.deploy(fast)
+        seen.append((time.time(), ctl.in_flight()))
+        assert ctl.restart(running[0].rid) and not ctl.restart(running[0].rid)  # on the plan in force now
+
+    ctl.watch = rescue
+    xs = _inputs(2, seed=5)
+    try:
+        ctl.deploy(slow)
+        results = list(ctl.stream(xs, window=2))
+    finally:
+        ctl.watch = None
+        ctl.configure(emulation)
+    _check_stream(results, xs, reference)
+    ((rescued_at, running),) = seen
+    assert [(f.plan, f.current, f.progress) for f in running] == [(slow, False, 0.0)] * 2
+    assert [(r.plan, r.attempts, r.rescues) for r in results] == [(fast, 2, 1), (slow, 1, 0)]
+    assert results[0].latency_s > running[0].elapsed_s  # counted from the first attempt
+    (second_tx,) = results[1].timeline.of("tx", "a")
+    assert second_tx["start"] - rescued_at < 0.25  # the first transfer would have held the radio ~0.7 s more
+    stats = ctl.ping()
+    assert stats["b"].stats["computed"] == computed_by_b + 1  # for the second request only
+    assert all(s.stats["open_requests"] == 0 for s in stats.values())
+    assert not ctl.transfers_in_progress()
 
 
 def test_fallback_plan_drops_devices_that_are_down():

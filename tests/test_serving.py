@@ -11,13 +11,15 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.serving import Decider, RequestLog, ServeOptions, Tally, moved, serve
-from env.cost_model import Objective
+from agents.serving import Decider, RequestLog, ServeOptions, Tally, moved, serve, worth_restarting
+from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.controller import InFlight
 from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
+from runtime.schedule import Trace
 from runtime.spec import load_cluster
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
@@ -73,6 +75,55 @@ def test_moved_detects_what_matters(setup):
     assert moved(plan, snap, replace(snap, speed={**snap.speed, "d0": 0.5}), 0.3)
 
 
+def test_a_stuck_request_is_worth_restarting_only_when_the_rest_of_it_costs_more(setup):
+    spec, _, graph = setup
+    cost = CostModel(graph, spec)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    n = len(graph.units)
+    on_d1 = Plan("d0", "d2", (Stage(0, n, (Assignment("d1", 1.0),)),))  # the input crosses d0-d1
+    local = make_planner("local").plan(snap, graph, Objective())  # d0 computes, d2 gets the output
+    collapsed = replace(snap, link_mbps={**snap.link_mbps, ("d0", "d1"): 0.1})  # ~1 s for the input
+
+    def running(plan: Plan, progress: float) -> InFlight:
+        return InFlight(rid=1, plan=plan, current=False, elapsed_s=0.5, progress=progress, rescues=0)
+
+    assert worth_restarting(cost, running(on_d1, 0.0), local, collapsed, margin=1.2)
+    # all but its last bytes are through: finishing beats starting over
+    assert not worth_restarting(cost, running(on_d1, 0.999), local, collapsed, margin=1.2)
+    # never onto a plan that the new conditions make slower
+    assert not worth_restarting(cost, running(local, 0.0), on_d1, collapsed, margin=1.2)
+
+
+class AvoidSlowLink(Planner):
+    """Everything on d1 (the input crosses d0-d1) while that link looks fast, else everything on d0."""
+
+    name = "avoid-slow-link"
+
+    def plan(self, snapshot, graph, objective):
+        device = "d1" if snapshot.link_mbps[("d0", "d1")] > 5 else "d0"
+        return Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment(device, 1.0),)),))
+
+
+def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
+    """d0-d1 drops from 50 to 0.05 Mbit/s 0.5 s into serving: the request then crossing it would need ~2 s
+    for its input; its overdue transfer shows the collapse, the plan moves to d0 and the request restarts
+    there, and it comes back once, with the right output, long before its transfer would have ended."""
+    spec, model, graph = setup
+    decide = Decider(AvoidSlowLink(), graph, Objective())
+    collapse = Trace([0.0, 0.5], [50.0, 0.05], duration=3600.0, name="collapse")
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as cluster:
+        cluster.controller.restart_clock()  # t=0 of the trace: now
+        options = ServeOptions(requests=30, duration_s=1.5)
+        report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
+    summary = report.summary()
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"]
+    (rescued,) = [r for r in records if r.rescues]
+    assert summary["rescued"] == 1 and rescued.replanned
+    assert 0.25 < rescued.latency_s < 1.5  # overdue after 0.25 s; its transfer alone needed ~2 s
+    assert all(r.latency_s < 0.25 for r in records[records.index(rescued) + 1 :])  # on d0 from then on
+
+
 def test_deploy_cli_reports_bad_input(capsys):
     assert deploy.main(["--cluster", "nope.yaml", "--model", "tiny"]) == 2
     assert "nope.yaml" in capsys.readouterr().out
@@ -101,7 +152,8 @@ def test_open_loop_counts_the_wait_for_a_busy_cluster(setup):
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny") as cluster:
         # requests arrive far faster than they are served: each waits for those before it
-        fast = ServeOptions(requests=6, arrival_every_s=1e-4, replan_every=2)
+        # (no rescue watch, which would also look while requests run)
+        fast = ServeOptions(requests=6, arrival_every_s=1e-4, replan_every=2, rescue_margin=None)
         report = serve(cluster, model, decide, fast, agent="o", on_result=records.append, observe=observe)
         waits = [r.waited_s for r in records]
         assert waits[0] < 0.05 and all(b > a for a, b in zip(waits[1:], waits[2:], strict=False))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from env.network import link_key
-from env.telemetry import LiveView, current_rate, drift_factor
+from env.telemetry import LiveView, current_rate, drift_factor, overdue_bounds
 from runtime.spec import load_cluster
 
 SPEC = load_cluster(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "mesh0.yaml")
@@ -19,12 +19,20 @@ class Telemetry:
 
     def __init__(self, compute=()):
         self.link_samples: list[tuple[float, str, str, int, float]] = []
+        self.in_transit: list[tuple[str, str, int, float]] = []
         self.compute_samples = list(compute)
         self.available = frozenset(SPEC.devices)
         self.clock = 12.5
 
     def transfer(self, a: str, b: str, mbps: float, seconds: float = 0.5, ago: float = 0.0) -> None:
         self.link_samples.append((time.time() - ago, a, b, int(mbps * 1e6 / 8 * seconds), seconds))
+
+    def started(self, a: str, b: str, nbytes: int, ago: float) -> None:
+        """A transfer of ``nbytes`` that started ``ago`` seconds ago and has not ended."""
+        self.in_transit.append((a, b, nbytes, time.time() - ago))
+
+    def transfers_in_progress(self):
+        return list(self.in_transit)
 
     def now(self):
         return self.clock
@@ -67,6 +75,34 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_worst_measured_one
     assert snap.link_mbps[link_key("6", "8")] == pytest.approx(34.0)
 
 
+def test_an_overdue_transfer_bounds_its_link_before_it_ends():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    key = link_key("8", "4")  # spec 30 Mbit/s
+    tel.started("8", "4", 250_000, ago=0.1)  # 2 Mbit/s at most, but only for 0.1 s: may just be unreported
+    assert view.snapshot().link_mbps[key] == 30
+    tel.in_transit[0] = ("8", "4", 250_000, time.time() - 1.0)  # the same transfer, a second on the air
+    snap = view.snapshot()
+    assert snap.link_mbps[key] == pytest.approx(2.0, rel=0.01)
+    assert snap.link_mbps[link_key("0", "9")] == 26  # a bound is not a measurement: silent links keep theirs
+    tel.transfer("8", "4", 30.0, ago=0.5)  # ended before the bound: the link before the change
+    tel.in_transit.clear()  # the crawling transfer was cut short (its request restarted elsewhere)
+    assert view.snapshot().link_mbps[key] == pytest.approx(2.0, rel=0.01)  # the bound stands
+    tel.transfer("8", "4", 1.5)  # ended after it: the link's new regime
+    assert view.snapshot().link_mbps[key] == pytest.approx(1.5)
+    # a transfer within drift x of what its link's estimate allows says nothing new
+    tel = Telemetry()
+    tel.started("4", "9", 3_000_000, ago=0.6)  # spec 43: 40 Mbit/s so far
+    assert LiveView(SPEC, tel).snapshot().link_mbps[link_key("4", "9")] == 43
+
+
+def test_overdue_bounds_keep_the_lowest_per_link():
+    wall = 100.0
+    transfers = [("a", "b", 1_000_000, wall - 1.0), ("b", "a", 1_000_000, wall - 4.0), ("a", "c", 10, 99.9)]
+    bounds = overdue_bounds(transfers, wall, {("a", "b"): 20.0, ("a", "c"): 20.0}, 1.5, 0.25)
+    assert bounds == {("a", "b"): pytest.approx(2.0)}  # 8 and 2 Mbit/s at most: 2; a-c too young
+
+
 def test_a_link_estimate_is_its_current_regime_not_a_blend():
     before = [(float(t), 250_000, 0.1) for t in range(5)]  # 20 Mbit/s
     after = [(5.0 + t, 250_000, 1.0) for t in range(3)]  # 2 Mbit/s
@@ -106,14 +142,16 @@ def test_history_steps_once_per_second():
 def test_speed_is_relative_to_what_the_others_achieve():
     now = time.time()
     compute = [
-        (now, "8", 6e9, 2.0),  # 6 GFLOP/s nominal: achieves half
+        (now - 8, "8", 6e9, 2.0),  # 6 GFLOP/s nominal: achieves half (early in a long request)
         (now, "9", 9e9, 2.0),  # 9 GFLOP/s nominal: achieves half
         (now, "3", 8e9, 5.0),  # 8 GFLOP/s nominal: achieves a fifth, clearly loaded
     ]
-    view = LiveView(SPEC, Telemetry(compute=compute))
-    view._folded = now - 10  # the previous snapshot was taken 10 s ago
-    view.controller.compute_samples.append((now - 60, "7", 7e9, 100.0))  # before it: already folded in
+    tel = Telemetry(compute=[(now - 60, "7", 7e9, 100.0)])
+    view = LiveView(SPEC, tel)
+    view.snapshot()  # folds the old task in
+    tel.compute_samples += compute  # a request ended: its tasks arrive, stamped with their own end times
     snap = view.snapshot()
     assert snap.speed["8"] == pytest.approx(0.5) and snap.speed["9"] == pytest.approx(0.5)
     assert snap.speed["3"] == pytest.approx(0.2)
     assert snap.speed["7"] == pytest.approx(0.5)  # not measured recently: the typical factor
+    assert view.snapshot().speed == snap.speed  # nothing new arrived: nothing changes
