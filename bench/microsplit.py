@@ -11,7 +11,8 @@ process. Measured side by side in one run:
    warm-up steps per action kind on other worlds: a training run's steady state (one-off costs, numba
    loading its kernels and each stage's band tables, happen in the first steps of a process);
 2. the share of a step spent in NetworkState.snapshot, CostModel.predict (with its per-plan skeleton),
-   the completion, the observation, the decision and the rest (cProfile, a separate pass);
+   the completion, the Plan objects handed out in info, the observation, the decision and the rest
+   (cProfile, a separate pass);
 3. decision time of the PPO planner (argmax, and top-3 checked by the cost model) and of the analytic
    optimiser on the same snapshots, and the ratios.
 
@@ -121,7 +122,8 @@ def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
     parts = {
         "NetworkState.snapshot": cum("snapshot", "network.py"),
         "cost model (skeleton + replay)": cum("cost", "cost_model.py") + cum("predict", "cost_model.py"),
-        "completion": cum("complete", "completion.py"),
+        "completion": cum("complete_arrays", "completion.py"),
+        "the Plan objects of info['plan']": cum("plan", "plan_arrays.py"),
         "observation (net view + encoding)": cum("encode", "partition_env.py")
         + cum("net_view", "completion.py"),
         "episode reset (new world)": cum("reset", "partition_env.py"),

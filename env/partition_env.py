@@ -33,6 +33,11 @@ model or cluster; a policy that beats offloading to the best device earns more t
 any moment of ``[t, t + latency]``; it is then retried on the reference plan, so its latency and energy
 are the failed attempt's plus the reference's (``info["failed"] = True``).
 
+**Info** per step: ``latency_s``, ``energy_j`` (what the request cost), ``reference_latency_s``,
+``reference_energy_j``, ``plan`` (the request's plan as ``PlanArrays``; its ``.plan`` is the ``Plan``,
+built when first asked for, as building ~50 dataclasses at every step cost 13% of the step), ``shape``,
+``invalid_action``, ``failed``, ``outputs_match`` (live backend), ``time_s`` and ``cluster``.
+
 **Backends** behind the same API: ``sim`` predicts each request with the cost model on the world;
 ``live`` executes it on a cluster through the runtime's controller, with links shaped by the world's
 traces (``LiveBackend``), and rewards measured latency and energy. The reference is always predicted.
@@ -582,7 +587,7 @@ class MicroSplitEnv(gym.Env):
             "energy_j": energy,
             "reference_latency_s": reference.latency_s,
             "reference_energy_j": reference.energy_j,
-            "plan": plan.plan,  # the Plan object: serialising it on every step cost ~5% of a step
+            "plan": plan,  # PlanArrays: ``.plan`` builds the Plan (module docstring, Info)
             "shape": self._shape_names[action] if 0 <= action < len(self.shapes) else None,
             "invalid_action": invalid,
             "failed": outcome.failed,

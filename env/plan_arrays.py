@@ -50,8 +50,14 @@ class PlanArrays:
 
     @cached_property
     def key(self) -> tuple:
-        """The plan's content, hashable: equal keys, equal plans."""
+        """The plan's content, hashable: equal keys, equal plans (over the same devices)."""
         return (self.source, self.sink, self.stages, self.devices.tobytes(), self.shares.tobytes())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlanArrays) and self.key == other.key and self.names == other.names
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
     @cached_property
     def plan(self) -> Plan:

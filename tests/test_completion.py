@@ -1,13 +1,20 @@
-"""The compiled pieces of env/completion.py against their definitions."""
+"""The compiled pieces of env/completion.py against their definitions, and the plan forms it returns."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from env.completion import split_rows
+from env.completion import complete, complete_arrays, net_view, split_rows, structured_shapes
+from env.cost_model import CostModel
+from env.network import NetworkState
+from env.partition_env import model_graph
+from env.plan_arrays import PlanArrays
 from runtime.halo import split_by_shares
+from runtime.spec import load_cluster
 
 
 @settings(max_examples=300, deadline=None)
@@ -21,3 +28,21 @@ def test_split_rows_is_split_by_shares(total, shares):
     assert split_rows(total, np.array(shares)).tolist() == split_by_shares(total, shares)
     whole = [float(int(s) + 1) for s in shares]
     assert split_rows(int(sum(whole)), np.array(whole)).tolist() == split_by_shares(int(sum(whole)), whole)
+
+
+def test_plan_arrays_and_plans_are_one_plan_two_forms():
+    """The completion's arrays expand to the Plan ``complete`` gives, a Plan turns back into equal arrays,
+    and the cost model prices both forms the same."""
+    graph, spec = model_graph("tiny"), load_cluster(Path(__file__).parents[1] / "configs/clusters/tiny3.yaml")
+    snapshot = NetworkState.static(spec).snapshot(0.0)
+    view, model = net_view(snapshot), CostModel(graph, spec)
+    shapes = structured_shapes(graph, len(graph.groups), 3)
+    assert len(shapes) > 3
+    for shape in shapes:
+        arrays, plan = complete_arrays(graph, view, shape), complete(graph, view, shape)
+        assert arrays.plan == plan
+        again = PlanArrays.of(plan, view.devices, view.index)
+        assert again == arrays and hash(again) == hash(arrays)
+        assert model.cost(arrays, snapshot) == model.cost(plan, snapshot)
+    first, second = (complete_arrays(graph, view, s) for s in shapes[1:3])
+    assert first != second

@@ -76,7 +76,7 @@ def test_same_seed_same_episode_and_different_seed_different_world():
         for i in range(6):
             valid = np.flatnonzero(e.action_masks())
             obs, reward, _, truncated, info = e.step(int(valid[i % len(valid)]))
-            out += [obs, reward, info["latency_s"], info["plan"], truncated]
+            out += [obs, reward, info["latency_s"], info["plan"].plan, truncated]
         return out
 
     a, b, c = run(3), run(3), run(4)
@@ -95,7 +95,7 @@ def test_action_zero_is_the_reference_and_rewards_are_latency_ratios():
         assert reward == pytest.approx(-info["latency_s"] / info["reference_latency_s"])
         if action == 0:
             assert reward == pytest.approx(-1.0)
-            assert info["plan"].stages[0].assignments[0].share > 0
+            assert info["plan"].plan.stages[0].assignments[0].share > 0
 
 
 def test_energy_objective_rewards_energy_ratio():
@@ -120,7 +120,7 @@ def test_unmasked_invalid_actions_run_safely_and_are_flagged():
     e = make(shapes=shapes, n_actions=4)
     e.reset(seed=0, options={"world": static_world(down={"d1": [(0.0, 1e6)]})})
     _, reward, _, _, info = e.step(1)  # needs 3 devices, only 2 are up: clamped
-    plan = info["plan"]
+    plan = info["plan"].plan
     assert isinstance(plan, Plan) and Plan.from_json(plan.to_json()) == plan
     assert info["invalid_action"] is True and np.isfinite(reward)
     assert "d1" not in {d for st in plan.stages for d in st.devices}
