@@ -147,14 +147,15 @@ class Trace:
             raise TraceError(f"{where}: bandwidth must be >= 0 Mbit/s")
         if not (math.isfinite(duration) and duration > times[-1]):
             raise TraceError(f"{where}: duration {duration} must exceed the last time {times[-1]}")
-        self._store(times, mbps, duration)
+        self._store(times, mbps, duration, spans)
 
-    def _store(self, times: np.ndarray, mbps: np.ndarray, duration: float) -> None:
-        """Set the series (float64 arrays, made read-only) and what follows from it: rate and cum_bytes."""
+    def _store(self, times: np.ndarray, mbps: np.ndarray, duration: float, spans: np.ndarray) -> None:
+        """Set the series (float64 arrays, made read-only; ``spans``: the times' differences) and what
+        follows from it: rate and cum_bytes."""
         rate = mbps * BYTES_PER_MBIT
         cum = np.empty(times.size + 1)
         cum[0] = 0.0
-        np.cumsum(rate * np.append(np.diff(times), duration - times[-1]), out=cum[1:])
+        np.cumsum(rate * np.append(spans, duration - times[-1]), out=cum[1:])
         for arr in (times, mbps, rate, cum):
             arr.setflags(write=False)
         object.__setattr__(self, "times", times)
@@ -170,7 +171,8 @@ class Trace:
         dozens of traces."""
         trace = object.__new__(Trace)
         object.__setattr__(trace, "name", name)
-        trace._store(np.asarray(times, dtype=np.float64), np.asarray(mbps, dtype=np.float64), self.duration)
+        times = np.asarray(times, dtype=np.float64)
+        trace._store(times, np.asarray(mbps, dtype=np.float64), self.duration, np.diff(times))
         return trace
 
     @cached_property

@@ -327,6 +327,18 @@ def test_transfer_time_is_monotone_and_additive(trace: Trace, t0: float, a: floa
     assert trace.bytes_between(t0, t0 + ta) == pytest.approx(a, rel=1e-6)
 
 
+@settings(max_examples=150, deadline=None)
+@given(trace=traces(), offset=st.floats(-100.0, 100.0), factor=st.floats(0.0, 10.0), cap=st.floats(0.0, 50.0))
+def test_derived_traces_are_what_the_checked_constructor_builds(trace, offset, factor, cap):
+    """Shift, scale and cap skip the constructor's checks; their results pass them and match exactly."""
+    for derived in (trace.shifted(offset), trace.scaled(factor), trace.capped(cap)):
+        checked = Trace(derived.times, derived.mbps, derived.duration, derived.name)
+        for name in ("times", "mbps", "rate", "cum_bytes"):
+            np.testing.assert_array_equal(getattr(derived, name), getattr(checked, name))
+            assert not getattr(derived, name).flags.writeable
+        assert derived.duration == trace.duration and derived._max_rate == checked._max_rate
+
+
 # ------------------------------------------------------------------------------------- generators
 
 
