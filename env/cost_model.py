@@ -172,6 +172,7 @@ class CostModel:
         self._skeletons: dict[tuple, _Skeleton] = {}  # by PlanArrays.key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
         self._tables = BandTables(graph, profile.unit_seconds if profile is not None else None)
+        self._segmentations: dict[tuple[tuple[int, int], ...], tuple[np.ndarray, ...]] = {}
         names = spec.device_ids
         self._names = names  # the device order of every array
         self._device = {d: i for i, d in enumerate(names)}
@@ -249,30 +250,43 @@ class CostModel:
             raise ValueError(f"plan arrays over devices {plan.names} do not match cluster {self.spec.name!r}")
         return plan
 
+    def _stage_arrays(self, stages: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per stage its output extent and band-table offset, and the bytes per row of each stage's input
+        and of the output: the same for every plan of a segmentation, so kept per segmentation."""
+        arrays = self._segmentations.get(stages)
+        if arrays is None:
+            graph = self.graph
+            if len(self._segmentations) >= self.SKELETONS_KEPT:
+                self._segmentations.clear()
+            arrays = self._segmentations[stages] = (
+                np.array([graph.extent(end) for _, end in stages], dtype=np.int64),
+                np.array([self._tables.offset(start, end) for start, end in stages], dtype=np.int64),
+                np.array(
+                    [graph.row_bytes(start) for start, _ in stages] + [graph.row_bytes(len(graph.units))],
+                    dtype=np.int64,
+                ),
+            )
+        return arrays
+
     def _build(self, plan: PlanArrays) -> _Skeleton:
-        graph = self.graph
-        offsets = [self._tables.offset(start, end) for start, end in plan.stages]  # may tabulate a stage
-        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds = _plan_tasks(
-            plan.ptr,
-            plan.devices,
-            plan.shares,
-            np.array([graph.extent(end) for _, end in plan.stages], dtype=np.int64),
-            np.array(offsets, dtype=np.int64),
-            *self._tables.columns,
-            self._work_rate,
+        extents, offsets, row_bytes = self._stage_arrays(plan.stages)
+        stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi, seconds, new_sizes = _plan_tasks(
+            plan.ptr, plan.devices, plan.shares, extents, offsets, *self._tables.columns, self._work_rate
         )
-        for i in np.flatnonzero(
-            np.isnan(seconds)
-        ).tolist():  # a flat stage's band size met for the first time
-            start, end = plan.stages[int(np.searchsorted(stage_ptr, i, side="right")) - 1]
-            work = self._tables.size_work(start, end, int(out_hi[i] - out_lo[i]))
-            seconds[i] = work / self._work_rate[band_device[i]]
-        row_bytes = [graph.row_bytes(start) for start, _ in plan.stages] + [graph.row_bytes(len(graph.units))]
-        ints = [stage_ptr, band_device, out_lo, out_hi, in_lo, in_hi]
+        if new_sizes:  # a flat stage's band size met for the first time: ask the graph, keep it
+            for i in np.flatnonzero(np.isnan(seconds)).tolist():
+                start, end = plan.stages[int(np.searchsorted(stage_ptr, i, side="right")) - 1]
+                work = self._tables.size_work(start, end, int(out_hi[i] - out_lo[i]))
+                seconds[i] = work / self._work_rate[band_device[i]]
         arrays = _compile_skeleton(
             len(self._names),
-            *ints,
-            np.array(row_bytes, dtype=np.int64),
+            stage_ptr,
+            band_device,
+            out_lo,
+            out_hi,
+            in_lo,
+            in_hi,
+            row_bytes,
             plan.source,
             plan.sink,
             *self._routes,
@@ -380,7 +394,8 @@ def _plan_tasks(
     stage's extent split by ``split_rows`` (= ``split_by_shares``) into consecutive row ranges in listed
     order, empty ones dropped; each band's input rows and seconds at nominal speed read from the stage's
     ``BandTables`` rows at ``offsets[s]`` (work / ``rate`` of its device). Returns the bands' stage_ptr,
-    device, out_lo, out_hi, in_lo, in_hi and seconds."""
+    device, out_lo, out_hi, in_lo, in_hi and seconds, and how many seconds are NaN (a flat stage's band
+    size the tables do not know yet)."""
     n_stages = extents.size
     stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
     band_device = np.empty(devices.size, dtype=np.int64)
@@ -389,7 +404,7 @@ def _plan_tasks(
     in_lo = np.empty(devices.size, dtype=np.int64)
     in_hi = np.empty(devices.size, dtype=np.int64)
     seconds = np.empty(devices.size)
-    n = 0
+    n, new_sizes = 0, 0
     for s in range(n_stages):
         sizes = split_rows(extents[s], shares[ptr[s] : ptr[s + 1]])
         o, lo = offsets[s], 0
@@ -401,10 +416,11 @@ def _plan_tasks(
                 in_lo[n], in_hi[n] = in_first[o + lo], in_end[o + hi]
                 work = work_end[o + hi] - work_first[o + lo] + work_size[o + hi - lo]
                 seconds[n] = work / rate[d]
+                new_sizes += math.isnan(work)
                 n += 1
             lo = hi
         stage_ptr[s + 1] = n
-    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n], in_lo[:n], in_hi[:n], seconds[:n]
+    return stage_ptr, band_device[:n], out_lo[:n], out_hi[:n], in_lo[:n], in_hi[:n], seconds[:n], new_sizes
 
 
 @njit(cache=True)
