@@ -248,8 +248,7 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     switched = False  # the plan changed while a request was running
-    cost = CostModel(decide.graph, cluster.spec)
-    cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first rescue
+    cost = CostModel(decide.graph, cluster.spec)  # the rescue rule's
 
     def watch() -> None:
         """While a request runs: re-plan if conditions moved, rescue requests stuck on older plans."""
@@ -270,6 +269,7 @@ def serve(
                 ctl.restart(running.rid)
 
     if not options.static and options.rescue_margin is not None:
+        cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first rescue
         ctl.watch = watch
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     served: tuple[Plan | None, str] = (None, "")  # the plan in service and its JSON, shared by its records
