@@ -154,6 +154,18 @@ class _Skeleton:
         return {(names[i], names[j]): int(self.link_matrix[i, j]) for i, j in zip(a, b, strict=True)}
 
 
+def _plan_key(plan: Plan) -> tuple:
+    """A Plan's content as one flat tuple: source, sink, then per stage its bounds, assignment count and
+    (device, share) pairs. (Cheaper than ``PlanArrays.of(plan).key`` for a plan seen before; a plan met in
+    both forms is simply built once per form.)"""
+    key = [plan.source, plan.sink]
+    for st in plan.stages:
+        key += (st.start, st.end, len(st.assignments))
+        for a in st.assignments:
+            key += (a.device, a.share)
+    return tuple(key)
+
+
 class CostModel:
     """Predicts what the runtime will measure for a plan."""
 
@@ -223,29 +235,29 @@ class CostModel:
     def skeleton(self, plan: Plan | PlanArrays) -> _Skeleton:
         """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
 
-        The cache is keyed by the plan's content (``PlanArrays.key``: numbers, strings and bytes, which
-        the garbage collector stops tracking) rather than by Plan objects (dozens of dataclasses per plan
+        The cache is keyed by the plan's content (``PlanArrays.key``, or ``_plan_key`` for a Plan: flat tuples
+        of numbers and strings, which the garbage collector stops tracking) rather than by Plan objects (dozens of dataclasses per plan
         that every full collection would walk). The last few plans are also found by identity: a caller
         asks several times about the plan object it just built.
         """
         hit = self._recent.get(id(plan))
         if hit is not None and hit[0] is plan:
             return hit[1]
-        arrays = self._arrays(plan)
-        skeleton = self._skeletons.get(arrays.key)
+        key = self._checked(plan).key if isinstance(plan, PlanArrays) else _plan_key(plan)
+        skeleton = self._skeletons.get(key)
         if skeleton is None:
-            skeleton = self._build(arrays)
+            skeleton = self._build(
+                plan if isinstance(plan, PlanArrays) else PlanArrays.of(plan, self._names, self._device)
+            )
             if len(self._skeletons) >= self.SKELETONS_KEPT:
                 self._skeletons.clear()
-            self._skeletons[arrays.key] = skeleton
+            self._skeletons[key] = skeleton
         if len(self._recent) >= 8:
             self._recent.clear()
         self._recent[id(plan)] = (plan, skeleton)  # holds the plan, so its id is not reused meanwhile
         return skeleton
 
-    def _arrays(self, plan: Plan | PlanArrays) -> PlanArrays:
-        if not isinstance(plan, PlanArrays):
-            return PlanArrays.of(plan, self._names, self._device)
+    def _checked(self, plan: PlanArrays) -> PlanArrays:
         if plan.names is not self._names and plan.names != self._names:
             raise ValueError(f"plan arrays over devices {plan.names} do not match cluster {self.spec.name!r}")
         return plan

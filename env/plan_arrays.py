@@ -50,8 +50,15 @@ class PlanArrays:
 
     @cached_property
     def key(self) -> tuple:
-        """The plan's content, hashable: equal keys, equal plans (over the same devices)."""
-        return (self.source, self.sink, self.stages, self.devices.tobytes(), self.shares.tobytes())
+        """The plan's content, hashable: equal keys, equal plans over the same devices."""
+        return (
+            self.source,
+            self.sink,
+            self.stages,
+            tuple(self.ptr.tolist()),
+            tuple(self.devices.tolist()),
+            tuple(self.shares.tolist()),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PlanArrays) and self.key == other.key and self.names == other.names

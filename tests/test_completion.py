@@ -14,6 +14,7 @@ from env.network import NetworkState
 from env.partition_env import model_graph
 from env.plan_arrays import PlanArrays
 from runtime.halo import split_by_shares
+from runtime.plan import Plan
 from runtime.spec import load_cluster
 
 
@@ -46,3 +47,17 @@ def test_plan_arrays_and_plans_are_one_plan_two_forms():
         assert model.cost(arrays, snapshot) == model.cost(plan, snapshot)
     first, second = (complete_arrays(graph, view, s) for s in shapes[1:3])
     assert first != second
+
+
+def test_plans_that_differ_only_in_where_a_stage_ends_are_different_plans():
+    """Same stages, same devices and shares in the same order, split differently between the stages."""
+    graph, spec = model_graph("tiny"), load_cluster(Path(__file__).parents[1] / "configs/clusters/tiny3.yaml")
+    d = list(spec.device_ids)
+    cut = graph.cut_points[1]
+    stages = [(0, cut), (cut, len(graph.units))]
+    first = Plan.build(d[0], d[0], [(*stages[0], {d[0]: 1.0, d[1]: 1.0}), (*stages[1], {d[2]: 1.0})])
+    second = Plan.build(d[0], d[0], [(*stages[0], {d[0]: 1.0}), (*stages[1], {d[1]: 1.0, d[2]: 1.0})])
+    index = {name: i for i, name in enumerate(spec.device_ids)}
+    assert PlanArrays.of(first, spec.device_ids, index) != PlanArrays.of(second, spec.device_ids, index)
+    model, snapshot = CostModel(graph, spec), NetworkState.static(spec).snapshot(0.0)
+    assert model.cost(first, snapshot) != model.cost(second, snapshot)  # not one cached skeleton for both
