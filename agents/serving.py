@@ -250,16 +250,23 @@ def serve(
     switched = False  # the plan changed while a request was running
     cost = CostModel(decide.graph, cluster.spec)  # the rescue rule's
 
+    def replan(now: Snapshot, due: bool) -> bool:
+        """Re-make the plan when ``due`` or when conditions moved since it was made; whether it changed."""
+        nonlocal made_on, replans
+        if not (due or moved(ctl.plan, made_on, now, options.threshold)):
+            return False
+        plan, made_on = decide(now), now
+        if plan == ctl.plan:
+            return False
+        ctl.deploy(plan)
+        replans += 1
+        return True
+
     def watch() -> None:
         """While a request runs: re-plan if conditions moved, rescue requests stuck on older plans."""
-        nonlocal made_on, replans, switched
+        nonlocal switched
         now = observe()
-        if moved(ctl.plan, made_on, now, options.threshold):
-            plan, made_on = decide(now), now
-            if plan != ctl.plan:
-                ctl.deploy(plan)
-                replans += 1
-                switched = True
+        switched |= replan(now, due=False)
         for running in ctl.in_flight():
             if (
                 not running.current
@@ -318,17 +325,8 @@ def serve(
                         kills += 1
                     else:
                         cluster.restart(device)
-                if not options.static:
-                    now = observe()
-                    if (index + 1) % options.replan_every == 0 or moved(
-                        ctl.plan, made_on, now, options.threshold
-                    ):
-                        plan = decide(now)
-                        made_on = now
-                        if plan != ctl.plan:
-                            ctl.deploy(plan)
-                            replans += 1
-                            replanned = True
+                if not options.static and replan(observe(), due=(index + 1) % options.replan_every == 0):
+                    replanned = True
                 record = RequestLog(
                     index,
                     result.rid,
