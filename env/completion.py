@@ -24,9 +24,10 @@ stage's weights are never chosen, and ``k`` is clamped to what is usable and to 
 The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
 policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
 per-stage loop is one numba kernel (``_complete``); its whole-row rounding ``split_rows`` compiles
-``runtime.halo.largest_remainder``, the rule ``split_by_shares`` runs in Python. ``search_shape`` is the matching oracle: a
-steepest-descent search over shapes scored by the cost model, used to build the candidate set of shapes
-and the optimiser-like labels for behaviour cloning.
+``runtime.halo.largest_remainder``, the rule ``split_by_shares`` runs in Python. ``complete_arrays`` returns
+the plan as the kernel's arrays (``PlanArrays``) for callers that only cost it. ``search_shape`` is the
+matching oracle: a steepest-descent search over shapes scored by the cost model, used to build the
+candidate set of shapes and the optimiser-like labels for behaviour cloning.
 """
 
 from __future__ import annotations

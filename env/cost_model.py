@@ -176,12 +176,13 @@ class CostModel:
     def __init__(self, graph: LayerGraph, spec: ClusterSpec, profile: Profile | None = None):
         if profile is not None and len(profile.unit_seconds) != len(graph.units):
             raise ValueError(
-                f"profile of {profile.model} has {len(profile.unit_seconds)} units, the graph has {len(graph.units)}"
+                f"profile of {profile.model} has {len(profile.unit_seconds)} units, "
+                f"the graph has {len(graph.units)}"
             )
         self.graph = graph
         self.spec = spec
         self.profile = profile
-        self._skeletons: dict[tuple, _Skeleton] = {}  # by PlanArrays.key
+        self._skeletons: dict[tuple, _Skeleton] = {}  # by PlanArrays.key or _plan_key
         self._recent: dict[int, tuple[Plan, _Skeleton]] = {}
         self._tables = BandTables(graph, profile.unit_seconds if profile is not None else None)
         self._segmentations: dict[tuple[tuple[int, int], ...], tuple[np.ndarray, ...]] = {}
@@ -235,10 +236,10 @@ class CostModel:
     def skeleton(self, plan: Plan | PlanArrays) -> _Skeleton:
         """The plan's tasks, routes and hops (``runtime.layout``'s rules, compiled), cached per plan.
 
-        The cache is keyed by the plan's content (``PlanArrays.key``, or ``_plan_key`` for a Plan: flat tuples
-        of numbers and strings, which the garbage collector stops tracking) rather than by Plan objects (dozens of dataclasses per plan
-        that every full collection would walk). The last few plans are also found by identity: a caller
-        asks several times about the plan object it just built.
+        The cache is keyed by the plan's content (``PlanArrays.key``, or ``_plan_key`` for a Plan: flat
+        tuples of numbers and strings, which the garbage collector stops tracking) rather than by Plan
+        objects (dozens of dataclasses per plan that every full collection would walk). The last few plans
+        are also found by identity: a caller asks several times about the plan object it just built.
         """
         hit = self._recent.get(id(plan))
         if hit is not None and hit[0] is plan:

@@ -485,7 +485,7 @@ class MicroSplitEnv(gym.Env):
         return self._completed(0).plan
 
     def _action_plan(self, action: int) -> tuple[PlanArrays, bool]:
-        """``plan_for`` as arrays, what the step costs (an action outside the list gets the reference plan)."""
+        """``plan_for`` as arrays, what the step costs (an action outside the list: the reference plan)."""
         valid = 0 <= action < len(self.shapes) and shape_valid(self.graph, self.view, self.shapes[action])
         return self._completed(action if 0 <= action < len(self.shapes) else 0), not valid
 
