@@ -15,14 +15,18 @@ seconds would see only the tail of a slow request and forget the links its early
   (the median ratio new/old estimate), the silent ones are assumed to have moved too (links of one site
   tend to fade together) — after a drop, as much as the *worst* measured link (a planner that believes a
   silent link kept its old speed moves traffic onto it and learns it is slow one request at a time);
-  after a rise, by the median. Until a link is measured its estimate starts from the spec.
+  after a rise, by the median. Only a link's own evidence shows a rise: a link that was assumed down
+  with the others and then measures higher says that the drop was not the whole site's, so it corrects
+  itself alone (otherwise one link's fade, taken for the site's, would be lifted again by the first
+  link found unaffected). Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
   the transfer has run ``drift`` x longer than the estimate allows (and at least ``overdue_s``, so a
-  transfer whose end is merely still being reported does not count), on its own link only, and it
-  stands until a transfer that ends after it says otherwise (earlier ones describe the link before the
-  change): a collapse is seen while the first transfer it slows down is still crawling, not only when the
-  request that crosses it is done;
+  transfer whose end is merely still being reported does not count), it moves the silent links as a
+  measurement would, and it stands until a transfer that ends after it says otherwise (earlier ones
+  describe the link before the change): a collapse is seen while the first transfer it slows down is
+  still crawling, not only when the request that crosses it is done, and a request rescued then is not
+  moved onto links that only look fast because nothing has crossed them since;
 - speed factor: achieved FLOP/s of the compute tasks *received* since the previous snapshot over the
   device's nominal GFLOP/s, capped at the median over the devices that computed (small bands run below a
   device's peak for reasons that have nothing to do with the device; only a device clearly slower than
@@ -131,6 +135,7 @@ class LiveView:
         self._folded = -np.inf  # wall time up to which link telemetry has been folded in
         self._last_compute: tuple | None = None  # the newest compute sample folded in
         self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
+        self._assumed_down: set[tuple[str, str]] = set()  # silent links lowered with the measured ones
         self._second: int | None = None  # last whole second (controller clock) written to the history
 
     def _update_links(self, since: float, wall: float) -> None:
@@ -142,14 +147,25 @@ class LiveView:
         measured = {
             key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
         }
-        factor = drift_factor((mbps / self.link_mbps[key] for key, mbps in measured.items()), self.drift)
-        estimates = {key: measured.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
-        # bounds only lower their own links: a bound is not a measurement, and one that tightens while
-        # its transfer crawls on would drag the silent links down again at every snapshot
         overdue = overdue_bounds(
-            self.controller.transfers_in_progress(), wall, estimates, self.drift, self.overdue_s
+            self.controller.transfers_in_progress(), wall, self.link_mbps | measured, self.drift, self.overdue_s
         )
-        self.link_mbps = estimates | overdue
+        # a bound moves the silent links as a measurement does: each new bound is drift x below its
+        # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
+        # the change, and a bound is never below what its link carries now
+        evidence = measured | {key: min(b, measured.get(key, b)) for key, b in overdue.items()}
+        ratios = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
+        # a link that was only assumed down and measures higher was a wrong guess, not a rise
+        factor = drift_factor(
+            (r for key, r in ratios.items() if r <= 1 or key not in self._assumed_down), self.drift
+        )
+        self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
+        silent = self.link_mbps.keys() - evidence.keys()
+        if factor < 1:
+            self._assumed_down |= silent
+        elif factor > 1:
+            self._assumed_down -= silent
+        self._assumed_down -= evidence.keys()
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 

@@ -75,6 +75,19 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_worst_measured_one
     assert snap.link_mbps[link_key("6", "8")] == pytest.approx(34.0)
 
 
+def test_a_link_assumed_down_that_measures_higher_lifts_only_itself():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.transfer("8", "4", 3.0)  # spec 30: one link fades, taken for the whole site
+    assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(2.6)
+    tel.link_samples.clear()
+    tel.transfer("0", "9", 26.0)  # an assumed link is measured: it never fell
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26.0)
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)  # the faded link stays down
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(1.7)  # unmeasured: still assumed down
+
+
 def test_an_overdue_transfer_bounds_its_link_before_it_ends():
     tel = Telemetry()
     view = LiveView(SPEC, tel)
@@ -84,7 +97,8 @@ def test_an_overdue_transfer_bounds_its_link_before_it_ends():
     tel.in_transit[0] = ("8", "4", 250_000, time.time() - 1.0)  # the same transfer, a second on the air
     snap = view.snapshot()
     assert snap.link_mbps[key] == pytest.approx(2.0, rel=0.01)
-    assert snap.link_mbps[link_key("0", "9")] == 26  # a bound is not a measurement: silent links keep theirs
+    # the silent links fall with it (a fifteenth), or a rescued request would be moved onto them
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 * 2.0 / 30, rel=0.01)
     tel.transfer("8", "4", 30.0, ago=0.5)  # ended before the bound: the link before the change
     tel.in_transit.clear()  # the crawling transfer was cut short (its request restarted elsewhere)
     assert view.snapshot().link_mbps[key] == pytest.approx(2.0, rel=0.01)  # the bound stands
@@ -94,6 +108,17 @@ def test_an_overdue_transfer_bounds_its_link_before_it_ends():
     tel = Telemetry()
     tel.started("4", "9", 3_000_000, ago=0.6)  # spec 43: 40 Mbit/s so far
     assert LiveView(SPEC, tel).snapshot().link_mbps[link_key("4", "9")] == 43
+
+
+def test_a_tightening_bound_moves_the_silent_links_only_as_far_as_itself():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    silent = link_key("0", "9")  # spec 26; the crawling transfer is on 8-4, spec 30
+    for ago, bound in ((1.0, 2.0), (1.2, 2.0), (1.6, 1.25)):  # 1.2 s: within drift x of the last bound
+        tel.in_transit = [("8", "4", 250_000, time.time() - ago)]
+        snap = view.snapshot()
+        assert snap.link_mbps[link_key("8", "4")] == pytest.approx(bound, rel=0.02)
+        assert snap.link_mbps[silent] == pytest.approx(26 * bound / 30, rel=0.02)  # never compounded
 
 
 def test_overdue_bounds_keep_the_lowest_per_link():
