@@ -123,7 +123,7 @@ class Result:
     rid: int
     output: torch.Tensor
     latency_s: float  # source holds the input (of the first attempt) -> sink holds the whole output
-    energy_j: float
+    energy_j: float  # the timeline's, plus the radio time of abandoned attempts (rescued or re-run)
     timeline: Timeline
     plan: Plan
     wall_s: float  # controller hands the input over -> controller has the result
@@ -185,6 +185,8 @@ class _Pending:
     sent: float = 0.0
     first_sent: float = 0.0
     radio_done: int = 0  # first-hop bytes of the current attempt whose transfer ended
+    abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
+    abandoned_j: float = 0.0  # their radio energy (their compute is never reported)
     output: torch.Tensor | None = None
     done_at: float = 0.0  # sink's clock
     received: float = 0.0  # controller's clock
@@ -274,6 +276,7 @@ class Controller:
         self._deployed: dict[int, _Deployed] = {}
         self._pending: dict[int, _Pending] = {}
         self._by_wire: dict[int, _Pending] = {}
+        self._abandoned: dict[int, _Pending] = {}  # wire id of an abandoned attempt -> its request
         self._results: dict[int, Result] = {}
         self._newly_down: list[str] = []
         self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
@@ -654,7 +657,12 @@ class Controller:
             return
         self._in_transit.pop(key, None)
         end = meta["end"]
-        if ev == "cut" or type(end) is not float or not start <= end:
+        if type(end) is not float or not start <= end:
+            return
+        if (old := self._abandoned.get(wire)) is not None:  # the radio time an abandoned attempt used
+            power = self.spec.devices[a].power.transmit_w + self.spec.devices[b].power.receive_w
+            old.abandoned_j += (end - start) * power
+        if ev == "cut":
             return
         self.link_samples.append((end, a, b, nbytes, end - start))
         p = self._by_wire.get(wire)
@@ -763,14 +771,19 @@ class Controller:
         p.first_sent = p.first_sent or p.sent
         self._by_wire[p.wire] = p
         self._retire_unused(old)
-        if old_wire != -1 and old in self._deployed:
-            self._cancel(self._deployed[old], old_wire)
+        if old_wire != -1:
+            p.abandoned.append(old_wire)
+            self._abandoned[old_wire] = p
+            if old in self._deployed:
+                self._cancel(self._deployed[old], old_wire)
         source = self._deployed[p.plan_id].plan.source
         self._send(source, Header(Kind.INPUT, p.wire, {"plan": p.plan_id}), [p.x])
 
     def _forget(self, p: _Pending) -> None:
         self._pending.pop(p.rid, None)
         self._by_wire.pop(p.wire, None)
+        for wire in p.abandoned:
+            self._abandoned.pop(wire, None)
         self._retire_unused(p.plan_id)
 
     def _step(self, timeout_s: float) -> None:
@@ -834,7 +847,7 @@ class Controller:
         for e in events:  # transfers were sampled as they ended (PROGRESS)
             if e["ev"] == "compute":
                 self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
-        energy = sum(t.energy_j for t in timeline.devices.values())
+        energy = sum(t.energy_j for t in timeline.devices.values()) + p.abandoned_j
         result = Result(
             p.rid,
             p.output,

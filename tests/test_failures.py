@@ -205,6 +205,10 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
     assert [(f.plan, f.current, f.progress) for f in running] == [(slow, False, 0.0)] * 2
     assert [(r.plan, r.attempts, r.rescues) for r in results] == [(fast, 2, 1), (slow, 1, 0)]
     assert results[0].latency_s > running[0].elapsed_s  # counted from the first attempt
+    # and so is its energy: the cut transfer's radio time (the attempt's only work) is charged to it
+    power = MESH4.devices["a"].power.transmit_w + MESH4.devices["b"].power.receive_w
+    abandoned_j = results[0].energy_j - sum(t.energy_j for t in results[0].timeline.devices.values())
+    assert 0.8 * running[0].elapsed_s * power < abandoned_j < (running[0].elapsed_s + 0.25) * power
     (second_tx,) = results[1].timeline.of("tx", "a")
     assert second_tx["start"] - rescued_at < 0.25  # the first transfer would have held the radio ~0.7 s more
     stats = ctl.ping()
