@@ -11,14 +11,13 @@ seconds would see only the tail of a slow request and forget the links its early
   first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
   ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
   now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses
-  it, with one exception: when the links that were measured moved together by more than ``drift`` x
-  (the median ratio new/old estimate), the silent ones are assumed to have moved too (links of one site
-  tend to fade together) — after a drop, as much as the *worst* measured link (a planner that believes a
-  silent link kept its old speed moves traffic onto it and learns it is slow one request at a time);
-  after a rise, by the median. Only a link's own evidence shows a rise: a link that was assumed down
-  with the others and then measures higher says that the drop was not the whole site's, so it corrects
-  itself alone (otherwise one link's fade, taken for the site's, would be lifted again by the first
-  link found unaffected). Until a link is measured its estimate starts from the spec.
+  it, with one exception: when two or more links were measured and moved together by more than
+  ``drift`` x (their median ratio new/old estimate), the silent ones are assumed to have moved as much
+  (links of one site tend to fade together; a planner that believes a silent link kept its old speed
+  moves traffic onto it and learns it is slow one request at a time). One link alone says nothing of
+  the others (its own fade, or a measurement spoilt by a starved sender's timer), and the median, not
+  the worst, keeps one such measurement among several from moving every silent link.
+  Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
   the transfer has run ``drift`` x longer than the estimate allows (and at least ``overdue_s``, so a
@@ -100,14 +99,13 @@ def overdue_bounds(
 
 
 def drift_factor(ratios: Iterable[float], drift: float) -> float:
-    """How much the silent links are assumed to have moved, from the measured links' ratios new/old."""
+    """How much the silent links are assumed to have moved, from the measured links' ratios new/old:
+    their median, if at least two links were measured and it is beyond ``drift`` x either way."""
     ratios = list(ratios)
-    if not ratios:
+    if len(ratios) < 2:
         return 1.0
     median = float(np.median(ratios))
-    if median < 1 / drift:
-        return min(ratios)
-    return median if median > drift else 1.0
+    return median if not 1 / drift <= median <= drift else 1.0
 
 
 class LiveView:
@@ -135,7 +133,6 @@ class LiveView:
         self._folded = -np.inf  # wall time up to which link telemetry has been folded in
         self._last_compute: tuple | None = None  # the newest compute sample folded in
         self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
-        self._assumed_down: set[tuple[str, str]] = set()  # silent links lowered with the measured ones
         self._second: int | None = None  # last whole second (controller clock) written to the history
 
     def _update_links(self, since: float, wall: float) -> None:
@@ -154,18 +151,8 @@ class LiveView:
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now
         evidence = measured | {key: min(b, measured.get(key, b)) for key, b in overdue.items()}
-        ratios = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
-        # a link that was only assumed down and measures higher was a wrong guess, not a rise
-        factor = drift_factor(
-            (r for key, r in ratios.items() if r <= 1 or key not in self._assumed_down), self.drift
-        )
+        factor = drift_factor((mbps / self.link_mbps[key] for key, mbps in evidence.items()), self.drift)
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
-        silent = self.link_mbps.keys() - evidence.keys()
-        if factor < 1:
-            self._assumed_down |= silent
-        elif factor > 1:
-            self._assumed_down -= silent
-        self._assumed_down -= evidence.keys()
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 
