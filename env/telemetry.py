@@ -11,12 +11,12 @@ seconds would see only the tail of a slow request and forget the links its early
   first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
   ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
   now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses
-  it, with one exception: when two or more links were measured and moved together by more than
-  ``drift`` x (their median ratio new/old estimate), the silent ones are assumed to have moved as much
-  (links of one site tend to fade together; a planner that believes a silent link kept its old speed
-  moves traffic onto it and learns it is slow one request at a time). One link alone says nothing of
-  the others (its own fade, or a measurement spoilt by a starved sender's timer), and the median, not
-  the worst, keeps one such measurement among several from moving every silent link.
+  it, with one exception: when the links measured moved together by more than ``drift`` x (their
+  median ratio new/old estimate), the silent ones are assumed to have moved as much (links of one site
+  tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
+  and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
+  (below): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
+  not the worst, keeps one such measurement among several from moving every silent link.
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
@@ -98,13 +98,15 @@ def overdue_bounds(
     return bounds
 
 
-def drift_factor(ratios: Iterable[float], drift: float) -> float:
-    """How much the silent links are assumed to have moved, from the measured links' ratios new/old:
-    their median, if at least two links were measured and it is beyond ``drift`` x either way."""
-    ratios = list(ratios)
-    if len(ratios) < 2:
+def drift_factor(measured: Iterable[float], drift: float, stuck: Iterable[float] = ()) -> float:
+    """How much the silent links are assumed to have moved, from the ratios new/old estimate of the links
+    measured and of those bounded by a ``stuck`` transfer: their median, if it is beyond ``drift`` x either
+    way and rests on two or more measured links or on a stuck transfer (one transfer's rate may be a
+    starved sender's timer overshooting; a transfer stuck ``drift`` x past its time is not)."""
+    measured, stuck = list(measured), list(stuck)
+    if len(measured) < 2 and not stuck:
         return 1.0
-    median = float(np.median(ratios))
+    median = float(np.median(measured + stuck))
     return median if not 1 / drift <= median <= drift else 1.0
 
 
@@ -151,7 +153,12 @@ class LiveView:
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now
         evidence = measured | {key: min(b, measured.get(key, b)) for key, b in overdue.items()}
-        factor = drift_factor((mbps / self.link_mbps[key] for key, mbps in evidence.items()), self.drift)
+        ratio = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
+        factor = drift_factor(
+            (ratio[key] for key in measured.keys() - overdue.keys()),
+            self.drift,
+            stuck=(ratio[key] for key in overdue),
+        )
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
