@@ -11,13 +11,18 @@
             open loop, a request arrives every ``--arrival-every`` s (5) and its latency counts from its
             arrival. ``--oracle`` adds a run of the first planner told the emulated world's exact present
             (what perfect link telemetry would reach); ``--no-rescue`` turns rescues off.
+  plans     the same collapse world, planned offline: each planner's plan for the world's exact snapshot
+            before, at and during the drop, with every device at a few speed factors (the emulated devices
+            run at 0.5-0.6 of nominal on a busy 2-core host), priced by the cost model. Shows how far a
+            policy's collapse plans are from the optimiser's (``ppo-topK:PATH`` with K = the number of
+            actions is the best its action list holds), without a live run's noise.
   chaos     N requests of the tiny model on the 10-device mesh while 3 workers are killed and restarted;
             prints completed / lost / duplicated (target: 0 lost).
   soak      serves the tiny model for --minutes and prints controller and worker RSS at the start
             (after warm-up) and the end (target: growth <= 5%).
 
 Rerun: python -m bench.serving collapse [--agents optimal,ppo:PATH] [--loops closed,open] [--oracle]
-       | chaos [--requests 1000] | soak [--minutes 30]
+       | plans [--agents optimal,ppo:PATH,ppo-top40:PATH] | chaos [--requests 1000] | soak [--minutes 30]
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import make_planner
+from agents.base import PlannerError
 from agents.serving import Decider, ServeOptions, serve
-from env.cost_model import Objective
+from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkState, Snapshot
 from env.telemetry import LiveView
 from runtime import models
@@ -91,6 +97,8 @@ def collapse(args) -> None:
     loops = args.loops.split(",")
     if unknown := set(loops) - {"closed", "open"}:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)} (closed, open)")
+    for agent in agents:  # a bad name fails now, not after the first runs
+        make_planner(agent, graph=graph, spec=spec)
     runs = [(agent, mode) for agent in agents for mode in ("adaptive", "static")]
     if args.oracle:
         runs.append((agents[0], "oracle"))
@@ -175,6 +183,28 @@ def collapse(args) -> None:
     )
 
 
+def plans(args) -> None:
+    spec, _, graph = setup("vgg16_bn")
+    world = collapse_world(spec, args.drop_at)
+    cost = CostModel(graph, spec)
+    agents = args.agents.split(",")
+    planners = [make_planner(agent, graph=graph, spec=spec) for agent in agents]
+    moments = {"before": args.drop_at - 10, "at the drop": args.drop_at + 1, "8 s into it": args.drop_at + 15}
+    table = Table(title="collapse world, exact snapshots: predicted latency (s) of each planner's plan")
+    for column in ("device speed", "moment", *map(short, agents)):
+        table.add_column(column)
+    for speed in (0.4, 0.55, 0.7, 1.0):
+        for moment, t in moments.items():
+            snap = world.snapshot(t, window_s=1.0)
+            snap = replace(snap, speed=dict.fromkeys(snap.speed, speed))
+            table.add_row(
+                f"{speed:g}",
+                moment,
+                *(f"{cost.latency(p.plan(snap, graph, Objective()), snap):.2f}" for p in planners),
+            )
+    console.print(table)
+
+
 def in_collapse(records, drop_at: float) -> int:
     """Requests that ran at least partly inside the 30 s collapse (their end minus their latency)."""
     return sum(1 for r in records if r.time_s > drop_at and r.time_s - r.response_s < drop_at + 30.0)
@@ -243,12 +273,22 @@ def main() -> None:
     c.add_argument("--no-rescue", action="store_true", help="adaptive runs never restart a running request")
     c.add_argument("--seconds", type=float, default=120.0, help="serving time per run")
     c.add_argument("--drop-at", type=float, default=40.0)
+    p = sub.add_parser("plans")
+    p.add_argument(
+        "--agents",
+        default=f"optimal,ppo:{PPO_POLICY.relative_to(ROOT)},ppo-top40:{PPO_POLICY.relative_to(ROOT)}",
+        help="comma-separated planners",
+    )
+    p.add_argument("--drop-at", type=float, default=40.0)
     k = sub.add_parser("chaos")
     k.add_argument("--requests", type=int, default=1000)
     s = sub.add_parser("soak")
     s.add_argument("--minutes", type=float, default=5.0)
     args = parser.parse_args()
-    {"collapse": collapse, "chaos": chaos, "soak": soak}[args.command](args)
+    try:
+        {"collapse": collapse, "plans": plans, "chaos": chaos, "soak": soak}[args.command](args)
+    except PlannerError as exc:  # e.g. a misspelt --agents name or a policy file that is not one
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":
