@@ -28,10 +28,10 @@ The whole algorithm, top to bottom:
    keeps the policy with the best validation reward (possibly the behaviour-cloned one);
    CheckpointCallback; training latency/energy/failure scalars.
 5. **Held-out comparison** (``compare.requests`` > 0): the saved policy (through ``PPOPlanner``, exactly
-   what ships), the oracle and the planners named in ``compare.agents`` (``ppo-topK``: the same policy,
-   the cost model choosing among its K most likely actions) plan on identical snapshots of
-   worlds drawn from ``compare.dynamics`` (traces not used in training); each plan runs in the world
-   with the env's semantics (cost model, failures retried on the reference).
+   what ships), the oracle and the planners named in ``compare.agents`` (``ppo-topK``, ``ppo-polish``:
+   the same policy, the cost model choosing among its K most likely actions or polishing its plan) plan
+   on identical snapshots of worlds drawn from ``compare.dynamics`` (traces not used in training); each
+   plan runs in the world with the env's semantics (cost model, failures retried on the reference).
 
 The run folder holds ``policy.zip`` (agents/ppo.py format; ``policy_bc.zip``: right after cloning),
 ``config.yaml`` (resolved, shapes included, so ``--config`` on it reproduces the action list),
@@ -488,8 +488,8 @@ def compare(cfg: TrainConfig, env_cfg: EnvConfig, policy_path: Path) -> dict:
         for w in range(cc.worlds):
             env.reset(seed=10_000 * (cfg.seed + 1) + 100 * d + w)
             planners = {"ppo": PPOPlanner(policy_path, env.cost_model), "oracle": _Oracle(env)}
-            for name in cc.agents:  # "ppo-topK": this policy, the cost model choosing among its top K
-                policy = f"{name}:{policy_path}" if name.startswith("ppo-top") else name
+            for name in cc.agents:  # "ppo-topK", "ppo-polish": this policy, helped by the cost model
+                policy = f"{name}:{policy_path}" if name.startswith("ppo-") else name
                 try:
                     planners[name] = make_planner(policy, cost_model=env.cost_model)
                 except PlannerError as exc:

@@ -18,7 +18,10 @@ from env.cost_model import CostModel
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 
-POLICY_NAME = re.compile(r"ppo(?:-top(?P<k>[1-9][0-9]*))?:(?P<path>.+)")
+POLICY_NAME = re.compile(
+    r"ppo(?:-top(?P<k>[1-9][0-9]*))?(?P<polished>-polish(?P<polish>[1-9][0-9]*)?)?:(?P<path>.+)"
+)
+DEFAULT_POLISH = 200  # plans scored by ``ppo-polish:PATH``: tens of milliseconds
 PLANNERS: dict[str, Callable[..., Planner]] = {
     "optimal": OptimalPlanner,
     "disnet": DisnetPlanner,
@@ -41,14 +44,17 @@ def make_planner(
 ) -> Planner:
     """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
     ``ppo:PATH`` loads a trained policy file (agents/ppo.py); ``ppo-topK:PATH`` lets the cost model pick
-    the best of the policy's K most likely actions."""
+    the best of the policy's K most likely actions; ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after
+    ``-topK``) improves the policy's plan by a local search of at most 200 (N) scored plans."""
     policy = POLICY_NAME.fullmatch(name)
     if policy is not None:
         from agents.ppo import PolicyFileError, PPOPlanner  # torch and the env only when asked for
 
-        top_k = int(policy["k"] or 1)
+        named = {"top_k": int(policy["k"] or 1)}
+        if policy["polished"]:
+            named["polish"] = int(policy["polish"] or DEFAULT_POLISH)
         try:
-            return PPOPlanner(policy["path"], cost_model, **({"top_k": top_k} | options))
+            return PPOPlanner(policy["path"], cost_model, **(named | options))
         except (PolicyFileError, TypeError, ValueError) as exc:
             raise PlannerError(f"planner {name!r}: {exc}") from None
     factory = PLANNERS.get(name)

@@ -18,7 +18,7 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
 3. *Otherwise*, steepest descent over shapes (``env.completion.search_shape``: change a factor by one,
    add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
    resolution level, k ways) and the shapes of the seed plans.
-4. *Local search beyond W* (``refine``), on the cost model, first improvement, seeded order, at most
+4. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
    ``max_evaluations`` new plans, from the best few plans so far: scale one device's share up or down,
    swap two neighbouring bands, move a cut to the neighbouring cut point, merge two stages, split
    one, add / remove / replace a device (tried in that order of kinds, which pay off most often).
@@ -36,14 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.base import Planner, PlannerError, fits_memory, usable
+from agents.base import Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
 from agents.disnet import DisnetPlanner
+from agents.local_search import PlanSearch
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
 from runtime.graph import LayerGraph
-from runtime.plan import Plan, PlanError
+from runtime.plan import Plan
 
 
 def shape_count(graph: LayerGraph, n_devices: int) -> int:
@@ -112,7 +113,7 @@ class OptimalPlanner(Planner):
         self.last_stats: SearchStats | None = None  # diagnostics of the last plan() call
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        search = _Search(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
+        search = PlanSearch(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
         seeds = [planner.plan(snapshot, graph, objective) for planner in self.seed_planners]
         for plan in seeds:
             search.consider(plan)
@@ -153,104 +154,3 @@ def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:
     """The shape with every factor within what the devices and the stage's rows allow."""
     factors = tuple(max(1, min(k, n_devices, graph.extent(e))) for (_, e, k) in shape.stages)
     return Shape(shape.bounds, factors)
-
-
-class _Search:
-    """Scores candidate plans on the cost model, remembers them, keeps the best feasible one."""
-
-    def __init__(self, model: CostModel, snapshot: Snapshot, graph: LayerGraph, objective: Objective):
-        self.model, self.snapshot, self.graph, self.objective = model, snapshot, graph, objective
-        self.scores: dict[Plan, float] = {}
-        self.evaluations = 0  # plans actually scored on the cost model
-        self.best: Plan | None = None
-        self.best_score = math.inf
-
-    def consider(self, plan: Plan) -> float:
-        """The plan's objective (infinite if it is invalid or infeasible); updates the best."""
-        score = self.scores.get(plan)
-        if score is not None:
-            return score
-        score = math.inf
-        if self._feasible(plan):
-            self.evaluations += 1
-            prediction = self.model.predict(plan, self.snapshot, t0=self.snapshot.time)
-            score = self.objective.score(prediction)
-        self.scores[plan] = score
-        if score < self.best_score:
-            self.best, self.best_score = plan, score
-        return score
-
-    def _feasible(self, plan: Plan) -> bool:
-        up = self.snapshot.available
-        if any(d not in up for st in plan.stages for d in st.devices):
-            return False
-        try:
-            plan.validate(self.graph)
-        except PlanError:
-            return False
-        return fits_memory(plan, self.graph, self.snapshot.spec)
-
-    def local_search(self, budget: int, rng: np.random.Generator, starts: int = 3) -> None:
-        """First-improvement descent from the best few distinct plans, ``budget`` new plans in all.
-
-        Moves are tried kind by kind in the order of `_moves` (the kinds that pay off most often
-        first), in a seeded random order within a kind.
-        """
-        evaluated = self.evaluations
-        ranked = sorted((s, i, p) for i, (p, s) in enumerate(self.scores.items()) if math.isfinite(s))
-        for _, _, plan in ranked[:starts]:
-            current, current_score = plan, self.scores[plan]
-            improved = True
-            while improved and self.evaluations - evaluated < budget:
-                improved = False
-                for kind in self._moves(current):
-                    for i in rng.permutation(len(kind)):
-                        if self.evaluations - evaluated >= budget:
-                            return
-                        candidate = Plan.build(current.source, current.sink, kind[i])
-                        score = self.consider(candidate)
-                        if score < current_score - 1e-12:
-                            current, current_score, improved = candidate, score, True
-                            break
-                    if improved:
-                        break
-
-    def _moves(self, plan: Plan) -> list[list[list[tuple[int, int, dict[str, float]]]]]:
-        """Stage lists one local change away from ``plan``, by kind: share scaling, band order swaps,
-        cut moves, merges, splits, device additions, removals, replacements."""
-        snap, cuts = self.snapshot, self.graph.cut_points
-        stages = [(st.start, st.end, {a.device: a.share for a in st.assignments}) for st in plan.stages]
-        share, order, cut, merge, split, add, remove, replace = ([] for _ in range(8))
-        for i in range(len(stages) - 1):
-            (s0, e0, a0), (_, e1, a1) = stages[i], stages[i + 1]
-            at = cuts.index(e0)
-            for c in (cuts[at - 1], cuts[at + 1]):
-                if s0 < c < e1:
-                    cut.append([*stages[:i], (s0, c, a0), (c, e1, a1), *stages[i + 2 :]])
-            for keep in (a0, a1):
-                merge.append([*stages[:i], (s0, e1, keep), *stages[i + 2 :]])
-        for i, (s, e, shares) in enumerate(stages):
-            head, tail = stages[:i], stages[i + 1 :]
-            split.extend([*head, (s, c, shares), (c, e, shares), *tail] for c in cuts if s < c < e)
-            devices = list(shares)
-            spare = [d for d in usable(snap) if d not in shares]
-            new = []  # (kind, shares of stage i)
-            for j, d in enumerate(devices):
-                new.extend((share, {**shares, d: shares[d] * f}) for f in (1.25, 0.8))
-                if j + 1 < len(devices):
-                    swapped = devices[:j] + [devices[j + 1], devices[j]] + devices[j + 2 :]
-                    new.append((order, {x: shares[x] for x in swapped}))
-                if len(devices) > 1:
-                    new.append((remove, {x: w for x, w in shares.items() if x != d}))
-                for other in spare:
-                    speed = snap.device_gflops(other)
-                    new.append(
-                        (
-                            replace,
-                            {(other if x == d else x): (speed if x == d else w) for x, w in shares.items()},
-                        )
-                    )
-            new.extend((add, {**shares, other: snap.device_gflops(other)}) for other in spare)
-            for kind, changed in new:
-                kind.append([*head, (s, e, changed), *tail])
-        return [share, order, cut, merge, split, add, remove, replace]

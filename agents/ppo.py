@@ -20,6 +20,15 @@ optimiser's thousands. It trims the policy's own mistakes (a shape ranked second
 sees is better); the price is that the cost model, like the optimiser, sees only the snapshot, not
 the risk the policy learned (a device that may leave mid-request).
 
+``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``) keeps the policy's choice and lets a local
+search on the cost model (agents/local_search.py, at most N plans scored, tens of milliseconds) improve it
+beyond what the analytic completion can express: shares, band order, a moved cut, a device dropped from a
+stage or moved between stages. The completion prices transfers without contention on a device's radio, so
+when every link collapses it spreads stages over more devices than pays; the polish takes the surplus
+back. It never computes on or relays through a device the policy's plan does not touch: which devices to
+trust is the part of the decision where the policy knows what the cost model cannot (devices that may
+leave mid-request).
+
 Safe fallback (``plan`` never raises for a policy problem): if the graph is not the one the policy was
 trained for, the cluster has more devices than the observation holds, no action is valid, or the plan
 fails to validate, the planner returns the completion of shape 0 — the whole model on the single best
@@ -38,6 +47,7 @@ import numpy as np
 import torch
 
 from agents.base import Planner
+from agents.local_search import PlanSearch
 from env.completion import Shape, complete, net_view, shape_valid
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
@@ -119,11 +129,17 @@ class PPOPlanner(Planner):
 
     name = "ppo"
 
-    def __init__(self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1) -> None:
+    POLISH_SEED = 0  # the local search's move order: fixed, so equal snapshots give equal plans
+
+    def __init__(
+        self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1, polish: int = 0
+    ) -> None:
         super().__init__(cost_model)
         if not (isinstance(top_k, int) and top_k >= 1):
             raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
-        self.top_k = top_k
+        if not (isinstance(polish, int) and polish >= 0):
+            raise ValueError(f"polish must be an integer >= 0 (plans scored), not {polish!r}")
+        self.top_k, self.polish = top_k, polish
         self.path = Path(path)
         state, self.meta = load_policy(self.path)
         self.shapes = [Shape.from_list(s) for s in self.meta.shapes]
@@ -145,9 +161,23 @@ class PPOPlanner(Planner):
         except (ValueError, PlanError, IndexError):
             self.fallbacks += 1
             return complete(graph, view, Shape((0, len(graph.units)), (1,)))
+        if self.polish:
+            return self._polished(plans, snapshot, graph, objective)
         if len(plans) == 1:
             return plans[0]
         return min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective))
+
+    def _polished(
+        self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective
+    ) -> Plan:
+        """The best plan a local search from the best of ``plans`` finds within ``self.polish`` scores."""
+        model = self.cost_model(graph, snapshot.spec)
+        touched = set().union(*(model.skeleton(plan).devices for plan in plans))  # relays included
+        search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
+        for plan in plans:
+            search.consider(plan)
+        search.local_search(self.polish, np.random.default_rng(self.POLISH_SEED), starts=1)
+        return search.best or plans[0]  # no plan fits memory: keep the policy's, as without polish
 
     def act(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> int:
         """The policy's deterministic action (index into ``self.shapes``); ValueError if it has none."""
@@ -191,7 +221,7 @@ class PPOPlanner(Planner):
         return mask
 
     def __repr__(self) -> str:
-        return f"PPOPlanner({str(self.path)!r}, top_k={self.top_k})"
+        return f"PPOPlanner({str(self.path)!r}, top_k={self.top_k}, polish={self.polish})"
 
 
 def _actor_layers(state: dict[str, torch.Tensor], path: Path) -> list[tuple[np.ndarray, np.ndarray]]:

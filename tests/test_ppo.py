@@ -105,6 +105,12 @@ def test_registry_builds_the_planner_from_a_path(run):
     assert make_planner(f"ppo-top3:{run / 'policy.zip'}").top_k == 3
     with pytest.raises(PlannerError, match="top_k"):
         make_planner(f"ppo:{run / 'policy.zip'}", top_k=0)
+    polished = make_planner(f"ppo-polish:{run / 'policy.zip'}")
+    assert (polished.top_k, polished.polish) == (1, 200)
+    both = make_planner(f"ppo-top3-polish50:{run / 'policy.zip'}")
+    assert (both.top_k, both.polish) == (3, 50)
+    with pytest.raises(PlannerError, match="polish"):
+        make_planner(f"ppo:{run / 'policy.zip'}", polish=-1)
 
 
 def test_top_k_picks_the_best_of_the_policys_k_favourites_on_the_cost_model(run):
@@ -119,6 +125,25 @@ def test_top_k_picks_the_best_of_the_policys_k_favourites_on_the_cost_model(run)
     scores = [top3.score(p, snap, graph, objective) for p in candidates]
     assert top3.plan(snap, graph, objective) == candidates[int(np.argmin(scores))]
     assert top1.plan(snap, graph, objective) == candidates[0]
+
+
+def test_polish_improves_on_the_policys_plan_within_its_budget_and_is_repeatable(run):
+    plain = PPOPlanner(run / "policy.zip")
+    polished = PPOPlanner(run / "policy.zip", polish=60)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["env"]
+    env = MicroSplitEnv(EnvConfig.parse(cfg, base_dir=REPO / "configs" / "train"))
+    objective, gains = Objective(), []
+    for seed in range(6):
+        env.reset(seed=seed)
+        graph, snap = env.graph, env.snapshot
+        mine, better = plain.plan(snap, graph, objective), polished.plan(snap, graph, objective)
+        better.validate(graph, snap.available)
+        touched = polished.cost_model(graph, snap.spec).skeleton
+        assert set(touched(better).devices) <= set(touched(mine).devices), "no device the policy left out"
+        assert polished.plan(snap, graph, objective) == better, "equal snapshots give equal plans"
+        gains.append(plain.score(mine, snap, graph, objective) - polished.score(better, snap, graph, objective))
+    assert min(gains) >= 0.0, "the polish never returns a plan the cost model scores worse"
+    assert max(gains) > 0.0, "and it finds something the completion missed"
 
 
 def test_bad_policy_files_are_refused(tmp_path):

@@ -1,0 +1,137 @@
+"""Scoring plans on the cost model and improving them by local search, for any planner that verifies.
+
+``PlanSearch`` remembers every plan it has scored (so a plan reached twice costs once) and keeps the best
+feasible one: it uses only available devices, validates, and fits every device's memory. Its
+``local_search`` is a first-improvement descent over small changes of a plan, beyond the shapes of W: scale
+one device's share, swap two neighbouring bands, move a cut, merge or split stages, add, remove or replace
+a device. A search can be confined to a set of devices: no plan that computes on or relays through another
+one counts. The optimiser runs it after its shape search over every available device; the PPO planner runs
+it from the policy's plan (``polish``) confined to the devices that plan touches, which keeps the policy's
+judgement of whom to trust and fixes what the analytic completion gets wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import numpy as np
+
+from agents.base import fits_memory, usable
+from env.cost_model import CostModel, Objective
+from env.network import Snapshot
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, PlanError
+
+
+class PlanSearch:
+    """Scores candidate plans on the cost model, remembers them, keeps the best feasible one."""
+
+    def __init__(
+        self,
+        model: CostModel,
+        snapshot: Snapshot,
+        graph: LayerGraph,
+        objective: Objective,
+        confine_to: Collection[str] | None = None,
+    ):
+        self.model, self.snapshot, self.graph, self.objective = model, snapshot, graph, objective
+        self.confine_to = None if confine_to is None else frozenset(confine_to)
+        self.scores: dict[Plan, float] = {}
+        self.evaluations = 0  # plans actually scored on the cost model
+        self.best: Plan | None = None
+        self.best_score = math.inf
+
+    def consider(self, plan: Plan) -> float:
+        """The plan's objective (infinite if it is invalid, infeasible or touches a device, relays
+        included, outside ``confine_to``); updates the best."""
+        score = self.scores.get(plan)
+        if score is not None:
+            return score
+        score = math.inf
+        if self._feasible(plan):
+            self.evaluations += 1
+            prediction = self.model.predict(plan, self.snapshot, t0=self.snapshot.time)
+            score = self.objective.score(prediction)
+        self.scores[plan] = score
+        if score < self.best_score:
+            self.best, self.best_score = plan, score
+        return score
+
+    def _feasible(self, plan: Plan) -> bool:
+        up = self.snapshot.available
+        if any(d not in up for st in plan.stages for d in st.devices):
+            return False
+        try:
+            plan.validate(self.graph)
+        except PlanError:
+            return False
+        if self.confine_to is not None and not self.confine_to.issuperset(self.model.skeleton(plan).devices):
+            return False
+        return fits_memory(plan, self.graph, self.snapshot.spec)
+
+    def local_search(self, budget: int, rng: np.random.Generator, starts: int = 3) -> None:
+        """First-improvement descent from the best few distinct plans, ``budget`` new plans in all.
+
+        Moves are tried kind by kind in the order of `_moves` (the kinds that pay off most often
+        first), in a seeded random order within a kind.
+        """
+        pool = [d for d in usable(self.snapshot) if self.confine_to is None or d in self.confine_to]
+        evaluated = self.evaluations
+        ranked = sorted((s, i, p) for i, (p, s) in enumerate(self.scores.items()) if math.isfinite(s))
+        for _, _, plan in ranked[:starts]:
+            current, current_score = plan, self.scores[plan]
+            improved = True
+            while improved and self.evaluations - evaluated < budget:
+                improved = False
+                for kind in self._moves(current, pool):
+                    for i in rng.permutation(len(kind)):
+                        if self.evaluations - evaluated >= budget:
+                            return
+                        candidate = Plan.build(current.source, current.sink, kind[i])
+                        score = self.consider(candidate)
+                        if score < current_score - 1e-12:
+                            current, current_score, improved = candidate, score, True
+                            break
+                    if improved:
+                        break
+
+    def _moves(self, plan: Plan, pool: list[str]) -> list[list[list[tuple[int, int, dict[str, float]]]]]:
+        """Stage lists one local change away from ``plan``, by kind: share scaling, band order swaps,
+        cut moves, merges, splits, device additions, removals, replacements (from ``pool``)."""
+        snap, cuts = self.snapshot, self.graph.cut_points
+        stages = [(st.start, st.end, {a.device: a.share for a in st.assignments}) for st in plan.stages]
+        share, order, cut, merge, split, add, remove, replace = ([] for _ in range(8))
+        for i in range(len(stages) - 1):
+            (s0, e0, a0), (_, e1, a1) = stages[i], stages[i + 1]
+            at = cuts.index(e0)
+            for c in (cuts[at - 1], cuts[at + 1]):
+                if s0 < c < e1:
+                    cut.append([*stages[:i], (s0, c, a0), (c, e1, a1), *stages[i + 2 :]])
+            for keep in (a0, a1):
+                merge.append([*stages[:i], (s0, e1, keep), *stages[i + 2 :]])
+        for i, (s, e, shares) in enumerate(stages):
+            head, tail = stages[:i], stages[i + 1 :]
+            split.extend([*head, (s, c, shares), (c, e, shares), *tail] for c in cuts if s < c < e)
+            devices = list(shares)
+            spare = [d for d in pool if d not in shares]
+            new = []  # (kind, shares of stage i)
+            for j, d in enumerate(devices):
+                new.extend((share, {**shares, d: shares[d] * f}) for f in (1.25, 0.8))
+                if j + 1 < len(devices):
+                    swapped = devices[:j] + [devices[j + 1], devices[j]] + devices[j + 2 :]
+                    new.append((order, {x: shares[x] for x in swapped}))
+                if len(devices) > 1:
+                    new.append((remove, {x: w for x, w in shares.items() if x != d}))
+                for other in spare:
+                    speed = snap.device_gflops(other)
+                    new.append(
+                        (
+                            replace,
+                            {(other if x == d else x): (speed if x == d else w) for x, w in shares.items()},
+                        )
+                    )
+            new.extend((add, {**shares, other: snap.device_gflops(other)}) for other in spare)
+            for kind, changed in new:
+                kind.append([*head, (s, e, changed), *tail])
+        return [share, order, cut, merge, split, add, remove, replace]
