@@ -7,7 +7,8 @@ in flight that is the whole of the last request, however long it took (a fixed w
 seconds would see only the tail of a slow request and forget the links its early stages used).
 
 - link bandwidth: per direct link, the throughput (bytes over radio seconds) of its newest transfers
-  *of the current regime*: walking back from the newest transfer, older ones are left out from the
+  (pieces of transfers: the workers report a long one every quarter second as it goes) *of the current
+  regime*: walking back from the newest transfer, older ones are left out from the
   first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
   ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
   now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses

@@ -28,9 +28,10 @@ called while the controller waits, so a serving loop can re-plan in the middle o
 controller sends the request again under a fresh attempt id and cancels the old attempt on its workers,
 which drop its queued work and cut short the transfer or computation they are in the middle of.
 
-Transfers are reported by the workers as they start and end (PROGRESS), so ``link_samples`` holds every
-finished transfer at once and ``transfers_in_progress`` the ones still on the air: a transfer that has
-been running for a long time is evidence that its link is slow before any request has finished.
+Transfers are reported by the workers as they start, as they go (the bytes carried so far, every
+quarter second of a long one) and as they end (PROGRESS), so ``link_samples`` holds every piece of a
+transfer at once and ``transfers_in_progress`` the ones still on the air: a crawling transfer measures
+its link's present rate, and one running for a long time bounds it, before any request has finished.
 
 Not thread-safe: one thread drives a controller (it does its networking while waiting in calls).
 ``latency_s`` is measured on the workers' clocks (from the moment the source holds the input to the
@@ -160,6 +161,18 @@ class _Deployed:
     radio_bytes: int = 0  # bytes a request sends over radios (first hops): what ``progress`` counts
 
 
+@dataclass(slots=True)
+class _OnAir:
+    """A transfer reported started and not yet ended, and how much of it has been measured."""
+
+    a: str
+    b: str
+    nbytes: int
+    start: float
+    since: float  # when it was last measured: its start, then its latest tick
+    carried: int = 0  # bytes it had carried then
+
+
 @dataclass
 class _Peer:
     endpoint: str
@@ -184,7 +197,7 @@ class _Pending:
     rescues: int = 0
     sent: float = 0.0
     first_sent: float = 0.0
-    radio_done: int = 0  # first-hop bytes of the current attempt whose transfer ended
+    radio_done: int = 0  # first-hop bytes the current attempt's transfers have carried so far
     abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
     abandoned_j: float = 0.0  # their radio energy (their compute is never reported)
     output: torch.Tensor | None = None
@@ -271,7 +284,7 @@ class Controller:
         self.watch_every_s = watch_every_s
         self._last_watch = 0.0
         self._history = history
-        self._in_transit: dict[tuple[str, int], tuple[str, str, int, float]] = {}
+        self._in_transit: dict[tuple[str, int], _OnAir] = {}  # (device, its transfer id) -> transfer
         self._plan_id: int | None = None
         self._deployed: dict[int, _Deployed] = {}
         self._pending: dict[int, _Pending] = {}
@@ -418,7 +431,7 @@ class Controller:
 
     def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
         """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
-        return list(self._in_transit.values())
+        return [(t.a, t.b, t.nbytes, t.start) for t in self._in_transit.values()]
 
     def in_flight(self) -> list[InFlight]:
         """The requests whose attempt is still running (no output yet), oldest first."""
@@ -634,9 +647,11 @@ class Controller:
                 log.info("worker %s: %s", dev, meta.get("message"))
 
     def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
-        """A transfer started, ended or was cut short on ``dev``'s radio (raises on malformed fields).
+        """A transfer started, reported the bytes it carried so far (tick), ended or was cut short on
+        ``dev``'s radio (raises on malformed fields).
 
-        Every finished transfer is a link measurement, whichever attempt it served.
+        Every piece of a transfer (start to tick, tick to tick, the last tick to its end) is a link
+        measurement, whichever attempt it served: a crawling transfer is measured while it crawls.
         """
         a, b, src = meta["from"], meta["to"], meta["src"]
         nbytes, start, ev = meta["bytes"], meta["start"], meta["ev"]
@@ -646,27 +661,42 @@ class Controller:
             type(nbytes) is not int
             or nbytes < 0
             or type(start) is not float
-            or ev not in ("start", "end", "cut")
+            or ev not in ("start", "tick", "end", "cut")
         ):
             raise ValueError("transfer progress fields")
         key = (dev, meta["id"])
         if ev == "start":
-            self._in_transit[key] = (a, b, nbytes, start)
+            self._in_transit[key] = _OnAir(a, b, nbytes, start, start)
             if len(self._in_transit) > self._history:
                 del self._in_transit[next(iter(self._in_transit))]
             return
-        self._in_transit.pop(key, None)
+        if ev == "tick":
+            air, sent, at = self._in_transit.get(key), meta["sent"], meta["at"]
+            if air is not None and type(sent) is int and type(at) is float and sent <= nbytes:
+                self._carried(wire, meta, air, sent, at)
+            return
+        air = self._in_transit.pop(key, None) or _OnAir(
+            a, b, nbytes, start, start
+        )  # its start may be forgotten
         end = meta["end"]
         if type(end) is not float or not start <= end:
             return
         if (old := self._abandoned.get(wire)) is not None:  # the radio time an abandoned attempt used
             power = self.spec.devices[a].power.transmit_w + self.spec.devices[b].power.receive_w
             old.abandoned_j += (end - start) * power
-        if ev == "cut":
+        if ev == "end":
+            self._carried(wire, meta, air, nbytes, end)
+
+    def _carried(self, wire: int, meta: dict[str, Any], air: _OnAir, upto: int, at: float) -> None:
+        """``air`` has carried ``upto`` bytes by ``at``: what it carried since its last report is a link
+        sample, and progress for its request when it is a first hop of the current attempt."""
+        nbytes, seconds = upto - air.carried, at - air.since
+        if nbytes <= 0 or seconds < 0:
             return
-        self.link_samples.append((end, a, b, nbytes, end - start))
+        self.link_samples.append((at, air.a, air.b, nbytes, seconds))
+        air.carried, air.since = upto, at
         p = self._by_wire.get(wire)
-        if p is not None and meta.get("plan") == p.plan_id and a == src:
+        if p is not None and meta.get("plan") == p.plan_id and air.a == meta["src"]:
             p.radio_done += nbytes
 
     # ---- deployment ------------------------------------------------------------------------------

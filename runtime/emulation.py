@@ -92,6 +92,10 @@ class DeviceEmulation:
         """Seconds a hop of ``nbytes`` to ``neighbour`` starting at ``wall`` holds the radio."""
         return self.links[neighbour].schedule.transfer_time(nbytes, wall - self.epoch)
 
+    def radio_bytes(self, neighbour: str, start: float, wall: float) -> float:
+        """Bytes a hop to ``neighbour`` that started at ``start`` has carried by ``wall``."""
+        return self.links[neighbour].schedule.bytes_between(start - self.epoch, wall - self.epoch)
+
     def latency(self, neighbour: str) -> float:
         return self.links[neighbour].latency_s
 

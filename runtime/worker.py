@@ -16,8 +16,9 @@ A ``Deployment`` (one per plan, built by the controller from ``layout(graph, pla
 its tasks, who sends it which rows, what it sends to whom along which route, and how many hops it
 relays. Telemetry (one TELEMETRY message per request per worker, once all its events for the request
 are done) and results go back to the controller that deployed the plan. Transfers are also reported as
-they happen (PROGRESS: start, end, or cut short), so the controller sees a link slow down while the
-request that crosses it is still running, not only once it is done.
+they happen (PROGRESS: start, end, or cut short, and every ``TICK_S`` of a longer one the bytes carried
+so far), so the controller sees a link slow down while the request that crosses it is still running, and
+knows how slow after a fraction of a second of a crawling transfer, not only once it is done.
 
 Cancelling: a DEPLOY message may retire whole plans and cancel single attempts (``cancel``: [[plan,
 request], ...], an attempt the controller restarted elsewhere). Either way the worker drops the
@@ -75,6 +76,7 @@ MAX_OPEN_REQUESTS = 1024  # per worker: bounds the state a stream of bogus bands
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 POLL_MS = 100  # the I/O loop wakes at least this often (parent check, shutdown)
 MAX_HOLD_S = 3600.0  # an emulated arrival further in the future than this is refused
+TICK_S = 0.25  # a transfer longer than this reports the bytes carried so far at this interval
 
 
 # ---------------------------------------------------------------------------------- deployment format
@@ -940,7 +942,7 @@ class Worker:
             progress = {"plan": job.plan_id, "id": next(self._transfers), "from": self.device, "to": nxt}
             progress |= {"src": job.path[0], "bytes": nbytes, "start": start}
             self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "start"}))
-            done = sleep_until(start + radio, abort=lambda dep=dep, rid=job.rid: not self._live(dep, rid))
+            done = self._on_air(job.rid, owner, progress, start + radio, emulation, dep)
             end = time.time()
             self.meter.add("send", end - start)
             if not done:  # cancelled: the band's receiver drops it, the radio is free for what replaced it
@@ -953,6 +955,25 @@ class Worker:
             self._record(dep, job.rid, event)
         for _, sock in sockets.values():
             sock.close(linger=0)
+
+    def _on_air(
+        self, rid: int, owner, progress: dict, end: float, emulation: DeviceEmulation | None, dep
+    ) -> bool:
+        """Hold the radio until ``end``, reporting the bytes carried every ``TICK_S`` (a crawling
+        transfer tells the controller its link's present rate at once); False if the attempt was
+        cancelled meanwhile."""
+
+        def cancelled() -> bool:
+            return not self._live(dep, rid)
+
+        start, tick = progress["start"], progress["start"] + TICK_S
+        while tick < end and emulation is not None:
+            if not sleep_until(tick, cancelled):
+                return False
+            sent = min(progress["bytes"], int(emulation.radio_bytes(progress["to"], start, tick)))
+            self._emit(owner, Header(Kind.PROGRESS, rid, progress | {"ev": "tick", "sent": sent, "at": tick}))
+            tick += TICK_S
+        return sleep_until(end, cancelled)
 
     def _peer_socket(
         self, sockets: dict[str, tuple[str, zmq.Socket]], device: str, endpoint: str | None

@@ -176,7 +176,8 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
     """Two requests crawl over a slow link a-b; the first is restarted on a plan that avoids it. Each comes
     back once with the right output, and the workers drop the abandoned attempt at once: a's radio cuts
     its transfer short (the second request's transfer starts right after the rescue, not when the first
-    would have ended) and b never computes for it."""
+    would have ended) and b never computes for it. While it crawled, the transfer reported what it carried
+    every quarter second: the link's rate was measured, and the attempt's progress known, before it ended."""
     emulation = ctl.emulation
     ctl.configure(dataclasses.replace(emulation, link_schedules={("a", "b"): 0.1}))  # ~1 s per input
     slow = Plan.build("a", "d", [(0, N_UNITS, {"b": 1})])
@@ -189,20 +190,24 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
         if seen or not ctl.transfers_in_progress() or running[0].elapsed_s < 0.3:
             return
         ctl.deploy(fast)
-        seen.append((time.time(), ctl.in_flight()))
+        seen.append((time.time(), ctl.in_flight(), list(ctl.link_samples)))
         assert ctl.restart(running[0].rid) and not ctl.restart(running[0].rid)  # on the plan in force now
 
     ctl.watch = rescue
     xs = _inputs(2, seed=5)
     try:
         ctl.deploy(slow)
+        slowed_at = time.time()
         results = list(ctl.stream(xs, window=2))
     finally:
         ctl.watch = None
         ctl.configure(emulation)
     _check_stream(results, xs, reference)
-    ((rescued_at, running),) = seen
-    assert [(f.plan, f.current, f.progress) for f in running] == [(slow, False, 0.0)] * 2
+    ((rescued_at, running, samples),) = seen
+    assert [(f.plan, f.current) for f in running] == [(slow, False)] * 2
+    assert 0.15 < running[0].progress < 0.6 and running[1].progress == 0.0  # ~0.25 s of a ~1 s transfer
+    crawl = [n * 8 / 1e6 / s for end, x, y, n, s in samples if (x, y) == ("a", "b") and end > slowed_at]
+    assert crawl and all(0.09 < mbps < 0.11 for mbps in crawl)  # the link's 0.1 Mbit/s, mid-transfer
     assert [(r.plan, r.attempts, r.rescues) for r in results] == [(fast, 2, 1), (slow, 1, 0)]
     assert results[0].latency_s > running[0].elapsed_s  # counted from the first attempt
     # and so is its energy: the cut transfer's radio time (the attempt's only work) is charged to it

@@ -141,7 +141,9 @@ def test_polish_improves_on_the_policys_plan_within_its_budget_and_is_repeatable
         touched = polished.cost_model(graph, snap.spec).skeleton
         assert set(touched(better).devices) <= set(touched(mine).devices), "no device the policy left out"
         assert polished.plan(snap, graph, objective) == better, "equal snapshots give equal plans"
-        gains.append(plain.score(mine, snap, graph, objective) - polished.score(better, snap, graph, objective))
+        gains.append(
+            plain.score(mine, snap, graph, objective) - polished.score(better, snap, graph, objective)
+        )
     assert min(gains) >= 0.0, "the polish never returns a plan the cost model scores worse"
     assert max(gains) > 0.0, "and it finds something the completion missed"
 
