@@ -12,8 +12,9 @@ seconds would see only the tail of a slow request and forget the links its early
   first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
   ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
   now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses
-  it, with one exception: when the links measured moved together by more than ``drift`` x (their
-  median ratio new/old estimate), the silent ones are assumed to have moved as much (links of one site
+  it, with one exception: when the links measured last (within ``vote_s`` of the newest transfer) moved
+  together by more than ``drift`` x (their median ratio new/old estimate), the silent ones, and those
+  measured only earlier (before the change, say), are assumed to have moved as much (links of one site
   tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
   and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
   (below): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
@@ -123,12 +124,14 @@ class LiveView:
         drift: float = 1.5,
         history: int = 8,
         overdue_s: float = 0.25,
+        vote_s: float = 1.0,
     ):
         self.spec = spec
         self.controller = controller
         self.window_s = window_s
         self.drift = drift
         self.overdue_s = overdue_s
+        self.vote_s = vote_s
         self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
@@ -147,20 +150,31 @@ class LiveView:
         measured = {
             key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
         }
+        # overdue against what was believed before this fold: a crawling transfer whose ticks already
+        # measured its link is still a stuck transfer, evidence enough for the silent links to follow
         overdue = overdue_bounds(
-            self.controller.transfers_in_progress(), wall, self.link_mbps | measured, self.drift, self.overdue_s
+            self.controller.transfers_in_progress(), wall, self.link_mbps, self.drift, self.overdue_s
         )
+        # only the newest measurements speak for the present: a link last measured more than vote_s
+        # before the newest transfer (say, before a drop the newest ones saw) sets its own estimate,
+        # then moves with the silent links
+        newest = max((end for samples in fresh.values() for end, _, _ in samples), default=wall)
+        recent = {
+            key for key, samples in fresh.items() if max(end for end, _, _ in samples) >= newest - self.vote_s
+        }
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now
-        evidence = measured | {key: min(b, measured.get(key, b)) for key, b in overdue.items()}
+        evidence = {key: measured[key] for key in recent}
+        evidence |= {key: min(b, evidence.get(key, b)) for key, b in overdue.items()}
         ratio = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
         factor = drift_factor(
-            (ratio[key] for key in measured.keys() - overdue.keys()),
+            (ratio[key] for key in recent - overdue.keys()),
             self.drift,
             stuck=(ratio[key] for key in overdue),
         )
-        self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in self.link_mbps.items()}
+        baseline = self.link_mbps | measured
+        self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 

@@ -76,6 +76,22 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_on
     assert snap.link_mbps[link_key("6", "8")] == pytest.approx(3.4 * 17.5)
 
 
+def test_links_measured_before_a_drop_do_not_outvote_those_measured_after_it():
+    """A request ran across a drop: three links carried its early transfers at their spec rate, two its
+    late ones at a tenth. The late ones speak for the present; the early ones fall with the silent links."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    early, late, silent = list(spec_mbps)[:3], list(spec_mbps)[3:5], list(spec_mbps)[5]
+    for key in early:
+        tel.transfer(*key, spec_mbps[key], ago=2.0)
+    for key in late:
+        tel.transfer(*key, spec_mbps[key] / 10, ago=0.1)
+    snap = view.snapshot()
+    for key in [*early, *late, silent]:
+        assert snap.link_mbps[key] == pytest.approx(spec_mbps[key] / 10, rel=0.01), key
+
+
 def test_one_link_alone_moves_only_itself():
     tel = Telemetry()
     view = LiveView(SPEC, tel)
@@ -106,6 +122,18 @@ def test_an_overdue_transfer_bounds_its_link_before_it_ends():
     tel = Telemetry()
     tel.started("4", "9", 3_000_000, ago=0.6)  # spec 43: 40 Mbit/s so far
     assert LiveView(SPEC, tel).snapshot().link_mbps[link_key("4", "9")] == 43
+
+
+def test_a_crawling_transfer_measured_by_its_ticks_still_moves_the_silent_links():
+    """The pieces a crawling transfer reported measure its link exactly, and it is still a stuck transfer:
+    one is evidence enough that the silent links fell with it (one finished transfer is not)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.started("8", "4", 250_000, ago=1.0)  # spec 30 Mbit/s: 0.07 s expected, a second on the air
+    tel.transfer("8", "4", 1.5, seconds=0.25)  # its latest quarter second
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(1.5)
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 * 1.5 / 30, rel=0.01)
 
 
 def test_crawling_transfers_move_the_silent_links_only_as_far_as_their_bounds():
