@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agents import PlannerError, make_planner
+from agents import PlannerError, make_planner, planner_label
 from agents.serving import Decider, MetricsWriter, ServeOptions, serve
 from env.cost_model import Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
@@ -87,7 +87,7 @@ def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Pa
         chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
         seed=args.seed,
     )
-    label = f"ppo:{Path(agent[4:]).name}" if agent.startswith("ppo:") else agent
+    label = planner_label(agent)
     writer = MetricsWriter(out_dir, label.replace(":", "_")) if out_dir else None
     cluster.controller.restart_clock()
     try:
@@ -127,7 +127,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster", help="cluster YAML or disnet-mesh/1 JSON")
     parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
     parser.add_argument(
-        "--agent", default="optimal", help="ppo:PATH, optimal, disnet, modnn, ... (comma list ok)"
+        "--agent",
+        default="optimal",
+        help="ppo:PATH, ppo-top3:PATH, ppo-polish:PATH, optimal, disnet, modnn, ... (comma list ok)",
     )
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agents.base import Planner, PlannerError
@@ -32,6 +33,13 @@ PLANNERS: dict[str, Callable[..., Planner]] = {
     "neurosurgeon": Neurosurgeon,
     "local": LocalOnly,
 }
+
+
+def planner_label(name: str) -> str:
+    """A planner name for tables: a policy's file without its folders (``ppo-top3:runs/x/policy.zip`` ->
+    ``ppo-top3:policy.zip``)."""
+    policy = POLICY_NAME.fullmatch(name)
+    return name if policy is None else f"{name.split(':', 1)[0]}:{Path(policy['path']).name}"
 
 
 def make_planner(
@@ -80,4 +88,5 @@ __all__ = [
     "Planner",
     "PlannerError",
     "make_planner",
+    "planner_label",
 ]

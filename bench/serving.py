@@ -37,7 +37,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from agents import make_planner
+from agents import make_planner, planner_label
 from agents.base import PlannerError
 from agents.serving import Decider, ServeOptions, serve
 from env.cost_model import CostModel, Objective
@@ -120,7 +120,7 @@ def collapse(args) -> None:
                 arrival_every_s=every,
                 rescue_margin=None if args.no_rescue else ServeOptions.rescue_margin,
             )
-            label = f"{short(agent)} ({mode})"
+            label = f"{planner_label(agent)} ({mode})"
             records = []
             with LocalCluster(spec, model="vgg16_bn", link_schedules=links) as cluster:
                 report = serve(
@@ -158,7 +158,7 @@ def collapse(args) -> None:
         static_summary, static_records = results[loop, agent, "static"]
         own = static_summary["latency_p95_s"]
         others = ", ".join(
-            f"{s['latency_p95_s'] / st['latency_p95_s']:.2f} vs {short(a)}"
+            f"{s['latency_p95_s'] / st['latency_p95_s']:.2f} vs {planner_label(a)}"
             for (lp, a, m), (st, _) in results.items()
             if lp == loop and m == "static" and a != agent
         )
@@ -166,7 +166,7 @@ def collapse(args) -> None:
         switched = next((i + 1 for i, r in enumerate(after) if r.replanned), None)
         table.add_row(
             loop,
-            f"{short(agent)} ({mode})",
+            f"{planner_label(agent)} ({mode})",
             f"{s['latency_p95_s']:.2f}",
             f"{own:.2f}",
             f"{s['latency_p95_s'] / own:.2f}",
@@ -191,7 +191,7 @@ def plans(args) -> None:
     planners = [make_planner(agent, graph=graph, spec=spec) for agent in agents]
     moments = {"before": args.drop_at - 10, "at the drop": args.drop_at + 1, "8 s into it": args.drop_at + 15}
     table = Table(title="collapse world, exact snapshots: predicted latency (s) of each planner's plan")
-    for column in ("device speed", "moment", *map(short, agents)):
+    for column in ("device speed", "moment", *map(planner_label, agents)):
         table.add_column(column)
     for speed in (0.4, 0.55, 0.7, 1.0):
         for moment, t in moments.items():
@@ -208,12 +208,6 @@ def plans(args) -> None:
 def in_collapse(records, drop_at: float) -> int:
     """Requests that ran at least partly inside the 30 s collapse (their end minus their latency)."""
     return sum(1 for r in records if r.time_s > drop_at and r.time_s - r.response_s < drop_at + 30.0)
-
-
-def short(agent: str) -> str:
-    """A planner name without the policy file's folders (ppo:PATH, ppo-top3:PATH)."""
-    kind, sep, path = agent.partition(":")
-    return kind + sep + Path(path).name if sep else agent
 
 
 def chaos(args) -> None:

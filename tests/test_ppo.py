@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import train
-from agents import PlannerError, make_planner
+from agents import PlannerError, make_planner, planner_label
 from agents.ppo import PolicyFileError, PPOPlanner
 from env.cost_model import Objective
 from env.network import NetworkState
@@ -111,6 +111,8 @@ def test_registry_builds_the_planner_from_a_path(run):
     assert (both.top_k, both.polish) == (3, 50)
     with pytest.raises(PlannerError, match="polish"):
         make_planner(f"ppo:{run / 'policy.zip'}", polish=-1)
+    assert planner_label(f"ppo-top3-polish50:{run / 'policy.zip'}") == "ppo-top3-polish50:policy.zip"
+    assert planner_label("optimal") == "optimal"
 
 
 def test_top_k_picks_the_best_of_the_policys_k_favourites_on_the_cost_model(run):
