@@ -124,7 +124,7 @@ class Result:
     rid: int
     output: torch.Tensor
     latency_s: float  # source holds the input (of the first attempt) -> sink holds the whole output
-    energy_j: float  # the timeline's, plus the radio time of abandoned attempts (rescued or re-run)
+    energy_j: float  # the timeline's, plus the radio and compute of abandoned attempts (rescued or re-run)
     timeline: Timeline
     plan: Plan
     wall_s: float  # controller hands the input over -> controller has the result
@@ -199,7 +199,7 @@ class _Pending:
     first_sent: float = 0.0
     radio_done: int = 0  # first-hop bytes the current attempt's transfers have carried so far
     abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
-    abandoned_j: float = 0.0  # their radio energy (their compute is never reported)
+    abandoned_j: float = 0.0  # their energy: radio (transfers reported) and compute (as workers drop them)
     output: torch.Tensor | None = None
     done_at: float = 0.0  # sink's clock
     received: float = 0.0  # controller's clock
@@ -627,12 +627,18 @@ class Controller:
             p = self._by_wire.get(msg.header.rid)
             if p is not None and meta.get("plan") == p.plan_id and p.output is None and msg.tensors:
                 p.output, p.done_at, p.received = msg.tensors[0].clone(), float(meta["done"]), time.time()
+        elif kind == Kind.PROGRESS and meta.get("ev") == "compute":
+            self._abandoned_compute(dev, msg.header.rid, meta.get("start"), meta.get("end"))
         elif kind == Kind.PROGRESS:
             self._progress(dev, msg.header.rid, meta)
         elif kind == Kind.TELEMETRY:
             p = self._by_wire.get(msg.header.rid)
             if p is not None and meta.get("plan") == p.plan_id:
                 p.telemetry[dev] = [_event(e, dev, self._deployed[p.plan_id].parts) for e in meta["events"]]
+            elif msg.header.rid in self._abandoned:  # sent before the worker heard of the abandon
+                for e in meta.get("events") or ():
+                    if isinstance(e, dict) and e.get("ev") == "compute":
+                        self._abandoned_compute(dev, msg.header.rid, e.get("start"), e.get("end"))
         elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
             peer.configuring, peer.config_error = False, meta.get("message")
             log.error("worker %s refused its configuration: %s", dev, peer.config_error)
@@ -686,6 +692,13 @@ class Controller:
             old.abandoned_j += (end - start) * power
         if ev == "end":
             self._carried(wire, meta, air, nbytes, end)
+
+    def _abandoned_compute(self, dev: str, wire: int, start: Any, end: Any) -> None:
+        """``dev`` computed from ``start`` to ``end`` for attempt ``wire``, since abandoned: its request's
+        energy includes it (malformed times are ignored, like an unknown attempt)."""
+        p = self._abandoned.get(wire)
+        if p is not None and type(start) is float and type(end) is float and start <= end:
+            p.abandoned_j += (end - start) * self.spec.devices[dev].power.compute_w
 
     def _carried(self, wire: int, meta: dict[str, Any], air: _OnAir, upto: int, at: float) -> None:
         """``air`` has carried ``upto`` bytes by ``at``: what it carried since its last report is a link
@@ -797,13 +810,18 @@ class Controller:
         self._by_wire.pop(p.wire, None)
         old, old_wire = p.plan_id, p.wire
         p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, next(self._ids), p.attempts + 1, time.time()
-        p.output, p.telemetry, p.error, p.radio_done = None, {}, None, 0
+        reported, p.telemetry = p.telemetry, {}
+        p.output, p.error, p.radio_done = None, None, 0
         p.first_sent = p.first_sent or p.sent
         self._by_wire[p.wire] = p
         self._retire_unused(old)
         if old_wire != -1:
             p.abandoned.append(old_wire)
             self._abandoned[old_wire] = p
+            for dev, events in reported.items():  # workers whose part of the old attempt was done
+                for e in events:
+                    if e["ev"] == "compute":
+                        self._abandoned_compute(dev, old_wire, e["start"], e["end"])
             if old in self._deployed:
                 self._cancel(self._deployed[old], old_wire)
         source = self._deployed[p.plan_id].plan.source

@@ -24,7 +24,9 @@ Cancelling: a DEPLOY message may retire whole plans and cancel single attempts (
 request], ...], an attempt the controller restarted elsewhere). Either way the worker drops the
 attempt's state, its queued computations and sends, cuts short the emulated compute or transfer it is in
 the middle of, and silently drops its bands still on their way in: the abandoned attempt stops using
-the device's compute and radio at once.
+the device's compute and radio at once. The compute a dropped attempt did here (up to now for a computation
+it cuts short) is reported with the DEPLOY's answer (PROGRESS, ``ev: compute``), so that its request's
+energy includes it.
 
 Weights: the model is built on the meta device and only the units the worker computes are loaded
 from the checkpoint, which is memory-mapped, so a device never holds the weights of units it does not
@@ -517,6 +519,7 @@ class Worker:
         self._requests: dict[tuple[int, int], _Request] = {}
         self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._cancelled: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._computing: tuple[int, int, float] | None = None  # (plan, request, start) of the task running
         self._transfers = itertools.count()  # ids of this radio's transfers in PROGRESS messages
         self._held: list[tuple[float, int, Message]] = []
         self._seq = itertools.count()
@@ -735,19 +738,33 @@ class Worker:
                     raise ValueError(f"task units [{t.start}, {t.end}) beyond the model's {len(graph.units)}")
             self.weights.prepare(dep.model, dep.seed, dep.input_shape, dep.units())
         with self._lock:
+            # compute that attempts dropped here did, not yet reported (no request still open under a
+            # retired plan is wanted: the controller retires a plan once nothing it awaits uses it)
+            dropped = [(k, self._requests.pop(k)) for k in [k for k in self._requests if k[0] in retire]]
             for pid in retire:
                 self._plans.pop(pid, None)
                 self._owners.pop(pid, None)
-                for key in [k for k in self._requests if k[0] == pid]:
-                    del self._requests[key]
             for key in cancel:
-                self._requests.pop(key, None)
+                if (req := self._requests.pop(key, None)) is not None:
+                    dropped.append((key, req))
                 self._finished[key] = self._cancelled[key] = None
                 if len(self._cancelled) > 4 * MAX_OPEN_REQUESTS:
                     self._cancelled.popitem(last=False)
+            spent = [
+                (key, e["start"], e["end"])
+                for key, req in dropped
+                for e in req.events
+                if e["ev"] == "compute"
+            ]
+            if self._computing is not None and (
+                self._computing[0] in retire or self._computing[:2] in cancel
+            ):  # the computation in progress stops at the next abort check, ~now
+                spent.append((self._computing[:2], self._computing[2], time.time()))
             if dep is not None:
                 self._plans[dep.plan_id] = dep
                 self._owners[dep.plan_id] = msg.peer
+        for (plan_id, rid), start, end in spent:  # before DEPLOY_OK: the controller has them when it acts
+            self._abandoned_compute(msg.peer, plan_id, rid, start, end)
         reply = {"plan": None if dep is None else dep.plan_id, "device": self.device, "boot": self.boot}
         self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
 
@@ -786,6 +803,11 @@ class Worker:
             owner = self._owners.get(dep.plan_id)
         meta = {"plan": dep.plan_id, "device": self.device, "events": req.events}
         self._emit(owner, Header(Kind.TELEMETRY, rid, meta))
+
+    def _abandoned_compute(self, owner, plan_id: int, rid: int, start: float, end: float) -> None:
+        """Report compute an abandoned attempt used (its telemetry never will): its request pays for it."""
+        meta = {"ev": "compute", "plan": plan_id, "from": self.device, "start": start, "end": end}
+        self._emit(owner, Header(Kind.PROGRESS, rid, meta))
 
     def _deployment(self, meta: dict[str, Any]) -> Deployment:
         pid = _int(meta.get("plan"), "plan")
@@ -891,7 +913,13 @@ class Worker:
                     band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
                     return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
 
-                out, p = paced(run, emulation, abort=lambda dep=dep, rid=rid: not self._live(dep, rid))
+                with self._lock:
+                    self._computing = (dep.plan_id, rid, time.time())
+                try:
+                    out, p = paced(run, emulation, abort=lambda dep=dep, rid=rid: not self._live(dep, rid))
+                finally:
+                    with self._lock:
+                        self._computing = None
             except Exception as exc:  # a bad band or a broken model: report, keep serving
                 log.exception("%s: task of stage %d failed", self.device, task.stage)
                 with self._lock:
@@ -904,7 +932,7 @@ class Worker:
             self.computed += 1
             self.meter.add("compute", p.end - p.start)
             if not self._live(dep, rid):
-                continue  # cancelled while it computed: the output is not wanted any more
+                continue  # cancelled while it computed (and reported as such): the output is not wanted
             event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
             self._record(dep, rid, event | {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops})
             for s in task.sends:

@@ -222,6 +222,43 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
     assert not ctl.transfers_in_progress()
 
 
+def test_a_request_rescued_mid_computation_pays_for_the_compute_it_abandoned(ctl, reference):
+    """b computes the whole model at a thousandth of its speed; the request is restarted on d while b is
+    at it. b cuts the computation short and reports the time it ran, and the request's energy includes it
+    at b's compute power, as it includes the radio time of an abandoned transfer."""
+    emulation = ctl.emulation
+    ctl.configure(dataclasses.replace(emulation, speed_schedules={"b": 0.001}))
+    slow = Plan.build("a", "d", [(0, N_UNITS, {"b": 1})])
+    fast = Plan.build("a", "d", [(0, N_UNITS, {"d": 1})])
+    seen = []
+
+    def rescue() -> None:
+        (running,) = ctl.in_flight()
+        if seen or ctl.transfers_in_progress() or running.elapsed_s < 0.6:
+            return  # b has the input and has computed for a while
+        ctl.deploy(fast)
+        seen.append(running.elapsed_s)
+        assert ctl.restart(running.rid)
+
+    ctl.watch = rescue
+    (x,) = _inputs(1, seed=9)
+    try:
+        ctl.deploy(slow)
+        result = ctl.infer(x)
+    finally:
+        ctl.watch = None
+        ctl.configure(emulation)
+    _check_stream([result], [x], reference)
+    ((elapsed,),) = [seen]
+    assert (result.plan, result.rescues) == (fast, 1)
+    abandoned_j = result.energy_j - sum(t.energy_j for t in result.timeline.devices.values())
+    power = MESH4.devices["b"].power
+    computed_s = (
+        abandoned_j - 0.1 * (power.transmit_w + power.receive_w)
+    ) / power.compute_w  # radio <= 0.1 s
+    assert 0.6 * elapsed < computed_s and abandoned_j < (elapsed + 0.25) * power.compute_w
+
+
 def test_fallback_plan_drops_devices_that_are_down():
     plan = Plan.build("a", "d", [(0, 6, {"a": 1, "c": 2}), (6, 9, {"c": 1}), (9, N_UNITS, {"d": 1})])
     fixed = fallback_plan(plan, frozenset("abc"), MESH4)
