@@ -636,9 +636,7 @@ class Controller:
             if p is not None and meta.get("plan") == p.plan_id:
                 p.telemetry[dev] = [_event(e, dev, self._deployed[p.plan_id].parts) for e in meta["events"]]
             elif msg.header.rid in self._abandoned:  # sent before the worker heard of the abandon
-                for e in meta.get("events") or ():
-                    if isinstance(e, dict) and e.get("ev") == "compute":
-                        self._abandoned_compute(dev, msg.header.rid, e.get("start"), e.get("end"))
+                self._abandoned_events(dev, msg.header.rid, meta.get("events") or ())
         elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
             peer.configuring, peer.config_error = False, meta.get("message")
             log.error("worker %s refused its configuration: %s", dev, peer.config_error)
@@ -681,9 +679,8 @@ class Controller:
             if air is not None and type(sent) is int and type(at) is float and sent <= nbytes:
                 self._carried(wire, meta, air, sent, at)
             return
-        air = self._in_transit.pop(key, None) or _OnAir(
-            a, b, nbytes, start, start
-        )  # its start may be forgotten
+        # (a start forgotten under a flood of transfers: the whole transfer is one piece)
+        air = self._in_transit.pop(key, None) or _OnAir(a, b, nbytes, start, start)
         end = meta["end"]
         if type(end) is not float or not start <= end:
             return
@@ -699,6 +696,13 @@ class Controller:
         p = self._abandoned.get(wire)
         if p is not None and type(start) is float and type(end) is float and start <= end:
             p.abandoned_j += (end - start) * self.spec.devices[dev].power.compute_w
+
+    def _abandoned_events(self, dev: str, wire: int, events: Iterable[Any]) -> None:
+        """Charge the compute in ``dev``'s telemetry events of abandoned attempt ``wire`` (its radio time
+        was charged as its transfers ended)."""
+        for e in events:
+            if isinstance(e, dict) and e.get("ev") == "compute":
+                self._abandoned_compute(dev, wire, e.get("start"), e.get("end"))
 
     def _carried(self, wire: int, meta: dict[str, Any], air: _OnAir, upto: int, at: float) -> None:
         """``air`` has carried ``upto`` bytes by ``at``: what it carried since its last report is a link
@@ -819,9 +823,7 @@ class Controller:
             p.abandoned.append(old_wire)
             self._abandoned[old_wire] = p
             for dev, events in reported.items():  # workers whose part of the old attempt was done
-                for e in events:
-                    if e["ev"] == "compute":
-                        self._abandoned_compute(dev, old_wire, e["start"], e["end"])
+                self._abandoned_events(dev, old_wire, events)
             if old in self._deployed:
                 self._cancel(self._deployed[old], old_wire)
         source = self._deployed[p.plan_id].plan.source
