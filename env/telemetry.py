@@ -158,10 +158,9 @@ class LiveView:
         # only the newest measurements speak for the present: a link last measured more than vote_s
         # before the newest transfer (say, before a drop the newest ones saw) sets its own estimate,
         # then moves with the silent links
-        newest = max((end for samples in fresh.values() for end, _, _ in samples), default=wall)
-        recent = {
-            key for key, samples in fresh.items() if max(end for end, _, _ in samples) >= newest - self.vote_s
-        }
+        last = {key: max(end for end, _, _ in samples) for key, samples in fresh.items()}
+        newest = max(last.values(), default=wall)
+        recent = {key for key, end in last.items() if end >= newest - self.vote_s}
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now

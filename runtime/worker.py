@@ -764,7 +764,7 @@ class Worker:
                 self._plans[dep.plan_id] = dep
                 self._owners[dep.plan_id] = msg.peer
         for (plan_id, rid), start, end in spent:  # before DEPLOY_OK: the controller has them when it acts
-            self._abandoned_compute(msg.peer, plan_id, rid, start, end)
+            self._report_abandoned_compute(msg.peer, plan_id, rid, start, end)
         reply = {"plan": None if dep is None else dep.plan_id, "device": self.device, "boot": self.boot}
         self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
 
@@ -804,7 +804,7 @@ class Worker:
         meta = {"plan": dep.plan_id, "device": self.device, "events": req.events}
         self._emit(owner, Header(Kind.TELEMETRY, rid, meta))
 
-    def _abandoned_compute(self, owner, plan_id: int, rid: int, start: float, end: float) -> None:
+    def _report_abandoned_compute(self, owner, plan_id: int, rid: int, start: float, end: float) -> None:
         """Report compute an abandoned attempt used (its telemetry never will): its request pays for it."""
         meta = {"ev": "compute", "plan": plan_id, "from": self.device, "start": start, "end": end}
         self._emit(owner, Header(Kind.PROGRESS, rid, meta))
