@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.base import Planner, PlannerError
+from agents.base import Decision, Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
 from agents.disnet import DisnetPlanner
 from agents.optimizer import OptimalPlanner
@@ -80,6 +80,7 @@ __all__ = [
     "PLANNERS",
     "DeepSlicing",
     "DeepThings",
+    "Decision",
     "DisnetPlanner",
     "LocalOnly",
     "MoDNN",

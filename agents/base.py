@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import ClassVar
 
@@ -36,6 +37,29 @@ StageDraft = tuple[int, int, tuple[str, ...]]  # (start unit, end unit, devices 
 
 class PlannerError(ValueError):
     """A planner cannot be built or cannot produce a plan (unknown name, bad option, nothing fits)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A planner's answer and what its caller must know about it.
+
+    ``fallback`` names why the planner did not plan as designed (e.g. a policy that cannot read this
+    cluster answered with the single best device); None when it planned. ``bound`` is a certified lower
+    bound on the objective over the whole plan space (only planners that prove one set it) and ``score``
+    the objective the planner predicted for ``plan``; their ratio is the optimality gap.
+    """
+
+    plan: Plan
+    fallback: str | None = None
+    score: float | None = None
+    bound: float | None = None
+
+    @property
+    def gap(self) -> float | None:
+        """``score / bound - 1``: how far the plan can be from the best plan at most (None without both)."""
+        if self.score is None or self.bound is None or self.bound <= 0:
+            return None
+        return self.score / self.bound - 1.0
 
 
 class Planner(abc.ABC):
@@ -56,6 +80,11 @@ class Planner(abc.ABC):
     @abc.abstractmethod
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         """A valid plan that assigns work only to devices in ``snapshot.available``."""
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        """The plan with what the caller must know about it. Planners that can fall back or that prove
+        a bound override this; ``plan`` stays the plain answer."""
+        return Decision(self.plan(snapshot, graph, objective))
 
     def cost_model(self, graph: LayerGraph, spec: ClusterSpec) -> CostModel:
         """The cost model for this graph on this cluster (the cached one holds both alive, so the ids

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.base import Planner, PlannerError
+from agents.base import Decision, Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
 from agents.disnet import DisnetPlanner
 from agents.local_search import PlanSearch
@@ -148,6 +148,11 @@ class OptimalPlanner(Planner):
         exhaustive = shapes <= self.exact_limit
         self.last_stats = SearchStats(exhaustive, shapes, search.evaluations, search.best_score)
         return search.best
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        """The best plan found, with its predicted objective."""
+        plan = self.plan(snapshot, graph, objective)
+        return Decision(plan, score=self.last_stats.score)
 
 
 def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.base import Planner
+from agents.base import Decision, Planner
 from agents.local_search import PlanSearch
 from env.completion import Shape, complete, net_view, shape_valid
 from env.cost_model import CostModel, Objective
@@ -152,20 +152,25 @@ class PPOPlanner(Planner):
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         """The policy's plan for ``snapshot`` (``objective`` is the one it was trained for; see
         ``self.meta.objective``). Falls back to the single best device when the policy cannot answer."""
+        return self.decide(snapshot, graph, objective).plan
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        """``plan``'s answer, with the reason when it is the single-device fallback."""
         view = net_view(snapshot)
         try:
             plans = [
                 complete(graph, view, self.shapes[a]).validate(graph, snapshot.spec.device_ids)
                 for a in self.ranked(snapshot, graph, view)[: self.top_k]
             ]
-        except (ValueError, PlanError, IndexError):
+        except (ValueError, PlanError, IndexError) as exc:
             self.fallbacks += 1
-            return complete(graph, view, Shape((0, len(graph.units)), (1,)))
+            single = complete(graph, view, Shape((0, len(graph.units)), (1,)))
+            return Decision(single, fallback=f"policy cannot plan here ({exc}): single best device")
         if self.polish:
-            return self._polished(plans, snapshot, graph, objective)
+            return Decision(self._polished(plans, snapshot, graph, objective))
         if len(plans) == 1:
-            return plans[0]
-        return min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective))
+            return Decision(plans[0])
+        return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
 
     def _polished(
         self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective
