@@ -52,6 +52,7 @@ from env.network import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
+SOLVER_MARGIN = 1e-6  # relative: HiGHS meets constraints to ~1e-7, so an optimum may sit that far too high
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def _solve(lp: _Relaxation, what: str) -> float:
     result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if result.status != 0:
         raise PlannerError(f"the {what} bound's LP did not solve: {result.message}")
-    return max(0.0, float(result.fun))
+    return max(0.0, float(result.fun) * (1.0 - SOLVER_MARGIN))
 
 
 class _Relaxation:
