@@ -11,18 +11,23 @@ cost model replays (design.md, "Execution semantics"), relaxed until it is a lin
   computed or received; rows of the model's input start on the source; the sink must end up holding the
   whole output;
 - **radio**: a device sends one transfer at a time, a fraction of a boundary tensor taking its bytes over
-  the link's measured rate; a device can pass on only rows it holds (store-and-forward relays, but over
-  any path, not only ``spec.route``'s).
+  the link's measured rate; rows reach a device along paths from where they were produced (store-and-
+  forward relays, over any path, not only ``spec.route``'s); rows sent once over a link may serve several
+  devices behind it (a relay's, a halo's).
 
 The latency ``T`` is a variable: every device computes, and every radio sends, for at most ``T`` seconds
-in all. Any plan, with each device's computed rows and each arc's distinct rows counted per group and per
-boundary, is a solution of this LP, so its optimum is <= the plan's latency. The latency bound is
-also at least the link latency of the fastest path from the source to the sink (the output depends on the
-input through a chain of hops). It is a *capacity* relaxation: it sees neither order nor waiting (a band waits for its whole input, halo rows cross between
-stages, link latency), and since it has no time, rows may be held "because" a neighbour sent them back (a
-cycle), so on well-connected meshes it comes down to the compute bound ``work / sum of speeds``. A
-time-indexed version (cumulative variables over slots of ``T``) was tried and gave the same values on the
-DISNET meshes at 10x the solve time: the cycles still form inside a slot. That is where its gap comes from.
+in all. Any plan, with each device's computed rows, each device's received rows traced along the
+transfers that brought them, and each link's distinct rows counted per group and boundary, is a solution
+of this LP, so its optimum is <= the plan's latency. The latency bound is also at least the link latency
+of the fastest path from the source to the sink (the output depends on the input through a chain of
+hops). It is a *capacity* relaxation: it sees neither order nor waiting (a device idles until its first
+band arrives, a band waits for its whole input, stages wait for their neighbours' halo rows), nor the halo
+rows themselves (work and traffic that grow with the number of bands). On the DISNET meshes at 10-25
+Mbit/s VGG-16's input and results move well within every radio's capacity, so the latency bound comes down
+to the compute bound ``work / sum of speeds``; it rises above it where links are slow. Closing the gap
+needs waiting and fixed charges per band (an integer program), not more of this LP: a fluid version over
+time slots of ``T`` still lets every device start at once, on input rows streamed to it a few at a time
+(a version of it measured the same values on the DISNET meshes at 10x the solve time).
 
 Energy is bounded by the same constraints without ``T``: compute seconds at compute power plus every
 distinct row's airtime at its sender's transmit and its receiver's receive power (idle power, never
@@ -52,7 +57,7 @@ from env.network import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
-SOLVER_MARGIN = 1e-6  # relative: HiGHS meets constraints to ~1e-7, so an optimum may sit that far too high
+ROUNDING = 1e-9  # relative: what float rounding in evaluating the certified minimum may add to it
 
 
 @dataclass(frozen=True)
@@ -249,13 +254,37 @@ def _solve(lp: _Relaxation, what: str) -> float:
     result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if result.status != 0:
         raise PlannerError(f"the {what} bound's LP did not solve: {result.message}")
-    return max(0.0, float(result.fun) * (1.0 - SOLVER_MARGIN))
+    return max(0.0, lp.unit * _certified_minimum(result, a_ub, b_ub, c, bounds) * (1.0 - ROUNDING))
+
+
+def _certified_minimum(result, a_ub, b_ub: np.ndarray, c: np.ndarray, bounds: np.ndarray) -> float:
+    """A value <= the LP's minimum whatever the solver's tolerances (Neumaier and Shcherbina, 2004).
+
+    For ``min c.x, A x <= b, 0 <= x <= u`` and any ``y <= 0``: ``c.x = y.(A x) + r.x >= y.b + sum_j
+    min(0, r_j) u_j`` with ``r = c - A'y``. The solver's duals give a ``y`` close to optimal, so this is
+    its minimum less what its tolerances hide. A variable without an upper bound (the latency) gets twice
+    its optimum: plans with a latency above that are above the bound anyway.
+    """
+    y = np.minimum(result.ineqlin.marginals, 0.0)
+    reduced = c - a_ub.T @ y
+    upper = bounds[:, 1].copy()
+    free = np.isinf(upper)
+    upper[free] = 2.0 * np.maximum(result.x[free], 0.0)
+    return float(b_ub @ y + np.minimum(reduced, 0.0) @ upper)
 
 
 class _Relaxation:
-    """The LP of the module docstring: ``X[d, g]`` the fraction of group ``g``'s output rows device ``d``
-    computes, ``F[a, b]`` the fraction of boundary ``b``'s rows sent over arc ``a``; for latency (no
-    ``power``) also ``T``, for energy the powers that price seconds of compute, sending and receiving."""
+    """The LP of the module docstring, over fractions of rows.
+
+    ``X[d, g]``: the fraction of group ``g``'s output rows device ``d`` computes. Rows of boundary ``b``
+    reach a device ``t`` along paths: ``P[b, t, a]`` is the fraction of them that device ``t`` gets over
+    arc ``a``, a flow that starts where the rows are produced (the source for the input, a device that
+    computed them otherwise) and whose net inflow at ``t`` is what ``t`` holds beyond its own rows, so rows
+    cannot come from nowhere (a path, not a cycle). ``L[a, b]``: distinct rows of boundary ``b`` over arc
+    ``a``, at least every destination's flow on it (rows sent once may serve several destinations, as a
+    relay's do). For latency (no ``power``) column 0 is ``T``; for energy, ``power`` prices seconds of
+    compute, sending and receiving.
+    """
 
     def __init__(
         self,
@@ -265,21 +294,60 @@ class _Relaxation:
     ):
         self.inst, self.facts, self.power = inst, facts, power
         n_dev, n_groups, n_arcs = len(inst.devices), len(facts.work), len(inst.arcs)
-        self.n_groups, self.n_bounds = n_groups, n_groups + 1
+        self.n_groups, self.n_bounds, self.n_arcs = n_groups, n_groups + 1, n_arcs
+        # destinations: devices that can compute, and the sink
+        self.targets = [d for d in range(n_dev) if inst.can_compute[d] or d == inst.sink]
+        self.slot = {t: i for i, t in enumerate(self.targets)}
         self.x0 = 1 if power is None else 0  # column 0 is T when timed
-        self.f0 = self.x0 + n_dev * n_groups
-        self.n_vars = self.f0 + n_arcs * self.n_bounds
+        self.p0 = self.x0 + n_dev * n_groups
+        self.l0 = self.p0 + self.n_bounds * len(self.targets) * n_arcs
+        self.n_vars = self.l0 + n_arcs * self.n_bounds
         self.into = [[a for a, (_, v) in enumerate(inst.arcs) if v == d] for d in range(n_dev)]
+        self.out = [[a for a, (u, _) in enumerate(inst.arcs) if u == d] for d in range(n_dev)]
         self.rows: list[int] = []
         self.cols: list[int] = []
         self.vals: list[float] = []
         self.rhs: list[float] = []
+        # the objective's unit (seconds or joules), so that the LP's coefficients are at most 1: solvers'
+        # tolerances are absolute, and a model of microseconds would sit below them
+        self.unit = float(
+            max(self._compute_seconds().max(initial=0.0), self._send_seconds().max(initial=0.0))
+        )
+        if power is not None:
+            self.unit = float(self._costs().max(initial=0.0))
+        self.unit = self.unit if self.unit > 0 else 1.0
+
+    def _compute_seconds(self) -> np.ndarray:
+        """(devices, groups): seconds to compute a whole group on a device (0 on a device that is down: it
+        computes nothing)."""
+        rate = self.inst.work_rate[:, None]
+        work = np.broadcast_to(self.facts.work[None, :], (rate.size, self.facts.work.size))
+        return np.divide(work, rate, out=np.zeros_like(work), where=rate > 0)
+
+    def _send_seconds(self) -> np.ndarray:
+        """(arcs, boundaries): seconds to send a whole boundary tensor over an arc."""
+        return self.inst.arc_spb[:, None] * self.facts.nbytes[None, :]
+
+    def _costs(self) -> np.ndarray:
+        """Joules of every X then every load column (energy objective), unscaled."""
+        compute_w, transmit_w, receive_w = self.power
+        arcs = np.array(self.inst.arcs, dtype=np.int64).reshape(-1, 2)
+        radio_w = transmit_w[arcs[:, 0]] + receive_w[arcs[:, 1]]
+        return np.concatenate(
+            [
+                (self._compute_seconds() * compute_w[:, None]).ravel(),
+                (self._send_seconds() * radio_w[:, None]).ravel(),
+            ]
+        )
 
     def x(self, d: int, g: int) -> int:
         return self.x0 + d * self.n_groups + g
 
-    def f(self, a: int, b: int) -> int:
-        return self.f0 + a * self.n_bounds + b
+    def p(self, b: int, t: int, a: int) -> int:
+        return self.p0 + (b * len(self.targets) + self.slot[t]) * self.n_arcs + a
+
+    def load(self, a: int, b: int) -> int:
+        return self.l0 + a * self.n_bounds + b
 
     def _row(self, terms: list[tuple[int, float]], rhs: float) -> None:
         r = len(self.rhs)
@@ -289,28 +357,43 @@ class _Relaxation:
             self.vals.append(val)
         self.rhs.append(rhs)
 
-    def _held(self, d: int, b: int, scale: float) -> list[tuple[int, float]]:
-        """``-scale`` x (rows of boundary ``b`` device ``d`` holds): what it computed of the group ending
-        there plus what reached it (the source's input is a constant, handled by the caller)."""
-        terms = [(self.f(a, b), -scale) for a in self.into[d]]
-        if b > 0:
-            terms.append((self.x(d, b - 1), -scale))
-        return terms
+    def _net_inflow(self, b: int, t: int, u: int, scale: float) -> list[tuple[int, float]]:
+        """``scale`` x (flow of boundary ``b``'s rows bound for ``t`` into ``u`` minus out of ``u``)."""
+        return [(self.p(b, t, a), scale) for a in self.into[u]] + [
+            (self.p(b, t, a), -scale) for a in self.out[u]
+        ]
+
+    def _produced(self, u: int, b: int, scale: float) -> tuple[list[tuple[int, float]], float]:
+        """``scale`` x (rows of boundary ``b`` device ``u`` produces) as (terms, constant)."""
+        if b == 0:
+            return [], scale if u == self.inst.source else 0.0
+        return [(self.x(u, b - 1), scale)], 0.0
+
+    def _held_at_least(self, t: int, b: int, amount: list[tuple[int, float]], rhs: float) -> None:
+        """Row: ``amount`` <= rows of boundary ``b`` device ``t`` holds (produced plus net inflow), with
+        ``amount`` given as terms minus ``rhs``."""
+        produced, constant = self._produced(t, b, -1.0)
+        self._row([*amount, *produced, *self._net_inflow(b, t, t, -1.0)], rhs - constant)
 
     def arrays(self):
         inst, facts = self.inst, self.facts
         n_dev = len(inst.devices)
-        for d in range(n_dev):
-            for g in range(self.n_groups):
-                if not (g == 0 and d == inst.source):  # computes only from rows it holds
-                    self._row([(self.x(d, g), 1.0), *self._held(d, g, facts.reach[g])], 0.0)
-        for a, (u, _) in enumerate(inst.arcs):
+        for t in self.targets:
             for b in range(self.n_bounds):
-                if not (b == 0 and u == inst.source):  # sends only rows it holds
-                    self._row([(self.f(a, b), 1.0), *self._held(u, b, 1.0)], 0.0)
+                for u in range(n_dev):  # paths to t: what leaves u is what reached it or what it produced
+                    if u != t:
+                        produced, constant = self._produced(u, b, -1.0)
+                        self._row([*self._net_inflow(b, t, u, -1.0), *produced], -constant)
+                for a in range(self.n_arcs):
+                    self._row([(self.p(b, t, a), 1.0), (self.load(a, b), -1.0)], 0.0)
+            if not inst.can_compute[t]:
+                continue
+            for g in range(self.n_groups):  # computes only from rows it holds
+                if not (g == 0 and t == inst.source):
+                    self._held_at_least(t, g, [(self.x(t, g), 1.0 / facts.reach[g])], 0.0)
         for g in range(self.n_groups):  # every needed row of every group is computed
             self._row([(self.x(d, g), -1.0) for d in range(n_dev)], -facts.needed[g])
-        self._row(self._held(inst.sink, self.n_groups, 1.0), -1.0)  # the sink holds the output
+        self._held_at_least(inst.sink, self.n_groups, [], -1.0)  # the sink holds the whole output
         if self.power is None:
             self._capacity_rows()
         a_ub = coo_matrix((self.vals, (self.rows, self.cols)), shape=(len(self.rhs), self.n_vars)).tocsr()
@@ -323,18 +406,12 @@ class _Relaxation:
         return a_ub, np.array(self.rhs), self._objective(), bounds
 
     def _capacity_rows(self) -> None:
-        """Each device computes, and each radio sends, for at most ``T`` seconds."""
-        inst, facts = self.inst, self.facts
-        for d in range(len(inst.devices)):
-            if inst.can_compute[d]:
-                terms = [(self.x(d, g), facts.work[g] / inst.work_rate[d]) for g in range(self.n_groups)]
-                self._row([(0, -1.0), *terms], 0.0)
-            terms = [
-                (self.f(a, b), facts.nbytes[b] * inst.arc_spb[a])
-                for a, (u, _) in enumerate(inst.arcs)
-                if u == d
-                for b in range(self.n_bounds)
-            ]
+        """Each device computes, and each radio sends, for at most ``T`` seconds (in ``unit``s)."""
+        compute, send = self._compute_seconds() / self.unit, self._send_seconds() / self.unit
+        for d in range(len(self.inst.devices)):
+            if self.inst.can_compute[d]:
+                self._row([(0, -1.0), *((self.x(d, g), compute[d, g]) for g in range(self.n_groups))], 0.0)
+            terms = [(self.load(a, b), send[a, b]) for a in self.out[d] for b in range(self.n_bounds)]
             if terms:
                 self._row([(0, -1.0), *terms], 0.0)
 
@@ -343,12 +420,9 @@ class _Relaxation:
         if self.power is None:
             c[0] = 1.0
             return c
-        inst, facts = self.inst, self.facts
-        compute_w, transmit_w, receive_w = self.power
-        for d in np.flatnonzero(inst.can_compute):
-            for g in range(self.n_groups):
-                c[self.x(d, g)] = facts.work[g] / inst.work_rate[d] * compute_w[d]
-        for a, (u, v) in enumerate(inst.arcs):
-            for b in range(self.n_bounds):
-                c[self.f(a, b)] = facts.nbytes[b] * inst.arc_spb[a] * (transmit_w[u] + receive_w[v])
+        # X columns are laid out device by device, group by group; loads arc by arc, boundary by boundary
+        n_x = len(self.inst.devices) * self.n_groups
+        costs = self._costs() / self.unit
+        c[self.x0 : self.x0 + n_x] = costs[:n_x]
+        c[self.l0 :] = costs[n_x:]
         return c
