@@ -135,7 +135,7 @@ class _Instance:
     """One snapshot as the relaxation sees it: devices, directed arcs and their seconds per byte."""
 
     devices: tuple[str, ...]
-    can_compute: np.ndarray  # bool per device: available
+    can_compute: np.ndarray  # bool per device: available, at a measured speed above 0
     work_rate: np.ndarray  # work units per second per device at its measured speed (0 when down)
     arcs: list[tuple[int, int]]  # directed (from, to) over links that carry data
     arc_spb: np.ndarray  # seconds per byte of each arc
@@ -161,7 +161,14 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
             spb += [BITS / (mbps * 1e6)] * 2
             latency += [link.latency_s] * 2
     return _Instance(
-        names, up, rate, arcs, np.array(spb), np.array(latency), index[snapshot.source], index[snapshot.sink]
+        names,
+        rate > 0,
+        rate,
+        arcs,
+        np.array(spb),
+        np.array(latency),
+        index[snapshot.source],
+        index[snapshot.sink],
     )
 
 
