@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="compare planners on identical snapshots")
     c.add_argument("--cluster", required=True, help="cluster YAML or disnet-mesh/1 JSON")
     c.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    c.add_argument("--agents", default="optimal,disnet,modnn,deepslicing,deepthings,neurosurgeon,local")
+    c.add_argument(
+        "--agents",
+        default="optimal,disnet,modnn,modnn-p2p,deepslicing,deepthings,deepthings-equal,neurosurgeon,local",
+    )
     c.add_argument("--bandwidth-cap", type=float, default=None, help="cap every link at MBPS")
     c.add_argument("--backend", choices=("sim", "live"), default="sim")
     c.add_argument("--requests", type=int, default=20)

@@ -30,6 +30,7 @@ PLANNERS: dict[str, Callable[..., Planner]] = {
     "modnn-p2p": lambda cost_model=None, **options: MoDNN(cost_model, gather=False, **options),
     "deepslicing": DeepSlicing,
     "deepthings": DeepThings,
+    "deepthings-equal": lambda cost_model=None, **options: DeepThings(cost_model, equal=True, **options),
     "neurosurgeon": Neurosurgeon,
     "local": LocalOnly,
 }

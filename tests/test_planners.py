@@ -250,3 +250,19 @@ def test_modnn_gathers_at_the_source_after_every_split_layer(tiny):
     assert all(a != b for a, b in itertools.pairwise(owner_only))  # split, gather, split, ...
     p2p = MoDNN(gather=False).plan(snap, tiny, LATENCY)
     assert all(len(st.devices) > 1 for st in p2p.stages)
+
+
+def test_deepthings_shares_tiles_by_speed_and_its_equal_reading_is_bound_by_the_slowest():
+    graph = LayerGraph.from_model(models.build("tiny"), (3, 128, 128), "tiny")  # rows enough for 5 bands
+    snap = snapshot(five_spec())
+    stealing, equal = make_planner("deepthings"), make_planner("deepthings-equal")
+    fused = stealing.plan(snap, graph, LATENCY).stages[0]
+    fused_equal = equal.plan(snap, graph, LATENCY).stages[0]
+    assert fused.devices == fused_equal.devices and len(fused.devices) == 5
+    speed_total = sum(snap.device_gflops(d) for d in fused.devices)
+    share_total = sum(a.share for a in fused.assignments)
+    for a in fused.assignments:
+        assert a.share / share_total == pytest.approx(snap.device_gflops(a.device) / speed_total)
+    assert len({a.share for a in fused_equal.assignments}) == 1
+    faster = score(graph, snap, stealing.plan(snap, graph, LATENCY), LATENCY)
+    assert faster < score(graph, snap, equal.plan(snap, graph, LATENCY), LATENCY)
