@@ -565,15 +565,19 @@ class Worker:
         self.weights = WeightStore(model_file, limits.max_models, self._models_in_use)
         self.budget = ByteBudget(limits.peer_budget_bytes, limits.total_budget_bytes)
         self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.router.router_mandatory = 1
-        self.router.router_handover = 1
-        self.router.maxmsgsize = limits.max_message_bytes  # per frame: libzmq drops a bigger one unread
         self._auth = None
-        if curve_keys is not None:
-            self._auth = secure_server(self.router, curve_keys, self.ctx, device)
-        self.router.bind(bind)
+        try:
+            self.router = self.ctx.socket(zmq.ROUTER)
+            self.router.linger = 0
+            self.router.router_mandatory = 1
+            self.router.router_handover = 1
+            self.router.maxmsgsize = limits.max_message_bytes  # per frame: libzmq drops a bigger one unread
+            if curve_keys is not None:
+                self._auth = secure_server(self.router, curve_keys, self.ctx, device)
+            self.router.bind(bind)
+        except BaseException:  # a missing key or a bad endpoint: leave no socket behind
+            self.ctx.destroy(linger=0)
+            raise
         self.endpoint = self.router.last_endpoint.decode()
         self._outbox = self.ctx.socket(zmq.PULL)
         self._outbox.bind(f"inproc://outbox-{id(self)}")
