@@ -41,6 +41,7 @@ across hosts; ``wall_s`` is the controller's own round trip.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -298,7 +299,9 @@ class Controller:
         self._results: dict[int, Result] = {}
         self._newly_down: list[str] = []
         self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
-        self._used_ids: set[int] = set()  # plan, request and attempt ids: random, never reused
+        # request ids (never on the wire) count from a random point; plan and attempt ids, which a worker
+        # outside a plan would have to guess to forge a report, are random 63-bit numbers
+        self._rids = itertools.count(secrets.randbits(52))
         self._last_ping = 0.0
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
@@ -326,11 +329,8 @@ class Controller:
             raise
 
     def _new_id(self) -> int:
-        """An unpredictable 63-bit id (a wire request id) this controller never used before."""
-        while (i := secrets.randbits(63)) in self._used_ids:
-            pass
-        self._used_ids.add(i)
-        return i
+        """An unpredictable 63-bit plan or attempt id (a repeat is as likely as a guess: never, in practice)."""
+        return secrets.randbits(63)
 
     def _spec_endpoints(self) -> dict[str, str]:
         return {d: f"tcp://{dev.address}" for d, dev in self.spec.devices.items() if dev.address}
@@ -850,7 +850,7 @@ class Controller:
         x = (x.unsqueeze(0) if x.dim() == 3 else x).contiguous()
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input shape {tuple(x.shape)} does not fit the model's {self.input_shape}")
-        p = _Pending(self._new_id(), x, time.time())
+        p = _Pending(next(self._rids), x, time.time())
         self._pending[p.rid] = p
         self._start(p)
         return p.rid

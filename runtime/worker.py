@@ -421,19 +421,25 @@ class WeightStore:
             model = self._models.get(key)
             if model is None:
                 self._make_room()
-                module = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
-                layers = models.layers(module)
-                graph = LayerGraph.from_model(module, shape, name)
-                model = _Model(module, layers, {id(m): n for n, m in module.named_modules()}, graph)
-                if not self.model_file:
-                    model.loaded.update(range(len(layers)))
-                self._models[key] = model
+        if model is None:  # built without the lock: the status (PONG) reads the store meanwhile
+            model = self._build(name, seed, shape)
+        with self._lock:
+            model = self._models.setdefault(key, model)
             self._models.move_to_end(key)
             for u in sorted(set(units) - model.loaded):
                 for module in model.layers[u][1]:
                     self._load_module(module, model.names)
                 model.loaded.add(u)
             return model.graph
+
+    def _build(self, name: str, seed: int, shape: tuple[int, ...]) -> _Model:
+        module = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
+        layers = models.layers(module)
+        graph = LayerGraph.from_model(module, shape, name)
+        model = _Model(module, layers, {id(m): n for n, m in module.named_modules()}, graph)
+        if not self.model_file:
+            model.loaded.update(range(len(layers)))
+        return model
 
     def key(self, name: str, seed: int, shape: tuple[int, ...]) -> tuple:
         """What tells two builds apart (with a checkpoint the seed does not matter)."""

@@ -103,7 +103,8 @@ def _inputs(n: int, seed: int) -> list[torch.Tensor]:
 def _check_stream(results, xs, reference) -> None:
     assert len(results) == len(xs)
     assert len({r.rid for r in results}) == len(xs)  # nothing duplicated
-    for x, r in zip(xs, results, strict=True):  # in submission order: each output is its input's
+    assert [r.rid for r in results] == sorted(r.rid for r in results)  # in submission order
+    for x, r in zip(xs, results, strict=True):
         torch.testing.assert_close(r.output, reference(x), rtol=1e-4, atol=1e-5)
 
 

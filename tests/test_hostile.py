@@ -442,7 +442,7 @@ def test_the_controller_accepts_only_the_sinks_result_of_the_right_shape_and_ver
     _still_serves(plain_cluster, reference, seed=8)
 
 
-def test_request_ids_are_unpredictable(plain_cluster):
+def test_plan_and_attempt_ids_are_unpredictable(plain_cluster):
     ctl = plain_cluster.controller
     ids = [ctl._new_id() for _ in range(1000)]
     assert len(set(ids)) == 1000 and max(ids).bit_length() > 60
