@@ -1,6 +1,6 @@
 """A worker: one device of the cluster, running its share of every deployed plan.
 
-``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR]``
+``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR | --insecure]``
 
 The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
@@ -35,6 +35,14 @@ across plan swaps. Without ``--model-file`` the worker builds the whole seeded m
 
 Anything malformed (bad frames, wrong version, unknown plan or request, a plan naming an unknown
 device) gets an ERROR reply or a log line, and the worker keeps serving.
+
+Secure and bounded by default: a worker bound beyond loopback refuses to start without CURVE keys
+unless ``--insecure`` (then it warns at start and in every PONG); under CURVE only the controller's key
+configures and deploys, and a device's key only sends its own bands along the plan's routes
+(``runtime.auth``). Every band is checked against the deployed plan (route, rows, shape, dtype) before
+it is held or queued; received bytes count against per-sender budgets, queues, plans per client, input
+size and model builds are bounded (``runtime.limits``: a named default and a flag each), and models are
+built on a build thread, so the I/O thread keeps answering while a deployment's model is built.
 """
 
 from __future__ import annotations
