@@ -23,6 +23,7 @@ priced as above, and a local search (agents/local_search.py) under the same pric
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -37,16 +38,17 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
 
-def history_scenarios(snapshot: Snapshot) -> list[Snapshot]:
-    """One snapshot per second of link history (every link at its mean over that second); the snapshot
-    itself when it has no history."""
+def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot, float]]:
+    """One snapshot per second of link history (every link at its mean over that second), with its weight
+    (seconds alike are priced once); the snapshot itself when it has no history."""
     keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
     width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
     if width == 0:
-        return [snapshot]
+        return [(snapshot, 1.0)]
+    seconds = Counter(tuple(snapshot.link_history[k][-width + j] for k in keys) for j in range(width))
     return [
-        replace(snapshot, link_mbps={k: snapshot.link_history[k][-width + j] for k in keys})
-        for j in range(width)
+        (replace(snapshot, link_mbps=dict(zip(keys, rates, strict=True))), n / width)
+        for rates, n in seconds.items()
     ]
 
 
@@ -92,12 +94,12 @@ class RobustSearch(PlanSearch):
 
     def price(self, plan: Plan) -> float:
         t = self.snapshot.time
-        costs = [self.model.cost(plan, s, t) for s in self.scenarios]
-        expected = float(np.mean([self.objective.score(c) for c in costs]))
+        costs = [(self.model.cost(plan, s, t), weight) for s, weight in self.scenarios]
+        expected = sum(self.objective.score(c) * w for c, w in costs)
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
         if hazard == 0:
             return expected
-        latency = float(np.mean([c.latency_s for c in costs]))
+        latency = sum(c.latency_s * w for c, w in costs)
         return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
 
 
