@@ -44,15 +44,21 @@ def used(model, plan):
     return set(model.skeleton(plan).devices)
 
 
-def test_history_becomes_weighted_scenarios_and_a_harmonic_view():
+def test_history_becomes_replayed_worlds_and_a_harmonic_view():
     spec = slow_star()
     snap = NetworkState.static(spec).snapshot(10.0)
-    history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {link_key("s", "h1"): (20.0, 5.0) * 4}
-    snap = replace(snap, link_history=history)
+    assert history_scenarios(snap) == [(snap, 10.0)]  # a steady history: the snapshot says it all
+    wander = (20.0, 0.0, 20.0, 20.0) * 2
+    snap = replace(
+        snap, link_history=dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {link_key("s", "h1"): wander}
+    )
     scenarios = history_scenarios(snap)
-    assert sorted(w for _, w in scenarios) == [0.5, 0.5]  # two distinct seconds, four of each
-    assert {s.link_mbps[link_key("s", "h1")] for s, _ in scenarios} == {20.0, 5.0}
-    assert harmonic_view(snap).link_mbps[link_key("s", "h1")] == pytest.approx(2 / (1 / 20 + 1 / 5))
+    assert len(scenarios) == 8 and {t0 for _, t0 in scenarios} == {0.0}
+    replay = [world.link_schedule("s", "h1") for world, _ in scenarios]
+    assert list(replay[1].mbps) == [0.01, 20.0, 20.0, 20.0, 0.01, 20.0, 20.0, 20.0]  # from the 2nd second on
+    # 30 Mbit: 1 s at 20 Mbit/s, a second of outage waited out, half a second at 20 again
+    assert replay[0].transfer_time(3.75e6, 0.0) == pytest.approx(2.5, abs=1e-3)
+    assert harmonic_view(snap).link_mbps[link_key("s", "h1")] == pytest.approx(7 / (4 / 10.0 + 3 / 20.0))
     assert harmonic_view(snap).link_mbps[link_key("s", "k")] == pytest.approx(10.0)
 
 
@@ -88,10 +94,10 @@ def test_the_robust_optimiser_prefers_a_steady_link_to_one_that_wanders(tiny):
     snap = replace(snap, link_history=steady | wander, link_mbps=snap.link_mbps | {link_key("s", "h1"): 20.0})
     trusting = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
     robust = make_planner("optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
-    scenarios = [(s, w) for s, w in history_scenarios(snap)]
+    scenarios = history_scenarios(snap)
 
     def expected(plan):
-        return sum(model.latency(plan, s, s.time) * w for s, w in scenarios)
+        return sum(model.latency(plan, world, t0) for world, t0 in scenarios) / len(scenarios)
 
     assert expected(robust) < expected(trusting)
 
