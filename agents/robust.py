@@ -6,19 +6,18 @@ device keeps failing. This planner prices both from the snapshot alone (never th
 
 - **link variability**: a plan's objective is its mean over scenarios drawn from the history window:
   scenario j replays every link's last seconds from the j-th on, wrapping around (links that faded
-  together stay together, and a transfer is integrated over the replay as over a trace), and one more
-  scenario has every link back at its spec rate (the long-run rate it returns to: on bursty links the
-  last seconds predict the next ones poorly). A transfer's time is bytes / rate, so a plan leaning on a
-  wandering link pays for its slow seconds more than its fast ones repay;
+  together stay together, and a transfer is integrated over the replay as over a trace). A transfer's
+  time is bytes / rate, so a plan leaning on a wandering link pays for its slow seconds more than its
+  fast ones repay;
 - **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
   devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
   on the best single device, so that probability is charged the retry's objective.
 
-Search: candidates are the snapshot optimiser's plans on a *harmonic* view (each link at the harmonic
-mean of its history's two-second means, about the rate at which a transfer's expected time is right)
-and on the spec view, its plan on the harmonic view without the devices that failed in the window (only when
+Search: candidates are the snapshot optimiser's plans on the snapshot and on a *harmonic* view (each
+link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
+expected time is right), its plan on that view without the devices that failed in the window (only when
 some did), and every baseline's plan; all are priced as above, and a local search
 (agents/local_search.py) under the same pricing improves the best.
 """
@@ -41,15 +40,13 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
 FLOOR_MBPS = 0.01  # what a second measured at 0 Mbit/s counts as in a scenario
-REPLAY_STEP_S = 2  # a replay starts every this many seconds of the history window
 
 
 def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState, float]]:
-    """The links at their spec rates, and worlds that replay the links' history window, each starting
-    ``REPLAY_STEP_S`` seconds later and wrapping around, each with the start time to price a plan at:
-    what the next seconds would cost if they repeat the last ones, or if the links return to their
-    long-run rates. A second measured at 0 Mbit/s counts as ``FLOOR_MBPS`` (a transfer waits out an
-    outage; it does not take forever). The snapshot itself when the history is constant or missing."""
+    """Worlds that replay the links' history window, each starting at another of its seconds and
+    wrapping around, with the start time to price a plan at: what the next seconds would cost if they
+    repeat the last ones. A second measured at 0 Mbit/s counts as ``FLOOR_MBPS`` (a transfer waits out
+    an outage; it does not take forever). The snapshot itself when the history is constant or missing."""
     keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
     width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
     history = {k: np.maximum(snapshot.link_history[k][-width:], FLOOR_MBPS) for k in keys} if width else {}
@@ -57,16 +54,11 @@ def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState,
         return [(snapshot, snapshot.time)]
     seconds = np.arange(width, dtype=np.float64)
     speeds = {d: constant(snapshot.speed[d]) for d in snapshot.spec.devices}
-    worlds: list[tuple[Snapshot | NetworkState, float]] = [(spec_view(snapshot), snapshot.time)]
-    for j in range(0, width, REPLAY_STEP_S):
+    worlds = []
+    for j in range(width):
         traces = {k: Trace(seconds, np.roll(h, -j), width, "history") for k, h in history.items()}
         worlds.append((NetworkState(snapshot.spec, traces, speeds), 0.0))
     return worlds
-
-
-def spec_view(snapshot: Snapshot) -> Snapshot:
-    """The snapshot with every link at its spec bandwidth: the long-run rate a link returns to."""
-    return replace(snapshot, link_mbps={link_key(ln.a, ln.b): ln.mbps for ln in snapshot.spec.links})
 
 
 def harmonic_view(snapshot: Snapshot, pair_s: int = 2) -> Snapshot:
@@ -134,7 +126,7 @@ class RobustPlanner(Planner):
         self,
         cost_model: CostModel | None = None,
         *,
-        refine_evaluations: int = 80,
+        refine_evaluations: int = 120,
         prior_s: float = 60.0,
         seed: int = 0,
         **optimiser_options,
@@ -155,7 +147,7 @@ class RobustPlanner(Planner):
         )
         search = RobustSearch(model, snapshot, graph, objective, rates, retry)
         view = harmonic_view(snapshot)
-        views = [view, spec_view(snapshot)]
+        views = [snapshot, view]
         failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
         if failed and view.available - failed:
             views.append(replace(view, available=view.available - failed))
