@@ -3,8 +3,9 @@
 It plans each request on the world's true future over that request (``NetworkState.foresight``: the
 traces themselves, device load, and who stays up), with the snapshot optimiser, so every candidate is
 priced on the world itself. The future it looks at has to cover the request, whose length depends on the
-plan: starting from ``first_horizon_s`` it re-plans on a longer window while the plan it found takes
-longer than the window it was planned on (devices that go down later than that are no risk to it).
+plan: it plans on the next ``first_horizon_s`` seconds (the devices up throughout them, the mean rates
+over them), and while the plan it found would lose a device before it ends, it plans again on a window as
+long as that plan and at least twice the last (a device that fails only after the request is no risk).
 
 It is a search, not an enumeration: on large instances another planner can beat it on some requests, so
 a regret may be negative there. Every comparison reports each agent's regret against it
@@ -26,14 +27,14 @@ class Clairvoyant(Planner):
     options go to the snapshot optimiser it is built on."""
 
     name = "clairvoyant"
-    ROUNDS = 4  # re-plans on a longer window at most this often
+    ROUNDS = 4  # plans on a longer window at most this often
 
     def __init__(
         self,
         cost_model: CostModel | None = None,
         *,
         world: NetworkState,
-        first_horizon_s: float = 2.0,
+        first_horizon_s: float = 1.0,
         **optimiser_options,
     ) -> None:
         super().__init__(cost_model)
@@ -48,9 +49,9 @@ class Clairvoyant(Planner):
         for _ in range(self.ROUNDS):
             plan = self.optimiser.plan(self.world.foresight(t, horizon), graph, objective)
             latency = model.cost(plan, self.world, t).latency_s
-            if latency <= horizon:
+            if not self.world.down_during(model.skeleton(plan).devices, t, t + latency):
                 break
-            horizon = latency
+            horizon = max(latency, 2 * horizon)
         self.last_score = objective.score(model.cost(plan, self.world, t))
         return plan
 

@@ -12,7 +12,6 @@ plans are from its certified bound, and, when ``clairvoyant`` is among the agent
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Callable
@@ -258,13 +257,28 @@ def summarize(records: list[RequestRecord]) -> dict[str, dict]:
     return summary
 
 
+def _requests(records: list[RequestRecord]) -> list[list[RequestRecord]]:
+    """The records grouped by request: ``run_comparison`` is request-major, so a request's records are
+    consecutive, and a new one starts where the index or time changes or an agent comes again (the same
+    index and time in the next world of one record list)."""
+    out: list[list[RequestRecord]] = []
+    for r in records:
+        last = out[-1] if out else None
+        if (
+            last
+            and (last[0].index, last[0].time_s) == (r.index, r.time_s)
+            and r.agent not in {x.agent for x in last}
+        ):
+            last.append(r)
+        else:
+            out.append([r])
+    return out
+
+
 def _regrets(records: list[RequestRecord]) -> dict[int, float]:
-    """Per record (by id): its latency over the clairvoyant's on the same request, minus 1. A request's
-    records are consecutive (``run_comparison`` is request-major), which tells apart requests of the
-    same index and time in different worlds of one record list."""
+    """Per record (by id): its latency over the clairvoyant's on the same request, minus 1."""
     out: dict[int, float] = {}
-    for _, group in itertools.groupby(records, key=lambda r: (r.index, r.time_s)):
-        request = list(group)
+    for request in _requests(records):
         ceiling = next((r.latency_s for r in request if r.agent == CLAIRVOYANT), None)
         if ceiling is not None:
             out.update((id(r), r.latency_s / ceiling - 1.0) for r in request)

@@ -4,20 +4,22 @@ The snapshot optimiser (agents/optimizer.py, ``snapshot-optimal``) takes the mea
 they held for the whole request; where links wander its plans are fragile, and it cannot see that a
 device keeps failing. This planner prices both from the snapshot alone (never the future):
 
-- **link variability**: a plan's objective is its mean over scenarios drawn from the history window,
-  one scenario per second of history (every link at its mean over that second, so links that faded
-  together stay together). A transfer's time is bytes / rate, so a plan leaning on a wandering link
-  pays for its slow seconds more than its fast ones repay;
+- **link variability**: a plan's objective is its mean over scenarios drawn from the history window:
+  scenario j replays every link's last seconds from the j-th on, wrapping around (links that faded
+  together stay together, and a transfer is integrated over the replay as over a trace). A transfer's
+  time is bytes / rate, so a plan leaning on a wandering link pays for its slow seconds more than its
+  fast ones repay;
 - **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
   devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
   on the best single device, so that probability is charged the retry's objective.
 
-Search: candidates are the snapshot optimiser's plan on a *harmonic* view (each link at the harmonic
-mean of its history, the rate at which a transfer's expected time is right), its plan on that view
-without the devices that failed in the window (only when some did), and every baseline's plan; all are
-priced as above, and a local search (agents/local_search.py) under the same pricing improves the best.
+Search: candidates are the snapshot optimiser's plans on the snapshot and on a *harmonic* view (each
+link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
+expected time is right), its plan on that view without the devices that failed in the window (only when
+some did), and every baseline's plan; all are priced as above, and a local search
+(agents/local_search.py) under the same pricing improves the best.
 """
 
 from __future__ import annotations
@@ -32,31 +34,44 @@ from agents.local_search import PlanSearch
 from agents.optimizer import OptimalPlanner
 from env.completion import Shape, complete, net_view
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot, link_key
+from env.network import NetworkState, Snapshot, link_key
+from env.traces import Trace, constant
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
+FLOOR_MBPS = 0.01  # what a second measured at 0 Mbit/s counts as in a scenario
 
-def history_scenarios(snapshot: Snapshot) -> list[Snapshot]:
-    """One snapshot per second of link history (every link at its mean over that second); the snapshot
-    itself when it has no history."""
+
+def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState, float]]:
+    """Worlds that replay the links' history window, each starting at another of its seconds and
+    wrapping around, with the start time to price a plan at: what the next seconds would cost if they
+    repeat the last ones. A second measured at 0 Mbit/s counts as ``FLOOR_MBPS`` (a transfer waits out
+    an outage; it does not take forever). The snapshot itself when the history is constant or missing."""
     keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
     width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
-    if width == 0:
-        return [snapshot]
-    return [
-        replace(snapshot, link_mbps={k: snapshot.link_history[k][-width + j] for k in keys})
-        for j in range(width)
-    ]
+    history = {k: np.maximum(snapshot.link_history[k][-width:], FLOOR_MBPS) for k in keys} if width else {}
+    if all(h.min() == h.max() for h in history.values()):
+        return [(snapshot, snapshot.time)]
+    seconds = np.arange(width, dtype=np.float64)
+    speeds = {d: constant(snapshot.speed[d]) for d in snapshot.spec.devices}
+    worlds = []
+    for j in range(width):
+        traces = {k: Trace(seconds, np.roll(h, -j), width, "history") for k, h in history.items()}
+        worlds.append((NetworkState(snapshot.spec, traces, speeds), 0.0))
+    return worlds
 
 
-def harmonic_view(snapshot: Snapshot) -> Snapshot:
-    """The snapshot with each link at the harmonic mean of its history (a link that measured 0 in some
-    second stays at its windowed mean, which already counts that second)."""
+def harmonic_view(snapshot: Snapshot, pair_s: int = 2) -> Snapshot:
+    """The snapshot with each link at the harmonic mean of its history's ``pair_s``-second means (the
+    rate at which a transfer of about that length takes its expected time; 0 counts as ``FLOOR_MBPS``)."""
     rates = {}
     for key, mbps in snapshot.link_mbps.items():
-        history = snapshot.link_history.get(key, ())
-        rates[key] = len(history) / sum(1 / r for r in history) if history and min(history) > 0 else mbps
+        history = np.asarray(snapshot.link_history.get(key, ()), dtype=np.float64)
+        if history.size < pair_s:
+            rates[key] = mbps
+            continue
+        means = np.maximum(np.convolve(history, np.ones(pair_s) / pair_s, mode="valid"), FLOOR_MBPS)
+        rates[key] = float(means.size / np.sum(1.0 / means))
     return replace(snapshot, link_mbps=rates)
 
 
@@ -91,8 +106,7 @@ class RobustSearch(PlanSearch):
         self.rates, self.retry = rates, retry
 
     def price(self, plan: Plan) -> float:
-        t = self.snapshot.time
-        costs = [self.model.cost(plan, s, t) for s in self.scenarios]
+        costs = [self.model.cost(plan, conditions, t0) for conditions, t0 in self.scenarios]
         expected = float(np.mean([self.objective.score(c) for c in costs]))
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
         if hazard == 0:
@@ -133,7 +147,7 @@ class RobustPlanner(Planner):
         )
         search = RobustSearch(model, snapshot, graph, objective, rates, retry)
         view = harmonic_view(snapshot)
-        views = [view]
+        views = [snapshot, view]
         failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
         if failed and view.available - failed:
             views.append(replace(view, available=view.available - failed))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import evaluate
+from agents.evaluation import RequestRecord, summarize
 
 CLUSTER = str(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "tiny3.yaml")
 KEYS = {
@@ -16,6 +17,11 @@ KEYS = {
     "decision_time_mean_s",
     "outputs_match",
     "plan",
+    "fallbacks",
+    "failed_requests",
+    "regret_mean",
+    "bound_gap_median",
+    "bound_gap_p95",
 }
 
 
@@ -39,6 +45,39 @@ def test_sim_compare_writes_the_documented_json(tmp_path):
     assert all(best <= s["latency_mean_s"] + 1e-12 for s in report["agents"].values())
     ratio = report["latency_ratio"]["optimal"]["local"]
     assert ratio == report["agents"]["local"]["latency_mean_s"] / best
+    assert all(s["regret_mean"] is None for s in report["agents"].values())  # no clairvoyant asked for
+    assert report["agents"]["local"]["fallbacks"] == 0
+
+
+def test_sim_compare_with_failures_reports_regret_against_the_clairvoyant(tmp_path, capsys):
+    code, report = run(tmp_path, "--agents", "clairvoyant,local", "--requests", "2", "--failures", "3")
+    assert code == 0 and report["failures_per_min"] == 3
+    agents = report["agents"]
+    assert agents["clairvoyant"]["regret_mean"] == 0.0
+    records = {(r["agent"], r["index"]): r["latency_s"] for r in report["records"]}
+    expected = sum(records[("local", i)] / records[("clairvoyant", i)] - 1 for i in range(2)) / 2
+    assert agents["local"]["regret_mean"] == expected > 0
+    assert "regret" in capsys.readouterr().out
+
+
+def record(agent, index, latency, world_time=0.0, fallback=None, gap=None):
+    return RequestRecord(agent, index, world_time, latency, 1.0, 0.0, None, "{}", fallback, gap)
+
+
+def test_summaries_count_fallbacks_and_match_regret_to_the_same_request_of_the_same_world():
+    records = [  # two worlds, requests at the same index and time: regret must not mix them up
+        record("clairvoyant", 0, 1.0),
+        record("ppo", 0, 1.5, fallback="cluster too large"),
+        record("optimal", 0, 1.2, gap=0.1),
+        record("clairvoyant", 0, 2.0),
+        record("ppo", 0, 2.0),
+        record("optimal", 0, 3.0, gap=0.3),
+    ]
+    summary = summarize(records)
+    assert summary["ppo"]["fallbacks"] == 1 and summary["optimal"]["fallbacks"] == 0
+    assert summary["ppo"]["regret_mean"] == (0.5 + 0.0) / 2
+    assert summary["optimal"]["regret_mean"] == (0.2 + 0.5) / 2
+    assert summary["optimal"]["bound_gap_median"] == 0.2 and summary["ppo"]["bound_gap_median"] is None
 
 
 def test_live_compare_checks_every_output(tmp_path):
@@ -55,3 +94,5 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
     code, _ = run(tmp_path, "--agents", "optimal,nosuch")
     assert code == 2
     assert "unknown planner 'nosuch'" in capsys.readouterr().out
+    code, _ = run(tmp_path, "--failures", "-1")
+    assert code == 2 and "rate_per_min" in capsys.readouterr().out

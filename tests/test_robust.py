@@ -1,0 +1,138 @@
+"""The yardstick planners on the tiny model: the robust optimiser prices link variability and failure
+evidence, the clairvoyant plans on the world's true future, and the sim executor's failure rule."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from agents import PlannerError, make_planner
+from agents.evaluation import SimExecutor
+from agents.robust import failure_rates, harmonic_view, history_scenarios
+from env.cost_model import CostModel, Objective
+from env.network import NetworkState, link_key
+from env.traces import constant
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.spec import parse_cluster
+
+torch.set_num_threads(1)
+LATENCY = Objective("latency")
+FAST = {"exact_limit": 0, "max_evaluations": 150}  # the snapshot optimiser's descent: fast on tiny
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+
+
+def slow_star():
+    """s (source) and k (sink) at 0.2 MFLOP/s, helpers h1, h2 at 0.8; every pair linked at 10 Mbit/s:
+    the tiny model takes seconds, so a helper's failure risk and a link's drop matter."""
+    power = {"compute": 1.0, "transmit": 1.0, "receive": 1.0, "idle": 0.1}
+    gflops = {"s": 0.0002, "k": 0.0002, "h1": 0.0008, "h2": 0.0008}
+    devices = [{"id": d, "gflops": g, "power": power} for d, g in gflops.items()]
+    names = list(gflops)
+    links = [{"a": a, "b": b, "mbps": 10} for i, a in enumerate(names) for b in names[i + 1 :]]
+    data = {"format": "disnet-cluster/1", "name": "slow-star", "source": "s", "sink": "k"}
+    return parse_cluster({**data, "devices": devices, "links": links})
+
+
+def used(model, plan):
+    return set(model.skeleton(plan).devices)
+
+
+def test_history_becomes_replayed_worlds_and_a_harmonic_view():
+    spec = slow_star()
+    snap = NetworkState.static(spec).snapshot(10.0)
+    assert history_scenarios(snap) == [(snap, 10.0)]  # a steady history: the snapshot says it all
+    wander = (20.0, 0.0, 20.0, 20.0) * 2
+    snap = replace(
+        snap, link_history=dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {link_key("s", "h1"): wander}
+    )
+    scenarios = history_scenarios(snap)
+    assert len(scenarios) == 8 and {t0 for _, t0 in scenarios} == {0.0}
+    replay = [world.link_schedule("s", "h1") for world, _ in scenarios]
+    assert list(replay[1].mbps) == [0.01, 20.0, 20.0, 20.0, 0.01, 20.0, 20.0, 20.0]  # from the 2nd second on
+    # 30 Mbit: 1 s at 20 Mbit/s, a second of outage waited out, half a second at 20 again
+    assert replay[0].transfer_time(3.75e6, 0.0) == pytest.approx(2.5, abs=1e-3)
+    assert harmonic_view(snap).link_mbps[link_key("s", "h1")] == pytest.approx(7 / (4 / 10.0 + 3 / 20.0))
+    assert harmonic_view(snap).link_mbps[link_key("s", "k")] == pytest.approx(10.0)
+
+
+def test_failure_rates_come_from_the_evidence_shrunk_towards_the_pool():
+    snap = NetworkState.static(slow_star()).snapshot(300.0)
+    assert set(failure_rates(snap, 60.0).values()) == {0.0}  # nothing failed: no risk
+    snap = replace(snap, failures={"h1": 3}, uptime_s=dict.fromkeys(snap.spec.devices, 300.0) | {"h1": 240.0})
+    rates = failure_rates(snap, 60.0)
+    pooled = 3 / (3 * 300.0 + 240.0)
+    assert rates["h1"] == pytest.approx((3 + pooled * 60) / 300.0)
+    assert rates["h2"] == pytest.approx(pooled * 60 / 360.0) and rates["h1"] > 5 * rates["h2"]
+
+
+def test_the_robust_optimiser_avoids_a_device_that_keeps_failing(tiny):
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(300.0)
+    trusting = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
+    assert {"h1", "h2"} <= used(model, trusting)  # both helpers pay off when nothing fails
+    robust = make_planner("optimal", cost_model=model, **FAST)
+    assert used(model, robust.plan(snap, tiny, LATENCY)) >= {"h1", "h2"}
+    flaky = replace(snap, failures={"h1": 60}, uptime_s=dict.fromkeys(spec.devices, 300.0) | {"h1": 200.0})
+    plan = robust.plan(flaky, tiny, LATENCY)
+    assert "h1" not in used(model, plan) and "h2" in used(model, plan)
+
+
+def test_the_robust_optimiser_prefers_a_steady_link_to_one_that_wanders(tiny):
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(30.0)
+    steady = dict.fromkeys(snap.link_mbps, (10.0,) * 8)
+    wander = {link_key("s", "h1"): (39.0, 1.0) * 4}  # windowed mean 20: twice the steady links
+    snap = replace(snap, link_history=steady | wander, link_mbps=snap.link_mbps | {link_key("s", "h1"): 20.0})
+    trusting = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
+    robust = make_planner("optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
+    scenarios = history_scenarios(snap)
+
+    def expected(plan):
+        return sum(model.latency(plan, world, t0) for world, t0 in scenarios) / len(scenarios)
+
+    assert expected(robust) < expected(trusting)
+
+
+def test_the_clairvoyant_sees_a_device_about_to_fail(tiny):
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    world = NetworkState(spec, links, downtime={"h2": [(20.2, 50.0)]})
+    snap = world.snapshot(20.0)
+    trusting = make_planner("snapshot-optimal", cost_model=model, **FAST)
+    clairvoyant = make_planner("clairvoyant", cost_model=model, world=world, **FAST)
+    plan, seen = clairvoyant.plan(snap, tiny, LATENCY), trusting.plan(snap, tiny, LATENCY)
+    assert "h2" in used(model, seen) and "h2" not in used(model, plan)  # a snapshot cannot see it coming
+    execute = SimExecutor(model, world)
+    ceiling, fooled = execute("clairvoyant", 0, 20.0, plan), execute("trusting", 0, 20.0, seen)
+    assert fooled.failed and not ceiling.failed and ceiling.latency_s < fooled.latency_s
+    with pytest.raises(PlannerError, match="evaluation only"):
+        make_planner("clairvoyant")
+
+
+def test_a_request_that_loses_a_device_pays_for_its_retry_on_the_best_single_device(tiny):
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    world = NetworkState(
+        spec, {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}, downtime={"h1": [(0.2, 9.0)]}
+    )
+    plan = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(world.snapshot(0.0), tiny, LATENCY)
+    assert "h1" in used(model, plan)
+    attempt = model.cost(plan, world, 0.0)
+    assert attempt.latency_s > 0.2  # still running when h1 fails
+    outcome = SimExecutor(model, world)("a", 0, 0.0, plan)
+    single = min(
+        model.latency(make_planner("local").plan(world.snapshot(0.0), tiny, LATENCY), world, 0.0), 1e9
+    )
+    assert outcome.failed and outcome.latency_s > attempt.latency_s
+    assert outcome.latency_s - attempt.latency_s <= single + 1e-9  # the best single device, at most local
+    assert not SimExecutor(model, world)("a", 0, 10.0, plan).failed  # h1 is back
