@@ -28,7 +28,7 @@ class Limits:
     max_input_elements: int = 1 << 22  # C x H x W of a model's input (4M: 16 MB of float32)
     max_batch: int = 16  # images per request
     max_plans_per_client: int = 16
-    max_models: int = 1  # distinct (model, seed, input shape) built at once: a worker serves one model
+    max_models: int = 2  # distinct (model, seed, input shape) built at once, including those in use
     max_open_requests: int = 1024
     max_queued: int = 256  # tasks waiting for the compute thread, hops for the radio, builds to do
     peer_budget_bytes: int = 64 * MiB  # received tensor bytes one sender may have alive here

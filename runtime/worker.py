@@ -414,7 +414,7 @@ class WeightStore:
     new input shapes) can exhaust the device's memory. An entry evicted is rebuilt on demand.
     """
 
-    def __init__(self, model_file: Path | None, max_models: int = 1, in_use: Callable[[], set[tuple]] = set):
+    def __init__(self, model_file: Path | None, max_models: int = 2, in_use: Callable[[], set[tuple]] = set):
         self.model_file = model_file
         self.max_models = max_models
         self.in_use = in_use
