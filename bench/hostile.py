@@ -152,8 +152,8 @@ def _attacks(cluster):
         return _first_reply(sock, 3.0)
 
     return [
-        ("8 x 60 MiB bands of no plan, held 20 s", "s0", bands),
         ("3 x 120 MiB frames in one message", "s0", multipart),
+        ("8 x 60 MiB bands of no plan, held 20 s", "s0", bands),
         ("DEPLOY tiny at 3x2048x2048", "s0", input_shape),
         ("2000 DEPLOYs of new plan ids", "s0", plans),
         ("header with rid -5", "s0", negative_rid),
@@ -162,7 +162,7 @@ def _attacks(cluster):
 
 
 def _seed_attack(ctx, console) -> dict:
-    """A worker without --model-file: DEPLOYs of VGG-16 with two new seeds (each a full model build)."""
+    """A worker without --model-file serving VGG-16 (seed 0): DEPLOYs of two new seeds (each a full build)."""
     cmd = [sys.executable, "-m", "runtime.worker", "--bind", "tcp://127.0.0.1:*", "--device-id", "w"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
@@ -178,6 +178,9 @@ def _seed_attack(ctx, console) -> dict:
         config = {"device": "w", "peers": {"w": endpoint}, "power": [1.0] * 4, "emulation": None}
         send(sock, Header(Kind.CONFIG, 1, config))
         _first_reply(sock, 10)
+        dep = deployments(graph, plan, 500, "vgg16_bn", 0, lambda a, b: [a, b])["w"]
+        send(sock, Header(Kind.DEPLOY, 500, {"deploy": dep.to_meta(), "retire": []}))  # the controller's
+        _first_reply(sock, 120.0)
         replies = []
         with _Watch(ctx, proc.pid, endpoint) as watch:
             for seed in (1, 2):

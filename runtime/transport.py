@@ -308,20 +308,23 @@ def send(
     socket.send_multipart([peer, *frames] if peer is not None else frames, copy=False)
 
 
-def recv(socket: zmq.Socket, *, flags: int = 0, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def recv(
+    socket: zmq.Socket, *, flags: int = 0, max_bytes: int = MAX_MESSAGE_BYTES, authenticated: bool = False
+) -> Message:
     """Receive and decode one message, draining an oversized one so the socket stays in step.
 
     `flags=zmq.NOBLOCK` raises zmq.Again when nothing is queued. On a ROUTER socket the first
     frame is the sender identity (peers are DEALERs, no empty delimiter), returned as `peer`.
+    On a CURVE server, `authenticated=True` also returns the sender's ZAP User-Id as `user_id`.
     """
     peer = None
     frame = socket.recv(flags, copy=False)
-    user_id = _user_id(frame)
     if socket.type == zmq.ROUTER:
         peer = frame.bytes
         if not frame.more:
             raise ProtocolError("message has a sender identity but no header", peer=peer)
         frame = socket.recv(copy=False)
+    user_id = _user_id(frame) if authenticated else None  # from a part the sender sent, not the ROUTER's
     frames, total, over = [frame], len(frame), False
     while frame.more:  # parts of a multipart message arrive together: these never block
         frame = socket.recv(copy=False)
@@ -342,7 +345,7 @@ def recv(socket: zmq.Socket, *, flags: int = 0, max_bytes: int = MAX_MESSAGE_BYT
 
 
 def _user_id(frame: zmq.Frame) -> str | None:
-    """The User-Id the ZAP handler gave the sender's connection; None without authentication."""
+    """The User-Id the ZAP handler gave the sender's connection."""
     try:
         return frame.get("User-Id") or None
     except zmq.ZMQError:  # NULL mechanism: no such property

@@ -708,7 +708,12 @@ class Worker:
 
     def _handle_one(self) -> bool:
         try:
-            msg = recv(self.router, flags=zmq.NOBLOCK, max_bytes=self.limits.max_message_bytes)
+            msg = recv(
+                self.router,
+                flags=zmq.NOBLOCK,
+                max_bytes=self.limits.max_message_bytes,
+                authenticated=self.access.secure,
+            )
         except zmq.Again:
             return False
         except ProtocolError as exc:
