@@ -63,7 +63,14 @@ import zmq
 from torch import nn
 
 from runtime import models
-from runtime.emulation import DeviceEmulation, EnergyMeter, emulation_from_wire, paced, sleep_until
+from runtime.emulation import (
+    ABORT_POLL_S,
+    DeviceEmulation,
+    EnergyMeter,
+    emulation_from_wire,
+    paced,
+    sleep_until,
+)
 from runtime.executor import assemble, compute_band, take_rows
 from runtime.graph import LayerGraph
 from runtime.halo import Rows
@@ -482,7 +489,7 @@ class Worker:
 
     def __init__(
         self,
-        bind: str,
+        bind: str | list[str],
         device: str,
         *,
         model_file: Path | None = None,
@@ -507,8 +514,10 @@ class Worker:
             from runtime.security import secure_server
 
             self._auth = secure_server(self.router, curve_keys, self.ctx)
-        self.router.bind(bind)
-        self.endpoint = self.router.last_endpoint.decode()
+        for i, endpoint in enumerate([bind] if isinstance(bind, str) else bind):
+            self.router.bind(endpoint)
+            if i == 0:  # the endpoint to report: the controller's (more serve peers, e.g. on kernel links)
+                self.endpoint = self.router.last_endpoint.decode()
         self._outbox = self.ctx.socket(zmq.PULL)
         self._outbox.bind(f"inproc://outbox-{id(self)}")
         self._io_thread = threading.get_ident()
@@ -525,6 +534,9 @@ class Worker:
         self._seq = itertools.count()
         self._peers: dict[str, str] = {}
         self._emulation: DeviceEmulation | None = None
+        self._kernel_radio = (
+            False  # the kernel shapes the links: no radio timers, hops end on the receiver's ACK
+        )
         self.meter = EnergyMeter()
         self.computed = 0
         self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
@@ -639,6 +651,9 @@ class Worker:
         kind, meta = msg.header.kind, msg.header.meta
         if kind == Kind.PING:
             self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, self.status()))
+        elif kind == Kind.BAND and "ack" in meta:  # kernel-shaped link: the sender's radio waits for this
+            self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"ack": _int(meta["ack"], "ack")}))
+            self._on_band(msg)
         elif kind == Kind.BAND:
             deliver_at = meta.get("deliver_at")
             if deliver_at is not None and _float(deliver_at, "deliver_at") > time.time():
@@ -698,6 +713,9 @@ class Worker:
         power = [_float(p, "power") for p in _list(meta.get("power"), "power")]
         if len(power) != 4:
             raise ValueError("power must be [compute, transmit, receive, idle] watts")
+        radio = meta.get("radio", "timer")
+        if radio not in ("timer", "kernel"):
+            raise ValueError(f"radio must be 'timer' or 'kernel', got {repr(radio)[:40]}")
         emulation = meta.get("emulation")
         emulation = None if emulation is None else emulation_from_wire(emulation, msg.tensors)
         if emulation is not None and set(emulation.links) - set(peers):
@@ -705,6 +723,7 @@ class Worker:
         with self._lock:
             self._peers = dict(peers)
             self._emulation = emulation
+            self._kernel_radio = radio == "kernel"
             self.meter.power = PowerProfile(*power)
             if meta.get("reset"):
                 self._plans.clear()
@@ -949,28 +968,35 @@ class Worker:
         while (job := self._radio_q.get()) is not None:
             with self._lock:
                 dep = self._plans.get(job.plan_id)
-                emulation, peers = self._emulation, dict(self._peers)
+                emulation, peers, kernel = self._emulation, dict(self._peers), self._kernel_radio
             if dep is None or not self._live(dep, job.rid):
                 continue
+            timer = None if kernel else emulation  # on kernel-shaped links no timer holds the radio
             nxt = job.path[job.hop + 1]
             owner = self._owners.get(job.plan_id)
+            transfer = next(self._transfers)
             try:
                 sock = self._peer_socket(sockets, nxt, peers.get(nxt))
                 nbytes = job.tensor.numel() * job.tensor.element_size()
                 start = time.time()
-                radio = emulation.radio_time(nxt, nbytes, start) if emulation else 0.0
+                radio = timer.radio_time(nxt, nbytes, start) if timer else 0.0
                 meta = {"plan": job.plan_id, "stage": job.stage, "path": list(job.path), "hop": job.hop + 1}
-                if emulation is not None:
-                    meta["deliver_at"] = start + radio + emulation.latency(nxt)
+                if timer is not None:
+                    meta["deliver_at"] = start + radio + timer.latency(nxt)
+                if kernel:
+                    meta["ack"] = transfer
                 frames = encode(Header(Kind.BAND, job.rid, meta), [job.tensor], rows=[job.rows])
                 sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
             except (zmq.ZMQError, ValueError, KeyError) as exc:  # e.g. the next device is down
                 self._error(owner, job.rid, f"send to {nxt} failed: {exc}", plan=job.plan_id, transient=True)
                 continue
-            progress = {"plan": job.plan_id, "id": next(self._transfers), "from": self.device, "to": nxt}
+            progress = {"plan": job.plan_id, "id": transfer, "from": self.device, "to": nxt}
             progress |= {"src": job.path[0], "bytes": nbytes, "start": start}
             self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "start"}))
-            done = self._on_air(job.rid, owner, progress, start + radio, emulation, dep)
+            if kernel:
+                done = self._await_ack(sock, transfer, dep, job.rid)
+            else:
+                done = self._on_air(job.rid, owner, progress, start + radio, timer, dep)
             end = time.time()
             self.meter.add("send", end - start)
             if not done:  # cancelled: the band's receiver drops it, the radio is free for what replaced it
@@ -1002,6 +1028,24 @@ class Worker:
             self._emit(owner, Header(Kind.PROGRESS, rid, progress | {"ev": "tick", "sent": sent, "at": tick}))
             tick += TICK_S
         return sleep_until(end, cancelled)
+
+    def _await_ack(self, sock: zmq.Socket, transfer: int, dep: Deployment, rid: int) -> bool:
+        """Hold the radio until the receiver has the whole band (its ACK of ``transfer``, or its ERROR
+        about request ``rid``: it refused the band but holds it); False if the attempt was cancelled
+        meanwhile. Replies to earlier, cancelled transfers are dropped on the way."""
+        while self._live(dep, rid) and not self._stop.is_set():
+            if not sock.poll(ABORT_POLL_S * 1000):
+                continue
+            try:
+                reply = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.max_bytes)
+            except (zmq.Again, ProtocolError):
+                continue
+            kind, meta = reply.header.kind, reply.header.meta
+            if (kind == Kind.ACK and meta.get("ack") == transfer) or (
+                kind == Kind.ERROR and reply.header.rid == rid
+            ):
+                return True
+        return False
 
     def _peer_socket(
         self, sockets: dict[str, tuple[str, zmq.Socket]], device: str, endpoint: str | None
@@ -1044,7 +1088,10 @@ def keep_freed_memory() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker", description="Run one device's worker.")
     parser.add_argument(
-        "--bind", required=True, help="endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any)"
+        "--bind",
+        required=True,
+        action="append",
+        help="endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any); repeat to bind more (READY names the first)",
     )
     parser.add_argument("--device-id", required=True, help="this device's id in the cluster spec")
     parser.add_argument(
@@ -1074,7 +1121,7 @@ def main(argv: list[str] | None = None) -> None:
             max_bytes=args.max_bytes,
         )
     except (zmq.ZMQError, OSError) as exc:
-        parser.exit(2, f"worker: error: cannot serve on {args.bind}: {exc}\n")
+        parser.exit(2, f"worker: error: cannot serve on {' '.join(args.bind)}: {exc}\n")
     # Shape inference on the meta device imports torch's meta kernels (seconds on a busy host): do it
     # now, or the first deployment would stall the I/O thread and the worker would look dead.
     LayerGraph.from_model(models.skeleton("tiny"), models.input_shape("tiny"))
