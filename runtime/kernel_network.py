@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from runtime.emulation import Emulation
 from runtime.schedule import Trace, constant
@@ -48,6 +49,7 @@ PEER_PORT = 5555  # every worker's port on its links (each namespace has its own
 LINK_NET = ipaddress.ip_network("10.201.0.0/16")  # link k: the k-th /30 of this range
 RESHAPE_S = 0.02  # how often the shaper reads the schedules
 WIRE_OVERHEAD = 1514 / 1448  # bytes HTB counts per payload byte: full TCP segments at MTU 1500
+GSO_MAX_BYTES = 1514  # a packet's largest size on the veths: one TCP segment
 MIN_RATE_BITS = 64_000  # HTB needs a positive rate: an outage (0 Mbit/s) is shaped to this
 TOOLS = ("unshare", "nsenter", "ip", "tc")
 
@@ -248,7 +250,12 @@ class KernelNetwork:
     def _shape_end(self, ln: LinkAddress, device: str, rate: int) -> None:
         """Address, bring up and shape ``device``'s end of link ``ln``."""
         pid = self._procs[device].pid
-        _batch(pid, "ip", [f"addr add {ln.address_of(device)}/30 dev {ln.iface}", f"link set {ln.iface} up"])
+        # one TCP segment per packet: HTB lets a packet through on credit and charges it after, so a 64 kB
+        # GSO packet would go out in one burst, then the link would stay silent to pay it back
+        gso = f"link set {ln.iface} gso_max_size {GSO_MAX_BYTES} gso_max_segs 1"
+        _batch(
+            pid, "ip", [f"addr add {ln.address_of(device)}/30 dev {ln.iface}", gso, f"link set {ln.iface} up"]
+        )
         _batch(pid, "tc", _qdisc_lines(ln.iface, rate))
         self._applied[(ln.index, device)] = rate
         latency_s = self.spec.link(ln.a, ln.b).latency_s
@@ -263,6 +270,49 @@ class KernelNetwork:
                 raise
             self.delay_shaped = False
             log.warning("this kernel has no netem qdisc: link latency is not emulated in kernel network mode")
+
+
+class EgressCounter:
+    """Payload bytes this host has sent towards one peer address: the transmit counter of the interface
+    that routes to it (``/proc/net/route``, ``/proc/net/dev`` of the reader's namespace), net of headers.
+
+    In kernel network mode that interface is the veth of the link to the peer, which carries one band
+    at a time: its counter tells how far a band on the air has got (the worker's PROGRESS ticks).
+    """
+
+    def __init__(self, address: str):
+        self.iface = _route_iface(address)
+        self._last = 0
+
+    def sent(self) -> int:
+        """Bytes so far (no more once the interface is gone: the peer's namespace died)."""
+        for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+            name, _, fields = line.partition(":")
+            if name.strip() == self.iface:
+                self._last = int(int(fields.split()[8]) / WIRE_OVERHEAD)
+        return self._last
+
+
+def egress_counter(endpoint: str) -> EgressCounter | None:
+    """The counter of the interface towards ``tcp://ADDRESS:PORT``, or None if no route names one."""
+    try:
+        return EgressCounter(endpoint.split("://", 1)[1].rsplit(":", 1)[0])
+    except (IndexError, ValueError, OSError):
+        return None
+
+
+def _route_iface(address: str) -> str:
+    """The interface of the most specific route to ``address`` (ValueError if none)."""
+    target = int(ipaddress.IPv4Address(address))
+    best: tuple[int, str] | None = None
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        dest, mask = (int.from_bytes(bytes.fromhex(f), "little") for f in (fields[1], fields[7]))
+        if target & mask == dest and (best is None or mask > best[0]):
+            best = (mask, fields[0])
+    if best is None:
+        raise ValueError(f"no route to {address}")
+    return best[1]
 
 
 def _veth_command(iface: str, pid_a: int, pid_b: int) -> list[str]:

@@ -74,6 +74,7 @@ from runtime.emulation import (
 from runtime.executor import assemble, compute_band, take_rows
 from runtime.graph import LayerGraph
 from runtime.halo import Rows
+from runtime.kernel_network import EgressCounter, egress_counter
 from runtime.layout import layout
 from runtime.plan import Plan
 from runtime.spec import PowerProfile
@@ -994,7 +995,7 @@ class Worker:
             progress |= {"src": job.path[0], "bytes": nbytes, "start": start}
             self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "start"}))
             if kernel:
-                done = self._await_ack(sock, transfer, dep, job.rid)
+                done = self._await_ack(sock, job.rid, owner, progress, egress_counter(peers[nxt]), dep)
             else:
                 done = self._on_air(job.rid, owner, progress, start + radio, timer, dep)
             end = time.time()
@@ -1029,22 +1030,32 @@ class Worker:
             tick += TICK_S
         return sleep_until(end, cancelled)
 
-    def _await_ack(self, sock: zmq.Socket, transfer: int, dep: Deployment, rid: int) -> bool:
-        """Hold the radio until the receiver has the whole band (its ACK of ``transfer``, or its ERROR
-        about request ``rid``: it refused the band but holds it); False if the attempt was cancelled
-        meanwhile. Replies to earlier, cancelled transfers are dropped on the way."""
+    def _await_ack(
+        self, sock: zmq.Socket, rid: int, owner, progress: dict, counter: EgressCounter | None, dep
+    ) -> bool:
+        """Hold the radio until the receiver has the whole band (its ACK of this transfer, or its ERROR
+        about request ``rid``: it refused the band but holds it), reporting every ``TICK_S`` the bytes
+        the link's interface has sent meanwhile; False if the attempt was cancelled meanwhile. Replies to
+        earlier, cancelled transfers are dropped on the way."""
+        base = counter.sent() if counter is not None else 0
+        tick = progress["start"] + TICK_S
         while self._live(dep, rid) and not self._stop.is_set():
-            if not sock.poll(ABORT_POLL_S * 1000):
-                continue
-            try:
-                reply = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.max_bytes)
-            except (zmq.Again, ProtocolError):
-                continue
-            kind, meta = reply.header.kind, reply.header.meta
-            if (kind == Kind.ACK and meta.get("ack") == transfer) or (
-                kind == Kind.ERROR and reply.header.rid == rid
-            ):
-                return True
+            if sock.poll(ABORT_POLL_S * 1000):
+                try:
+                    reply = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.max_bytes)
+                except (zmq.Again, ProtocolError):
+                    continue
+                kind, meta = reply.header.kind, reply.header.meta
+                if (kind == Kind.ACK and meta.get("ack") == progress["id"]) or (
+                    kind == Kind.ERROR and reply.header.rid == rid
+                ):
+                    return True
+            if counter is not None and (now := time.time()) >= tick:
+                sent = min(progress["bytes"], max(0, counter.sent() - base))
+                self._emit(
+                    owner, Header(Kind.PROGRESS, rid, progress | {"ev": "tick", "sent": sent, "at": now})
+                )
+                tick = now + TICK_S
         return False
 
     def _peer_socket(

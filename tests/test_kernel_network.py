@@ -78,7 +78,7 @@ def _holders(inodes: set[int]) -> list[str]:
         if entry.name.isdigit():
             try:
                 if os.stat(entry / "ns" / "net").st_ino in inodes:
-                    found.append(f"process {entry.name}")
+                    found.append(f"process {entry.name}: {(entry / 'cmdline').read_bytes()[:200]!r}")
             except OSError:
                 pass
     mounts = Path("/proc/self/mountinfo").read_text()
@@ -146,9 +146,14 @@ def test_kernel_cluster_is_exact_shaped_reshaped_and_cleaned_up():
         ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("a", "b"): step, ("b", "c"): step}))
         ctl.restart_clock()
         time.sleep(1.2)
+        ctl.link_samples.clear()
         slow = ctl.infer(x)
         assert torch.allclose(slow.output, want, rtol=1e-4, atol=1e-5)
         assert slow.latency_s > 2.5 * fast.latency_s
+        # the link's interface counter reports a long hop as it goes: more pieces than hops, at the new rate
+        assert len(ctl.link_samples) > 2
+        for _, _, _, nbytes, seconds in ctl.link_samples:
+            assert nbytes * 8 / 1e6 / seconds == pytest.approx(0.5, rel=0.3)
 
         ctl.deploy(Plan.build("a", "b", [(0, units, {"a": 1.0})]))  # c is not needed while it is down
         boot = ctl.status()["c"].boot
