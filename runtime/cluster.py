@@ -11,7 +11,9 @@ Each worker is ``python -m runtime.worker`` on a free loopback port, with one to
 process group. The seeded model is exported once to a temporary checkpoint that the workers map into
 memory unit by unit. With ``emulate=True`` (the default) the workers pace their compute to the spec's
 device speeds (relative to this host's single-thread GFLOP/s, measured once) and shape their radios to
-the spec's links, or to ``link_schedules``/``speed_schedules``.
+the spec's links, or to ``link_schedules``/``speed_schedules``. With ``network="kernel"`` each worker runs
+in its own network namespace and the kernel shapes the links instead of the workers' radio timers
+(``runtime.kernel_network``: root only; the controller then reaches the workers over unix sockets).
 
 Teardown leaves no process behind: workers are asked to exit, then their process groups are killed;
 an ``atexit`` hook does the same if the program ends without closing the cluster, and a worker exits
@@ -313,6 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_cluster(args.config)
     except SpecError as exc:
         parser.exit(2, f"cluster: error: {exc}\n")
+    try:
+        _up(args, spec)
+    except ClusterError as exc:
+        parser.exit(2, f"cluster: error: {exc}\n")
+
+
+def _up(args: argparse.Namespace, spec: ClusterSpec) -> None:
+    """Run the cluster of ``up`` until Ctrl-C or SIGTERM."""
     with LocalCluster(
         spec,
         model=args.model,
