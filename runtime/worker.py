@@ -1,6 +1,6 @@
 """A worker: one device of the cluster, running its share of every deployed plan.
 
-``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR]``
+``python -m runtime.worker --bind tcp://HOST:PORT [--bind ...] --device-id ID [--model-file F] [--curve-keys DIR]``
 
 The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
@@ -10,7 +10,9 @@ of other workers) send it row bands. Three threads share the work:
   while the device computes), holds emulated arrivals until their delivery time and files bands;
 - the compute thread runs tasks one at a time, in the order they become ready, paced by emulation;
 - the radio thread sends hops one at a time, in the order they were queued (the device's one radio),
-  peer to peer to the next device of the route: the bands never pass through the controller.
+  peer to peer to the next device of the route: the bands never pass through the controller. In kernel
+  network mode (CONFIG ``radio: kernel``, runtime/kernel_network.py) no timer shapes a hop: it holds the
+  radio until the receiver acknowledges the band.
 
 A ``Deployment`` (one per plan, built by the controller from ``layout(graph, plan)``) tells the worker
 its tasks, who sends it which rows, what it sends to whom along which route, and how many hops it
@@ -535,9 +537,8 @@ class Worker:
         self._seq = itertools.count()
         self._peers: dict[str, str] = {}
         self._emulation: DeviceEmulation | None = None
-        self._kernel_radio = (
-            False  # the kernel shapes the links: no radio timers, hops end on the receiver's ACK
-        )
+        # kernel network mode: the kernel shapes the links, no radio timer; a hop ends on the receiver's ACK
+        self._kernel_radio = False
         self.meter = EnergyMeter()
         self.computed = 0
         self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
