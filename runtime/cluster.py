@@ -244,14 +244,17 @@ class LocalCluster:
             new = self._spawn(device, self.endpoints[device])
             try:
                 self._await_ready(device, new)
-                if self.kernel is not None:
-                    self.kernel.attach(device, new)
-                return
+                break
             except ClusterError:
                 _kill_group(new)
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
+        if self.kernel is not None:  # its old links died with its old namespace
+            try:
+                self.kernel.attach(device, new)
+            except KernelNetworkError as exc:
+                raise ClusterError(f"worker {device}: its links could not be wired again: {exc}") from None
 
     def close(self) -> None:
         """Stop every worker (politely, then by force) and remove the temporary files (in kernel network
