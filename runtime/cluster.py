@@ -193,6 +193,8 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "runtime.worker", "--bind", endpoint, "--device-id", device]
         if self.network == "kernel":
             cmd = namespace_process(cmd + ["--bind", f"tcp://0.0.0.0:{PEER_PORT}"])
+            if self.curve_keys is None:  # its links reach only its neighbours' namespaces, made here
+                cmd.append("--insecure")
         cmd += ["--model-file", str(self.checkpoint), "--parent-pid", str(os.getpid())]
         if self.curve_keys is not None:
             cmd += ["--curve-keys", str(self.curve_keys)]
