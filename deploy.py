@@ -29,7 +29,7 @@ from env.cost_model import Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
 from env.traces import TraceError
 from runtime import models
-from runtime.cluster import LocalCluster
+from runtime.cluster import NETWORKS, ClusterError, LocalCluster
 from runtime.graph import LayerGraph
 from runtime.spec import SpecError, load_cluster
 
@@ -147,6 +147,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=1, help="requests in flight (pipelining)")
     parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
     parser.add_argument("--energy-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="emulated",
+        help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
     parser.add_argument("--json", default=None)
@@ -172,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
         world = world_for(spec, args)
         links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
-        with LocalCluster(spec, model=args.model, seed=args.seed, link_schedules=links) as cluster:
+        with LocalCluster(
+            spec, model=args.model, seed=args.seed, link_schedules=links, network=args.network
+        ) as cluster:
             summaries = [
                 run_agent(agent, cluster, model, graph, args, Path(args.out))
                 for agent in args.agent.split(",")
             ]
-    except (SpecError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
+    except (SpecError, PlannerError, NetworkError, TraceError, models.ModelError, ClusterError) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     print_table(summaries, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")

@@ -3,10 +3,11 @@
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
       [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--failures PER_MIN] \
       [--json OUT] [--plots DIR]
-  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--json OUT]
+  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--network kernel] [--json OUT]
 
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
-energy per plan and in summary.
+energy per plan and in summary; ``--network kernel`` carries the bands over real TCP between network
+namespaces, shaped by the kernel (runtime/kernel_network.py), instead of the workers' radio timers.
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
@@ -42,6 +43,7 @@ from env.cost_model import CostModel, Objective, Profile
 from env.network import DynamicsConfig, NetworkError, NetworkState
 from env.traces import TraceError
 from runtime import models
+from runtime.cluster import NETWORKS, ClusterError
 from runtime.graph import LayerGraph
 from runtime.plan import PlanError, random_plan
 from runtime.profiler import profile_record
@@ -148,7 +150,7 @@ def calibrate(args) -> dict:
         )
         for _ in range(args.plans)
     ]
-    with live_session(spec, args.model, model, world, seed=args.seed) as session:
+    with live_session(spec, args.model, model, world, seed=args.seed, network=args.network) as session:
         console.print(f"profiling {args.model} on this host through worker {spec.source} ...")
         record = profile_record(session.controller, spec.source, session.cluster.host_gflops)
         models_by_name = {
@@ -215,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--max-stages", type=int, default=4)
     k.add_argument("--bandwidth-cap", type=float, default=None)
     k.add_argument("--traces", default=None, help="trace file or folder every link samples from")
+    k.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="emulated",
+        help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
+    )
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
     args = parser.parse_args(argv)
@@ -225,7 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
     try:
         report = compare(args) if args.command == "compare" else calibrate(args)
-    except (SpecError, PlanError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
+    except (
+        SpecError,
+        PlanError,
+        PlannerError,
+        NetworkError,
+        TraceError,
+        models.ModelError,
+        ClusterError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     if args.json:

@@ -22,6 +22,7 @@
             (after warm-up) and the end (target: growth <= 5%).
 
 Rerun: python -m bench.serving collapse [--agents optimal,ppo:PATH] [--loops closed,open] [--oracle]
+                                        [--network kernel]
        | plans [--agents optimal,ppo:PATH,ppo-top40:PATH] | chaos [--requests 1000] | soak [--minutes 30]
 """
 
@@ -44,7 +45,7 @@ from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkState, Snapshot
 from env.telemetry import LiveView
 from runtime import models
-from runtime.cluster import LocalCluster
+from runtime.cluster import NETWORKS, LocalCluster
 from runtime.controller import Controller
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster
@@ -122,7 +123,7 @@ def collapse(args) -> None:
             )
             label = f"{planner_label(agent)} ({mode})"
             records = []
-            with LocalCluster(spec, model="vgg16_bn", link_schedules=links) as cluster:
+            with LocalCluster(spec, model="vgg16_bn", link_schedules=links, network=args.network) as cluster:
                 report = serve(
                     cluster,
                     model,
@@ -267,6 +268,12 @@ def main() -> None:
     c.add_argument("--no-rescue", action="store_true", help="adaptive runs never restart a running request")
     c.add_argument("--seconds", type=float, default=120.0, help="serving time per run")
     c.add_argument("--drop-at", type=float, default=40.0)
+    c.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="emulated",
+        help="who shapes the links: the workers' radio timers, or tc between network namespaces (root)",
+    )
     p = sub.add_parser("plans")
     p.add_argument(
         "--agents",

@@ -11,7 +11,9 @@ Each worker is ``python -m runtime.worker`` on a free loopback port, with one to
 process group. The seeded model is exported once to a temporary checkpoint that the workers map into
 memory unit by unit. With ``emulate=True`` (the default) the workers pace their compute to the spec's
 device speeds (relative to this host's single-thread GFLOP/s, measured once) and shape their radios to
-the spec's links, or to ``link_schedules``/``speed_schedules``.
+the spec's links, or to ``link_schedules``/``speed_schedules``. With ``network="kernel"`` each worker runs
+in its own network namespace and the kernel shapes the links instead of the workers' radio timers
+(``runtime.kernel_network``: root only; the controller then reaches the workers over unix sockets).
 
 Teardown leaves no process behind: workers are asked to exit, then their process groups are killed;
 an ``atexit`` hook does the same if the program ends without closing the cluster, and a worker exits
@@ -41,11 +43,19 @@ import torch
 from runtime import models
 from runtime.controller import Controller, Replanner
 from runtime.emulation import Emulation, ScheduleLike, measure_host_gflops
+from runtime.kernel_network import (
+    PEER_PORT,
+    KernelNetwork,
+    KernelNetworkError,
+    check_available,
+    namespace_process,
+)
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec, SpecError, load_cluster
 
 log = logging.getLogger("runtime.cluster")
 
+NETWORKS = ("emulated", "kernel")  # who shapes the links: the workers' radio timers, or the Linux kernel
 _LIVE: dict[int, subprocess.Popen] = {}  # every worker process started here and not yet reaped
 
 
@@ -90,8 +100,13 @@ class LocalCluster:
         host: str = "127.0.0.1",
         start_timeout_s: float = 120.0,
         controller_options: Mapping[str, Any] | None = None,
+        network: str = "emulated",
     ):
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
         self.spec = spec
+        self.network = network
+        self.kernel: KernelNetwork | None = None
         self.model = model
         self.seed = seed
         self.input_shape = input_shape
@@ -133,9 +148,14 @@ class LocalCluster:
             )
             if self.emulate and self.host_gflops is None:
                 self.host_gflops = measure_host_gflops()
-            started = {d: self._spawn(d, f"tcp://{self.host}:*") for d in self.spec.devices}
+            if self.network == "kernel":
+                check_available()
+                self.kernel = KernelNetwork(self.spec)
+            started = {d: self._spawn(d, self._control_endpoint(d)) for d in self.spec.devices}
             for d, proc in started.items():
                 self.endpoints[d] = self._await_ready(d, proc)
+                if self.kernel is not None:
+                    self.kernel.attach(d, proc)
             emulation = None
             if self.emulate:
                 emulation = Emulation(self.host_gflops, self.link_schedules, self.speed_schedules)
@@ -148,15 +168,33 @@ class LocalCluster:
                 emulation=emulation,
                 replan=self.replan,
                 curve_keys=self.curve_keys,
+                kernel_links=None if self.kernel is None else self.kernel.peer_endpoints(),
                 **self.controller_options,
             )
+            if self.kernel is not None:
+                ctl = self.controller
+                self.kernel.start_shaping(lambda: (ctl.emulation, ctl.epoch))
+        except KernelNetworkError as exc:
+            self.close()
+            raise ClusterError(f"kernel network mode: {exc}") from None
         except BaseException:
             self.close()
             raise
         return self.controller
 
+    def _control_endpoint(self, device: str) -> str:
+        """Where the controller reaches ``device``'s worker: loopback, or in kernel network mode a unix
+        socket (the worker's namespace has no route to ours, and this channel must not be shaped)."""
+        if self.network == "kernel":
+            return f"ipc://{self.workdir}/control-{list(self.spec.devices).index(device)}.sock"
+        return f"tcp://{self.host}:*"
+
     def _spawn(self, device: str, endpoint: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "runtime.worker", "--bind", endpoint, "--device-id", device]
+        if self.network == "kernel":
+            cmd = namespace_process(cmd + ["--bind", f"tcp://0.0.0.0:{PEER_PORT}"])
+            if self.curve_keys is None:  # its links reach only its neighbours' namespaces, made here
+                cmd.append("--insecure")
         cmd += ["--model-file", str(self.checkpoint), "--parent-pid", str(os.getpid())]
         if self.curve_keys is not None:
             cmd += ["--curve-keys", str(self.curve_keys)]
@@ -194,6 +232,8 @@ class LocalCluster:
 
     def kill(self, device: str) -> None:
         """Kill a worker at once (SIGKILL), as a crash or power loss would."""
+        if self.kernel is not None:
+            self.kernel.detach(device)
         _kill_group(self.processes[device])
 
     def restart(self, device: str) -> None:
@@ -206,15 +246,23 @@ class LocalCluster:
             new = self._spawn(device, self.endpoints[device])
             try:
                 self._await_ready(device, new)
-                return
+                break
             except ClusterError:
                 _kill_group(new)
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
+        if self.kernel is not None:  # its old links died with its old namespace
+            try:
+                self.kernel.attach(device, new)
+            except KernelNetworkError as exc:
+                raise ClusterError(f"worker {device}: its links could not be wired again: {exc}") from None
 
     def close(self) -> None:
-        """Stop every worker (politely, then by force) and remove the temporary files."""
+        """Stop every worker (politely, then by force) and remove the temporary files (in kernel network
+        mode the namespaces, veths and qdiscs go with the workers)."""
+        if self.kernel is not None:
+            self.kernel.close()
         if self.controller is not None:
             try:
                 self.controller.shutdown_workers()
@@ -255,6 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--no-emulate", action="store_true", help="no pacing and no link shaping")
     up.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="emulated",
+        help="who shapes the links: the workers' radio timers, or tc on veths between network namespaces",
+    )
+    up.add_argument(
         "--curve-keys", type=Path, help="CurveZMQ key directory (python -m runtime.security keygen)"
     )
     up.add_argument(
@@ -266,8 +320,21 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_cluster(args.config)
     except SpecError as exc:
         parser.exit(2, f"cluster: error: {exc}\n")
+    try:
+        _up(args, spec)
+    except ClusterError as exc:
+        parser.exit(2, f"cluster: error: {exc}\n")
+
+
+def _up(args: argparse.Namespace, spec: ClusterSpec) -> None:
+    """Run the cluster of ``up`` until Ctrl-C or SIGTERM."""
     with LocalCluster(
-        spec, model=args.model, seed=args.seed, emulate=not args.no_emulate, curve_keys=args.curve_keys
+        spec,
+        model=args.model,
+        seed=args.seed,
+        emulate=not args.no_emulate,
+        curve_keys=args.curve_keys,
+        network=args.network,
     ) as cluster:
         print(
             f"cluster {spec.name}: {len(spec.devices)} workers, model {args.model}, logs in {cluster.workdir}"

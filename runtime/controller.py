@@ -262,6 +262,7 @@ class Controller:
         history: int = 4096,
         watch: Callable[[], None] | None = None,
         watch_every_s: float = 0.2,
+        kernel_links: Mapping[str, Mapping[str, str]] | None = None,
         verify: float = 0.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ):
@@ -271,6 +272,9 @@ class Controller:
         self.input_shape = tuple(input_shape or models.input_shape(model))
         self.graph = LayerGraph.from_model(models.skeleton(model), self.input_shape, model)
         self.emulation = emulation
+        # kernel network mode: per device, the endpoints of its neighbours across the kernel-shaped links
+        # (runtime.kernel_network); its workers then send with no radio timer
+        self.kernel_links = kernel_links
         self.replan = replan
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
@@ -549,6 +553,8 @@ class Controller:
             "power": [power.compute_w, power.transmit_w, power.receive_w, power.idle_w],
             "emulation": None,
         }
+        if self.kernel_links is not None:
+            meta |= {"peers": dict(self.kernel_links[dev]), "radio": "kernel"}
         tensors = []
         if self.emulation is not None:
             meta["emulation"], tensors = emulation_to_wire(

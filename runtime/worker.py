@@ -1,6 +1,7 @@
 """A worker: one device of the cluster, running its share of every deployed plan.
 
-``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR | --insecure]``
+``python -m runtime.worker --bind tcp://HOST:PORT [--bind ...] --device-id ID [--model-file F]
+[--curve-keys DIR | --insecure]``
 
 The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
@@ -10,7 +11,9 @@ of other workers) send it row bands. Three threads share the work:
   while the device computes), holds emulated arrivals until their delivery time and files bands;
 - the compute thread runs tasks one at a time, in the order they become ready, paced by emulation;
 - the radio thread sends hops one at a time, in the order they were queued (the device's one radio),
-  peer to peer to the next device of the route: the bands never pass through the controller.
+  peer to peer to the next device of the route: the bands never pass through the controller. In kernel
+  network mode (CONFIG ``radio: kernel``, runtime/kernel_network.py) no timer shapes a hop: it holds the
+  radio until the receiver acknowledges the band.
 
 A ``Deployment`` (one per plan, built by the controller from ``layout(graph, plan)``) tells the worker
 its tasks, who sends it which rows, what it sends to whom along which route, and how many hops it
@@ -72,10 +75,18 @@ from torch import nn
 
 from runtime import models
 from runtime.auth import INSECURE_WARNING, Access, Refused, Sender, check_bind
-from runtime.emulation import DeviceEmulation, EnergyMeter, emulation_from_wire, paced, sleep_until
+from runtime.emulation import (
+    ABORT_POLL_S,
+    DeviceEmulation,
+    EnergyMeter,
+    emulation_from_wire,
+    paced,
+    sleep_until,
+)
 from runtime.executor import assemble, compute_band, take_rows
 from runtime.graph import LayerGraph
 from runtime.halo import Rows
+from runtime.kernel_network import EgressCounter, egress_counter
 from runtime.layout import layout
 from runtime.limits import ByteBudget, Limits
 from runtime.limits import add_arguments as add_limit_arguments
@@ -558,7 +569,7 @@ class Worker:
 
     def __init__(
         self,
-        bind: str,
+        bind: str | list[str],
         device: str,
         *,
         model_file: Path | None = None,
@@ -568,7 +579,9 @@ class Worker:
         parent_pid: int | None = None,
         limits: Limits | None = None,
     ):
-        check_bind(bind, curve_keys is not None, insecure)
+        binds = [bind] if isinstance(bind, str) else list(bind)
+        for endpoint in binds:
+            check_bind(endpoint, curve_keys is not None, insecure)
         self.device = device
         self.boot = uuid.uuid4().hex[:12]
         self.limits = limits = limits or Limits()
@@ -588,11 +601,13 @@ class Worker:
             self.router.maxmsgsize = limits.max_message_bytes  # per frame: libzmq drops a bigger one unread
             if curve_keys is not None:
                 self._auth = secure_server(self.router, curve_keys, self.ctx, device)
-            self.router.bind(bind)
+            for i, endpoint in enumerate(binds):  # the first is reported (READY): the controller's
+                self.router.bind(endpoint)
+                if i == 0:
+                    self.endpoint = self.router.last_endpoint.decode()
         except BaseException:  # a missing key or a bad endpoint: leave no socket behind
             self.ctx.destroy(linger=0)
             raise
-        self.endpoint = self.router.last_endpoint.decode()
         self._outbox = self.ctx.socket(zmq.PULL)
         self._outbox.bind(f"inproc://outbox-{id(self)}")
         self._io_thread = threading.get_ident()
@@ -611,6 +626,8 @@ class Worker:
         self._seq = itertools.count()
         self._peers: dict[str, str] = {}
         self._emulation: DeviceEmulation | None = None
+        # kernel network mode: the kernel shapes the links, no radio timer; a hop ends on the receiver's ACK
+        self._kernel_radio = False
         self.meter = EnergyMeter()
         self.computed = 0
         self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
@@ -742,6 +759,9 @@ class Worker:
         elif kind == Kind.BAND:
             band = self._check_band(msg, sender)
             self.budget.charge(sender.owner, msg.tensors)  # checked first: nothing unwanted is held
+            if "ack" in msg.header.meta:  # kernel-shaped link: the sender's radio waits for this
+                ack = {"ack": _int(msg.header.meta["ack"], "ack")}
+                self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, ack))
             if band.deliver_at is not None and band.deliver_at > time.time():
                 if len(self._held) >= self.limits.max_open_requests:
                     raise ValueError(f"cannot hold a band: {len(self._held)} held")
@@ -798,6 +818,9 @@ class Worker:
         power = [_float(p, "power") for p in _list(meta.get("power"), "power")]
         if len(power) != 4:
             raise ValueError("power must be [compute, transmit, receive, idle] watts")
+        radio = meta.get("radio", "timer")
+        if radio not in ("timer", "kernel"):
+            raise ValueError(f"radio must be 'timer' or 'kernel', got {repr(radio)[:40]}")
         emulation = meta.get("emulation")
         emulation = None if emulation is None else emulation_from_wire(emulation, msg.tensors)
         if emulation is not None and set(emulation.links) - set(peers):
@@ -805,6 +828,7 @@ class Worker:
         with self._lock:
             self._peers = dict(peers)
             self._emulation = emulation
+            self._kernel_radio = radio == "kernel"
             self.meter.power = PowerProfile(*power)
             if meta.get("reset"):  # the sender's own plans only
                 self._drop_plans([pid for pid, owner in self._bound.items() if owner == sender.owner])
@@ -1151,28 +1175,35 @@ class Worker:
         while (job := self._radio_q.get()) is not None:
             with self._lock:
                 dep = self._plans.get(job.plan_id)
-                emulation, peers = self._emulation, dict(self._peers)
+                emulation, peers, kernel = self._emulation, dict(self._peers), self._kernel_radio
             if dep is None or not self._live(dep, job.rid):
                 continue
+            timer = None if kernel else emulation  # on kernel-shaped links no timer holds the radio
             nxt = job.path[job.hop + 1]
             owner = self._owners.get(job.plan_id)
+            transfer = next(self._transfers)
             try:
                 sock = self._peer_socket(sockets, nxt, peers.get(nxt))
                 nbytes = job.tensor.numel() * job.tensor.element_size()
                 start = time.time()
-                radio = emulation.radio_time(nxt, nbytes, start) if emulation else 0.0
+                radio = timer.radio_time(nxt, nbytes, start) if timer else 0.0
                 meta = {"plan": job.plan_id, "stage": job.stage, "path": list(job.path), "hop": job.hop + 1}
-                if emulation is not None:
-                    meta["deliver_at"] = start + radio + emulation.latency(nxt)
+                if timer is not None:
+                    meta["deliver_at"] = start + radio + timer.latency(nxt)
+                if kernel:
+                    meta["ack"] = transfer
                 frames = encode(Header(Kind.BAND, job.rid, meta), [job.tensor], rows=[job.rows])
                 sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
             except (zmq.ZMQError, ValueError, KeyError, KeyFileError) as exc:  # e.g. the next device is down
                 self._error(owner, job.rid, f"send to {nxt} failed: {exc}", plan=job.plan_id, transient=True)
                 continue
-            progress = {"plan": job.plan_id, "id": next(self._transfers), "from": self.device, "to": nxt}
+            progress = {"plan": job.plan_id, "id": transfer, "from": self.device, "to": nxt}
             progress |= {"src": job.path[0], "bytes": nbytes, "start": start}
             self._emit(owner, Header(Kind.PROGRESS, job.rid, progress | {"ev": "start"}))
-            done = self._on_air(job.rid, owner, progress, start + radio, emulation, dep)
+            if kernel:
+                done = self._await_ack(sock, job.rid, owner, progress, egress_counter(peers[nxt]), dep)
+            else:
+                done = self._on_air(job.rid, owner, progress, start + radio, timer, dep)
             end = time.time()
             self.meter.add("send", end - start)
             if not done:  # cancelled: the band's receiver drops it, the radio is free for what replaced it
@@ -1204,6 +1235,34 @@ class Worker:
             self._emit(owner, Header(Kind.PROGRESS, rid, progress | {"ev": "tick", "sent": sent, "at": tick}))
             tick += TICK_S
         return sleep_until(end, cancelled)
+
+    def _await_ack(
+        self, sock: zmq.Socket, rid: int, owner, progress: dict, counter: EgressCounter | None, dep
+    ) -> bool:
+        """Hold the radio until the receiver has the whole band (its ACK of this transfer, or its ERROR
+        about request ``rid``: it refused the band but holds it), reporting every ``TICK_S`` the bytes
+        the link's interface has sent meanwhile; False if the attempt was cancelled meanwhile. Replies to
+        earlier, cancelled transfers are dropped on the way."""
+        base = counter.sent() if counter is not None else 0
+        tick = progress["start"] + TICK_S
+        while self._live(dep, rid) and not self._stop.is_set():
+            if sock.poll(ABORT_POLL_S * 1000):
+                try:
+                    reply = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.limits.max_message_bytes)
+                except (zmq.Again, ProtocolError):
+                    continue
+                kind, meta = reply.header.kind, reply.header.meta
+                if (kind == Kind.ACK and meta.get("ack") == progress["id"]) or (
+                    kind == Kind.ERROR and reply.header.rid == rid
+                ):
+                    return True
+            if counter is not None and (now := time.time()) >= tick:
+                sent = min(progress["bytes"], max(0, counter.sent() - base))
+                self._emit(
+                    owner, Header(Kind.PROGRESS, rid, progress | {"ev": "tick", "sent": sent, "at": now})
+                )
+                tick = now + TICK_S
+        return False
 
     def _peer_socket(
         self, sockets: dict[str, tuple[str, zmq.Socket]], device: str, endpoint: str | None
@@ -1249,7 +1308,10 @@ def keep_freed_memory() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.worker", description="Run one device's worker.")
     parser.add_argument(
-        "--bind", required=True, help="endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any)"
+        "--bind",
+        required=True,
+        action="append",
+        help="endpoint to bind, e.g. tcp://0.0.0.0:5555 (port * = any); repeat to bind more (READY names the first)",
     )
     parser.add_argument("--device-id", required=True, help="this device's id in the cluster spec")
     parser.add_argument(
@@ -1293,7 +1355,7 @@ def main(argv: list[str] | None = None) -> None:
             limits=limits_from_arguments(args),
         )
     except (zmq.ZMQError, OSError, ValueError) as exc:  # a bad endpoint, a missing key, an insecure bind
-        parser.exit(2, f"worker: error: cannot serve on {args.bind}: {exc}\n")
+        parser.exit(2, f"worker: error: cannot serve on {' '.join(args.bind)}: {exc}\n")
     # Shape inference on the meta device imports torch's meta kernels (seconds on a busy host): do it
     # now, or the first deployment would stall the I/O thread and the worker would look dead.
     LayerGraph.from_model(models.skeleton("tiny"), models.input_shape("tiny"))
