@@ -34,6 +34,7 @@ from env.network import Snapshot
 from env.staged_env import PartialPlan, StageActions, observe
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
+from runtime.spec import ClusterSpec
 
 STAGED_FORMAT = "disnet-staged/1"
 
@@ -97,8 +98,8 @@ class StagedPlanner(Planner):
             raise StagedPolicyError(f"{self.path}: policy.pth lacks {exc.args[0]}") from None
         self._actions: dict[int, StageActions] = {}
 
-    def fits(self, graph: LayerGraph) -> str | None:
-        """Why this policy cannot plan ``graph`` (None if it can)."""
+    def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
+        """Why this policy cannot plan ``graph`` (None if it can; any cluster fits)."""
         if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
             return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
         return None
