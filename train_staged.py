@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"optimiser labels: {len(labels)} states ({summary['labels_seconds']:.0f} s)")
 
     fns = [lambda rank=i: _train_env(cfg, rank) for i in range(cfg.ppo.n_envs)]
-    vec_env = SubprocVecEnv(fns, start_method="spawn") if cfg.ppo.n_envs > 1 else DummyVecEnv(fns)
+    parallel = cfg.ppo.n_envs > 1 and cfg.ppo.timesteps > 0  # no PPO: one env gives the spaces
+    vec_env = SubprocVecEnv(fns, start_method="spawn") if parallel else DummyVecEnv(fns[:1])
     probe = StagedSplitEnv(cfg.env)
     model = make_model(cfg, vec_env, probe.max_devices)
     meta = StagedMeta(
