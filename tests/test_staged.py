@@ -182,3 +182,25 @@ def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
     assert all(s["reward"] < 0 and s["latency_s"] > 0 for s in samples)
     bc = cfg.bc.model_copy(update={"epochs": 60, "batch_size": 16})
     assert behaviour_cloning(copy.deepcopy(model), samples, bc, seed=0)["train_action_accuracy"] > 0.9
+
+
+def test_training_meshes_never_use_evaluation_seeds():
+    from env.meshes import EVAL_SEED_BASE
+    from env.partition_env import EnvConfigError
+
+    with pytest.raises(EnvConfigError, match=f"below {EVAL_SEED_BASE}"):
+        EnvConfig.parse({**ENV, "meshes": {"count": 10, "seed": EVAL_SEED_BASE - 5}})
+    with pytest.raises(EnvConfigError, match="clusters: list at least one cluster, or set meshes"):
+        EnvConfig.parse({**ENV, "meshes": None})
+
+
+def test_bad_staged_config_names_file_and_field(tmp_path, capsys):
+    import yaml
+
+    import train
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "kind": "staged", "env": ENV, "ppo": {"n_envs": 0}}))
+    assert train.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml: ppo.n_envs" in err and "Traceback" not in err
