@@ -1,6 +1,8 @@
 """disnet agents layer: planners that turn a Snapshot into a Plan, and a registry to build them by name.
 
-``make_planner("optimal")`` and friends; ``graph`` and ``spec`` (or ``cost_model``) let the planners
+``make_planner("optimal")`` (the robust online optimiser, agents/robust.py; ``snapshot-optimal`` is the
+optimiser that trusts the snapshot's rates, agents/optimizer.py) and friends; ``clairvoyant`` is for
+evaluation only and needs ``world=`` (the ``NetworkState`` the requests run in); ``graph`` and ``spec`` (or ``cost_model``) let the planners
 that score candidates share one cost model with the caller. Other keyword options go to the class.
 """
 
@@ -13,8 +15,10 @@ from typing import Any
 
 from agents.base import Decision, Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
+from agents.clairvoyant import Clairvoyant
 from agents.disnet import DisnetPlanner
 from agents.optimizer import OptimalPlanner
+from agents.robust import RobustPlanner
 from env.cost_model import CostModel
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
@@ -24,12 +28,14 @@ POLICY_NAME = re.compile(
 )
 DEFAULT_POLISH = 200  # plans scored by ``ppo-polish:PATH``: tens of milliseconds
 PLANNERS: dict[str, Callable[..., Planner]] = {
-    "optimal": OptimalPlanner,
+    "optimal": RobustPlanner,
+    "snapshot-optimal": OptimalPlanner,
     "disnet": DisnetPlanner,
     "modnn": MoDNN,
     "modnn-p2p": lambda cost_model=None, **options: MoDNN(cost_model, gather=False, **options),
     "deepslicing": DeepSlicing,
     "deepthings": DeepThings,
+    "deepthings-equal": lambda cost_model=None, **options: DeepThings(cost_model, equal=True, **options),
     "neurosurgeon": Neurosurgeon,
     "local": LocalOnly,
 }
@@ -52,9 +58,10 @@ def make_planner(
 ) -> Planner:
     """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
     ``ppo:PATH`` loads a trained policy file (agents/ppo.py, or agents/staged_policy.py for a policy for
-    any cluster), an error if ``graph`` (and ``spec``) are given and the policy cannot plan them; ``ppo-topK:PATH`` lets the cost model pick
-    the best of the policy's K most likely actions; ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after
-    ``-topK``) improves the policy's plan by a local search of at most 200 (N) scored plans."""
+    any cluster), an error if ``graph`` (and ``spec``) are given and the policy cannot plan them;
+    ``ppo-topK:PATH`` lets the cost model pick the best of the policy's K most likely actions;
+    ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after ``-topK``) improves the policy's plan by a
+    local search of at most 200 (N) scored plans."""
     policy = POLICY_NAME.fullmatch(name)
     if policy is not None:
         from agents.ppo import open_policy  # torch and the env only when asked for
@@ -70,9 +77,12 @@ def make_planner(
         if problem is not None:  # a policy for another model or a larger cluster: an error, not a fallback
             raise PlannerError(f"planner {name!r}: {problem}")
         return planner
-    factory = PLANNERS.get(name)
+    if name == Clairvoyant.name and "world" not in options:
+        raise PlannerError("planner 'clairvoyant' is for evaluation only: it needs the world it plans on")
+    factory = Clairvoyant if name == Clairvoyant.name else PLANNERS.get(name)
     if factory is None:
-        raise PlannerError(f"unknown planner {name!r}; valid names: {', '.join(PLANNERS)}")
+        valid = ", ".join([*PLANNERS, Clairvoyant.name])
+        raise PlannerError(f"unknown planner {name!r}; valid names: {valid}")
     if cost_model is None and graph is not None and spec is not None:
         cost_model = CostModel(graph, spec)
     try:
@@ -83,6 +93,7 @@ def make_planner(
 
 __all__ = [
     "PLANNERS",
+    "Clairvoyant",
     "DeepSlicing",
     "DeepThings",
     "Decision",
@@ -93,6 +104,7 @@ __all__ = [
     "OptimalPlanner",
     "Planner",
     "PlannerError",
+    "RobustPlanner",
     "make_planner",
     "planner_label",
 ]
