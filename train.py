@@ -597,6 +597,15 @@ def plot_learning_curve(
 # ----------------------------------------------------------------------------------------- main
 
 
+def _kind(path: Path) -> str | None:
+    """The config's ``kind`` (``staged``: train_staged.py's policy for any cluster), None if unreadable."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_config reports it
+    return data.get("kind") if isinstance(data, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a MicroSplit policy (see the module docstring).")
     parser.add_argument("--config", type=Path, required=True)
@@ -608,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--export", type=Path, default=None, help="also copy the final policy file here")
     args = parser.parse_args(argv)
+    if _kind(args.config) == "staged":  # a policy for any cluster: train_staged.py
+        import train_staged
+
+        return train_staged.main(argv)
     try:
         cfg, env_cfg = load_config(args.config)
     except ConfigError as exc:

@@ -57,20 +57,26 @@ def make_planner(
     **options: Any,
 ) -> Planner:
     """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
-    ``ppo:PATH`` loads a trained policy file (agents/ppo.py); ``ppo-topK:PATH`` lets the cost model pick
-    the best of the policy's K most likely actions; ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after
-    ``-topK``) improves the policy's plan by a local search of at most 200 (N) scored plans."""
+    ``ppo:PATH`` loads a trained policy file (agents/ppo.py, or agents/staged_policy.py for a policy for
+    any cluster), an error if ``graph`` (and ``spec``) are given and the policy cannot plan them;
+    ``ppo-topK:PATH`` lets the cost model pick the best of the policy's K most likely actions;
+    ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after ``-topK``) improves the policy's plan by a
+    local search of at most 200 (N) scored plans."""
     policy = POLICY_NAME.fullmatch(name)
     if policy is not None:
-        from agents.ppo import PolicyFileError, PPOPlanner  # torch and the env only when asked for
+        from agents.ppo import open_policy  # torch and the env only when asked for
 
         named = {"top_k": int(policy["k"] or 1)}
         if policy["polished"]:
             named["polish"] = int(policy["polish"] or DEFAULT_POLISH)
         try:
-            return PPOPlanner(policy["path"], cost_model, **(named | options))
-        except (PolicyFileError, TypeError, ValueError) as exc:
+            planner = open_policy(policy["path"], cost_model, **(named | options))
+        except (TypeError, ValueError) as exc:
             raise PlannerError(f"planner {name!r}: {exc}") from None
+        problem = planner.fits(graph, spec) if graph is not None else None
+        if problem is not None:  # a policy for another model or a larger cluster: an error, not a fallback
+            raise PlannerError(f"planner {name!r}: {problem}")
+        return planner
     if name == Clairvoyant.name and "world" not in options:
         raise PlannerError("planner 'clairvoyant' is for evaluation only: it needs the world it plans on")
     factory = Clairvoyant if name == Clairvoyant.name else PLANNERS.get(name)

@@ -54,6 +54,7 @@ from env.network import Snapshot
 from env.partition_env import MicroSplitEnv, Observer
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
+from runtime.spec import ClusterSpec
 
 POLICY_FORMAT = "disnet-ppo/1"
 ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
@@ -124,6 +125,24 @@ def load_policy(path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyMeta]:
         raise PolicyFileError(f"{path}: disnet.json: {exc}") from None
 
 
+def open_policy(path: str | Path, cost_model: CostModel | None = None, **options) -> Planner:
+    """The planner of a policy file of either format: ``disnet-ppo/1`` (this module's fixed action list)
+    or ``disnet-staged/1`` (agents/staged_policy.py, any cluster; it takes ``top_k`` but no polish)."""
+    from agents.staged_policy import STAGED_FORMAT, StagedPlanner
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            kind = json.loads(archive.read("disnet.json")).get("format")
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, AttributeError) as exc:
+        raise PolicyFileError(f"{path}: not a disnet policy file ({type(exc).__name__}: {exc})") from None
+    if kind != STAGED_FORMAT:
+        return PPOPlanner(path, cost_model, **options)
+    if options.get("polish"):
+        raise PolicyFileError(f"{path}: a {STAGED_FORMAT} policy takes no polish (use ppo-topK)")
+    options.pop("polish", None)
+    return StagedPlanner(path, cost_model, **options)
+
+
 class PPOPlanner(Planner):
     """A trained MicroSplit policy behind the Planner interface (module docstring)."""
 
@@ -183,6 +202,17 @@ class PPOPlanner(Planner):
             search.consider(plan)
         search.local_search(self.polish, np.random.default_rng(self.POLISH_SEED), starts=1)
         return search.best or plans[0]  # no plan fits memory: keep the policy's, as without polish
+
+    def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
+        """Why this policy cannot plan ``graph`` on ``spec`` (None if it can)."""
+        if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
+            return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
+        if spec is not None and len(spec.devices) > self.meta.max_devices:
+            return (
+                f"policy {self.path.name} sees at most {self.meta.max_devices} devices, "
+                f"cluster {spec.name!r} has {len(spec.devices)}"
+            )
+        return None
 
     def act(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> int:
         """The policy's deterministic action (index into ``self.shapes``); ValueError if it has none."""

@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from env.completion import NetView, Shape, complete_arrays, net_view, shape_valid, structured_shapes
 from env.cost_model import Cost, CostModel, Objective, Prediction
+from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
 from env.plan_arrays import PlanArrays
 from runtime import models
@@ -95,19 +96,44 @@ class ObjectiveConfig(BaseModel):
         return Objective(self.kind, self.energy_weight)
 
 
+class MeshFamilyConfig(BaseModel):
+    """Training clusters drawn from the DISNET generator family (env/meshes.py): ``count`` meshes of
+    ``devices`` = [lo, hi] devices (uniform), mesh seeds ``seed .. seed + count - 1``, all below
+    ``EVAL_SEED_BASE`` (the evaluation seeds are never trained on)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    devices: tuple[int, int] = (4, 24)
+    count: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MeshFamilyConfig:
+        lo, hi = self.devices
+        if not 2 <= lo <= hi:
+            raise ValueError(f"devices must be [lo, hi] with 2 <= lo <= hi, got {list(self.devices)}")
+        if self.seed + self.count > EVAL_SEED_BASE:
+            raise ValueError(f"mesh seeds must stay below {EVAL_SEED_BASE} (evaluation seeds)")
+        return self
+
+    def specs(self, bandwidth_cap: float | None) -> list[ClusterSpec]:
+        sizes = np.random.default_rng(self.seed).integers(self.devices[0], self.devices[1] + 1, self.count)
+        return [mesh_spec(int(n), self.seed + i, bandwidth_cap=bandwidth_cap) for i, n in enumerate(sizes)]
+
+
 class EnvConfig(BaseModel):
     """Everything that defines the learning problem (the ``env:`` section of a training config).
 
     ``clusters``: bundled names (``mesh0``, ``tiny3``: configs/clusters/NAME.yaml), or paths and glob
     patterns relative to ``base_dir`` (a pattern that matches nothing is skipped, so optional shared
-    scenarios can be listed). ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
+    scenarios can be listed); ``meshes`` adds generated meshes of the DISNET family. ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
     episode. ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the structured
     shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to spare.
     """
 
     model_config = ConfigDict(extra="forbid")
     model: str = "tiny"
-    clusters: list[str] = Field(default_factory=lambda: ["tiny3"], min_length=1)
+    clusters: list[str] = Field(default_factory=lambda: ["tiny3"])
+    meshes: MeshFamilyConfig | None = None
     gflops_per_rate: float | None = Field(None, gt=0)
     bandwidth_cap_mbps: float | None = Field(None, gt=0)
     dynamics: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
@@ -130,6 +156,8 @@ class EnvConfig(BaseModel):
         lo, hi = self.gap_s
         if not 0 <= lo <= hi:
             raise ValueError(f"gap_s must be [lo, hi] with 0 <= lo <= hi, got {list(self.gap_s)}")
+        if not self.clusters and self.meshes is None:
+            raise ValueError("clusters: list at least one cluster, or set meshes")
         return self
 
     @classmethod
@@ -420,6 +448,9 @@ class MicroSplitEnv(gym.Env):
                 path, gflops_per_rate=cfg.gflops_per_rate, bandwidth_cap=cfg.bandwidth_cap_mbps
             )
             specs.setdefault(spec.name, spec)
+        if cfg.meshes is not None:
+            for spec in cfg.meshes.specs(cfg.bandwidth_cap_mbps):
+                specs.setdefault(spec.name, spec)
         if not specs:
             raise EnvConfigError(f"clusters: no cluster file found for {cfg.clusters}")
         self.clusters = [_Cluster(spec, CostModel(self.graph, spec)) for spec in specs.values()]
@@ -573,6 +604,12 @@ class MicroSplitEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         action = int(action)
         plan, invalid = self._action_plan(action)
+        shape = self._shape_names[action] if 0 <= action < len(self.shapes) else None
+        return self.request(plan, shape, invalid)
+
+    def request(self, plan: PlanArrays, shape: str | None = None, invalid: bool = False):
+        """Serve one request with ``plan`` at the current time and advance: ``step``'s work once the
+        action is a plan (planners and environments with other action spaces call it directly)."""
         t = self.time
         outcome = self.backend.run(self, plan, t)
         reference = self._world_cost(self._completed(0), t)
@@ -584,7 +621,7 @@ class MicroSplitEnv(gym.Env):
             "reference_latency_s": reference.latency_s,
             "reference_energy_j": reference.energy_j,
             "plan": plan,  # PlanArrays: ``.plan`` builds the Plan (module docstring, Info)
-            "shape": self._shape_names[action] if 0 <= action < len(self.shapes) else None,
+            "shape": shape,
             "invalid_action": invalid,
             "failed": outcome.failed,
             "outputs_match": outcome.outputs_match,

@@ -1,0 +1,165 @@
+"""A trained stage-by-stage policy as a planner, for any cluster (format ``disnet-staged/1``).
+
+A policy file (train_staged.py writes it) is a zip with ``policy.pth`` (the MaskablePPO state dict,
+tensors only, loaded with ``weights_only=True``) and ``disnet.json`` (``StagedMeta``: the model and its
+cut points, K, the stage limit, the activation). Deciding walks the request's sub-steps as the env does
+(env/staged_env.py): observe the device tokens and context on the snapshot and the plan so far, one
+numpy forward pass of the device-set network, the most likely valid (cut, factor), until a stage ends
+the model; the analytic completion then places devices and shares. No device count limit: the network
+pools over whatever devices the cluster has.
+
+``top_k > 1``: the greedy sequence and, for each of the k - 1 next most likely first stages, the greedy
+rest; the cost model picks the best of those k plans on the snapshot.
+A policy for another model is an error when the planner is built for a graph (``fits``) and when asked to
+plan (``PlannerError``), never a quiet fallback. The only fallback left is a plan that fails to validate
+(it would be a bug), answered with the single best device and named in the Decision.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.base import Decision, Planner, PlannerError
+from agents.device_set import DeviceSetNet
+from env.completion import NetView, Shape, complete, net_view
+from env.cost_model import CostModel, Objective
+from env.network import Snapshot
+from env.staged_env import PartialPlan, StageActions, observe
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, PlanError
+from runtime.spec import ClusterSpec
+
+STAGED_FORMAT = "disnet-staged/1"
+
+
+class StagedPolicyError(ValueError):
+    """A staged policy file is unreadable, or does not fit the model it is asked to plan."""
+
+
+@dataclass(frozen=True)
+class StagedMeta:
+    """The ``disnet.json`` of a staged policy file."""
+
+    model: str
+    n_units: int
+    cut_points: list[int]
+    max_factor: int
+    max_stages: int
+    activation: str
+    objective: dict
+    format: str = STAGED_FORMAT
+
+
+def save_staged(path: str | Path, policy: torch.nn.Module, meta: StagedMeta) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, buffer)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("policy.pth", buffer.getvalue())
+        archive.writestr("disnet.json", json.dumps(asdict(meta), indent=1))
+    return path
+
+
+def load_staged(path: str | Path) -> tuple[dict[str, torch.Tensor], StagedMeta]:
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = json.loads(archive.read("disnet.json"))
+            state = torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
+        if meta.get("format") != STAGED_FORMAT:
+            raise StagedPolicyError(f"{path}: format {meta.get('format')!r}, expected {STAGED_FORMAT!r}")
+        return state, StagedMeta(**meta)
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, RuntimeError) as exc:
+        raise StagedPolicyError(f"{path}: not a disnet staged policy ({type(exc).__name__}: {exc})") from None
+
+
+class StagedPlanner(Planner):
+    """A trained StagedSplit policy behind the Planner interface (module docstring)."""
+
+    name = "ppo"
+
+    def __init__(self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1) -> None:
+        super().__init__(cost_model)
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
+        self.path, self.top_k = Path(path), top_k
+        state, self.meta = load_staged(self.path)
+        try:
+            self.net = DeviceSetNet(state, self.meta.activation)
+        except KeyError as exc:
+            raise StagedPolicyError(f"{self.path}: policy.pth lacks {exc.args[0]}") from None
+        self._actions: dict[int, StageActions] = {}
+
+    def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
+        """Why this policy cannot plan ``graph`` (None if it can; any cluster fits)."""
+        if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
+            return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
+        return None
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        return self.decide(snapshot, graph, objective).plan
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        problem = self.fits(graph)
+        if problem is not None:
+            raise PlannerError(problem)
+        view = net_view(snapshot)
+        shapes = self.shapes(snapshot, graph, view)
+        try:
+            plans = [complete(graph, view, s).validate(graph, snapshot.spec.device_ids) for s in shapes]
+        except (ValueError, PlanError) as exc:
+            single = complete(graph, view, Shape((0, len(graph.units)), (1,)))
+            return Decision(single, fallback=f"policy's plan is invalid ({exc}): single best device")
+        if len(plans) == 1:
+            return Decision(plans[0])
+        return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
+
+    def shapes(self, snapshot: Snapshot, graph: LayerGraph, view: NetView | None = None) -> list[Shape]:
+        """The greedy shape, then (``top_k``) greedy continuations of the next most likely first stages."""
+        view = view or net_view(snapshot)
+        actions = self._actions_for(graph)
+        first = self._ranked(graph, snapshot, view, PartialPlan(), actions)
+        return [self._greedy(graph, snapshot, view, actions, a) for a in first[: self.top_k]]
+
+    def _greedy(
+        self, graph: LayerGraph, snapshot: Snapshot, view: NetView, actions: StageActions, first: int
+    ) -> Shape:
+        partial, action = PartialPlan(), first
+        while True:
+            cut, factor = actions.decode(action)
+            partial.bounds.append(cut)
+            partial.factors.append(factor)
+            if cut == len(graph.units):
+                return partial.shape()
+            action = self._ranked(graph, snapshot, view, partial, actions)[0]
+
+    def _ranked(
+        self,
+        graph: LayerGraph,
+        snapshot: Snapshot,
+        view: NetView,
+        partial: PartialPlan,
+        actions: StageActions,
+    ) -> list[int]:
+        tokens, context = observe(graph, snapshot, view, partial, actions)
+        mask = actions.mask(partial.start, len(partial.factors), view.n_usable)
+        logits = np.where(mask, self.net.logits(tokens, context), -np.inf)
+        return [int(a) for a in np.argsort(-logits, kind="stable")[: int(mask.sum())]]
+
+    def _actions_for(self, graph: LayerGraph) -> StageActions:
+        actions = self._actions.get(id(graph))
+        if actions is None:
+            actions = StageActions.of(graph, self.meta.max_factor, self.meta.max_stages)
+            self._actions[id(graph)] = actions
+        return actions
+
+    def __repr__(self) -> str:
+        return f"StagedPlanner({str(self.path)!r}, top_k={self.top_k})"

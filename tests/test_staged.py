@@ -1,0 +1,206 @@
+"""The stage-by-stage policy: exact masks, the env's requests, the numpy actor, device-order equivariance,
+any cluster size, and clear errors for a policy that does not fit."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents import PlannerError, make_planner
+from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
+from env.completion import Shape, complete, net_view
+from env.cost_model import Objective
+from env.meshes import generate_mesh
+from env.network import NetworkState
+from env.partition_env import EnvConfig, MicroSplitEnv, model_graph
+from env.staged_env import StagedSplitEnv, observe
+from runtime.spec import parse_cluster
+from train_staged import StagedConfig, behaviour_cloning, label_worker, make_model
+
+ENV = {
+    "model": "tiny",
+    "clusters": [],
+    "meshes": {"devices": [3, 8], "count": 4, "seed": 0},
+    "random_endpoints": True,
+    "max_devices": 8,
+    "max_split": 4,
+    "max_stages": 3,
+    "requests_per_episode": 4,
+    "dynamics": [{"links": {"default": {"kind": "random_walk", "mean": 30, "sigma": 6, "lo": 1, "hi": 80}}}],
+}
+
+
+@pytest.fixture(scope="module")
+def env() -> StagedSplitEnv:
+    return StagedSplitEnv(EnvConfig.parse(ENV))
+
+
+@pytest.fixture(scope="module")
+def policy(env, tmp_path_factory) -> tuple:
+    """A randomly initialised staged policy file (the architecture is what these tests are about)."""
+    cfg = StagedConfig.model_validate({"name": "t", "env": ENV})
+    model = make_model(cfg, DummyVecEnv([lambda: StagedSplitEnv(cfg.env)]), env.max_devices)
+    meta = StagedMeta(
+        model="tiny",
+        n_units=len(env.graph.units),
+        cut_points=list(env.graph.cut_points),
+        max_factor=env.actions.max_factor,
+        max_stages=env.actions.max_stages,
+        activation="tanh",
+        objective={"kind": "latency", "energy_weight": 0.0},
+    )
+    return save_staged(tmp_path_factory.mktemp("staged") / "policy.zip", model.policy, meta), model, cfg
+
+
+def test_masks_are_exact(env):
+    """Every unmasked action is a stage that fits; after max_stages - 1 stages only the model's end is
+    allowed; every rollout of valid actions is a shape of the graph within the limits."""
+    rng = np.random.default_rng(0)
+    n_units = len(env.graph.units)
+    env.reset(seed=1)
+    for _ in range(60):
+        usable = env.inner.view.n_usable
+        mask = env.action_masks()
+        start, stages = env.partial.start, len(env.partial.factors)
+        for a in range(env.actions.n):
+            cut, k = env.actions.decode(a)
+            fits = cut > start and k <= max(1, min(usable, env.graph.extent(cut)))
+            if stages + 1 == env.actions.max_stages:
+                fits = fits and cut == n_units
+            assert mask[a] == fits, (a, cut, k, start, stages)
+        _, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(mask))))
+        if done:
+            spans = info["plan"].stages
+            bounds = [spans[0][0], *(end for _, end in spans)]
+            assert bounds[0] == 0 and bounds[-1] == n_units and set(bounds) <= set(env.graph.cut_points)
+            assert len(spans) <= env.actions.max_stages and not info["invalid_action"]
+            env.reset()
+
+
+def test_request_is_the_microsplit_request_of_its_shape(env):
+    """Closing stages (3, x2) then (end, x1) serves the completion of that shape, with MicroSplitEnv's reward."""
+    n_units = len(env.graph.units)
+    shape = Shape((0, 3, n_units), (2, 1))
+    env.reset(seed=5)
+    snapshot, t = env.inner.snapshot, env.inner.time
+    expected = complete(env.graph, net_view(snapshot), shape)
+    reward = None
+    for _, end, k in shape.stages:
+        _, reward, done, _, info = env.step(env.actions.encode(end, k))
+    assert done and info["plan"].plan == expected
+    twin = MicroSplitEnv(EnvConfig.parse({**ENV, "shapes": [shape.to_list()]}))
+    twin.reset(options={"world": env.inner.world, "time": t})
+    _, twin_reward, *_ = twin.step(1)
+    assert reward == pytest.approx(twin_reward)
+
+
+def test_numpy_actor_matches_the_torch_policy(env, policy):
+    path, model, _ = policy
+    planner = StagedPlanner(path)
+    env.reset(seed=2)
+    for _ in range(3):
+        obs = env.observation()
+        with torch.no_grad():
+            features = model.policy.extract_features(torch.as_tensor(obs[None]))
+            expected = model.policy.action_net(model.policy.mlp_extractor(features)[0])[0].numpy()
+        tokens, context = observe(env.graph, env.inner.snapshot, env.inner.view, env.partial, env.actions)
+        np.testing.assert_allclose(planner.net.logits(tokens, context), expected, rtol=1e-4, atol=1e-5)
+        env.step(int(np.flatnonzero(env.action_masks())[0]))
+
+
+def _mesh(n: int, seed: int) -> dict:
+    """A family mesh with distinct device speeds and link rates (no ties for the completion to break)."""
+    doc = generate_mesh(n, seed)
+    for i, dev in enumerate(doc["devices"].values()):
+        dev["compute_rate"] = 1 + i * 0.7
+    for i, link in enumerate(doc["links"]):
+        link[2] = 10 + 2.3 * i
+    return doc
+
+
+def _snapshot(doc: dict):
+    spec = parse_cluster(doc, origin=doc["name"])
+    return NetworkState.static(spec).snapshot(10.0)
+
+
+def test_plan_does_not_depend_on_device_order_or_names(policy):
+    """Reordering and renaming the devices of the cluster file gives the same plan, renamed."""
+    path, *_ = policy
+    planner = StagedPlanner(path)
+    graph = model_graph("tiny")
+    for seed in range(4):
+        doc = _mesh(9, seed)
+        perm = np.random.default_rng(seed).permutation(len(doc["devices"]))
+        names = list(doc["devices"])
+        rename = {names[i]: f"dev-{j}" for j, i in enumerate(perm)}
+        moved = copy.deepcopy(doc)
+        moved["devices"] = {rename[d]: doc["devices"][d] for d in reversed(names)}
+        moved["links"] = [[rename[a], rename[b], mbps] for a, b, mbps in reversed(doc["links"])]
+        moved["source"], moved["sink"] = rename[doc["source"]], rename[doc["sink"]]
+        plan = planner.plan(_snapshot(doc), graph, Objective())
+        other = planner.plan(_snapshot(moved), graph, Objective())
+        assert [(s.start, s.end) for s in plan.stages] == [(s.start, s.end) for s in other.stages]
+        for a, b in zip(plan.stages, other.stages, strict=True):
+            assert [(rename[x.device], x.share) for x in a.assignments] == [
+                (x.device, x.share) for x in b.assignments
+            ]
+
+
+@pytest.mark.parametrize("devices", [2, 12, 40])
+def test_any_cluster_size_plans_without_fallback(policy, devices):
+    path, *_ = policy
+    graph = model_graph("tiny")
+    planner = StagedPlanner(path)
+    snapshot = _snapshot(generate_mesh(devices, 7))
+    decision = planner.decide(snapshot, graph, Objective())
+    assert decision.fallback is None
+    decision.plan.validate(graph, snapshot.spec.device_ids)
+
+
+def test_policy_for_another_model_is_an_error(policy):
+    path, *_ = policy
+    vgg = model_graph("vgg16_bn")
+    with pytest.raises(PlannerError, match="trained for tiny, not vgg16_bn"):
+        make_planner(f"ppo:{path}", graph=vgg, spec=parse_cluster(generate_mesh(4, 1)))
+    with pytest.raises(PlannerError, match="trained for tiny"):
+        StagedPlanner(path).decide(_snapshot(generate_mesh(4, 1)), vgg, Objective())
+    with pytest.raises(PlannerError, match="no polish"):
+        make_planner(f"ppo-polish:{path}")
+    assert make_planner(f"ppo-top3:{path}").top_k == 3
+
+
+def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
+    """Optimiser labels replay as valid sub-steps ending in a served request; cloning fits them."""
+    _, model, cfg = policy
+    samples = label_worker(cfg.env.model_dump(), [1, 2, 3, 4], evaluations=40)
+    assert samples and all(len(s["obs"]) == len(s["actions"]) == len(s["masks"]) for s in samples)
+    assert all(m[a] for s in samples for m, a in zip(s["masks"], s["actions"], strict=True))
+    assert all(s["reward"] < 0 and s["latency_s"] > 0 for s in samples)
+    bc = cfg.bc.model_copy(update={"epochs": 60, "batch_size": 16})
+    assert behaviour_cloning(copy.deepcopy(model), samples, bc, seed=0)["train_action_accuracy"] > 0.9
+
+
+def test_training_meshes_never_use_evaluation_seeds():
+    from env.meshes import EVAL_SEED_BASE
+    from env.partition_env import EnvConfigError
+
+    with pytest.raises(EnvConfigError, match=f"below {EVAL_SEED_BASE}"):
+        EnvConfig.parse({**ENV, "meshes": {"count": 10, "seed": EVAL_SEED_BASE - 5}})
+    with pytest.raises(EnvConfigError, match="clusters: list at least one cluster, or set meshes"):
+        EnvConfig.parse({**ENV, "meshes": None})
+
+
+def test_bad_staged_config_names_file_and_field(tmp_path, capsys):
+    import yaml
+
+    import train
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "kind": "staged", "env": ENV, "ppo": {"n_envs": 0}}))
+    assert train.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml: ppo.n_envs" in err and "Traceback" not in err
