@@ -1,11 +1,16 @@
 """Compare planners side by side, and check the cost model against the runtime.
 
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
-      [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--json OUT] [--plots DIR]
-  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--json OUT]
+      [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--json OUT] [--plots DIR] \
+      [--cost profile|flops] [--profile FILE]
+  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--json OUT]
 
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
-energy per plan and in summary.
+energy per plan and in summary, for the default cost model (this host's compute profile) and FLOPs alone.
+
+Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
+worker once and cached; ``--profile FILE`` to use another), or with ``--cost flops`` on FLOPs alone; live
+runs pace the emulated devices by the same profile's reference speed.
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
@@ -35,13 +40,13 @@ from agents.evaluation import (
     run_comparison,
     summarize,
 )
-from env.cost_model import CostModel, Objective, Profile
+from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import PlanError, random_plan
-from runtime.profiler import profile_record
 from runtime.spec import SpecError, load_cluster
 
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -66,9 +71,11 @@ def load_problem(args):
 def compare(args) -> dict:
     spec, model, graph, world = load_problem(args)
     objective = Objective(args.objective, args.energy_weight)
-    planners = {name: make_planner(name, graph=graph, spec=spec) for name in args.agents.split(",")}
-    if args.backend == "sim":
-        cost = CostModel(graph, spec)
+    live = args.backend == "live"
+    profile = resolve_profile(graph, args.cost, args.profile, same_host=live, say=console.print)
+    cost = CostModel(graph, spec, profile)
+    planners = {name: make_planner(name, cost_model=cost) for name in args.agents.split(",")}
+    if not live:
 
         def snapshot_at(i):
             return world.snapshot(args.warmup_s + i * args.gap_s)
@@ -81,7 +88,9 @@ def compare(args) -> dict:
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
     else:
-        with live_session(spec, args.model, model, world, seed=args.seed) as session:
+        with live_session(
+            spec, args.model, model, world, seed=args.seed, host_gflops=pacing_gflops(profile)
+        ) as session:
             records = run_comparison(
                 planners,
                 session.snapshot_at,
@@ -105,6 +114,7 @@ def compare(args) -> dict:
         bandwidth_cap_mbps=args.bandwidth_cap,
         objective=args.objective,
         traces=args.traces,
+        cost=args.cost,
     )
     if args.plots:
         for path in plot(summary, records, Path(args.plots)):
@@ -115,11 +125,13 @@ def compare(args) -> dict:
 def calibrate(args) -> dict:
     """Run random plans on an emulated local cluster; compare measured latency and energy with predictions.
 
-    Two predictions per plan: from FLOPs and device GFLOP/s alone, and from a per-unit profile of this host
-    measured through the cluster's own worker first (what the emulation paces by), so the report shows
+    Two predictions per plan: the default model (this host's cached compute profile, or ``--profile``;
+    the emulation paces by its reference speed) and FLOPs with device GFLOP/s alone, so the report shows
     which term of the model an error comes from.
     """
     spec, model, graph, world = load_problem(args)
+    profile = resolve_profile(graph, "profile", args.profile, same_host=True, say=console.print)
+    models_by_name = {"profile": CostModel(graph, spec, profile), "flops": CostModel(graph, spec)}
     rng = np.random.default_rng(args.seed)
     devices = list(spec.device_ids)
     plans = [
@@ -134,15 +146,9 @@ def calibrate(args) -> dict:
         )
         for _ in range(args.plans)
     ]
-    with live_session(spec, args.model, model, world, seed=args.seed) as session:
-        console.print(f"profiling {args.model} on this host through worker {spec.source} ...")
-        record = profile_record(session.controller, spec.source, session.cluster.host_gflops)
-        models_by_name = {
-            "flops": CostModel(graph, spec),
-            "profile": CostModel(
-                graph, spec, Profile(args.model, record["reference_gflops"], tuple(record["unit_seconds"]))
-            ),
-        }
+    with live_session(
+        spec, args.model, model, world, seed=args.seed, host_gflops=pacing_gflops(profile)
+    ) as session:
         rows = []
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("plans", total=len(plans))
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
     c.add_argument("--energy-weight", type=float, default=0.0)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--cost", choices=("profile", "flops"), default="profile", help="cost model planners use")
+    c.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
     c.add_argument("--json", default=None, help="write the result as JSON here")
     c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
     k = sub.add_parser("calibrate", help="predicted vs measured latency and energy of random plans")
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--bandwidth-cap", type=float, default=None)
     k.add_argument("--traces", default=None, help="trace file or folder every link samples from")
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
     k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
     args = parser.parse_args(argv)
     for name in ("requests", "plans", "max_devices", "max_stages"):
@@ -200,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
         report = compare(args) if args.command == "compare" else calibrate(args)
-    except (SpecError, PlanError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:
+    except (
+        SpecError,
+        PlanError,
+        PlannerError,
+        NetworkError,
+        TraceError,
+        models.ModelError,
+        ProfileError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     if args.json:

@@ -69,6 +69,7 @@ from env.completion import NetView, Shape, complete_arrays, net_view, shape_vali
 from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
 from env.plan_arrays import PlanArrays
+from env.profiles import ProfileError, resolve_profile
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph
@@ -103,6 +104,8 @@ class EnvConfig(BaseModel):
     scenarios can be listed). ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
     episode. ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the structured
     shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to spare.
+    ``cost``: the cost model requests are priced on, ``profile`` (default: this host's per-unit compute
+    profile of the model, from the file ``profile`` or else the cache, env/profiles.py) or ``flops``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -123,6 +126,8 @@ class EnvConfig(BaseModel):
     shapes: list[list[list[int]]] | None = None
     n_actions: int | None = Field(None, ge=1)
     objective: ObjectiveConfig = ObjectiveConfig()
+    cost: Literal["profile", "flops"] = "profile"
+    profile: str | None = None
     base_dir: str | None = None
 
     @model_validator(mode="after")
@@ -422,7 +427,12 @@ class MicroSplitEnv(gym.Env):
             specs.setdefault(spec.name, spec)
         if not specs:
             raise EnvConfigError(f"clusters: no cluster file found for {cfg.clusters}")
-        self.clusters = [_Cluster(spec, CostModel(self.graph, spec)) for spec in specs.values()]
+        profile = None if cfg.profile is None else Path(cfg.base_dir or ".") / cfg.profile
+        try:
+            self.profile = resolve_profile(self.graph, cfg.cost, profile)
+        except ProfileError as exc:
+            raise EnvConfigError(f"profile: {exc}") from None
+        self.clusters = [_Cluster(spec, CostModel(self.graph, spec, self.profile)) for spec in specs.values()]
         self.max_devices = cfg.max_devices or max(len(c.spec.devices) for c in self.clusters)
         self.shapes = self._shapes()
         self._shape_names = [shape.describe() for shape in self.shapes]  # for info, once (5 us a step)
@@ -616,7 +626,7 @@ class MicroSplitEnv(gym.Env):
         for c in self.clusters:
             if c.spec.name == spec.name and c.spec.links == spec.links:
                 return c
-        cluster = _Cluster(spec, CostModel(self.graph, spec))
+        cluster = _Cluster(spec, CostModel(self.graph, spec, self.profile))
         self.clusters.append(cluster)
         return cluster
 
