@@ -13,7 +13,10 @@ prints the comparison.
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
-emulated devices are paced by the same profile's reference speed.
+emulated devices are paced by the same profile's reference speed. Each run reports every device's
+emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py; ``fidelity_min`` in the
+JSON): below 0.95 the host could not keep up. Serving runs undilated (D = 1): the live view's telemetry
+is read at wall-clock rates.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.spec import SpecError, load_cluster
 
@@ -105,12 +109,28 @@ def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, o
             writer.close()
     summary = report.summary()
     summary["rss_mb"] = report.rss_mb
+    fidelity = cluster.controller.fidelity.per_device()
+    print_fidelity(fidelity, cluster.dilation, console, f" of {label}")
+    summary["fidelity"] = fidelity
+    summary["fidelity_min"] = min(fidelity.values(), default=None)
     return summary
 
 
 def print_table(summaries: list[dict], title: str) -> None:
     table = Table(title=title)
-    cols = ("agent", "done", "lost", "dup", "outputs", "replans", "lat mean s", "p50 s", "p95 s", "energy J")
+    cols = (
+        "agent",
+        "done",
+        "lost",
+        "dup",
+        "outputs",
+        "replans",
+        "lat mean s",
+        "p50 s",
+        "p95 s",
+        "energy J",
+        "fidelity",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col == "agent" else "right")
     for s in sorted(summaries, key=lambda s: s["latency_mean_s"]):
@@ -125,6 +145,7 @@ def print_table(summaries: list[dict], title: str) -> None:
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
             f"{s['energy_mean_j']:.2f}",
+            "-" if s["fidelity_min"] is None else f"{s['fidelity_min']:.3f}",
         )
     console.print(table)
 

@@ -8,6 +8,10 @@
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
 energy per plan and in summary, for the default cost model (this host's compute profile) and FLOPs alone.
 
+Live runs emulate the cluster with a time dilation D (``--dilation``; default automatic from this host's
+free cores and speed, runtime/emulation.py) and report each device's fidelity (achieved over nominal
+compute speed; ``fidelity_min`` in the JSON, a warning below 0.95).
+
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` to use another), or with ``--cost flops`` on FLOPs alone; live
 runs pace the emulated devices by the same profile's reference speed.
@@ -45,6 +49,7 @@ from env.network import DynamicsConfig, NetworkError, NetworkState
 from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
+from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import PlanError, random_plan
 from runtime.spec import SpecError, load_cluster
@@ -75,6 +80,7 @@ def compare(args) -> dict:
     profile = resolve_profile(graph, args.cost, args.profile, same_host=live, say=console.print)
     cost = CostModel(graph, spec, profile)
     planners = {name: make_planner(name, cost_model=cost) for name in args.agents.split(",")}
+    emulation = {}
     if not live:
 
         def snapshot_at(i):
@@ -89,8 +95,9 @@ def compare(args) -> dict:
         )
     else:
         with live_session(
-            spec, args.model, model, world, seed=args.seed, host_gflops=pacing_gflops(profile)
+            spec, args.model, model, world, seed=args.seed, **cluster_options(args, profile)
         ) as session:
+            console.print(f"emulation: time dilation {session.cluster.dilation:g}")
             records = run_comparison(
                 planners,
                 session.snapshot_at,
@@ -100,6 +107,7 @@ def compare(args) -> dict:
                 session.execute,
                 console=console,
             )
+            emulation = fidelity_report(session)
     summary = summarize(records)
     cap = f", cap {args.bandwidth_cap:g} Mbit/s" if args.bandwidth_cap else ""
     print_summary(
@@ -115,6 +123,7 @@ def compare(args) -> dict:
         objective=args.objective,
         traces=args.traces,
         cost=args.cost,
+        **emulation,
     )
     if args.plots:
         for path in plot(summary, records, Path(args.plots)):
@@ -131,7 +140,8 @@ def calibrate(args) -> dict:
     """
     spec, model, graph, world = load_problem(args)
     profile = resolve_profile(graph, "profile", args.profile, same_host=True, say=console.print)
-    models_by_name = {"profile": CostModel(graph, spec, profile), "flops": CostModel(graph, spec)}
+    # the last predictor is the report's headline (calibration_report): the default model
+    models_by_name = {"flops": CostModel(graph, spec), "profile": CostModel(graph, spec, profile)}
     rng = np.random.default_rng(args.seed)
     devices = list(spec.device_ids)
     plans = [
@@ -147,8 +157,9 @@ def calibrate(args) -> dict:
         for _ in range(args.plans)
     ]
     with live_session(
-        spec, args.model, model, world, seed=args.seed, host_gflops=pacing_gflops(profile)
+        spec, args.model, model, world, seed=args.seed, **cluster_options(args, profile)
     ) as session:
+        console.print(f"emulation: time dilation {session.cluster.dilation:g}")
         rows = []
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("plans", total=len(plans))
@@ -165,11 +176,25 @@ def calibrate(args) -> dict:
                     row[name] = {"latency_s": p.latency_s, "energy_j": p.energy_j}
                 rows.append(row)
                 progress.advance(task)
+        emulation = fidelity_report(session)
     report = calibration_report(rows, list(models_by_name))
     print_calibration(
         report, console, f"{args.model} on {spec.name}: predicted vs measured, {len(plans)} plans"
     )
-    return report
+    return report | emulation
+
+
+def cluster_options(args, profile) -> dict:
+    """The emulated cluster's pacing: by the profile's reference speed (what it predicts), dilated by
+    ``--dilation`` (default: automatic for this host)."""
+    return {"host_gflops": pacing_gflops(profile), "dilation": args.dilation}
+
+
+def fidelity_report(session) -> dict:
+    """Print the live run's per-device fidelity; its JSON fields."""
+    fidelity, dilation = session.controller.fidelity.per_device(), session.cluster.dilation
+    print_fidelity(fidelity, dilation, console)
+    return {"dilation": dilation, "fidelity": fidelity, "fidelity_min": min(fidelity.values(), default=None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--cost", choices=("profile", "flops"), default="profile", help="cost model planners use")
     c.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
+    c.add_argument("--dilation", type=float, default=None, help="live: run D x slower (default: auto)")
     c.add_argument("--json", default=None, help="write the result as JSON here")
     c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
     k = sub.add_parser("calibrate", help="predicted vs measured latency and energy of random plans")
@@ -202,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--traces", default=None, help="trace file or folder every link samples from")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
+    k.add_argument("--dilation", type=float, default=None, help="run D x slower (default: auto)")
     k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
     args = parser.parse_args(argv)
     for name in ("requests", "plans", "max_devices", "max_stages"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "dilation", None) is not None and not 1 <= args.dilation < float("inf"):
+        parser.error("--dilation must be a number >= 1")
     try:
         report = compare(args) if args.command == "compare" else calibrate(args)
     except (

@@ -11,7 +11,10 @@ Each worker is ``python -m runtime.worker`` on a free loopback port, with one to
 process group. The seeded model is exported once to a temporary checkpoint that the workers map into
 memory unit by unit. With ``emulate=True`` (the default) the workers pace their compute to the spec's
 device speeds (relative to this host's single-thread GFLOP/s, measured once) and shape their radios to
-the spec's links, or to ``link_schedules``/``speed_schedules``.
+the spec's links, or to ``link_schedules``/``speed_schedules``. ``dilation`` runs the emulation D x
+slower than the emulated cluster so that the host is never oversubscribed (runtime/emulation.py; None:
+``auto_dilation`` for this host); ``cluster.dilation`` is the D in force, which anything else that
+shapes the emulated network (e.g. kernel ``tc`` rates) must follow too.
 
 Teardown leaves no process behind: workers are asked to exit, then their process groups are killed;
 an ``atexit`` hook does the same if the program ends without closing the cluster, and a worker exits
@@ -40,7 +43,7 @@ import torch
 
 from runtime import models
 from runtime.controller import Controller, Replanner
-from runtime.emulation import Emulation, ScheduleLike, measure_host_gflops
+from runtime.emulation import Emulation, ScheduleLike, auto_dilation, measure_host_gflops
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec, SpecError, load_cluster
 
@@ -85,6 +88,7 @@ class LocalCluster:
         link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None,
         speed_schedules: Mapping[str, ScheduleLike] | None = None,
         host_gflops: float | None = None,
+        dilation: float | None = 1.0,
         replan: Replanner | None = None,
         curve_keys: str | Path | None = None,
         host: str = "127.0.0.1",
@@ -99,6 +103,7 @@ class LocalCluster:
         self.link_schedules = link_schedules
         self.speed_schedules = speed_schedules
         self.host_gflops = host_gflops
+        self.dilation = dilation
         self.replan = replan
         self.curve_keys = Path(curve_keys) if curve_keys is not None else None
         self.host = host
@@ -133,12 +138,16 @@ class LocalCluster:
             )
             if self.emulate and self.host_gflops is None:
                 self.host_gflops = measure_host_gflops()
+            if self.dilation is None:
+                self.dilation = auto_dilation(self.spec, self.host_gflops) if self.emulate else 1.0
             started = {d: self._spawn(d, f"tcp://{self.host}:*") for d in self.spec.devices}
             for d, proc in started.items():
                 self.endpoints[d] = self._await_ready(d, proc)
             emulation = None
             if self.emulate:
-                emulation = Emulation(self.host_gflops, self.link_schedules, self.speed_schedules)
+                emulation = Emulation(
+                    self.host_gflops, self.link_schedules, self.speed_schedules, self.dilation
+                )
             self.controller = Controller(
                 self.spec,
                 self.endpoints,
@@ -255,6 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--no-emulate", action="store_true", help="no pacing and no link shaping")
     up.add_argument(
+        "--dilation",
+        type=float,
+        default=None,
+        help="run D x slower than the emulated cluster (default: auto)",
+    )
+    up.add_argument(
         "--curve-keys", type=Path, help="CurveZMQ key directory (python -m runtime.security keygen)"
     )
     up.add_argument(
@@ -266,14 +281,23 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_cluster(args.config)
     except SpecError as exc:
         parser.exit(2, f"cluster: error: {exc}\n")
+    if args.dilation is not None and not args.dilation >= 1:
+        parser.error("--dilation must be >= 1")
     with LocalCluster(
-        spec, model=args.model, seed=args.seed, emulate=not args.no_emulate, curve_keys=args.curve_keys
+        spec,
+        model=args.model,
+        seed=args.seed,
+        emulate=not args.no_emulate,
+        curve_keys=args.curve_keys,
+        dilation=args.dilation,
     ) as cluster:
         print(
             f"cluster {spec.name}: {len(spec.devices)} workers, model {args.model}, logs in {cluster.workdir}"
         )
         if cluster.host_gflops:
-            print(f"host: {cluster.host_gflops:.1f} GFLOP/s per thread (pacing reference)")
+            print(
+                f"host: {cluster.host_gflops:.1f} GFLOP/s per thread (pacing reference), dilation {cluster.dilation:g}"
+            )
         for d, endpoint in cluster.endpoints.items():
             print(f"  {d:>6}  {endpoint}  pid {cluster.processes[d].pid}")
         if args.check:

@@ -316,6 +316,31 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
 
 
+def test_time_dilation_runs_slower_and_reports_the_emulated_cluster_times(ctl, reference):
+    """At D = 3 a request takes 3x the wall time, but its reported latency, radio time and energy, link
+    rate and clock are the emulated cluster's, as at D = 1."""
+    n = len(ctl.graph.units)
+    ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
+    ctl.deploy(Plan.build("d", "e", [(0, 6, {"e": 1}), (6, n, {"d": 1})]))
+    x = _inputs(1)[0]
+    plain = [ctl.infer(x) for _ in range(2)][-1]
+    ctl.configure(dataclasses.replace(ctl.emulation, dilation=3.0))
+    assert ctl.dilation == 3.0
+    wall0, clock0 = time.time(), ctl.now()
+    dilated = ctl.infer(x)
+    wall = time.time() - wall0
+    _assert_close(dilated.output, reference(x))
+    assert dilated.latency_s == pytest.approx(plain.latency_s, rel=TIMING_TOLERANCE)
+    radio, radio_plain = dilated.timeline.links[("e", "d")], plain.timeline.links[("e", "d")]
+    assert radio.seconds == pytest.approx(radio_plain.seconds, rel=TIMING_TOLERANCE)
+    assert radio.energy_j == pytest.approx(radio_plain.energy_j, rel=TIMING_TOLERANCE)
+    assert wall > 2.5 * plain.latency_s
+    assert ctl.now() - clock0 == pytest.approx(wall / 3, rel=0.1)
+    assert ctl.link_mbps(window_s=wall)[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    with pytest.raises(ValueError, match="dilation must be a finite number >= 1"):
+        dataclasses.replace(ctl.emulation, dilation=0.5)
+
+
 def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
     record = profile_record(ctl, "c", cluster.host_gflops, repeats=2)
     graph = ctl.graph
