@@ -69,7 +69,7 @@ from env.completion import NetView, Shape, complete_arrays, net_view, shape_vali
 from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
 from env.plan_arrays import PlanArrays
-from env.profiles import ProfileError, resolve_profile
+from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph
@@ -363,7 +363,7 @@ class LiveBackend:
                 spec,
                 model=env.config.model,
                 seed=self.seed,
-                host_gflops=self.host_gflops,
+                host_gflops=self.host_gflops or pacing_gflops(env.profile),  # paced as the env predicts
                 start_timeout_s=self.start_timeout_s,
             )
             cluster.start()

@@ -98,17 +98,18 @@ def host_profile(
     *,
     same_host: bool = False,
     say: Callable[[str], None] = print,
+    measure: Callable[[str], dict] = measure_local,
 ) -> Profile:
-    """This host's profile of ``graph``'s model: from ``path`` if given, else from the cache, measured
-    through a local worker and cached when missing. ``same_host``: the profile paces emulated workers
-    here, so a file measured elsewhere is an error."""
+    """This host's profile of ``graph``'s model: from ``path`` if given, else from the cache, measured by
+    ``measure(model)`` (through a local worker) and cached when missing. ``same_host``: the profile paces
+    emulated workers here, so a file measured elsewhere is an error."""
     if path is not None:
         profile = read_profile(path, graph)
         return require_host(profile, str(path)) if same_host else profile
     cached = profile_path(graph.name)
     if not cached.exists():
         say(f"profiling {graph.name} on this host through a worker (once; cached in {cached}) ...")
-        write_profile(measure_local(graph.name), cached)
+        write_profile(measure(graph.name), cached)
     return require_host(read_profile(cached, graph), str(cached))
 
 

@@ -12,9 +12,9 @@ from conftest import synthetic_profile
 from agents import make_planner
 from env.network import NetworkState
 from env.partition_env import EnvConfigError, MicroSplitEnv, model_graph
-from env.profiles import ProfileError, host_profile, read_profile, resolve_profile
+from env.profiles import ProfileError, read_profile, resolve_profile
 from runtime.plan import Plan
-from runtime.profiler import FORMAT, profile_path, write_profile
+from runtime.profiler import profile_path, write_profile
 from runtime.spec import load_cluster
 
 GRAPH = model_graph("tiny")
@@ -75,18 +75,6 @@ def test_flops_means_no_profile_and_refuses_one(tmp_path, record):
         resolve_profile(GRAPH, "flops", write(tmp_path, record))
     with pytest.raises(ProfileError, match="profile, flops"):
         resolve_profile(GRAPH, "roofline")
-
-
-def test_a_missing_profile_is_measured_through_a_worker_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("DISNET_PROFILES", str(tmp_path))
-    said = []
-    first = host_profile(GRAPH, say=said.append)
-    assert len(said) == 1 and "profiling tiny" in said[0] and profile_path("tiny").exists()
-    stored = json.loads(profile_path("tiny").read_text())
-    assert stored["format"] == FORMAT and stored["units"] == [u.name for u in GRAPH.units]
-    assert all(s > 0 for s, u in zip(first.unit_seconds, GRAPH.units, strict=True) if u.flops > 0)
-    again = host_profile(GRAPH, say=said.append)
-    assert again == first and len(said) == 1  # read from the cache, not measured again
 
 
 def test_every_tool_plans_on_the_profile_by_default(tmp_path, record, monkeypatch):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from env.profiles import read_profile
+from env.profiles import host_profile, read_profile
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
 from runtime.emulation import energy_j
 from runtime.layout import layout
 from runtime.plan import Plan, random_plan
-from runtime.profiler import profile_record
+from runtime.profiler import profile_path, profile_record
 from runtime.schedule import Trace
 from runtime.spec import parse_cluster
 
@@ -354,6 +354,22 @@ def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
     path.write_text(json.dumps(record))
     profile = read_profile(path, graph)  # valid for the cost model as written
     assert profile.unit_seconds == tuple(seconds) and profile.reference_gflops == cluster.host_gflops
+
+
+def test_a_missing_profile_is_measured_through_a_worker_once_and_cached(ctl, cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISNET_PROFILES", str(tmp_path))
+    measured, said = [], []
+
+    def measure(model: str) -> dict:
+        measured.append(model)
+        return profile_record(ctl, "c", cluster.host_gflops, repeats=1)
+
+    first = host_profile(ctl.graph, say=said.append, measure=measure)
+    assert measured == [MODEL] and "profiling tiny" in said[0] and profile_path(MODEL).exists()
+    stored = json.loads(profile_path(MODEL).read_text())
+    assert stored["format"] == "disnet-profile/1" and stored["units"] == [u.name for u in ctl.graph.units]
+    again = host_profile(ctl.graph, say=said.append, measure=measure)
+    assert again == first and measured == [MODEL]  # read from the cache, not measured again
 
 
 def test_second_controller_with_another_input_size_shares_the_workers(ctl, cluster, reference):
