@@ -109,6 +109,7 @@ class Profile:
     reference_gflops: float
     unit_seconds: tuple[float, ...]
     host: str = ""  # the machine it was measured on (env/profiles.py reads and validates profile files)
+    probe_cpu_s: float | None = None  # the host's probe convolution CPU seconds then (env/profiles.py)
 
 
 @dataclass(frozen=True)

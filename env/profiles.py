@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from env.cost_model import Profile
+from runtime.emulation import conv_cpu_seconds
 from runtime.graph import LayerGraph
 from runtime.profiler import FORMAT, measure_local, profile_path, this_host, write_profile
 
@@ -65,7 +67,16 @@ def profile_from_record(record: Any, graph: LayerGraph, origin: str = "<profile>
         raise fail("unit_seconds must be finite seconds >= 0, not all zero")
     if not isinstance(record.get("host"), str) or not record["host"]:
         raise fail("host must name the machine the profile was measured on")
-    return Profile(graph.name, float(ref), tuple(float(s) for s in seconds), record["host"])
+    probe = record.get("probe_cpu_s")
+    if probe is not None and (type(probe) not in (int, float) or not (math.isfinite(probe) and probe > 0)):
+        raise fail(f"probe_cpu_s must be a positive number of seconds, got {probe!r}")
+    return Profile(
+        graph.name,
+        float(ref),
+        tuple(float(s) for s in seconds),
+        record["host"],
+        None if probe is None else float(probe),
+    )
 
 
 def read_profile(path: str | Path, graph: LayerGraph) -> Profile:
@@ -135,5 +146,15 @@ def resolve_profile(
 
 def pacing_gflops(profile: Profile | None) -> float | None:
     """The host speed emulated workers pace by (``LocalCluster(host_gflops=...)``) so that they do what
-    the profile predicts: the speed it was measured at. None (measure the host now) for the FLOPs model."""
-    return None if profile is None else profile.reference_gflops
+    the profile predicts; None (measure the host now) for the FLOPs model.
+
+    Pacing scales each computation's CPU time, and a CPU second of this host does less work when other
+    processes load its cores and caches than when the profile was measured. So the profile's reference
+    speed is scaled by how much slower the probe convolution runs now than then (medians of its CPU
+    time): the devices then compute at the speed the profile predicts at any load.
+    """
+    if profile is None:
+        return None
+    if profile.probe_cpu_s is None:
+        return profile.reference_gflops
+    return profile.reference_gflops * profile.probe_cpu_s / statistics.median(conv_cpu_seconds(1.0))

@@ -182,6 +182,31 @@ class EnergyMeter:
         return energy_j(self.power, s["compute"], s["send"], s["recv"], 0.0)
 
 
+CONV_FLOPS = 2 * 64 * 64 * 9 * 56 * 56  # the probe convolution of conv_cpu_seconds
+
+
+def conv_cpu_seconds(seconds: float = 0.3) -> list[float]:
+    """Thread CPU seconds of each run of a fixed 3x3 convolution (``CONV_FLOPS``, one thread), run
+    again and again for ``seconds`` of wall time after a warm-up."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 56, 56, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs: list[float] = []
+    try:
+        with torch.no_grad():
+            F.conv2d(x, w, padding=1)  # warm-up
+            deadline = time.time() + seconds
+            while time.time() < deadline or not runs:
+                cpu0 = time.thread_time()
+                F.conv2d(x, w, padding=1)
+                runs.append(time.thread_time() - cpu0)
+    finally:
+        torch.set_num_threads(threads)
+    return runs
+
+
 def measure_host_gflops(seconds: float = 0.3) -> float:
     """GFLOP/s of one thread of this host on a 3x3 convolution, measured in thread CPU time.
 
@@ -189,23 +214,7 @@ def measure_host_gflops(seconds: float = 0.3) -> float:
     thread, best of several runs (a run slowed down by other processes must not make devices look
     faster than they are).
     """
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 64, 56, 56, generator=gen)
-    w = torch.randn(64, 64, 3, 3, generator=gen)
-    flops = 2 * 64 * 64 * 9 * 56 * 56
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            F.conv2d(x, w, padding=1)  # warm-up
-            best, deadline = math.inf, time.time() + seconds
-            while time.time() < deadline or best == math.inf:
-                cpu0 = time.thread_time()
-                F.conv2d(x, w, padding=1)
-                best = min(best, time.thread_time() - cpu0)
-    finally:
-        torch.set_num_threads(threads)
-    return flops / max(best, 1e-9) / 1e9
+    return CONV_FLOPS / max(min(conv_cpu_seconds(seconds)), 1e-9) / 1e9
 
 
 @dataclass(frozen=True)

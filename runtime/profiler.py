@@ -21,7 +21,8 @@ the config to profile itself (``--device ID``: one of them), with the device's s
 reference, and caches each under the host of its address. The JSON is small::
 
     {"format": "disnet-profile/1", "model": "tiny", "device": "local", "host": "box",
-     "input_shape": [3, 32, 32], "reference_gflops": 84.5, "units": [...], "unit_seconds": [...]}
+     "input_shape": [3, 32, 32], "reference_gflops": 84.5, "units": [...], "unit_seconds": [...],
+     "probe_cpu_s": 0.0022}
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
-from runtime.emulation import measure_host_gflops
+from runtime.emulation import conv_cpu_seconds, measure_host_gflops
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec, Device, PowerProfile, SpecError, load_cluster
@@ -120,9 +121,13 @@ def profile_record(
 
 def measure_local(model: str, seed: int = 0, repeats: int = 5) -> dict:
     """This host's profile of ``model``, measured through one unpaced local worker, with the host's
-    single-thread GFLOP/s (what emulated workers pace by) as the reference."""
+    single-thread GFLOP/s (what emulated workers pace by) as the reference, and ``probe_cpu_s``: the
+    median CPU seconds of the probe convolution while it was measured (env/profiles.py's drift check)."""
     with LocalCluster(_local_spec(), model=model, seed=seed, emulate=False) as cluster:
-        return profile_record(cluster.controller, "local", measure_host_gflops(), repeats)
+        before = conv_cpu_seconds(0.5)
+        record = profile_record(cluster.controller, "local", measure_host_gflops(), repeats)
+        record["probe_cpu_s"] = statistics.median(before + conv_cpu_seconds(0.5))
+        return record
 
 
 def device_host(spec: ClusterSpec, device: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from conftest import synthetic_profile
 
 from agents import make_planner
+from env import profiles
 from env.network import NetworkState
 from env.partition_env import EnvConfigError, MicroSplitEnv, model_graph
 from env.profiles import ProfileError, read_profile, resolve_profile
@@ -44,6 +45,7 @@ def write(tmp_path, record) -> str:
         ({"unit_seconds": [float("nan")] * len(GRAPH.units)}, "finite seconds"),
         ({"unit_seconds": [0.0] * len(GRAPH.units)}, "not all zero"),
         ({"host": ""}, "host must name"),
+        ({"probe_cpu_s": -1.0}, "probe_cpu_s must be a positive number"),
     ],
 )
 def test_a_profile_that_does_not_describe_the_model_is_refused_by_name(tmp_path, record, change, message):
@@ -101,3 +103,13 @@ def test_a_bad_profile_in_an_env_config_names_the_field(tmp_path, record):
     path = write(tmp_path, record | {"model": "resnet18"})
     with pytest.raises(EnvConfigError, match="profile: .*expected 'tiny'"):
         MicroSplitEnv({"model": "tiny", "clusters": ["tiny3"], "profile": path})
+
+
+def test_pacing_follows_the_host_drift_since_the_profile_was_measured(tmp_path, record, monkeypatch):
+    """The probe convolution now runs 2x the CPU time it took when the profile was measured: each CPU
+    second does half the work, so pacing takes the host for half the reference speed."""
+    profile = read_profile(write(tmp_path, record | {"probe_cpu_s": 0.004}), GRAPH)
+    monkeypatch.setattr(profiles, "conv_cpu_seconds", lambda seconds: [0.008, 0.007, 0.009])
+    assert profiles.pacing_gflops(profile) == pytest.approx(25.0)
+    unprobed = read_profile(write(tmp_path, record), GRAPH)
+    assert profiles.pacing_gflops(unprobed) == 50.0 and profiles.pacing_gflops(None) is None
