@@ -13,10 +13,10 @@ prints the comparison.
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
-emulated devices are paced by the same profile's reference speed. Each run reports every device's
-emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py; ``fidelity_min`` in the
-JSON): below 0.95 the host could not keep up. Serving runs undilated (D = 1): the live view's telemetry
-is read at wall-clock rates.
+emulated devices are paced by the profile (this host's profile with ``--cost flops``). Each run reports
+every device's emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py;
+``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving runs undilated (D = 1):
+the live view's telemetry is read at wall-clock rates.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from agents import PlannerError, make_planner, planner_label
 from agents.serving import Decider, MetricsWriter, ServeOptions, serve
 from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
-from env.profiles import ProfileError, pacing_gflops, resolve_profile
+from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import LocalCluster
@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         cost = CostModel(graph, spec, profile)
         links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
         with LocalCluster(
-            spec, model=args.model, seed=args.seed, link_schedules=links, host_gflops=pacing_gflops(profile)
+            spec,
+            model=args.model,
+            seed=args.seed,
+            link_schedules=links,
+            host_gflops=pacing_gflops(profile or host_profile(graph, same_host=True, say=console.print)),
         ) as cluster:
             summaries = [
                 run_agent(agent, cluster, model, cost, args, Path(args.out))

@@ -14,7 +14,7 @@ compute speed; ``fidelity_min`` in the JSON, a warning below 0.95).
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` to use another), or with ``--cost flops`` on FLOPs alone; live
-runs pace the emulated devices by the same profile's reference speed.
+runs pace the emulated devices by the profile (this host's profile with ``--cost flops``).
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
@@ -46,7 +46,7 @@ from agents.evaluation import (
 )
 from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
-from env.profiles import ProfileError, pacing_gflops, resolve_profile
+from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.fidelity import print_fidelity
@@ -95,7 +95,12 @@ def compare(args) -> dict:
         )
     else:
         with live_session(
-            spec, args.model, model, world, seed=args.seed, **cluster_options(args, profile)
+            spec,
+            args.model,
+            model,
+            world,
+            seed=args.seed,
+            **cluster_options(args, profile or paced_by(graph)),
         ) as session:
             console.print(f"emulation: time dilation {session.cluster.dilation:g}")
             records = run_comparison(
@@ -182,6 +187,12 @@ def calibrate(args) -> dict:
         report, console, f"{args.model} on {spec.name}: predicted vs measured, {len(plans)} plans"
     )
     return report | emulation
+
+
+def paced_by(graph):
+    """This host's profile: emulated devices are paced by it even when planners plan on FLOPs alone, so
+    that ``--cost`` changes only the plans."""
+    return host_profile(graph, same_host=True, say=console.print)
 
 
 def cluster_options(args, profile) -> dict:
