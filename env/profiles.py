@@ -13,6 +13,9 @@ FILE`` overrides the lookup. A missing profile of this host is measured (a few s
 written there atomically; a file is validated against the model before use (format, model, input shape,
 unit names and count, finite non-negative seconds, positive reference speed) and, where its seconds pace
 emulated workers, against this host's name. Anything wrong is a ``ProfileError`` naming the file.
+
+Emulated live runs pace their devices by the same profile (``pacing_gflops``), corrected for how much
+slower or faster this host runs now than when the profile was measured.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def require_host(profile: Profile, origin: str, host: str | None = None) -> Prof
     if profile.host != host:
         raise ProfileError(
             f"{origin}: measured on host {profile.host!r}, but this is {host!r}; emulated devices pace by "
-            f"this host's CPU, so measure here (python -m runtime.profiler --model {profile.model} --cache)"
+            f"this host's CPU, so measure here (python -m runtime.profiler --model {profile.model})"
         )
     return profile
 
