@@ -9,12 +9,13 @@ rounds (a fresh model each round, after one warm-up pass that compiles the kerne
 graph's caches), with the ratio of their medians: the kernel reads the same tables, which hold seconds
 instead of FLOPs.
 
-Rerun: python bench/cost_model.py [--plans 2000] [--rounds 3]
+Rerun: python bench/cost_model.py [--plans 2000] [--rounds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def rate(fn, items) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     spec = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml")
     graph = LayerGraph.from_model(models.build("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
@@ -62,6 +63,8 @@ def main() -> None:
     rate(lambda p: warmup.predict(p, world, 30.0), plans)
     for r in range(args.rounds):
         for kind in list(profiles)[:: 1 if r % 2 == 0 else -1]:  # alternate who goes first
+            model = None
+            gc.collect()  # the previous model's caches must not slow this one's garbage collections
             model = CostModel(graph, spec, profiles[kind])
             cold = rate(lambda p, m=model: m.predict(p, snapshot), plans)
             warm = rate(lambda p, m=model: m.predict(p, snapshot), plans)
