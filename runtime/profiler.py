@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", help="the one device to profile (with --cluster; default: all)")
     parser.add_argument(
+        "--curve-keys", type=Path, help="key directory holding controller.key_secret (with --cluster)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON file to write (one device only; default: the profile cache)"
     )
     args = parser.parse_args(argv)
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"profiler: error: {exc}\n")
         if args.out is not None and len(devices) > 1:
             parser.error("--out writes one profile: name the --device")
-        with Controller(spec, model=args.model, seed=args.seed) as ctl:
+        with Controller(spec, model=args.model, seed=args.seed, curve_keys=args.curve_keys) as ctl:
             records = profile_devices(ctl, devices, args.repeats)
     for record in records.values():
         out = args.out or profile_path(args.model, record["host"])
