@@ -1,7 +1,8 @@
 """Serve inference on a cluster with a planner that adapts online; or run the end-to-end demo.
 
   python deploy.py --cluster CONFIG --model NAME --agent ppo:PATH|optimal|disnet|... \
-      [--requests N | --duration S] [--traces DIR | --collapse] [--static] [--chaos] [--json OUT]
+      [--requests N | --duration S] [--traces DIR | --collapse] [--static] [--chaos] [--json OUT] \
+      [--cost profile|flops] [--profile FILE]
   python deploy.py --demo
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
@@ -9,6 +10,13 @@ By default the cluster is a local emulated one (one worker process per device; l
 with the analytic optimiser and two baselines, each replaying the same synthetic link traces from t=0
 (the cluster's emulation clock restarts per planner), checks every output against the unsplit model and
 prints the comparison.
+
+Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
+worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
+emulated devices are paced by the profile (this host's profile with ``--cost flops``). Each run reports
+every device's emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py;
+``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving runs undilated (D = 1):
+the live view's telemetry is read at wall-clock rates.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from rich.table import Table
 
 from agents import PlannerError, make_planner, planner_label
 from agents.serving import Decider, MetricsWriter, ServeOptions, serve
-from env.cost_model import Objective
+from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import NETWORKS, ClusterError, LocalCluster
+from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.spec import SpecError, load_cluster
 
@@ -73,11 +83,13 @@ def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, 
     return events
 
 
-def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Path | None) -> dict:
-    """One serving run of ``agent`` on the cluster, with the emulation clock (and so the traces) from t=0."""
-    spec = cluster.spec
-    planner = make_planner(agent, graph=graph, spec=spec)
-    decide = Decider(planner, graph, Objective(args.objective, args.energy_weight))
+def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, out_dir: Path | None) -> dict:
+    """One serving run of ``agent`` planning on ``cost``, with the emulation clock (and so the traces) from
+    t=0."""
+    spec, graph = cluster.spec, cost.graph
+    planner = make_planner(agent, cost_model=cost)
+    fallback = make_planner("optimal", cost_model=cost)
+    decide = Decider(planner, graph, Objective(args.objective, args.energy_weight), fallback)
     options = ServeOptions(
         requests=args.requests,
         duration_s=args.duration,
@@ -97,12 +109,28 @@ def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Pa
             writer.close()
     summary = report.summary()
     summary["rss_mb"] = report.rss_mb
+    fidelity = cluster.controller.fidelity.per_device()
+    print_fidelity(fidelity, cluster.dilation, console, f" of {label}")
+    summary["fidelity"] = fidelity
+    summary["fidelity_min"] = min(fidelity.values(), default=None)
     return summary
 
 
 def print_table(summaries: list[dict], title: str) -> None:
     table = Table(title=title)
-    cols = ("agent", "done", "lost", "dup", "outputs", "replans", "lat mean s", "p50 s", "p95 s", "energy J")
+    cols = (
+        "agent",
+        "done",
+        "lost",
+        "dup",
+        "outputs",
+        "replans",
+        "lat mean s",
+        "p50 s",
+        "p95 s",
+        "energy J",
+        "fidelity",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col == "agent" else "right")
     for s in sorted(summaries, key=lambda s: s["latency_mean_s"]):
@@ -117,6 +145,7 @@ def print_table(summaries: list[dict], title: str) -> None:
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
             f"{s['energy_mean_j']:.2f}",
+            "-" if s["fidelity_min"] is None else f"{s['fidelity_min']:.3f}",
         )
     console.print(table)
 
@@ -153,6 +182,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="emulated",
         help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
     )
+    parser.add_argument(
+        "--cost", choices=("profile", "flops"), default="profile", help="cost model to plan on"
+    )
+    parser.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
     parser.add_argument("--json", default=None)
@@ -177,15 +210,30 @@ def main(argv: list[str] | None = None) -> int:
         model = models.build(args.model, seed=args.seed)
         graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
         world = world_for(spec, args)
+        profile = resolve_profile(graph, args.cost, args.profile, same_host=True, say=console.print)
+        cost = CostModel(graph, spec, profile)
         links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
         with LocalCluster(
-            spec, model=args.model, seed=args.seed, link_schedules=links, network=args.network
+            spec,
+            model=args.model,
+            seed=args.seed,
+            link_schedules=links,
+            network=args.network,
+            host_gflops=pacing_gflops(profile or host_profile(graph, same_host=True, say=console.print)),
         ) as cluster:
             summaries = [
-                run_agent(agent, cluster, model, graph, args, Path(args.out))
+                run_agent(agent, cluster, model, cost, args, Path(args.out))
                 for agent in args.agent.split(",")
             ]
-    except (SpecError, PlannerError, NetworkError, TraceError, models.ModelError, ClusterError) as exc:
+    except (
+        SpecError,
+        PlannerError,
+        NetworkError,
+        TraceError,
+        models.ModelError,
+        ClusterError,
+        ProfileError,
+    ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
     print_table(summaries, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")

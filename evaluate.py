@@ -2,12 +2,21 @@
 
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
       [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--failures PER_MIN] \
-      [--json OUT] [--plots DIR]
-  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--network kernel] [--json OUT]
+      [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D]
+  python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--network kernel] [--json OUT]
 
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
-energy per plan and in summary; ``--network kernel`` carries the bands over real TCP between network
-namespaces, shaped by the kernel (runtime/kernel_network.py), instead of the workers' radio timers.
+energy per plan and in summary, for the default cost model (this host's compute profile) and FLOPs alone;
+``--network kernel`` carries the bands over real TCP between network namespaces, shaped by the kernel
+(runtime/kernel_network.py), instead of the workers' radio timers.
+
+Live runs emulate the cluster with a time dilation D (``--dilation``; default automatic from this host's
+free cores and speed, runtime/emulation.py) and report each device's fidelity (achieved over nominal
+compute speed; ``fidelity_min`` in the JSON, a warning below 0.95).
+
+Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
+worker once and cached; ``--profile FILE`` to use another), or with ``--cost flops`` on FLOPs alone; live
+runs pace the emulated devices by the profile (this host's profile with ``--cost flops``).
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
@@ -39,14 +48,15 @@ from agents.evaluation import (
     run_comparison,
     summarize,
 )
-from env.cost_model import CostModel, Objective, Profile
+from env.cost_model import CostModel, Objective
 from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import NETWORKS, ClusterError
+from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import PlanError, random_plan
-from runtime.profiler import profile_record
 from runtime.spec import SpecError, load_cluster
 
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -81,12 +91,15 @@ def load_problem(args):
 def compare(args) -> dict:
     spec, model, graph, world = load_problem(args)
     objective = Objective(args.objective, args.energy_weight)
-    cost = CostModel(graph, spec)
+    live = args.backend == "live"
+    profile = resolve_profile(graph, args.cost, args.profile, same_host=live, say=console.print)
+    cost = CostModel(graph, spec, profile)
     planners = {
         name: make_planner(name, cost_model=cost, **({"world": world} if name == "clairvoyant" else {}))
         for name in args.agents.split(",")
     }
-    if args.backend == "sim":
+    emulation = {}
+    if not live:
 
         def snapshot_at(i):
             return world.snapshot(args.warmup_s + i * args.gap_s)
@@ -96,7 +109,15 @@ def compare(args) -> dict:
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
     else:
-        with live_session(spec, args.model, model, world, seed=args.seed) as session:
+        with live_session(
+            spec,
+            args.model,
+            model,
+            world,
+            seed=args.seed,
+            **cluster_options(args, profile or paced_by(graph)),
+        ) as session:
+            console.print(f"emulation: time dilation {session.cluster.dilation:g}")
             records = run_comparison(
                 planners,
                 session.snapshot_at,
@@ -106,6 +127,7 @@ def compare(args) -> dict:
                 session.execute,
                 console=console,
             )
+            emulation = fidelity_report(session)
     summary = summarize(records)
     cap = f", cap {args.bandwidth_cap:g} Mbit/s" if args.bandwidth_cap else ""
     print_summary(
@@ -120,7 +142,9 @@ def compare(args) -> dict:
         bandwidth_cap_mbps=args.bandwidth_cap,
         objective=args.objective,
         traces=args.traces,
+        cost=args.cost,
         failures_per_min=args.failures,
+        **emulation,
     )
     if args.plots:
         for path in plot(summary, records, Path(args.plots)):
@@ -131,11 +155,14 @@ def compare(args) -> dict:
 def calibrate(args) -> dict:
     """Run random plans on an emulated local cluster; compare measured latency and energy with predictions.
 
-    Two predictions per plan: from FLOPs and device GFLOP/s alone, and from a per-unit profile of this host
-    measured through the cluster's own worker first (what the emulation paces by), so the report shows
+    Two predictions per plan: the default model (this host's cached compute profile, or ``--profile``;
+    the emulation paces by its reference speed) and FLOPs with device GFLOP/s alone, so the report shows
     which term of the model an error comes from.
     """
     spec, model, graph, world = load_problem(args)
+    profile = resolve_profile(graph, "profile", args.profile, same_host=True, say=console.print)
+    # the last predictor is the report's headline (calibration_report): the default model
+    models_by_name = {"flops": CostModel(graph, spec), "profile": CostModel(graph, spec, profile)}
     rng = np.random.default_rng(args.seed)
     devices = list(spec.device_ids)
     plans = [
@@ -150,15 +177,10 @@ def calibrate(args) -> dict:
         )
         for _ in range(args.plans)
     ]
-    with live_session(spec, args.model, model, world, seed=args.seed, network=args.network) as session:
-        console.print(f"profiling {args.model} on this host through worker {spec.source} ...")
-        record = profile_record(session.controller, spec.source, session.cluster.host_gflops)
-        models_by_name = {
-            "flops": CostModel(graph, spec),
-            "profile": CostModel(
-                graph, spec, Profile(args.model, record["reference_gflops"], tuple(record["unit_seconds"]))
-            ),
-        }
+    with live_session(
+        spec, args.model, model, world, seed=args.seed, network=args.network, **cluster_options(args, profile)
+    ) as session:
+        console.print(f"emulation: time dilation {session.cluster.dilation:g}")
         rows = []
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("plans", total=len(plans))
@@ -175,11 +197,31 @@ def calibrate(args) -> dict:
                     row[name] = {"latency_s": p.latency_s, "energy_j": p.energy_j}
                 rows.append(row)
                 progress.advance(task)
+        emulation = fidelity_report(session)
     report = calibration_report(rows, list(models_by_name))
     print_calibration(
         report, console, f"{args.model} on {spec.name}: predicted vs measured, {len(plans)} plans"
     )
-    return report
+    return report | emulation
+
+
+def paced_by(graph):
+    """This host's profile: emulated devices are paced by it even when planners plan on FLOPs alone, so
+    that ``--cost`` changes only the plans."""
+    return host_profile(graph, same_host=True, say=console.print)
+
+
+def cluster_options(args, profile) -> dict:
+    """The emulated cluster's pacing: by the profile's reference speed (what it predicts), dilated by
+    ``--dilation`` (default: automatic for this host)."""
+    return {"host_gflops": pacing_gflops(profile), "dilation": args.dilation}
+
+
+def fidelity_report(session) -> dict:
+    """Print the live run's per-device fidelity; its JSON fields."""
+    fidelity, dilation = session.controller.fidelity.per_device(), session.cluster.dilation
+    print_fidelity(fidelity, dilation, console)
+    return {"dilation": dilation, "fidelity": fidelity, "fidelity_min": min(fidelity.values(), default=None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
     c.add_argument("--energy-weight", type=float, default=0.0)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--cost", choices=("profile", "flops"), default="profile", help="cost model planners use")
+    c.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
+    c.add_argument("--dilation", type=float, default=None, help="live: run D x slower (default: auto)")
     c.add_argument("--json", default=None, help="write the result as JSON here")
     c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
     k = sub.add_parser("calibrate", help="predicted vs measured latency and energy of random plans")
@@ -224,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
     )
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
+    k.add_argument("--dilation", type=float, default=None, help="run D x slower (default: auto)")
     k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
     args = parser.parse_args(argv)
     for name in ("requests", "plans", "max_devices", "max_stages"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "dilation", None) is not None and not 1 <= args.dilation < float("inf"):
+        parser.error("--dilation must be a number >= 1")
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
     try:
@@ -241,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         TraceError,
         models.ModelError,
         ClusterError,
+        ProfileError,
     ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

@@ -69,8 +69,10 @@ from agents.base import Planner
 from agents.ppo import PolicyMeta, PPOPlanner, load_policy, save_policy
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.network import DynamicsConfig, NetworkError
-from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv
+from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
+from env.profiles import ProfileError, host_profile
 from runtime.config import describe_validation_error
+from runtime.profiler import profile_path
 
 console = Console()
 
@@ -165,6 +167,17 @@ def load_config(path: Path) -> tuple[TrainConfig, EnvConfig]:
     except (EnvConfigError, NetworkError) as exc:
         raise ConfigError(str(exc)) from None
     return cfg, env_cfg
+
+
+def pin_profile(env_cfg: EnvConfig) -> EnvConfig:
+    """With the profiled cost model (the default), the profile file every env of the run reads, measured
+    here first if this host has none yet (not by every env process at once), and recorded in the run's
+    config.yaml."""
+    if env_cfg.cost != "profile" or env_cfg.profile is not None:
+        return env_cfg
+    graph = model_graph(env_cfg.model)
+    host_profile(graph, say=console.print)
+    return env_cfg.model_copy(update={"profile": str(profile_path(graph.name).resolve())})
 
 
 # --------------------------------------------------------------------------- parallel sampling workers
@@ -623,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_staged.main(argv)
     try:
         cfg, env_cfg = load_config(args.config)
-    except ConfigError as exc:
+        env_cfg = pin_profile(env_cfg)
+    except (ConfigError, ProfileError) as exc:
         print(f"config error\n{exc}", file=sys.stderr)
         return 2
     if args.timesteps is not None:

@@ -66,7 +66,9 @@ class Planner(abc.ABC):
     """Decides a plan for one request from a snapshot. Subclasses set ``name`` and implement ``plan``.
 
     ``cost_model`` may be given when the caller already holds one for the graph and cluster the
-    planner will see; otherwise one is built on first use and cached (a few at most).
+    planner will see; otherwise one is built on first use and cached (a few at most), on the given
+    model's compute profile when it has one for that graph's model (a planner that meets another
+    cluster keeps planning on what the hardware does).
     """
 
     name: ClassVar[str]
@@ -74,6 +76,7 @@ class Planner(abc.ABC):
 
     def __init__(self, cost_model: CostModel | None = None) -> None:
         self._models: dict[tuple[int, int], CostModel] = {}
+        self._profile = None if cost_model is None else cost_model.profile
         if cost_model is not None:
             self._models[(id(cost_model.graph), id(cost_model.spec))] = cost_model
 
@@ -94,7 +97,10 @@ class Planner(abc.ABC):
         if model is None:
             if len(self._models) >= self._MODELS_KEPT:
                 self._models.pop(next(iter(self._models)))
-            model = self._models[key] = CostModel(graph, spec)
+            profile = (
+                self._profile if self._profile is not None and self._profile.model == graph.name else None
+            )
+            model = self._models[key] = CostModel(graph, spec, profile)
         return model
 
     def score(self, plan: Plan, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> float:

@@ -248,7 +248,7 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     switched = False  # the plan changed while a request was running
-    cost = CostModel(decide.graph, cluster.spec)  # the rescue rule's
+    cost = decide.planner.cost_model(decide.graph, cluster.spec)  # the rescue rule's (the planner's)
 
     def replan(now: Snapshot, due: bool) -> bool:
         """Re-make the plan when ``due`` or when conditions moved since it was made; whether it changed."""

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from agents import DeepSlicing, DisnetPlanner, MoDNN, OptimalPlanner
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
+from env.profiles import resolve_profile
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec, load_cluster, parse_cluster
@@ -157,12 +158,13 @@ def model_sweep(spec: ClusterSpec, graphs: dict[str, Callable[[], LayerGraph]]) 
 
 
 def targets(graph: LayerGraph) -> list[dict]:
+    profile = resolve_profile(graph)  # the default cost model: this host's compute profile
     results = []
     for mesh in ("disnet-mesh0", "disnet-mesh1"):
         for cap in (10.0, 15.0):
             spec = load_cluster(SHARED / f"{mesh}.json", bandwidth_cap=cap)
             snap = NetworkState.static(spec).snapshot(0.0)
-            model = CostModel(graph, spec)
+            model = CostModel(graph, spec, profile)
 
             def predict(planner, objective, snap=snap, model=model):
                 return model.predict(planner.plan(snap, graph, objective), snap)

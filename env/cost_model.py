@@ -32,10 +32,8 @@ envs on a cold cache) then write identical cache entries. Helpers are compiled i
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -110,11 +108,8 @@ class Profile:
     model: str
     reference_gflops: float
     unit_seconds: tuple[float, ...]
-
-    @classmethod
-    def load(cls, path: str | Path) -> Profile:
-        data = json.loads(Path(path).read_text())
-        return cls(data["model"], float(data["reference_gflops"]), tuple(map(float, data["unit_seconds"])))
+    host: str = ""  # the machine it was measured on (env/profiles.py reads and validates profile files)
+    probe_cpu_s: float | None = None  # the host's probe convolution CPU seconds then (env/profiles.py)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
 from env.plan_arrays import PlanArrays
+from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph
@@ -128,6 +129,8 @@ class EnvConfig(BaseModel):
     scenarios can be listed); ``meshes`` adds generated meshes of the DISNET family. ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
     episode. ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the structured
     shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to spare.
+    ``cost``: the cost model requests are priced on, ``profile`` (default: this host's per-unit compute
+    profile of the model, from the file ``profile`` or else the cache, env/profiles.py) or ``flops``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -149,6 +152,8 @@ class EnvConfig(BaseModel):
     shapes: list[list[list[int]]] | None = None
     n_actions: int | None = Field(None, ge=1)
     objective: ObjectiveConfig = ObjectiveConfig()
+    cost: Literal["profile", "flops"] = "profile"
+    profile: str | None = None
     base_dir: str | None = None
 
     @model_validator(mode="after")
@@ -386,7 +391,7 @@ class LiveBackend:
                 spec,
                 model=env.config.model,
                 seed=self.seed,
-                host_gflops=self.host_gflops,
+                host_gflops=self.host_gflops or pacing_gflops(env.profile),  # paced as the env predicts
                 start_timeout_s=self.start_timeout_s,
             )
             cluster.start()
@@ -453,7 +458,12 @@ class MicroSplitEnv(gym.Env):
                 specs.setdefault(spec.name, spec)
         if not specs:
             raise EnvConfigError(f"clusters: no cluster file found for {cfg.clusters}")
-        self.clusters = [_Cluster(spec, CostModel(self.graph, spec)) for spec in specs.values()]
+        profile = None if cfg.profile is None else Path(cfg.base_dir or ".") / cfg.profile
+        try:
+            self.profile = resolve_profile(self.graph, cfg.cost, profile)
+        except ProfileError as exc:
+            raise EnvConfigError(f"profile: {exc}") from None
+        self.clusters = [_Cluster(spec, CostModel(self.graph, spec, self.profile)) for spec in specs.values()]
         self.max_devices = cfg.max_devices or max(len(c.spec.devices) for c in self.clusters)
         self.shapes = self._shapes()
         self._shape_names = [shape.describe() for shape in self.shapes]  # for info, once (5 us a step)
@@ -649,7 +659,7 @@ class MicroSplitEnv(gym.Env):
         for c in self.clusters:
             if c.spec.name == spec.name and c.spec.links == spec.links:
                 return c
-        cluster = _Cluster(spec, CostModel(self.graph, spec))
+        cluster = _Cluster(spec, CostModel(self.graph, spec, self.profile))
         self.clusters.append(cluster)
         return cluster
 

@@ -14,6 +14,9 @@ device speeds (relative to this host's single-thread GFLOP/s, measured once) and
 the spec's links, or to ``link_schedules``/``speed_schedules``. With ``network="kernel"`` each worker runs
 in its own network namespace and the kernel shapes the links instead of the workers' radio timers
 (``runtime.kernel_network``: root only; the controller then reaches the workers over unix sockets).
+``dilation`` runs the emulation D x slower than the emulated cluster so that the host is never
+oversubscribed (runtime/emulation.py; None: ``auto_dilation`` for this host); ``cluster.dilation`` is the
+D in force, which anything else that shapes the emulated network (e.g. kernel ``tc`` rates) must follow.
 
 Teardown leaves no process behind: workers are asked to exit, then their process groups are killed;
 an ``atexit`` hook does the same if the program ends without closing the cluster, and a worker exits
@@ -42,7 +45,7 @@ import torch
 
 from runtime import models
 from runtime.controller import Controller, Replanner
-from runtime.emulation import Emulation, ScheduleLike, measure_host_gflops
+from runtime.emulation import Emulation, ScheduleLike, auto_dilation, measure_host_gflops
 from runtime.kernel_network import (
     PEER_PORT,
     KernelNetwork,
@@ -95,6 +98,7 @@ class LocalCluster:
         link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None,
         speed_schedules: Mapping[str, ScheduleLike] | None = None,
         host_gflops: float | None = None,
+        dilation: float | None = 1.0,
         replan: Replanner | None = None,
         curve_keys: str | Path | None = None,
         host: str = "127.0.0.1",
@@ -114,6 +118,7 @@ class LocalCluster:
         self.link_schedules = link_schedules
         self.speed_schedules = speed_schedules
         self.host_gflops = host_gflops
+        self.dilation = dilation
         self.replan = replan
         self.curve_keys = Path(curve_keys) if curve_keys is not None else None
         self.host = host
@@ -148,6 +153,8 @@ class LocalCluster:
             )
             if self.emulate and self.host_gflops is None:
                 self.host_gflops = measure_host_gflops()
+            if self.dilation is None:
+                self.dilation = auto_dilation(self.spec, self.host_gflops) if self.emulate else 1.0
             if self.network == "kernel":
                 check_available()
                 self.kernel = KernelNetwork(self.spec)
@@ -158,7 +165,9 @@ class LocalCluster:
                     self.kernel.attach(d, proc)
             emulation = None
             if self.emulate:
-                emulation = Emulation(self.host_gflops, self.link_schedules, self.speed_schedules)
+                emulation = Emulation(
+                    self.host_gflops, self.link_schedules, self.speed_schedules, self.dilation
+                )
             self.controller = Controller(
                 self.spec,
                 self.endpoints,
@@ -309,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
         help="who shapes the links: the workers' radio timers, or tc on veths between network namespaces",
     )
     up.add_argument(
+        "--dilation",
+        type=float,
+        default=None,
+        help="run D x slower than the emulated cluster (default: auto)",
+    )
+    up.add_argument(
         "--curve-keys", type=Path, help="CurveZMQ key directory (python -m runtime.security keygen)"
     )
     up.add_argument(
@@ -320,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_cluster(args.config)
     except SpecError as exc:
         parser.exit(2, f"cluster: error: {exc}\n")
+    if args.dilation is not None and not args.dilation >= 1:
+        parser.error("--dilation must be >= 1")
     try:
         _up(args, spec)
     except ClusterError as exc:
@@ -335,12 +352,15 @@ def _up(args: argparse.Namespace, spec: ClusterSpec) -> None:
         emulate=not args.no_emulate,
         curve_keys=args.curve_keys,
         network=args.network,
+        dilation=args.dilation,
     ) as cluster:
         print(
             f"cluster {spec.name}: {len(spec.devices)} workers, model {args.model}, logs in {cluster.workdir}"
         )
         if cluster.host_gflops:
-            print(f"host: {cluster.host_gflops:.1f} GFLOP/s per thread (pacing reference)")
+            print(
+                f"host: {cluster.host_gflops:.1f} GFLOP/s per thread (pacing reference), dilation {cluster.dilation:g}"
+            )
         for d, endpoint in cluster.endpoints.items():
             print(f"  {d:>6}  {endpoint}  pid {cluster.processes[d].pid}")
         if args.check:

@@ -56,6 +56,7 @@ import zmq
 
 from runtime import models
 from runtime.emulation import Emulation, emulation_to_wire, energy_j
+from runtime.fidelity import FidelityMeter
 from runtime.graph import LayerGraph
 from runtime.layout import layout
 from runtime.plan import Assignment, Plan, PlanError, Stage
@@ -106,7 +107,8 @@ class LinkTimes:
 class Timeline:
     """Per device and per link figures of one request, and the raw worker events behind them.
 
-    Event times are wall-clock (``time.time()``); every event dict names its ``device``.
+    Event times are wall-clock (``time.time()``; under a time dilation D, ``epoch + (wall - epoch) / D``);
+    every event dict names its ``device``.
     ``complete`` is False when some worker's telemetry did not arrive in time.
     """
 
@@ -290,6 +292,7 @@ class Controller:
         self.replans = 0
         self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
         self.compute_samples: deque[tuple[float, str, int, float]] = deque(maxlen=history)
+        self.fidelity = FidelityMeter()  # achieved over nominal compute speed per device (emulation)
         self.watch = watch  # called every ``watch_every_s`` while a request waits for its result
         self.watch_every_s = watch_every_s
         self._last_watch = 0.0
@@ -355,9 +358,15 @@ class Controller:
         """Devices whose workers are up."""
         return frozenset(d for d, p in self._peers.items() if p.up)
 
+    @property
+    def dilation(self) -> float:
+        """The emulation's time dilation D (1 without emulation): wall time runs D x the emulated time,
+        so every time this controller reports is wall time / D (runtime/emulation.py)."""
+        return self.emulation.dilation if self.emulation is not None else 1.0
+
     def now(self) -> float:
-        """Seconds since the emulation epoch: the time axis of link and speed schedules."""
-        return time.time() - self.epoch
+        """Emulated seconds since the emulation epoch: the time axis of link and speed schedules."""
+        return (time.time() - self.epoch) / self.dilation
 
     def deploy(self, plan: Plan) -> Plan:
         """Make ``plan`` the plan of every request submitted from now on; returns the plan in force.
@@ -439,6 +448,7 @@ class Controller:
         self.epoch = time.time()
         self.link_samples.clear()
         self.compute_samples.clear()
+        self.fidelity.clear()
         self._in_transit.clear()
         self.configure(self.emulation)
 
@@ -454,8 +464,9 @@ class Controller:
             if p.output is None:
                 dep = self._deployed[p.plan_id]
                 progress = min(1.0, p.radio_done / dep.radio_bytes) if dep.radio_bytes else 0.0
+                elapsed = (now - p.sent) / self.dilation
                 out.append(
-                    InFlight(p.rid, dep.plan, p.plan_id == self._plan_id, now - p.sent, progress, p.rescues)
+                    InFlight(p.rid, dep.plan, p.plan_id == self._plan_id, elapsed, progress, p.rescues)
                 )
         return out
 
@@ -483,7 +494,7 @@ class Controller:
                 acc = totals.setdefault((a, b) if a <= b else (b, a), [0.0, 0.0])
                 acc[0] += nbytes
                 acc[1] += seconds
-        return {k: b * 8 / 1e6 / s for k, (b, s) in totals.items()}
+        return {k: b * 8 / 1e6 / s * self.dilation for k, (b, s) in totals.items()}
 
     def link_history(self, seconds: int = 8) -> dict[tuple[str, str], tuple[float, ...]]:
         """Per-second measured Mbit/s per direct link (sorted pair) over the last ``seconds``, oldest
@@ -497,7 +508,7 @@ class Controller:
                 acc[0] += nbytes
                 acc[1] += radio
         return {
-            key: tuple(n * 8 / 1e6 / r for _, (n, r) in sorted(per.items(), reverse=True))
+            key: tuple(n * 8 / 1e6 / r * self.dilation for _, (n, r) in sorted(per.items(), reverse=True))
             for key, per in bins.items()
         }
 
@@ -510,7 +521,7 @@ class Controller:
                 acc = totals.setdefault(dev, [0.0, 0.0])
                 acc[0] += flops
                 acc[1] += seconds
-        return {d: f / s / 1e9 for d, (f, s) in totals.items()}
+        return {d: f / s / 1e9 * self.dilation for d, (f, s) in totals.items()}
 
     def shutdown_workers(self, timeout_s: float = 2.0) -> None:
         """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
@@ -952,20 +963,25 @@ class Controller:
         starts = [e["t"] for e in events if e["ev"] == "input"]
         # a restarted request's latency includes the time its abandoned attempts ran
         latency = (p.done_at - starts[0] if starts else p.received - p.sent) + p.sent - p.first_sent
-        timeline = _timeline(self.spec, dep, events, latency, complete=set(dep.parts) <= set(p.telemetry))
         for e in events:  # transfers were sampled as they ended (PROGRESS)
             if e["ev"] == "compute":
                 self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
-        energy = sum(t.energy_j for t in timeline.devices.values()) + p.abandoned_j
+        self.fidelity.add(events)
+        d = self.dilation
+        complete = set(dep.parts) <= set(p.telemetry)
+        timeline = _timeline(
+            self.spec, dep, [_undilated(e, self.epoch, d) for e in events], latency / d, complete
+        )
+        energy = sum(t.energy_j for t in timeline.devices.values()) + p.abandoned_j / d
         verified = None if self.verifier is None else self.verifier.check(p.rid, p.x, p.output)
         result = Result(
             p.rid,
             p.output,
-            latency,
+            latency / d,
             energy,
             timeline,
             dep.plan,
-            p.received - p.submitted,
+            (p.received - p.submitted) / d,
             p.attempts,
             p.rescues,
             verified,
@@ -980,6 +996,24 @@ _EVENT_FIELDS = {
     "compute": ("stage", "ready", "start", "end", "cpu", "target", "flops"),
     "tx": ("stage", "from", "to", "bytes", "queued", "start", "end", "arrive"),
 }
+
+
+_EVENT_TIMES = ("t", "ready", "start", "end", "queued", "arrive")  # wall-clock instants
+_EVENT_SPANS = ("target",)  # wall-clock durations
+
+
+def _undilated(e: dict[str, Any], epoch: float, dilation: float) -> dict[str, Any]:
+    """An event on the emulated clock: instants ``epoch + (t - epoch) / D``, durations / D."""
+    if dilation == 1.0:
+        return e
+    out = dict(e)
+    for key in _EVENT_TIMES:
+        if key in out:
+            out[key] = epoch + (out[key] - epoch) / dilation
+    for key in _EVENT_SPANS:
+        if key in out:
+            out[key] = out[key] / dilation
+    return out
 
 
 def _event(e: Any, device: str, parts: Mapping[str, Deployment]) -> dict[str, Any]:

@@ -11,6 +11,13 @@ Real outputs are always computed; only timing is shaped, with the semantics env/
 - energy: compute, transmit and receive seconds times the device's powers, plus idle power while a
   participating device waits inside a request's makespan (``energy_j``).
 
+Time dilation: a host whose cores cannot run every emulated device at its nominal speed at once would
+slow wide plans more than narrow ones. With a dilation factor ``D`` (``Emulation.dilation``) the cluster
+runs D x slower than the one it emulates: devices compute D x slower, links carry 1/D of their rate,
+latencies and every schedule's time axis stretch by D; the controller divides every time it reports by D
+(and multiplies measured rates by D), so results are in the emulated cluster's time. ``auto_dilation``
+picks D from the host's cores and speed against the cluster's total device speed, with headroom.
+
 Schedules travel to the workers as ``runtime.schedule.Trace`` arrays. The transport has no float64, so
 times and values are shipped bit for bit as int64 views: both ends integrate the identical series.
 """
@@ -18,6 +25,7 @@ times and values are shipped bit for bit as int64 views: both ends integrate the
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -174,6 +182,31 @@ class EnergyMeter:
         return energy_j(self.power, s["compute"], s["send"], s["recv"], 0.0)
 
 
+CONV_FLOPS = 2 * 64 * 64 * 9 * 56 * 56  # the probe convolution of conv_cpu_seconds
+
+
+def conv_cpu_seconds(seconds: float = 0.3) -> list[float]:
+    """Thread CPU seconds of each run of a fixed 3x3 convolution (``CONV_FLOPS``, one thread), run
+    again and again for ``seconds`` of wall time after a warm-up."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 56, 56, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs: list[float] = []
+    try:
+        with torch.no_grad():
+            F.conv2d(x, w, padding=1)  # warm-up
+            deadline = time.time() + seconds
+            while time.time() < deadline or not runs:
+                cpu0 = time.thread_time()
+                F.conv2d(x, w, padding=1)
+                runs.append(time.thread_time() - cpu0)
+    finally:
+        torch.set_num_threads(threads)
+    return runs
+
+
 def measure_host_gflops(seconds: float = 0.3) -> float:
     """GFLOP/s of one thread of this host on a 3x3 convolution, measured in thread CPU time.
 
@@ -181,23 +214,7 @@ def measure_host_gflops(seconds: float = 0.3) -> float:
     thread, best of several runs (a run slowed down by other processes must not make devices look
     faster than they are).
     """
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 64, 56, 56, generator=gen)
-    w = torch.randn(64, 64, 3, 3, generator=gen)
-    flops = 2 * 64 * 64 * 9 * 56 * 56
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            F.conv2d(x, w, padding=1)  # warm-up
-            best, deadline = math.inf, time.time() + seconds
-            while time.time() < deadline or best == math.inf:
-                cpu0 = time.thread_time()
-                F.conv2d(x, w, padding=1)
-                best = min(best, time.thread_time() - cpu0)
-    finally:
-        torch.set_num_threads(threads)
-    return flops / max(best, 1e-9) / 1e9
+    return CONV_FLOPS / max(min(conv_cpu_seconds(seconds)), 1e-9) / 1e9
 
 
 @dataclass(frozen=True)
@@ -212,6 +229,11 @@ class Emulation:
     host_gflops: float
     link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None
     speed_schedules: Mapping[str, ScheduleLike] | None = None
+    dilation: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.dilation) and self.dilation >= 1.0):
+            raise ValueError(f"time dilation must be a finite number >= 1, got {self.dilation}")
 
     def for_device(self, spec: ClusterSpec, device: str, epoch: float) -> DeviceEmulation:
         links = {
@@ -223,12 +245,60 @@ class Emulation:
         ]
         if unknown:
             raise ValueError(f"emulation names unknown devices or links: {', '.join(unknown)}")
+        d = self.dilation
         shapes = {}
         for n in spec.neighbours(device):
             link = spec.link(device, n)
-            shapes[n] = LinkShape(links.get(frozenset((device, n)), constant(link.mbps)), link.latency_s)
-        speed = as_schedule(speeds.get(device, 1.0), f"speed of {device}")
-        return DeviceEmulation(epoch, self.host_gflops / spec.devices[device].gflops, speed, shapes)
+            schedule = dilate(links.get(frozenset((device, n)), constant(link.mbps)), d, 1.0 / d)
+            shapes[n] = LinkShape(schedule, link.latency_s * d)
+        speed = dilate(as_schedule(speeds.get(device, 1.0), f"speed of {device}"), d, 1.0)
+        return DeviceEmulation(epoch, d * self.host_gflops / spec.devices[device].gflops, speed, shapes)
+
+
+def dilate(trace: Trace, dilation: float, value_scale: float) -> Trace:
+    """``trace`` on a time axis stretched by ``dilation``, its values times ``value_scale``."""
+    if dilation == 1.0 and value_scale == 1.0:
+        return trace
+    return Trace(
+        np.asarray(trace.times) * dilation,
+        np.asarray(trace.mbps) * value_scale,
+        trace.duration * dilation,
+        trace.name,
+    )
+
+
+# Share of the host's free cores the emulated devices may use at once at most: the rest is for the
+# workers' Python overheads (messages, radio threads) and the controller.
+CORE_HEADROOM = 0.5
+
+
+def host_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def measure_cpu_share(seconds: float = 0.3) -> float:
+    """The share of wall time a busy thread gets now (1: a core to itself; less while other processes
+    compete for the cores)."""
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    x = 1.0
+    while time.perf_counter() - wall0 < seconds:
+        for _ in range(10_000):
+            x = x * 1.0000001 % 7.0
+    return min(1.0, (time.thread_time() - cpu0) / (time.perf_counter() - wall0))
+
+
+def auto_dilation(
+    spec: ClusterSpec, host_gflops: float, cores: int | None = None, cpu_share: float | None = None
+) -> float:
+    """The smallest D >= 1 (in tenths) at which every device computing at once needs at most
+    ``CORE_HEADROOM`` of the host's free cores: a device of g GFLOP/s keeps ``g / (D x host_gflops)`` of a
+    core busy while it computes, and the free cores are the cores times the share of a core a busy thread
+    gets now (``measure_cpu_share``: other processes' load counts)."""
+    cores = cores or host_cores()
+    share = measure_cpu_share() if cpu_share is None else cpu_share
+    demand = sum(d.gflops for d in spec.devices.values()) / host_gflops  # cores needed at D = 1
+    return max(1.0, math.ceil(10 * demand / (CORE_HEADROOM * cores * share)) / 10)
 
 
 def emulation_to_wire(emu: DeviceEmulation) -> tuple[dict[str, Any], list[torch.Tensor]]:

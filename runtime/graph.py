@@ -310,10 +310,9 @@ class LayerGraph:
                 for u in self.units[start:end]
             ]
         fractions, rows = [], out
-        for unit in reversed(self.units[start:end]):
-            fractions.append((unit.index, (rows[1] - rows[0]) / self.extent(unit.index + 1)))
-            for op in reversed(unit.ops):
-                rows = op_input_rows(op, rows)
+        for index in range(end - 1, start - 1, -1):
+            fractions.append((index, (rows[1] - rows[0]) / self.extent(index + 1)))
+            rows = self._unit_step(index, rows)[0]  # cached per unit and rows, shared with band_flops
         return fractions[::-1]
 
     def last_linear(self, start: int, end: int) -> int | None:

@@ -80,11 +80,16 @@ def test_summaries_count_fallbacks_and_match_regret_to_the_same_request_of_the_s
     assert summary["optimal"]["bound_gap_median"] == 0.2 and summary["ppo"]["bound_gap_median"] is None
 
 
-def test_live_compare_checks_every_output(tmp_path):
-    code, report = run(tmp_path, "--agents", "deepslicing,local", "--requests", "2", "--backend", "live")
+def test_live_compare_checks_every_output_and_reports_fidelity(tmp_path):
+    code, report = run(
+        tmp_path, "--agents", "deepslicing,local", "--requests", "2", "--backend", "live", "--dilation", "1"
+    )
     assert code == 0
     assert all(s["outputs_match"] is True for s in report["agents"].values())
     assert all(s["latency_mean_s"] > 0 and s["energy_mean_j"] > 0 for s in report["agents"].values())
+    assert report["dilation"] == 1 and report["cost"] == "profile"
+    assert report["fidelity"] and report["fidelity_min"] == min(report["fidelity"].values())
+    assert all(0 < f <= 1 for f in report["fidelity"].values())
 
 
 def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from env.cost_model import Profile
+from env.profiles import host_profile, read_profile
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
 from runtime.emulation import energy_j
 from runtime.layout import layout
 from runtime.plan import Plan, random_plan
-from runtime.profiler import profile_record
+from runtime.profiler import profile_path, profile_record
 from runtime.schedule import Trace
 from runtime.spec import parse_cluster
 
@@ -316,6 +316,31 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
 
 
+def test_time_dilation_runs_slower_and_reports_the_emulated_cluster_times(ctl, reference):
+    """At D = 3 a request takes 3x the wall time, but its reported latency, radio time and energy, link
+    rate and clock are the emulated cluster's, as at D = 1."""
+    n = len(ctl.graph.units)
+    ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
+    ctl.deploy(Plan.build("d", "e", [(0, 6, {"e": 1}), (6, n, {"d": 1})]))
+    x = _inputs(1)[0]
+    plain = [ctl.infer(x) for _ in range(2)][-1]
+    ctl.configure(dataclasses.replace(ctl.emulation, dilation=3.0))
+    assert ctl.dilation == 3.0
+    wall0, clock0 = time.time(), ctl.now()
+    dilated = ctl.infer(x)
+    wall = time.time() - wall0
+    _assert_close(dilated.output, reference(x))
+    assert dilated.latency_s == pytest.approx(plain.latency_s, rel=TIMING_TOLERANCE)
+    radio, radio_plain = dilated.timeline.links[("e", "d")], plain.timeline.links[("e", "d")]
+    assert radio.seconds == pytest.approx(radio_plain.seconds, rel=TIMING_TOLERANCE)
+    assert radio.energy_j == pytest.approx(radio_plain.energy_j, rel=TIMING_TOLERANCE)
+    assert wall > 2.5 * plain.latency_s
+    assert ctl.now() - clock0 == pytest.approx(wall / 3, rel=0.1)
+    assert ctl.link_mbps(window_s=wall)[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    with pytest.raises(ValueError, match="dilation must be a finite number >= 1"):
+        dataclasses.replace(ctl.emulation, dilation=0.5)
+
+
 def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
     record = profile_record(ctl, "c", cluster.host_gflops, repeats=2)
     graph = ctl.graph
@@ -327,8 +352,24 @@ def test_profiler_measures_every_unit_through_a_worker(ctl, cluster, tmp_path):
     assert all(s > 0 for s, u in zip(seconds, graph.units, strict=True) if u.flops > 0)
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(record))
-    profile = Profile.load(path)  # the cost model reads it as written
+    profile = read_profile(path, graph)  # valid for the cost model as written
     assert profile.unit_seconds == tuple(seconds) and profile.reference_gflops == cluster.host_gflops
+
+
+def test_a_missing_profile_is_measured_through_a_worker_once_and_cached(ctl, cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISNET_PROFILES", str(tmp_path))
+    measured, said = [], []
+
+    def measure(model: str) -> dict:
+        measured.append(model)
+        return profile_record(ctl, "c", cluster.host_gflops, repeats=1)
+
+    first = host_profile(ctl.graph, say=said.append, measure=measure)
+    assert measured == [MODEL] and "profiling tiny" in said[0] and profile_path(MODEL).exists()
+    stored = json.loads(profile_path(MODEL).read_text())
+    assert stored["format"] == "disnet-profile/1" and stored["units"] == [u.name for u in ctl.graph.units]
+    again = host_profile(ctl.graph, say=said.append, measure=measure)
+    assert again == first and measured == [MODEL]  # read from the cache, not measured again
 
 
 def test_second_controller_with_another_input_size_shares_the_workers(ctl, cluster, reference):
