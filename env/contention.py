@@ -104,11 +104,16 @@ class Contention:
             raise RuntimeError("contention: a request's sink never received its whole output")
         return finishes - starts, out[:3]
 
+    def busy(self, plans: Sequence[Plan], conditions) -> tuple[np.ndarray, np.ndarray]:
+        """Seconds each device computes and sends (``spec.device_ids`` order) for one frame of each plan."""
+        _, rows = self._replay([Arrival(p, 0.0) for p in plans], conditions)
+        return rows[0], rows[1]
+
     def capacity(self, plans: Sequence[Plan], conditions) -> float:
         """The rate above which some device's processor or radio is busy more than all the time, when
         each of ``plans`` serves one frame per period: no rate above it is sustained, whatever the SLO."""
-        _, busy = self._replay([Arrival(p, 0.0) for p in plans], conditions)
-        return 1.0 / max(busy[0].max(), busy[1].max(), 1e-12)
+        compute, send = self.busy(plans, conditions)
+        return 1.0 / max(compute.max(), send.max(), 1e-12)
 
     def stream_p95(self, plans: Sequence[Plan], fps: float, conditions, frames: int = 24) -> np.ndarray:
         """The p95 latency of each stream when stream ``i`` sends ``frames`` frames at ``fps`` on
