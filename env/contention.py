@@ -135,7 +135,7 @@ class Contention:
         device or radio, with each stream's p95 latency within its SLO (bisection to ``resolution``
         relative; 0 if a stream's frame alone misses its SLO)."""
         slo = np.asarray(slo_s, dtype=np.float64)
-        alone = self.latencies([Arrival(p, 0.0) for p in plans], conditions)
+        alone = np.array([self.cost.latency(p, conditions) for p in plans])
         if (alone > slo).any():
             return 0.0
         hi = self.capacity(plans, conditions)
