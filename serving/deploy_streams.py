@@ -66,6 +66,10 @@ def deploy_streams(
     with LocalCluster(spec, model=name, seed=seed) as cluster:
         events = []
         victim = chaos_victim(spec, streams, planned.plans) if chaos else None
+        if chaos and victim is None:
+            console.print(
+                "[yellow]--chaos: every device a plan uses is some stream's source or sink: none killed"
+            )
         if victim is not None:
             half = streams.frames / 2 / min(fps)
             events.append((half, lambda: cluster.kill(victim), f"killed worker {victim}"))
