@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
         with (
             torch.no_grad(),
             LocalCluster(
-                base, model=MODEL, input_shape=shape, link_schedules=links, speed_schedules=speeds
+                base,
+                model=MODEL,
+                input_shape=shape,
+                link_schedules=links,
+                speed_schedules=speeds,
+                start_timeout_s=600.0,  # ten workers loading VGG-16 on a busy host
             ) as cluster,
         ):
             reference = model
