@@ -4,6 +4,7 @@
       [--requests N | --duration S] [--traces DIR | --collapse] [--static] [--chaos] [--json OUT] \
       [--cost profile|flops] [--profile FILE]
   python deploy.py --demo
+  python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--json OUT]   (several cameras)
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
 ``--demo`` serves VGG-16 on a local 10-device cluster like disnet-mesh0 with the shipped PPO policy, then
@@ -42,6 +43,8 @@ from runtime.cluster import NETWORKS, ClusterError, LocalCluster
 from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.spec import SpecError, load_cluster
+from serving.deploy_streams import deploy_streams
+from serving.streams import StreamsFileError, load_streams
 
 ROOT = Path(__file__).resolve().parent
 DEMO_POLICY = ROOT / "agents" / "pretrained" / "vgg16_mesh.zip"
@@ -189,6 +192,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
     args = parser.parse_args(argv)
     if args.demo:
         args.cluster = str(ROOT / "configs" / "clusters" / "mesh0.yaml")
@@ -207,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
+        if args.streams:
+            streams = load_streams(args.streams, spec.device_ids)
+            json_path = Path(args.json) if args.json else None
+            run = deploy_streams(
+                spec,
+                streams,
+                seed=args.seed,
+                chaos=args.chaos,
+                out_dir=Path(args.out),
+                json_path=json_path,
+                console=console,
+            )
+            return 0 if all(r.lost == 0 and r.wrong == 0 for r in run.reports) else 1
         model = models.build(args.model, seed=args.seed)
         graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
         world = world_for(spec, args)
@@ -233,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         models.ModelError,
         ClusterError,
         ProfileError,
+        StreamsFileError,
     ) as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

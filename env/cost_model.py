@@ -140,7 +140,7 @@ class _Skeleton:
     hop_dst: np.ndarray
     hop_link: np.ndarray
     hop_latency: np.ndarray
-    sink_inputs: int
+    sink_inputs: int | np.ndarray  # pieces the sink waits for (per request of a merged skeleton)
     link_matrix: np.ndarray = field(repr=False)  # bytes sent per directed (from, to) device pair
 
     def link_bytes(self, names: tuple[str, ...]) -> dict[tuple[str, str], int]:
@@ -321,6 +321,15 @@ class CostModel:
     ) -> tuple[_Skeleton, float, float, np.ndarray]:
         """(skeleton, latency, energy, per-device seconds: compute, send, recv, idle, energy rows)."""
         sk = self.skeleton(plan)
+        finishes, energy, out = self.replay(sk, conditions, np.array([float(t0)]))
+        if math.isnan(finishes[0]):
+            raise RuntimeError("cost model: the sink never received the whole output")
+        return sk, finishes[0] - t0, energy, out
+
+    def replay(self, sk: _Skeleton, conditions, starts: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Replay a skeleton whose requests' sources hold their inputs at ``starts`` (one request for a
+        plan's skeleton, several for one merged by ``env.contention``, sharing devices and radios):
+        (each request's finish time, NaN if its sink never completes; energy; per-device rows)."""
         rates: Rates = conditions.rates
         spec = conditions.spec
         if spec is not self._checked_spec:
@@ -331,8 +340,9 @@ class CostModel:
             self._checked_spec = spec
         links, speeds = rates.links, rates.speeds
         out = np.zeros((5, len(self._names)))
-        finish, energy = _replay(
-            float(t0),
+        finishes = np.full(starts.size, np.nan)
+        energy = _replay(
+            np.ascontiguousarray(starts, dtype=np.float64),
             sk.task_device,
             sk.task_seconds,
             sk.task_inputs,
@@ -347,7 +357,7 @@ class CostModel:
             sk.hop_dst,
             sk.hop_link,
             sk.hop_latency,
-            sk.sink_inputs,
+            np.atleast_1d(np.asarray(sk.sink_inputs, dtype=np.int64)),
             rates.constant,
             rates.link_mbps,
             rates.speed,
@@ -367,10 +377,9 @@ class CostModel:
             sk.device_index,
             *self._power,
             out,
+            finishes,
         )
-        if math.isnan(finish):
-            raise RuntimeError("cost model: the sink never received the whole output")
-        return sk, finish - t0, energy, out
+        return finishes, energy, out
 
     def predict(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> Prediction:
         """Simulate one request that starts at ``t0`` with the input on the source."""
@@ -588,7 +597,7 @@ def _pop(heap_t, heap_s, heap_a, heap_b, n):
 
 @njit(cache=True)
 def _replay(
-    t0,
+    starts,
     task_device,
     task_seconds,
     task_inputs,
@@ -626,41 +635,48 @@ def _replay(
     receive_w,
     idle_w,
     out,
+    finishes,
 ):
-    """Discrete-event replay of one request (module docstring). Fills ``out`` rows compute, send, recv,
-    idle and energy seconds/joules per device (idle and energy for the participating ``devices`` only) and
-    returns (the time the sink holds the whole output, total energy); NaN if the sink never does.
+    """Discrete-event replay of requests (module docstring) whose sources hold their inputs at ``starts``.
+    Fills ``out`` rows compute, send, recv, idle and energy seconds/joules per device (idle and energy for
+    the participating ``devices`` only, over the span from the first start to the last finish) and
+    ``finishes`` (the time each request's sink holds its whole output; NaN if it never does), and returns
+    the total energy.
 
-    Events are task-ready (kind -1, a = task) and hop-ready (a = route, b = hop index) on one heap ordered
-    by (time, sequence number), so simultaneous events keep the order in which they arose.
+    Request ``k``'s source is CSR row ``n_tasks + k`` and its sink is task ``-1 - k``. Events are
+    source-ready (kind -2, b = request), task-ready (kind -1, b = task) and hop-ready (a = route, b = hop
+    index) on one heap ordered by (time, sequence number), so simultaneous events keep the order in which
+    they arose.
     """
     n_tasks = task_device.size
     n_dev = out.shape[1]
+    n_req = starts.size
+    t0 = starts.min()
     compute_free = np.full(n_dev, t0)
     radio_free = np.full(n_dev, t0)
     waiting = task_inputs.copy()
     ready_at = np.full(n_tasks, t0)
-    cap = n_tasks + hop_src.size + 1
+    cap = n_tasks + hop_src.size + n_req
     heap_t = np.empty(cap)
     heap_s = np.empty(cap, dtype=np.int64)
     heap_a = np.empty(cap, dtype=np.int64)
     heap_b = np.empty(cap, dtype=np.int64)
     n, seq = 0, 0
-    sink_waiting = sink_inputs
-    finish = t0
-    for k in range(send_ptr[n_tasks], send_ptr[n_tasks + 1]):
-        r = send_route[k]
-        n = _push(heap_t, heap_s, heap_a, heap_b, n, t0, seq, r, route_ptr[r])
+    sink_waiting = sink_inputs.copy()
+    finishes[:] = starts
+    for q in range(n_req):
+        n = _push(heap_t, heap_s, heap_a, heap_b, n, starts[q], seq, -2, q)
         seq += 1
     # arrivals at a_at to handle before the next event: the local hand-overs local_task[a_lo:a_hi], or
     # (a_lo == a_hi == -1) one route's receiving task a_task
-    a_lo, a_hi, a_at, a_task = local_ptr[n_tasks], local_ptr[n_tasks + 1], t0, 0
+    a_lo, a_hi, a_at, a_task = 0, 0, t0, 0
     while True:
         for k in range(a_lo, a_hi) if a_lo >= 0 else range(1):
             task = local_task[k] if a_lo >= 0 else a_task
             if task < 0:
-                sink_waiting -= 1
-                finish = a_at if a_at > finish else finish
+                q = -1 - task
+                sink_waiting[q] -= 1
+                finishes[q] = a_at if a_at > finishes[q] else finishes[q]
                 continue
             waiting[task] -= 1
             if a_at > ready_at[task]:
@@ -671,6 +687,13 @@ def _replay(
         if n == 0:
             break
         at, a, b, n = _pop(heap_t, heap_s, heap_a, heap_b, n)
+        if a == -2:  # request b's source holds its input
+            for k in range(send_ptr[n_tasks + b], send_ptr[n_tasks + b + 1]):
+                r = send_route[k]
+                n = _push(heap_t, heap_s, heap_a, heap_b, n, at, seq, r, route_ptr[r])
+                seq += 1
+            a_lo, a_hi, a_at = local_ptr[n_tasks + b], local_ptr[n_tasks + b + 1], at
+            continue
         if a == -1:  # task b is ready
             d = task_device[b]
             start = at if at > compute_free[d] else compute_free[d]
@@ -714,9 +737,10 @@ def _replay(
             a_lo, a_hi = 0, 0
         else:
             a_lo, a_hi, a_at, a_task = -1, -1, arrival, route_task[a]
-    if sink_waiting:
-        return math.nan, 0.0
-    makespan = finish - t0
+    for q in range(n_req):
+        if sink_waiting[q]:
+            finishes[q] = math.nan
+    makespan = finishes.max() - t0 if not np.isnan(finishes).any() else 0.0
     total = 0.0
     for d in devices:
         busy = out[0, d] + out[1, d] + out[2, d]
@@ -728,4 +752,4 @@ def _replay(
             + out[3, d] * idle_w[d]
         )
         total += out[4, d]
-    return finish, total
+    return total

@@ -14,7 +14,12 @@ seconds), and the controller keeps recent measurements for live planning (``link
 ``compute_samples``, ``available``).
 
 Plans swap between requests: requests in flight finish on the plan they started with, the old plan is
-retired on the workers once its last request is done. Liveness: the controller pings every worker
+retired on the workers once its last request is done.
+
+Lanes: several streams of requests (cameras) can share the cluster, each on its own plan. ``deploy(plan,
+lane=...)`` makes ``plan`` the plan in force of one lane and ``submit(x, lane=...)`` sends a request on it
+without waiting (``collect`` returns finished results). A lane's hot swap, rescue or failure recovery only
+touches that lane's requests; a lane's replanner is ``replanners[lane]`` (``replan`` for the default lane). Liveness: the controller pings every worker
 while it waits; a worker that stays silent for ``dead_after_s`` (or comes back with a new boot id) is
 marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
 default ``fallback_plan`` drops it from the current plan), and every request the failure touched is
@@ -67,6 +72,8 @@ from runtime.verify import Verifier
 from runtime.worker import Deployment, deployments
 
 log = logging.getLogger("runtime.controller")
+
+DEFAULT_LANE = ""  # the lane of ``infer``, ``stream`` and ``deploy`` without a lane
 
 Replanner = Callable[[frozenset[str]], Plan]
 
@@ -146,6 +153,7 @@ class InFlight:
     elapsed_s: float  # since its current attempt was sent
     progress: float  # fraction of the attempt's radio bytes (first hops) already delivered, 0..1
     rescues: int
+    lane: str = DEFAULT_LANE
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class _Pending:
     rid: int
     x: torch.Tensor
     submitted: float
+    lane: str = DEFAULT_LANE
     plan_id: int = -1
     wire: int = -1  # id of the current attempt on the wire
     attempts: int = 0
@@ -278,6 +287,7 @@ class Controller:
         # (runtime.kernel_network); its workers then send with no radio timer
         self.kernel_links = kernel_links
         self.replan = replan
+        self.replanners: dict[str, Replanner] = {}  # per lane other than the default one
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
         self.request_timeout_s = request_timeout_s
@@ -287,7 +297,6 @@ class Controller:
         self.identity = f"controller-{secrets.token_hex(16)}".encode()
         self.max_message_bytes = max_message_bytes
         self.verifier = Verifier(verify, models.build(model, seed=seed).eval()) if verify else None
-        self.plan: Plan | None = None
         self.failures: list[tuple[float, str]] = []  # (time, device) of every worker found down
         self.replans = 0
         self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
@@ -298,7 +307,8 @@ class Controller:
         self._last_watch = 0.0
         self._history = history
         self._in_transit: dict[tuple[str, int], _OnAir] = {}  # (device, its transfer id) -> transfer
-        self._plan_id: int | None = None
+        self._current: dict[str, int] = {}  # lane -> id of its plan in force
+        self._submitted: set[int] = set()  # requests sent by ``submit``, for ``collect``
         self._deployed: dict[int, _Deployed] = {}
         self._pending: dict[int, _Pending] = {}
         self._by_wire: dict[int, _Pending] = {}
@@ -368,18 +378,46 @@ class Controller:
         """Emulated seconds since the emulation epoch: the time axis of link and speed schedules."""
         return (time.time() - self.epoch) / self.dilation
 
-    def deploy(self, plan: Plan) -> Plan:
-        """Make ``plan`` the plan of every request submitted from now on; returns the plan in force.
+    @property
+    def plan(self) -> Plan | None:
+        """The plan in force of the default lane."""
+        return self.plan_of(DEFAULT_LANE)
+
+    @property
+    def _plan_id(self) -> int | None:
+        return self._current.get(DEFAULT_LANE)
+
+    def plan_of(self, lane: str) -> Plan | None:
+        """The plan in force of ``lane`` (None before its first ``deploy``)."""
+        pid = self._current.get(lane)
+        return None if pid is None else self._deployed[pid].plan
+
+    def deploy(self, plan: Plan, lane: str = DEFAULT_LANE) -> Plan:
+        """Make ``plan`` the plan of every request of ``lane`` submitted from now on; returns the plan in
+        force.
 
         Requests already in flight finish on their own plan. If a device fails during the deployment,
         the replanner is asked for a plan without it, and that plan is returned.
         """
         plan.validate(self.graph, self.available)
         try:
-            self._deploy(plan)
+            self._deploy(plan, lane)
         except _DeployFailed:
             self._recover()
-        return self.plan
+        return self.plan_of(lane)
+
+    def submit(self, x: torch.Tensor, lane: str = DEFAULT_LANE) -> int:
+        """Send one request on ``lane``'s plan without waiting; returns its id (see ``collect``)."""
+        rid = self._submit(x, lane)
+        self._submitted.add(rid)
+        return rid
+
+    def collect(self, timeout_s: float) -> list[Result]:
+        """Wait up to ``timeout_s`` for messages; the results of ``submit``'s requests finished so far."""
+        self._step(timeout_s)
+        done = [rid for rid in self._submitted if rid in self._results]
+        self._submitted.difference_update(done)
+        return [self._results.pop(rid) for rid in sorted(done)]
 
     def infer(self, x: torch.Tensor) -> Result:
         """Run one request on the current plan and wait for its result."""
@@ -466,21 +504,31 @@ class Controller:
                 progress = min(1.0, p.radio_done / dep.radio_bytes) if dep.radio_bytes else 0.0
                 elapsed = (now - p.sent) / self.dilation
                 out.append(
-                    InFlight(p.rid, dep.plan, p.plan_id == self._plan_id, elapsed, progress, p.rescues)
+                    InFlight(
+                        p.rid,
+                        dep.plan,
+                        p.plan_id == self._current[p.lane],
+                        elapsed,
+                        progress,
+                        p.rescues,
+                        p.lane,
+                    )
                 )
         return out
 
     def restart(self, rid: int) -> bool:
         """Rescue request ``rid``: start it again on the plan in force and abandon its running attempt.
 
-        Only a request still running on another plan is restarted (starting over on the same plan gains
+        Only a request still running on another plan than its lane's (starting over on the same plan gains
         nothing); returns whether it was. Rescues do not count against ``max_attempts``, which bounds
         restarts after failures.
         """
         p = self._pending.get(rid)
-        if p is None or p.output is not None or p.plan_id == self._plan_id:
+        if p is None or p.output is not None or p.plan_id == self._current[p.lane]:
             return False
-        log.info("request %d: rescued onto plan %d after %.1f s", rid, self._plan_id, time.time() - p.sent)
+        log.info(
+            "request %d: rescued onto plan %d after %.1f s", rid, self._current[p.lane], time.time() - p.sent
+        )
         p.rescues += 1
         self._start(p)
         return True
@@ -800,7 +848,7 @@ class Controller:
             )
         return self._live_specs[up].route(a, b)
 
-    def _deploy(self, plan: Plan) -> None:
+    def _deploy(self, plan: Plan, lane: str = DEFAULT_LANE) -> None:
         pid = self._new_id()
         try:
             parts = deployments(self.graph, plan, pid, self.model, self.seed, self._route)
@@ -838,11 +886,11 @@ class Controller:
                 raise _DeployFailed(sorted(down))
         radio = sum(t.nbytes for t in layout(self.graph, plan).transfers if t.src != t.dst)
         self._deployed[pid] = _Deployed(pid, plan, parts, radio)
-        previous, self._plan_id, self.plan = self._plan_id, pid, plan
+        previous, self._current[lane] = self._current.get(lane), pid
         self._retire_unused(previous)
 
     def _retire_unused(self, pid: int | None) -> None:
-        if pid is None or pid == self._plan_id or pid not in self._deployed:
+        if pid is None or pid in self._current.values() or pid not in self._deployed:
             return
         if not any(p.plan_id == pid for p in self._pending.values()):
             self._retire(self._deployed.pop(pid))
@@ -860,20 +908,22 @@ class Controller:
                 self._send(d, Header(Kind.DEPLOY, 0, meta))
 
     # ---- requests --------------------------------------------------------------------------------
-    def _submit(self, x: torch.Tensor) -> int:
-        if self._plan_id is None:
-            raise ControllerError("no plan deployed: call deploy(plan) first")
+    def _submit(self, x: torch.Tensor, lane: str = DEFAULT_LANE) -> int:
+        if lane not in self._current:
+            raise ControllerError(
+                f"no plan deployed on lane {lane!r}: call deploy(plan{f', lane={lane!r}' if lane else ''}) first"
+            )
         x = torch.as_tensor(x, dtype=torch.float32)
         x = (x.unsqueeze(0) if x.dim() == 3 else x).contiguous()
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input shape {tuple(x.shape)} does not fit the model's {self.input_shape}")
-        p = _Pending(next(self._rids), x, time.time())
+        p = _Pending(next(self._rids), x, time.time(), lane)
         self._pending[p.rid] = p
         self._start(p)
         return p.rid
 
     def _start(self, p: _Pending) -> None:
-        """Send (again) request ``p`` on the current plan under a fresh attempt id.
+        """Send (again) request ``p`` on its lane's plan in force under a fresh attempt id.
 
         A previous attempt is abandoned on the workers: retired with its plan if no other request uses
         that plan, cancelled on its own otherwise.
@@ -883,7 +933,12 @@ class Controller:
             raise ControllerError(f"request {p.rid} failed {p.attempts - p.rescues} times; giving up")
         self._by_wire.pop(p.wire, None)
         old, old_wire = p.plan_id, p.wire
-        p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, self._new_id(), p.attempts + 1, time.time()
+        p.plan_id, p.wire, p.attempts, p.sent = (
+            self._current[p.lane],
+            self._new_id(),
+            p.attempts + 1,
+            time.time(),
+        )
         reported, p.telemetry = p.telemetry, {}
         p.output, p.error, p.radio_done = None, None, 0
         p.first_sent = p.first_sent or p.sent
@@ -930,15 +985,17 @@ class Controller:
             self.watch()
 
     def _recover(self) -> None:
-        """Handle the workers found down: new plan if the current one needs them, re-run their requests."""
+        """Handle the workers found down: a new plan for each lane whose plan needs them, re-run their
+        requests."""
         while self._newly_down:
             down = set(self._newly_down)
             self._newly_down.clear()
-            if self.plan is not None and not set(self._deployed[self._plan_id].parts) <= self.available:
-                try:
-                    self._deploy(self._next_plan())
-                except _DeployFailed:
-                    continue  # the newly failed devices are queued: plan again
+            try:
+                for lane, pid in list(self._current.items()):
+                    if not set(self._deployed[pid].parts) <= self.available:
+                        self._deploy(self._next_plan(lane), lane)
+            except _DeployFailed:
+                continue  # the newly failed devices are queued: plan again
             for p in list(self._pending.values()):
                 if p.output is None and self._uses(p.plan_id, down | (set(self._peers) - self.available)):
                     self._start(p)
@@ -946,16 +1003,17 @@ class Controller:
     def _uses(self, pid: int, devices: set[str]) -> bool:
         return bool(set(self._deployed[pid].parts) & devices)
 
-    def _next_plan(self) -> Plan:
+    def _next_plan(self, lane: str = DEFAULT_LANE) -> Plan:
         available = self.available
+        replan = self.replan if lane == DEFAULT_LANE else self.replanners.get(lane)
         plan = (
-            self.replan(available)
-            if self.replan is not None
-            else fallback_plan(self.plan, available, self.spec)
+            replan(available)
+            if replan is not None
+            else fallback_plan(self.plan_of(lane), available, self.spec)
         )
         plan.validate(self.graph, available)
         self.replans += 1
-        log.warning("replanned for devices %s: %s", sorted(available), plan.describe())
+        log.warning("replanned lane %r for devices %s: %s", lane, sorted(available), plan.describe())
         return plan
 
     def _finish(self, p: _Pending, dep: _Deployed) -> None:

@@ -1,0 +1,140 @@
+"""Planning several concurrent streams for throughput: the highest equal frame rate within every SLO.
+
+A per-request planner prices a request as if it ran alone, so streams planned one by one all crowd onto
+the same fast devices and links, and a pipelined stream's frames queue on the devices its latency-best
+plan loads most. ``plan_independently`` is that baseline: each stream gets the plan its planner chooses
+alone. ``JointPlanner`` plans the streams together, scoring each combination of plans by
+``Contention.equal_rate`` (frames of every stream overlapping on shared devices and radios, each stream's
+p95 within its SLO): coordinate ascent over a pool of candidate plans per stream, where the pool holds
+
+- the per-request planner's plan (the independent choice, so the joint result is never worse);
+- the whole model on one device, for each device (streams side by side on disjoint devices);
+- each round, the plan found by the optimiser's local search (agents/local_search.py) from the stream's
+  current plan, scored by the frame period the streams sustain together (``Period``): the busiest
+  device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
+  the stream's SLO.
+
+This is a planner on top of the per-request planner rather than a stream mode of the env: the per-request
+policy or optimiser keeps choosing good shapes for one request, and the contention price decides which
+plans serve the streams together (bench/streams.py measures the two side by side).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from agents.base import Planner, build_plan, usable
+from agents.local_search import PlanSearch
+from env.contention import Contention
+from env.cost_model import Cost, CostModel, Objective
+from env.network import Snapshot
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+LATENCY = Objective("latency")
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One stream as a planner sees it: where its frames come from, where results go, its p95 SLO."""
+
+    source: str
+    sink: str
+    slo_s: float
+
+
+@dataclass(frozen=True)
+class StreamsPlan:
+    """A plan per stream and the equal frame rate the contention model predicts they sustain."""
+
+    plans: tuple[Plan, ...]
+    fps: float
+
+
+def stream_snapshot(snapshot: Snapshot, demand: Demand) -> Snapshot:
+    """The snapshot as stream ``demand`` sees it (its own source and sink)."""
+    return replace(snapshot, source=demand.source, sink=demand.sink)
+
+
+def plan_independently(
+    planner: Planner, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand], contention: Contention
+) -> StreamsPlan:
+    """Each stream's plan chosen alone by ``planner``, and the equal rate they sustain together."""
+    plans = tuple(planner.plan(stream_snapshot(snapshot, d), graph, LATENCY) for d in demands)
+    return StreamsPlan(plans, contention.equal_rate(plans, [d.slo_s for d in demands], snapshot))
+
+
+class Period:
+    """Scores stream ``i``'s candidate plans for ``PlanSearch``, which minimises a cost model's latency:
+    here the frame period (1 / ``Contention.capacity``) of the candidate together with the other streams'
+    plans, plus a thousandth of its latency alone to break ties; infinite if that latency misses the SLO."""
+
+    def __init__(self, contention: Contention, others: Sequence[Plan], slo_s: float):
+        self.contention, self.others, self.slo_s = contention, list(others), slo_s
+
+    def skeleton(self, plan: Plan):
+        return self.contention.cost.skeleton(plan)
+
+    def predict(self, plan: Plan, conditions, t0: float = 0.0) -> Cost:
+        alone = self.contention.cost.latency(plan, conditions)
+        if alone > self.slo_s:
+            return Cost(math.inf, 0.0)
+        period = 1.0 / self.contention.capacity([*self.others, plan], conditions)
+        return Cost(period + 1e-3 * alone, 0.0)
+
+
+class JointPlanner:
+    """Plans streams together for the highest equal frame rate within their SLOs (module docstring)."""
+
+    def __init__(self, planner: Planner, cost: CostModel, rounds: int = 3, budget: int = 200, seed: int = 0):
+        self.planner = planner
+        self.contention = Contention(cost)
+        self.rounds = rounds
+        self.budget = budget  # plans scored by each stream's local search per round
+        self.seed = seed
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand]) -> StreamsPlan:
+        slo = [d.slo_s for d in demands]
+        views = [stream_snapshot(snapshot, d) for d in demands]
+        alone = [self.planner.plan(v, graph, LATENCY) for v in views]
+        whole = len(graph.units)
+        pools = [
+            [plan, *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v))]
+            for plan, v in zip(alone, views, strict=True)
+        ]
+        best = self._ascend(
+            StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot)), pools, slo, snapshot
+        )
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.rounds):
+            for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
+                others = best.plans[:i] + best.plans[i + 1 :]
+                search = PlanSearch(Period(self.contention, others, demand.slo_s), view, graph, LATENCY)
+                search.consider(best.plans[i])
+                search.local_search(self.budget, rng, starts=1)
+                if search.best is not None and search.best not in pools[i]:
+                    pools[i].append(search.best)
+            improved = self._ascend(best, pools, slo, snapshot)
+            if improved.fps <= best.fps * 1.001:
+                break
+            best = improved
+        return best
+
+    def _ascend(
+        self, best: StreamsPlan, pools: list[list[Plan]], slo: Sequence[float], snapshot: Snapshot
+    ) -> StreamsPlan:
+        """Coordinate ascent: per stream in turn, the candidate that raises the equal rate most."""
+        plans, fps = list(best.plans), best.fps
+        for i, pool in enumerate(pools):
+            for candidate in pool:
+                if candidate == plans[i]:
+                    continue
+                trial = [*plans[:i], candidate, *plans[i + 1 :]]
+                rate = self.contention.equal_rate(trial, slo, snapshot)
+                if rate > fps:
+                    plans, fps = trial, rate
+        return StreamsPlan(tuple(plans), fps)

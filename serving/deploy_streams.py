@@ -1,0 +1,97 @@
+"""``deploy.py --streams FILE.yaml``: plan the streams of a streams file, serve them live, report.
+
+On a local emulated cluster of the ``--cluster`` spec: plans every stream with the analytic optimiser,
+jointly or independently (the file's ``planning``), serves each stream at its ``fps`` (or, without one,
+at the equal rate the plan predicts), checks every output against the unsplit model and writes the
+per-stream table, JSON (``--json``), TensorBoard scalars and a plot over time (under ``--out``).
+``--chaos`` kills a worker that a stream's plan uses (no stream's source or sink) halfway through.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from agents import make_planner
+from env.cost_model import CostModel
+from env.network import NetworkState
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.graph import LayerGraph
+from runtime.spec import ClusterSpec
+from serving.stream_output import plot, print_table, write_tensorboard
+from serving.streams import StreamsFile, StreamsRun, plan_streams, replanner, serve_streams
+
+
+def chaos_victim(spec: ClusterSpec, streams: StreamsFile, plans) -> str | None:
+    """A device some plan computes on that is no stream's source or sink (None if there is none)."""
+    ends = {s.source for s in streams.streams} | {s.sink for s in streams.streams}
+    used = [d for p in plans for st in p.stages for d in st.devices if d not in ends]
+    return used[0] if used else None
+
+
+def deploy_streams(
+    spec: ClusterSpec,
+    streams: StreamsFile,
+    *,
+    seed: int,
+    chaos: bool,
+    out_dir: Path,
+    json_path: Path | None,
+    console: Console,
+) -> StreamsRun:
+    name = streams.streams[0].model
+    model = models.build(name, seed=seed)
+    graph = LayerGraph.from_model(model, models.input_shape(name), name)
+    cost = CostModel(graph, spec)
+    snapshot = NetworkState.static(spec).snapshot(0.0)
+    planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
+    console.print(f"planning {len(streams.streams)} stream(s) {streams.planning}ly ...")
+    planned = plan_streams(streams.streams, streams.planning, planner, cost, snapshot, graph)
+    console.print(f"predicted equal rate: {planned.fps:.3f} frames/s per stream")
+    for s, p in zip(streams.streams, planned.plans, strict=True):
+        console.print(f"  {s.name}: {p.describe()}")
+    fps = [s.fps or planned.fps for s in streams.streams]
+    if min(fps) <= 0:
+        raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    replanners = {s.name: replanner(s, planner, snapshot, graph) for s in streams.streams}
+    with LocalCluster(spec, model=name, seed=seed) as cluster:
+        events = []
+        victim = chaos_victim(spec, streams, planned.plans) if chaos else None
+        if chaos and victim is None:
+            console.print(
+                "[yellow]--chaos: every device a plan uses is some stream's source or sink: none killed"
+            )
+        if victim is not None:
+            half = streams.frames / 2 / min(fps)
+            events.append((half, lambda: cluster.kill(victim), f"killed worker {victim}"))
+        run = serve_streams(
+            cluster.controller,
+            streams.streams,
+            planned.plans,
+            fps,
+            streams.frames,
+            reference,
+            replanners=replanners,
+            chaos=events,
+            seed=seed,
+        )
+    title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly"
+    print_table(run, console, title)
+    write_tensorboard(run, out_dir / "tensorboard" / "streams")
+    plot(run, out_dir / "streams.png")
+    console.print(f"wrote {out_dir / 'streams.png'} and TensorBoard scalars under {out_dir / 'tensorboard'}")
+    if json_path is not None:
+        summary = run.summary() | {"planning": streams.planning, "predicted_fps": planned.fps}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2))
+        console.print(f"wrote {json_path}")
+    return run

@@ -1,0 +1,297 @@
+"""Many cameras, one mesh: several concurrent streams served on one cluster, each on its own plan.
+
+A streams file (``disnet-streams/1`` YAML, validated by pydantic) names each stream's source and sink
+device, model, frame rate and p95 latency SLO::
+
+    format: disnet-streams/1
+    frames: 30            # per stream
+    planning: joint       # joint (agents/streams.py) or independent (each stream planned alone)
+    streams:
+      - {name: door, source: "8", sink: "4", model: vgg16_bn, fps: 0.3, slo_s: 6}
+      - {name: yard, source: "1", sink: "4", model: vgg16_bn, slo_s: 6}   # no fps: the planned rate
+
+``serve_streams`` runs them open loop: frame ``k`` of a stream arrives at ``phase + k / fps`` whether or
+not the cluster keeps up, and its latency counts from its arrival. Each stream is a lane of the controller
+(runtime/controller.py): its own plan, its own replanner when a worker dies, and its requests never move
+to another stream's plan. Every output is checked against the unsplit model; the report gives per stream
+the frames per second sustained, p50 / p95 latency, SLO misses, lost frames and wrong outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.base import Planner
+from agents.streams import LATENCY, Demand, JointPlanner, StreamsPlan, plan_independently
+from env.contention import Contention
+from env.cost_model import CostModel
+from env.network import Snapshot
+from runtime.config import describe_validation_error
+from runtime.controller import Controller, ControllerError, Result
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+FORMAT = "disnet-streams/1"
+
+
+class StreamsFileError(ValueError):
+    """A streams file that cannot be used; the message names the file and the field."""
+
+
+class StreamSpec(BaseModel):
+    """One camera: where its frames come from and go to, its model, frame rate and p95 SLO."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    source: str
+    sink: str
+    model: str
+    fps: float | None = Field(default=None, gt=0)  # None: the rate the planner finds for all streams
+    slo_s: float = Field(gt=0)
+
+
+class StreamsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["disnet-streams/1"]
+    frames: int = Field(default=30, ge=1)
+    planning: Literal["joint", "independent"] = "joint"
+    streams: list[StreamSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamsFile:
+        names = [s.name for s in self.streams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names must be unique: {names}")
+        if len({s.model for s in self.streams}) > 1:
+            raise ValueError("every stream of one run must use the same model (one cluster serves one model)")
+        return self
+
+
+def load_streams(path: str | Path, devices: Sequence[str] | None = None) -> StreamsFile:
+    """Read and validate a streams file; ``devices`` (the cluster's) checks every source and sink."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise StreamsFileError(f"{path}: cannot read: {exc}") from None
+    try:
+        streams = StreamsFile.model_validate(data)
+    except ValidationError as exc:
+        raise StreamsFileError(describe_validation_error(str(path), exc)) from None
+    if devices is not None:
+        for i, s in enumerate(streams.streams):
+            for role in ("source", "sink"):
+                if getattr(s, role) not in devices:
+                    raise StreamsFileError(
+                        f"{path}: streams.{i}.{role}: device {getattr(s, role)!r} is not in the cluster "
+                        f"({', '.join(devices)})"
+                    )
+    return streams
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One served frame: its stream, index, arrival (s since the run began), latency and check."""
+
+    stream: str
+    index: int
+    arrival_s: float
+    done_s: float
+    latency_s: float
+    exact: bool
+    attempts: int
+
+
+@dataclass
+class StreamReport:
+    """What one stream got: the figures of the per-stream table and JSON."""
+
+    name: str
+    fps_target: float
+    slo_s: float
+    sent: int
+    completed: int
+    lost: int
+    wrong: int
+    fps_sustained: float
+    p50_s: float
+    p95_s: float
+    slo_misses: int
+
+    @property
+    def met(self) -> bool:
+        """Kept up (>= 90% of its rate), p95 within the SLO, nothing lost, every output exact."""
+        return (
+            self.lost == 0
+            and self.wrong == 0
+            and self.p95_s <= self.slo_s
+            and self.fps_sustained >= 0.9 * self.fps_target
+        )
+
+
+@dataclass
+class StreamsRun:
+    """Every frame of a run and each stream's report."""
+
+    reports: list[StreamReport]
+    frames: list[Frame] = field(repr=False)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (time s, what happened)
+
+    def summary(self) -> dict:
+        return {
+            "streams": [vars(r) | {"met": r.met} for r in self.reports],
+            "events": [{"t_s": t, "event": e} for t, e in self.events],
+        }
+
+
+def sustained_fps(done_s: Sequence[float]) -> float:
+    """Frames per second between the first and the last completion (0 with fewer than two)."""
+    if len(done_s) < 2:
+        return 0.0
+    span = max(done_s) - min(done_s)
+    return (len(done_s) - 1) / span if span > 0 else math.inf
+
+
+def report(stream: StreamSpec, fps: float, sent: int, frames: Sequence[Frame]) -> StreamReport:
+    """The per-stream figures from the frames of ``stream`` that came back."""
+    latency = np.array([f.latency_s for f in frames])
+    has = latency.size > 0
+    return StreamReport(
+        name=stream.name,
+        fps_target=fps,
+        slo_s=stream.slo_s,
+        sent=sent,
+        completed=len(frames),
+        lost=sent - len(frames),
+        wrong=sum(not f.exact for f in frames),
+        fps_sustained=sustained_fps([f.done_s for f in frames]),
+        p50_s=float(np.percentile(latency, 50)) if has else math.nan,
+        p95_s=float(np.percentile(latency, 95)) if has else math.nan,
+        slo_misses=int((latency > stream.slo_s).sum()),
+    )
+
+
+Chaos = tuple[float, Callable[[], None], str]  # (seconds into the run, action, description)
+
+
+def serve_streams(
+    ctl: Controller,
+    streams: Sequence[StreamSpec],
+    plans: Sequence[Plan],
+    fps: Sequence[float],
+    frames: int,
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    replanners: Mapping[str, Callable[[frozenset[str]], Plan]] | None = None,
+    chaos: Sequence[Chaos] = (),
+    seed: int = 0,
+    input_pool: int = 4,
+    drain_s: float | None = None,
+    on_frame: Callable[[Frame], None] | None = None,
+) -> StreamsRun:
+    """Serve ``frames`` frames of each stream open loop, stream ``i`` on ``plans[i]`` at ``fps[i]``.
+
+    Streams are evenly phased (stream ``i`` starts ``i / (n fps_i)`` s in). ``chaos`` actions (e.g. kill a
+    worker) run at their time. After the last arrival the run waits up to ``drain_s`` (default: 4 x the
+    largest SLO + 30 s) for the frames still out; those that never come back are lost.
+    """
+    if not (len(streams) == len(plans) == len(fps)):
+        raise ValueError("one plan and one rate per stream")
+    gen = torch.Generator().manual_seed(seed)
+    pool = [torch.randn(1, *ctl.input_shape, generator=gen) for _ in range(input_pool)]
+    expected = [reference(x) for x in pool]
+    for s, plan in zip(streams, plans, strict=True):
+        ctl.deploy(plan, lane=s.name)
+        if replanners and s.name in replanners:
+            ctl.replanners[s.name] = replanners[s.name]
+    n = len(streams)
+    due = sorted(
+        ((k + i / n) / fps[i], i, k) for i, s in enumerate(streams) for k in range(frames)
+    )  # (arrival, stream, frame)
+    pending_chaos = sorted(chaos, key=lambda c: c[0])
+    out: dict[int, tuple[int, int, float]] = {}  # rid -> (stream, frame, arrival)
+    served: list[Frame] = []
+    events: list[tuple[float, str]] = []
+    drain = drain_s if drain_s is not None else 4 * max(s.slo_s for s in streams) + 30.0
+    start = time.time()
+    next_due, sent = 0, [0] * n
+    try:
+        while next_due < len(due) or out:
+            now = time.time() - start
+            while next_due < len(due) and due[next_due][0] <= now:
+                arrival, i, k = due[next_due]
+                out[ctl.submit(pool[k % input_pool], lane=streams[i].name)] = (i, k, arrival)
+                sent[i] += 1
+                next_due += 1
+            while pending_chaos and pending_chaos[0][0] <= now:
+                at, action, what = pending_chaos.pop(0)
+                action()
+                events.append((now, what))
+            if next_due == len(due) and now > due[-1][0] + drain:
+                break
+            for r in ctl.collect(0.02):
+                i, k, arrival = out.pop(r.rid)
+                served.append(_frame(streams[i].name, k, arrival, start, r, expected[k % input_pool]))
+                if on_frame is not None:
+                    on_frame(served[-1])
+    except ControllerError as exc:  # a request that keeps failing: the rest of the run is lost
+        events.append((time.time() - start, f"stopped: {exc}"))
+    # frames never sent (a run stopped early) count as sent and lost
+    reports = [
+        report(s, fps[i], frames, [f for f in served if f.stream == s.name]) for i, s in enumerate(streams)
+    ]
+    return StreamsRun(reports, served, events)
+
+
+def _frame(stream: str, k: int, arrival: float, start: float, r: Result, expected: torch.Tensor) -> Frame:
+    """A result as a served frame: its latency counts from its arrival to the sink holding the output
+    (the sink's clock; the moment the result arrived here if its telemetry is missing)."""
+    done = r.timeline.of("done")
+    done_s = (done[-1]["t"] if done else time.time()) - start
+    exact = torch.allclose(r.output, expected, rtol=1e-4, atol=1e-5)
+    return Frame(stream, k, arrival, done_s, done_s - arrival, exact, r.attempts)
+
+
+def stream_demands(streams: Sequence[StreamSpec]) -> list[Demand]:
+    return [Demand(s.source, s.sink, s.slo_s) for s in streams]
+
+
+def plan_streams(
+    streams: Sequence[StreamSpec],
+    planning: str,
+    planner: Planner,
+    cost: CostModel,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+) -> StreamsPlan:
+    """Each stream's plan and their predicted equal rate, planned ``joint``ly or ``independent``ly."""
+    demands = stream_demands(streams)
+    if planning == "joint":
+        return JointPlanner(planner, cost).plan(snapshot, graph, demands)
+    if planning == "independent":
+        return plan_independently(planner, snapshot, graph, demands, Contention(cost))
+    raise ValueError(f"planning must be joint or independent, not {planning!r}")
+
+
+def replanner(stream: StreamSpec, planner: Planner, snapshot: Snapshot, graph: LayerGraph):
+    """The plan for ``stream`` over the devices still up (its source or sink, if down, is replaced by the
+    fastest device up): what the controller asks for when a worker of the stream's plan dies."""
+
+    def replan(available: frozenset[str]) -> Plan:
+        fastest = max(sorted(available), key=lambda d: snapshot.spec.devices[d].gflops)
+        source = stream.source if stream.source in available else fastest
+        sink = stream.sink if stream.sink in available else fastest
+        view = replace(snapshot, available=frozenset(available), source=source, sink=sink)
+        return planner.plan(view, graph, LATENCY)
+
+    return replan

@@ -1,0 +1,234 @@
+"""Several concurrent streams: contention pricing, joint planning, streams files, and live lanes.
+
+Live: each stream is a controller lane with its own plan; a hot swap of one lane never moves another
+lane's requests, and a worker killed mid-run loses nothing: every frame of every stream comes back once,
+exact, on its own stream's plan.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents import make_planner
+from agents.streams import Demand, JointPlanner, plan_independently
+from env.contention import Arrival, Contention
+from env.cost_model import CostModel
+from env.network import NetworkState
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+from runtime.spec import parse_cluster
+from serving.streams import StreamsFileError, StreamSpec, load_streams, serve_streams
+
+torch.set_num_threads(1)
+MODEL, SEED, N_UNITS = "tiny", 1, 14
+MESH4 = parse_cluster(
+    {
+        "format": "disnet-cluster/1",
+        "name": "mesh4",
+        "source": "a",
+        "sink": "d",
+        "devices": [
+            {"id": d, "gflops": g, "power": {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2}}
+            for d, g in zip("abcd", (1, 1, 1, 2), strict=True)
+        ],
+        "links": [{"a": x, "b": y, "mbps": 40} for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]],
+    },
+    origin="mesh4",
+)
+GRAPH = LayerGraph.from_model(models.skeleton(MODEL), models.input_shape(MODEL), MODEL)
+
+
+def _local(dev: str, source: str = "a", sink: str = "d") -> Plan:
+    return Plan.build(source, sink, [(0, N_UNITS, {dev: 1})])
+
+
+def _split(devices: str, source: str = "a", sink: str = "d") -> Plan:
+    return Plan.build(source, sink, [(0, 6, dict.fromkeys(devices, 1.0)), (6, N_UNITS, {sink: 1})])
+
+
+@pytest.fixture(scope="module")
+def cost():
+    return CostModel(GRAPH, MESH4)
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    return NetworkState.static(MESH4).snapshot(0.0)
+
+
+# ---- contention ----------------------------------------------------------------------------------
+
+
+def test_one_request_alone_is_priced_as_the_cost_model_prices_it(cost, snapshot):
+    contention = Contention(cost)
+    for plan in (_split("abcd"), _local("b"), _split("bc", source="c", sink="a")):
+        (latency,) = contention.latencies([Arrival(plan, 0.0)], snapshot)
+        assert latency == pytest.approx(cost.latency(plan, snapshot), rel=1e-12)
+
+
+def test_overlapping_requests_queue_on_a_shared_device_and_not_on_separate_ones(cost, snapshot):
+    contention = Contention(cost)
+    on_b = _local("b", source="b", sink="b")  # no radio: only b's processor is shared
+    alone = cost.latency(on_b, snapshot)
+    first, second = contention.latencies([Arrival(on_b, 0.0), Arrival(on_b, 0.0)], snapshot)
+    assert first == pytest.approx(alone) and second == pytest.approx(2 * alone)
+    on_c = _local("c", source="c", sink="c")
+    assert contention.latencies([Arrival(on_b, 0.0), Arrival(on_c, 0.0)], snapshot) == pytest.approx(
+        [alone, cost.latency(on_c, snapshot)]
+    )
+    late = contention.latencies([Arrival(on_b, 0.0), Arrival(on_b, alone / 2)], snapshot)
+    assert late[1] == pytest.approx(alone * 1.5)  # waits for the half of the first still to run
+    assert contention.capacity([on_b, on_c], snapshot) == pytest.approx(1 / alone)
+
+
+def test_equal_rate_respects_each_slo_and_the_busiest_device(cost, snapshot):
+    contention = Contention(cost)
+    on_b = _local("b", source="b", sink="b")
+    alone = cost.latency(on_b, snapshot)
+    assert contention.equal_rate([on_b], [10 * alone], snapshot) == pytest.approx(1 / alone)
+    assert contention.equal_rate([on_b, on_b], [10 * alone] * 2, snapshot) == pytest.approx(0.5 / alone)
+    assert contention.equal_rate([on_b], [0.5 * alone], snapshot) == 0.0
+    # stream "half" computes half its frame on b, and at the capacity its frames would wait for the
+    # whole-frame stream's: an SLO just above each stream's latency alone leaves less than the capacity
+    half = Plan.build("b", "b", [(0, 6, {"b": 1, "c": 1}), (6, N_UNITS, {"b": 1})])
+    plans = [on_b, half]
+    slo = [1.05 * cost.latency(p, snapshot) for p in plans]
+    capacity = contention.capacity(plans, snapshot)
+    assert (contention.stream_p95(plans, capacity, snapshot) > slo).any()
+    tight = contention.equal_rate(plans, slo, snapshot)
+    assert 0 < tight < capacity
+    assert (contention.stream_p95(plans, tight, snapshot) <= slo).all()
+    assert (contention.stream_p95(plans, 1.05 * tight, snapshot) > slo).any()
+
+
+def test_joint_planning_beats_planning_each_stream_alone(cost, snapshot):
+    """Three streams whose latency-best plans all lean on the fast device d: planned together they
+    spread out and sustain a higher equal rate."""
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH4, cost_model=cost, max_evaluations=60)
+    demands = [Demand(s, "d", 1.0) for s in "abc"]
+    contention = Contention(cost)
+    alone = plan_independently(planner, snapshot, GRAPH, demands, contention)
+    joint = JointPlanner(planner, cost, rounds=2, budget=40).plan(snapshot, GRAPH, demands)
+    assert joint.fps >= 1.2 * alone.fps
+    assert joint.fps == pytest.approx(contention.equal_rate(joint.plans, [1.0] * 3, snapshot))
+    assert [p.source for p in joint.plans] == list("abc")
+
+
+# ---- streams files -------------------------------------------------------------------------------
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "streams.yaml"
+    path.write_text("format: disnet-streams/1\n" + text)
+    return path
+
+
+def test_streams_file_errors_name_the_file_and_the_field(tmp_path):
+    ok = "streams:\n  - {name: a, source: a, sink: d, model: tiny, fps: 2, slo_s: 1}\n"
+    assert load_streams(_write(tmp_path, ok), list("abcd")).streams[0].fps == 2
+    cases = {
+        "streams:\n  - {name: a, source: a, sink: d, model: tiny, fps: -1, slo_s: 1}\n": "streams.0.fps",
+        "streams:\n  - {name: a, source: z, sink: d, model: tiny, slo_s: 1}\n": "streams.0.source",
+        "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1, colour: red}\n": "colour",
+        "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1}\n"
+        "  - {name: a, source: b, sink: d, model: tiny, slo_s: 1}\n": "unique",
+        "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1}\n"
+        "  - {name: b, source: b, sink: d, model: vgg16_bn, slo_s: 1}\n": "same model",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(StreamsFileError, match=expected) as err:
+            load_streams(_write(tmp_path, text), list("abcd"))
+        assert str(tmp_path / "streams.yaml") in str(err.value)
+
+
+# ---- live lanes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    options = {"dead_after_s": 1.0, "heartbeat_s": 0.1}
+    with LocalCluster(MESH4, model=MODEL, seed=SEED, controller_options=options) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = models.build(MODEL, seed=SEED)
+    return lambda x: model(x).detach()
+
+
+def _inputs(n: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, *models.input_shape(MODEL), generator=gen) for _ in range(n)]
+
+
+def test_a_hot_swap_on_one_lane_leaves_the_other_lanes_requests_alone(cluster, reference):
+    ctl = cluster.controller
+    one, two, swapped = _split("abc"), _local("c", source="b", sink="b"), _split("ab")
+    ctl.deploy(one, lane="one")
+    ctl.deploy(two, lane="two")
+    xs = _inputs(8, seed=1)
+    lane_of = {}
+    for k, x in enumerate(xs[:4]):
+        lane_of[ctl.submit(x, lane="one" if k % 2 else "two")] = k
+    ctl.deploy(swapped, lane="one")  # while both lanes have requests in flight
+    assert ctl.plan_of("two") == two and ctl.plan_of("one") == swapped
+    for k, x in enumerate(xs[4:], start=4):
+        lane_of[ctl.submit(x, lane="one" if k % 2 else "two")] = k
+    results = []
+    while len(results) < len(xs):
+        results += ctl.collect(0.05)
+    assert sorted(lane_of) == sorted(r.rid for r in results)  # each exactly once
+    for r in results:
+        k = lane_of[r.rid]
+        torch.testing.assert_close(r.output, reference(xs[k]), rtol=1e-4, atol=1e-5)
+        if k % 2 == 0:
+            assert r.plan == two  # lane two never saw lane one's swap
+        else:
+            assert r.plan == (one if k < 4 else swapped)
+
+
+def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference):
+    ctl = cluster.controller
+    streams = [
+        StreamSpec(name="front", source="a", sink="d", model=MODEL, fps=8, slo_s=5),
+        StreamSpec(name="back", source="b", sink="a", model=MODEL, fps=8, slo_s=5),
+    ]
+    plans = [_split("abcd"), _split("bcd", source="b", sink="a")]
+    replanned = []
+
+    def replanner(stream: StreamSpec):
+        def replan(available: frozenset[str]) -> Plan:
+            replanned.append((stream.name, available))
+            return _split("".join(sorted(available)), source=stream.source, sink=stream.sink)
+
+        return replan
+
+    run = serve_streams(
+        ctl,
+        streams,
+        plans,
+        [s.fps for s in streams],
+        12,
+        reference,
+        replanners={s.name: replanner(s) for s in streams},
+        chaos=[(0.6, lambda: cluster.kill("c"), "kill c")],
+    )
+    try:
+        for r in run.reports:
+            assert (r.sent, r.completed, r.lost, r.wrong) == (12, 12, 0, 0), r
+        assert sorted(name for name, _ in replanned) == ["back", "front"]
+        assert all(available == frozenset("abd") for _, available in replanned)
+        assert ctl.plan_of("front").source == "a" and ctl.plan_of("back").source == "b"
+        assert "c" not in ctl.plan_of("front").devices | ctl.plan_of("back").devices
+        assert any(f.attempts > 1 for f in run.frames)  # frames caught by the kill ran again
+    finally:
+        cluster.restart("c")
+
+
+def test_submit_on_a_lane_without_a_plan_is_an_error(cluster):
+    with pytest.raises(Exception, match="no plan deployed on lane 'nowhere'"):
+        cluster.controller.submit(_inputs(1, seed=0)[0], lane="nowhere")
