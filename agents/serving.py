@@ -3,7 +3,11 @@
 The loop keeps a live Snapshot (env/telemetry.py: bandwidth from real transfers, speed from compute
 times, liveness from heartbeats) and asks the planner for a new plan every ``replan_every`` requests or
 as soon as conditions move: a link the current plan uses measures more than ``threshold`` away from what
-the plan was made for, a device's speed does, or a device leaves or returns. Plans are hot-swapped
+the plan was made for, a device's speed does, or a device leaves or returns. The new plan replaces the
+one in force only when it pays (``worth_swapping``): both priced by the cost model on the same snapshot,
+its gain must beat ``replan_margin`` x the plan in force's score plus the swap's own cost (the measured
+time of recent hot swaps), so estimates that wobble do not swap plans back and forth (``replan_margin``
+None: any different plan is swapped in, the rule before this one). Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
 handled by the controller, which asks the same planner for a plan without it and re-runs what it
 touched. If the planner fails or returns an invalid plan, the analytic optimiser decides instead.
@@ -44,7 +48,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.base import Planner
 from agents.optimizer import OptimalPlanner
-from env.cost_model import CostModel, Objective
+from env.cost_model import Cost, CostModel, Objective
 from env.network import Snapshot, link_key
 from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
@@ -72,6 +76,9 @@ class ServeOptions:
     input_pool: int = 4
     seed: int = 0
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
+    replan_margin: float | None = (
+        0.1  # a new plan must gain this share of the score in force (None: any gain)
+    )
 
 
 @dataclass
@@ -201,6 +208,25 @@ def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> boo
     return any(abs(now.link_mbps[k] - made_on.link_mbps[k]) > threshold * made_on.link_mbps[k] for k in used)
 
 
+def worth_swapping(
+    cost: CostModel,
+    objective: Objective,
+    in_force: Plan,
+    candidate: Plan,
+    snapshot: Snapshot,
+    margin: float,
+    swap_s: float,
+) -> bool:
+    """Whether ``candidate`` should replace the plan in force: priced on the same ``snapshot``, its gain
+    beats ``margin`` x the plan in force's score plus what the swap itself costs (``swap_s`` seconds, in
+    the objective's units). A plan in force that needs a device now down is always replaced."""
+    if not in_force.devices <= snapshot.available:
+        return True
+    now = objective.score(cost.cost(in_force, snapshot))
+    new = objective.score(cost.cost(candidate, snapshot))
+    return now - new > margin * now + objective.score(Cost(swap_s, 0.0))
+
+
 def worth_restarting(
     cost: CostModel, running: InFlight, plan: Plan, snapshot: Snapshot, margin: float
 ) -> bool:
@@ -248,17 +274,25 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     switched = False  # the plan changed while a request was running
-    cost = CostModel(decide.graph, cluster.spec)  # the rescue rule's
+    cost = CostModel(decide.graph, cluster.spec)  # the replan and rescue rules'
+    swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps: what the next one will cost
 
     def replan(now: Snapshot, due: bool) -> bool:
-        """Re-make the plan when ``due`` or when conditions moved since it was made; whether it changed."""
+        """Re-make the plan when ``due`` or when conditions moved since it was made, and swap it in when
+        it pays; whether the plan changed."""
         nonlocal made_on, replans
         if not (due or moved(ctl.plan, made_on, now, options.threshold)):
             return False
         plan, made_on = decide(now), now
         if plan == ctl.plan:
             return False
+        if options.replan_margin is not None and not worth_swapping(
+            cost, decide.objective, ctl.plan, plan, now, options.replan_margin, float(np.mean(swaps or [0.0]))
+        ):
+            return False
+        started = time.perf_counter()
         ctl.deploy(plan)
+        swaps.append(time.perf_counter() - started)
         replans += 1
         return True
 

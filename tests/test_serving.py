@@ -11,7 +11,16 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.serving import Decider, RequestLog, ServeOptions, Tally, moved, serve, worth_restarting
+from agents.serving import (
+    Decider,
+    RequestLog,
+    ServeOptions,
+    Tally,
+    moved,
+    serve,
+    worth_restarting,
+    worth_swapping,
+)
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -92,6 +101,28 @@ def test_a_stuck_request_is_worth_restarting_only_when_the_rest_of_it_costs_more
     assert not worth_restarting(cost, running(on_d1, 0.999), local, collapsed, margin=1.2)
     # never onto a plan that the new conditions make slower
     assert not worth_restarting(cost, running(local, 0.0), on_d1, collapsed, margin=1.2)
+
+
+def test_a_new_plan_is_swapped_in_only_when_its_gain_pays_for_the_swap(setup):
+    spec, _, graph = setup
+    cost, objective = CostModel(graph, spec), Objective()
+    snap = NetworkState.static(spec).snapshot(0.0)
+    n = len(graph.units)
+    on_d1 = Plan("d0", "d2", (Stage(0, n, (Assignment("d1", 1.0),)),))
+    local = make_planner("local").plan(snap, graph, objective)
+    collapsed = replace(snap, link_mbps={**snap.link_mbps, ("d0", "d1"): 0.1})
+    assert worth_swapping(cost, objective, on_d1, local, collapsed, margin=0.1, swap_s=0.05)
+    # the same two plans on one snapshot: a gain of a few percent does not pay a swap
+    a, b = cost.latency(on_d1, snap), cost.latency(local, snap)
+    margin = abs(a - b) / max(a, b) + 0.01
+    assert not worth_swapping(cost, objective, on_d1, local, snap, margin=margin, swap_s=0.0)
+    assert not worth_swapping(cost, objective, local, on_d1, snap, margin=margin, swap_s=0.0)
+    # the swap's own cost counts: a gain smaller than it does not pay
+    gain = cost.latency(on_d1, collapsed) - cost.latency(local, collapsed)
+    assert not worth_swapping(cost, objective, on_d1, local, collapsed, margin=0.0, swap_s=gain * 1.01)
+    # a plan in force on a device that is down is always replaced
+    without_d1 = replace(snap, available=frozenset({"d0", "d2"}))
+    assert worth_swapping(cost, objective, on_d1, local, without_d1, margin=10.0, swap_s=10.0)
 
 
 class AvoidSlowLink(Planner):
@@ -196,8 +227,9 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
     planner = Alternating()
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny") as cluster:
-        # no rescue watch: its re-plans while a request runs would take decisions out of this sequence
-        options = ServeOptions(requests=4, replan_every=1, rescue_margin=None)
+        # no rescue watch: its re-plans while a request runs would take decisions out of this sequence;
+        # every different plan swapped in (this is about when a swap takes effect, not whether it pays)
+        options = ServeOptions(requests=4, replan_every=1, rescue_margin=None, replan_margin=None)
         serve(
             cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
         )
