@@ -637,8 +637,8 @@ class Worker:
 
     def _dispatch(self, msg: Message) -> None:
         kind, meta = msg.header.kind, msg.header.meta
-        if kind == Kind.PING:
-            self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, self.status()))
+        if kind == Kind.PING:  # the ping's number comes back with this clock: the controller times it
+            self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, self.status() | {"clock": time.time()}))
         elif kind == Kind.BAND:
             deliver_at = meta.get("deliver_at")
             if deliver_at is not None and _float(deliver_at, "deliver_at") > time.time():
