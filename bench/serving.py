@@ -123,6 +123,9 @@ def collapse(args) -> None:
             label = f"{planner_label(agent)} ({mode})"
             records = []
             with LocalCluster(spec, model="vgg16_bn", link_schedules=links) as cluster:
+                # t=0 of the trace when serving starts: starting ten workers can take longer than
+                # --drop-at on a loaded host, and the collapse would then be over before the first request
+                cluster.controller.restart_clock()
                 report = serve(
                     cluster,
                     model,

@@ -161,6 +161,39 @@ def test_deploy_cli_reports_bad_input(capsys):
     assert "nope.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trace-mode", "replay"], "needs --traces FILE"),
+        (["--trace-mode", "replay", "--traces", "synthetic"], "needs --traces FILE"),
+        (["--fps", "2", "--window", "2"], "one request at a time"),
+        (["--fps", "0"], "must be > 0"),
+        (["--fps", "2", "--arrival-every", "0.5"], "not allowed with"),
+        (["--collapse", "--traces", "synthetic"], "choose one"),
+        (["--replan-margin", "lots"], "neither a number nor 'off'"),
+    ],
+)
+def test_deploy_cli_rejects_inconsistent_serving_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(CONFIGS / "tiny3.yaml"), *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_deploy_replays_one_recorded_trace_on_every_link_from_t0_capped(tmp_path):
+    recorded = tmp_path / "walk.csv"
+    recorded.write_text("time_s,mbps\n0,30\n1,4\n2,12\n3,30\n")
+    spec = load_cluster(CONFIGS / "tiny3.yaml")  # every link 50 Mbit/s
+    argv = ["--cluster", "x", "--traces", str(recorded), "--trace-mode", "replay", "--fps", "4"]
+    args = deploy.parse([*argv, "--bandwidth-cap", "20"])
+    assert args.arrival_every == 0.25
+    world = deploy.world_for(spec, args)
+    for link in spec.links:  # as recorded (not rescaled to 50), from t=0, capped at 20
+        trace = world.link_schedule(link.a, link.b)
+        assert [trace.bandwidth_at(t) for t in (0.5, 1.5, 2.5, 3.5)] == [20, 4, 12, 20]
+    sampled = deploy.world_for(spec, deploy.parse(argv[:4]))  # each link its own offset, mean 50
+    assert sampled.link_schedule("d0", "d1").mean_mbps(0, 4) == pytest.approx(50)
+
+
 def test_tally_counts_duplicates_and_mismatches_without_keeping_records():
     tally = Tally()
     base = 2**51  # the controller's ids start at a random 52-bit number
