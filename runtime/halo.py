@@ -45,24 +45,6 @@ def layer_input_rows(g: LayerGeom, out: Rows) -> Rows:
     return (max(0, first), min(g.in_rows, last + 1))
 
 
-def path_input_rows(path: Sequence[LayerGeom], out: Rows) -> Rows:
-    """Input rows that a chain of layers needs to produce ``out`` rows of its last layer."""
-    rows = out
-    for g in reversed(path):
-        rows = layer_input_rows(g, rows)
-    return rows
-
-
-def path_row_counts(path: Sequence[LayerGeom], out: Rows) -> list[int]:
-    """Rows each layer of the chain computes (halo included) to produce ``out`` rows at the end."""
-    counts = []
-    rows = out
-    for g in reversed(path):
-        counts.append(rows[1] - rows[0])
-        rows = layer_input_rows(g, rows)
-    return counts[::-1]
-
-
 def union(a: Rows, b: Rows) -> Rows:
     """Smallest range covering both (empty ranges are ignored)."""
     if a[1] <= a[0]:
@@ -70,12 +52,6 @@ def union(a: Rows, b: Rows) -> Rows:
     if b[1] <= b[0]:
         return a
     return (min(a[0], b[0]), max(a[1], b[1]))
-
-
-def intersect(a: Rows, b: Rows) -> Rows:
-    """Overlap of two ranges, ``(x, x)`` when they do not overlap."""
-    lo, hi = max(a[0], b[0]), min(a[1], b[1])
-    return (lo, max(lo, hi))
 
 
 def split_by_shares(total: int, shares: Sequence[float]) -> list[int]:
