@@ -268,3 +268,14 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
         )
     assert [Plan.from_json(r.plan) for r in records] == planner.decided[:4]
     assert all(r.replanned for r in records)
+
+
+def test_plans_that_do_not_pay_for_a_swap_are_not_swapped_in(setup):
+    """The planner alternates between two plans at every decision; with the gain rule the better one is
+    swapped in once and the worse one never again."""
+    spec, model, graph = setup
+    planner = Alternating()
+    with LocalCluster(spec, model="tiny") as cluster:
+        options = ServeOptions(requests=6, replan_every=1, rescue_margin=None)
+        report = serve(cluster, model, Decider(planner, graph, Objective()), options, agent="a")
+    assert len(planner.decided) >= 6 and report.summary()["replans"] <= 1
