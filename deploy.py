@@ -104,10 +104,10 @@ def run_agent(agent: str, cluster: LocalCluster, model, graph, args, out_dir: Pa
         chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
         seed=args.seed,
         replan_margin=args.replan_margin,
+        restart_clock=True,  # every planner meets the same traces from its first request
     )
     label = planner_label(agent)
     writer = MetricsWriter(out_dir, label.replace(":", "_")) if out_dir else None
-    cluster.controller.restart_clock()
     try:
         report = serve(cluster, model, decide, options, agent=label, console=console, on_result=writer)
     finally:

@@ -18,8 +18,8 @@ Rescue (adaptive runs): conditions can collapse in the middle of a request, and 
 the plan made for the old conditions for as long as it runs (at 20 -> 2 Mbit/s, 12-15 s for a 2.5 s
 plan, while a plan made for 2 Mbit/s takes 5-6 s). So the loop also watches while a request runs
 (``Controller.watch``, every 0.2 s): the live view sees transfers that are overdue before they end, the
-plan is re-made as soon as conditions moved, and a request still running on an older plan is restarted
-on the new one when ``worth_restarting``: the cost model's time for the rest of its attempt under the
+plan is re-made as soon as conditions moved, and it is swapped in at once only to restart a running
+request on it, when ``worth_restarting`` (otherwise it waits for the request's end): the cost model's time for the rest of its attempt under the
 new conditions exceeds ``rescue_margin`` x a fresh start on the new plan. The margin pays for what the
 estimate of the rest gets wrong (progress is measured in radio bytes, compute is not) and for the work
 thrown away; a request is rescued at most ``MAX_RESCUES`` times.
@@ -76,8 +76,10 @@ class ServeOptions:
     input_pool: int = 4
     seed: int = 0
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
-    replan_margin: float | None = (
-        0.1  # a new plan must gain this share of the score in force (None: any gain)
+    # a new plan must gain this share of the score in force (None: any different plan is swapped in)
+    replan_margin: float | None = 0.1
+    restart_clock: bool = (
+        False  # link and speed schedules start at t=0 with the first request (after warm-up)
     )
 
 
@@ -277,13 +279,9 @@ def serve(
     cost = CostModel(decide.graph, cluster.spec)  # the replan and rescue rules'
     swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps: what the next one will cost
 
-    def replan(now: Snapshot, due: bool) -> bool:
-        """Re-make the plan when ``due`` or when conditions moved since it was made, and swap it in when
-        it pays; whether the plan changed."""
-        nonlocal made_on, replans
-        if not (due or moved(ctl.plan, made_on, now, options.threshold)):
-            return False
-        plan, made_on = decide(now), now
+    def swap_in(plan: Plan, now: Snapshot) -> bool:
+        """Deploy ``plan`` if it is not the plan in force and pays for the swap; whether it was."""
+        nonlocal replans
         if plan == ctl.plan:
             return False
         if options.replan_margin is not None and not worth_swapping(
@@ -296,11 +294,30 @@ def serve(
         replans += 1
         return True
 
+    def replan(now: Snapshot, due: bool) -> bool:
+        """Between requests: re-make the plan when ``due`` or when conditions moved since it was made, and
+        swap it in when it pays; whether the plan changed."""
+        nonlocal made_on, watched_on
+        if not (due or moved(ctl.plan, made_on, now, options.threshold)):
+            return False
+        made_on = watched_on = now
+        return swap_in(decide(now), now)
+
     def watch() -> None:
-        """While a request runs: re-plan if conditions moved, rescue requests stuck on older plans."""
-        nonlocal switched
+        """While requests run: when conditions moved, ask for a plan and swap it in only if it rescues a
+        running request (and pays for the swap); any other new plan waits for the request's end, when
+        all its telemetry is in (plans swapped on a half-measured request's view made replans thrash).
+        Requests still on a plan older than the one in force are rescued onto it when worth it."""
+        nonlocal switched, made_on, watched_on
         now = observe()
-        switched |= replan(now, due=False)
+        if moved(ctl.plan, watched_on, now, options.threshold):
+            watched_on, plan = now, decide(now)
+            stuck = any(
+                r.rescues < MAX_RESCUES and worth_restarting(cost, r, plan, now, options.rescue_margin)
+                for r in ctl.in_flight()
+            )
+            if stuck and swap_in(plan, now):
+                made_on, switched = now, True
         for running in ctl.in_flight():
             if (
                 not running.current
@@ -309,13 +326,17 @@ def serve(
             ):
                 ctl.restart(running.rid)
 
+    watched_on = made_on  # the snapshot the watch last decided on
+    if not options.static:
+        cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first decision
     if not options.static and options.rescue_margin is not None:
-        cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first rescue
         ctl.watch = watch
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     served: tuple[Plan | None, str] = (None, "")  # the plan in service and its JSON, shared by its records
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
+    if options.restart_clock:
+        ctl.restart_clock()
     start = ctl.now()
 
     waits: deque[float] = deque()  # per request in flight, oldest first: seconds it waited for the cluster

@@ -119,13 +119,13 @@ def collapse(args) -> None:
                 replan_every=1000,
                 arrival_every_s=every,
                 rescue_margin=None if args.no_rescue else ServeOptions.rescue_margin,
+                # t=0 of the trace at the first request: starting ten workers, loading a policy and
+                # compiling the cost model can take longer than --drop-at on a loaded host
+                restart_clock=True,
             )
             label = f"{planner_label(agent)} ({mode})"
             records = []
             with LocalCluster(spec, model="vgg16_bn", link_schedules=links) as cluster:
-                # t=0 of the trace when serving starts: starting ten workers can take longer than
-                # --drop-at on a loaded host, and the collapse would then be over before the first request
-                cluster.controller.restart_clock()
                 report = serve(
                     cluster,
                     model,
