@@ -19,8 +19,9 @@ the plan made for the old conditions for as long as it runs (at 20 -> 2 Mbit/s, 
 plan, while a plan made for 2 Mbit/s takes 5-6 s). So the loop also watches while a request runs
 (``Controller.watch``, every 0.2 s): the live view sees transfers that are overdue before they end, the
 plan is re-made as soon as conditions moved, and it is swapped in at once only to restart a running
-request on it, when ``worth_restarting`` (otherwise it waits for the request's end): the cost model's time for the rest of its attempt under the
-new conditions exceeds ``rescue_margin`` x a fresh start on the new plan. The margin pays for what the
+request on it (otherwise it waits for the request's end), when ``worth_restarting``: the cost model's
+time for the rest of its attempt under the new conditions exceeds ``rescue_margin`` x a fresh start on
+the new plan. The margin pays for what the
 estimate of the rest gets wrong (progress is measured in radio bytes, compute is not) and for the work
 thrown away; a request is rescued at most ``MAX_RESCUES`` times.
 
@@ -78,9 +79,8 @@ class ServeOptions:
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
     # a new plan must gain this share of the score in force (None: any different plan is swapped in)
     replan_margin: float | None = 0.1
-    restart_clock: bool = (
-        False  # link and speed schedules start at t=0 with the first request (after warm-up)
-    )
+    # link and speed schedules start at t=0 with the first request (after warm-up)
+    restart_clock: bool = False
 
 
 @dataclass
