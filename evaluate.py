@@ -1,7 +1,8 @@
 """Compare planners side by side, and check the cost model against the runtime.
 
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
-      [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--json OUT] [--plots DIR]
+      [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--failures PER_MIN] \
+      [--json OUT] [--plots DIR]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--json OUT]
 
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
@@ -9,7 +10,9 @@ energy per plan and in summary.
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
-unsplit model.
+unsplit model. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
+world's true future; the table and JSON also give each agent's fallbacks, failed requests and (for an
+optimiser that proves one) its gap to the certified bound.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from rich.progress import Progress
 
 from agents import PlannerError, make_planner
 from agents.evaluation import (
-    Outcome,
+    SimExecutor,
     calibration_report,
     live_session,
     plot,
@@ -44,14 +47,23 @@ from runtime.plan import PlanError, random_plan
 from runtime.profiler import profile_record
 from runtime.spec import SpecError, load_cluster
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 140)
+FAILURE_DOWNTIME_S = 20.0
 
 
-def build_world(spec, traces: str | None, seed: int) -> NetworkState:
-    """A constant world at the spec's bandwidths, or every link following traces sampled from ``traces``."""
-    if traces is None:
+def build_world(spec, traces: str | None, seed: int, failures_per_min: float = 0.0) -> NetworkState:
+    """A world at the spec's bandwidths, or every link following traces sampled from ``traces``; devices
+    other than the source and sink fail ``failures_per_min`` times a minute each (20 s down on average)."""
+    if traces is None and not failures_per_min:
         return NetworkState.static(spec)
-    dynamics = DynamicsConfig.parse({"links": {"default": traces}, "seed": seed}, origin="--traces")
+    dynamics = DynamicsConfig.parse(
+        {
+            "links": {"default": traces},
+            "failures": {"rate_per_min": failures_per_min, "mean_downtime_s": FAILURE_DOWNTIME_S},
+            "seed": seed,
+        },
+        origin="--traces/--failures",
+    )
     return NetworkState.sample(spec, dynamics, np.random.default_rng(seed))
 
 
@@ -60,23 +72,24 @@ def load_problem(args):
     spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
     model = models.build(args.model, seed=args.seed)
     graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
-    return spec, model, graph, build_world(spec, args.traces, args.seed)
+    failures = getattr(args, "failures", 0.0)
+    return spec, model, graph, build_world(spec, args.traces, args.seed, failures)
 
 
 def compare(args) -> dict:
     spec, model, graph, world = load_problem(args)
     objective = Objective(args.objective, args.energy_weight)
-    planners = {name: make_planner(name, graph=graph, spec=spec) for name in args.agents.split(",")}
+    cost = CostModel(graph, spec)
+    planners = {
+        name: make_planner(name, cost_model=cost, **({"world": world} if name == "clairvoyant" else {}))
+        for name in args.agents.split(",")
+    }
     if args.backend == "sim":
-        cost = CostModel(graph, spec)
 
         def snapshot_at(i):
             return world.snapshot(args.warmup_s + i * args.gap_s)
 
-        def execute(agent, index, t, plan):
-            p = cost.predict(plan, world, t)
-            return Outcome(p.latency_s, p.energy_j)
-
+        execute = SimExecutor(cost, world)
         records = run_comparison(
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
@@ -105,6 +118,7 @@ def compare(args) -> dict:
         bandwidth_cap_mbps=args.bandwidth_cap,
         objective=args.objective,
         traces=args.traces,
+        failures_per_min=args.failures,
     )
     if args.plots:
         for path in plot(summary, records, Path(args.plots)):
@@ -172,13 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="compare planners on identical snapshots")
     c.add_argument("--cluster", required=True, help="cluster YAML or disnet-mesh/1 JSON")
     c.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    c.add_argument("--agents", default="optimal,disnet,modnn,deepslicing,deepthings,neurosurgeon,local")
+    c.add_argument(
+        "--agents",
+        default="optimal,disnet,modnn,modnn-p2p,deepslicing,deepthings,deepthings-equal,neurosurgeon,local",
+    )
     c.add_argument("--bandwidth-cap", type=float, default=None, help="cap every link at MBPS")
     c.add_argument("--backend", choices=("sim", "live"), default="sim")
     c.add_argument("--requests", type=int, default=20)
     c.add_argument("--gap-s", type=float, default=2.0, help="seconds between requests in the world")
     c.add_argument("--warmup-s", type=float, default=10.0, help="world time of the first request")
     c.add_argument("--traces", default=None, help="trace file or folder every link samples from")
+    c.add_argument(
+        "--failures",
+        type=float,
+        default=0.0,
+        help="failures per minute of every device but the source and sink (sim; 20 s down on average)",
+    )
     c.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
     c.add_argument("--energy-weight", type=float, default=0.0)
     c.add_argument("--seed", type=int, default=0)
@@ -198,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("requests", "plans", "max_devices", "max_stages"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.command == "compare" and args.failures and args.backend == "live":
+        parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
     try:
         report = compare(args) if args.command == "compare" else calibrate(args)
     except (SpecError, PlanError, PlannerError, NetworkError, TraceError, models.ModelError) as exc:

@@ -65,6 +65,7 @@ from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+from agents.base import Planner
 from agents.ppo import PolicyMeta, PPOPlanner, load_policy, save_policy
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.network import DynamicsConfig, NetworkError
@@ -526,12 +527,13 @@ def _reference(env: MicroSplitEnv, t: float):
     return complete(env.graph, view, env.shapes[0])
 
 
-class _Oracle:
+class _Oracle(Planner):
     """The optimiser restricted to the action list: the best shape for the snapshot (cost model)."""
 
     name = "oracle"
 
     def __init__(self, env: MicroSplitEnv) -> None:
+        super().__init__(env.cost_model)
         self.env = env
 
     def plan(self, snapshot, graph, objective):

@@ -1,6 +1,8 @@
 """disnet agents layer: planners that turn a Snapshot into a Plan, and a registry to build them by name.
 
-``make_planner("optimal")`` and friends; ``graph`` and ``spec`` (or ``cost_model``) let the planners
+``make_planner("optimal")`` (the robust online optimiser, agents/robust.py; ``snapshot-optimal`` is the
+optimiser that trusts the snapshot's rates, agents/optimizer.py) and friends; ``clairvoyant`` is for
+evaluation only and needs ``world=`` (the ``NetworkState`` the requests run in); ``graph`` and ``spec`` (or ``cost_model``) let the planners
 that score candidates share one cost model with the caller. Other keyword options go to the class.
 """
 
@@ -13,8 +15,10 @@ from typing import Any
 
 from agents.base import Decision, Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
+from agents.clairvoyant import Clairvoyant
 from agents.disnet import DisnetPlanner
 from agents.optimizer import OptimalPlanner
+from agents.robust import RobustPlanner
 from env.cost_model import CostModel
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
@@ -24,12 +28,14 @@ POLICY_NAME = re.compile(
 )
 DEFAULT_POLISH = 200  # plans scored by ``ppo-polish:PATH``: tens of milliseconds
 PLANNERS: dict[str, Callable[..., Planner]] = {
-    "optimal": OptimalPlanner,
+    "optimal": RobustPlanner,
+    "snapshot-optimal": OptimalPlanner,
     "disnet": DisnetPlanner,
     "modnn": MoDNN,
     "modnn-p2p": lambda cost_model=None, **options: MoDNN(cost_model, gather=False, **options),
     "deepslicing": DeepSlicing,
     "deepthings": DeepThings,
+    "deepthings-equal": lambda cost_model=None, **options: DeepThings(cost_model, equal=True, **options),
     "neurosurgeon": Neurosurgeon,
     "local": LocalOnly,
 }
@@ -65,9 +71,12 @@ def make_planner(
             return PPOPlanner(policy["path"], cost_model, **(named | options))
         except (PolicyFileError, TypeError, ValueError) as exc:
             raise PlannerError(f"planner {name!r}: {exc}") from None
-    factory = PLANNERS.get(name)
+    if name == Clairvoyant.name and "world" not in options:
+        raise PlannerError("planner 'clairvoyant' is for evaluation only: it needs the world it plans on")
+    factory = Clairvoyant if name == Clairvoyant.name else PLANNERS.get(name)
     if factory is None:
-        raise PlannerError(f"unknown planner {name!r}; valid names: {', '.join(PLANNERS)}")
+        valid = ", ".join([*PLANNERS, Clairvoyant.name])
+        raise PlannerError(f"unknown planner {name!r}; valid names: {valid}")
     if cost_model is None and graph is not None and spec is not None:
         cost_model = CostModel(graph, spec)
     try:
@@ -78,6 +87,7 @@ def make_planner(
 
 __all__ = [
     "PLANNERS",
+    "Clairvoyant",
     "DeepSlicing",
     "DeepThings",
     "Decision",
@@ -88,6 +98,7 @@ __all__ = [
     "OptimalPlanner",
     "Planner",
     "PlannerError",
+    "RobustPlanner",
     "make_planner",
     "planner_label",
 ]

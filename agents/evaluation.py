@@ -3,10 +3,16 @@
 Every agent sees the same sequence of snapshots (the same world, the same request times); what differs
 is only the plan it chooses. A request's outcome comes from an ``executor`` callable: the cost model in
 the trace-driven world (``sim``) or a live cluster (``live``), so both backends share all the reporting.
+
+Each request records the planner's ``Decision`` as well as its outcome, so the summary says what a mean
+latency alone hides: how many requests a planner answered with a fallback plan, how far the optimiser's
+plans are from its certified bound, and, when ``clairvoyant`` is among the agents, every agent's regret
+(latency over the clairvoyant's on the same request, minus 1).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -20,18 +26,24 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from env.network import Snapshot
+from env.completion import Shape, complete, net_view
+from env.cost_model import CostModel
+from env.network import NetworkState, Snapshot
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
+
+CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one request cost; ``outputs_match`` is None when no output was computed (sim)."""
+    """What one request cost; ``outputs_match`` is None when no output was computed (sim); ``failed``
+    when a device the plan touched went down during the request (its cost includes the retry)."""
 
     latency_s: float
     energy_j: float
     outputs_match: bool | None = None
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,33 @@ class RequestRecord:
     decision_s: float
     outputs_match: bool | None
     plan: str
+    fallback: str | None = None  # why the planner fell back (Decision.fallback), None when it planned
+    bound_gap: float | None = None  # Decision.gap: predicted objective over the certified bound, minus 1
+    failed: bool = False
 
 
 Executor = Callable[[str, int, float, Plan], Outcome]  # (agent, request index, time, plan) -> outcome
 SnapshotAt = Callable[[int], Snapshot]  # request index -> what the planners may know before it
+
+
+class SimExecutor:
+    """Requests priced by the cost model in the trace-driven world, with the env's failure rule: a
+    request fails when a device its plan touches (relays included) is down at some moment of it, and is
+    then retried on the best single device of the snapshot, which it pays for on top of the failed attempt."""
+
+    def __init__(self, cost_model: CostModel, world: NetworkState):
+        self.cost_model, self.world = cost_model, world
+        graph = cost_model.graph
+        self._single = Shape((0, len(graph.units)), (1,))
+
+    def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
+        cost = self.cost_model.cost(plan, self.world, t)
+        devices = self.cost_model.skeleton(plan).devices
+        if not self.world.down_during(devices, t, t + cost.latency_s):
+            return Outcome(cost.latency_s, cost.energy_j)
+        retry_plan = complete(self.cost_model.graph, net_view(self.world.snapshot(t)), self._single)
+        retry = self.cost_model.cost(retry_plan, self.world, t)
+        return Outcome(cost.latency_s + retry.latency_s, cost.energy_j + retry.energy_j, failed=True)
 
 
 def run_comparison(
@@ -71,9 +106,9 @@ def run_comparison(
             snap = snapshot_at(i)
             for name, planner in planners.items():
                 start = time.perf_counter()
-                plan = planner.plan(snap, graph, objective)
-                decision = time.perf_counter() - start
-                outcome = execute(name, i, snap.time, plan)
+                decision = planner.decide(snap, graph, objective)
+                decision_s = time.perf_counter() - start
+                outcome = execute(name, i, snap.time, decision.plan)
                 records.append(
                     RequestRecord(
                         name,
@@ -81,9 +116,12 @@ def run_comparison(
                         snap.time,
                         outcome.latency_s,
                         outcome.energy_j,
-                        decision,
+                        decision_s,
                         outcome.outputs_match,
-                        plan.to_json(),
+                        decision.plan.to_json(),
+                        decision.fallback,
+                        decision.gap,
+                        outcome.failed,
                     )
                 )
                 progress.advance(task)
@@ -190,12 +228,18 @@ def print_calibration(report: dict, console: Console, title: str) -> None:
 
 
 def summarize(records: list[RequestRecord]) -> dict[str, dict]:
-    """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan."""
+    """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan;
+    ``fallbacks`` (requests answered with a fallback plan), ``failed_requests``, ``bound_gap_median``
+    and ``bound_gap_p95`` (None when the planner proved no bound), and ``regret_mean`` when the
+    clairvoyant is among the agents (None otherwise)."""
+    regret = _regrets(records)
     summary = {}
     for agent in dict.fromkeys(r.agent for r in records):
         mine = [r for r in records if r.agent == agent]
+        regrets = [regret[id(r)] for r in mine if id(r) in regret]
         lat = np.array([r.latency_s for r in mine])
         checks = [r.outputs_match for r in mine if r.outputs_match is not None]
+        gaps = [r.bound_gap for r in mine if r.bound_gap is not None]
         summary[agent] = {
             "requests": len(mine),
             "latency_mean_s": float(lat.mean()),
@@ -204,9 +248,27 @@ def summarize(records: list[RequestRecord]) -> dict[str, dict]:
             "energy_mean_j": float(np.mean([r.energy_j for r in mine])),
             "decision_time_mean_s": float(np.mean([r.decision_s for r in mine])),
             "outputs_match": all(checks) if checks else None,
+            "fallbacks": sum(r.fallback is not None for r in mine),
+            "failed_requests": sum(r.failed for r in mine),
+            "regret_mean": float(np.mean(regrets)) if regrets else None,
+            "bound_gap_median": float(np.median(gaps)) if gaps else None,
+            "bound_gap_p95": float(np.percentile(gaps, 95)) if gaps else None,
             "plan": json.loads(mine[0].plan),
         }
     return summary
+
+
+def _regrets(records: list[RequestRecord]) -> dict[int, float]:
+    """Per record (by id): its latency over the clairvoyant's on the same request, minus 1. A request's
+    records are consecutive (``run_comparison`` is request-major), which tells apart requests of the
+    same index and time in different worlds of one record list."""
+    out: dict[int, float] = {}
+    for _, group in itertools.groupby(records, key=lambda r: (r.index, r.time_s)):
+        request = list(group)
+        ceiling = next((r.latency_s for r in request if r.agent == CLAIRVOYANT), None)
+        if ceiling is not None:
+            out.update((id(r), r.latency_s / ceiling - 1.0) for r in request)
+    return out
 
 
 def ratios(summary: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
@@ -216,18 +278,24 @@ def ratios(summary: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
 
 def print_summary(summary: dict[str, dict], console: Console, title: str) -> None:
     table = Table(title=title)
-    for col in ("agent", "lat mean s", "p50 s", "p95 s", "energy J", "decide ms", "outputs"):
+    columns = ("agent", "lat mean s", "p50 s", "p95 s", "regret", "energy J", "decide ms", "fallbacks")
+    for col in (*columns, "failed", "bound gap", "outputs"):
         table.add_column(col, justify="right" if col != "agent" else "left")
     best = min(summary, key=lambda a: summary[a]["latency_mean_s"])
     for agent, s in sorted(summary.items(), key=lambda kv: kv[1]["latency_mean_s"]):
         match = {True: "exact", False: "MISMATCH", None: "-"}[s["outputs_match"]]
+        regret, gap = s["regret_mean"], s["bound_gap_median"]
         table.add_row(
             f"[bold]{agent}[/]" if agent == best else agent,
             f"{s['latency_mean_s']:.3f}",
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
+            "-" if regret is None else f"{regret:+.1%}",
             f"{s['energy_mean_j']:.2f}",
             f"{s['decision_time_mean_s'] * 1e3:.2f}",
+            f"{s['fallbacks']}/{s['requests']}",
+            f"{s['failed_requests']}",
+            "-" if gap is None else f"{gap:.1%}",
             match,
         )
     console.print(table)

@@ -51,12 +51,15 @@ class PlanSearch:
         score = math.inf
         if self._feasible(plan):
             self.evaluations += 1
-            prediction = self.model.predict(plan, self.snapshot, t0=self.snapshot.time)
-            score = self.objective.score(prediction)
+            score = self.price(plan)
         self.scores[plan] = score
         if score < self.best_score:
             self.best, self.best_score = plan, score
         return score
+
+    def price(self, plan: Plan) -> float:
+        """The objective of a feasible plan under the snapshot (a search that prices risk overrides it)."""
+        return self.objective.score(self.model.predict(plan, self.snapshot, t0=self.snapshot.time))
 
     def _feasible(self, plan: Plan) -> bool:
         up = self.snapshot.available

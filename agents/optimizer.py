@@ -23,6 +23,14 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
    swap two neighbouring bands, move a cut to the neighbouring cut point, merge two stages, split
    one, add / remove / replace a device (tried in that order of kinds, which pay off most often).
 
+**The full plan space.** When it is small (``plan_space_size`` <= ``full_space_limit``: a tiny model on two
+or three devices) every plan of it is scored instead (agents/plan_space.py): the best is then the optimum
+over any cuts, devices, row splits, and its score is its own certified bound (gap 0).
+
+**Bound** (``decide``): every decision reports a certified lower bound on the objective over the whole plan
+space (agents/bound.py, an LP relaxation solved by HiGHS) and the gap ``score / bound - 1``; ``plan`` alone
+does not pay for the LP.
+
 Every plan considered must use only available devices and respect every device's memory (the weights
 of all stages it computes in, ``graph.stage_param_bytes``, within its ``memory_mb``).
 """
@@ -32,14 +40,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.base import Decision, Planner, PlannerError
+from agents.base import Decision, Planner, PlannerError, usable
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
+from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
 from agents.local_search import PlanSearch
+from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
@@ -69,13 +79,21 @@ def all_shapes(graph: LayerGraph, n_devices: int) -> Iterator[Shape]:
 
 @dataclass(frozen=True)
 class SearchStats:
-    """How the last decision was reached: whether W was enumerated, and how many plans the cost model
-    scored (seeds and duplicates scored once)."""
+    """How the last decision was reached: whether W (``exhaustive``) or the whole plan space
+    (``full_space``) was enumerated, how many plans the cost model scored (seeds and duplicates scored
+    once), and the certified ``bound`` when one is known (``decide``, or the full space enumerated)."""
 
     exhaustive: bool
     shapes: int  # shapes in W for this graph and number of usable devices
     evaluations: int
     score: float
+    full_space: bool = False
+    bound: float | None = None
+
+    @property
+    def gap(self) -> float | None:
+        """``score / bound - 1``: how far the plan can be from the optimum at most (None without a bound)."""
+        return None if self.bound is None or self.bound <= 0 else self.score / self.bound - 1.0
 
 
 class OptimalPlanner(Planner):
@@ -89,6 +107,7 @@ class OptimalPlanner(Planner):
         cost_model: CostModel | None = None,
         *,
         exact_limit: int = 40_000,
+        full_space_limit: int = 5_000,
         max_evaluations: int = 400,
         refine: bool = True,
         seed_planners: Sequence[Planner] | None = None,
@@ -96,6 +115,7 @@ class OptimalPlanner(Planner):
     ) -> None:
         super().__init__(cost_model)
         self.exact_limit = exact_limit
+        self.full_space_limit = full_space_limit
         self.max_evaluations = max_evaluations
         self.refine = refine
         self.seed = seed
@@ -113,7 +133,12 @@ class OptimalPlanner(Planner):
         self.last_stats: SearchStats | None = None  # diagnostics of the last plan() call
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        search = PlanSearch(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
+        model = self.cost_model(graph, snapshot.spec)
+        check_servable(snapshot, graph, model)
+        devices = usable(snapshot)
+        if plan_space_size(graph, len(devices)) <= self.full_space_limit:
+            return self._plan_full_space(snapshot, graph, objective, devices)
+        search = PlanSearch(model, snapshot, graph, objective)
         seeds = [planner.plan(snapshot, graph, objective) for planner in self.seed_planners]
         for plan in seeds:
             search.consider(plan)
@@ -149,10 +174,30 @@ class OptimalPlanner(Planner):
         self.last_stats = SearchStats(exhaustive, shapes, search.evaluations, search.best_score)
         return search.best
 
+    def _plan_full_space(
+        self, snapshot: Snapshot, graph: LayerGraph, objective: Objective, devices: list[str]
+    ) -> Plan:
+        """The optimum over the whole plan space, every plan scored (module doc)."""
+        search = PlanSearch(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
+        for plan in full_plan_space(graph, devices, snapshot.source, snapshot.sink):
+            search.consider(plan)
+        if search.best is None:
+            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        shapes = shape_count(graph, len(devices))
+        self.last_stats = SearchStats(
+            True, shapes, search.evaluations, search.best_score, full_space=True, bound=search.best_score
+        )
+        return search.best
+
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
-        """The best plan found, with its predicted objective."""
+        """The best plan found, with its predicted objective and a certified lower bound on the objective of
+        every plan (the optimum itself when the full plan space was enumerated)."""
         plan = self.plan(snapshot, graph, objective)
-        return Decision(plan, score=self.last_stats.score)
+        stats = self.last_stats
+        if stats.bound is None:
+            bound = lower_bound(snapshot, graph, objective, self.cost_model(graph, snapshot.spec))
+            stats = self.last_stats = replace(stats, bound=bound)
+        return Decision(plan, score=stats.score, bound=stats.bound)
 
 
 def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:

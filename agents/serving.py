@@ -10,7 +10,7 @@ time of recent hot swaps), so estimates that wobble do not swap plans back and f
 None: any different plan is swapped in, the rule before this one). Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
 handled by the controller, which asks the same planner for a plan without it and re-runs what it
-touched. If the planner fails or returns an invalid plan, the analytic optimiser decides instead.
+touched. If the planner fails or returns an invalid plan, the robust optimiser (`optimal`) decides instead.
 ``static=True`` plans once at the start and never again: the reference an adaptive run is measured
 against.
 
@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.base import Planner
-from agents.optimizer import OptimalPlanner
+from agents.robust import RobustPlanner
 from env.cost_model import Cost, CostModel, Objective
 from env.network import Snapshot, link_key
 from env.telemetry import LiveView
@@ -180,7 +180,7 @@ class Decider:
         self, planner: Planner, graph: LayerGraph, objective: Objective, fallback: Planner | None = None
     ):
         self.planner, self.graph, self.objective = planner, graph, objective
-        self.fallback = fallback or OptimalPlanner()
+        self.fallback = fallback or RobustPlanner()
         self.fallbacks = 0
 
     def __call__(self, snapshot: Snapshot) -> Plan:

@@ -8,6 +8,11 @@ history, speed factors, who is up), never anything after t.
 
 Both answer per *direct* link only; routes over relays are the cost model's job (`spec.route`).
 
+Failure evidence is what a monitor's heartbeats show: per device, the failures (up -> down transitions)
+seen over the last ``failure_window_s`` seconds and the seconds it was seen up, from which
+``Snapshot.failure_rate`` estimates how often it fails. ``NetworkState.foresight`` is the opposite of a
+snapshot, for evaluation only: the world's true future over a request, for the clairvoyant reference.
+
 `DynamicsConfig` (pydantic, the `dynamics:` section of a training config) says how the world
 changes; `NetworkState.sample(spec, dynamics, rng)` draws one world from it, e.g. per episode. The
 default config is a static world: every link constant at its spec bandwidth, speed 1, no failures.
@@ -17,8 +22,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -74,6 +79,8 @@ class Snapshot:
     `speed[d]` is the measured speed factor of device d (1.0 = nominal gflops), `link_mbps` the recent
     measured bandwidth per direct link and `link_history` its per-second means, oldest first, both
     keyed by `link_key`. Costs derived from a snapshot assume these values hold from now on.
+    `failures[d]` counts the times device d was seen to fail over the last `failure_window_s` seconds
+    and `uptime_s[d]` the seconds it was seen up in them (devices without an entry: no evidence).
     """
 
     time: float
@@ -84,10 +91,19 @@ class Snapshot:
     speed: dict[str, float]
     link_mbps: dict[tuple[str, str], float]
     link_history: dict[tuple[str, str], tuple[float, ...]]
+    failure_window_s: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    uptime_s: dict[str, float] = field(default_factory=dict)
 
     def device_gflops(self, d: str) -> float:
         """Effective GFLOP/s of device `d` at its measured speed."""
         return self.spec.devices[d].gflops * self.speed[d]
+
+    def failure_rate(self, d: str) -> float:
+        """Failures per second of device `d` while up, as its evidence shows them (failures seen over
+        seconds seen up; 0 without a failure seen)."""
+        seen = self.failures.get(d, 0)
+        return seen / max(self.uptime_s.get(d, 0.0), 1.0) if seen else 0.0
 
     def transfer_time(self, a: str, b: str, nbytes: float, t: float) -> float:
         """Seconds to send `nbytes` over the direct link a-b at its measured bandwidth (no latency);
@@ -410,6 +426,7 @@ class NetworkState:
         self._speed = {d: (speed or {}).get(d, nominal) for d in spec.devices}
         self._down = {d: _merged(d, (downtime or {}).get(d, ())) for d in spec.devices}
         self._down_starts = {d: [t0 for t0, _ in iv] for d, iv in self._down.items()}
+        self._ever_down = [d for d, iv in self._down.items() if iv]
         # the same traces as arrays: spec order for the compiled cost model; the snapshot's dicts keep
         # the order of `link_traces`
         order = {link_key(ln.a, ln.b): i for i, ln in enumerate(spec.links)}
@@ -498,18 +515,61 @@ class NetworkState:
         i = bisect_right(self._down_starts[d], t) - 1
         return i < 0 or t >= self._down[d][i][1]
 
-    def snapshot(self, t: float, window_s: float = 5.0, history: int = 8) -> Snapshot:
+    def down_during(self, devices: Iterable[str], t0: float, t1: float) -> bool:
+        """Whether one of ``devices`` is down at some moment of [t0, t1]."""
+        return any(start <= t1 and end > t0 for d in devices for start, end in self._down[d])
+
+    def failure_evidence(self, t: float, window_s: float) -> tuple[dict[str, int], dict[str, float]]:
+        """Per device, the failures that began in (t - window_s, t] and the seconds it was up in
+        [t - window_s, t] (clipped at 0): what heartbeats over that window show."""
+        lo = max(0.0, t - window_s)
+        failures, uptime = dict.fromkeys(self.spec.devices, 0), dict.fromkeys(self.spec.devices, t - lo)
+        for d in self._ever_down:  # the snapshot's hot path: most devices never fail
+            intervals = self._down[d]
+            down = sum(max(0.0, min(end, t) - max(start, lo)) for start, end in intervals if start < t)
+            failures[d] = sum(lo < start <= t for start, _ in intervals)
+            uptime[d] = t - lo - down
+        return failures, uptime
+
+    def foresight(self, t: float, horizon_s: float) -> Snapshot:
+        """The world's true future over [t, t + horizon_s] as a snapshot, for evaluation only: the mean
+        bandwidth and speed of every link and device over it, the devices up throughout it, and the
+        world's own rates, so that the cost model prices a plan on the traces themselves."""
+        if not (t >= 0 and horizon_s > 0):
+            raise NetworkError(f"foresight needs t >= 0 and horizon_s > 0 (got {t}, {horizon_s})")
+        t1 = t + horizon_s
+        snap = Snapshot(
+            time=t,
+            spec=self.spec,
+            source=self.spec.source,
+            sink=self.spec.sink,
+            available=frozenset(d for d in self.spec.devices if not self.down_during((d,), t, t1)),
+            speed={d: trace.mean_mbps(t, t1) for d, trace in self._speed.items()},
+            link_mbps={key: trace.mean_mbps(t, t1) for key, trace in self._links.items()},
+            link_history={key: () for key in self._links},
+        )
+        # the cost model integrates the world's traces from t; the completion reads the means
+        means = replace(self.rates, link_mbps=snap.rates.link_mbps, speed=snap.rates.speed)
+        snap.__dict__["rates"] = means
+        return snap
+
+    def snapshot(
+        self, t: float, window_s: float = 5.0, history: int = 8, failure_window_s: float = 300.0
+    ) -> Snapshot:
         """What monitors measured up to `t`: time-weighted means over [t - window_s, t] of each link's
         bandwidth and each device's speed factor, the last `history` one-second link means (oldest
-        first) and who is up at `t`. Windows are clipped at time 0, where the world begins."""
-        if not (t >= 0 and window_s >= 0 and history >= 0):
+        first), who is up at `t`, and each device's failures and uptime over the last
+        `failure_window_s` seconds. Windows are clipped at time 0, where the world begins."""
+        if not (t >= 0 and window_s >= 0 and history >= 0 and failure_window_s >= 0):
             raise NetworkError(
-                f"snapshot needs t >= 0, window_s >= 0, history >= 0 (got {t}, {window_s}, {history})"
+                "snapshot needs t >= 0, window_s >= 0, history >= 0, failure_window_s >= 0 "
+                f"(got {t}, {window_s}, {history}, {failure_window_s})"
             )
         links = window_means(self.rates.links, t, window_s, history, 1 + history)  # spec order
         speed = window_means(self.rates.speeds, t, window_s, history, 1)[:, 0]
         mine = links[self._link_slots]  # the order of the dicts
         keys = self._link_keys
+        failures, uptime = self.failure_evidence(t, failure_window_s)
         snap = Snapshot(
             time=t,
             spec=self.spec,
@@ -519,6 +579,9 @@ class NetworkState:
             speed=dict(zip(self._speed, speed.tolist(), strict=True)),
             link_mbps=dict(zip(keys, mine[:, 0].tolist(), strict=True)),
             link_history=dict(zip(keys, map(tuple, mine[:, 1:].tolist()), strict=True)),
+            failure_window_s=min(t, failure_window_s),
+            failures=failures,
+            uptime_s=uptime,
         )
         # what Snapshot.rates and .link_windows would compute from these dicts
         snap.__dict__["rates"] = Rates(True, _NO_TRACES, links[:, 0].copy(), _NO_TRACES, speed)

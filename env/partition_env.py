@@ -511,11 +511,7 @@ class MicroSplitEnv(gym.Env):
 
     def touches_outage(self, plan: Plan | PlanArrays, t0: float, t1: float) -> bool:
         """Whether a device the plan uses (relays included) is down at some moment of [t0, t1]."""
-        for d in self.cost_model.skeleton(plan).devices:
-            for start, end in self.world.down_intervals(d):
-                if start <= t1 and end > t0:
-                    return True
-        return False
+        return self.world.down_during(self.cost_model.skeleton(plan).devices, t0, t1)
 
     def predicted_outcome(self, plan: Plan | PlanArrays, t: float) -> Outcome:
         """The cost model's prediction of a request in the world at ``t``, failure check included."""

@@ -38,7 +38,11 @@ seconds would see only the tail of a slow request and forget the links its early
   samples arrive with their request's end, stamped with their own (earlier) end times, so a snapshot
   taken while requests run (serving re-plans mid-request) must not pick them by end time: it would see
   only a finished request's last tasks;
-- availability: the controller's liveness view (heartbeats, timeouts).
+- availability: the controller's liveness view (heartbeats, timeouts);
+- failure evidence: the failures heartbeats detected (``Controller.failures``) over the last
+  ``failure_window_s`` seconds, and each device's seconds up in them: an outage lasts from the failure
+  until a snapshot finds the device up again (so a recovery between two snapshots counts from the
+  later one), the same evidence the simulator's snapshots carry.
 
 ``link_history`` holds the estimates second by second (oldest first), as the simulator's per-second
 means do, so a policy trained on those sees a drop as a step in its history.
@@ -49,6 +53,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -115,6 +120,15 @@ def drift_factor(measured: Iterable[float], drift: float, stuck: Iterable[float]
     return median if not 1 / drift <= median <= drift else 1.0
 
 
+@dataclass
+class Outage:
+    """A device found down at wall time ``down``, seen up again at ``back`` (None: not yet)."""
+
+    device: str
+    down: float
+    back: float | None = None
+
+
 class LiveView:
     """Turns a controller's telemetry into Snapshots (see the module docstring)."""
 
@@ -128,6 +142,7 @@ class LiveView:
         history: int = 8,
         overdue_s: float = 0.25,
         vote_s: float = 1.0,
+        failure_window_s: float = 300.0,
     ):
         self.spec = spec
         self.controller = controller
@@ -143,6 +158,10 @@ class LiveView:
         self._last_compute: tuple | None = None  # the newest compute sample folded in
         self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
         self._second: int | None = None  # last whole second (controller clock) written to the history
+        self.failure_window_s = failure_window_s
+        self._started = time.time()
+        self._outages: list[Outage] = []  # those that ended within the failure window, or not yet
+        self._failures_folded = 0  # entries of controller.failures already in _outages
 
     def _update_links(self, since: float, wall: float) -> None:
         fresh: dict[tuple[str, str], list[LinkSample]] = {}
@@ -211,6 +230,24 @@ class LiveView:
                 self.history[key].extend([mbps] * steps)
         self._second = second
 
+    def _failure_evidence(self, wall: float) -> tuple[float, dict[str, int], dict[str, float]]:
+        """The window, and per device its failures and seconds up in it (module docstring)."""
+        failures = self.controller.failures
+        self._outages += [Outage(d, when) for when, d in failures[self._failures_folded :]]
+        self._failures_folded = len(failures)
+        up = self.controller.available
+        for outage in self._outages:
+            if outage.back is None and outage.device in up:
+                outage.back = wall
+        window = min(self.failure_window_s, wall - self._started)
+        lo = wall - window
+        self._outages = [o for o in self._outages if o.back is None or o.back > lo]
+        seen, uptime = dict.fromkeys(self.spec.devices, 0), dict.fromkeys(self.spec.devices, window)
+        for o in self._outages:
+            seen[o.device] += o.down > lo
+            uptime[o.device] -= (wall if o.back is None else o.back) - max(o.down, lo)
+        return window, seen, uptime
+
     def snapshot(self) -> Snapshot:
         """What the cluster has measured up to now."""
         wall = time.time()
@@ -220,6 +257,7 @@ class LiveView:
         self._folded = wall
         now = self.controller.now()
         self._record_history(now)
+        window, failures, uptime = self._failure_evidence(wall)
         return Snapshot(
             time=now,
             spec=self.spec,
@@ -229,4 +267,7 @@ class LiveView:
             speed=dict(self.speed),
             link_mbps=dict(self.link_mbps),
             link_history={key: tuple(h) for key, h in self.history.items()},
+            failure_window_s=window,
+            failures=failures,
+            uptime_s=uptime,
         )

@@ -50,7 +50,6 @@ import itertools
 import logging
 import secrets
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -66,8 +65,10 @@ from runtime.emulation import Emulation, emulation_to_wire, energy_j
 from runtime.graph import LayerGraph
 from runtime.layout import layout
 from runtime.plan import Assignment, Plan, PlanError, Stage
+from runtime.security import secure_client
 from runtime.spec import ClusterSpec, SpecError
-from runtime.transport import Header, Kind, Message, ProtocolError, recv, send
+from runtime.transport import MAX_MESSAGE_BYTES, Header, Kind, Message, ProtocolError, recv, send
+from runtime.verify import Verifier
 from runtime.worker import Deployment, deployments
 
 log = logging.getLogger("runtime.controller")
@@ -136,6 +137,7 @@ class Result:
     wall_s: float  # controller hands the input over -> controller has the result
     attempts: int
     rescues: int = 0  # attempts abandoned by ``restart`` (counted in ``attempts``)
+    verified: bool | None = None  # recomputed locally and equal (False: a mismatch); None: not sampled
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,8 @@ class Controller:
         history: int = 4096,
         watch: Callable[[], None] | None = None,
         watch_every_s: float = 0.2,
+        verify: float = 0.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ):
         self.spec = spec
         self.model = model
@@ -282,7 +286,9 @@ class Controller:
         self.max_attempts = max_attempts
         self.telemetry_grace_s = telemetry_grace_s
         self.epoch = time.time()  # t=0 of every emulation schedule
-        self.identity = f"controller-{uuid.uuid4().hex[:8]}".encode()
+        self.identity = f"controller-{secrets.token_hex(16)}".encode()
+        self.max_message_bytes = max_message_bytes
+        self.verifier = Verifier(verify, models.build(model, seed=seed).eval()) if verify else None
         self.plan: Plan | None = None
         self.failures: list[tuple[float, str]] = []  # (time, device) of every worker found down
         self.replans = 0
@@ -301,9 +307,9 @@ class Controller:
         self._results: dict[int, Result] = {}
         self._newly_down: list[str] = []
         self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
-        # plan, request and attempt ids share one counter starting at a random point, so that the ids
-        # of two controllers driving the same workers never collide
-        self._ids = itertools.count(secrets.randbits(52))
+        # request ids (never on the wire) count from a random point; plan and attempt ids, which a worker
+        # outside a plan would have to guess to forge a report, are random 63-bit numbers
+        self._rids = itertools.count(secrets.randbits(52))
         self._last_ping = 0.0
         self._pings: dict[int, float] = {}  # sequence number of a recent ping round -> when it was sent
         self._ping_seq = itertools.count(1)
@@ -319,11 +325,10 @@ class Controller:
                 sock = self._ctx.socket(zmq.DEALER)
                 sock.linger = 0
                 sock.sndtimeo = 100
+                sock.maxmsgsize = max_message_bytes
                 sock.identity = self.identity
                 if curve_keys is not None:
-                    from runtime.security import secure_client
-
-                    secure_client(sock, curve_keys, curve_name)
+                    secure_client(sock, curve_keys, curve_name, dev)
                 sock.connect(endpoints[dev])
                 self._peers[dev] = _Peer(endpoints[dev], sock)
                 self._by_socket[sock] = dev
@@ -332,6 +337,10 @@ class Controller:
         except BaseException:
             self.close()
             raise
+
+    def _new_id(self) -> int:
+        """An unpredictable 63-bit plan or attempt id (a repeat is as likely as a guess: never, in practice)."""
+        return secrets.randbits(63)
 
     def _spec_endpoints(self) -> dict[str, str]:
         return {d: f"tcp://{dev.address}" for d, dev in self.spec.devices.items() if dev.address}
@@ -582,7 +591,7 @@ class Controller:
             dev = self._by_socket[sock]
             while True:
                 try:
-                    msg = recv(sock, flags=zmq.NOBLOCK)
+                    msg = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.max_message_bytes)
                 except zmq.Again:
                     break
                 except ProtocolError as exc:
@@ -659,9 +668,11 @@ class Controller:
         elif kind == Kind.ACK and peer.configuring:
             peer.up, peer.configuring, peer.boot, peer.silent_since = True, False, meta.get("boot"), None
         elif kind == Kind.RESULT:
-            p = self._by_wire.get(msg.header.rid)
-            if p is not None and meta.get("plan") == p.plan_id and p.output is None and msg.tensors:
-                p.output, p.done_at, p.received = msg.tensors[0].clone(), float(meta["done"]), time.time()
+            p = self._attempt_of(dev, msg)
+            if p is not None and p.output is None:
+                self._accept_result(dev, p, msg)
+        elif kind in (Kind.PROGRESS, Kind.TELEMETRY, Kind.ERROR) and not self._in_plans(dev, msg):
+            log.warning("dropped a %s from worker %s, which has no part in its plan", kind.value, dev)
         elif kind == Kind.PROGRESS and meta.get("ev") == "compute":
             self._abandoned_compute(dev, msg.header.rid, meta.get("start"), meta.get("end"))
         elif kind == Kind.PROGRESS:
@@ -684,6 +695,48 @@ class Controller:
                     p.error = meta
             else:
                 log.info("worker %s: %s", dev, meta.get("message"))
+
+    def _attempt_of(self, dev: str, msg: Message) -> _Pending | None:
+        """The running attempt a message from ``dev`` is about, if ``dev`` has a part in its plan."""
+        p = self._by_wire.get(msg.header.rid)
+        if (
+            p is None
+            or msg.header.meta.get("plan") != p.plan_id
+            or dev not in self._deployed[p.plan_id].parts
+        ):
+            return None
+        return p
+
+    def _in_plans(self, dev: str, msg: Message) -> bool:
+        """Whether ``dev`` has a part in the plan of the attempt a report is about (an attempt no longer
+        known: in any plan still deployed)."""
+        p = self._by_wire.get(msg.header.rid)
+        if p is not None:
+            return dev in self._deployed[p.plan_id].parts
+        return (
+            msg.header.rid == 0
+            or any(dev in d.parts for d in self._deployed.values())
+            or (msg.header.rid in self._abandoned)
+        )
+
+    def _accept_result(self, dev: str, p: _Pending, msg: Message) -> None:
+        """Take an output only from the attempt's sink, with the model's output shape and dtype."""
+        want = (len(p.x), *self.graph.boundary_shape(len(self.graph.units)))
+        done = msg.header.meta.get("done")
+        if dev != self._deployed[p.plan_id].plan.sink or len(msg.tensors) != 1 or type(done) is not float:
+            log.warning("dropped a result for request %d from %s, not its plan's sink", p.rid, dev)
+            return
+        out = msg.tensors[0]
+        if out.dtype != torch.float32 or tuple(out.shape) != want:
+            log.warning(
+                "dropped a %s%s result for request %d (want float32%s)",
+                out.dtype,
+                tuple(out.shape),
+                p.rid,
+                want,
+            )
+            return
+        p.output, p.done_at, p.received = out.clone(), done, time.time()
 
     def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
         """A transfer started, reported the bytes it carried so far (tick), ended or was cut short on
@@ -766,7 +819,7 @@ class Controller:
         return self._live_specs[up].route(a, b)
 
     def _deploy(self, plan: Plan) -> None:
-        pid = next(self._ids)
+        pid = self._new_id()
         try:
             parts = deployments(self.graph, plan, pid, self.model, self.seed, self._route)
         except SpecError as exc:
@@ -832,7 +885,7 @@ class Controller:
         x = (x.unsqueeze(0) if x.dim() == 3 else x).contiguous()
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input shape {tuple(x.shape)} does not fit the model's {self.input_shape}")
-        p = _Pending(next(self._ids), x, time.time())
+        p = _Pending(next(self._rids), x, time.time())
         self._pending[p.rid] = p
         self._start(p)
         return p.rid
@@ -848,7 +901,7 @@ class Controller:
             raise ControllerError(f"request {p.rid} failed {p.attempts - p.rescues} times; giving up")
         self._by_wire.pop(p.wire, None)
         old, old_wire = p.plan_id, p.wire
-        p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, next(self._ids), p.attempts + 1, time.time()
+        p.plan_id, p.wire, p.attempts, p.sent = self._plan_id, self._new_id(), p.attempts + 1, time.time()
         reported, p.telemetry = p.telemetry, {}
         p.output, p.error, p.radio_done = None, None, 0
         p.first_sent = p.first_sent or p.sent
@@ -933,6 +986,7 @@ class Controller:
             if e["ev"] == "compute":
                 self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
         energy = sum(t.energy_j for t in timeline.devices.values()) + p.abandoned_j
+        verified = None if self.verifier is None else self.verifier.check(p.rid, p.x, p.output)
         result = Result(
             p.rid,
             p.output,
@@ -943,6 +997,7 @@ class Controller:
             p.received - p.submitted,
             p.attempts,
             p.rescues,
+            verified,
         )
         self._results[p.rid] = result
         self._forget(p)

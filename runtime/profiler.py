@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         "--cluster", type=Path, help="cluster file with worker addresses (default: a local worker)"
     )
     parser.add_argument("--device", help="device to profile (with --cluster)")
+    parser.add_argument(
+        "--curve-keys", type=Path, help="key directory holding controller.key_secret (with --cluster)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     if args.cluster is None:
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(2, f"profiler: error: {exc}\n")
         if args.device not in spec.devices:
             parser.exit(2, f"profiler: error: --device must be one of {', '.join(spec.devices)}\n")
-        with Controller(spec, model=args.model, seed=args.seed) as ctl:
+        with Controller(spec, model=args.model, seed=args.seed, curve_keys=args.curve_keys) as ctl:
             record = profile_record(ctl, args.device, spec.devices[args.device].gflops, args.repeats)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     total = sum(record["unit_seconds"])

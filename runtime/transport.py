@@ -29,7 +29,7 @@ import zmq
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # default limit on all frames of one message together
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the one default limit on all frames of one message together
 MAX_ELEMENTS = 1 << 28  # per tensor
 MAX_TENSORS = 256
 MAX_DIMS = 8
@@ -104,6 +104,7 @@ class Message:
     tensors: list[torch.Tensor]
     specs: list[TensorSpec]
     peer: bytes | None = None  # sender identity, set by `recv` on a ROUTER socket
+    user_id: str | None = None  # the sender's ZAP User-Id (its CURVE public key, z85), if authenticated
 
 
 def rows_axis(ndim: int) -> int:
@@ -182,7 +183,7 @@ def _parse_header(buf: memoryview) -> tuple[Header, list[TensorSpec]]:
     if type(d["v"]) is not int or d["v"] != PROTOCOL_VERSION:
         got = repr(d["v"])[:20]
         raise ProtocolError(f"protocol version mismatch: got {got}, want {PROTOCOL_VERSION}")
-    rid = d.get("rid") if type(d.get("rid")) is int else None
+    rid = d.get("rid") if type(d.get("rid")) is int and 0 <= d["rid"] <= MAX_RID else None  # replyable
     try:
         _check_keys(d, "header", _HEADER_KEYS, _HEADER_KEYS)
         _int(d["rid"], "rid", MAX_RID)
@@ -315,6 +316,7 @@ def recv(socket: zmq.Socket, *, flags: int = 0, max_bytes: int = MAX_MESSAGE_BYT
     """
     peer = None
     frame = socket.recv(flags, copy=False)
+    user_id = _user_id(frame)
     if socket.type == zmq.ROUTER:
         peer = frame.bytes
         if not frame.more:
@@ -335,5 +337,13 @@ def recv(socket: zmq.Socket, *, flags: int = 0, max_bytes: int = MAX_MESSAGE_BYT
     except ProtocolError as e:
         e.peer = peer
         raise
-    msg.peer = peer
+    msg.peer, msg.user_id = peer, user_id
     return msg
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The User-Id the ZAP handler gave the sender's connection; None without authentication."""
+    try:
+        return frame.get("User-Id") or None
+    except zmq.ZMQError:  # NULL mechanism: no such property
+        return None

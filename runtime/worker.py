@@ -1,6 +1,6 @@
 """A worker: one device of the cluster, running its share of every deployed plan.
 
-``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR]``
+``python -m runtime.worker --bind tcp://HOST:PORT --device-id ID [--model-file F] [--curve-keys DIR | --insecure]``
 
 The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
@@ -35,6 +35,14 @@ across plan swaps. Without ``--model-file`` the worker builds the whole seeded m
 
 Anything malformed (bad frames, wrong version, unknown plan or request, a plan naming an unknown
 device) gets an ERROR reply or a log line, and the worker keeps serving.
+
+Secure and bounded by default: a worker bound beyond loopback refuses to start without CURVE keys
+unless ``--insecure`` (then it warns at start and in every PONG); under CURVE only the controller's key
+configures and deploys, and a device's key only sends its own bands along the plan's routes
+(``runtime.auth``). Every band is checked against the deployed plan (route, rows, shape, dtype) before
+it is held or queued; received bytes count against per-sender budgets, queues, plans per client, input
+size and model builds are bounded (``runtime.limits``: a named default and a flag each), and models are
+built on a build thread, so the I/O thread keeps answering while a deployment's model is built.
 """
 
 from __future__ import annotations
@@ -63,21 +71,25 @@ import zmq
 from torch import nn
 
 from runtime import models
+from runtime.auth import INSECURE_WARNING, Access, Refused, Sender, check_bind
 from runtime.emulation import DeviceEmulation, EnergyMeter, emulation_from_wire, paced, sleep_until
 from runtime.executor import assemble, compute_band, take_rows
 from runtime.graph import LayerGraph
 from runtime.halo import Rows
 from runtime.layout import layout
+from runtime.limits import ByteBudget, Limits
+from runtime.limits import add_arguments as add_limit_arguments
+from runtime.limits import from_arguments as limits_from_arguments
 from runtime.plan import Plan
+from runtime.security import CONTROLLER, KeyFileError, authorized_keys, secure_client, secure_server
 from runtime.spec import PowerProfile
-from runtime.transport import Header, Kind, Message, ProtocolError, encode, recv
+from runtime.transport import Header, Kind, Message, ProtocolError, encode, recv, rows_axis
 
 log = logging.getLogger("runtime.worker")
 
-MAX_OPEN_REQUESTS = 1024  # per worker: bounds the state a stream of bogus bands can create
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 POLL_MS = 100  # the I/O loop wakes at least this often (parent check, shutdown)
-MAX_HOLD_S = 3600.0  # an emulated arrival further in the future than this is refused
+MAX_PATH = 64  # devices on one route
+MAX_ENDPOINT = 256  # characters of a peer endpoint
 TICK_S = 0.25  # a transfer longer than this reports the bytes carried so far at this interval
 
 
@@ -127,7 +139,8 @@ class Deployment:
     tasks: tuple[TaskSpec, ...]
     feed: tuple[Send, ...]  # source only: the stage-0 input bands
     collect: tuple[tuple[str, Rows], ...]  # sink only: the output pieces
-    relays: int  # hops this device forwards for others, per request
+    relays: tuple[Send, ...]  # the transfers this device forwards for others (path[0] is their sender)
+    bounds: tuple[int, ...]  # the unit index of every stage boundary (n_stages + 1 of them)
 
     @property
     def expected_events(self) -> int:
@@ -137,7 +150,7 @@ class Deployment:
             (self.device == self.source)
             + len(self.tasks)
             + sum(len(s.path) > 1 for s in sends)
-            + self.relays
+            + len(self.relays)
             + (self.device == self.sink)
         )
 
@@ -181,7 +194,8 @@ class Deployment:
             ],
             "feed": [send(s) for s in self.feed],
             "collect": [[d, list(r)] for d, r in self.collect],
-            "relays": self.relays,
+            "relays": [send(s) for s in self.relays],
+            "bounds": list(self.bounds),
         }
 
     @classmethod
@@ -195,8 +209,8 @@ class Deployment:
             if not (isinstance(v, list) and len(v) == 3):
                 raise ValueError("a send must be [stage, rows, path]")
             path = tuple(_str(d, "path device") for d in _list(v[2], "path"))
-            if not path:
-                raise ValueError("a send path must not be empty")
+            if not path or len(path) > MAX_PATH:
+                raise ValueError(f"a send path must hold 1 to {MAX_PATH} devices")
             return Send(_int(v[0], "send stage", 0, n_stages), _rows(v[1]), path)
 
         def piece(v: Any) -> tuple[str, Rows]:
@@ -248,8 +262,17 @@ class Deployment:
             tuple(tasks),
             feed,
             tuple(piece(p) for p in _list(m.get("collect"), "collect")),
-            _int(m.get("relays"), "relays", 0),
+            tuple(send(s) for s in _list(m.get("relays"), "relays")),
+            tuple(_int(b, "bounds", 0) for b in _list(m.get("bounds"), "bounds")),
         )
+        if len(dep.bounds) != n_stages + 1 or list(dep.bounds) != sorted(set(dep.bounds)):
+            raise ValueError(
+                "bounds must be the n_stages + 1 increasing unit indices of the stage boundaries"
+            )
+        if any((t.start, t.end) != dep.bounds[t.stage : t.stage + 2] for t in tasks):
+            raise ValueError("a task's units are not its stage's")
+        if any(dep.device not in r.path[1:-1] for r in dep.relays):
+            raise ValueError(f"{dep.device} relays a transfer whose route does not pass through it")
         for s in [*feed, *(s for t in tasks for s in t.sends)]:
             if s.path[0] != dep.device:
                 raise ValueError(f"a send of {dep.device} starts at {s.path[0]}")
@@ -276,10 +299,11 @@ def deployments(
     lay = layout(graph, plan)
     n = len(plan.stages)
     paths = {(t.src, t.dst): tuple(route(t.src, t.dst)) for t in lay.transfers}
-    relays: dict[str, int] = {}
+    relays: dict[str, list[Send]] = {}
     for t in lay.transfers:
-        for d in paths[(t.src, t.dst)][1:-1]:
-            relays[d] = relays.get(d, 0) + 1
+        path = paths[(t.src, t.dst)]
+        for d in path[1:-1]:
+            relays.setdefault(d, []).append(Send(t.stage, t.rows, path))
     tasks: dict[str, list[TaskSpec]] = {}
     for s, (stage, stage_tasks) in enumerate(zip(plan.stages, lay.tasks, strict=True)):
         for task in stage_tasks:
@@ -314,7 +338,8 @@ def deployments(
             if d == plan.source
             else (),
             tuple((t.src, t.rows) for t in lay.inputs_of(n, d)) if d == plan.sink else (),
-            relays.get(d, 0),
+            tuple(relays.get(d, ())),
+            (*(s.start for s in plan.stages), plan.stages[-1].end),
         )
         for d in sorted(devices)
     }
@@ -347,6 +372,19 @@ def _rows(v: Any) -> Rows:
     return lo, hi
 
 
+def _is_endpoint(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= MAX_ENDPOINT and v.startswith(("tcp://", "ipc://"))
+
+
+def _band_shape(graph: LayerGraph, boundary: int, rows: Rows) -> tuple[int, ...]:
+    """Shape (without batch) of ``rows`` of a boundary's tensor, as bands carry them."""
+    if rows[1] > graph.extent(boundary):
+        raise ValueError(f"rows {list(rows)} beyond the {graph.extent(boundary)} of boundary {boundary}")
+    shape = list(graph.boundary_shape(boundary))
+    shape[rows_axis(len(shape) + 1)] = rows[1] - rows[0]
+    return tuple(shape)
+
+
 def _float(v: Any, what: str) -> float:
     if type(v) not in (int, float) or not math.isfinite(v):
         raise ValueError(f"{what} must be a finite number, got {repr(v)[:40]}")
@@ -371,39 +409,62 @@ class WeightStore:
     With a checkpoint (``model_file``) a model is a meta-device skeleton whose units get their tensors
     from the memory-mapped checkpoint when first needed, and the checkpoint alone defines the weights;
     without one the seeded model is built whole. One entry per (model, seed, input shape), at most
-    ``MAX_MODELS`` of them (least recently used first out; an evicted one is rebuilt on demand), so
-    no sequence of deployments can exhaust the device's memory.
+    ``max_models`` of them: a new one evicts the least recently used one no deployed plan needs (``in_use``
+    names those), and is refused when every entry is in use, so no sequence of deployments (new seeds,
+    new input shapes) can exhaust the device's memory. An entry evicted is rebuilt on demand.
     """
 
-    MAX_MODELS = 4
-
-    def __init__(self, model_file: Path | None):
+    def __init__(self, model_file: Path | None, max_models: int = 2, in_use: Callable[[], set[tuple]] = set):
         self.model_file = model_file
+        self.max_models = max_models
+        self.in_use = in_use
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._models: OrderedDict[tuple, _Model] = OrderedDict()
         self._lock = threading.Lock()  # the I/O thread deploys while the compute thread computes
 
     def prepare(self, name: str, seed: int, shape: tuple[int, ...], units: Iterable[int] = ()) -> LayerGraph:
         """The graph of the model for this input shape, with the weights of ``units`` loaded."""
-        key = (name, None if self.model_file else seed, tuple(shape))
+        key = self.key(name, seed, shape)
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                module = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
-                layers = models.layers(module)
-                graph = LayerGraph.from_model(module, shape, name)
-                model = _Model(module, layers, {id(m): n for n, m in module.named_modules()}, graph)
-                if not self.model_file:
-                    model.loaded.update(range(len(layers)))
-                self._models[key] = model
-                while len(self._models) > self.MAX_MODELS:
-                    self._models.popitem(last=False)
+                self._make_room()
+        if model is None:  # built without the lock: the status (PONG) reads the store meanwhile
+            model = self._build(name, seed, shape)
+        with self._lock:
+            model = self._models.setdefault(key, model)
             self._models.move_to_end(key)
             for u in sorted(set(units) - model.loaded):
                 for module in model.layers[u][1]:
                     self._load_module(module, model.names)
                 model.loaded.add(u)
             return model.graph
+
+    def _build(self, name: str, seed: int, shape: tuple[int, ...]) -> _Model:
+        module = models.skeleton(name) if self.model_file else models.build(name, seed=seed)
+        layers = models.layers(module)
+        graph = LayerGraph.from_model(module, shape, name)
+        model = _Model(module, layers, {id(m): n for n, m in module.named_modules()}, graph)
+        if not self.model_file:
+            model.loaded.update(range(len(layers)))
+        return model
+
+    def key(self, name: str, seed: int, shape: tuple[int, ...]) -> tuple:
+        """What tells two builds apart (with a checkpoint the seed does not matter)."""
+        return name, None if self.model_file else seed, tuple(shape)
+
+    def _make_room(self) -> None:
+        """Evict least recently used builds no plan needs until one more fits (caller holds the lock)."""
+        needed = self.in_use()
+        for key in [k for k in self._models if k not in needed]:
+            if len(self._models) < self.max_models:
+                return
+            del self._models[key]
+        if len(self._models) >= self.max_models:
+            raise models.ModelError(
+                f"{len(self._models)} model builds are in use by deployed plans (limit {self.max_models}, "
+                "--max-models): retire a plan first"
+            )
 
     def _load_module(self, module: nn.Module, names: dict[int, str]) -> None:
         wanted = module.state_dict()
@@ -464,6 +525,21 @@ class _Request:
 
 
 @dataclass
+class _Band:
+    """A band checked against its plan, delivered now or held until its emulated arrival."""
+
+    dep: Deployment
+    rid: int
+    stage: int
+    rows: Rows
+    path: tuple[str, ...]
+    hop: int
+    tensor: torch.Tensor
+    peer: bytes | None
+    deliver_at: float | None
+
+
+@dataclass
 class _Hop:
     """A hop waiting for the radio: send ``tensor`` (rows of stage ``stage``) to ``path[hop + 1]``."""
 
@@ -487,27 +563,35 @@ class Worker:
         *,
         model_file: Path | None = None,
         curve_keys: Path | None = None,
+        controller_key: str = CONTROLLER,
+        insecure: bool = False,
         parent_pid: int | None = None,
-        max_bytes: int = MAX_MESSAGE_BYTES,
+        limits: Limits | None = None,
     ):
+        check_bind(bind, curve_keys is not None, insecure)
         self.device = device
         self.boot = uuid.uuid4().hex[:12]
-        self.max_bytes = max_bytes
+        self.limits = limits = limits or Limits()
         self.parent_pid = parent_pid
         self.curve_keys = curve_keys
-        self.weights = WeightStore(model_file)
+        self.insecure = insecure
+        self.access = Access(None if curve_keys is None else authorized_keys(curve_keys), controller_key)
+        self.weights = WeightStore(model_file, limits.max_models, self._models_in_use)
+        self.budget = ByteBudget(limits.peer_budget_bytes, limits.total_budget_bytes)
         self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.router.router_mandatory = 1
-        self.router.router_handover = 1
-        self.router.maxmsgsize = max_bytes
         self._auth = None
-        if curve_keys is not None:
-            from runtime.security import secure_server
-
-            self._auth = secure_server(self.router, curve_keys, self.ctx)
-        self.router.bind(bind)
+        try:
+            self.router = self.ctx.socket(zmq.ROUTER)
+            self.router.linger = 0
+            self.router.router_mandatory = 1
+            self.router.router_handover = 1
+            self.router.maxmsgsize = limits.max_message_bytes  # per frame: libzmq drops a bigger one unread
+            if curve_keys is not None:
+                self._auth = secure_server(self.router, curve_keys, self.ctx, device)
+            self.router.bind(bind)
+        except BaseException:  # a missing key or a bad endpoint: leave no socket behind
+            self.ctx.destroy(linger=0)
+            raise
         self.endpoint = self.router.last_endpoint.decode()
         self._outbox = self.ctx.socket(zmq.PULL)
         self._outbox.bind(f"inproc://outbox-{id(self)}")
@@ -515,7 +599,9 @@ class Worker:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._plans: dict[int, Deployment] = {}
-        self._owners: dict[int, bytes] = {}
+        self._owners: dict[int, bytes] = {}  # plan -> the connection its results and reports go to
+        self._bound: dict[int, object] = {}  # plan (deployed or being built) -> the sender it is bound to
+        self._graphs: dict[int, LayerGraph] = {}
         self._requests: dict[tuple[int, int], _Request] = {}
         self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._cancelled: OrderedDict[tuple[int, int], None] = OrderedDict()
@@ -529,11 +615,15 @@ class Worker:
         self.computed = 0
         self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
         self._radio_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._build_q: queue.SimpleQueue = queue.SimpleQueue()  # deployments whose model is being built
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._compute_loop, name="compute", daemon=True),
             threading.Thread(target=self._radio_loop, name="radio", daemon=True),
+            threading.Thread(target=self._build_loop, name="build", daemon=True),
         ]
+        if insecure:
+            log.warning(INSECURE_WARNING.format(endpoint=self.endpoint))
 
     # ---- I/O thread ----------------------------------------------------------------------------
     def serve(self) -> None:
@@ -570,8 +660,8 @@ class Worker:
 
     def close(self) -> None:
         self._stop.set()
-        self._compute_q.put(None)
-        self._radio_q.put(None)
+        for q in (self._compute_q, self._radio_q, self._build_q):
+            q.put(None)
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=2.0)
@@ -618,7 +708,7 @@ class Worker:
 
     def _handle_one(self) -> bool:
         try:
-            msg = recv(self.router, flags=zmq.NOBLOCK, max_bytes=self.max_bytes)
+            msg = recv(self.router, flags=zmq.NOBLOCK, max_bytes=self.limits.max_message_bytes)
         except zmq.Again:
             return False
         except ProtocolError as exc:
@@ -627,7 +717,9 @@ class Worker:
         kind, plan = msg.header.kind.value, msg.header.meta.get("plan")
         plan = plan if type(plan) is int else None
         try:
-            self._dispatch(msg)
+            sender = self.access.sender(msg)
+            sender.check(msg.header.kind)
+            self._dispatch(msg, sender)
         except (ValueError, KeyError, TypeError, IndexError, models.ModelError) as exc:
             self._error(msg.peer, msg.header.rid, f"{kind}: {exc}", kind, plan=plan)
         except Exception as exc:  # keep serving whatever a message does
@@ -635,24 +727,28 @@ class Worker:
             self._error(msg.peer, msg.header.rid, f"{kind}: internal error {exc!r}", kind, plan=plan)
         return True
 
-    def _dispatch(self, msg: Message) -> None:
-        kind, meta = msg.header.kind, msg.header.meta
+    def _dispatch(self, msg: Message, sender: Sender) -> None:
+        kind = msg.header.kind
         if kind == Kind.PING:  # the ping's number comes back with this clock: the controller times it
-            self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, self.status() | {"clock": time.time()}))
+            status = (self.status() | {"clock": time.time()}) if sender.controls else {}
+            if self.insecure:
+                status["warning"] = INSECURE_WARNING.format(endpoint=self.endpoint)
+            self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, status))
         elif kind == Kind.BAND:
-            deliver_at = meta.get("deliver_at")
-            if deliver_at is not None and _float(deliver_at, "deliver_at") > time.time():
-                if deliver_at > time.time() + MAX_HOLD_S or len(self._held) >= MAX_OPEN_REQUESTS:
-                    raise ValueError(f"cannot hold a band until {deliver_at} ({len(self._held)} held)")
-                heapq.heappush(self._held, (deliver_at, next(self._seq), msg))
+            band = self._check_band(msg, sender)
+            self.budget.charge(sender.owner, msg.tensors)  # checked first: nothing unwanted is held
+            if band.deliver_at is not None and band.deliver_at > time.time():
+                if len(self._held) >= self.limits.max_open_requests:
+                    raise ValueError(f"cannot hold a band: {len(self._held)} held")
+                heapq.heappush(self._held, (band.deliver_at, next(self._seq), band))
             else:
-                self._on_band(msg)
+                self._on_band(band)
         elif kind == Kind.INPUT:
-            self._on_input(msg)
+            self._on_input(msg, sender)
         elif kind == Kind.DEPLOY:
-            self._on_deploy(msg)
+            self._on_deploy(msg, sender)
         elif kind == Kind.CONFIG:
-            self._on_config(msg)
+            self._on_config(msg, sender)
         elif kind == Kind.SHUTDOWN:
             self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device}))
             self._stop.set()
@@ -660,7 +756,7 @@ class Worker:
             raise ValueError(f"a worker does not accept {kind.value} messages")
 
     def status(self) -> dict[str, Any]:
-        """What PONG reports: identity, load and meters."""
+        """What PONG reports to the controller: identity, load and meters."""
         with self._lock:
             plans, open_requests = sorted(self._plans), len(self._requests)
         return {
@@ -671,6 +767,7 @@ class Worker:
             "computed": self.computed,
             "loaded_units": self.weights.loaded(),
             "loaded_bytes": self.weights.loaded_bytes(),
+            "buffered_bytes": self.budget.used(),
             "rss_bytes": psutil.Process().memory_info().rss,
             "busy_s": dict(self.meter.seconds),
             "energy_j": self.meter.joules,
@@ -679,22 +776,20 @@ class Worker:
     def _release_held(self) -> None:
         now = time.time()
         while self._held and self._held[0][0] <= now:
-            msg = heapq.heappop(self._held)[2]
+            band = heapq.heappop(self._held)[2]
             try:
-                self._on_band(msg)
+                self._on_band(band)
             except (ValueError, KeyError, TypeError, IndexError) as exc:
-                self._error(
-                    msg.peer, msg.header.rid, f"band: {exc}", "band", plan=msg.header.meta.get("plan")
-                )
+                self._error(band.peer, band.rid, f"band: {exc}", "band", plan=band.dep.plan_id)
 
     # ---- control ---------------------------------------------------------------------------------
-    def _on_config(self, msg: Message) -> None:
+    def _on_config(self, msg: Message, sender: Sender) -> None:
         meta = msg.header.meta
         if meta.get("device") != self.device:
             raise ValueError(f"configuration for device {meta.get('device')!r} sent to {self.device!r}")
         peers = meta.get("peers")
-        if not isinstance(peers, dict) or not all(isinstance(v, str) for v in peers.values()):
-            raise ValueError("peers must map device ids to endpoints")
+        if not isinstance(peers, dict) or not all(map(_is_endpoint, peers.values())):
+            raise ValueError("peers must map device ids to tcp:// or ipc:// endpoints")
         power = [_float(p, "power") for p in _list(meta.get("power"), "power")]
         if len(power) != 4:
             raise ValueError("power must be [compute, transmit, receive, idle] watts")
@@ -706,14 +801,23 @@ class Worker:
             self._peers = dict(peers)
             self._emulation = emulation
             self.meter.power = PowerProfile(*power)
-            if meta.get("reset"):
-                self._plans.clear()
-                self._owners.clear()
-                self._requests.clear()
-                self._cancelled.clear()
+            if meta.get("reset"):  # the sender's own plans only
+                self._drop_plans([pid for pid, owner in self._bound.items() if owner == sender.owner])
         self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device, "boot": self.boot}))
 
-    def _on_deploy(self, msg: Message) -> None:
+    def _drop_plans(self, plan_ids: Iterable[int]) -> list[tuple[tuple[int, int], _Request]]:
+        """Forget plans (deployed or being built) and their requests (caller holds the lock); returns the
+        dropped requests."""
+        plan_ids = set(plan_ids)
+        dropped = [(k, self._requests.pop(k)) for k in [k for k in self._requests if k[0] in plan_ids]]
+        for pid in plan_ids:
+            for table in (self._plans, self._owners, self._bound, self._graphs):
+                table.pop(pid, None)
+        return dropped
+
+    def _on_deploy(self, msg: Message, sender: Sender) -> None:
+        """Retire plans and cancel attempts at once; a new plan is checked here and built on the build
+        thread (a model build takes seconds: the I/O thread keeps answering meanwhile)."""
         meta = msg.header.meta
         retire = [_int(p, "retire") for p in _list(meta.get("retire", []), "retire")]
         cancel = []
@@ -721,34 +825,28 @@ class Worker:
             if not (isinstance(c, list) and len(c) == 2):
                 raise ValueError("a cancelled attempt must be [plan, request]")
             cancel.append((_int(c[0], "cancel plan"), _int(c[1], "cancel request")))
-        dep = None
-        if meta.get("deploy") is not None:
-            dep = Deployment.from_meta(meta["deploy"])
-            if dep.device != self.device:
-                raise ValueError(f"deployment for {dep.device!r} sent to {self.device!r}")
-            with self._lock:
-                peers = set(self._peers)
-            hops = {s.path[1] for t in dep.tasks for s in t.sends if len(s.path) > 1}
-            hops |= {s.path[1] for s in dep.feed if len(s.path) > 1}
-            if unknown := hops - peers:
-                raise ValueError(f"plan {dep.plan_id} sends to unknown device(s) {sorted(unknown)}")
-            graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape)
-            for t in dep.tasks:
-                if t.end > len(graph.units):
-                    raise ValueError(f"task units [{t.start}, {t.end}) beyond the model's {len(graph.units)}")
-            self.weights.prepare(dep.model, dep.seed, dep.input_shape, dep.units())
+        dep = None if meta.get("deploy") is None else self._check_deployment(meta["deploy"], sender)
         with self._lock:
+            if foreign := {
+                p for p in retire + [c[0] for c in cancel] if self._bound.get(p, sender.owner) != sender.owner
+            }:
+                raise Refused(f"plan(s) {sorted(foreign)} belong to another client")
+            if dep is not None:
+                if self._bound.get(dep.plan_id, sender.owner) != sender.owner:
+                    raise Refused(f"plan {dep.plan_id} belongs to another client")
+                mine = sum(owner == sender.owner for pid, owner in self._bound.items() if pid not in retire)
+                if dep.plan_id not in self._bound and mine >= self.limits.max_plans_per_client:
+                    raise ValueError(f"{mine} plans deployed (limit {self.limits.max_plans_per_client})")
+                if self._build_q.qsize() >= self.limits.max_queued:
+                    raise ValueError(f"{self._build_q.qsize()} deployments are being built: try later")
             # compute that attempts dropped here did, not yet reported (no request still open under a
             # retired plan is wanted: the controller retires a plan once nothing it awaits uses it)
-            dropped = [(k, self._requests.pop(k)) for k in [k for k in self._requests if k[0] in retire]]
-            for pid in retire:
-                self._plans.pop(pid, None)
-                self._owners.pop(pid, None)
+            dropped = self._drop_plans(retire)
             for key in cancel:
                 if (req := self._requests.pop(key, None)) is not None:
                     dropped.append((key, req))
                 self._finished[key] = self._cancelled[key] = None
-                if len(self._cancelled) > 4 * MAX_OPEN_REQUESTS:
+                if len(self._cancelled) > 4 * self.limits.max_open_requests:
                     self._cancelled.popitem(last=False)
             spent = [
                 (key, e["start"], e["end"])
@@ -761,12 +859,71 @@ class Worker:
             ):  # the computation in progress stops at the next abort check, ~now
                 spent.append((self._computing[:2], self._computing[2], time.time()))
             if dep is not None:
-                self._plans[dep.plan_id] = dep
-                self._owners[dep.plan_id] = msg.peer
+                self._bound[dep.plan_id] = sender.owner
+                self._plans.pop(dep.plan_id, None)  # a re-deployment replaces the plan once built
         for (plan_id, rid), start, end in spent:  # before DEPLOY_OK: the controller has them when it acts
             self._report_abandoned_compute(msg.peer, plan_id, rid, start, end)
-        reply = {"plan": None if dep is None else dep.plan_id, "device": self.device, "boot": self.boot}
+        if dep is not None:
+            self._build_q.put((dep, msg.peer, msg.header.rid, sender.owner))
+            return
+        reply = {"plan": None, "device": self.device, "boot": self.boot}
         self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
+
+    def _check_deployment(self, meta: Any, sender: Sender) -> Deployment:
+        """Everything about a new deployment that needs no model build."""
+        dep = Deployment.from_meta(meta)
+        if dep.device != self.device:
+            raise ValueError(f"deployment for {dep.device!r} sent to {self.device!r}")
+        if math.prod(dep.input_shape) > self.limits.max_input_elements:
+            raise ValueError(
+                f"input shape {list(dep.input_shape)} exceeds {self.limits.max_input_elements} elements "
+                "(--max-input-elements)"
+            )
+        with self._lock:
+            peers = set(self._peers)
+        sends = [*dep.feed, *(s for t in dep.tasks for s in t.sends), *dep.relays]
+        hops = {s.path[s.path.index(self.device) + 1] for s in sends if s.path[-1] != self.device}
+        if unknown := hops - peers:
+            raise ValueError(f"plan {dep.plan_id} sends to unknown device(s) {sorted(unknown)}")
+        return dep
+
+    def _build_loop(self) -> None:
+        """Build the models of new deployments, then make them live and confirm (DEPLOY_OK)."""
+        torch.set_num_threads(1)
+        while (job := self._build_q.get()) is not None:
+            dep, peer, rid, owner = job
+            try:
+                graph = self._build(dep)
+            except (ValueError, models.ModelError) as exc:
+                with self._lock:
+                    if self._bound.get(dep.plan_id) == owner and dep.plan_id not in self._plans:
+                        del self._bound[dep.plan_id]
+                self._error(peer, rid, f"deploy: {exc}", "deploy", plan=dep.plan_id)
+                continue
+            except Exception as exc:  # a broken model must not take the build thread down
+                log.exception("%s: building plan %d failed", self.device, dep.plan_id)
+                self._error(peer, rid, f"deploy: internal error {exc!r}", "deploy", plan=dep.plan_id)
+                continue
+            with self._lock:
+                if self._bound.get(dep.plan_id) != owner:
+                    continue  # retired (or reset) while it was built
+                self._plans[dep.plan_id], self._owners[dep.plan_id] = dep, peer
+                self._graphs[dep.plan_id] = graph
+            reply = {"plan": dep.plan_id, "device": self.device, "boot": self.boot}
+            self._emit(peer, Header(Kind.DEPLOY_OK, rid, reply))
+
+    def _build(self, dep: Deployment) -> LayerGraph:
+        graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape)
+        if dep.bounds[-1] > len(graph.units):
+            raise ValueError(f"plan units up to {dep.bounds[-1]} beyond the model's {len(graph.units)}")
+        self.weights.prepare(dep.model, dep.seed, dep.input_shape, dep.units())
+        return graph
+
+    def _models_in_use(self) -> set[tuple]:
+        """The model builds deployed plans (and plans being built) need: the weight store keeps them."""
+        with self._lock:
+            plans = list(self._plans.values())
+        return {self.weights.key(d.model, d.seed, d.input_shape) for d in plans}
 
     # ---- request flow ----------------------------------------------------------------------------
     def _live(self, dep: Deployment, rid: int) -> bool:
@@ -781,8 +938,8 @@ class Worker:
         if req is None and create:
             if key in self._finished:
                 raise ValueError(f"request {rid} of plan {dep.plan_id} is already finished here")
-            if len(self._requests) >= MAX_OPEN_REQUESTS:
-                raise ValueError(f"too many open requests ({MAX_OPEN_REQUESTS})")
+            if len(self._requests) >= self.limits.max_open_requests:
+                raise ValueError(f"too many open requests ({self.limits.max_open_requests})")
             req = self._requests[key] = _Request(dep.expected_events)
         return req
 
@@ -798,7 +955,7 @@ class Worker:
                 return
             del self._requests[(dep.plan_id, rid)]
             self._finished[(dep.plan_id, rid)] = None
-            if len(self._finished) > 4 * MAX_OPEN_REQUESTS:
+            if len(self._finished) > 4 * self.limits.max_open_requests:
                 self._finished.popitem(last=False)
             owner = self._owners.get(dep.plan_id)
         meta = {"plan": dep.plan_id, "device": self.device, "events": req.events}
@@ -809,17 +966,21 @@ class Worker:
         meta = {"ev": "compute", "plan": plan_id, "from": self.device, "start": start, "end": end}
         self._emit(owner, Header(Kind.PROGRESS, rid, meta))
 
-    def _deployment(self, meta: dict[str, Any]) -> Deployment:
+    def _deployment(self, meta: dict[str, Any], sender: Sender | None = None) -> Deployment:
+        """The plan a message names; with ``sender``, only if that sender deployed it."""
         pid = _int(meta.get("plan"), "plan")
         with self._lock:
             dep = self._plans.get(pid)
+            owner = self._bound.get(pid)
         if dep is None:
             raise ValueError(f"unknown plan {pid}")
+        if sender is not None and owner != sender.owner:
+            raise Refused(f"plan {pid} belongs to another client")
         return dep
 
-    def _on_input(self, msg: Message) -> None:
+    def _on_input(self, msg: Message, sender: Sender) -> None:
         now = time.time()
-        dep = self._deployment(msg.header.meta)
+        dep = self._deployment(msg.header.meta, sender)
         rid = msg.header.rid
         if dep.device != dep.source:
             raise ValueError(f"{self.device} is not the source of plan {dep.plan_id}")
@@ -827,9 +988,11 @@ class Worker:
             len(msg.tensors) != 1
             or msg.tensors[0].dim() != 4
             or tuple(msg.tensors[0].shape[1:]) != dep.input_shape
+            or not 1 <= len(msg.tensors[0]) <= self.limits.max_batch
         ):
             raise ValueError(
-                f"input must be one float tensor of shape (N, {', '.join(map(str, dep.input_shape))})"
+                f"input must be one float tensor of shape (N, {', '.join(map(str, dep.input_shape))}), "
+                f"N <= {self.limits.max_batch}"
             )
         x = msg.tensors[0]
         if x.dtype != torch.float32:
@@ -837,6 +1000,7 @@ class Worker:
         with self._lock:
             if (dep.plan_id, msg.header.rid) in self._requests or (dep.plan_id, rid) in self._finished:
                 raise ValueError(f"request {rid} of plan {dep.plan_id} was already started")
+        self.budget.charge(sender.owner, msg.tensors)
         self._record(dep, rid, {"ev": "input", "t": now})
         full = (0, x.shape[-2])
         for s in dep.feed:
@@ -848,24 +1012,55 @@ class Worker:
         else:
             self._radio_q.put(_Hop(dep.plan_id, rid, s.stage, s.rows, s.path, 0, tensor, now))
 
-    def _on_band(self, msg: Message) -> None:
-        now = time.time()
+    def _check_band(self, msg: Message, sender: Sender) -> _Band:
+        """A band the deployed plan expects here, from the device it names: its route, rows, shape and
+        dtype are the plan's (ValueError otherwise), checked before anything is held or queued."""
         meta = msg.header.meta
         dep = self._deployment(meta)
         path = tuple(_str(d, "path device") for d in _list(meta.get("path"), "path"))
         hop = _int(meta.get("hop"), "hop", 1, max(1, len(path) - 1))
         if len(path) < 2 or path[hop] != self.device:
             raise ValueError(f"band routed along {list(path)} reached {self.device} at hop {hop}")
+        if sender.name is not None and sender.name != path[hop - 1]:
+            raise Refused(f"key {sender.name!r} sends a band as {path[hop - 1]!r}")
         stage = _int(meta.get("stage"), "stage", 0, dep.n_stages)
         if len(msg.tensors) != 1 or msg.specs[0].rows is None:
             raise ValueError("a band carries exactly one tensor with its rows")
         rows, tensor = msg.specs[0].rows, msg.tensors[0]
-        if hop < len(path) - 1:  # relay: store and forward on this device's radio
-            if dep.relays == 0:
-                raise ValueError(f"{self.device} relays nothing in plan {dep.plan_id}")
-            self._radio_q.put(_Hop(dep.plan_id, msg.header.rid, stage, rows, path, hop, tensor, now))
+        if hop < len(path) - 1:  # a relay: only along a route of the plan
+            if Send(stage, rows, path) not in dep.relays:
+                raise ValueError(
+                    f"{self.device} relays no rows {list(rows)} along {list(path)} in plan {dep.plan_id}"
+                )
+        elif (path[0], rows) not in dep.expected_pieces(stage):
+            raise ValueError(f"{self.device} expects no rows {list(rows)} of stage {stage} from {path[0]!r}")
+        with self._lock:
+            graph = self._graphs[dep.plan_id]
+        want = _band_shape(graph, dep.bounds[stage], rows)
+        if tensor.dtype != torch.float32 or tuple(tensor.shape[1:]) != want:
+            raise ValueError(
+                f"rows {list(rows)} of stage {stage} must be float32 (N, {', '.join(map(str, want))})"
+            )
+        if not 1 <= len(tensor) <= self.limits.max_batch:
+            raise ValueError(f"a band holds 1 to {self.limits.max_batch} images")
+        deliver_at = meta.get("deliver_at")
+        if deliver_at is not None:
+            deliver_at = _float(deliver_at, "deliver_at")
+            if deliver_at > time.time() + self.limits.max_hold_s:
+                raise ValueError(f"cannot hold a band for more than {self.limits.max_hold_s} s")
+        return _Band(dep, msg.header.rid, stage, rows, path, hop, tensor, msg.peer, deliver_at)
+
+    def _on_band(self, band: _Band) -> None:
+        now = time.time()
+        if band.hop < len(band.path) - 1:  # relay: store and forward on this device's radio
+            if self._radio_q.qsize() >= self.limits.max_queued:
+                raise ValueError(f"{self._radio_q.qsize()} hops wait for the radio")
+            hop = _Hop(
+                band.dep.plan_id, band.rid, band.stage, band.rows, band.path, band.hop, band.tensor, now
+            )
+            self._radio_q.put(hop)
             return
-        self._deliver(dep, msg.header.rid, stage, path[0], rows, tensor, now)
+        self._deliver(band.dep, band.rid, band.stage, band.path[0], band.rows, band.tensor, now)
 
     def _deliver(
         self, dep: Deployment, rid: int, stage: int, src: str, rows: Rows, tensor: torch.Tensor, now: float
@@ -874,6 +1069,8 @@ class Worker:
         expected = dep.expected_pieces(stage)
         if (src, rows) not in expected:
             raise ValueError(f"{self.device} expects no rows {list(rows)} of stage {stage} from {src!r}")
+        if stage < dep.n_stages and self._compute_q.qsize() >= self.limits.max_queued:
+            raise ValueError(f"{self._compute_q.qsize()} tasks wait for the compute thread")
         with self._lock:
             if self._plans.get(dep.plan_id) is not dep or (dep.plan_id, rid) in self._cancelled:
                 return
@@ -964,7 +1161,7 @@ class Worker:
                     meta["deliver_at"] = start + radio + emulation.latency(nxt)
                 frames = encode(Header(Kind.BAND, job.rid, meta), [job.tensor], rows=[job.rows])
                 sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-            except (zmq.ZMQError, ValueError, KeyError) as exc:  # e.g. the next device is down
+            except (zmq.ZMQError, ValueError, KeyError, KeyFileError) as exc:  # e.g. the next device is down
                 self._error(owner, job.rid, f"send to {nxt} failed: {exc}", plan=job.plan_id, transient=True)
                 continue
             progress = {"plan": job.plan_id, "id": next(self._transfers), "from": self.device, "to": nxt}
@@ -1016,11 +1213,14 @@ class Worker:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.rcvhwm = 16  # peers only ever answer bad bands: never let replies pile up
-        if self.curve_keys is not None:
-            from runtime.security import secure_client
-
-            secure_client(sock, self.curve_keys, self.device)
-        sock.connect(endpoint)
+        sock.maxmsgsize = 1 << 20  # ...and answers are small
+        try:
+            if self.curve_keys is not None:
+                secure_client(sock, self.curve_keys, self.device, device)
+            sock.connect(endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
         sockets[device] = (endpoint, sock)
         return sock
 
@@ -1050,12 +1250,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model-file", type=Path, help="state_dict checkpoint (loaded memory-mapped, per unit)"
     )
-    parser.add_argument("--curve-keys", type=Path, help="CurveZMQ key directory (runtime.security keygen)")
-    parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
     parser.add_argument(
-        "--max-bytes", type=int, default=MAX_MESSAGE_BYTES, help="largest message accepted (bigger: dropped)"
+        "--curve-keys",
+        type=Path,
+        help="CurveZMQ key directory holding DEVICE_ID.key_secret and authorized/ (runtime.security keygen)",
     )
+    parser.add_argument(
+        "--controller-key",
+        default=CONTROLLER,
+        help="name of the key (in authorized/) that controls this worker",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback endpoint without CURVE: anyone who reaches it controls the worker",
+    )
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
     parser.add_argument("--log-level", default="WARNING")
+    add_limit_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s worker {args.device_id} %(levelname)s %(message)s"
@@ -1070,10 +1282,12 @@ def main(argv: list[str] | None = None) -> None:
             args.device_id,
             model_file=args.model_file,
             curve_keys=args.curve_keys,
+            controller_key=args.controller_key,
+            insecure=args.insecure,
             parent_pid=args.parent_pid,
-            max_bytes=args.max_bytes,
+            limits=limits_from_arguments(args),
         )
-    except (zmq.ZMQError, OSError) as exc:
+    except (zmq.ZMQError, OSError, ValueError) as exc:  # a bad endpoint, a missing key, an insecure bind
         parser.exit(2, f"worker: error: cannot serve on {args.bind}: {exc}\n")
     # Shape inference on the meta device imports torch's meta kernels (seconds on a busy host): do it
     # now, or the first deployment would stall the I/O thread and the worker would look dead.

@@ -55,7 +55,7 @@ def skewed_workers():
             cmd += ["--device-id", device, "--parent-pid", str(os.getpid())]
             procs[device] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
         for device, proc in procs.items():
-            ready, _, _ = select.select([proc.stdout], [], [], 300.0)  # torch imports: slow on a busy host
+            ready, _, _ = select.select([proc.stdout], [], [], 120.0)
             line = proc.stdout.readline() if ready else b""
             assert line.startswith(b"READY "), f"worker {device} did not start"
             endpoints[device] = line.split()[1].decode()

@@ -386,3 +386,45 @@ def test_link_windows_pad_a_short_history_with_the_mean():
     short = Snapshot(**{**{f: getattr(snap, f) for f in Snapshot.__dataclass_fields__}, "link_history": {
         ("a", "b"): (7.0,), ("b", "c"): (1.0, 2.0)}})  # fmt: skip
     np.testing.assert_array_equal(short.link_windows, [[20.0, 20.0, 7.0], [40.0, 1.0, 2.0]])
+
+
+def test_snapshot_carries_the_failures_and_uptime_heartbeats_saw():
+    spec = _line_spec()
+    world = NetworkState(
+        spec, {("a", "b"): constant(20.0), ("b", "c"): constant(40.0)}, downtime={"b": [(10, 20), (50, 60)]}
+    )
+    snap = world.snapshot(55.0, failure_window_s=300.0)
+    assert snap.failure_window_s == 55.0  # clipped at the world's start
+    assert snap.failures == {"a": 0, "b": 2, "c": 0}
+    assert snap.uptime_s == {"a": 55.0, "b": 55.0 - 10.0 - 5.0, "c": 55.0}
+    assert snap.failure_rate("b") == pytest.approx(2 / 40.0) and snap.failure_rate("a") == 0.0
+    recent = world.snapshot(55.0, failure_window_s=30.0)  # only the second failure, 5 s of it down
+    assert recent.failures["b"] == 1 and recent.uptime_s["b"] == 25.0
+    assert NetworkState.static(spec).snapshot(5.0).failure_rate("b") == 0.0
+    with pytest.raises(NetworkError, match="failure_window_s"):
+        world.snapshot(5.0, failure_window_s=-1.0)
+
+
+def test_foresight_prices_plans_on_the_world_itself_and_drops_devices_about_to_fail():
+    from env.cost_model import CostModel
+    from runtime import models
+    from runtime.graph import LayerGraph
+    from runtime.plan import Plan
+
+    spec = _line_spec()
+    world = NetworkState(
+        spec, {("a", "b"): _drop_at_10(), ("b", "c"): constant(40.0)}, downtime={"b": [(12.0, 30.0)]}
+    )
+    ahead = world.foresight(8.0, 5.0)
+    assert ahead.available == {"a", "c"}  # b fails within the horizon
+    assert world.foresight(8.0, 3.9).available == {"a", "b", "c"}
+    assert ahead.link_mbps[("a", "b")] == pytest.approx((2 * 20.0 + 3 * 2.0) / 5)
+    graph = LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+    model = CostModel(graph, spec)
+    plan = Plan.build("a", "c", [(0, len(graph.units), {"b": 1.0})])
+    t = 9.999  # the input crosses a-b as it drops 10x
+    future = world.foresight(t, 1.0)
+    assert model.latency(plan, future, t) == model.latency(plan, world, t)  # the traces, not a mean
+    assert model.latency(plan, future, t) > 2 * model.latency(plan, world.snapshot(t), t)
+    with pytest.raises(NetworkError, match="horizon_s"):
+        world.foresight(1.0, 0.0)

@@ -122,7 +122,8 @@ def test_plans_validate_and_use_only_available_devices(name, tiny, tiny3):
     for snap in cases:
         for objective in (LATENCY, ENERGY):
             # the exhaustive search over tiny3's 12,288 shapes takes seconds; the descent is the riskier path
-            options = {"exact_limit": 2000} if name == "optimal" else {}
+            # (the robust optimiser passes the option to the snapshot optimiser it is built on)
+            options = {"exact_limit": 2000} if name in ("optimal", "snapshot-optimal") else {}
             plan = make_planner(name, **options).plan(snap, tiny, objective)
             plan.validate(tiny, snap.spec.device_ids)
             assert (plan.source, plan.sink) == (snap.source, snap.sink)
@@ -250,3 +251,19 @@ def test_modnn_gathers_at_the_source_after_every_split_layer(tiny):
     assert all(a != b for a, b in itertools.pairwise(owner_only))  # split, gather, split, ...
     p2p = MoDNN(gather=False).plan(snap, tiny, LATENCY)
     assert all(len(st.devices) > 1 for st in p2p.stages)
+
+
+def test_deepthings_shares_tiles_by_speed_and_its_equal_reading_is_bound_by_the_slowest():
+    graph = LayerGraph.from_model(models.build("tiny"), (3, 128, 128), "tiny")  # rows enough for 5 bands
+    snap = snapshot(five_spec())
+    stealing, equal = make_planner("deepthings"), make_planner("deepthings-equal")
+    fused = stealing.plan(snap, graph, LATENCY).stages[0]
+    fused_equal = equal.plan(snap, graph, LATENCY).stages[0]
+    assert fused.devices == fused_equal.devices and len(fused.devices) == 5
+    speed_total = sum(snap.device_gflops(d) for d in fused.devices)
+    share_total = sum(a.share for a in fused.assignments)
+    for a in fused.assignments:
+        assert a.share / share_total == pytest.approx(snap.device_gflops(a.device) / speed_total)
+    assert len({a.share for a in fused_equal.assignments}) == 1
+    faster = score(graph, snap, stealing.plan(snap, graph, LATENCY), LATENCY)
+    assert faster < score(graph, snap, equal.plan(snap, graph, LATENCY), LATENCY)

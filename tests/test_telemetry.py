@@ -22,6 +22,7 @@ class Telemetry:
         self.in_transit: list[tuple[str, str, int, float]] = []
         self.compute_samples = list(compute)
         self.available = frozenset(SPEC.devices)
+        self.failures: list[tuple[float, str]] = []  # (wall time, device) found down by heartbeats
         self.clock = 12.5
 
     def transfer(self, a: str, b: str, mbps: float, seconds: float = 0.5, ago: float = 0.0) -> None:
@@ -230,3 +231,20 @@ def test_links_measured_before_a_transfer_got_stuck_do_not_outvote_it():
     assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)
     for key in [*early, link_key("0", "9")]:
         assert snap.link_mbps[key] == pytest.approx(spec_mbps[key] / 10, rel=0.01), key
+
+
+def test_failures_found_by_heartbeats_become_the_snapshots_failure_evidence():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel, failure_window_s=300.0)
+    view._started -= 100.0  # the view has watched the cluster for 100 s
+    assert view.snapshot().failures == dict.fromkeys(SPEC.devices, 0)
+    tel.failures.append((time.time() - 30.0, "4"))  # found down 30 s ago, still down
+    tel.available = frozenset(SPEC.devices) - {"4"}
+    snap = view.snapshot()
+    assert snap.failures["4"] == 1 and sum(snap.failures.values()) == 1
+    assert snap.uptime_s["4"] == pytest.approx(70.0, abs=0.5)
+    assert snap.uptime_s["0"] == pytest.approx(100.0, abs=0.5) == snap.failure_window_s
+    assert snap.failure_rate("4") > 0 == snap.failure_rate("0")
+    tel.available = frozenset(SPEC.devices)  # back: its outage ends at this snapshot
+    back = view.snapshot()
+    assert back.failures["4"] == 1 and back.uptime_s["4"] == pytest.approx(70.0, abs=0.5)

@@ -14,7 +14,7 @@ import zmq
 import zmq.auth
 from curve_strangers import plain, untrusted
 
-from runtime.security import generate_keypairs, main, secure_client, secure_server
+from runtime.security import KeyFileError, generate_keypairs, main, secure_client, secure_server
 from runtime.transport import (
     MAX_ELEMENTS,
     MAX_HEADER_BYTES,
@@ -307,9 +307,9 @@ def test_fuzzed_frames_decode_or_raise_protocol_error_only():
 def curve_server(tmp_path, ctx):
     """A CURVE ROUTER that answers each ping with a pong; yields (keys dir, endpoint, serve)."""
     keys = tmp_path / "keys"
-    generate_keypairs(keys, ["controller", "0"])
+    generate_keypairs(keys, ["worker", "controller", "0"])
     server = _socket(ctx, zmq.ROUTER)
-    auth = secure_server(server, keys, ctx)
+    auth = secure_server(server, keys, ctx, "worker")
     endpoint = f"tcp://127.0.0.1:{server.bind_to_random_port('tcp://127.0.0.1')}"
 
     def serve(wait_ms: int) -> bool:
@@ -331,7 +331,7 @@ def _ping(client: zmq.Socket, endpoint: str, rid: int) -> None:
 def test_curve_authorised_client_gets_a_reply(curve_server, ctx):
     keys, endpoint, serve = curve_server
     client = _socket(ctx, zmq.DEALER)
-    secure_client(client, keys, "controller")
+    secure_client(client, keys, "controller", "worker")
     _ping(client, endpoint, 3)
     assert serve(TIMEOUT_MS)
     assert client.poll(TIMEOUT_MS)
@@ -344,7 +344,7 @@ def test_curve_rejected_client_gets_nothing_while_authorised_one_is_served(
 ):
     keys, endpoint, serve = curve_server
     intruder = _socket(ctx, zmq.DEALER)
-    setup(intruder, keys, tmp_path)
+    setup(intruder, keys, "worker", tmp_path)
     try:
         _ping(intruder, endpoint, 1)
     except zmq.Again:
@@ -353,25 +353,48 @@ def test_curve_rejected_client_gets_nothing_while_authorised_one_is_served(
     assert not intruder.poll(SILENCE_MS)  # ...and nothing comes back
 
     member = _socket(ctx, zmq.DEALER)
-    secure_client(member, keys, "0")
+    secure_client(member, keys, "0", "worker")
     _ping(member, endpoint, 2)
     assert serve(TIMEOUT_MS) and member.poll(TIMEOUT_MS)
     assert recv(member).header.rid == 2
     assert not intruder.poll(0)
 
 
-def test_keygen_cli_writes_private_keys_and_adds_clients_without_touching_the_server(tmp_path, capsys):
+def test_keygen_cli_writes_private_keys_from_the_start_and_adds_keys_without_overwriting(tmp_path, capsys):
     keys = tmp_path / "keys"
     main(["keygen", str(keys), "--clients", "controller", "0"])
     assert "controller, 0" in capsys.readouterr().out
-    server_key = (keys / "server.key").read_text()
+    controller_key = (keys / "controller.key_secret").read_text()
     main(["keygen", str(keys), "--count", "2"])
-    assert (keys / "server.key").read_text() == server_key
+    assert (keys / "controller.key_secret").read_text() == controller_key
     authorized = sorted(p.name for p in (keys / "authorized").iterdir())
     assert authorized == ["0.key", "client0.key", "client1.key", "controller.key"]
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
     for secret in keys.glob("*.key_secret"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     with pytest.raises(SystemExit) as exit_info:
         main(["keygen", str(keys), "--clients", "0"])
     assert exit_info.value.code == 2
     assert "already exist" in capsys.readouterr().err
+
+
+def test_keygen_makes_a_key_per_device_of_a_cluster_file_and_the_controller(tmp_path, capsys):
+    keys = tmp_path / "keys"
+    main(["keygen", str(keys), "--cluster", "configs/clusters/tiny3.yaml"])
+    names = sorted(p.stem for p in (keys / "authorized").iterdir())
+    assert "controller" in names and len(names) == 4
+    assert {p.name.removesuffix(".key_secret") for p in keys.glob("*.key_secret")} == set(names)
+    with pytest.raises(SystemExit):
+        main(["keygen", str(tmp_path / "other"), "--cluster", str(tmp_path / "missing.yaml")])
+    assert "cluster file" in capsys.readouterr().err
+
+
+def test_a_missing_or_exposed_own_key_is_a_clear_error(tmp_path, ctx):
+    keys = tmp_path / "keys"
+    generate_keypairs(keys, ["worker"])
+    server = _socket(ctx, zmq.ROUTER)
+    with pytest.raises(KeyFileError, match="cannot read the key of 'pi-9'"):
+        secure_server(server, keys, ctx, "pi-9")
+    (keys / "worker.key_secret").chmod(0o644)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        secure_server(server, keys, ctx, "worker")

@@ -251,7 +251,7 @@ def test_curve_cluster_serves_its_controller_and_refuses_strangers(
         for dev in ("s0", "s1"):
             sock = ctx.socket(zmq.DEALER)
             sock.linger, sock.sndtimeo = 0, 500
-            setup(sock, keys, tmp_path)
+            setup(sock, keys, dev, tmp_path)
             sock.connect(cluster.endpoints[dev])
             try:
                 send(sock, Header(Kind.PING, 1))

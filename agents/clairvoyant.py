@@ -1,0 +1,60 @@
+"""The clairvoyant reference (``clairvoyant``, evaluation only): the ceiling for any online planner.
+
+It plans each request on the world's true future over that request (``NetworkState.foresight``: the
+traces themselves, device load, and who stays up), with the snapshot optimiser, so every candidate is
+priced on the world itself. The future it looks at has to cover the request, whose length depends on the
+plan: starting from ``first_horizon_s`` it re-plans on a longer window while the plan it found takes
+longer than the window it was planned on (devices that go down later than that are no risk to it).
+
+It is a search, not an enumeration: on large instances another planner can beat it on some requests, so
+a regret may be negative there. Every comparison reports each agent's regret against it
+(agents/evaluation.py).
+"""
+
+from __future__ import annotations
+
+from agents.base import Decision, Planner
+from agents.optimizer import OptimalPlanner
+from env.cost_model import CostModel, Objective
+from env.network import NetworkState, Snapshot
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+
+class Clairvoyant(Planner):
+    """The snapshot optimiser on the world's true future over each request (module doc). Optimiser
+    options go to the snapshot optimiser it is built on."""
+
+    name = "clairvoyant"
+    ROUNDS = 4  # re-plans on a longer window at most this often
+
+    def __init__(
+        self,
+        cost_model: CostModel | None = None,
+        *,
+        world: NetworkState,
+        first_horizon_s: float = 2.0,
+        **optimiser_options,
+    ) -> None:
+        super().__init__(cost_model)
+        self.world = world
+        self.first_horizon_s = first_horizon_s
+        self.optimiser = OptimalPlanner(cost_model, **optimiser_options)
+        self.last_score: float | None = None
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        model = self.cost_model(graph, snapshot.spec)
+        t, horizon = snapshot.time, self.first_horizon_s
+        for _ in range(self.ROUNDS):
+            plan = self.optimiser.plan(self.world.foresight(t, horizon), graph, objective)
+            latency = model.cost(plan, self.world, t).latency_s
+            if latency <= horizon:
+                break
+            horizon = latency
+        self.last_score = objective.score(model.cost(plan, self.world, t))
+        return plan
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        """The plan with its objective in the world."""
+        plan = self.plan(snapshot, graph, objective)
+        return Decision(plan, score=self.last_score)

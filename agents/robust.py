@@ -1,0 +1,153 @@
+"""The robust online optimiser (``optimal``): the best plan for what a monitor knows about uncertainty.
+
+The snapshot optimiser (agents/optimizer.py, ``snapshot-optimal``) takes the measured bandwidths as if
+they held for the whole request; where links wander its plans are fragile, and it cannot see that a
+device keeps failing. This planner prices both from the snapshot alone (never the future):
+
+- **link variability**: a plan's objective is its mean over scenarios drawn from the history window,
+  one scenario per second of history (every link at its mean over that second, so links that faded
+  together stay together). A transfer's time is bytes / rate, so a plan leaning on a wandering link
+  pays for its slow seconds more than its fast ones repay;
+- **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
+  seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
+  quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
+  devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
+  on the best single device, so that probability is charged the retry's objective.
+
+Search: candidates are the snapshot optimiser's plan on a *harmonic* view (each link at the harmonic
+mean of its history, the rate at which a transfer's expected time is right), its plan on that view
+without the devices that failed in the window (only when some did), and every baseline's plan; all are
+priced as above, and a local search (agents/local_search.py) under the same pricing improves the best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from agents.base import Decision, Planner, PlannerError
+from agents.local_search import PlanSearch
+from agents.optimizer import OptimalPlanner
+from env.completion import Shape, complete, net_view
+from env.cost_model import CostModel, Objective
+from env.network import Snapshot, link_key
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+
+def history_scenarios(snapshot: Snapshot) -> list[Snapshot]:
+    """One snapshot per second of link history (every link at its mean over that second); the snapshot
+    itself when it has no history."""
+    keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
+    width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
+    if width == 0:
+        return [snapshot]
+    return [
+        replace(snapshot, link_mbps={k: snapshot.link_history[k][-width + j] for k in keys})
+        for j in range(width)
+    ]
+
+
+def harmonic_view(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with each link at the harmonic mean of its history (a link that measured 0 in some
+    second stays at its windowed mean, which already counts that second)."""
+    rates = {}
+    for key, mbps in snapshot.link_mbps.items():
+        history = snapshot.link_history.get(key, ())
+        rates[key] = len(history) / sum(1 / r for r in history) if history and min(history) > 0 else mbps
+    return replace(snapshot, link_mbps=rates)
+
+
+def failure_rates(snapshot: Snapshot, prior_s: float) -> dict[str, float]:
+    """Failures per second of every device: its own evidence shrunk towards the cluster's pooled rate
+    by ``prior_s`` seconds of it (all 0 when nothing failed in the window)."""
+    seen = sum(snapshot.failures.values())
+    if seen == 0:
+        return dict.fromkeys(snapshot.spec.devices, 0.0)
+    pooled = seen / max(sum(snapshot.uptime_s.values()), 1.0)
+    return {
+        d: (snapshot.failures.get(d, 0) + pooled * prior_s) / (snapshot.uptime_s.get(d, 0.0) + prior_s)
+        for d in snapshot.spec.devices
+    }
+
+
+class RobustSearch(PlanSearch):
+    """A plan search whose price is the expected objective over history scenarios plus the failure risk's
+    expected retry."""
+
+    def __init__(
+        self,
+        model: CostModel,
+        snapshot: Snapshot,
+        graph: LayerGraph,
+        objective: Objective,
+        rates: dict[str, float],
+        retry: float,
+    ):
+        super().__init__(model, snapshot, graph, objective)
+        self.scenarios = history_scenarios(snapshot)
+        self.rates, self.retry = rates, retry
+
+    def price(self, plan: Plan) -> float:
+        t = self.snapshot.time
+        costs = [self.model.cost(plan, s, t) for s in self.scenarios]
+        expected = float(np.mean([self.objective.score(c) for c in costs]))
+        hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
+        if hazard == 0:
+            return expected
+        latency = float(np.mean([c.latency_s for c in costs]))
+        return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
+
+
+class RobustPlanner(Planner):
+    """The snapshot optimiser's plans and the baselines', priced on history scenarios and failure risk,
+    improved by a local search under that price (module doc). Optimiser options go to the snapshot
+    optimiser it is built on."""
+
+    name = "optimal"
+
+    def __init__(
+        self,
+        cost_model: CostModel | None = None,
+        *,
+        refine_evaluations: int = 120,
+        prior_s: float = 60.0,
+        seed: int = 0,
+        **optimiser_options,
+    ) -> None:
+        super().__init__(cost_model)
+        self.optimiser = OptimalPlanner(cost_model, seed=seed, **optimiser_options)
+        self.refine_evaluations = refine_evaluations
+        self.prior_s = prior_s
+        self.seed = seed
+        self.last_score: float | None = None  # the expected objective of the last plan
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        model = self.cost_model(graph, snapshot.spec)
+        rates = failure_rates(snapshot, self.prior_s)
+        single = Shape((0, len(graph.units)), (1,))  # what a failed request is retried on
+        retry = objective.score(
+            model.cost(complete(graph, net_view(snapshot), single), snapshot, snapshot.time)
+        )
+        search = RobustSearch(model, snapshot, graph, objective, rates, retry)
+        view = harmonic_view(snapshot)
+        views = [view]
+        failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
+        if failed and view.available - failed:
+            views.append(replace(view, available=view.available - failed))
+        for v in views:
+            search.consider(self.optimiser.plan(v, graph, objective))
+        for planner in self.optimiser.seed_planners:
+            search.consider(planner.plan(snapshot, graph, objective))
+        search.local_search(self.refine_evaluations, np.random.default_rng(self.seed))
+        if search.best is None:
+            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        self.last_score = search.best_score
+        return search.best
+
+    def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
+        """The plan with its expected objective (no certified bound: the bound is the snapshot's)."""
+        plan = self.plan(snapshot, graph, objective)
+        return Decision(plan, score=self.last_score)

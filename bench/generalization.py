@@ -1,0 +1,258 @@
+"""Every planner on worlds nobody developed on: unseen meshes x held-out recorded traces, with and without
+failures, each planner's mean latency over the clairvoyant's and over the optimiser's.
+
+Cases: one mesh of the DISNET generator family per size (env/meshes.py, seeds from ``EVAL_SEED_BASE``
+up, which no training config uses), crossed with the recorded trace sets held out from training
+(``pensieve_fcc`` and ``mahimahi`` of ../shared/traces; training uses norway and oboe), the bandwidth
+caps and failures off / on. Each link follows a trace of the set scaled to its (capped) spec bandwidth,
+every device's speed wanders between 0.5 and 1 of nominal, and with failures every device but the source
+and sink fails 0.3 times a minute for 20 s on average (the held-out config's rates). Requests every 5 s
+from t = 60 s (the monitors have a minute of evidence); the sim executor prices them on the world with
+the env's failure rule (a request that loses a device is retried on the best single device, and pays
+for both). Without ../shared (or with ``--traces-dir`` elsewhere) two synthetic sets stand in: a random
+walk and a Markov chain with outages.
+
+The clairvoyant (agents/clairvoyant.py) always runs: it is what "over the clairvoyant" is measured
+against. The target checked at the end: ``optimal``'s mean latency <= every baseline's in every case.
+
+Rerun (figures in the README were taken on a shared 2-core machine):
+    python -m bench.generalization --quick                      # 4 cases, a minute or two
+    python -m bench.generalization [--json out/generalization.json]   # 48 cases
+    python -m bench.generalization --agents optimal,ppo:agents/pretrained/vgg16_mesh.zip --sizes 10,15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agents import PlannerError, make_planner, planner_label
+from agents.evaluation import CLAIRVOYANT, SimExecutor, run_comparison, summarize
+from env.cost_model import CostModel, Objective
+from env.meshes import EVAL_SEED_BASE, mesh_spec
+from env.network import DynamicsConfig, NetworkError, NetworkState
+from runtime import models
+from runtime.graph import LayerGraph
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TRACES = ROOT.parent / "shared" / "traces"
+HELD_OUT = ("pensieve_fcc", "mahimahi")  # never in a training config (configs/train/vgg16_mesh.yaml)
+SYNTHETIC = {
+    "synthetic-walk": {"kind": "random_walk", "mean": 30, "sigma": 6, "lo": 1, "hi": 80},
+    "synthetic-outages": {
+        "kind": "markov_outages",
+        "levels_mbps": [5, 20, 40],
+        "transition": 0.1,
+        "outage_prob": 0.01,
+        "outage_len": 3,
+    },
+}
+BASELINES = (
+    "disnet",
+    "modnn",
+    "modnn-p2p",
+    "deepslicing",
+    "deepthings",
+    "deepthings-equal",
+    "neurosurgeon",
+    "local",
+)
+OPTIMISER = "optimal"
+DEFAULT_AGENTS = ",".join((OPTIMISER, "snapshot-optimal", *BASELINES))
+LOAD = {"kind": "random_walk", "lo": 0.5, "hi": 1.0, "sigma": 0.05}
+FAILURES = {"rate_per_min": 0.3, "mean_downtime_s": 20}
+START_S, GAP_S, HORIZON_S = 60.0, 5.0, 600.0
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def trace_sets(traces_dir: Path | None) -> dict[str, dict]:
+    """The held-out recorded sets found in ``traces_dir`` as trace specs; the synthetic sets without it."""
+    found = {}
+    if traces_dir is not None:
+        found = {
+            name: {"kind": "dir", "path": str(traces_dir / name)}
+            for name in HELD_OUT
+            if (traces_dir / name).is_dir()
+        }
+    return found or dict(SYNTHETIC)
+
+
+def world_for(spec, links: dict, failures: bool, seed: int) -> NetworkState:
+    """One world of a case: every link on traces of ``links`` scaled to its spec, load, maybe failures."""
+    dynamics = DynamicsConfig.parse(
+        {
+            "links": {"default": links},
+            "load": LOAD,
+            "failures": FAILURES if failures else {},
+            "horizon_s": HORIZON_S,
+            "seed": seed,
+        },
+        origin="bench.generalization",
+    )
+    return NetworkState.sample(spec, dynamics, np.random.default_rng(seed))
+
+
+def run_case(graph: LayerGraph, agents: list[str], case: dict, requests: int, links: dict) -> dict:
+    """Every agent (and the clairvoyant) on the same requests of one case; per agent the summary and its
+    mean latency over the clairvoyant's and the optimiser's."""
+    spec = mesh_spec(case["devices"], case["mesh_seed"], bandwidth_cap=case["cap_mbps"])
+    world = world_for(spec, links, case["failures"], case["mesh_seed"] + 7)
+    cost = CostModel(graph, spec)
+    planners = {CLAIRVOYANT: make_planner(CLAIRVOYANT, cost_model=cost, world=world)}
+    planners |= {planner_label(name): make_planner(name, cost_model=cost) for name in agents}
+    records = run_comparison(
+        planners,
+        lambda i: world.snapshot(START_S + i * GAP_S),
+        requests,
+        graph,
+        Objective(),
+        SimExecutor(cost, world),
+    )
+    summary = summarize(records)
+    ceiling = summary[CLAIRVOYANT]["latency_mean_s"]
+    optimiser = summary[OPTIMISER]["latency_mean_s"] if OPTIMISER in summary else None
+    out = {}
+    for name, s in summary.items():
+        out[name] = {
+            key: s[key]
+            for key in (
+                "latency_mean_s",
+                "regret_mean",
+                "fallbacks",
+                "failed_requests",
+                "decision_time_mean_s",
+                "bound_gap_median",
+            )
+        }
+        out[name]["vs_clairvoyant"] = s["latency_mean_s"] / ceiling
+        out[name]["vs_optimal"] = None if optimiser is None else s["latency_mean_s"] / optimiser
+    return {**case, "mesh": spec.name, "agents": out}
+
+
+def cases(sizes: list[int], sets: list[str], caps: list[float], failures: list[bool]) -> list[dict]:
+    """The crossed cases; the mesh of size n has seed ``EVAL_SEED_BASE + n`` (unseen in training)."""
+    return [
+        {"devices": n, "mesh_seed": EVAL_SEED_BASE + n, "traces": t, "cap_mbps": c, "failures": f}
+        for n in sizes
+        for t in sets
+        for c in caps
+        for f in failures
+    ]
+
+
+def target_misses(results: list[dict]) -> list[str]:
+    """Cases where a baseline's mean latency beat the optimiser's, as 'case: baseline (ratio)'."""
+    misses = []
+    for r in results:
+        agents = r["agents"]
+        if OPTIMISER not in agents:
+            continue
+        for name in BASELINES:
+            if name in agents and agents[name]["latency_mean_s"] < agents[OPTIMISER]["latency_mean_s"]:
+                misses.append(f"{case_label(r)}: {name} ({agents[name]['vs_optimal']:.3f}x the optimiser)")
+    return misses
+
+
+def case_label(case: dict) -> str:
+    """``n10 mahimahi 15M F``: devices, trace set, cap in Mbit/s, F with failures."""
+    return f"n{case['devices']} {case['traces']} {case['cap_mbps']:g}M" + (" F" if case["failures"] else "")
+
+
+def print_table(results: list[dict], key: str, title: str) -> None:
+    names = list(results[0]["agents"])
+    table = Table(title=title)
+    table.add_column("case")
+    for name in names:
+        table.add_column(name, justify="right")
+    for r in results:
+        cells = []
+        for name in names:
+            value = r["agents"][name][key]
+            fallbacks = r["agents"][name]["fallbacks"]
+            cells.append(
+                "-" if value is None else f"{value:.3f}" + (f" ({fallbacks} fb)" if fallbacks else "")
+            )
+        table.add_row(case_label(r), *cells)
+    console.print(table)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default=DEFAULT_AGENTS, help="comma list; ppo:PATH and friends allowed")
+    parser.add_argument("--quick", action="store_true", help="4 cases of 3 requests (sizes 6,10, one set)")
+    parser.add_argument("--sizes", default=None, help="mesh sizes, 6..20 (default 6,10,15,20)")
+    parser.add_argument("--caps", default=None, help="bandwidth caps in Mbit/s (default 10,15,25)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per case (default 6)")
+    parser.add_argument("--traces-dir", type=Path, default=SHARED_TRACES, help="folder of the trace sets")
+    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    parser.add_argument("--json", type=Path, default=None, help="write the cases and summary here")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(x) for x in (args.sizes or ("6,10" if args.quick else "6,10,15,20")).split(",")]
+        args.caps = [float(x) for x in (args.caps or ("15" if args.quick else "10,15,25")).split(",")]
+    except ValueError as exc:
+        parser.error(f"--sizes and --caps take comma lists of numbers ({exc})")
+    if any(not 6 <= n <= 20 for n in args.sizes):
+        parser.error("--sizes: the generator family's meshes here have 6 to 20 devices")
+    if any(c <= 0 for c in args.caps):
+        parser.error("--caps must be positive")
+    args.requests = args.requests or (3 if args.quick else 6)
+    if args.requests < 1:
+        parser.error("--requests must be >= 1")
+    args.agents = [a for a in args.agents.split(",") if a and a != CLAIRVOYANT]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    sets = trace_sets(args.traces_dir if args.traces_dir.is_dir() else None)
+    if args.quick:
+        sets = dict(list(sets.items())[:1])
+    if not set(sets) & set(HELD_OUT):
+        console.print(f"[yellow]no held-out trace sets in {args.traces_dir}: synthetic traces stand in")
+    try:
+        for name in args.agents:  # a bad name fails now, not after the first cases
+            make_planner(name)
+    except PlannerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)
+    todo = cases(args.sizes, list(sets), args.caps, [False, True])
+    results = []
+    try:
+        for i, case in enumerate(todo):
+            console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
+            results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]]))
+    except (PlannerError, NetworkError, models.ModelError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")
+    print_table(results, "vs_clairvoyant", "mean latency / the clairvoyant's")
+    print_table(results, "vs_optimal", "mean latency / the optimiser's (optimal)")
+    misses = target_misses(results)
+    verdict = "met in every case" if not misses else f"missed in {len(misses)}: " + "; ".join(misses)
+    console.print(f"target (optimal <= every baseline): {verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "model": args.model,
+            "requests_per_case": args.requests,
+            "trace_sets": sets,
+            "target_misses": misses,
+            "cases": results,
+        }
+        args.json.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

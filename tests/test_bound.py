@@ -1,0 +1,166 @@
+"""The certified lower bound: below the cost of every plan (random meshes, random plans, every planner's
+plans, random speeds, bandwidths and failures), equal to the optimum where the full plan space is
+enumerated, and a PlannerError naming the reason where no plan can serve."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from agents import PLANNERS, OptimalPlanner, PlannerError, make_planner
+from agents.bound import lower_bound
+from agents.plan_space import full_plan_space, plan_space_size
+from env.cost_model import CostModel, Objective
+from env.meshes import mesh_spec
+from env.network import NetworkState
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+torch.set_num_threads(1)
+OBJECTIVES = (Objective("latency"), Objective("energy"), Objective("weighted", 0.1))
+TINY = LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+
+
+def small_graph(rows: int = 4) -> LayerGraph:
+    """conv | pool | conv on a ``rows`` x ``rows`` image: a plan space small enough to enumerate."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()
+    )
+    return LayerGraph.from_model(net, (1, rows, rows), "small")
+
+
+def world(n_devices: int, seed: int, cap: float, rng: np.random.Generator, down: int = 0):
+    """A DISNET-family mesh's static snapshot with random measured speeds and bandwidths (at most
+    ``cap``) and ``down`` devices other than the source unavailable."""
+    spec = mesh_spec(n_devices, seed, bandwidth_cap=cap)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    others = [d for d in spec.device_ids if d != snap.source]
+    failed = set(rng.choice(others, size=min(down, len(others)), replace=False).tolist())
+    return replace(
+        snap,
+        available=snap.available - failed,
+        speed={d: float(rng.uniform(0.3, 1.2)) for d in snap.speed},
+        link_mbps={k: float(rng.uniform(0.2, 1.0)) * v for k, v in snap.link_mbps.items()},
+    )
+
+
+def random_plan(graph: LayerGraph, devices: list[str], snap, rng: np.random.Generator) -> Plan:
+    """Random cuts, random device subsets in random order, random shares (any plan of the full space)."""
+    inner = graph.cut_points[1:-1]
+    cuts = sorted(c for c in inner if rng.random() < 0.4)
+    stages = []
+    for start, end in itertools.pairwise((0, *cuts, len(graph.units))):
+        k = int(rng.integers(1, min(len(devices), graph.extent(end)) + 1))
+        chosen = rng.choice(devices, size=k, replace=False)
+        stages.append((start, end, {str(d): float(rng.uniform(0.2, 3.0)) for d in chosen}))
+    return Plan.build(snap.source, snap.sink, stages)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_devices=st.integers(2, 7),
+    seed=st.integers(0, 10_000),
+    cap=st.sampled_from([1.0, 10.0, 50.0]),
+    down=st.integers(0, 2),
+    draw=st.integers(0, 2**32 - 1),
+)
+def test_bound_is_below_the_cost_of_every_plan(n_devices, seed, cap, down, draw):
+    rng = np.random.default_rng(draw)
+    snap = world(n_devices, seed, cap, rng, down)
+    devices = [d for d in snap.spec.device_ids if d in snap.available]
+    model = CostModel(TINY, snap.spec)
+    plans = [random_plan(TINY, devices, snap, rng) for _ in range(6)]
+    plans += [make_planner(name, cost_model=model).plan(snap, TINY, OBJECTIVES[0]) for name in PLANNERS]
+    for objective in OBJECTIVES:
+        bound = lower_bound(snap, TINY, objective, model)
+        assert bound > 0
+        for plan in plans:
+            assert objective.score(model.predict(plan, snap)) >= bound, (objective, plan.describe())
+
+
+def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
+    """The model the targets are about: VGG-16's band tables and fully connected tail."""
+    graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
+    snap = world(6, 1_000_001, 15.0, np.random.default_rng(3))
+    model = CostModel(graph, snap.spec)
+    end = len(graph.units)
+    plans = [Plan.build(snap.source, snap.sink, [(0, end, {d: 1.0})]) for d in snap.spec.device_ids]
+    plans.append(OptimalPlanner(model).plan(snap, graph, OBJECTIVES[0]))
+    for objective in OBJECTIVES[:2]:
+        bound = lower_bound(snap, graph, objective, model)
+        assert 0 < bound <= min(objective.score(model.predict(p, snap)) for p in plans)
+
+
+def test_full_plan_space_is_every_distinct_valid_plan():
+    """Counted by hand for 2 devices: extents 4 (conv), 2 (pool), 2 (conv); a stage of extent E has
+    2 one-device plans and 2 (E - 1) two-device ones: 8 for E = 4, 4 for E = 2. Segmentations:
+    {conv pool conv} 4, {conv | pool conv} 8 x 4, {conv pool | conv} 4 x 4, {conv | pool | conv} 8 x 4 x 4."""
+    graph = small_graph()
+    spec = mesh_spec(2, 0)
+    plans = list(full_plan_space(graph, spec.device_ids, spec.source, spec.sink))
+    assert len(plans) == plan_space_size(graph, 2) == 4 + 32 + 16 + 128
+    assert len(set(plans)) == len(plans)
+    for plan in plans:
+        plan.validate(graph, spec.device_ids)
+
+
+@pytest.mark.parametrize(("n_devices", "seed"), [(2, 4), (3, 11)])
+def test_small_instances_are_solved_exactly_gap_zero(n_devices, seed):
+    """Where the whole plan space is enumerated, the decision is the optimum and its own bound; the LP
+    bound is below it and no planner's plan nor any random plan beats it."""
+    graph = small_graph()
+    snap = world(n_devices, seed, 1.0, np.random.default_rng(seed))
+    model = CostModel(graph, snap.spec)
+    rng = np.random.default_rng(seed)
+    devices = list(snap.spec.device_ids)
+    for objective in OBJECTIVES:
+        planner = OptimalPlanner(model)
+        decision = planner.decide(snap, graph, objective)
+        assert planner.last_stats.full_space and decision.gap == 0.0
+        assert lower_bound(snap, graph, objective, model) <= decision.bound
+        others = [make_planner(n, cost_model=model).plan(snap, graph, objective) for n in PLANNERS]
+        others += [random_plan(graph, devices, snap, rng) for _ in range(20)]
+        assert decision.score <= min(objective.score(model.predict(p, snap)) for p in others)
+
+
+def test_optimiser_decision_reports_bound_and_gap():
+    snap = world(6, 1_000_003, 10.0, np.random.default_rng(0))
+    planner = OptimalPlanner(CostModel(TINY, snap.spec))
+    decision = planner.decide(snap, TINY, OBJECTIVES[0])
+    assert not planner.last_stats.full_space
+    assert 0 < decision.bound <= decision.score
+    assert decision.gap == pytest.approx(decision.score / decision.bound - 1)
+    assert planner.last_stats.gap == decision.gap
+
+
+def test_instances_no_plan_can_serve_are_errors_naming_the_reason():
+    spec = mesh_spec(4, 7)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    model = CostModel(TINY, spec)
+    tiny_memory = replace(spec, devices={d: replace(dev, memory_mb=1e-4) for d, dev in spec.devices.items()})
+    cases = {
+        "weights": replace(snap, spec=tiny_memory),
+        "source .* is cut off": replace(
+            snap,
+            available=frozenset({snap.source}) ^ snap.available,
+            link_mbps={k: (0.0 if snap.source in k else v) for k, v in snap.link_mbps.items()},
+        ),
+        "sink .* is cut off": replace(
+            snap, link_mbps={k: (0.0 if snap.sink in k else v) for k, v in snap.link_mbps.items()}
+        ),
+    }
+    for reason, bad in cases.items():
+        bad_model = model if bad.spec is spec else CostModel(TINY, bad.spec)
+        with pytest.raises(PlannerError, match=reason):
+            lower_bound(bad, TINY, OBJECTIVES[0], bad_model)
+        with pytest.raises(PlannerError, match=reason):
+            OptimalPlanner(bad_model).decide(bad, TINY, OBJECTIVES[0])
