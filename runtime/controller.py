@@ -211,7 +211,7 @@ class _Pending:
     abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
     abandoned_j: float = 0.0  # their energy: radio (transfers reported) and compute (as workers drop them)
     output: torch.Tensor | None = None
-    done_at: float = 0.0  # sink's clock
+    done_at: float = 0.0  # when the sink had the output (controller's clock)
     received: float = 0.0  # controller's clock
     telemetry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error: dict[str, Any] | None = None
@@ -648,7 +648,7 @@ class Controller:
     def _dispatch(self, dev: str, msg: Message) -> None:
         kind, meta = msg.header.kind, msg.header.meta
         peer = self._peers[dev]
-        if kind in (Kind.RESULT, Kind.PROGRESS):
+        if kind == Kind.PROGRESS:  # (a RESULT's time is moved as it is accepted)
             meta = _on_controller_clock(meta, peer.clock)
         elif kind == Kind.TELEMETRY and isinstance(meta.get("events"), list):
             events = [
@@ -736,7 +736,7 @@ class Controller:
                 want,
             )
             return
-        p.output, p.done_at, p.received = out.clone(), done, time.time()
+        p.output, p.done_at, p.received = out.clone(), self._peers[dev].clock.to_controller(done), time.time()
 
     def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
         """A transfer started, reported the bytes it carried so far (tick), ended or was cut short on
@@ -1003,7 +1003,7 @@ class Controller:
         self._forget(p)
 
 
-_STAMPS = frozenset(("t", "ready", "start", "end", "queued", "arrive", "at", "done"))  # worker clock times
+_STAMPS = frozenset(("t", "ready", "start", "end", "queued", "arrive", "at"))  # worker clock times
 
 
 def _on_controller_clock(meta: dict[str, Any], clock: ClockOffset) -> dict[str, Any]:
