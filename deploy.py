@@ -1,12 +1,19 @@
 """Serve inference on a cluster with a planner that adapts online; or run the end-to-end demo.
 
   python deploy.py --cluster CONFIG --model NAME --agent ppo:PATH|optimal|disnet|... \
-      [--requests N | --duration S] [--traces DIR | --collapse] [--static] [--chaos] [--json OUT] \
-      [--cost profile|flops] [--profile FILE]
+      [--requests N | --duration S] [--arrival-every S | --fps F]
+      [--traces DIR|FILE|synthetic [--trace-mode sample|replay] | --collapse] [--bandwidth-cap MBPS]
+      [--static] [--chaos] [--json OUT] [--cost profile|flops] [--profile FILE] [--network emulated|kernel]
   python deploy.py --demo
   python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--json OUT]   (several cameras)
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
+Closed loop by default (the next request enters when the cluster has room); ``--arrival-every S`` or
+``--fps F`` serve a camera instead: a request arrives every S seconds whatever the cluster does, and its
+latency counts from its arrival (waiting included). ``--trace-mode sample`` gives every link its own piece
+of the traces (a random file of a folder, from a random offset, rescaled to the link's spec bandwidth);
+``replay`` plays one recorded trace file on every link from t=0 as recorded (looping at its end), so a
+recorded collapse collapses every link at once.
 ``--demo`` serves VGG-16 on a local 10-device cluster like disnet-mesh0 with the shipped PPO policy, then
 with the analytic optimiser and two baselines, each replaying the same synthetic link traces from t=0
 (the cluster's emulation clock restarts per planner), checks every output against the unsplit model and
@@ -66,6 +73,14 @@ def world_for(spec, args) -> NetworkState:
     elif args.traces == "synthetic":  # every link wanders around its spec bandwidth
         walk = {"kind": "random_walk", "mean": 1.0, "sigma": 0.25, "lo": 0.2, "hi": 1.5, "duration": 600.0}
         dynamics = {"links": {"default": walk}, "seed": args.seed}
+    elif args.traces and args.trace_mode == "replay":  # as recorded, from t=0, on every link
+        recorded = {"kind": "file", "path": args.traces, "random_offset": False}
+        dynamics = {
+            "links": {"default": recorded},
+            "scale_to_spec": False,
+            "bandwidth_cap_mbps": args.bandwidth_cap,
+            "seed": args.seed,
+        }
     elif args.traces:
         dynamics = {"links": {"default": args.traces}, "seed": args.seed}
     else:
@@ -99,12 +114,14 @@ def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, o
         replan_every=args.replan_every,
         static=args.static,
         window=args.window,
+        arrival_every_s=args.arrival_every,
         chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
         seed=args.seed,
+        replan_margin=args.replan_margin,
+        restart_clock=True,  # every planner meets the same traces from its first request
     )
     label = planner_label(agent)
     writer = MetricsWriter(out_dir, label.replace(":", "_")) if out_dir else None
-    cluster.controller.restart_clock()
     try:
         report = serve(cluster, model, decide, options, agent=label, console=console, on_result=writer)
     finally:
@@ -153,6 +170,30 @@ def print_table(summaries: list[dict], title: str) -> None:
     console.print(table)
 
 
+def positive(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def margin(text: str) -> float | None:
+    """An argparse type: a share >= 0, or 'off'."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", action="store_true", help="the end-to-end demo (ignores the other options)")
@@ -167,15 +208,47 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, default=None, help="serve for S seconds (at most --requests)"
     )
+    arrivals = parser.add_mutually_exclusive_group()
+    arrivals.add_argument(
+        "--arrival-every",
+        type=positive,
+        default=None,
+        metavar="S",
+        help="open loop: a request arrives every S seconds; latency counts from its arrival",
+    )
+    arrivals.add_argument("--fps", type=positive, default=None, help="open loop at F requests per second")
     parser.add_argument(
         "--traces", default=None, help="trace file or folder the links follow, or 'synthetic'"
     )
+    parser.add_argument(
+        "--trace-mode",
+        choices=("sample", "replay"),
+        default="sample",
+        help="sample: each link a random piece of the traces, rescaled to its spec bandwidth; "
+        "replay: the one --traces FILE on every link from t=0, as recorded",
+    )
     parser.add_argument("--collapse", action="store_true", help="links drop 20 -> 2 Mbit/s for 30 s")
     parser.add_argument("--collapse-at", type=float, default=20.0, help="seconds into the run")
-    parser.add_argument("--bandwidth-cap", type=float, default=None)
+    parser.add_argument(
+        "--bandwidth-cap",
+        type=positive,
+        default=None,
+        metavar="MBPS",
+        help="cap every link of the cluster file at MBPS Mbit/s (what planners assume before measuring; "
+        "sampled traces are rescaled to the capped bandwidth, so they may exceed it for a while); "
+        "with --trace-mode replay the replayed trace is also capped at MBPS at every instant",
+    )
     parser.add_argument("--static", action="store_true", help="plan once at the start, never again")
     parser.add_argument("--chaos", action="store_true", help="kill and restart 3 workers during the run")
     parser.add_argument("--replan-every", type=int, default=10)
+    parser.add_argument(
+        "--replan-margin",
+        type=margin,
+        default=ServeOptions.replan_margin,
+        help="a new plan replaces the one in force only if, priced on the same snapshot, it gains more "
+        "than this share of its score plus the swap's measured cost; 'off': any different plan (default "
+        "%(default)s)",
+    )
     parser.add_argument("--window", type=int, default=1, help="requests in flight (pipelining)")
     parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
     parser.add_argument("--energy-weight", type=float, default=0.0)
@@ -201,6 +274,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.traces = "synthetic"
     if not args.cluster:
         parser.error("--cluster is required (or use --demo)")
+    if args.fps is not None:
+        args.arrival_every = 1.0 / args.fps
+    if args.arrival_every is not None and args.window != 1:
+        parser.error("open-loop serving (--arrival-every/--fps) runs one request at a time (--window 1)")
+    if args.collapse and args.traces:
+        parser.error("--collapse and --traces both set the links: choose one")
+    if args.trace_mode == "replay" and not (args.traces and Path(args.traces).is_file()):
+        parser.error("--trace-mode replay needs --traces FILE: one recorded trace file (not a folder)")
     if args.requests < 1 or args.replan_every < 1 or args.window < 1:
         parser.error("--requests, --replan-every and --window must be >= 1")
     return args

@@ -3,7 +3,11 @@
 The loop keeps a live Snapshot (env/telemetry.py: bandwidth from real transfers, speed from compute
 times, liveness from heartbeats) and asks the planner for a new plan every ``replan_every`` requests or
 as soon as conditions move: a link the current plan uses measures more than ``threshold`` away from what
-the plan was made for, a device's speed does, or a device leaves or returns. Plans are hot-swapped
+the plan was made for, a device's speed does, or a device leaves or returns. The new plan replaces the
+one in force only when it pays (``worth_swapping``): both priced by the cost model on the same snapshot,
+its gain must beat ``replan_margin`` x the plan in force's score plus the swap's own cost (the measured
+time of recent hot swaps), so estimates that wobble do not swap plans back and forth (``replan_margin``
+None: any different plan is swapped in, the rule before this one). Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
 handled by the controller, which asks the same planner for a plan without it and re-runs what it
 touched. If the planner fails or returns an invalid plan, the robust optimiser (`optimal`) decides instead.
@@ -14,9 +18,10 @@ Rescue (adaptive runs): conditions can collapse in the middle of a request, and 
 the plan made for the old conditions for as long as it runs (at 20 -> 2 Mbit/s, 12-15 s for a 2.5 s
 plan, while a plan made for 2 Mbit/s takes 5-6 s). So the loop also watches while a request runs
 (``Controller.watch``, every 0.2 s): the live view sees transfers that are overdue before they end, the
-plan is re-made as soon as conditions moved, and a request still running on an older plan is restarted
-on the new one when ``worth_restarting``: the cost model's time for the rest of its attempt under the
-new conditions exceeds ``rescue_margin`` x a fresh start on the new plan. The margin pays for what the
+plan is re-made as soon as conditions moved, and it is swapped in at once only to restart a running
+request on it (otherwise it waits for the request's end), when ``worth_restarting``: the cost model's
+time for the rest of its attempt under the new conditions exceeds ``rescue_margin`` x a fresh start on
+the new plan. The margin pays for what the
 estimate of the rest gets wrong (progress is measured in radio bytes, compute is not) and for the work
 thrown away; a request is rescued at most ``MAX_RESCUES`` times.
 
@@ -44,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.base import Planner
 from agents.robust import RobustPlanner
-from env.cost_model import CostModel, Objective
+from env.cost_model import Cost, CostModel, Objective
 from env.network import Snapshot, link_key
 from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
@@ -72,6 +77,10 @@ class ServeOptions:
     input_pool: int = 4
     seed: int = 0
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
+    # a new plan must gain this share of the score in force (None: any different plan is swapped in)
+    replan_margin: float | None = 0.1
+    # link and speed schedules start at t=0 with the first request (after warm-up)
+    restart_clock: bool = False
 
 
 @dataclass
@@ -201,6 +210,25 @@ def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> boo
     return any(abs(now.link_mbps[k] - made_on.link_mbps[k]) > threshold * made_on.link_mbps[k] for k in used)
 
 
+def worth_swapping(
+    cost: CostModel,
+    objective: Objective,
+    in_force: Plan,
+    candidate: Plan,
+    snapshot: Snapshot,
+    margin: float,
+    swap_s: float,
+) -> bool:
+    """Whether ``candidate`` should replace the plan in force: priced on the same ``snapshot``, its gain
+    beats ``margin`` x the plan in force's score plus what the swap itself costs (``swap_s`` seconds, in
+    the objective's units). A plan in force that needs a device now down is always replaced."""
+    if not in_force.devices <= snapshot.available:
+        return True
+    now = objective.score(cost.cost(in_force, snapshot))
+    new = objective.score(cost.cost(candidate, snapshot))
+    return now - new > margin * now + objective.score(Cost(swap_s, 0.0))
+
+
 def worth_restarting(
     cost: CostModel, running: InFlight, plan: Plan, snapshot: Snapshot, margin: float
 ) -> bool:
@@ -248,25 +276,50 @@ def serve(
     ctl.deploy(decide(made_on))
     replans, kills, tally, rss = 0, 0, Tally(), []
     switched = False  # the plan changed while a request was running
-    cost = decide.planner.cost_model(decide.graph, cluster.spec)  # the rescue rule's (the planner's)
+    cost = decide.planner.cost_model(
+        decide.graph, cluster.spec
+    )  # the replan and rescue rules' (the planner's)
+    swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps: what the next one will cost
 
-    def replan(now: Snapshot, due: bool) -> bool:
-        """Re-make the plan when ``due`` or when conditions moved since it was made; whether it changed."""
-        nonlocal made_on, replans
-        if not (due or moved(ctl.plan, made_on, now, options.threshold)):
-            return False
-        plan, made_on = decide(now), now
+    def swap_in(plan: Plan, now: Snapshot) -> bool:
+        """Deploy ``plan`` if it is not the plan in force and pays for the swap; whether it was."""
+        nonlocal replans
         if plan == ctl.plan:
             return False
+        if options.replan_margin is not None and not worth_swapping(
+            cost, decide.objective, ctl.plan, plan, now, options.replan_margin, float(np.mean(swaps or [0.0]))
+        ):
+            return False
+        started = time.perf_counter()
         ctl.deploy(plan)
+        swaps.append(time.perf_counter() - started)
         replans += 1
         return True
 
+    def replan(now: Snapshot, due: bool) -> bool:
+        """Between requests: re-make the plan when ``due`` or when conditions moved since it was made, and
+        swap it in when it pays; whether the plan changed."""
+        nonlocal made_on, watched_on
+        if not (due or moved(ctl.plan, made_on, now, options.threshold)):
+            return False
+        made_on = watched_on = now
+        return swap_in(decide(now), now)
+
     def watch() -> None:
-        """While a request runs: re-plan if conditions moved, rescue requests stuck on older plans."""
-        nonlocal switched
+        """While requests run: when conditions moved, ask for a plan and swap it in only if it rescues a
+        running request (and pays for the swap); any other new plan waits for the request's end, when
+        all its telemetry is in (plans swapped on a half-measured request's view made replans thrash).
+        Requests still on a plan older than the one in force are rescued onto it when worth it."""
+        nonlocal switched, made_on, watched_on
         now = observe()
-        switched |= replan(now, due=False)
+        if moved(ctl.plan, watched_on, now, options.threshold):
+            watched_on, plan = now, decide(now)
+            stuck = any(
+                r.rescues < MAX_RESCUES and worth_restarting(cost, r, plan, now, options.rescue_margin)
+                for r in ctl.in_flight()
+            )
+            if stuck and swap_in(plan, now):
+                made_on, switched = now, True
         for running in ctl.in_flight():
             if (
                 not running.current
@@ -275,13 +328,17 @@ def serve(
             ):
                 ctl.restart(running.rid)
 
+    watched_on = made_on  # the snapshot the watch last decided on
+    if not options.static:
+        cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first decision
     if not options.static and options.rescue_margin is not None:
-        cost.latency(ctl.plan, made_on)  # loads its compiled kernels now (~0.6 s), not in the first rescue
         ctl.watch = watch
     recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
     served: tuple[Plan | None, str] = (None, "")  # the plan in service and its JSON, shared by its records
     chaos = {i: (action, device) for i, action, device in options.chaos}
     process = psutil.Process()
+    if options.restart_clock:
+        ctl.restart_clock()
     start = ctl.now()
 
     waits: deque[float] = deque()  # per request in flight, oldest first: seconds it waited for the cluster

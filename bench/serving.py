@@ -1,7 +1,7 @@
 """Live serving under stress: adaptation to a bandwidth collapse, worker kills, and memory over time.
 
-  collapse  every link of a 10-device mesh0-like cluster drops from 20 to 2 Mbit/s for 30 s; VGG-16 is
-            served by each planner adaptively and with the one plan it chose at the start (static), side
+  collapse  every link of a 10-device mesh0-like cluster drops from 20 to 2 Mbit/s for 30 s
+            (``--drop-len``); VGG-16 is served by each planner adaptively and with the one plan it chose at the start (static), side
             by side on fresh clusters under the same trace. Prints every run's p95 latency, each adaptive
             run's p95 over every static one (target <= 0.6), and how many requests after the drop it
             switched plan (target <= 2), and the latencies of the requests it rescued (restarted on a new
@@ -63,14 +63,14 @@ def setup(model_name: str):
     return spec, model, graph
 
 
-def collapse_world(spec, drop_at: float) -> NetworkState:
-    """Every link at 20 Mbit/s, 2 Mbit/s for 30 s from ``drop_at`` (the same world for every run)."""
+def collapse_world(spec, drop_at: float, drop_len: float = 30.0) -> NetworkState:
+    """Every link at 20 Mbit/s, 2 Mbit/s for ``drop_len`` s from ``drop_at`` (the same world for every run)."""
     drop = {
         "kind": "step_drop",
         "high": 20.0,
         "low": 2.0,
         "t_drop": drop_at,
-        "drop_len": 30.0,
+        "drop_len": drop_len,
         "duration": 3600.0,
     }
     dynamics = DynamicsConfig.parse({"links": {"default": drop}, "scale_to_spec": False})
@@ -92,7 +92,7 @@ def oracle(world: NetworkState, ctl: Controller) -> Callable[[], Snapshot]:
 
 def collapse(args) -> None:
     spec, model, graph = setup("vgg16_bn")
-    world = collapse_world(spec, args.drop_at)
+    world = collapse_world(spec, args.drop_at, args.drop_len)
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     agents = args.agents.split(",")
     loops = args.loops.split(",")
@@ -103,7 +103,7 @@ def collapse(args) -> None:
     runs = [(agent, mode) for agent in agents for mode in ("adaptive", "static")]
     if args.oracle:
         runs.append((agents[0], "oracle"))
-    console.print(f"collapse at t={args.drop_at:g} s for 30 s, {args.seconds:g} s per run")
+    console.print(f"collapse at t={args.drop_at:g} s for {args.drop_len:g} s, {args.seconds:g} s per run")
     results = {}
     for loop in loops:
         every = args.arrival_every if loop == "open" else None
@@ -120,6 +120,9 @@ def collapse(args) -> None:
                 replan_every=1000,
                 arrival_every_s=every,
                 rescue_margin=None if args.no_rescue else ServeOptions.rescue_margin,
+                # t=0 of the trace at the first request: starting ten workers, loading a policy and
+                # compiling the cost model can take longer than --drop-at on a loaded host
+                restart_clock=True,
             )
             label = f"{planner_label(agent)} ({mode})"
             records = []
@@ -174,7 +177,7 @@ def collapse(args) -> None:
             others,
             f"request {switched}",
             " ".join(f"{r.response_s:.1f}" for r in records if r.rescues) or "-",
-            f"{in_collapse(records, args.drop_at)}/{in_collapse(static_records, args.drop_at)}",
+            f"{in_collapse(records, args.drop_at, args.drop_len)}/{in_collapse(static_records, args.drop_at, args.drop_len)}",
         )
     console.print(table)
     console.print(
@@ -206,9 +209,9 @@ def plans(args) -> None:
     console.print(table)
 
 
-def in_collapse(records, drop_at: float) -> int:
-    """Requests that ran at least partly inside the 30 s collapse (their end minus their latency)."""
-    return sum(1 for r in records if r.time_s > drop_at and r.time_s - r.response_s < drop_at + 30.0)
+def in_collapse(records, drop_at: float, drop_len: float) -> int:
+    """Requests that ran at least partly inside the collapse (their end minus their latency)."""
+    return sum(1 for r in records if r.time_s > drop_at and r.time_s - r.response_s < drop_at + drop_len)
 
 
 def chaos(args) -> None:
@@ -274,6 +277,7 @@ def main() -> None:
         default="emulated",
         help="who shapes the links: the workers' radio timers, or tc between network namespaces (root)",
     )
+    c.add_argument("--drop-len", type=float, default=30.0, help="seconds the collapse lasts")
     p = sub.add_parser("plans")
     p.add_argument(
         "--agents",

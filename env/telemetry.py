@@ -18,7 +18,10 @@ seconds would see only the tail of a slow request and forget the links its early
   tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
   and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
   (below): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
-  not the worst, keeps one such measurement among several from moving every silent link.
+  not the worst, keeps one such measurement among several from moving every silent link. Links whose
+  newest transfer ended before a now-stuck transfer started do not vote: they describe the link before
+  whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
+  outvote the one transfer that sees it, and the view would converge one request at a time).
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
@@ -171,15 +174,16 @@ class LiveView:
         }
         # overdue against what was believed before this fold: a crawling transfer whose ticks already
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
-        overdue = overdue_bounds(
-            self.controller.transfers_in_progress(), wall, self.link_mbps, self.drift, self.overdue_s
-        )
+        on_air = self.controller.transfers_in_progress()
+        overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
         # only the newest measurements speak for the present: a link last measured more than vote_s
-        # before the newest transfer (say, before a drop the newest ones saw) sets its own estimate,
+        # before the newest transfer (say, before a drop the newest ones saw), or before a transfer now
+        # stuck had started (it describes the link before whatever stuck it), sets its own estimate,
         # then moves with the silent links
         last = {key: max(end for end, _, _ in samples) for key, samples in fresh.items()}
         newest = max(last.values(), default=wall)
-        recent = {key for key, end in last.items() if end >= newest - self.vote_s}
+        stuck_since = min((start for a, b, _, start in on_air if link_key(a, b) in overdue), default=-np.inf)
+        recent = {key for key, end in last.items() if end >= max(newest - self.vote_s, stuck_since)}
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now

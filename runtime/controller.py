@@ -38,10 +38,15 @@ quarter second of a long one) and as they end (PROGRESS), so ``link_samples`` ho
 transfer at once and ``transfers_in_progress`` the ones still on the air: a crawling transfer measures
 its link's present rate, and one running for a long time bounds it, before any request has finished.
 
+Clocks: the controller's clock is the one of record. Workers stamp what they report with their own
+clocks, which on separate hosts do not agree; every heartbeat is also an NTP-style exchange
+(``runtime/clock.py``) that estimates each worker's offset, and every time a worker reports (telemetry
+events, transfer progress, results) is moved onto the controller's clock as it arrives. So ``latency_s``
+(from the moment the source holds the input to the moment the sink holds the whole output), timelines and
+link samples are on the controller's clock; ``wall_s`` is the controller's own round trip. (Emulated link
+delays between two workers still assume their clocks agree: emulation runs them on one host.)
+
 Not thread-safe: one thread drives a controller (it does its networking while waiting in calls).
-``latency_s`` is measured on the workers' clocks (from the moment the source holds the input to the
-moment the sink holds the whole output), which is exact on one host and assumes synchronised clocks
-across hosts; ``wall_s`` is the controller's own round trip.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import torch
 import zmq
 
 from runtime import models
+from runtime.clock import ClockOffset
 from runtime.emulation import Emulation, emulation_to_wire, energy_j
 from runtime.fidelity import FidelityMeter
 from runtime.graph import LayerGraph
@@ -163,6 +169,7 @@ class WorkerStatus:
     boot: str | None
     last_seen: float | None
     stats: dict[str, Any]
+    clock_offset_s: float = 0.0  # its clock minus the controller's, as estimated
 
 
 @dataclass
@@ -196,6 +203,7 @@ class _Peer:
     configuring: bool = False  # CONFIG sent, not yet acknowledged
     config_error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    clock: ClockOffset = field(default_factory=ClockOffset)
 
 
 @dataclass
@@ -214,7 +222,7 @@ class _Pending:
     abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
     abandoned_j: float = 0.0  # their energy: radio (transfers reported) and compute (as workers drop them)
     output: torch.Tensor | None = None
-    done_at: float = 0.0  # sink's clock
+    done_at: float = 0.0  # when the sink had the output (controller's clock)
     received: float = 0.0  # controller's clock
     telemetry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error: dict[str, Any] | None = None
@@ -320,6 +328,8 @@ class Controller:
         # outside a plan would have to guess to forge a report, are random 63-bit numbers
         self._rids = itertools.count(secrets.randbits(52))
         self._last_ping = 0.0
+        self._pings: dict[int, float] = {}  # sequence number of a recent ping round -> when it was sent
+        self._ping_seq = itertools.count(1)
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._peers: dict[str, _Peer] = {}
@@ -469,7 +479,7 @@ class Controller:
     def status(self) -> dict[str, WorkerStatus]:
         """Last known status of every worker (stats as reported in its last PONG)."""
         return {
-            d: WorkerStatus(p.up, p.endpoint, p.boot, p.last_seen, dict(p.stats))
+            d: WorkerStatus(p.up, p.endpoint, p.boot, p.last_seen, dict(p.stats), p.clock.seconds)
             for d, p in self._peers.items()
         }
 
@@ -585,10 +595,19 @@ class Controller:
 
     # ---- connection and configuration ------------------------------------------------------------
     def _configure(self, devices: list[str], timeout_s: float) -> None:
-        """Configure ``devices`` and wait until they acknowledged (those that do not stay down)."""
+        """Configure ``devices`` and wait until they acknowledged (those that do not stay down).
+
+        Their clocks are read first (for a while at most: a silent worker is dealt with below), so that
+        each worker's emulation schedules start at the controller's epoch on its own clock.
+        """
+        deadline = time.time() + timeout_s
+        clocks_by = min(deadline, time.time() + self.dead_after_s)
+        for d in devices:  # (so that their PONGs meanwhile do not configure them on their own)
+            self._peers[d].configuring = True
+        while time.time() < clocks_by and not all(self._peers[d].clock.known for d in devices):
+            self._pump(0.05)
         for d in devices:
             self._send_config(d)
-        deadline = time.time() + timeout_s
         while time.time() < deadline and any(self._peers[d].configuring for d in devices):
             self._pump(0.05)
         if failed := [d for d in devices if self._peers[d].config_error]:
@@ -615,11 +634,11 @@ class Controller:
         if self.kernel_links is not None:
             meta |= {"peers": dict(self.kernel_links[dev]), "radio": "kernel"}
         tensors = []
+        peer = self._peers[dev]
         if self.emulation is not None:
             meta["emulation"], tensors = emulation_to_wire(
-                self.emulation.for_device(self.spec, dev, self.epoch)
+                self.emulation.for_device(self.spec, dev, self.epoch + peer.clock.seconds)
             )
-        peer = self._peers[dev]
         peer.configuring, peer.config_error = True, None
         self._send(dev, Header(Kind.CONFIG, 0, meta), tensors)
 
@@ -649,9 +668,14 @@ class Controller:
         return out
 
     def _ping_all(self, now: float) -> None:
+        """Ping every worker; the round's number comes back in each PONG, with the worker's clock."""
         self._last_ping = now
+        seq = next(self._ping_seq)
+        self._pings[seq] = now
+        if len(self._pings) > 64:  # a PONG older than this is too late to time anything
+            del self._pings[next(iter(self._pings))]
         for d, p in self._peers.items():
-            self._send(d, Header(Kind.PING, 0))
+            self._send(d, Header(Kind.PING, seq))
             if p.up and p.silent_since is None:
                 p.silent_since = now
 
@@ -675,6 +699,7 @@ class Controller:
         log.warning("worker %s is down (%s)", dev, why)
         peer = self._peers[dev]
         peer.up, peer.silent_since = False, None
+        peer.clock.reset()  # it may come back as another process, on another host
         self._in_transit = {k: v for k, v in self._in_transit.items() if k[0] != dev}
         self.failures.append((time.time(), dev))
         self._newly_down.append(dev)
@@ -688,10 +713,20 @@ class Controller:
     def _dispatch(self, dev: str, msg: Message) -> None:
         kind, meta = msg.header.kind, msg.header.meta
         peer = self._peers[dev]
+        if kind == Kind.PROGRESS:  # (a RESULT's time is moved as it is accepted)
+            meta = _on_controller_clock(meta, peer.clock)
+        elif kind == Kind.TELEMETRY and isinstance(meta.get("events"), list):
+            events = [
+                _on_controller_clock(e, peer.clock) if isinstance(e, dict) else e for e in meta["events"]
+            ]
+            meta = meta | {"events": events}
         if kind == Kind.PONG:
             peer.stats = meta
             if peer.up and meta.get("boot") != peer.boot:
                 self._mark_down(dev, "restarted: its state is lost")
+            sent, clock = self._pings.get(msg.header.rid), meta.get("clock")
+            if sent is not None and type(clock) is float:
+                peer.clock.add(sent, clock, peer.last_seen)
             if not peer.up and not peer.configuring:
                 log.warning("worker %s answers again: configuring it", dev)
                 self._send_config(dev, reset=True)
@@ -766,7 +801,7 @@ class Controller:
                 want,
             )
             return
-        p.output, p.done_at, p.received = out.clone(), done, time.time()
+        p.output, p.done_at, p.received = out.clone(), self._peers[dev].clock.to_controller(done), time.time()
 
     def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
         """A transfer started, reported the bytes it carried so far (tick), ended or was cut short on
@@ -1046,6 +1081,14 @@ class Controller:
         )
         self._results[p.rid] = result
         self._forget(p)
+
+
+_STAMPS = frozenset(("t", "ready", "start", "end", "queued", "arrive", "at"))  # worker clock times
+
+
+def _on_controller_clock(meta: dict[str, Any], clock: ClockOffset) -> dict[str, Any]:
+    """``meta`` with every time its worker stamped (on its own clock) moved onto the controller's."""
+    return {k: clock.to_controller(v) if k in _STAMPS and type(v) is float else v for k, v in meta.items()}
 
 
 _EVENT_FIELDS = {

@@ -751,8 +751,8 @@ class Worker:
 
     def _dispatch(self, msg: Message, sender: Sender) -> None:
         kind = msg.header.kind
-        if kind == Kind.PING:
-            status = self.status() if sender.controls else {}
+        if kind == Kind.PING:  # the ping's number comes back with this clock: the controller times it
+            status = (self.status() | {"clock": time.time()}) if sender.controls else {}
             if self.insecure:
                 status["warning"] = INSECURE_WARNING.format(endpoint=self.endpoint)
             self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, status))

@@ -11,7 +11,16 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.serving import Decider, RequestLog, ServeOptions, Tally, moved, serve, worth_restarting
+from agents.serving import (
+    Decider,
+    RequestLog,
+    ServeOptions,
+    Tally,
+    moved,
+    serve,
+    worth_restarting,
+    worth_swapping,
+)
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -94,6 +103,28 @@ def test_a_stuck_request_is_worth_restarting_only_when_the_rest_of_it_costs_more
     assert not worth_restarting(cost, running(local, 0.0), on_d1, collapsed, margin=1.2)
 
 
+def test_a_new_plan_is_swapped_in_only_when_its_gain_pays_for_the_swap(setup):
+    spec, _, graph = setup
+    cost, objective = CostModel(graph, spec), Objective()
+    snap = NetworkState.static(spec).snapshot(0.0)
+    n = len(graph.units)
+    on_d1 = Plan("d0", "d2", (Stage(0, n, (Assignment("d1", 1.0),)),))
+    local = make_planner("local").plan(snap, graph, objective)
+    collapsed = replace(snap, link_mbps={**snap.link_mbps, ("d0", "d1"): 0.1})
+    assert worth_swapping(cost, objective, on_d1, local, collapsed, margin=0.1, swap_s=0.05)
+    # the same two plans on one snapshot: a gain of a few percent does not pay a swap
+    a, b = cost.latency(on_d1, snap), cost.latency(local, snap)
+    margin = abs(a - b) / max(a, b) + 0.01
+    assert not worth_swapping(cost, objective, on_d1, local, snap, margin=margin, swap_s=0.0)
+    assert not worth_swapping(cost, objective, local, on_d1, snap, margin=margin, swap_s=0.0)
+    # the swap's own cost counts: a gain smaller than it does not pay
+    gain = cost.latency(on_d1, collapsed) - cost.latency(local, collapsed)
+    assert not worth_swapping(cost, objective, on_d1, local, collapsed, margin=0.0, swap_s=gain * 1.01)
+    # a plan in force on a device that is down is always replaced
+    without_d1 = replace(snap, available=frozenset({"d0", "d2"}))
+    assert worth_swapping(cost, objective, on_d1, local, without_d1, margin=10.0, swap_s=10.0)
+
+
 class AvoidSlowLink(Planner):
     """Everything on d1 (the input crosses d0-d1) while that link looks fast, else everything on d0."""
 
@@ -128,6 +159,39 @@ def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
 def test_deploy_cli_reports_bad_input(capsys):
     assert deploy.main(["--cluster", "nope.yaml", "--model", "tiny"]) == 2
     assert "nope.yaml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trace-mode", "replay"], "needs --traces FILE"),
+        (["--trace-mode", "replay", "--traces", "synthetic"], "needs --traces FILE"),
+        (["--fps", "2", "--window", "2"], "one request at a time"),
+        (["--fps", "0"], "must be > 0"),
+        (["--fps", "2", "--arrival-every", "0.5"], "not allowed with"),
+        (["--collapse", "--traces", "synthetic"], "choose one"),
+        (["--replan-margin", "lots"], "neither a number nor 'off'"),
+    ],
+)
+def test_deploy_cli_rejects_inconsistent_serving_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(CONFIGS / "tiny3.yaml"), *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_deploy_replays_one_recorded_trace_on_every_link_from_t0_capped(tmp_path):
+    recorded = tmp_path / "walk.csv"
+    recorded.write_text("time_s,mbps\n0,30\n1,4\n2,12\n3,30\n")
+    spec = load_cluster(CONFIGS / "tiny3.yaml")  # every link 50 Mbit/s
+    argv = ["--cluster", "x", "--traces", str(recorded), "--trace-mode", "replay", "--fps", "4"]
+    args = deploy.parse([*argv, "--bandwidth-cap", "20"])
+    assert args.arrival_every == 0.25
+    world = deploy.world_for(spec, args)
+    for link in spec.links:  # as recorded (not rescaled to 50), from t=0, capped at 20
+        trace = world.link_schedule(link.a, link.b)
+        assert [trace.bandwidth_at(t) for t in (0.5, 1.5, 2.5, 3.5)] == [20, 4, 12, 20]
+    sampled = deploy.world_for(spec, deploy.parse(argv[:4]))  # each link its own offset, mean 50
+    assert sampled.link_schedule("d0", "d1").mean_mbps(0, 4) == pytest.approx(50)
 
 
 def test_tally_counts_duplicates_and_mismatches_without_keeping_records():
@@ -196,10 +260,22 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
     planner = Alternating()
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny") as cluster:
-        # no rescue watch: its re-plans while a request runs would take decisions out of this sequence
-        options = ServeOptions(requests=4, replan_every=1, rescue_margin=None)
+        # no rescue watch: its re-plans while a request runs would take decisions out of this sequence;
+        # every different plan swapped in (this is about when a swap takes effect, not whether it pays)
+        options = ServeOptions(requests=4, replan_every=1, rescue_margin=None, replan_margin=None)
         serve(
             cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
         )
     assert [Plan.from_json(r.plan) for r in records] == planner.decided[:4]
     assert all(r.replanned for r in records)
+
+
+def test_plans_that_do_not_pay_for_a_swap_are_not_swapped_in(setup):
+    """The planner alternates between two plans at every decision; with the gain rule the better one is
+    swapped in once and the worse one never again."""
+    spec, model, graph = setup
+    planner = Alternating()
+    with LocalCluster(spec, model="tiny") as cluster:
+        options = ServeOptions(requests=6, replan_every=1, rescue_margin=None)
+        report = serve(cluster, model, Decider(planner, graph, Objective()), options, agent="a")
+    assert len(planner.decided) >= 6 and report.summary()["replans"] <= 1

@@ -214,6 +214,25 @@ def test_speed_is_relative_to_what_the_others_achieve():
     assert view.snapshot().speed == snap.speed  # nothing new arrived: nothing changes
 
 
+def test_links_measured_before_a_transfer_got_stuck_do_not_outvote_it():
+    """The miss of a collapse run: three links carried a request's early transfers at their spec rate just
+    before every link dropped tenfold; the next transfer crawls. The early links describe the mesh before
+    the drop, so the silent links fall with the stuck one at once (they used to outvote it, the plan was
+    re-made for a mesh believed mostly fast, and the rescue budget went on plans that were slow too)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    early = [key for key in spec_mbps if "8" not in key and "4" not in key][:3]
+    for key in early:
+        tel.transfer(*key, spec_mbps[key], seconds=0.1, ago=0.6)
+    tel.started("8", "4", 250_000, ago=0.5)  # spec 30 Mbit/s: 0.07 s expected
+    tel.transfer("8", "4", 3.0, seconds=0.25)  # its latest quarter second: a tenth
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)
+    for key in [*early, link_key("0", "9")]:
+        assert snap.link_mbps[key] == pytest.approx(spec_mbps[key] / 10, rel=0.01), key
+
+
 def test_failures_found_by_heartbeats_become_the_snapshots_failure_evidence():
     tel = Telemetry()
     view = LiveView(SPEC, tel, failure_window_s=300.0)
