@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 
 from agents.base import Decision, Planner, PlannerError
 from agents.device_set import DeviceSetNet
+from agents.ppo import save_policy
 from env.completion import NetView, Shape, complete, net_view
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
@@ -58,14 +59,8 @@ class StagedMeta:
 
 
 def save_staged(path: str | Path, policy: torch.nn.Module, meta: StagedMeta) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, buffer)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("policy.pth", buffer.getvalue())
-        archive.writestr("disnet.json", json.dumps(asdict(meta), indent=1))
-    return path
+    """Write a staged policy file: the zip layout of ``agents.ppo.save_policy`` with a staged ``meta``."""
+    return save_policy(path, policy, meta)
 
 
 def load_staged(path: str | Path) -> tuple[dict[str, torch.Tensor], StagedMeta]:

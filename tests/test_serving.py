@@ -247,6 +247,7 @@ class Alternating(Planner):
     name = "alternating"
 
     def __init__(self):
+        super().__init__()
         self.decided: list[Plan] = []
 
     def plan(self, snapshot, graph, objective):
