@@ -30,6 +30,7 @@ ENV = {
     "max_split": 4,
     "max_stages": 3,
     "requests_per_episode": 4,
+    "cost": "flops",  # labels that do not depend on this host's measured speed (the profile's scale)
     "dynamics": [{"links": {"default": {"kind": "random_walk", "mean": 30, "sigma": 6, "lo": 1, "hi": 80}}}],
 }
 
