@@ -138,8 +138,12 @@ def spatial_groups(graph: LayerGraph) -> list[tuple[int, int]]:
 
 
 def usable(snapshot: Snapshot) -> list[str]:
-    """Available devices in the cluster's declaration order (a fixed order keeps planners seeded)."""
-    return [d for d in snapshot.spec.device_ids if d in snapshot.available]
+    """Available devices in the cluster's declaration order (a fixed order keeps planners seeded); a
+    PlannerError when none is, since no planner can place anything then."""
+    devices = [d for d in snapshot.spec.device_ids if d in snapshot.available]
+    if not devices:
+        raise PlannerError(f"no device of {snapshot.spec.name} is available to plan on")
+    return devices
 
 
 # ---- memory --------------------------------------------------------------------------------------

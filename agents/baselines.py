@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from agents.base import (
     Planner,
+    PlannerError,
     StageDraft,
     build_plan,
     fits_memory,
@@ -53,6 +54,8 @@ class LocalOnly(Planner):
     name = "local"
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        if snapshot.source not in usable(snapshot):
+            raise PlannerError(f"the source {snapshot.source} is not available to compute on")
         return build_plan(snapshot, [(0, len(graph.units), (snapshot.source,))])
 
 

@@ -130,6 +130,13 @@ def test_plans_validate_and_use_only_available_devices(name, tiny, tiny3):
             assert {d for st in plan.stages for d in st.devices} <= snap.available, plan.describe()
 
 
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_no_device_available_is_a_planner_error(name, tiny, tiny3):
+    """Every worker declared dead at once (a stalled host does that): an error naming why, never a crash."""
+    with pytest.raises(PlannerError, match="available"):
+        make_planner(name).plan(snapshot(tiny3, down=tiny3.device_ids), tiny, LATENCY)
+
+
 # ---- the optimiser ---------------------------------------------------------------------------------
 
 
