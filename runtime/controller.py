@@ -204,6 +204,7 @@ class _Peer:
     config_error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     clock: ClockOffset = field(default_factory=ClockOffset)
+    answered: int = -1  # the newest ping round whose PONG ``stats`` holds
 
 
 @dataclass
@@ -468,11 +469,9 @@ class Controller:
     def ping(self, timeout_s: float | None = None) -> dict[str, WorkerStatus]:
         """Ping every worker, wait for the answers (or ``timeout_s``) and return their status."""
         deadline = time.time() + (timeout_s if timeout_s is not None else self.dead_after_s)
-        asked = time.time()
-        self._ping_all(asked)
-        while time.time() < deadline and any(
-            p.up and (p.last_seen or 0) < asked for p in self._peers.values()
-        ):
+        round_ = self._ping_all(time.time())
+        # wait for this round's PONGs: a heartbeat's PONG still in flight would carry older stats
+        while time.time() < deadline and any(p.up and p.answered < round_ for p in self._peers.values()):
             self._step(0.05)
         return self.status()
 
@@ -667,8 +666,9 @@ class Controller:
                 out.append((dev, msg))
         return out
 
-    def _ping_all(self, now: float) -> None:
-        """Ping every worker; the round's number comes back in each PONG, with the worker's clock."""
+    def _ping_all(self, now: float) -> int:
+        """Ping every worker; the round's number (returned) comes back in each PONG, with the worker's
+        clock."""
         self._last_ping = now
         seq = next(self._ping_seq)
         self._pings[seq] = now
@@ -678,6 +678,7 @@ class Controller:
             self._send(d, Header(Kind.PING, seq))
             if p.up and p.silent_since is None:
                 p.silent_since = now
+        return seq
 
     def _pump(self, timeout_s: float, intercept: Callable[[str, Message], bool] | None = None) -> None:
         """Heartbeats, incoming messages and failure detection (failures are queued, not handled).
@@ -721,7 +722,7 @@ class Controller:
             ]
             meta = meta | {"events": events}
         if kind == Kind.PONG:
-            peer.stats = meta
+            peer.stats, peer.answered = meta, max(peer.answered, msg.header.rid)
             if peer.up and meta.get("boot") != peer.boot:
                 self._mark_down(dev, "restarted: its state is lost")
             sent, clock = self._pings.get(msg.header.rid), meta.get("clock")
