@@ -25,24 +25,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from env.completion import Shape, complete, net_view
+from env.actions import single_device_shape
+from env.backends import Outcome
+from env.completion import complete, net_view
 from env.cost_model import CostModel
 from env.network import NetworkState, Snapshot
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 
 CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one request cost; ``outputs_match`` is None when no output was computed (sim); ``failed``
-    when a device the plan touched went down during the request (its cost includes the retry)."""
-
-    latency_s: float
-    energy_j: float
-    outputs_match: bool | None = None
-    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,8 +62,7 @@ class SimExecutor:
 
     def __init__(self, cost_model: CostModel, world: NetworkState):
         self.cost_model, self.world = cost_model, world
-        graph = cost_model.graph
-        self._single = Shape((0, len(graph.units)), (1,))
+        self._single = single_device_shape(cost_model.graph)
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         cost = self.cost_model.cost(plan, self.world, t)

@@ -32,7 +32,8 @@ import numpy as np
 from agents.base import Decision, Planner, PlannerError
 from agents.local_search import PlanSearch
 from agents.optimizer import OptimalPlanner
-from env.completion import Shape, complete, net_view
+from env.actions import single_device_shape
+from env.completion import complete, net_view
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState, Snapshot, link_key
 from env.traces import Trace, constant
@@ -141,7 +142,7 @@ class RobustPlanner(Planner):
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
         rates = failure_rates(snapshot, self.prior_s)
-        single = Shape((0, len(graph.units)), (1,))  # what a failed request is retried on
+        single = single_device_shape(graph)  # what a failed request is retried on
         retry = objective.score(
             model.cost(complete(graph, net_view(snapshot), single), snapshot, snapshot.time)
         )
