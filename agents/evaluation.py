@@ -25,11 +25,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from env.actions import single_device_shape
 from env.backends import Outcome
-from env.completion import complete, net_view
+from env.completion import net_view
 from env.cost_model import CostModel
 from env.network import NetworkState, Snapshot
+from env.simulator import reference_plan
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 
@@ -62,14 +62,13 @@ class SimExecutor:
 
     def __init__(self, cost_model: CostModel, world: NetworkState):
         self.cost_model, self.world = cost_model, world
-        self._single = single_device_shape(cost_model.graph)
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         cost = self.cost_model.cost(plan, self.world, t)
         devices = self.cost_model.skeleton(plan).devices
         if not self.world.down_during(devices, t, t + cost.latency_s):
             return Outcome(cost.latency_s, cost.energy_j)
-        retry_plan = complete(self.cost_model.graph, net_view(self.world.snapshot(t)), self._single)
+        retry_plan = reference_plan(self.cost_model.graph, net_view(self.world.snapshot(t))).plan
         retry = self.cost_model.cost(retry_plan, self.world, t)
         return Outcome(cost.latency_s + retry.latency_s, cost.energy_j + retry.energy_j, failed=True)
 

@@ -36,8 +36,14 @@ from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.network import DynamicsConfig, NetworkState, Snapshot
 from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, resolve_profile
+from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
+
+
+def reference_plan(graph: LayerGraph, view: NetView) -> PlanArrays:
+    """The reference of a request (module docstring) given what is known when it arrives."""
+    return complete_arrays(graph, view, single_device_shape(graph))
 
 
 def charge(outcome: Outcome, reference: Cost | Prediction) -> Outcome:
@@ -83,15 +89,15 @@ class Simulator:
         self.graph = model_graph(config.model)
         self.objective = config.objective.build()
         self.dynamics = [DynamicsConfig.parse(d, base_dir=config.base_dir) for d in config.dynamics]
+        specs = cluster_specs(config)
         profile = None if config.profile is None else Path(config.base_dir or ".") / config.profile
         try:
             self.profile = resolve_profile(self.graph, config.cost, profile)
         except ProfileError as exc:
             raise EnvConfigError(f"profile: {exc}") from None
-        self.clusters = [
-            _Cluster(spec, CostModel(self.graph, spec, self.profile)) for spec in cluster_specs(config)
-        ]
-        self.max_devices = config.max_devices or max(len(c.spec.devices) for c in self.clusters)
+        self.clusters = [_Cluster(spec, CostModel(self.graph, spec, self.profile)) for spec in specs]
+        # device slots an observation needs: the config's, else the largest cluster's (before any replayed world's)
+        self.max_devices = config.max_devices or max(len(spec.devices) for spec in specs)
         self.single = single_device_shape(self.graph)
         self.backend = make_backend(backend, **backend_options)
         self._cluster = self.clusters[0]
@@ -160,7 +166,7 @@ class Simulator:
         """The reference of a request at ``t`` (module docstring; default: now)."""
         if t is None or t == self.time:
             return self.completed(self.single)
-        return complete_arrays(self.graph, net_view(self.snapshot_at(t)), self.single)
+        return reference_plan(self.graph, net_view(self.snapshot_at(t)))
 
     # ---- what requests cost ---------------------------------------------------------------------
     def world_cost(self, plan: Plan | PlanArrays, t: float) -> Cost:

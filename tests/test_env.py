@@ -13,6 +13,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env  # noqa: F401  (registers disnet/MicroSplit-v0)
+from env.actions import action_mask
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.config import EnvConfig, EnvConfigError, model_graph
 from env.network import NetworkState, link_key
@@ -114,6 +115,18 @@ def test_masks_follow_availability_and_padding():
     assert e.action_masks().tolist() == [True, True, True, False, False, False]
     e.reset(seed=0, options={"world": static_world(down={"d1": [(0.0, 1e6)]})})
     assert e.action_masks().tolist() == [True, True, False, False, False, False]
+
+
+def test_the_single_device_action_stays_valid_with_no_usable_device():
+    """One mask rule (env/actions.py) for the env and the policy planner: action 0 is always offered."""
+    shapes = [[[0, 14], [1]], [[0, 9, 14], [2, 1]]]
+    e = make(shapes=shapes, n_actions=4)
+    everyone = {d: [(0.0, 1e6)] for d in ("d0", "d1", "d2")}
+    e.reset(seed=0, options={"world": static_world(down=everyone)})
+    assert e.sim.view.n_usable == 0
+    assert e.action_masks().tolist() == [True, False, False, False]
+    assert action_mask(e.graph, e.sim.view, e.shapes, 4).tolist() == e.action_masks().tolist()
+    assert e.plan_for(0)[1] is False and e.plan_for(1)[1] is True
 
 
 def test_unmasked_invalid_actions_run_safely_and_are_flagged():
