@@ -29,7 +29,7 @@ from env.backends import Outcome
 from env.completion import net_view
 from env.cost_model import CostModel
 from env.network import NetworkState, Snapshot
-from env.simulator import reference_plan
+from env.simulator import charge, reference_plan
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 
@@ -66,11 +66,12 @@ class SimExecutor:
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         cost = self.cost_model.cost(plan, self.world, t)
         devices = self.cost_model.skeleton(plan).devices
-        if not self.world.down_during(devices, t, t + cost.latency_s):
-            return Outcome(cost.latency_s, cost.energy_j)
+        failed = self.world.down_during(devices, t, t + cost.latency_s)
+        outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
+        if not failed:
+            return outcome
         retry_plan = reference_plan(self.cost_model.graph, net_view(self.world.snapshot(t))).plan
-        retry = self.cost_model.cost(retry_plan, self.world, t)
-        return Outcome(cost.latency_s + retry.latency_s, cost.energy_j + retry.energy_j, failed=True)
+        return charge(outcome, self.cost_model.cost(retry_plan, self.world, t))
 
 
 def run_comparison(

@@ -92,11 +92,15 @@ class MicroSplitEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """Valid actions under the current snapshot (MaskablePPO calls this; env/actions.py's rule)."""
+        return self._mask().copy()
+
+    def _mask(self) -> np.ndarray:
+        """The cached mask for the current snapshot: validity depends only on the usable device count."""
         n = self.sim.view.n_usable
         mask = self._masks.get(n)
         if mask is None:
             mask = self._masks[n] = action_mask(self.graph, self.sim.view, self.shapes, self.n_actions)
-        return mask.copy()
+        return mask
 
     def plan_for(self, action: int) -> tuple[Plan, bool]:
         """The plan an action stands for under the current snapshot, and whether the action was invalid."""
@@ -107,7 +111,7 @@ class MicroSplitEnv(gym.Env):
         """``plan_for`` as arrays, what the step costs (an action outside the list: the reference plan)."""
         if not 0 <= action < len(self.shapes):
             return self.sim.reference_plan(), True
-        return self.sim.completed(self.shapes[action]), not self.action_masks()[action]
+        return self.sim.completed(self.shapes[action]), not self._mask()[action]
 
     # ---- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -126,11 +130,6 @@ class MicroSplitEnv(gym.Env):
         action = int(action)
         plan, invalid = self._action_plan(action)
         shape = self._shape_names[action] if 0 <= action < len(self.shapes) else None
-        return self.request(plan, shape, invalid)
-
-    def request(self, plan: PlanArrays, shape: str | None = None, invalid: bool = False):
-        """Serve one request with ``plan`` at the current time and advance: ``step``'s work once the
-        action is a plan."""
         lo, hi = self.config.gap_s
         served = self.sim.serve(plan, float(self.np_random.uniform(lo, hi)))
         self._requests += 1
