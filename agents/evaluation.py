@@ -25,24 +25,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from env.completion import Shape, complete, net_view
+from env.backends import Outcome
+from env.completion import net_view
 from env.cost_model import CostModel
 from env.network import NetworkState, Snapshot
+from env.simulator import charge, reference_plan
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 
 CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one request cost; ``outputs_match`` is None when no output was computed (sim); ``failed``
-    when a device the plan touched went down during the request (its cost includes the retry)."""
-
-    latency_s: float
-    energy_j: float
-    outputs_match: bool | None = None
-    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,17 +62,16 @@ class SimExecutor:
 
     def __init__(self, cost_model: CostModel, world: NetworkState):
         self.cost_model, self.world = cost_model, world
-        graph = cost_model.graph
-        self._single = Shape((0, len(graph.units)), (1,))
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         cost = self.cost_model.cost(plan, self.world, t)
         devices = self.cost_model.skeleton(plan).devices
-        if not self.world.down_during(devices, t, t + cost.latency_s):
-            return Outcome(cost.latency_s, cost.energy_j)
-        retry_plan = complete(self.cost_model.graph, net_view(self.world.snapshot(t)), self._single)
-        retry = self.cost_model.cost(retry_plan, self.world, t)
-        return Outcome(cost.latency_s + retry.latency_s, cost.energy_j + retry.energy_j, failed=True)
+        failed = self.world.down_during(devices, t, t + cost.latency_s)
+        outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
+        if not failed:
+            return outcome
+        retry_plan = reference_plan(self.cost_model.graph, net_view(self.world.snapshot(t))).plan
+        return charge(outcome, self.cost_model.cost(retry_plan, self.world, t))
 
 
 def run_comparison(

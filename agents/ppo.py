@@ -1,6 +1,7 @@
 """The trained PPO policy as a planner: a snapshot in, a plan out, in well under 2 ms.
 
-``PPOPlanner(path)`` reads a policy file written by ``save_policy`` (train.py does that): a zip with
+``PPOPlanner(path)`` reads a policy file written by ``save_policy`` (training/fixed_slot.py does that):
+a zip with
 
 - ``disnet.json``: what the policy sees and chooses (format ``disnet-ppo/1``): the model and its cut
   points, the observation layout (``max_devices``, ``history``), the candidate shapes (its actions),
@@ -8,9 +9,9 @@
 - ``policy.pth``: the SB3 ``MaskableActorCriticPolicy`` state dict (tensors only, loaded with
   ``weights_only=True``; nothing is unpickled).
 
-Deciding = the env's own ``Observer`` and ``action_masks`` rule on the snapshot, one forward pass of the
-actor (numpy, no torch dispatch: ~30 us instead of ~200 us), the most likely valid action
-(deterministic), and the env's analytic completion (env/completion.py) of that shape. So the planner
+Deciding = the env's own ``Observer`` and action mask rule (env/actions.py) on the snapshot, one
+forward pass of the actor (numpy, no torch dispatch: ~30 us instead of ~200 us), the most likely valid
+action (deterministic), and the env's analytic completion (env/completion.py) of that shape. So the planner
 chooses exactly what the environment's policy would, on the same observation.
 
 ``top_k > 1`` (``ppo:PATH`` with ``top_k=3``, or ``ppo-top3:PATH`` by name) lets the policy propose and
@@ -30,8 +31,8 @@ trust is the part of the decision where the policy knows what the cost model can
 leave mid-request).
 
 Safe fallback (``plan`` never raises for a policy problem): if the graph is not the one the policy was
-trained for, the cluster has more devices than the observation holds, no action is valid, or the plan
-fails to validate, the planner returns the completion of shape 0 — the whole model on the single best
+trained for, the cluster has more devices than the observation holds, or the plan fails to validate,
+the planner returns the completion of shape 0 — the whole model on the single best
 device for the snapshot (the env's reference plan) — and counts it in ``self.fallbacks``.
 """
 
@@ -48,10 +49,12 @@ import torch
 
 from agents.base import Decision, Planner
 from agents.local_search import PlanSearch
-from env.completion import Shape, complete, net_view, shape_valid
+from env.actions import action_mask, single_device_shape
+from env.completion import Shape, complete, net_view
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
-from env.partition_env import MicroSplitEnv, Observer
+from env.observation import Observer
+from env.partition_env import MicroSplitEnv
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 from runtime.spec import ClusterSpec
@@ -92,7 +95,7 @@ class PolicyMeta:
             n_actions=env.n_actions,
             objective=env.config.objective.model_dump(),
             activation=activation,
-            clusters=[c.spec.name for c in env.clusters],
+            clusters=[c.spec.name for c in env.sim.clusters],
         )
 
 
@@ -183,7 +186,7 @@ class PPOPlanner(Planner):
             ]
         except (ValueError, PlanError, IndexError) as exc:
             self.fallbacks += 1
-            single = complete(graph, view, Shape((0, len(graph.units)), (1,)))
+            single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy cannot plan here ({exc}): single best device")
         if self.polish:
             return Decision(self._polished(plans, snapshot, graph, objective))
@@ -215,19 +218,18 @@ class PPOPlanner(Planner):
         return None
 
     def act(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> int:
-        """The policy's deterministic action (index into ``self.shapes``); ValueError if it has none."""
+        """The policy's deterministic action (index into ``self.shapes``); ValueError for a foreign graph."""
         return self.ranked(snapshot, graph, view)[0]
 
     def ranked(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> list[int]:
-        """The valid actions, most likely first; ValueError if there is none."""
+        """The valid actions, most likely first (action 0, the single device, is always among them);
+        ValueError for a graph the policy was not trained for."""
         if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
             raise ValueError(f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}")
         view = view or net_view(snapshot)
         obs = self._observer(graph).encode(snapshot, view)
         logits = self.logits(obs)
         mask = self._mask(graph, view)
-        if not mask.any():
-            raise ValueError("no valid action")
         order = np.argsort(-np.where(mask, logits, -np.inf), kind="stable")
         return [int(a) for a in order[: int(mask.sum())]]
 
@@ -250,9 +252,7 @@ class PPOPlanner(Planner):
         key = (id(graph), view.n_usable)
         mask = self._masks.get(key)
         if mask is None:
-            mask = np.zeros(self.meta.n_actions, dtype=bool)
-            mask[: len(self.shapes)] = [shape_valid(graph, view, s) for s in self.shapes]
-            self._masks[key] = mask
+            mask = self._masks[key] = action_mask(graph, view, self.shapes, self.meta.n_actions)
         return mask
 
     def __repr__(self) -> str:

@@ -32,9 +32,10 @@ import numpy as np
 from agents.base import Decision, Planner, PlannerError
 from agents.local_search import PlanSearch
 from agents.optimizer import OptimalPlanner
-from env.completion import Shape, complete, net_view
+from env.completion import net_view
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState, Snapshot, link_key
+from env.simulator import reference_plan
 from env.traces import Trace, constant
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
@@ -141,10 +142,8 @@ class RobustPlanner(Planner):
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
         rates = failure_rates(snapshot, self.prior_s)
-        single = Shape((0, len(graph.units)), (1,))  # what a failed request is retried on
-        retry = objective.score(
-            model.cost(complete(graph, net_view(snapshot), single), snapshot, snapshot.time)
-        )
+        retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
+        retry = objective.score(model.cost(retry_plan, snapshot, snapshot.time))
         search = RobustSearch(model, snapshot, graph, objective, rates, retry)
         view = harmonic_view(snapshot)
         views = [snapshot, view]

@@ -1,6 +1,6 @@
 """A trained stage-by-stage policy as a planner, for any cluster (format ``disnet-staged/1``).
 
-A policy file (train_staged.py writes it) is a zip with ``policy.pth`` (the MaskablePPO state dict,
+A policy file (training/staged.py writes it) is a zip with ``policy.pth`` (the MaskablePPO state dict,
 tensors only, loaded with ``weights_only=True``) and ``disnet.json`` (``StagedMeta``: the model and its
 cut points, K, the stage limit, the activation). Deciding walks the request's sub-steps as the env does
 (env/staged_env.py): observe the device tokens and context on the snapshot and the plan so far, one
@@ -29,6 +29,7 @@ import torch
 from agents.base import Decision, Planner, PlannerError
 from agents.device_set import DeviceSetNet
 from agents.ppo import save_policy
+from env.actions import single_device_shape
 from env.completion import NetView, Shape, complete, net_view
 from env.cost_model import CostModel, Objective
 from env.network import Snapshot
@@ -111,7 +112,7 @@ class StagedPlanner(Planner):
         try:
             plans = [complete(graph, view, s).validate(graph, snapshot.spec.device_ids) for s in shapes]
         except (ValueError, PlanError) as exc:
-            single = complete(graph, view, Shape((0, len(graph.units)), (1,)))
+            single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy's plan is invalid ({exc}): single best device")
         if len(plans) == 1:
             return Decision(plans[0])

@@ -36,8 +36,9 @@ from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.ppo import PPOPlanner
+from env.config import EnvConfig
 from env.cost_model import Objective
-from env.partition_env import EnvConfig, MicroSplitEnv
+from env.partition_env import MicroSplitEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -86,7 +87,7 @@ def run_steps(env: MicroSplitEnv, steps: int, choose, seed: int = 0) -> Rates:
     start = clock()
     for _ in range(steps):
         action = choose(env)
-        world, t = env.world, env.time
+        world, t = env.sim.world, env.sim.time
         t0, c0 = clock(), time.process_time()
         *_, truncated, info = env.step(action)
         if truncated:
@@ -97,7 +98,7 @@ def run_steps(env: MicroSplitEnv, steps: int, choose, seed: int = 0) -> Rates:
     loop = clock() - start
     start = clock()
     for plan, world, t in plans:
-        env.cost_model.predict(plan, world, t)
+        env.sim.cost_model.predict(plan, world, t)
     return Rates(steps / in_env, steps / in_env_cpu, steps / loop, len(plans) / (clock() - start))
 
 
@@ -124,7 +125,7 @@ def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
         "cost model (skeleton + replay)": cum("cost", "cost_model.py") + cum("predict", "cost_model.py"),
         "completion": cum("complete_arrays", "completion.py"),
         "the Plan objects of info['plan']": cum("plan", "plan_arrays.py"),
-        "observation (net view + encoding)": cum("encode", "partition_env.py")
+        "observation (net view + encoding)": cum("encode", "observation.py")
         + cum("net_view", "completion.py"),
         "episode reset (new world)": cum("reset", "partition_env.py"),
     }
@@ -145,7 +146,7 @@ def main() -> None:
     choosers = {"single device (action 0)": lambda e: 0}
     choosers["random valid action"] = lambda e: int(rng.choice(np.flatnonzero(e.action_masks())))
     if policy is not None:
-        choosers["shipped policy"] = lambda e: policy.act(e.snapshot, e.graph, e.view)
+        choosers["shipped policy"] = lambda e: policy.act(e.sim.snapshot, e.graph, e.sim.view)
     table = Table(title=f"sim env, VGG-16 on disnet-mesh0, {len(env.shapes)} actions, one process")
     columns = (
         "actions",
@@ -173,12 +174,12 @@ def main() -> None:
         table.add_row(name, f"{100 * share:.0f} %")
     console.print(table)
     if policy is not None:
-        optimiser = OptimalPlanner(env.cost_model)
-        top3 = PPOPlanner(args.policy, env.cost_model, top_k=3)
+        optimiser = OptimalPlanner(env.sim.cost_model)
+        top3 = PPOPlanner(args.policy, env.sim.cost_model, top_k=3)
         env.reset(seed=2)
         ppo_s, top3_s, opt_s = [], [], []
         for _ in range(args.decisions):
-            snap = env.snapshot
+            snap = env.sim.snapshot
             start = time.perf_counter()
             for _ in range(20):
                 policy.plan(snap, env.graph, Objective())

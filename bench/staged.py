@@ -25,10 +25,10 @@ from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.staged_policy import StagedPlanner
+from env.config import model_graph
 from env.cost_model import Objective
 from env.meshes import EVAL_SEED_BASE, generate_mesh
 from env.network import NetworkState
-from env.partition_env import model_graph
 from env.staged_env import StagedSplitEnv
 from runtime.spec import parse_cluster
 
@@ -70,7 +70,7 @@ def env_speed(policy: StagedPlanner, devices: int, requests: int) -> tuple[float
     for request in range(requests + 20):
         if request == 20:  # warm-up done
             inside, steps = 0.0, 0
-        shape = policy.shapes(env.inner.snapshot, env.graph, env.inner.view)[0]
+        shape = policy.shapes(env.sim.snapshot, env.graph, env.sim.view)[0]
         for _, end, k in shape.stages:
             action = env.actions.encode(end, k)
             start = time.process_time()

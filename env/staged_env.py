@@ -38,8 +38,11 @@ import gymnasium as gym
 import numpy as np
 
 from env.completion import NetView, Shape, complete_arrays
+from env.config import EnvConfig
 from env.network import Snapshot
-from env.partition_env import EnvConfig, MicroSplitEnv
+from env.partition_env import request_info
+from env.plan_arrays import PlanArrays
+from env.simulator import Simulator
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 
@@ -153,32 +156,59 @@ def observe(
     graph: LayerGraph, snapshot: Snapshot, view: NetView, partial: PartialPlan, actions: StageActions
 ) -> tuple[np.ndarray, np.ndarray]:
     """The device tokens ``(devices, TOKEN_FEATURES)`` and the context vector (module docstring)."""
+    prev_dev, prev_w, holds = _stage_input(graph, view, partial)
+    spb_in = prev_w @ view.sec_per_byte[prev_dev]
+    alone = _time_alone(graph, view, partial.start, spb_in)
+    fastest = alone.min() if np.isfinite(alone).any() else 1.0
+    tokens = _device_tokens(snapshot, view, prev_dev, prev_w, spb_in, holds, alone, fastest)
+    context = _context(graph, snapshot, view, partial, actions, fastest)
+    return np.clip(tokens, -OBS_LIMIT, OBS_LIMIT), np.clip(context, -OBS_LIMIT, OBS_LIMIT)
+
+
+def _stage_input(graph: LayerGraph, view: NetView, partial: PartialPlan) -> tuple[np.ndarray, ...]:
+    """Where the next stage's input is: the previous stage's devices and their shares of it (the source
+    alone before the first stage), and which devices hold weights of the plan so far (0/1 per device)."""
+    n = len(view.devices)
+    if not partial.factors:
+        return np.array([view.index[view.source]]), np.ones(1), np.zeros(n)
+    arrays = complete_arrays(graph, view, partial.shape())
+    last = slice(arrays.ptr[-2], arrays.ptr[-1])
+    holds = np.zeros(n)
+    holds[arrays.devices] = 1.0
+    return arrays.devices[last], arrays.shares[last] / arrays.shares[last].sum(), holds
+
+
+def _time_alone(graph: LayerGraph, view: NetView, start: int, spb_in: np.ndarray) -> np.ndarray:
+    """Each device's estimated time for the rest of the model alone from cut ``start``: fetch the input,
+    compute, send the output to the sink (inf for an unusable or unreachable device)."""
+    gflops = np.asarray(view.gflops)
+    table = _cut_table(graph)
+    rest_flops, in_bytes = table[start]
+    out_bytes = table[len(graph.units)][1]
+    sink_spb = view.sec_per_byte[:, view.index[view.sink]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alone = rest_flops / (np.maximum(gflops, 1e-9) * 1e9) + in_bytes * spb_in + out_bytes * sink_spb
+    return np.where(view.usable_mask & np.isfinite(alone), alone, np.inf)
+
+
+def _device_tokens(
+    snapshot: Snapshot,
+    view: NetView,
+    prev_dev: np.ndarray,
+    prev_w: np.ndarray,
+    spb_in: np.ndarray,
+    holds: np.ndarray,
+    alone: np.ndarray,
+    fastest: float,
+) -> np.ndarray:
+    """The ``TOKEN_FEATURES`` of every device (module docstring), unclipped."""
     n = len(view.devices)
     usable = view.usable_mask
     gflops = np.asarray(view.gflops)
     spb = view.sec_per_byte
     source, sink = view.index[view.source], view.index[view.sink]
-    start = partial.start
-    if partial.factors:
-        arrays = complete_arrays(graph, view, partial.shape())
-        last = slice(arrays.ptr[-2], arrays.ptr[-1])
-        prev_dev, prev_w = arrays.devices[last], arrays.shares[last] / arrays.shares[last].sum()
-        holds = np.zeros(n)
-        holds[arrays.devices] = 1.0
-    else:
-        prev_dev, prev_w, holds = np.array([source]), np.ones(1), np.zeros(n)
     prev_share = np.zeros(n)
     prev_share[prev_dev] = prev_w
-    spb_in = prev_w @ spb[prev_dev]
-    n_units = len(graph.units)
-    table = _cut_table(graph)
-    rest_flops, in_bytes = table[start]
-    out_bytes = table[n_units][1]
-    best = max(gflops.max(), 1e-9)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alone = rest_flops / (np.maximum(gflops, 1e-9) * 1e9) + in_bytes * spb_in + out_bytes * spb[:, sink]
-    alone = np.where(usable & np.isfinite(alone), alone, np.inf)
-    fastest = alone.min() if np.isfinite(alone).any() else 1.0
     others = usable[None, :] & ~np.eye(n, dtype=bool)
     central = (_bw(spb) * others).sum(axis=1) / np.maximum(others.sum(axis=1), 1)
     windows = snapshot.link_windows
@@ -198,15 +228,32 @@ def observe(
     tokens[:, 10] = holds
     tokens[:, 11] = central
     tokens[:, 12] = topo.incidence @ steady / np.maximum(topo.degree, 1.0)
-    tokens[:, 13] = gflops / best
+    tokens[:, 13] = gflops / max(gflops.max(), 1e-9)
     tokens[:, 14] = np.where(np.isfinite(alone), np.log2(alone / fastest) / 4.0, OBS_LIMIT / 4)
     tokens[:, 15] = topo.degree / 8.0
+    return tokens
+
+
+def _context(
+    graph: LayerGraph,
+    snapshot: Snapshot,
+    view: NetView,
+    partial: PartialPlan,
+    actions: StageActions,
+    fastest: float,
+) -> np.ndarray:
+    """The plan so far, the usable devices and the model's size at the current cut (module docstring),
+    unclipped."""
+    start, n_units = partial.start, len(graph.units)
+    rest_flops, in_bytes = _cut_table(graph)[start]
+    best = max(np.asarray(view.gflops).max(), 1e-9)
     position = np.zeros(len(actions.cuts))
     if start > 0:
         position[actions.cuts.index(start)] = 1.0
-    n_usable = int(usable.sum())
+    n_usable = int(view.usable_mask.sum())
+    windows = snapshot.link_windows
     mbps = np.median(windows[:, 0]) if windows.size else 0.0
-    context = np.concatenate(
+    return np.concatenate(
         [
             position,
             [
@@ -222,23 +269,23 @@ def observe(
             ],
         ]
     )
-    return np.clip(tokens, -OBS_LIMIT, OBS_LIMIT), np.clip(context, -OBS_LIMIT, OBS_LIMIT)
 
 
 class StagedSplitEnv(gym.Env):
     """See the module docstring. ``config`` is an EnvConfig (or a mapping for ``EnvConfig.parse``): its
     ``max_split`` is K, ``max_stages`` the stage limit and ``max_devices`` the token rows (default: the
-    largest training cluster). The world, cost model, reference and failures are MicroSplitEnv's."""
+    largest training cluster). The world, cost model, reference and failures are the ``Simulator``'s
+    (``self.sim``), and a request's reward and info are MicroSplitEnv's."""
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: EnvConfig | dict | None = None, backend: str = "sim", **backend_options):
         super().__init__()
-        self.inner = MicroSplitEnv(config, backend, **backend_options)
-        self.config = self.inner.config
-        self.graph = self.inner.graph
+        self.config = config if isinstance(config, EnvConfig) else EnvConfig.parse(config or {})
+        self.sim = Simulator(self.config, backend, **backend_options)
+        self.graph = self.sim.graph
         self.actions = StageActions.of(self.graph, self.config.max_split, self.config.max_stages)
-        self.max_devices = self.inner.max_devices
+        self.max_devices = self.sim.max_devices
         size = self.max_devices * TOKEN_FEATURES + context_size(self.actions)
         self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, (size,), np.float32)
         self.action_space = gym.spaces.Discrete(self.actions.n)
@@ -252,49 +299,56 @@ class StagedSplitEnv(gym.Env):
         if (
             seed is not None
             or options
-            or self.inner.world is None
+            or self.sim.world is None
             or self._served >= self.config.requests_per_episode
         ):
-            self.inner.reset(seed=seed, options=options)
+            options = options or {}
+            world = options.get("world")
+            if world is None:
+                world = self.sim.sample_world(self.np_random)
+            self.sim.enter(world, float(options.get("time", self.config.start_s)))
             self._served = 0
         self.partial = PartialPlan()
-        return self.observation(), {"cluster": self.inner.cluster_spec.name, "time_s": self.inner.time}
+        return self.observation(), {"cluster": self.sim.cluster_spec.name, "time_s": self.sim.time}
 
     def action_masks(self) -> np.ndarray:
-        return self.actions.mask(self.partial.start, len(self.partial.factors), self.inner.view.n_usable)
+        return self.actions.mask(self.partial.start, len(self.partial.factors), self.sim.view.n_usable)
 
     def step(self, action):
         action = int(action)
         valid = 0 <= action < self.actions.n and self.action_masks()[action]
         if not valid:  # served on the reference plan, flagged (MaskablePPO never gets here)
-            return self._serve(self.inner._completed(0), None, True)
+            return self._serve(self.sim.reference_plan(), None, True)
         cut, factor = self.actions.decode(action)
         self.partial.bounds.append(cut)
         self.partial.factors.append(factor)
         if cut < len(self.graph.units):
             return self.observation(), 0.0, False, False, {}
         shape = self.partial.shape()
-        return self._serve(complete_arrays(self.graph, self.inner.view, shape), shape, False)
+        return self._serve(self.sim.completed(shape), shape, False)
 
-    def _serve(self, plan, shape: Shape | None, invalid: bool):
-        _, reward, _, _, info = self.inner.request(plan, shape.describe() if shape else None, invalid)
+    def _serve(self, plan: PlanArrays, shape: Shape | None, invalid: bool):
+        lo, hi = self.config.gap_s
+        served = self.sim.serve(plan, float(self.np_random.uniform(lo, hi)))
+        info = request_info(
+            served, plan, shape.describe() if shape else None, invalid, self.sim.cluster_spec.name
+        )
         self._served += 1
         self.partial = PartialPlan()
+        reward = float(served.reward(self.sim.objective))
         return np.zeros(self.observation_space.shape, np.float32), reward, True, False, info
 
     def observation(self) -> np.ndarray:
         """The current sub-step's observation (tokens padded to ``max_devices``, then the context)."""
-        spec = self.inner.cluster_spec
+        spec = self.sim.cluster_spec
         if len(spec.devices) > self.max_devices:
             raise ValueError(
                 f"cluster {spec.name!r} has {len(spec.devices)} devices; max_devices is {self.max_devices}"
             )
-        tokens, context = observe(
-            self.graph, self.inner.snapshot, self.inner.view, self.partial, self.actions
-        )
+        tokens, context = observe(self.graph, self.sim.snapshot, self.sim.view, self.partial, self.actions)
         padded = np.zeros((self.max_devices, TOKEN_FEATURES))
         padded[: len(tokens)] = tokens
         return np.concatenate([padded.ravel(), context]).astype(np.float32)
 
     def close(self) -> None:
-        self.inner.close()
+        self.sim.close()

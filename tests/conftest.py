@@ -31,7 +31,7 @@ def no_orphan_workers():
 def synthetic_profile(model: str, reference_gflops: float) -> dict:
     """A profile record of ``model`` on this host, built from FLOPs (plus a fixed cost per unit, so that
     it is not the FLOPs model in disguise) where profiling is not what a test checks."""
-    from env.partition_env import model_graph
+    from env.config import model_graph
     from runtime.profiler import FORMAT, this_host
 
     graph = model_graph(model)

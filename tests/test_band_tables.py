@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from env.band_tables import BandTables
-from env.partition_env import model_graph
+from env.config import model_graph
 
 
 def lookup(tables: BandTables, start: int, end: int, lo: int, hi: int) -> tuple[int, int, float]:

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from env.completion import complete, complete_arrays, net_view, split_rows, structured_shapes
+from env.config import model_graph
 from env.cost_model import CostModel
 from env.network import NetworkState
-from env.partition_env import model_graph
 from env.plan_arrays import PlanArrays
 from runtime.halo import split_by_shares
 from runtime.plan import Plan

@@ -13,9 +13,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env  # noqa: F401  (registers disnet/MicroSplit-v0)
+from env.actions import action_mask
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.config import EnvConfig, EnvConfigError, model_graph
 from env.network import NetworkState, link_key
-from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
+from env.partition_env import MicroSplitEnv
 from env.traces import constant
 from runtime.plan import Plan
 from runtime.spec import load_cluster
@@ -48,7 +50,7 @@ def static_world(down: dict | None = None, mbps: float | None = None) -> Network
 
 
 def _tiny3():
-    from env.partition_env import CLUSTER_DIR
+    from env.config import CLUSTER_DIR
 
     return CLUSTER_DIR / "tiny3.yaml"
 
@@ -115,6 +117,18 @@ def test_masks_follow_availability_and_padding():
     assert e.action_masks().tolist() == [True, True, False, False, False, False]
 
 
+def test_the_single_device_action_stays_valid_with_no_usable_device():
+    """One mask rule (env/actions.py) for the env and the policy planner: action 0 is always offered."""
+    shapes = [[[0, 14], [1]], [[0, 9, 14], [2, 1]]]
+    e = make(shapes=shapes, n_actions=4)
+    everyone = {d: [(0.0, 1e6)] for d in ("d0", "d1", "d2")}
+    e.reset(seed=0, options={"world": static_world(down=everyone)})
+    assert e.sim.view.n_usable == 0
+    assert e.action_masks().tolist() == [True, False, False, False]
+    assert action_mask(e.graph, e.sim.view, e.shapes, 4).tolist() == e.action_masks().tolist()
+    assert e.plan_for(0)[1] is False and e.plan_for(1)[1] is True
+
+
 def test_unmasked_invalid_actions_run_safely_and_are_flagged():
     shapes = [[[0, 14], [1]], [[0, 9, 14], [3, 1]]]
     e = make(shapes=shapes, n_actions=4)
@@ -136,7 +150,7 @@ def test_failure_during_a_request_is_retried_on_the_reference():
     e = make(shapes=shapes, start_s=10.0)
     e.reset(seed=0, options={"world": static_world()})
     plan, _ = e.plan_for(1)
-    latency = e.cost_model.predict(plan, e.world, 10.0).latency_s
+    latency = e.sim.cost_model.predict(plan, e.sim.world, 10.0).latency_s
     helper = sorted(plan.devices - {plan.source, plan.sink})
     assert helper, "the 3-way plan uses a device that is neither source nor sink"
     world = static_world(down={helper[0]: [(10.0 + latency / 2, 10.0 + 5.0)]})
@@ -164,7 +178,7 @@ def test_observation_encodes_the_snapshot():
     assert dev[:, 1].tolist() == [1, 0, 1]  # d1 is down
     assert dev[:, 4].tolist() == [1, 0, 0] and dev[:, 5].tolist() == [0, 0, 1]  # source d0, sink d2
     # every link at 63 Mbit/s: its windowed mean and history map to exactly 1.0
-    flags = e.observer.slots(e.world.spec).link_values
+    flags = e.observer.slots(e.sim.world.spec).link_values
     assert np.allclose(obs[flags], 1.0)
     assert obs[e.max_devices * f :][obs[e.max_devices * f :] > 0].size >= 3 * (2 + e.config.history)
 
@@ -225,7 +239,7 @@ def test_search_finds_a_shape_no_worse_than_its_starts():
     starts = structured_shapes(e.graph, 4, 3)
 
     def score(shape):
-        return e.cost_model.latency(complete(e.graph, e.view, shape), e.snapshot, e.time)
+        return e.sim.cost_model.latency(complete(e.graph, e.sim.view, shape), e.sim.snapshot, e.sim.time)
 
     best, cost = search_shape(e.graph, score, starts, 4, 3)
     assert cost <= min(score(s) for s in starts)

@@ -15,9 +15,10 @@ import yaml
 import train
 from agents import PlannerError, make_planner, planner_label
 from agents.ppo import PolicyFileError, PPOPlanner
+from env.config import EnvConfig, model_graph
 from env.cost_model import Objective
 from env.network import NetworkState
-from env.partition_env import EnvConfig, MicroSplitEnv, model_graph
+from env.partition_env import MicroSplitEnv
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"
@@ -58,10 +59,10 @@ def test_planner_matches_the_env_policy_and_decides_fast(run):
     times = []
     for _ in range(20):
         start = time.perf_counter()
-        plan = planner.plan(env.snapshot, graph, objective)
+        plan = planner.plan(env.sim.snapshot, graph, objective)
         times.append(time.perf_counter() - start)
-        plan.validate(graph, env.snapshot.available)
-        action = planner.act(env.snapshot, graph)
+        plan.validate(graph, env.sim.snapshot.available)
+        action = planner.act(env.sim.snapshot, graph)
         expected, _ = env.plan_for(action)
         assert plan == expected
         env.step(action)
@@ -93,8 +94,8 @@ def test_planner_falls_back_on_a_foreign_graph(run):
     env = MicroSplitEnv(EnvConfig.parse({}))
     env.reset(seed=0)
     other = model_graph("yolov2_tiny")
-    plan = planner.plan(env.snapshot, other, Objective())
-    plan.validate(other, env.snapshot.available)
+    plan = planner.plan(env.sim.snapshot, other, Objective())
+    plan.validate(other, env.sim.snapshot.available)
     assert len(plan.stages) == 1 and len(plan.stages[0].assignments) == 1
     assert planner.fallbacks == 1
 
@@ -120,7 +121,7 @@ def test_top_k_picks_the_best_of_the_policys_k_favourites_on_the_cost_model(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())["env"]
     env = MicroSplitEnv(EnvConfig.parse(cfg, base_dir=REPO / "configs" / "train"))
     env.reset(seed=5)
-    graph, objective, snap = env.graph, Objective(), env.snapshot
+    graph, objective, snap = env.graph, Objective(), env.sim.snapshot
     ranked = top1.ranked(snap, graph)
     assert ranked[0] == top1.act(snap, graph) and len(ranked) == int(env.action_masks().sum())
     candidates = [env.plan_for(a)[0] for a in ranked[:3]]
@@ -137,7 +138,7 @@ def test_polish_improves_on_the_policys_plan_within_its_budget_and_is_repeatable
     objective, gains = Objective(), []
     for seed in range(6):
         env.reset(seed=seed)
-        graph, snap = env.graph, env.snapshot
+        graph, snap = env.graph, env.sim.snapshot
         mine, better = plain.plan(snap, graph, objective), polished.plan(snap, graph, objective)
         better.validate(graph, snap.available)
         touched = polished.cost_model(graph, snap.spec).skeleton
@@ -182,7 +183,7 @@ def test_fine_tuning_starts_from_a_policy_and_keeps_its_actions(run, tmp_path):
     assert train.main(["--config", str(path), "--out", str(out), "--init", str(run / "policy.zip")]) == 0
     before, after = PPOPlanner(run / "policy.zip"), PPOPlanner(out / "policy.zip")
     assert before.meta.shapes == after.meta.shapes
-    world = NetworkState.static(MicroSplitEnv(EnvConfig.parse({})).clusters[0].spec)
+    world = NetworkState.static(MicroSplitEnv(EnvConfig.parse({})).sim.clusters[0].spec)
     graph = model_graph("tiny")
     after.plan(world.snapshot(5.0), graph, Objective()).validate(graph)
 

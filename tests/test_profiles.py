@@ -11,8 +11,9 @@ from conftest import synthetic_profile
 
 from agents import make_planner
 from env import profiles
+from env.config import EnvConfigError, model_graph
 from env.network import NetworkState
-from env.partition_env import EnvConfigError, MicroSplitEnv, model_graph
+from env.partition_env import MicroSplitEnv
 from env.profiles import ProfileError, read_profile, resolve_profile
 from runtime.plan import Plan
 from runtime.profiler import profile_path, write_profile
@@ -86,17 +87,17 @@ def test_every_tool_plans_on_the_profile_by_default(tmp_path, record, monkeypatc
     write_profile(slow, profile_path("tiny"))
     env = MicroSplitEnv({"model": "tiny", "clusters": ["tiny3"]})
     flops_env = MicroSplitEnv({"model": "tiny", "clusters": ["tiny3"], "cost": "flops"})
-    spec = env.cluster_spec
+    spec = env.sim.cluster_spec
     local = Plan.build(spec.source, spec.sink, [(0, len(GRAPH.units), {spec.source: 1.0})])
     snap = NetworkState.static(spec).snapshot(0.0)
-    profiled = env.cost_model.predict(local, snap).device_time[spec.source].compute_s
-    by_flops = flops_env.cost_model.predict(local, snap).device_time[spec.source].compute_s
-    assert flops_env.profile is None and env.profile.unit_seconds == tuple(slow["unit_seconds"])
+    profiled = env.sim.cost_model.predict(local, snap).device_time[spec.source].compute_s
+    by_flops = flops_env.sim.cost_model.predict(local, snap).device_time[spec.source].compute_s
+    assert flops_env.sim.profile is None and env.sim.profile.unit_seconds == tuple(slow["unit_seconds"])
     assert profiled == pytest.approx(10 * by_flops, rel=1e-9)
     # a planner handed the env's model keeps its profile on a cluster it was not built for
-    planner = make_planner("optimal", cost_model=env.cost_model)
+    planner = make_planner("optimal", cost_model=env.sim.cost_model)
     other = load_cluster(CLUSTERS / "mesh0.yaml")
-    assert planner.cost_model(GRAPH, other).profile == env.profile
+    assert planner.cost_model(GRAPH, other).profile == env.sim.profile
 
 
 def test_a_bad_profile_in_an_env_config_names_the_field(tmp_path, record):

@@ -13,13 +13,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from agents import PlannerError, make_planner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
 from env.completion import Shape, complete, net_view
+from env.config import EnvConfig, model_graph
 from env.cost_model import Objective
 from env.meshes import generate_mesh
 from env.network import NetworkState
-from env.partition_env import EnvConfig, MicroSplitEnv, model_graph
+from env.partition_env import MicroSplitEnv
 from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
-from train_staged import StagedConfig, behaviour_cloning, label_worker, make_model
+from training.config import StagedConfig
+from training.staged import behaviour_cloning, make_model
+from training.staged_labels import label_worker
 
 ENV = {
     "model": "tiny",
@@ -64,7 +67,7 @@ def test_masks_are_exact(env):
     n_units = len(env.graph.units)
     env.reset(seed=1)
     for _ in range(60):
-        usable = env.inner.view.n_usable
+        usable = env.sim.view.n_usable
         mask = env.action_masks()
         start, stages = env.partial.start, len(env.partial.factors)
         for a in range(env.actions.n):
@@ -87,14 +90,14 @@ def test_request_is_the_microsplit_request_of_its_shape(env):
     n_units = len(env.graph.units)
     shape = Shape((0, 3, n_units), (2, 1))
     env.reset(seed=5)
-    snapshot, t = env.inner.snapshot, env.inner.time
+    snapshot, t = env.sim.snapshot, env.sim.time
     expected = complete(env.graph, net_view(snapshot), shape)
     reward = None
     for _, end, k in shape.stages:
         _, reward, done, _, info = env.step(env.actions.encode(end, k))
     assert done and info["plan"].plan == expected
     twin = MicroSplitEnv(EnvConfig.parse({**ENV, "shapes": [shape.to_list()]}))
-    twin.reset(options={"world": env.inner.world, "time": t})
+    twin.reset(options={"world": env.sim.world, "time": t})
     _, twin_reward, *_ = twin.step(1)
     assert reward == pytest.approx(twin_reward)
 
@@ -108,7 +111,7 @@ def test_numpy_actor_matches_the_torch_policy(env, policy):
         with torch.no_grad():
             features = model.policy.extract_features(torch.as_tensor(obs[None]))
             expected = model.policy.action_net(model.policy.mlp_extractor(features)[0])[0].numpy()
-        tokens, context = observe(env.graph, env.inner.snapshot, env.inner.view, env.partial, env.actions)
+        tokens, context = observe(env.graph, env.sim.snapshot, env.sim.view, env.partial, env.actions)
         np.testing.assert_allclose(planner.net.logits(tokens, context), expected, rtol=1e-4, atol=1e-5)
         env.step(int(np.flatnonzero(env.action_masks())[0]))
 
@@ -186,8 +189,8 @@ def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
 
 
 def test_training_meshes_never_use_evaluation_seeds():
+    from env.config import EnvConfigError
     from env.meshes import EVAL_SEED_BASE
-    from env.partition_env import EnvConfigError
 
     with pytest.raises(EnvConfigError, match=f"below {EVAL_SEED_BASE}"):
         EnvConfig.parse({**ENV, "meshes": {"count": 10, "seed": EVAL_SEED_BASE - 5}})

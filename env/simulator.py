@@ -1,0 +1,203 @@
+"""The simulator the environments, training and the oracle share: a trace-driven world, its clock, the
+cost model, the completion of plan shapes, and what a request costs.
+
+**World and clock.** ``enter(world, t)`` puts the simulator in a ``NetworkState`` (link traces, device
+load, failures) at time ``t``; ``sample_world(rng)`` draws one from the config's domain randomisation (a
+cluster, optionally random source and sink, a dynamics entry, a fresh seed). What may be known at ``t``
+is ``snapshot`` (measured up to ``t``, never the future) and its ``view``; completions and world costs are
+memoised until the clock moves.
+
+**The reference** of a request at ``t`` is the single-device shape completed on the snapshot at ``t``:
+the whole model on the best single device. Rewards are measured against it and a failed request is
+retried on it.
+
+**Failures**: a request fails when a device it touches (computing, source, sink or relay) is down at any
+moment of ``[t, t + latency]``; it is then retried on the reference plan, so it is charged the failed
+attempt's latency and energy plus the reference's (``charge``).
+
+**Backends** execute requests (env/backends.py): ``sim`` predicts each with the cost model in the world;
+``live`` runs it on a local cluster through the runtime and measures it. ``serve`` runs one request on
+the backend, prices it against the reference (always predicted) and advances the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from env.actions import single_device_shape
+from env.backends import Outcome, make_backend
+from env.completion import NetView, Shape, complete_arrays, net_view
+from env.config import EnvConfig, EnvConfigError, cluster_specs, model_graph
+from env.cost_model import Cost, CostModel, Objective, Prediction
+from env.network import DynamicsConfig, NetworkState, Snapshot
+from env.plan_arrays import PlanArrays
+from env.profiles import ProfileError, resolve_profile
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+from runtime.spec import ClusterSpec
+
+
+def reference_plan(graph: LayerGraph, view: NetView) -> PlanArrays:
+    """The reference of a request (module docstring) given what is known when it arrives."""
+    return complete_arrays(graph, view, single_device_shape(graph))
+
+
+def charge(outcome: Outcome, reference: Cost | Prediction) -> Outcome:
+    """What a request costs in all: a failed attempt is retried on the reference plan, on top."""
+    if not outcome.failed:
+        return outcome
+    return Outcome(
+        outcome.latency_s + reference.latency_s,
+        outcome.energy_j + reference.energy_j,
+        outcome.outputs_match,
+        failed=True,
+    )
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """One request served by ``Simulator.serve``: when, what the backend reported, what it cost in all,
+    and what the reference plan costs in the same world at the same time."""
+
+    time_s: float
+    outcome: Outcome
+    charged: Outcome
+    reference: Cost
+
+    def reward(self, objective: Objective) -> float:
+        """``-score / score(reference)``: near -1 for any model or cluster, above it when beating the
+        best single device."""
+        charged = Cost(self.charged.latency_s, self.charged.energy_j)
+        return -objective.score(charged) / max(objective.score(self.reference), 1e-12)
+
+
+@dataclass
+class _Cluster:
+    spec: ClusterSpec
+    cost: CostModel
+
+
+class Simulator:
+    """See the module docstring. ``config`` is an EnvConfig; ``backend`` is ``sim`` or ``live``."""
+
+    def __init__(self, config: EnvConfig, backend: str = "sim", **backend_options: Any):
+        self.config = config
+        self.graph = model_graph(config.model)
+        self.objective = config.objective.build()
+        self.dynamics = [DynamicsConfig.parse(d, base_dir=config.base_dir) for d in config.dynamics]
+        specs = cluster_specs(config)
+        profile = None if config.profile is None else Path(config.base_dir or ".") / config.profile
+        try:
+            self.profile = resolve_profile(self.graph, config.cost, profile)
+        except ProfileError as exc:
+            raise EnvConfigError(f"profile: {exc}") from None
+        self.clusters = [_Cluster(spec, CostModel(self.graph, spec, self.profile)) for spec in specs]
+        # device slots an observation needs: the config's, else the largest cluster's (before any replayed world's)
+        self.max_devices = config.max_devices or max(len(spec.devices) for spec in specs)
+        self.single = single_device_shape(self.graph)
+        self.backend = make_backend(backend, **backend_options)
+        self._cluster = self.clusters[0]
+        self.world: NetworkState | None = None
+        self.time = 0.0
+        self.snapshot: Snapshot | None = None
+        self.view: NetView | None = None
+        self._plans: dict[Shape, PlanArrays] = {}  # per shape, for the current view
+        self._costs: dict[int, tuple[Plan | PlanArrays, float, Cost]] = {}  # per plan object, current view
+
+    @property
+    def cluster_spec(self) -> ClusterSpec:
+        return self.world.spec if self.world is not None else self._cluster.spec
+
+    @property
+    def cost_model(self) -> CostModel:
+        return self._cluster.cost
+
+    # ---- the world and its clock ----------------------------------------------------------------
+    def sample_world(self, rng: np.random.Generator) -> NetworkState:
+        """A world of the config's distribution: a cluster (random source and sink if configured), a
+        dynamics entry and a fresh seed, all drawn from ``rng``."""
+        spec = self.clusters[int(rng.integers(len(self.clusters)))].spec
+        if self.config.random_endpoints:
+            source, sink = rng.choice(spec.device_ids, size=2, replace=True)
+            spec = spec.with_source_sink(str(source), str(sink))
+        dynamics = self.dynamics[int(rng.integers(len(self.dynamics)))]
+        return NetworkState.sample(spec, dynamics, np.random.default_rng(int(rng.integers(2**63))))
+
+    def enter(self, world: NetworkState, t: float) -> None:
+        """Continue in ``world`` at time ``t`` (the backend follows it)."""
+        self._cluster = self._cluster_for(world.spec)
+        self.world = world
+        self.time = t
+        self.backend.reset(self)
+        self.look()
+
+    def look(self) -> None:
+        """Take the snapshot at the current time; forget the previous one's completions and costs."""
+        self.snapshot = self.snapshot_at(self.time)
+        self.view = net_view(self.snapshot)
+        self._plans.clear()
+        self._costs.clear()
+
+    def snapshot_at(self, t: float) -> Snapshot:
+        return self.world.snapshot(t, self.config.window_s, self.config.history)
+
+    def _cluster_for(self, spec: ClusterSpec) -> _Cluster:
+        for c in self.clusters:
+            if c.spec.name == spec.name and c.spec.links == spec.links:
+                return c
+        cluster = _Cluster(spec, CostModel(self.graph, spec, self.profile))
+        self.clusters.append(cluster)
+        return cluster
+
+    # ---- plans ----------------------------------------------------------------------------------
+    def completed(self, shape: Shape) -> PlanArrays:
+        """``shape`` completed on the current view, memoised until the clock moves (the reference is
+        also action 0's plan, and callers ask about a request's plan more than once)."""
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = self._plans[shape] = complete_arrays(self.graph, self.view, shape)
+        return plan
+
+    def reference_plan(self, t: float | None = None) -> PlanArrays:
+        """The reference of a request at ``t`` (module docstring; default: now)."""
+        if t is None or t == self.time:
+            return self.completed(self.single)
+        return reference_plan(self.graph, net_view(self.snapshot_at(t)))
+
+    # ---- what requests cost ---------------------------------------------------------------------
+    def world_cost(self, plan: Plan | PlanArrays, t: float) -> Cost:
+        """``cost_model.cost`` in the world, memoised per plan object and time until the clock moves."""
+        hit = self._costs.get(id(plan))
+        if hit is not None and hit[0] is plan and hit[1] == t:
+            return hit[2]
+        cost = self.cost_model.cost(plan, self.world, t)
+        self._costs[id(plan)] = (plan, t, cost)
+        return cost
+
+    def touches_outage(self, plan: Plan | PlanArrays, t0: float, t1: float) -> bool:
+        """Whether a device the plan uses (relays included) is down at some moment of [t0, t1]."""
+        return self.world.down_during(self.cost_model.skeleton(plan).devices, t0, t1)
+
+    def predicted_outcome(self, plan: Plan | PlanArrays, t: float) -> Outcome:
+        """The cost model's prediction of a request in the world at ``t``, failure check included."""
+        cost = self.world_cost(plan, t)
+        failed = self.touches_outage(plan, t, t + cost.latency_s)
+        return Outcome(cost.latency_s, cost.energy_j, failed=failed)
+
+    def serve(self, plan: PlanArrays, gap_s: float) -> ServedRequest:
+        """Run one request with ``plan`` now on the backend, price it, and move the clock to the next
+        request: after its latency and ``gap_s``."""
+        t = self.time
+        outcome = self.backend.run(self, plan, t)
+        reference = self.world_cost(self.reference_plan(), t)
+        charged = charge(outcome, reference)
+        self.time = self.backend.advance(self, t + charged.latency_s + gap_s)
+        self.look()
+        return ServedRequest(t, outcome, charged, reference)
+
+    def close(self) -> None:
+        self.backend.close()
