@@ -155,9 +155,18 @@ class _PeakRss:
 
 
 @contextlib.contextmanager
-def _worker_process(device: str):
+def _worker_process(device: str, *flags: str):
     """A worker process on loopback started as the README shows (no checkpoint: seeded builds)."""
-    cmd = [sys.executable, "-m", "runtime.worker", "--bind", "tcp://127.0.0.1:*", "--device-id", device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime.worker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--device-id",
+        device,
+        *flags,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         yield proc.stdout.readline().decode().split()[1], proc.pid
@@ -416,28 +425,41 @@ def test_builds_are_evicted_least_recently_used_first_and_never_in_use():
         builds_to_evict(held, {"a", "b"}, 1, max_models=2, max_bytes=10_000)
 
 
-def test_a_new_seed_of_a_model_in_use_is_refused_before_it_is_built(ctx):
-    """The issue's attack: a worker without a checkpoint serves VGG-16 (528 MiB of seeded weights) and
-    another client deploys it with new seeds, a whole build each (+541 MiB measured before the byte
-    budget). Both are refused before anything is allocated; the first client's plan stays deployed."""
-    graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"))
-    plan = Plan.build("w", "w", [(0, len(graph.units), {"w": 1})])
-    with _worker_process("w") as (endpoint, pid):
+def test_the_default_budget_holds_every_zoo_model_at_once_but_not_a_second_vgg16():
+    sizes = {name: weight_bytes(models.skeleton(name)) for name in models.MODEL_NAMES}
+    limits = Limits()
+    assert sum(sizes.values()) <= limits.max_model_bytes
+    vgg = ("vgg16_bn", 0, models.input_shape("vgg16_bn"))  # in use; a new seed would double it
+    with pytest.raises(models.ModelError, match="--max-model-bytes"):
+        builds_to_evict({vgg: sizes["vgg16_bn"]}, {vgg}, sizes["vgg16_bn"], 8, limits.max_model_bytes)
+
+
+def test_a_build_beyond_the_byte_budget_is_refused_before_it_is_allocated(ctx):
+    """The issue's attack on a worker without a checkpoint (seeded builds): another client deploys the
+    model in use with a new seed, and VGG-16 (528 MiB of weights, +541 MiB measured before the budget).
+    With room for one ResNet-18 (45 MiB) both are refused before anything is allocated."""
+    graphs = {
+        m: LayerGraph.from_model(models.skeleton(m), models.input_shape(m)) for m in ("resnet18", "vgg16_bn")
+    }
+    plans = {m: Plan.build("w", "w", [(0, len(g.units), {"w": 1})]) for m, g in graphs.items()}
+
+    def deploy(client, rid, plan_id, model, seed):
+        dep = deployments(graphs[model], plans[model], plan_id, model, seed, lambda a, b: [a, b])["w"]
+        client.send(Header(Kind.DEPLOY, rid, {"deploy": dep.to_meta()}))
+        return client.reply(rid, timeout_s=60)
+
+    with _worker_process("w", "--max-model-bytes", str(64 * MiB)) as (endpoint, pid):
         owner, attacker = _Client(ctx, endpoint), _Client(ctx, endpoint)
         config = {"device": "w", "peers": {"w": endpoint}, "power": [1.0] * 4, "emulation": None}
         assert owner.ask(Header(Kind.CONFIG, 1, config)).header.kind == Kind.ACK
-        dep = deployments(graph, plan, 500, "vgg16_bn", 0, lambda a, b: [a, b])["w"]
-        reply = owner.ask(Header(Kind.DEPLOY, 2, {"deploy": dep.to_meta()}), timeout_s=120)
-        assert reply.header.kind == Kind.DEPLOY_OK
+        assert deploy(owner, 2, 500, "resnet18", 0).header.kind == Kind.DEPLOY_OK
         with _PeakRss(pid) as rss:
-            for seed in (1, 2):
-                dep = deployments(graph, plan, 500 + seed, "vgg16_bn", seed, lambda a, b: [a, b])["w"]
-                reply = attacker.ask(Header(Kind.DEPLOY, 10 + seed, {"deploy": dep.to_meta()}))
-                assert reply.header.kind == Kind.ERROR
-                assert "--max-model-bytes" in reply.header.meta["message"]
+            for rid, model, seed in ((11, "resnet18", 1), (12, "vgg16_bn", 0)):
+                reply = deploy(attacker, rid, 500 + rid, model, seed)
+                assert reply.header.kind == Kind.ERROR and "--max-model-bytes" in reply.header.meta["message"]
         assert rss.growth <= RSS_BUDGET, f"worker RSS grew {rss.growth / MiB:.0f} MiB"
         status = owner.ask(Header(Kind.PING, 20)).header.meta
-        assert status["plans"] == [500] and list(status["loaded_units"]) == ["vgg16_bn:3x224x224:0"]
+        assert status["plans"] == [500] and list(status["loaded_units"]) == ["resnet18:3x224x224:0"]
 
 
 def test_the_byte_budget_refuses_a_sender_over_its_share_and_frees_what_is_released():
