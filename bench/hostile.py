@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,12 +30,14 @@ from rich.table import Table
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
+from runtime.security import generate_keypairs, public_key, secure_client
 from runtime.spec import parse_cluster
 from runtime.transport import Header, Kind, encode, recv, send
 
 torch.set_num_threads(1)
 MiB = 1 << 20
 MODEL, SEED = "tiny", 0
+PLAN = Plan.build("s0", "s1", [(0, 6, {"s0": 1, "s1": 1}), (6, 14, {"s1": 1})])
 
 
 def _spec(devices):
@@ -54,10 +57,11 @@ def _spec(devices):
 
 
 class _Watch:
-    """Peak RSS of a worker and the slowest PING it answered while the block ran."""
+    """Peak RSS of a worker and the slowest PING it answered while the block ran (``secure`` makes the
+    pinging socket a CURVE client of a worker that requires one)."""
 
-    def __init__(self, ctx, pid: int, endpoint: str):
-        self.process, self.ctx, self.endpoint = psutil.Process(pid), ctx, endpoint
+    def __init__(self, ctx, pid: int, endpoint: str, secure=lambda sock: None):
+        self.process, self.ctx, self.endpoint, self.secure = psutil.Process(pid), ctx, endpoint, secure
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -76,6 +80,7 @@ class _Watch:
     def _ping(self):
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
+        self.secure(sock)
         sock.connect(self.endpoint)
         rid = 1 << 40
         while not self._stop.is_set():
@@ -123,8 +128,8 @@ def _attacks(cluster):
             replies.append(_first_reply(sock, 2.0))
         return replies[0]
 
-    def multipart(sock):
-        big = bytes(120 * MiB)
+    def multipart(sock, frame_mib=120):
+        big = bytes(frame_mib * MiB)
         sock.send_multipart([encode(Header(Kind.PING, 31))[0], big, big, big])
         return _first_reply(sock, 3.0)
 
@@ -153,12 +158,35 @@ def _attacks(cluster):
 
     return [
         ("3 x 120 MiB frames in one message", "s0", multipart),
+        ("3 x 60 MiB frames in one message (each under the frame limit)", "s0", lambda s: multipart(s, 60)),
         ("8 x 60 MiB bands of no plan, held 20 s", "s0", bands),
         ("DEPLOY tiny at 3x2048x2048", "s0", input_shape),
         ("2000 DEPLOYs of new plan ids", "s0", plans),
         ("header with rid -5", "s0", negative_rid),
         ("anonymous PING", "s1", anonymous_ping),
     ]
+
+
+def _stranger_attack(ctx, keys: Path, reference) -> dict:
+    """3 x 60 MiB frames from a CURVE key the worker does not know, then an inference by the controller."""
+    generate_keypairs(keys, ["controller", "s0", "s1"])
+    with LocalCluster(_spec(["s0", "s1"]), model=MODEL, seed=SEED, emulate=False, curve_keys=keys) as cluster:
+        ctl = cluster.controller
+        ctl.deploy(PLAN)
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger, sock.sndtimeo = 0, 5000
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = public_key(keys, "s0")
+        sock.connect(cluster.endpoints["s0"])
+        big = bytes(60 * MiB)
+        endpoint, pid = cluster.endpoints["s0"], cluster.processes["s0"].pid
+        with _Watch(ctx, pid, endpoint, lambda s: secure_client(s, keys, "controller", "s0")) as watch:
+            sock.send_multipart([encode(Header(Kind.PING, 71))[0], big, big, big])
+            reply = _first_reply(sock, 3.0)
+        sock.close()
+        x = torch.randn(1, *models.input_shape(MODEL))
+        serves = torch.allclose(ctl.infer(x).output, reference(x).detach(), rtol=1e-4, atol=1e-5)
+    return _row("the same from a key the worker does not know (CURVE)", reply, watch, serves)
 
 
 def _seed_attack(ctx, console) -> dict:
@@ -214,10 +242,9 @@ def main(argv=None) -> None:
     reference = models.build(MODEL, seed=SEED)
     rows = []
     ctx = zmq.Context()
-    n = 14
     with LocalCluster(_spec(["s0", "s1"]), model=MODEL, seed=SEED, emulate=False) as cluster:
         ctl = cluster.controller
-        ctl.deploy(Plan.build("s0", "s1", [(0, 6, {"s0": 1, "s1": 1}), (6, n, {"s1": 1})]))
+        ctl.deploy(PLAN)
         for name, device, attack in _attacks(cluster):
             console.print(f"[dim]{name}...[/dim]")
             sock = ctx.socket(zmq.DEALER)
@@ -233,6 +260,9 @@ def main(argv=None) -> None:
             except Exception as exc:
                 serves = f"no: {exc}"[:60]
             rows.append(_row(name, reply, watch, serves))
+    console.print("[dim]an unknown CURVE key...[/dim]")
+    with tempfile.TemporaryDirectory() as keys:
+        rows.append(_stranger_attack(ctx, Path(keys) / "keys", reference))
     console.print("[dim]VGG-16 seeds...[/dim]")
     rows.append(_seed_attack(ctx, console))
     ctx.destroy(linger=0)

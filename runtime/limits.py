@@ -4,17 +4,32 @@ Every limit has a named default (``Limits()``) and a command-line flag (``add_ar
 device with more or less memory can be given its own. ``ByteBudget`` counts the bytes of received
 tensors still alive in the worker, per sender and in total: a band is refused before it is buffered
 when its sender's share is spent, and its bytes are given back when the worker lets go of it.
+``builds_to_evict`` keeps the seeded model builds within a count and a byte budget: a build's size is
+known from its meta-device skeleton, so one that cannot fit is refused before anything is allocated.
+
+What libzmq bounds, and what it does not: ``max_message_bytes`` is set as ZMQ_MAXMSGSIZE, which libzmq
+checks per *frame* as the frame's size arrives, dropping the connection without reading it. A
+multipart message is delivered atomically, so libzmq holds all its frames before the worker sees the
+first, and it bounds neither the frames of one message nor their sum (RCVHWM counts whole messages).
+The whole-message limit is therefore enforced on receipt: the message is refused and freed at once.
+A peer can thus make a worker hold, for a moment, as many bytes as it sends itself (never more); only
+authentication bounds who may: under CURVE a client without an authorised key is refused at the
+handshake, before any of its frames is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import threading
 import weakref
+from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 
+from runtime.models import ModelError
 from runtime.transport import MAX_MESSAGE_BYTES
 
 MiB = 1 << 20
@@ -29,6 +44,8 @@ class Limits:
     max_batch: int = 16  # images per request
     max_plans_per_client: int = 16
     max_models: int = 2  # distinct (model, seed, input shape) built at once, including those in use
+    # seeded weights held at once: every zoo model together (647 MiB), not two VGG-16 (528 MiB each)
+    max_model_bytes: int = 768 * MiB
     max_open_requests: int = 1024
     max_queued: int = 256  # tasks waiting for the compute thread, hops for the radio, builds to do
     peer_budget_bytes: int = 64 * MiB  # received tensor bytes one sender may have alive here
@@ -43,6 +60,8 @@ _HELP = {  # flag help per limit
     "max_batch": "most images in one request",
     "max_plans_per_client": "most plans one client (key, or connection without CURVE) may deploy",
     "max_models": "most model builds (model, seed, input shape) held at once",
+    "max_model_bytes": "most bytes of seeded model weights held at once, builds in use included; a build "
+    "that does not fit is refused before it is allocated",
     "max_open_requests": "most requests with state on this worker",
     "max_queued": "most tasks, hops or builds waiting in each queue",
     "peer_budget_bytes": "received tensor bytes one sender may have buffered here",
@@ -116,3 +135,39 @@ class ByteBudget:
             else:
                 self._used.pop(peer, None)
             self._sum -= nbytes
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers; shapes alone decide it, so a meta-device skeleton
+    tells what a build will allocate before anything is."""
+    return sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def builds_to_evict(
+    held: Mapping[Hashable, int], in_use: Collection, new_bytes: int, max_models: int, max_bytes: int
+) -> list:
+    """The builds to drop so that one more, of ``new_bytes``, fits within both limits.
+
+    ``held`` maps each build, least recently used first, to its bytes; only builds no deployed plan
+    uses (not in ``in_use``) may go, oldest first. When the builds in use leave no room, nothing is
+    evicted and ``ModelError`` names the limit and its flag: the sender must retire a plan first.
+    """
+    kept = [nbytes for key, nbytes in held.items() if key in in_use]
+    if len(kept) + 1 > max_models:
+        raise ModelError(
+            f"{len(kept)} model builds are in use by deployed plans (limit {max_models}, --max-models): "
+            "retire a plan first"
+        )
+    if sum(kept) + new_bytes > max_bytes:
+        raise ModelError(
+            f"this model's weights ({new_bytes / MiB:.0f} MiB) do not fit beside the {sum(kept) / MiB:.0f} MiB "
+            f"of the builds in use (limit {max_bytes / MiB:.0f} MiB, --max-model-bytes): retire a plan first"
+        )
+    count, total, evict = len(held) + 1, sum(held.values()) + new_bytes, []
+    for key, nbytes in held.items():
+        if count <= max_models and total <= max_bytes:
+            break
+        if key not in in_use:
+            evict.append(key)
+            count, total = count - 1, total - nbytes
+    return evict

@@ -88,7 +88,7 @@ from runtime.graph import LayerGraph
 from runtime.halo import Rows
 from runtime.kernel_network import EgressCounter, egress_counter
 from runtime.layout import layout
-from runtime.limits import ByteBudget, Limits
+from runtime.limits import ByteBudget, Limits, builds_to_evict, weight_bytes
 from runtime.limits import add_arguments as add_limit_arguments
 from runtime.limits import from_arguments as limits_from_arguments
 from runtime.plan import Plan
@@ -419,15 +419,16 @@ class WeightStore:
 
     With a checkpoint (``model_file``) a model is a meta-device skeleton whose units get their tensors
     from the memory-mapped checkpoint when first needed, and the checkpoint alone defines the weights;
-    without one the seeded model is built whole. One entry per (model, seed, input shape), at most
-    ``max_models`` of them: a new one evicts the least recently used one no deployed plan needs (``in_use``
-    names those), and is refused when every entry is in use, so no sequence of deployments (new seeds,
-    new input shapes) can exhaust the device's memory. An entry evicted is rebuilt on demand.
+    without one the seeded model is built whole. One entry per (model, seed, input shape), within the
+    ``limits`` on builds and on seeded weight bytes: a new one evicts the least recently used ones no
+    deployed plan needs (``in_use`` names those), and is refused before it is built when the entries in
+    use leave no room, so no sequence of deployments (new seeds, new input shapes) can exhaust the
+    device's memory. An entry evicted is rebuilt on demand.
     """
 
-    def __init__(self, model_file: Path | None, max_models: int = 2, in_use: Callable[[], set[tuple]] = set):
+    def __init__(self, model_file: Path | None, limits: Limits, in_use: Callable[[], set[tuple]] = set):
         self.model_file = model_file
-        self.max_models = max_models
+        self.limits = limits
         self.in_use = in_use
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._models: OrderedDict[tuple, _Model] = OrderedDict()
@@ -439,7 +440,7 @@ class WeightStore:
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                self._make_room()
+                self._make_room(name)
         if model is None:  # built without the lock: the status (PONG) reads the store meanwhile
             model = self._build(name, seed, shape)
         with self._lock:
@@ -464,18 +465,17 @@ class WeightStore:
         """What tells two builds apart (with a checkpoint the seed does not matter)."""
         return name, None if self.model_file else seed, tuple(shape)
 
-    def _make_room(self) -> None:
-        """Evict least recently used builds no plan needs until one more fits (caller holds the lock)."""
-        needed = self.in_use()
-        for key in [k for k in self._models if k not in needed]:
-            if len(self._models) < self.max_models:
-                return
+    def _make_room(self, name: str) -> None:
+        """Evict builds no plan needs until one of ``name`` fits, or refuse it (caller holds the lock)."""
+        held = {key: self._allocated(m.module) for key, m in self._models.items()}
+        new, limits = self._allocated(models.skeleton(name)), self.limits
+        for key in builds_to_evict(held, self.in_use(), new, limits.max_models, limits.max_model_bytes):
             del self._models[key]
-        if len(self._models) >= self.max_models:
-            raise models.ModelError(
-                f"{len(self._models)} model builds are in use by deployed plans (limit {self.max_models}, "
-                "--max-models): retire a plan first"
-            )
+
+    def _allocated(self, module: nn.Module) -> int:
+        """The memory a build of ``module`` holds: its weights when seeded; none with a checkpoint, whose
+        loaded units view the one memory-mapped file that every build shares (the OS can drop its pages)."""
+        return 0 if self.model_file else weight_bytes(module)
 
     def _load_module(self, module: nn.Module, names: dict[int, str]) -> None:
         wanted = module.state_dict()
@@ -589,7 +589,7 @@ class Worker:
         self.curve_keys = curve_keys
         self.insecure = insecure
         self.access = Access(None if curve_keys is None else authorized_keys(curve_keys), controller_key)
-        self.weights = WeightStore(model_file, limits.max_models, self._models_in_use)
+        self.weights = WeightStore(model_file, limits, self._models_in_use)
         self.budget = ByteBudget(limits.peer_budget_bytes, limits.total_budget_bytes)
         self.ctx = zmq.Context()
         self._auth = None

@@ -7,9 +7,13 @@ that the worker's resident memory grew by at most ``RSS_BUDGET``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import psutil
@@ -21,12 +25,13 @@ from runtime import models
 from runtime.auth import InsecureBind
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
-from runtime.limits import ByteBudget
+from runtime.graph import LayerGraph
+from runtime.limits import ByteBudget, Limits, builds_to_evict, weight_bytes
 from runtime.plan import Plan
-from runtime.security import KeyFileError, generate_keypairs, secure_client
+from runtime.security import KeyFileError, generate_keypairs, public_key, secure_client
 from runtime.spec import ClusterSpec, parse_cluster
 from runtime.transport import Header, Kind, encode, recv, send
-from runtime.worker import WeightStore, Worker
+from runtime.worker import WeightStore, Worker, deployments
 from runtime.worker import main as worker_main
 
 torch.set_num_threads(1)
@@ -147,6 +152,27 @@ class _PeakRss:
         self._stop.set()
         self._thread.join()
         self.growth = self.peak - self.base
+
+
+@contextlib.contextmanager
+def _worker_process(device: str, *flags: str):
+    """A worker process on loopback started as the README shows (no checkpoint: seeded builds)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime.worker",
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--device-id",
+        device,
+        *flags,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield proc.stdout.readline().decode().split()[1], proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _deployment(cluster, device: str, **changes) -> dict:
@@ -283,6 +309,37 @@ def test_an_oversized_multipart_is_dropped_unbuffered(plain_cluster, ctx, refere
     _still_serves(plain_cluster, reference, seed=5)
 
 
+def test_a_multipart_over_the_message_limit_is_refused_and_let_go(plain_cluster, ctx, reference):
+    """Three 60 MB frames, each under the frame limit: libzmq holds a whole multipart before the worker
+    sees any of it (it bounds frames, not messages), so the worker refuses it on receipt and frees it:
+    it holds no more than the sender sent, and not for longer than it takes to read."""
+    attacker = _Client(ctx, plain_cluster.endpoints["s0"])
+    big = bytes(60 * MiB)
+    before = _rss(plain_cluster, "s0")
+    attacker.sock.send_multipart([encode(Header(Kind.PING, 32))[0], big, big, big])
+    reply = attacker.reply(32)
+    assert reply.header.kind == Kind.ERROR and "exceeds" in reply.header.meta["message"]
+    assert _rss(plain_cluster, "s0") - before <= RSS_BUDGET
+    _still_serves(plain_cluster, reference, seed=9)
+
+
+def test_a_client_without_an_authorised_key_makes_a_worker_buffer_nothing(curve_cluster, ctx, reference):
+    """The same three 60 MB frames from a key the worker does not know: CURVE refuses it at the
+    handshake, so not one of its frames is read (what bounds a whole multipart on a network)."""
+    cluster, keys = curve_cluster
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.linger, stranger.sndtimeo = 0, 2000
+    stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
+    stranger.curve_serverkey = public_key(keys, "s0")
+    stranger.connect(cluster.endpoints["s0"])
+    big = bytes(60 * MiB)
+    with _PeakRss(cluster.processes["s0"].pid) as rss:
+        stranger.send_multipart([encode(Header(Kind.PING, 33))[0], big, big, big])
+        assert not stranger.poll(1500)  # no reply: the handshake failed
+    assert rss.growth <= RSS_BUDGET, f"worker RSS grew {rss.growth / MiB:.0f} MiB"
+    _still_serves(cluster, reference, seed=10)
+
+
 def test_a_huge_input_shape_is_refused_and_liveness_never_stalls(plain_cluster, ctx, reference):
     attacker = _Client(ctx, plain_cluster.endpoints["s0"])
     dep = _deployment(plain_cluster, "s0", plan=777, input_shape=[3, 2048, 2048])
@@ -328,13 +385,81 @@ def test_a_negative_request_id_gets_an_error_reply(plain_cluster, ctx):
 def test_the_weight_store_holds_a_bounded_number_of_builds():
     """New seeds (a rebuild each) evict builds no plan uses and are refused when all are in use."""
     in_use: set = set()
-    store = WeightStore(None, max_models=2, in_use=lambda: in_use)
+    store = WeightStore(None, Limits(max_models=2), in_use=lambda: in_use)
     for seed in range(5):
         store.prepare(MODEL, seed, models.input_shape(MODEL))
     assert len(store.loaded()) == 2
     in_use.update(store._models)
     with pytest.raises(models.ModelError, match="--max-models"):
         store.prepare(MODEL, 99, models.input_shape(MODEL))
+
+
+def test_the_weight_store_keeps_seeded_weights_within_its_byte_budget():
+    """Room for two seeded builds of the model: a third evicts an unused one; with both in use it is
+    refused, and so is a model too big for the budget, without evicting anything in vain."""
+    one = weight_bytes(models.skeleton(MODEL))
+    in_use: set = set()
+    store = WeightStore(None, Limits(max_models=8, max_model_bytes=2 * one), in_use=lambda: in_use)
+    for seed in range(3):
+        store.prepare(MODEL, seed, models.input_shape(MODEL))
+    assert sorted(store.loaded()) == [f"{MODEL}:3x32x32:1", f"{MODEL}:3x32x32:2"]
+    in_use.update(store._models)
+    with pytest.raises(models.ModelError, match="--max-model-bytes"):
+        store.prepare(MODEL, 99, models.input_shape(MODEL))
+    in_use.clear()
+    with pytest.raises(models.ModelError, match="--max-model-bytes"):
+        store.prepare("vgg16_bn", 0, models.input_shape("vgg16_bn"))
+    assert len(store.loaded()) == 2
+    checkpointed = WeightStore(Path("never-read.pt"), Limits(max_model_bytes=1))  # views of one mapped file
+    checkpointed.prepare(MODEL, 0, models.input_shape(MODEL))
+
+
+def test_builds_are_evicted_least_recently_used_first_and_never_in_use():
+    held = {"a": 100, "b": 200, "c": 300, "d": 50}
+    assert builds_to_evict(held, {"b"}, 250, max_models=10, max_bytes=700) == ["a", "c"]
+    assert builds_to_evict(held, {"b"}, 250, max_models=3, max_bytes=10_000) == ["a", "c"]
+    assert builds_to_evict(held, set(), 10, max_models=10, max_bytes=10_000) == []
+    with pytest.raises(models.ModelError, match="--max-model-bytes"):
+        builds_to_evict(held, {"b", "c"}, 201, max_models=10, max_bytes=700)
+    with pytest.raises(models.ModelError, match="--max-models"):
+        builds_to_evict(held, {"a", "b"}, 1, max_models=2, max_bytes=10_000)
+
+
+def test_the_default_budget_holds_every_zoo_model_at_once_but_not_a_second_vgg16():
+    sizes = {name: weight_bytes(models.skeleton(name)) for name in models.MODEL_NAMES}
+    limits = Limits()
+    assert sum(sizes.values()) <= limits.max_model_bytes
+    vgg = ("vgg16_bn", 0, models.input_shape("vgg16_bn"))  # in use; a new seed would double it
+    with pytest.raises(models.ModelError, match="--max-model-bytes"):
+        builds_to_evict({vgg: sizes["vgg16_bn"]}, {vgg}, sizes["vgg16_bn"], 8, limits.max_model_bytes)
+
+
+def test_a_build_beyond_the_byte_budget_is_refused_before_it_is_allocated(ctx):
+    """The issue's attack on a worker without a checkpoint (seeded builds): another client deploys the
+    model in use with a new seed, and VGG-16 (528 MiB of weights, +541 MiB measured before the budget).
+    With room for one ResNet-18 (45 MiB) both are refused before anything is allocated."""
+    graphs = {
+        m: LayerGraph.from_model(models.skeleton(m), models.input_shape(m)) for m in ("resnet18", "vgg16_bn")
+    }
+    plans = {m: Plan.build("w", "w", [(0, len(g.units), {"w": 1})]) for m, g in graphs.items()}
+
+    def deploy(client, rid, plan_id, model, seed):
+        dep = deployments(graphs[model], plans[model], plan_id, model, seed, lambda a, b: [a, b])["w"]
+        client.send(Header(Kind.DEPLOY, rid, {"deploy": dep.to_meta()}))
+        return client.reply(rid, timeout_s=60)
+
+    with _worker_process("w", "--max-model-bytes", str(64 * MiB)) as (endpoint, pid):
+        owner, attacker = _Client(ctx, endpoint), _Client(ctx, endpoint)
+        config = {"device": "w", "peers": {"w": endpoint}, "power": [1.0] * 4, "emulation": None}
+        assert owner.ask(Header(Kind.CONFIG, 1, config)).header.kind == Kind.ACK
+        assert deploy(owner, 2, 500, "resnet18", 0).header.kind == Kind.DEPLOY_OK
+        with _PeakRss(pid) as rss:
+            for rid, model, seed in ((11, "resnet18", 1), (12, "vgg16_bn", 0)):
+                reply = deploy(attacker, rid, 500 + rid, model, seed)
+                assert reply.header.kind == Kind.ERROR and "--max-model-bytes" in reply.header.meta["message"]
+        assert rss.growth <= RSS_BUDGET, f"worker RSS grew {rss.growth / MiB:.0f} MiB"
+        status = owner.ask(Header(Kind.PING, 20)).header.meta
+        assert status["plans"] == [500] and list(status["loaded_units"]) == ["resnet18:3x224x224:0"]
 
 
 def test_the_byte_budget_refuses_a_sender_over_its_share_and_frees_what_is_released():
