@@ -68,9 +68,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from agents.base import Planner
 from agents.ppo import PolicyMeta, PPOPlanner, load_policy, save_policy
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
-from env.network import DynamicsConfig, NetworkError
+from env.dynamics import DynamicsConfig
 from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
 from env.profiles import ProfileError, host_profile
+from env.snapshot import NetworkError
 from runtime.config import describe_validation_error
 from runtime.profiler import profile_path
 

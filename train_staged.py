@@ -41,8 +41,8 @@ from agents.device_set import DeviceSetExtractor
 from agents.optimizer import OptimalPlanner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
 from env.completion import Shape
-from env.network import NetworkError
 from env.partition_env import EnvConfig, EnvConfigError
+from env.snapshot import NetworkError
 from env.staged_env import StagedSplitEnv
 from runtime.config import describe_validation_error
 

@@ -27,7 +27,8 @@ from rich.table import Table
 
 from env.completion import Shape, complete, net_view
 from env.cost_model import CostModel
-from env.network import NetworkState, Snapshot
+from env.network import NetworkState
+from env.snapshot import Snapshot
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 

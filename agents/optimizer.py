@@ -52,7 +52,7 @@ from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

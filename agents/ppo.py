@@ -50,8 +50,8 @@ from agents.base import Decision, Planner
 from agents.local_search import PlanSearch
 from env.completion import Shape, complete, net_view, shape_valid
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
 from env.partition_env import MicroSplitEnv, Observer
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 from runtime.spec import ClusterSpec

@@ -34,7 +34,8 @@ from agents.local_search import PlanSearch
 from agents.optimizer import OptimalPlanner
 from env.completion import Shape, complete, net_view
 from env.cost_model import CostModel, Objective
-from env.network import NetworkState, Snapshot, link_key
+from env.network import NetworkState
+from env.snapshot import Snapshot, link_key
 from env.traces import Trace, constant
 from runtime.graph import LayerGraph
 from runtime.plan import Plan

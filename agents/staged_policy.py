@@ -31,7 +31,7 @@ from agents.device_set import DeviceSetNet
 from agents.ppo import save_policy
 from env.completion import NetView, Shape, complete, net_view
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from env.staged_env import PartialPlan, StageActions, observe
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError

@@ -40,8 +40,8 @@ from functools import cached_property, lru_cache
 import numpy as np
 from numba import njit
 
-from env.network import Snapshot, link_key
 from env.plan_arrays import PlanArrays
+from env.snapshot import Snapshot, link_key
 from runtime.graph import LayerGraph
 from runtime.halo import largest_remainder
 from runtime.plan import Plan
@@ -280,7 +280,7 @@ def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
         [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64
     ).T
     ints = np.array([(i.extent, i.param_bytes, k) for i, k in zip(infos, ks, strict=True)], dtype=np.int64).T
-    # contiguous rows: one compiled signature for every shape (see env/cost_model.py on the numba cache)
+    # contiguous rows: one compiled signature for every shape (see env/cost_kernels.py on the numba cache)
     columns = [np.ascontiguousarray(c) for c in (*floats, *ints)]
     return (np.array([i.flat for i in infos], dtype=np.bool_), *columns)
 

@@ -67,10 +67,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from env.completion import NetView, Shape, complete_arrays, net_view, shape_valid, structured_shapes
 from env.cost_model import Cost, CostModel, Objective, Prediction
+from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
-from env.network import DynamicsConfig, NetworkState, Snapshot, link_key
+from env.network import NetworkState
 from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, pacing_gflops, resolve_profile
+from env.snapshot import Snapshot, link_key
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph

@@ -38,8 +38,8 @@ import gymnasium as gym
 import numpy as np
 
 from env.completion import NetView, Shape, complete_arrays
-from env.network import Snapshot
 from env.partition_env import EnvConfig, MicroSplitEnv
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 

@@ -14,8 +14,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env  # noqa: F401  (registers disnet/MicroSplit-v0)
 from env.completion import Shape, complete, net_view, search_shape, structured_shapes
-from env.network import NetworkState, link_key
+from env.network import NetworkState
 from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
+from env.snapshot import link_key
 from env.traces import constant
 from runtime.plan import Plan
 from runtime.spec import load_cluster
