@@ -67,10 +67,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from agents.base import Planner
 from agents.ppo import PolicyMeta, PPOPlanner, load_policy, save_policy
-from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.completion import complete
 from env.dynamics import DynamicsConfig
+from env.net_view import net_view
 from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
 from env.profiles import ProfileError, host_profile
+from env.shapes import Shape, search_shape, structured_shapes
 from env.snapshot import NetworkError
 from runtime.config import describe_validation_error
 from runtime.profiler import profile_path

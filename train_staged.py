@@ -40,8 +40,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from agents.device_set import DeviceSetExtractor
 from agents.optimizer import OptimalPlanner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
-from env.completion import Shape
 from env.partition_env import EnvConfig, EnvConfigError
+from env.shapes import Shape
 from env.snapshot import NetworkError
 from env.staged_env import StagedSplitEnv
 from runtime.config import describe_validation_error

@@ -25,9 +25,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from env.completion import Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import CostModel
+from env.net_view import net_view
 from env.network import NetworkState
+from env.shapes import Shape
 from env.snapshot import Snapshot
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan

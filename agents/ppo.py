@@ -48,9 +48,11 @@ import torch
 
 from agents.base import Decision, Planner
 from agents.local_search import PlanSearch
-from env.completion import Shape, complete, net_view, shape_valid
+from env.completion import complete, shape_valid
 from env.cost_model import CostModel, Objective
+from env.net_view import net_view
 from env.partition_env import MicroSplitEnv, Observer
+from env.shapes import Shape
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError

@@ -29,8 +29,10 @@ import torch
 from agents.base import Decision, Planner, PlannerError
 from agents.device_set import DeviceSetNet
 from agents.ppo import save_policy
-from env.completion import NetView, Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import CostModel, Objective
+from env.net_view import NetView, net_view
+from env.shapes import Shape
 from env.snapshot import Snapshot
 from env.staged_env import PartialPlan, StageActions, observe
 from runtime.graph import LayerGraph

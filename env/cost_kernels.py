@@ -266,8 +266,8 @@ def replay(
     out,
     finishes,
 ):
-    """Discrete-event replay of requests (env/cost_model.py's module docstring) whose sources hold their inputs at ``starts``.
-    Fills ``out`` rows compute, send, recv, idle and energy seconds/joules per device (idle and energy for
+    """Discrete-event replay (env/cost_model.py's module docstring) of requests whose sources hold their
+    inputs at ``starts``. Fills ``out`` rows compute, send, recv, idle and energy seconds/joules per device (idle and energy for
     the participating ``devices`` only, over the span from the first start to the last finish) and
     ``finishes`` (the time each request's sink holds its whole output; NaN if it never does), and returns
     the total energy.

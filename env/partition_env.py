@@ -65,13 +65,15 @@ import torch
 from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from env.completion import NetView, Shape, complete_arrays, net_view, shape_valid, structured_shapes
+from env.completion import complete_arrays, shape_valid
 from env.cost_model import Cost, CostModel, Objective, Prediction
 from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
+from env.net_view import NetView, net_view
 from env.network import NetworkState
 from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, pacing_gflops, resolve_profile
+from env.shapes import Shape, structured_shapes
 from env.snapshot import Snapshot, link_key
 from runtime import models
 from runtime.config import describe_validation_error

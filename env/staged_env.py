@@ -37,8 +37,10 @@ from functools import lru_cache
 import gymnasium as gym
 import numpy as np
 
-from env.completion import NetView, Shape, complete_arrays
+from env.completion import complete_arrays
+from env.net_view import NetView
 from env.partition_env import EnvConfig, MicroSplitEnv
+from env.shapes import Shape
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec

@@ -13,9 +13,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env  # noqa: F401  (registers disnet/MicroSplit-v0)
-from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.completion import complete
+from env.net_view import net_view
 from env.network import NetworkState
 from env.partition_env import EnvConfig, EnvConfigError, MicroSplitEnv, model_graph
+from env.shapes import Shape, search_shape, structured_shapes
 from env.snapshot import link_key
 from env.traces import constant
 from runtime.plan import Plan

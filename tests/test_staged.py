@@ -12,11 +12,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import PlannerError, make_planner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
-from env.completion import Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import Objective
 from env.meshes import generate_mesh
+from env.net_view import net_view
 from env.network import NetworkState
 from env.partition_env import EnvConfig, MicroSplitEnv, model_graph
+from env.shapes import Shape
 from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
 from train_staged import StagedConfig, behaviour_cloning, label_worker, make_model
