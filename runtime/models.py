@@ -35,6 +35,8 @@ from runtime.zoo.tiny import TinyNet
 from runtime.zoo.vgg import VGG16BN
 from runtime.zoo.yolo import YoloV2Tiny
 
+# ---------------------------------------------------------------- registry and loading
+
 
 def _init_weights(model: nn.Module, linear_std: float | None, conv_mode: str) -> None:
     """Initialise every parameter and buffer of a model whose storage is uninitialised.
@@ -62,6 +64,8 @@ def _init_weights(model: nn.Module, linear_std: float | None, conv_mode: str) ->
 
 @dataclass(frozen=True)
 class _Spec:
+    """How to build one zoo model: its class, its input and torchvision's init scales for it."""
+
     factory: Callable[[], ZooModel]
     input_shape: tuple[int, int, int]
     linear_std: float | None
