@@ -42,8 +42,10 @@ from rich.table import Table
 from agents import PlannerError, make_planner, planner_label
 from agents.serving import Decider, MetricsWriter, ServeOptions, serve
 from env.cost_model import CostModel, Objective
-from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.dynamics import DynamicsConfig
+from env.network import NetworkState
 from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
+from env.snapshot import NetworkError
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import NETWORKS, ClusterError, LocalCluster

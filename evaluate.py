@@ -49,8 +49,10 @@ from agents.evaluation import (
     summarize,
 )
 from env.cost_model import CostModel, Objective
-from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.dynamics import DynamicsConfig
+from env.network import NetworkState
 from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
+from env.snapshot import NetworkError
 from env.traces import TraceError
 from runtime import models
 from runtime.cluster import NETWORKS, ClusterError

@@ -22,7 +22,7 @@ from agents.base import (
     usable,
 )
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

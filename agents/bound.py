@@ -53,7 +53,7 @@ from scipy.sparse import coo_matrix
 from agents.base import PlannerError
 from env.band_tables import BandTables
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0

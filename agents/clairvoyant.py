@@ -17,7 +17,8 @@ from __future__ import annotations
 from agents.base import Decision, Planner
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
-from env.network import NetworkState, Snapshot
+from env.network import NetworkState
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

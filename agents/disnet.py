@@ -64,7 +64,7 @@ from agents.base import (
     usable,
 )
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot, link_key
+from env.snapshot import Snapshot, link_key
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

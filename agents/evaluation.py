@@ -26,10 +26,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from env.backends import Outcome
-from env.completion import net_view
 from env.cost_model import CostModel
-from env.network import NetworkState, Snapshot
+from env.net_view import net_view
+from env.network import NetworkState
 from env.simulator import charge, reference_plan
+from env.snapshot import Snapshot
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from agents.base import fits_memory, usable
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 

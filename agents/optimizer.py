@@ -15,7 +15,7 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
 2. *Exact*: when the number of shapes is at most ``exact_limit`` every shape is completed and scored
    on the cost model. There is no pruning: nothing cheaper than the model bounds a partial plan's
    latency soundly, since a later stage's transfer can queue ahead of an earlier one on a relay radio.
-3. *Otherwise*, steepest descent over shapes (``env.completion.search_shape``: change a factor by one,
+3. *Otherwise*, steepest descent over shapes (``env.shapes.search_shape``: change a factor by one,
    add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
    resolution level, k ways) and the shapes of the seed plans.
 4. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
@@ -50,9 +50,11 @@ from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
 from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
-from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.completion import complete
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.net_view import net_view
+from env.shapes import Shape, search_shape, structured_shapes
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

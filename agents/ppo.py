@@ -50,11 +50,13 @@ import torch
 from agents.base import Decision, Planner
 from agents.local_search import PlanSearch
 from env.actions import action_mask, single_device_shape
-from env.completion import Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.net_view import net_view
 from env.observation import Observer
 from env.partition_env import MicroSplitEnv
+from env.shapes import Shape
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 from runtime.spec import ClusterSpec

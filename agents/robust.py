@@ -32,10 +32,11 @@ import numpy as np
 from agents.base import Decision, Planner, PlannerError
 from agents.local_search import PlanSearch
 from agents.optimizer import OptimalPlanner
-from env.completion import net_view
 from env.cost_model import CostModel, Objective
-from env.network import NetworkState, Snapshot, link_key
+from env.net_view import net_view
+from env.network import NetworkState
 from env.simulator import reference_plan
+from env.snapshot import Snapshot, link_key
 from env.traces import Trace, constant
 from runtime.graph import LayerGraph
 from runtime.plan import Plan

@@ -50,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agents.base import Planner
 from agents.robust import RobustPlanner
 from env.cost_model import Cost, CostModel, Objective
-from env.network import Snapshot, link_key
+from env.snapshot import Snapshot, link_key
 from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
 from runtime.controller import InFlight

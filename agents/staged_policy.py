@@ -30,9 +30,11 @@ from agents.base import Decision, Planner, PlannerError
 from agents.device_set import DeviceSetNet
 from agents.ppo import save_policy
 from env.actions import single_device_shape
-from env.completion import NetView, Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import CostModel, Objective
-from env.network import Snapshot
+from env.net_view import NetView, net_view
+from env.shapes import Shape
+from env.snapshot import Snapshot
 from env.staged_env import PartialPlan, StageActions, observe
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError

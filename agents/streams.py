@@ -31,7 +31,7 @@ from agents.base import Planner, build_plan, usable
 from agents.local_search import PlanSearch
 from env.contention import Contention
 from env.cost_model import Cost, CostModel, Objective
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 

@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from env.cost_model import CostModel
-from env.network import DynamicsConfig, NetworkState
+from env.dynamics import DynamicsConfig
+from env.network import NetworkState
 from env.profiles import resolve_profile
 from runtime import models
 from runtime.graph import LayerGraph

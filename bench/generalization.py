@@ -36,8 +36,10 @@ from rich.table import Table
 from agents import PlannerError, make_planner, planner_label
 from agents.evaluation import CLAIRVOYANT, SimExecutor, run_comparison, summarize
 from env.cost_model import CostModel, Objective
+from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
-from env.network import DynamicsConfig, NetworkError, NetworkState
+from env.network import NetworkState
+from env.snapshot import NetworkError
 from runtime import models
 from runtime.graph import LayerGraph
 

@@ -42,7 +42,9 @@ from agents import make_planner, planner_label
 from agents.base import PlannerError
 from agents.serving import Decider, ServeOptions, serve
 from env.cost_model import CostModel, Objective
-from env.network import DynamicsConfig, NetworkState, Snapshot
+from env.dynamics import DynamicsConfig
+from env.network import NetworkState
+from env.snapshot import Snapshot
 from env.telemetry import LiveView
 from runtime import models
 from runtime.cluster import NETWORKS, LocalCluster

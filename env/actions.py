@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from env.completion import NetView, Shape, shape_valid
+from env.completion import shape_valid
+from env.net_view import NetView
+from env.shapes import Shape
 from runtime.graph import LayerGraph
 
 

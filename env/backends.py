@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from env.network import link_key
 from env.plan_arrays import PlanArrays
 from env.profiles import pacing_gflops
+from env.snapshot import link_key
 from runtime import models
 
 if TYPE_CHECKING:

@@ -25,214 +25,24 @@ The model is deliberately simple: the cost model (and the runtime) decide the ac
 policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
 per-stage loop is one numba kernel (``_complete``); its whole-row rounding ``split_rows`` compiles
 ``runtime.halo.largest_remainder``, the rule ``split_by_shares`` runs in Python. ``complete_arrays`` returns
-the plan as the kernel's arrays (``PlanArrays``) for callers that only cost it. ``search_shape`` is the
-matching oracle: a steepest-descent search over shapes scored by the cost model, used to build the
-candidate set of shapes and the optimiser-like labels for behaviour cloning.
+the plan as the kernel's arrays (``PlanArrays``) for callers that only cost it. Shapes and the search
+over them live in env/shapes.py; the snapshot as arrays (``NetView``) in env/net_view.py.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
 
-from env.network import Snapshot, link_key
+from env.net_view import UNREACHABLE, NetView
 from env.plan_arrays import PlanArrays
+from env.shapes import Shape
 from runtime.graph import LayerGraph
 from runtime.halo import largest_remainder
 from runtime.plan import Plan
-from runtime.spec import ClusterSpec
-
-BITS = 8.0
-UNREACHABLE = math.inf
-
-
-@dataclass(frozen=True)
-class Shape:
-    """Stage boundaries (cut points, first 0 and last ``len(units)``) and a split factor per stage."""
-
-    bounds: tuple[int, ...]
-    factors: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.bounds) != len(self.factors) + 1 or len(self.factors) < 1:
-            raise ValueError(f"shape needs one more bound than factors, got {self.bounds} / {self.factors}")
-        if any(b >= c for b, c in zip(self.bounds[:-1], self.bounds[1:], strict=True)):
-            raise ValueError(f"shape bounds must increase: {self.bounds}")
-        if any(k < 1 for k in self.factors):
-            raise ValueError(f"split factors must be >= 1: {self.factors}")
-
-    @cached_property
-    def stages(self) -> tuple[tuple[int, int, int], ...]:
-        """``(start, end, factor)`` per stage."""
-        return tuple(zip(self.bounds[:-1], self.bounds[1:], self.factors, strict=True))
-
-    @cached_property
-    def spans(self) -> tuple[tuple[int, int], ...]:
-        """``(start, end)`` per stage."""
-        return tuple(zip(self.bounds[:-1], self.bounds[1:], strict=True))
-
-    def fits(self, graph: LayerGraph) -> bool:
-        """Whether the bounds are cut points of ``graph`` covering all its units."""
-        cuts = set(graph.cut_points)
-        return self.bounds[0] == 0 and self.bounds[-1] == len(graph.units) and cuts.issuperset(self.bounds)
-
-    def to_list(self) -> list[list[int]]:
-        return [list(self.bounds), list(self.factors)]
-
-    @classmethod
-    def from_list(cls, data: Sequence[Sequence[int]]) -> Shape:
-        bounds, factors = data
-        return cls(tuple(int(b) for b in bounds), tuple(int(k) for k in factors))
-
-    def describe(self) -> str:
-        return " | ".join(f"[{s},{e})x{k}" for s, e, k in self.stages)
-
-    @classmethod
-    def of_plan(cls, plan: Plan) -> Shape:
-        """The shape of an existing plan (its cut points and device counts)."""
-        bounds = (plan.stages[0].start, *(s.end for s in plan.stages))
-        return cls(bounds, tuple(len(s.assignments) for s in plan.stages))
-
-
-# ------------------------------------------------------------------------------------ route table
-
-
-@dataclass(frozen=True)
-class _Routes:
-    """Per cluster: which links and relays each device pair's route uses (fixed by ``spec.route``)."""
-
-    devices: tuple[str, ...]
-    index: dict[str, int]
-    links: tuple[tuple[str, str], ...]
-    link_use: np.ndarray  # (D*D, L) 1 where the route of pair (a, b) crosses link l
-    relay_use: np.ndarray  # (D*D, D) 1 where device r relays for pair (a, b)
-    no_route: np.ndarray  # (D*D,) bool: distinct devices with no route at all
-    nominal: list[float]  # GFLOP/s per device
-    memory: list[float]  # bytes per device, inf when unlimited
-    memory_bytes: np.ndarray  # the same as an array
-
-
-_ROUTE_CACHE: dict[tuple, _Routes] = {}
-_LAST_ROUTES: list = [None, None]  # the spec asked about last, and its table
-
-
-def _routes(spec: ClusterSpec) -> _Routes:
-    if _LAST_ROUTES[0] is spec:  # hashing a spec's devices costs more than a net view
-        return _LAST_ROUTES[1]
-    key = (tuple(spec.devices.values()), spec.links)  # source/sink do not matter: variants share it
-    table = _ROUTE_CACHE.get(key)
-    if table is not None:
-        _LAST_ROUTES[:] = (spec, table)
-        return table
-    devices = spec.device_ids
-    index = {d: i for i, d in enumerate(devices)}
-    links = tuple(link_key(ln.a, ln.b) for ln in spec.links)
-    link_index = {k: i for i, k in enumerate(links)}
-    n = len(devices)
-    link_use = np.zeros((n * n, len(links)))
-    relay_use = np.zeros((n * n, n))
-    no_route = np.zeros(n * n, dtype=bool)
-    for a in devices:
-        for b in devices:
-            row = index[a] * n + index[b]
-            if a == b:
-                continue
-            if not spec.reachable(a, b):
-                no_route[row] = True
-                continue
-            path = spec.route(a, b)
-            for u, v in zip(path[:-1], path[1:], strict=True):
-                link_use[row, link_index[link_key(u, v)]] = 1.0
-            for r in path[1:-1]:
-                relay_use[row, index[r]] = 1.0
-    memory = [
-        math.inf if spec.devices[d].memory_mb is None else spec.devices[d].memory_mb * 1e6 for d in devices
-    ]
-    table = _Routes(
-        devices,
-        index,
-        links,
-        link_use,
-        relay_use,
-        no_route,
-        [spec.devices[d].gflops for d in devices],
-        memory,
-        np.array(memory, dtype=np.float64),
-    )
-    if len(_ROUTE_CACHE) > 64:
-        _ROUTE_CACHE.clear()
-    _ROUTE_CACHE[key] = table
-    _LAST_ROUTES[:] = (spec, table)
-    return table
-
-
-@dataclass(frozen=True)
-class NetView:
-    """A snapshot as arrays over the cluster's devices (declaration order), for fast planning.
-
-    Lists for planners' Python loops; arrays for the completion's compiled stage choice and the
-    observation.
-    """
-
-    devices: tuple[str, ...]
-    index: dict[str, int]
-    usable: list[bool]  # up at decision time
-    gflops: list[float]  # effective GFLOP/s (nominal x measured speed), 0 when down
-    memory: list[float]  # bytes of memory, inf when unlimited
-    sec_per_byte: np.ndarray  # (D, D) route store-and-forward seconds per byte, 0 on the diagonal
-    source: str
-    sink: str
-    usable_mask: np.ndarray = field(repr=False)  # usable as a bool array
-    inv_speed: np.ndarray = field(repr=False)  # seconds per FLOP, 0 when down
-    memory_bytes: np.ndarray = field(repr=False)  # memory as an array
-
-    @property
-    def n_usable(self) -> int:
-        return sum(self.usable)
-
-
-def net_view(snapshot: Snapshot) -> NetView:
-    """What the snapshot says as arrays: speed, availability and per-route seconds per byte.
-
-    A route's seconds per byte is the sum over its hops of 8 / bandwidth (store and forward); it is
-    infinite when a hop measured 0 Mbit/s or a relay on it is down.
-    """
-    table = _routes(snapshot.spec)
-    n = len(table.devices)
-    available, speed = snapshot.available, snapshot.speed
-    usable = [d in available for d in table.devices]
-    gflops = [
-        g * speed[d] if u else 0.0 for d, g, u in zip(table.devices, table.nominal, usable, strict=True)
-    ]
-    mbps = snapshot.rates.link_mbps  # per link in spec order, as table.links
-    per_link = BITS / (np.maximum(mbps, 1e-24) * 1e6)  # 0 Mbit/s -> ~1e19 s/B, caught below
-    spb = table.link_use @ per_link
-    blocked = table.no_route | (spb > 1e12)
-    if not all(usable):
-        blocked |= table.relay_use @ np.array([0.0 if u else 1.0 for u in usable]) > 0
-    spb[blocked] = UNREACHABLE
-    spb = spb.reshape(n, n)
-    return NetView(
-        table.devices,
-        table.index,
-        usable,
-        gflops,
-        table.memory,
-        spb,
-        snapshot.source,
-        snapshot.sink,
-        np.array(usable, dtype=np.bool_),
-        np.array([1.0 / (g * 1e9) if g > 0 else 0.0 for g in gflops]),
-        table.memory_bytes,
-    )
-
-
-# ------------------------------------------------------------------------------------ completion
 
 
 @dataclass(frozen=True)
@@ -280,7 +90,7 @@ def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
         [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64
     ).T
     ints = np.array([(i.extent, i.param_bytes, k) for i, k in zip(infos, ks, strict=True)], dtype=np.int64).T
-    # contiguous rows: one compiled signature for every shape (see env/cost_model.py on the numba cache)
+    # contiguous rows: one compiled signature for every shape (see env/cost_kernels.py on the numba cache)
     columns = [np.ascontiguousarray(c) for c in (*floats, *ints)]
     return (np.array([i.flat for i in infos], dtype=np.bool_), *columns)
 
@@ -393,12 +203,41 @@ def _choose(
     """One stage's devices and shares (module docstring): returns the chosen devices (the ``k`` best by
     single-device time), their shares (equal finish times; 0 for a device whose fixed cost alone exceeds
     the common finish) and ``spb_in`` per device. ``sink`` >= 0 only for the last stage."""
+    spb_in = _seconds_per_byte_in(spb, prev_dev, prev_w)
+    cand, fixed, per_share = _candidates(
+        spb, usable, memory, inv_speed, used_memory, spb_in, prev_dev, sink, flat, in_bytes, flops, out_bytes,
+        halo_bytes, halo_flops, param_bytes,
+    )  # fmt: skip
+    _sort_by_single_device_time(cand, fixed, per_share)
+    chosen = cand[: min(k, cand.size)].copy()
+    x = _equal_finish_shares(chosen, fixed, per_share)
+    shares = np.empty(chosen.size)
+    for j in range(chosen.size):
+        shares[j] = max(0.0, x[chosen[j]])
+    return chosen, shares, spb_in
+
+
+@njit  # called only by _complete, whose cache holds it
+def _seconds_per_byte_in(spb, prev_dev, prev_w):
+    """Per device, the seconds per byte from the previous stage's devices, weighted by their shares."""
     n = spb.shape[0]
     spb_in = np.zeros(n)
     for p in range(prev_dev.size):
         w = prev_w[p]
         for d in range(n):
             spb_in[d] = spb_in[d] + w * spb[prev_dev[p], d]
+    return spb_in
+
+
+@njit  # called only by _complete, whose cache holds it
+def _candidates(
+    spb, usable, memory, inv_speed, used_memory, spb_in, prev_dev, sink, flat, in_bytes, flops, out_bytes,
+    halo_bytes, halo_flops, param_bytes,
+):  # fmt: skip
+    """The devices that can take the stage (up, with memory for its weights, reachable from the previous
+    stage and to the sink), each with its ``fixed`` (a_d) and ``per_share`` (c_d) seconds; when none can,
+    the previous stage's first device, which keeps the data where it is."""
+    n = spb.shape[0]
     fixed = np.zeros(n)
     per_share = np.zeros(n)
     cand = np.empty(n, dtype=np.int64)
@@ -421,7 +260,13 @@ def _choose(
         d = prev_dev[0]
         cand[0], fixed[d], per_share[d] = d, 0.0, 1.0
         m = 1
-    for i in range(1, m):  # sort by (single-device time, index)
+    return cand[:m], fixed, per_share
+
+
+@njit  # called only by _complete, whose cache holds it
+def _sort_by_single_device_time(cand, fixed, per_share):
+    """Sort ``cand`` in place by (single-device time ``fixed + per_share``, index): insertion sort."""
+    for i in range(1, cand.size):
         d = cand[i]
         key = fixed[d] + per_share[d]
         j = i - 1
@@ -432,9 +277,13 @@ def _choose(
             cand[j + 1] = cand[j]
             j -= 1
         cand[j + 1] = d
-    chosen = cand[: min(k, m)].copy()
-    # shares over `chosen` that equalise fixed + share * per_share, dropping devices that would get <= 0
-    x = np.zeros(n)
+
+
+@njit  # called only by _complete, whose cache holds it
+def _equal_finish_shares(chosen, fixed, per_share):
+    """Shares (per device index) over ``chosen`` that equalise ``fixed + share * per_share``, dropping the
+    devices that would get <= 0; if every device would, the whole stage goes to the smallest fixed cost."""
+    x = np.zeros(fixed.size)
     active = chosen.copy()
     while True:
         num, den = 0.0, 0.0
@@ -458,108 +307,10 @@ def _choose(
                 best = d
         x[:] = 0.0
         x[best] = 1.0
-    shares = np.empty(chosen.size)
-    for j in range(chosen.size):
-        shares[j] = max(0.0, x[chosen[j]])
-    return chosen, shares, spb_in
+    return x
 
 
 def shape_valid(graph: LayerGraph, view: NetView, shape: Shape) -> bool:
     """Whether every stage's factor fits the usable devices and the stage's extent (the action mask)."""
     usable = view.n_usable
     return all(k <= usable and k <= graph.extent(e) for _, e, k in shape.stages)
-
-
-# ------------------------------------------------------------------------------ candidate shapes
-
-
-def downsampling_cuts(graph: LayerGraph) -> list[int]:
-    """Inner cut points where the feature map gets fewer rows (after pools and strided layers) or the
-    model turns flat: the natural places to change the set of devices."""
-    cuts, rows = [], graph.extent(0)
-    for c in graph.cut_points[1:-1]:
-        if graph.units[c - 1].kind == "spatial":
-            if graph.extent(c) < rows or graph.units[c].kind == "flat":
-                cuts.append(c)
-            rows = graph.extent(c)
-    return cuts
-
-
-def structured_shapes(graph: LayerGraph, max_stages: int, max_factor: int) -> list[Shape]:
-    """Shapes that need no search, from coarse to fine: one stage; the spatial part then the flat part;
-    one stage per downsampling block; one stage per spatial group (re-splitting often keeps halos
-    small). Spatial stages get the same factor k = 1..max_factor, flat stages 1. Segmentations with
-    more than ``max_stages`` stages are left out."""
-    n = len(graph.units)
-    out = [Shape((0, n), (k,)) for k in range(1, max_factor + 1)]
-    cuts = downsampling_cuts(graph)
-    flat_start = next((c for c in graph.cut_points[1:-1] if graph.units[c].kind == "flat"), n)
-    spatial_cuts = [c for c in graph.cut_points[1:-1] if c < flat_start]
-    tail = [flat_start] if flat_start < n else []
-    segmentations = [
-        (0, *tail, n),
-        (0, *[c for c in cuts if c < flat_start], *tail, n),
-        (0, *spatial_cuts, *tail, n),
-    ]
-    for bounds in dict.fromkeys(segmentations):
-        if len(bounds) - 1 > max_stages:
-            continue
-        for k in range(1, max_factor + 1):
-            factors = tuple(k if graph.stage_kind(e) == "spatial" else 1 for e in bounds[1:])
-            out.append(Shape(tuple(bounds), factors))
-    return list(dict.fromkeys(out))
-
-
-def neighbours(graph: LayerGraph, shape: Shape, max_stages: int, max_factor: int) -> Iterable[Shape]:
-    """Shapes one edit away: a factor changed by +-1 (one stage, or every stage split more than once),
-    a cut added, removed or moved to a neighbouring cut point."""
-    bounds, factors = list(shape.bounds), list(shape.factors)
-    cuts = graph.cut_points
-    for step in (-1, 1):
-        wide = [k + step if k > 1 else k for k in factors]
-        if wide != factors and all(1 <= k <= max_factor for k in wide):
-            yield Shape(shape.bounds, tuple(wide))
-    for i, k in enumerate(factors):
-        for k2 in (k - 1, k + 1):
-            if 1 <= k2 <= max_factor:
-                yield Shape(shape.bounds, tuple(factors[:i] + [k2] + factors[i + 1 :]))
-    if len(factors) < max_stages:
-        for c in cuts[1:-1]:
-            if c in bounds:
-                continue
-            i = next(j for j in range(len(bounds) - 1) if bounds[j] < c < bounds[j + 1])
-            yield Shape(
-                tuple(sorted([*bounds, c])), tuple(factors[: i + 1] + [factors[i]] + factors[i + 1 :])
-            )
-    for i in range(1, len(bounds) - 1):
-        merged = factors[: i - 1] + [max(factors[i - 1], factors[i])] + factors[i + 1 :]
-        yield Shape(tuple(bounds[:i] + bounds[i + 1 :]), tuple(merged))
-        pos = cuts.index(bounds[i])
-        for c in (cuts[pos - 1], cuts[pos + 1]):
-            if bounds[i - 1] < c < bounds[i + 1]:
-                yield Shape(tuple(bounds[:i] + [c] + bounds[i + 1 :]), shape.factors)
-
-
-def search_shape(
-    graph: LayerGraph,
-    score: Callable[[Shape], float],
-    starts: Sequence[Shape],
-    max_stages: int,
-    max_factor: int,
-    max_rounds: int = 50,
-) -> tuple[Shape, float]:
-    """Steepest descent over shapes from the best of ``starts``; ``score`` is lower-is-better."""
-    seen: dict[Shape, float] = {}
-
-    def cost(s: Shape) -> float:
-        if s not in seen:
-            seen[s] = score(s)
-        return seen[s]
-
-    best = min(starts, key=cost)
-    for _ in range(max_rounds):
-        step = min(neighbours(graph, best, max_stages, max_factor), key=cost, default=best)
-        if cost(step) >= cost(best) * (1 - 1e-9):
-            break
-        best = step
-    return best, cost(best)

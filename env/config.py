@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from env.cost_model import Objective
+from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
-from env.network import DynamicsConfig
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from env.cost_model import CostModel, _Skeleton
+from env.cost_model import CostModel, Skeleton
 from runtime.plan import Plan
 
 
@@ -30,7 +30,7 @@ class Arrival:
     at: float
 
 
-def merged(skeletons: Sequence[_Skeleton]) -> _Skeleton:
+def merged(skeletons: Sequence[Skeleton]) -> Skeleton:
     """One skeleton holding every request of ``skeletons`` side by side: request ``k``'s tasks, routes and
     hops shifted past those of the requests before it, its source as CSR row ``T + k`` (``T`` = all tasks)
     and its sink as task ``-1 - k``."""
@@ -63,7 +63,7 @@ def merged(skeletons: Sequence[_Skeleton]) -> _Skeleton:
     def joined(name: str) -> np.ndarray:
         return np.concatenate([getattr(s, name) for s in skeletons])
 
-    return _Skeleton(
+    return Skeleton(
         devices=tuple(sorted({d for s in skeletons for d in s.devices})),
         device_index=device_index,
         task_device=joined("task_device"),

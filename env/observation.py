@@ -15,8 +15,8 @@ import gymnasium as gym
 import numpy as np
 from numba import njit
 
-from env.completion import NetView
-from env.network import Snapshot, link_key
+from env.net_view import NetView
+from env.snapshot import Snapshot, link_key
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 

@@ -54,10 +54,10 @@ import gymnasium as gym
 import numpy as np
 
 from env.actions import action_list, action_mask
-from env.completion import Shape, structured_shapes
 from env.config import EnvConfig, EnvConfigError
 from env.observation import Observer
 from env.plan_arrays import PlanArrays
+from env.shapes import Shape, structured_shapes
 from env.simulator import ServedRequest, Simulator
 from runtime.plan import Plan
 

@@ -30,12 +30,16 @@ import numpy as np
 
 from env.actions import single_device_shape
 from env.backends import Outcome, make_backend
-from env.completion import NetView, Shape, complete_arrays, net_view
+from env.completion import complete_arrays
 from env.config import EnvConfig, EnvConfigError, cluster_specs, model_graph
 from env.cost_model import Cost, CostModel, Objective, Prediction
-from env.network import DynamicsConfig, NetworkState, Snapshot
+from env.dynamics import DynamicsConfig
+from env.net_view import NetView, net_view
+from env.network import NetworkState
 from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, resolve_profile
+from env.shapes import Shape
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec

@@ -37,12 +37,14 @@ from functools import lru_cache
 import gymnasium as gym
 import numpy as np
 
-from env.completion import NetView, Shape, complete_arrays
+from env.completion import complete_arrays
 from env.config import EnvConfig
-from env.network import Snapshot
+from env.net_view import NetView
 from env.partition_env import request_info
 from env.plan_arrays import PlanArrays
+from env.shapes import Shape
 from env.simulator import Simulator
+from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 

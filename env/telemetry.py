@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from env.network import Snapshot, link_key
+from env.snapshot import Snapshot, link_key
 from runtime.spec import ClusterSpec
 
 LinkSample = tuple[float, int, float]  # (end wall time, bytes, radio seconds) of one transfer

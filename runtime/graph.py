@@ -27,8 +27,9 @@ from torch import nn
 
 from runtime import models
 from runtime.halo import LayerGeom, Rows, layer_input_rows, union
+from runtime.zoo.base import POINTWISE_MODULES, Block
 
-POINTWISE = models.POINTWISE_MODULES
+POINTWISE = POINTWISE_MODULES
 # Modules that never start a group (no cut right before them) or never end one (no cut right after).
 ATTACHED = (*POINTWISE, nn.Flatten)
 PREFIX = (nn.ZeroPad2d, nn.AdaptiveAvgPool2d, nn.Flatten)
@@ -119,7 +120,7 @@ def _trace_prim(module: nn.Module, x: torch.Tensor) -> tuple[Prim, torch.Tensor]
 
 def _trace_spatial(module: nn.Module, x: torch.Tensor) -> tuple[SpatialOp, torch.Tensor]:
     """Describe one spatial module (primitive or Block) while running it on ``x``."""
-    if not isinstance(module, models.Block):
+    if not isinstance(module, Block):
         return _trace_prim(module, x)
     branches, total = [], None
     for chain in module.branches():

@@ -35,7 +35,7 @@ from agents.base import Planner
 from agents.streams import LATENCY, Demand, JointPlanner, StreamsPlan, plan_independently
 from env.contention import Contention
 from env.cost_model import CostModel
-from env.network import Snapshot
+from env.snapshot import Snapshot
 from runtime.config import describe_validation_error
 from runtime.controller import Controller, ControllerError, Result
 from runtime.graph import LayerGraph

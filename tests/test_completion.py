@@ -8,11 +8,13 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from env.completion import complete, complete_arrays, net_view, split_rows, structured_shapes
+from env.completion import complete, complete_arrays, split_rows
 from env.config import model_graph
 from env.cost_model import CostModel
+from env.net_view import net_view
 from env.network import NetworkState
 from env.plan_arrays import PlanArrays
+from env.shapes import structured_shapes
 from runtime.halo import split_by_shares
 from runtime.plan import Plan
 from runtime.spec import load_cluster

@@ -127,7 +127,7 @@ def test_deterministic(graph, spec):
 
 def test_trace_driven_world_integrates_the_drop(graph, spec):
     """In the live world a transfer that runs into a bandwidth drop takes the trace's exact time."""
-    from env.network import link_key
+    from env.snapshot import link_key
     from env.traces import step_drop
 
     n = len(graph.units)
@@ -229,7 +229,7 @@ def _reference_replay(graph, spec, plan, conditions, t0):
 def test_compiled_replay_matches_a_plain_replay_of_the_layout(graph, cluster):
     """Random plans (fractional shares too), a trace-driven world with outages, slow devices and relays,
     and the snapshot of it: the compiled skeleton and replay give the plain replay's figures."""
-    from env.network import link_key
+    from env.snapshot import link_key
     from env.traces import Trace
 
     spec = load_cluster(CONFIGS / f"{cluster}.yaml")

@@ -14,10 +14,13 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import env  # noqa: F401  (registers disnet/MicroSplit-v0)
 from env.actions import action_mask
-from env.completion import Shape, complete, net_view, search_shape, structured_shapes
+from env.completion import complete
 from env.config import EnvConfig, EnvConfigError, model_graph
-from env.network import NetworkState, link_key
+from env.net_view import net_view
+from env.network import NetworkState
 from env.partition_env import MicroSplitEnv
+from env.shapes import Shape, search_shape, structured_shapes
+from env.snapshot import link_key
 from env.traces import constant
 from runtime.plan import Plan
 from runtime.spec import load_cluster

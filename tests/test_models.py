@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from runtime import models
-from runtime.models import MODEL_NAMES, Block, ModelError, build, input_shape, layers
+from runtime.models import MODEL_NAMES, ModelError, build, input_shape, layers
+from runtime.zoo.base import Block
+from runtime.zoo.mobilenet import InvertedResidual
+from runtime.zoo.resnet import BasicBlock
 
 torch.set_num_threads(1)
 
@@ -169,7 +171,7 @@ def test_tiny_exercises_every_partitioning_construct() -> None:
 
 
 def test_basic_block_matches_torchvision_forward() -> None:
-    block = models.BasicBlock(8, 16, stride=2).eval()
+    block = BasicBlock(8, 16, stride=2).eval()
     x = _input((8, 12, 12))
     with torch.no_grad():
         main = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
@@ -179,8 +181,8 @@ def test_basic_block_matches_torchvision_forward() -> None:
 
 def test_inverted_residual_adds_identity_only_when_shapes_allow() -> None:
     x = _input((8, 10, 10))
-    same = models.InvertedResidual(8, 8, stride=1, expand=6).eval()
-    down = models.InvertedResidual(8, 16, stride=2, expand=6).eval()
+    same = InvertedResidual(8, 8, stride=1, expand=6).eval()
+    down = InvertedResidual(8, 16, stride=2, expand=6).eval()
     with torch.no_grad():
         assert torch.allclose(same(x), x + same.conv(x), atol=1e-6)
         assert torch.equal(down(x), down.conv(x))
@@ -270,7 +272,7 @@ def test_layers_of_nested_sequential_uses_dotted_paths() -> None:
     seq = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
         nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()),
-        models.BasicBlock(4, 4),
+        BasicBlock(4, 4),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4, 2),

@@ -1,5 +1,6 @@
-"""Behaviour of env/network.py: what a snapshot may know (the past only), exact per-link transfer
-times, sampling worlds from a DynamicsConfig (scaling, load, failures, seeds) and config errors."""
+"""Behaviour of env/network.py, env/snapshot.py and env/dynamics.py: what a snapshot may know (the past
+only), exact per-link transfer times, sampling worlds from a DynamicsConfig (scaling, load, failures,
+seeds) and config errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from env.network import DynamicsConfig, NetworkError, NetworkState, Snapshot, link_key
+from env.dynamics import DynamicsConfig
+from env.network import NetworkState
+from env.snapshot import NetworkError, Snapshot, link_key
 from env.traces import Trace, constant, step_drop
 from runtime.spec import ClusterSpec, Device, Link, PowerProfile, load_cluster
 

@@ -15,9 +15,11 @@ import torch
 
 from agents import PLANNERS, DisnetPlanner, MoDNN, OptimalPlanner, PlannerError, make_planner
 from agents.base import drafts, fits_memory, memory_use
-from env.completion import Shape, complete, net_view
+from env.completion import complete
 from env.cost_model import CostModel, Objective
+from env.net_view import net_view
 from env.network import NetworkState
+from env.shapes import Shape
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster, parse_cluster

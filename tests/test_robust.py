@@ -12,7 +12,8 @@ from agents import PlannerError, make_planner
 from agents.evaluation import SimExecutor
 from agents.robust import failure_rates, harmonic_view, history_scenarios
 from env.cost_model import CostModel, Objective
-from env.network import NetworkState, link_key
+from env.network import NetworkState
+from env.snapshot import link_key
 from env.traces import constant
 from runtime import models
 from runtime.graph import LayerGraph

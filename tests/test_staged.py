@@ -12,12 +12,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import PlannerError, make_planner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
-from env.completion import Shape, complete, net_view
+from env.completion import complete
 from env.config import EnvConfig, model_graph
 from env.cost_model import Objective
 from env.meshes import generate_mesh
+from env.net_view import net_view
 from env.network import NetworkState
 from env.partition_env import MicroSplitEnv
+from env.shapes import Shape
 from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
 from training.config import StagedConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from env.network import link_key
+from env.snapshot import link_key
 from env.telemetry import LiveView, current_rate, drift_factor, overdue_bounds
 from runtime.spec import load_cluster
 

@@ -1,5 +1,6 @@
-"""Behaviour of env/traces.py: file formats, exact transfer integration, transforms, generators and
-config-level trace sources, plus a check of every recorded trace against its README statistics."""
+"""Behaviour of env/traces.py and env/trace_files.py: file formats, exact transfer integration,
+transforms, generators and config-level trace sources, plus a check of every recorded trace against its
+README statistics."""
 
 from __future__ import annotations
 
@@ -12,17 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from env.trace_files import load_csv, load_mahimahi, load_pensieve, load_trace, load_trace_dir
 from env.traces import (
     Trace,
     TraceError,
     TraceSource,
     TraceSpec,
     constant,
-    load_csv,
-    load_mahimahi,
-    load_pensieve,
-    load_trace,
-    load_trace_dir,
     markov_outages,
     random_walk,
     step_drop,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 
 from env.actions import action_list
-from env.completion import Shape, structured_shapes
 from env.config import EnvConfig, model_graph
+from env.shapes import Shape, structured_shapes
 from training.config import TrainConfig
 from training.sampling import parallel, score_worker, search_worker
 

@@ -14,8 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from env.config import EnvConfig, EnvConfigError, model_graph
-from env.network import DynamicsConfig, NetworkError
+from env.dynamics import DynamicsConfig
 from env.profiles import host_profile
+from env.snapshot import NetworkError
 from runtime.config import describe_validation_error
 from runtime.profiler import profile_path
 

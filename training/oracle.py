@@ -12,8 +12,9 @@ import gymnasium as gym
 import numpy as np
 
 from agents.base import Planner
-from env.completion import complete, net_view
+from env.completion import complete
 from env.cost_model import Cost
+from env.net_view import net_view
 from env.partition_env import MicroSplitEnv
 from env.simulator import charge
 

@@ -11,9 +11,10 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
-from env.completion import Shape, complete, search_shape, structured_shapes
+from env.completion import complete
 from env.config import EnvConfig
 from env.partition_env import MicroSplitEnv
+from env.shapes import Shape, search_shape, structured_shapes
 from training.oracle import action_costs
 
 

@@ -17,8 +17,8 @@ import torch
 from rich.progress import track
 
 from agents.optimizer import OptimalPlanner
-from env.completion import Shape
 from env.config import EnvConfig
+from env.shapes import Shape
 from env.staged_env import StagedSplitEnv
 from training.config import StagedConfig
 from training.report import console
