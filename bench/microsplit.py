@@ -125,8 +125,7 @@ def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
         "cost model (skeleton + replay)": cum("cost", "cost_model.py") + cum("predict", "cost_model.py"),
         "completion": cum("complete_arrays", "completion.py"),
         "the Plan objects of info['plan']": cum("plan", "plan_arrays.py"),
-        "observation (net view + encoding)": cum("encode", "observation.py")
-        + cum("net_view", "net_view.py"),
+        "observation (net view + encoding)": cum("encode", "observation.py") + cum("net_view", "net_view.py"),
         "episode reset (new world)": cum("reset", "partition_env.py"),
     }
     parts["the decision (agent's cost, not the env's)"] = cum("act", "ppo.py")
