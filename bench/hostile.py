@@ -30,10 +30,9 @@ from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 from runtime.spec import parse_cluster
-from runtime.transport import Header, Kind, encode, recv, send
+from runtime.transport import Header, Kind, MiB, encode, recv, send
 
 torch.set_num_threads(1)
-MiB = 1 << 20
 MODEL, SEED = "tiny", 0
 
 
@@ -167,8 +166,8 @@ def _seed_attack(ctx, console) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         endpoint = proc.stdout.readline().decode().split()[1]
+        from runtime.deployment import deployments
         from runtime.graph import LayerGraph
-        from runtime.worker import deployments
 
         graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"))
         plan = Plan.build("w", "w", [(0, len(graph.units), {"w": 1})])

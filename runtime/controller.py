@@ -66,6 +66,7 @@ import zmq
 
 from runtime import models
 from runtime.clock import ClockOffset
+from runtime.deployment import Deployment, deployments
 from runtime.emulation import Emulation, emulation_to_wire, energy_j
 from runtime.fidelity import FidelityMeter
 from runtime.graph import LayerGraph
@@ -75,7 +76,6 @@ from runtime.security import secure_client
 from runtime.spec import ClusterSpec, SpecError
 from runtime.transport import MAX_MESSAGE_BYTES, Header, Kind, Message, ProtocolError, recv, send
 from runtime.verify import Verifier
-from runtime.worker import Deployment, deployments
 
 log = logging.getLogger("runtime.controller")
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from runtime.transport import MAX_MESSAGE_BYTES
-
-MiB = 1 << 20
+from runtime.transport import MAX_MESSAGE_BYTES, MiB
 
 
 @dataclass(frozen=True)

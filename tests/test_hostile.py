@@ -26,7 +26,8 @@ from runtime.plan import Plan
 from runtime.security import KeyFileError, generate_keypairs, secure_client
 from runtime.spec import ClusterSpec, parse_cluster
 from runtime.transport import Header, Kind, encode, recv, send
-from runtime.worker import WeightStore, Worker
+from runtime.weights import WeightStore
+from runtime.worker import Worker
 from runtime.worker import main as worker_main
 
 torch.set_num_threads(1)
