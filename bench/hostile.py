@@ -110,8 +110,7 @@ def _first_reply(sock, timeout_s: float) -> str:
 def _attacks(cluster):
     """(name, target device, function(sock) -> reply) for the cluster's workers."""
     ctl = cluster.controller
-    pid = ctl._plan_id
-    dep = ctl._deployed[pid].parts["s0"].to_meta()
+    dep = ctl.deployment_of("s0").to_meta()
 
     def bands(sock):
         band = torch.zeros(1, 16, 60 * MiB // (16 * 32 * 4), 32)
