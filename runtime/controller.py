@@ -9,9 +9,14 @@
 
 The controller only hands the input to the source worker and receives the output from the sink;
 bands travel peer to peer. Workers report per-request telemetry, from which each ``Result`` gets a
-``Timeline`` (per device compute / send / receive / wait seconds and energy, per link bytes and radio
-seconds), and the controller keeps recent measurements for live planning (``link_mbps``,
-``compute_samples``, ``available``).
+``Timeline`` (``runtime/timeline.py``: per device compute / send / receive / wait seconds and energy, per
+link bytes and radio seconds), and the controller keeps recent measurements for live planning
+(``runtime/telemetry.py``: ``link_samples``, ``compute_samples``, ``transfers_in_progress``; and
+``available``).
+
+The controller composes three parts: its connections to the workers (``runtime/connections.py``:
+sockets, heartbeats, liveness, clocks), the requests it awaits and their attempts
+(``runtime/attempts.py``), and its telemetry; it deploys plans and drives requests through them.
 
 Plans swap between requests: requests in flight finish on the plan they started with, the old plan is
 retired on the workers once its last request is done.
@@ -19,9 +24,9 @@ retired on the workers once its last request is done.
 Lanes: several streams of requests (cameras) can share the cluster, each on its own plan. ``deploy(plan,
 lane=...)`` makes ``plan`` the plan in force of one lane and ``submit(x, lane=...)`` sends a request on it
 without waiting (``collect`` returns finished results). A lane's hot swap, rescue or failure recovery only
-touches that lane's requests; a lane's replanner is ``replanners[lane]`` (``replan`` for the default lane). Liveness: the controller pings every worker
-while it waits; a worker that stays silent for ``dead_after_s`` (or comes back with a new boot id) is
-marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
+touches that lane's requests; a lane's replanner is ``replanners[lane]`` (``replan`` for the default
+lane). Liveness: the controller pings every worker while it waits; a worker that stays silent for
+``dead_after_s`` (or comes back with a new boot id) is marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
 default ``fallback_plan`` drops it from the current plan), and every request the failure touched is
 sent again under a fresh attempt id. Only the current attempt of a request is accepted, so each
 request yields exactly one result: nothing is lost, nothing duplicated.
