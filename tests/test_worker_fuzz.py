@@ -255,7 +255,7 @@ def test_curve_cluster_serves_its_controller_and_refuses_strangers(
             sock.connect(cluster.endpoints[dev])
             try:
                 send(sock, Header(Kind.PING, 1))
-                send(sock, Header(Kind.INPUT, 99, {"plan": ctl.deployment_of("w").plan_id}), [x])
+                send(sock, Header(Kind.INPUT, 99, {"plan": ctl.deployment_of("s0").plan_id}), [x])
             except zmq.Again:
                 pass  # the handshake never completes, so zmq may not even queue the message
             assert not sock.poll(500), f"{dev} answered a client it does not trust"
