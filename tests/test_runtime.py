@@ -315,9 +315,10 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
             break
     pieces = _link_pieces(ctl, ("d", "e"), since)
     assert _mbps(pieces, ctl.dilation) == pytest.approx(3.0, rel=TIMING_TOLERANCE)
-    by_second: dict[int, list] = {}
+    now, by_second = time.time(), {}  # the pieces of each whole second back from now
     for piece in pieces:
-        by_second.setdefault(int(piece[0]), []).append(piece)
+        if (ago := int(now - piece[0])) < int(now - since):
+            by_second.setdefault(ago, []).append(piece)
     assert by_second and all(
         _mbps(p, ctl.dilation) == pytest.approx(3.0, rel=TIMING_TOLERANCE) for p in by_second.values()
     )
