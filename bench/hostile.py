@@ -32,10 +32,9 @@ from runtime.cluster import LocalCluster
 from runtime.plan import Plan
 from runtime.security import generate_keypairs, public_key, secure_client
 from runtime.spec import parse_cluster
-from runtime.transport import Header, Kind, encode, recv, send
+from runtime.transport import Header, Kind, MiB, encode, recv, send
 
 torch.set_num_threads(1)
-MiB = 1 << 20
 MODEL, SEED = "tiny", 0
 PLAN = Plan.build("s0", "s1", [(0, 6, {"s0": 1, "s1": 1}), (6, 14, {"s1": 1})])
 
@@ -116,8 +115,7 @@ def _first_reply(sock, timeout_s: float) -> str:
 def _attacks(cluster):
     """(name, target device, function(sock) -> reply) for the cluster's workers."""
     ctl = cluster.controller
-    pid = ctl._plan_id
-    dep = ctl._deployed[pid].parts["s0"].to_meta()
+    dep = ctl.deployment_of("s0").to_meta()
 
     def bands(sock):
         band = torch.zeros(1, 16, 60 * MiB // (16 * 32 * 4), 32)
@@ -195,8 +193,8 @@ def _seed_attack(ctx, console) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         endpoint = proc.stdout.readline().decode().split()[1]
+        from runtime.deployment import deployments
         from runtime.graph import LayerGraph
-        from runtime.worker import deployments
 
         graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"))
         plan = Plan.build("w", "w", [(0, len(graph.units), {"w": 1})])

@@ -40,7 +40,7 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.profiler import profile_units
 from runtime.spec import ClusterSpec, parse_cluster
-from runtime.transport import Header, Kind, recv, send
+from runtime.transport import Header, Kind, MiB, recv, send
 from runtime.worker import keep_freed_memory
 
 torch.set_num_threads(1)
@@ -69,7 +69,7 @@ def _mesh(ids: list[str], gflops: list[float], mbps: float = 1000.0) -> ClusterS
 # ---- 1. transport --------------------------------------------------------------------------------
 
 
-SIZES = {"1MB": 1 << 20, "10MB": 10 << 20, "header": 0}
+SIZES = {"1MB": MiB, "10MB": 10 * MiB, "header": 0}
 BAND = Header(Kind.BAND, 1, {"plan": 1, "stage": 1, "path": ["a", "b"], "hop": 1})
 
 
@@ -138,7 +138,7 @@ def bench_transport(quick: bool) -> dict:
         ctx.destroy(linger=0)
     out = {}
     for size in ("1MB", "10MB"):
-        mb, n = SIZES[size] / (1 << 20), counts[size]
+        mb, n = SIZES[size] / MiB, counts[size]
         t, r = best[(size, True)], best[(size, False)]
         out[size] = {"transport_MBps": n * mb / t, "raw_MBps": n * mb / r, "ratio": r / t}
     n, t, r = counts["header"], best[("header", True)], best[("header", False)]

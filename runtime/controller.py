@@ -9,9 +9,14 @@
 
 The controller only hands the input to the source worker and receives the output from the sink;
 bands travel peer to peer. Workers report per-request telemetry, from which each ``Result`` gets a
-``Timeline`` (per device compute / send / receive / wait seconds and energy, per link bytes and radio
-seconds), and the controller keeps recent measurements for live planning (``link_mbps``,
-``compute_samples``, ``available``).
+``Timeline`` (``runtime/timeline.py``: per device compute / send / receive / wait seconds and energy, per
+link bytes and radio seconds), and the controller keeps recent measurements for live planning
+(``runtime/telemetry.py``: ``link_samples``, ``compute_samples``, ``transfers_in_progress``; and
+``available``).
+
+The controller composes three parts: its connections to the workers (``runtime/connections.py``:
+sockets, heartbeats, liveness, clocks), the requests it awaits and their attempts
+(``runtime/attempts.py``), and its telemetry; it deploys plans and drives requests through them.
 
 Plans swap between requests: requests in flight finish on the plan they started with, the old plan is
 retired on the workers once its last request is done.
@@ -19,9 +24,9 @@ retired on the workers once its last request is done.
 Lanes: several streams of requests (cameras) can share the cluster, each on its own plan. ``deploy(plan,
 lane=...)`` makes ``plan`` the plan in force of one lane and ``submit(x, lane=...)`` sends a request on it
 without waiting (``collect`` returns finished results). A lane's hot swap, rescue or failure recovery only
-touches that lane's requests; a lane's replanner is ``replanners[lane]`` (``replan`` for the default lane). Liveness: the controller pings every worker
-while it waits; a worker that stays silent for ``dead_after_s`` (or comes back with a new boot id) is
-marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
+touches that lane's requests; a lane's replanner is ``replanners[lane]`` (``replan`` for the default
+lane). Liveness: the controller pings every worker while it waits; a worker that stays silent for
+``dead_after_s`` (or comes back with a new boot id) is marked down, the planner callback ``replan(available_devices) -> Plan`` gives a plan without it (by
 default ``fallback_plan`` drops it from the current plan), and every request the failure touched is
 sent again under a fresh attempt id. Only the current attempt of a request is accepted, so each
 request yields exactly one result: nothing is lost, nothing duplicated.
@@ -51,31 +56,31 @@ Not thread-safe: one thread drives a controller (it does its networking while wa
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import zmq
 
 from runtime import models
-from runtime.clock import ClockOffset
-from runtime.emulation import Emulation, emulation_to_wire, energy_j
+from runtime.attempts import Attempts, PendingRequest
+from runtime.connections import WorkerConnections, WorkerStatus
+from runtime.deployment import Deployment, deployments
+from runtime.emulation import Emulation, emulation_to_wire
 from runtime.fidelity import FidelityMeter
 from runtime.graph import LayerGraph
 from runtime.layout import layout
 from runtime.plan import Assignment, Plan, PlanError, Stage
-from runtime.security import secure_client
 from runtime.spec import ClusterSpec, SpecError
-from runtime.transport import MAX_MESSAGE_BYTES, Header, Kind, Message, ProtocolError, recv, send
+from runtime.telemetry import Telemetry
+from runtime.timeline import Timeline, build_timeline, checked_event, on_controller_clock, undilated
+from runtime.transport import MAX_MESSAGE_BYTES, Header, Kind, Message
 from runtime.verify import Verifier
-from runtime.worker import Deployment, deployments
 
 log = logging.getLogger("runtime.controller")
 
@@ -90,49 +95,6 @@ class ControllerError(RuntimeError):
 
 class RequestFailed(ControllerError):
     """A worker reported an error that re-running the request will not fix."""
-
-
-@dataclass(frozen=True)
-class DeviceTimes:
-    """Seconds one device spent on one request, and what they cost."""
-
-    compute_s: float
-    send_s: float
-    recv_s: float
-    wait_s: float  # idle inside the request's makespan
-    energy_j: float
-
-
-@dataclass(frozen=True)
-class LinkTimes:
-    """Traffic over one direct hop (sender, receiver) during one request."""
-
-    bytes: int
-    seconds: float  # radio time
-    energy_j: float  # the sender's transmit and the receiver's receive energy for that time
-
-    @property
-    def mbps(self) -> float:
-        return self.bytes * 8 / 1e6 / self.seconds if self.seconds > 0 else float("inf")
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Per device and per link figures of one request, and the raw worker events behind them.
-
-    Event times are wall-clock (``time.time()``; under a time dilation D, ``epoch + (wall - epoch) / D``);
-    every event dict names its ``device``.
-    ``complete`` is False when some worker's telemetry did not arrive in time.
-    """
-
-    devices: dict[str, DeviceTimes]
-    links: dict[tuple[str, str], LinkTimes]
-    events: tuple[dict[str, Any], ...]
-    complete: bool = True
-
-    def of(self, kind: str, device: str | None = None) -> list[dict[str, Any]]:
-        """Events of one kind ("input", "compute", "tx", "done"), optionally of one device."""
-        return [e for e in self.events if e["ev"] == kind and (device is None or e["device"] == device)]
 
 
 @dataclass(frozen=True)
@@ -162,71 +124,12 @@ class InFlight:
     lane: str = DEFAULT_LANE
 
 
-@dataclass(frozen=True)
-class WorkerStatus:
-    up: bool
-    endpoint: str
-    boot: str | None
-    last_seen: float | None
-    stats: dict[str, Any]
-    clock_offset_s: float = 0.0  # its clock minus the controller's, as estimated
-
-
 @dataclass
 class _Deployed:
     plan_id: int
     plan: Plan
     parts: dict[str, Deployment]
     radio_bytes: int = 0  # bytes a request sends over radios (first hops): what ``progress`` counts
-
-
-@dataclass(slots=True)
-class _OnAir:
-    """A transfer reported started and not yet ended, and how much of it has been measured."""
-
-    a: str
-    b: str
-    nbytes: int
-    start: float
-    since: float  # when it was last measured: its start, then its latest tick
-    carried: int = 0  # bytes it had carried then
-
-
-@dataclass
-class _Peer:
-    endpoint: str
-    socket: zmq.Socket
-    up: bool = False
-    boot: str | None = None
-    last_seen: float | None = None
-    silent_since: float | None = None  # first unanswered ping
-    configuring: bool = False  # CONFIG sent, not yet acknowledged
-    config_error: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    clock: ClockOffset = field(default_factory=ClockOffset)
-    answered: int = -1  # the newest ping round whose PONG ``stats`` holds
-
-
-@dataclass
-class _Pending:
-    rid: int
-    x: torch.Tensor
-    submitted: float
-    lane: str = DEFAULT_LANE
-    plan_id: int = -1
-    wire: int = -1  # id of the current attempt on the wire
-    attempts: int = 0
-    rescues: int = 0
-    sent: float = 0.0
-    first_sent: float = 0.0
-    radio_done: int = 0  # first-hop bytes the current attempt's transfers have carried so far
-    abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
-    abandoned_j: float = 0.0  # their energy: radio (transfers reported) and compute (as workers drop them)
-    output: torch.Tensor | None = None
-    done_at: float = 0.0  # when the sink had the output (controller's clock)
-    received: float = 0.0  # controller's clock
-    telemetry: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
 
 
 class _DeployFailed(Exception):
@@ -303,61 +206,50 @@ class Controller:
         self.max_attempts = max_attempts
         self.telemetry_grace_s = telemetry_grace_s
         self.epoch = time.time()  # t=0 of every emulation schedule
-        self.identity = f"controller-{secrets.token_hex(16)}".encode()
-        self.max_message_bytes = max_message_bytes
         self.verifier = Verifier(verify, models.build(model, seed=seed).eval()) if verify else None
-        self.failures: list[tuple[float, str]] = []  # (time, device) of every worker found down
         self.replans = 0
-        self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
-        self.compute_samples: deque[tuple[float, str, int, float]] = deque(maxlen=history)
-        self.fidelity = FidelityMeter()  # achieved over nominal compute speed per device (emulation)
         self.watch = watch  # called every ``watch_every_s`` while a request waits for its result
         self.watch_every_s = watch_every_s
         self._last_watch = 0.0
-        self._history = history
-        self._in_transit: dict[tuple[str, int], _OnAir] = {}  # (device, its transfer id) -> transfer
+        self.telemetry = Telemetry(spec, history)
+        self.attempts = Attempts(spec)
         self._current: dict[str, int] = {}  # lane -> id of its plan in force
         self._submitted: set[int] = set()  # requests sent by ``submit``, for ``collect``
         self._deployed: dict[int, _Deployed] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._by_wire: dict[int, _Pending] = {}
-        self._abandoned: dict[int, _Pending] = {}  # wire id of an abandoned attempt -> its request
         self._results: dict[int, Result] = {}
-        self._newly_down: list[str] = []
         self._live_specs: dict[frozenset[str], ClusterSpec] = {frozenset(spec.devices): spec}
-        # request ids (never on the wire) count from a random point; plan and attempt ids, which a worker
-        # outside a plan would have to guess to forge a report, are random 63-bit numbers
-        self._rids = itertools.count(secrets.randbits(52))
-        self._last_ping = 0.0
-        self._pings: dict[int, float] = {}  # sequence number of a recent ping round -> when it was sent
-        self._ping_seq = itertools.count(1)
-        self._ctx = zmq.Context()
-        self._poller = zmq.Poller()
-        self._peers: dict[str, _Peer] = {}
-        self._by_socket: dict[zmq.Socket, str] = {}
-        endpoints = dict(endpoints) if endpoints is not None else self._spec_endpoints()
-        if missing := set(spec.devices) - set(endpoints):
-            raise ControllerError(f"no endpoint for device(s) {sorted(missing)}")
+        self.workers = self._connect(endpoints, curve_keys, curve_name, max_message_bytes)
         try:
-            for dev in spec.devices:
-                sock = self._ctx.socket(zmq.DEALER)
-                sock.linger = 0
-                sock.sndtimeo = 100
-                sock.maxmsgsize = max_message_bytes
-                sock.identity = self.identity
-                if curve_keys is not None:
-                    secure_client(sock, curve_keys, curve_name, dev)
-                sock.connect(endpoints[dev])
-                self._peers[dev] = _Peer(endpoints[dev], sock)
-                self._by_socket[sock] = dev
-                self._poller.register(sock, zmq.POLLIN)
-            self._configure(list(self._peers), connect_timeout_s)
+            self._configure(list(self.workers.peers), connect_timeout_s)
         except BaseException:
             self.close()
             raise
 
+    def _connect(
+        self,
+        endpoints: Mapping[str, str] | None,
+        curve_keys: str | Path | None,
+        curve_name: str,
+        max_message_bytes: int,
+    ) -> WorkerConnections:
+        """A socket to every device's worker (at ``endpoints``, or the addresses in the spec)."""
+        endpoints = dict(endpoints) if endpoints is not None else self._spec_endpoints()
+        if missing := set(self.spec.devices) - set(endpoints):
+            raise ControllerError(f"no endpoint for device(s) {sorted(missing)}")
+        return WorkerConnections(
+            {d: endpoints[d] for d in self.spec.devices},
+            f"controller-{secrets.token_hex(16)}".encode(),
+            curve_keys=curve_keys,
+            curve_name=curve_name,
+            heartbeat_s=self.heartbeat_s,
+            dead_after_s=self.dead_after_s,
+            max_message_bytes=max_message_bytes,
+            on_down=self.telemetry.forget_transfers_of,
+        )
+
     def _new_id(self) -> int:
-        """An unpredictable 63-bit plan or attempt id (a repeat is as likely as a guess: never, in practice)."""
+        """An unpredictable 63-bit plan or attempt id (a repeat is as likely as a guess: never, in practice):
+        a worker outside a plan would have to guess one to forge a report."""
         return secrets.randbits(63)
 
     def _spec_endpoints(self) -> dict[str, str]:
@@ -371,13 +263,37 @@ class Controller:
 
     def close(self) -> None:
         """Close the sockets (the workers keep running; ``shutdown_workers`` stops them)."""
-        self._ctx.destroy(linger=0)
+        self.workers.close()
 
     # ---- public API ------------------------------------------------------------------------------
     @property
     def available(self) -> frozenset[str]:
         """Devices whose workers are up."""
-        return frozenset(d for d, p in self._peers.items() if p.up)
+        return self.workers.available
+
+    @property
+    def failures(self) -> list[tuple[float, str]]:
+        """(time, device) of every worker found down."""
+        return self.workers.failures
+
+    @property
+    def link_samples(self) -> deque[tuple[float, str, str, int, float]]:
+        """(end, sender, receiver, bytes, radio seconds) of every piece of every transfer measured."""
+        return self.telemetry.link_samples
+
+    @property
+    def compute_samples(self) -> deque[tuple[float, str, int, float]]:
+        """(end, device, FLOPs, seconds) of the tasks of every finished request."""
+        return self.telemetry.compute_samples
+
+    @property
+    def fidelity(self) -> FidelityMeter:
+        """Achieved over nominal compute speed per device (emulation)."""
+        return self.telemetry.fidelity
+
+    def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
+        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
+        return self.telemetry.transfers_in_progress()
 
     @property
     def dilation(self) -> float:
@@ -394,14 +310,15 @@ class Controller:
         """The plan in force of the default lane."""
         return self.plan_of(DEFAULT_LANE)
 
-    @property
-    def _plan_id(self) -> int | None:
-        return self._current.get(DEFAULT_LANE)
-
     def plan_of(self, lane: str) -> Plan | None:
         """The plan in force of ``lane`` (None before its first ``deploy``)."""
         pid = self._current.get(lane)
         return None if pid is None else self._deployed[pid].plan
+
+    def deployment_of(self, device: str, lane: str = DEFAULT_LANE) -> Deployment | None:
+        """What ``device`` was sent of ``lane``'s plan in force (its DEPLOY), if it has a part in it."""
+        pid = self._current.get(lane)
+        return None if pid is None else self._deployed[pid].parts.get(device)
 
     def deploy(self, plan: Plan, lane: str = DEFAULT_LANE) -> Plan:
         """Make ``plan`` the plan of every request of ``lane`` submitted from now on; returns the plan in
@@ -446,9 +363,10 @@ class Controller:
         if window < 1:
             raise ValueError("window must be >= 1")
         inputs, order, exhausted = iter(xs), deque(), False
+        pending = self.attempts.pending
         try:
             while True:
-                while not exhausted and len(self._pending) < window:
+                while not exhausted and len(pending) < window:
                     x = next(inputs, None)
                     if x is None:
                         exhausted = True
@@ -463,29 +381,26 @@ class Controller:
         finally:
             for rid in order:
                 self._results.pop(rid, None)
-                if rid in self._pending:
-                    self._forget(self._pending[rid])
+                if rid in pending:
+                    self._forget(pending[rid])
 
     def ping(self, timeout_s: float | None = None) -> dict[str, WorkerStatus]:
         """Ping every worker, wait for the answers (or ``timeout_s``) and return their status."""
         deadline = time.time() + (timeout_s if timeout_s is not None else self.dead_after_s)
-        round_ = self._ping_all(time.time())
+        round_ = self.workers.ping_all(time.time())
         # wait for this round's PONGs: a heartbeat's PONG still in flight would carry older stats
-        while time.time() < deadline and any(p.up and p.answered < round_ for p in self._peers.values()):
+        while time.time() < deadline and not self.workers.answered(round_):
             self._step(0.05)
         return self.status()
 
     def status(self) -> dict[str, WorkerStatus]:
         """Last known status of every worker (stats as reported in its last PONG)."""
-        return {
-            d: WorkerStatus(p.up, p.endpoint, p.boot, p.last_seen, dict(p.stats), p.clock.seconds)
-            for d, p in self._peers.items()
-        }
+        return self.workers.status()
 
     def configure(self, emulation: Emulation | None) -> None:
         """Change the emulation (e.g. new link schedules) on every live worker; the epoch is kept."""
         self.emulation = emulation
-        self._configure([d for d, p in self._peers.items() if p.up], self.dead_after_s * 5)
+        self._configure([d for d, p in self.workers.peers.items() if p.up], self.dead_after_s * 5)
 
     def restart_clock(self) -> None:
         """Start every emulation schedule again from t=0: replays the same traces, e.g. for another planner.
@@ -493,36 +408,20 @@ class Controller:
         Telemetry gathered so far is dropped, since its times refer to the old clock.
         """
         self.epoch = time.time()
-        self.link_samples.clear()
-        self.compute_samples.clear()
-        self.fidelity.clear()
-        self._in_transit.clear()
+        self.telemetry.clear()
         self.configure(self.emulation)
-
-    def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
-        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
-        return [(t.a, t.b, t.nbytes, t.start) for t in self._in_transit.values()]
 
     def in_flight(self) -> list[InFlight]:
         """The requests whose attempt is still running (no output yet), oldest first."""
         now = time.time()
         out = []
-        for p in self._pending.values():
+        for p in self.attempts.pending.values():
             if p.output is None:
                 dep = self._deployed[p.plan_id]
                 progress = min(1.0, p.radio_done / dep.radio_bytes) if dep.radio_bytes else 0.0
                 elapsed = (now - p.sent) / self.dilation
-                out.append(
-                    InFlight(
-                        p.rid,
-                        dep.plan,
-                        p.plan_id == self._current[p.lane],
-                        elapsed,
-                        progress,
-                        p.rescues,
-                        p.lane,
-                    )
-                )
+                current = p.plan_id == self._current[p.lane]
+                out.append(InFlight(p.rid, dep.plan, current, elapsed, progress, p.rescues, p.lane))
         return out
 
     def restart(self, rid: int) -> bool:
@@ -532,7 +431,7 @@ class Controller:
         nothing); returns whether it was. Rescues do not count against ``max_attempts``, which bounds
         restarts after failures.
         """
-        p = self._pending.get(rid)
+        p = self.attempts.pending.get(rid)
         if p is None or p.output is not None or p.plan_id == self._current[p.lane]:
             return False
         log.info(
@@ -542,77 +441,40 @@ class Controller:
         self._start(p)
         return True
 
-    def link_mbps(self, window_s: float = 5.0) -> dict[tuple[str, str], float]:
-        """Measured bandwidth per direct link (sorted pair) from the radio time of recent transfers."""
-        since = time.time() - window_s
-        totals: dict[tuple[str, str], list[float]] = {}
-        for end, a, b, nbytes, seconds in self.link_samples:
-            if end >= since and seconds > 0:
-                acc = totals.setdefault((a, b) if a <= b else (b, a), [0.0, 0.0])
-                acc[0] += nbytes
-                acc[1] += seconds
-        return {k: b * 8 / 1e6 / s * self.dilation for k, (b, s) in totals.items()}
-
-    def link_history(self, seconds: int = 8) -> dict[tuple[str, str], tuple[float, ...]]:
-        """Per-second measured Mbit/s per direct link (sorted pair) over the last ``seconds``, oldest
-        first; seconds in which a link carried nothing are left out."""
-        now = time.time()
-        bins: dict[tuple[str, str], dict[int, list[float]]] = {}
-        for end, a, b, nbytes, radio in self.link_samples:
-            ago = int(now - end)
-            if 0 <= ago < seconds and radio > 0:
-                acc = bins.setdefault((a, b) if a <= b else (b, a), {}).setdefault(ago, [0.0, 0.0])
-                acc[0] += nbytes
-                acc[1] += radio
-        return {
-            key: tuple(n * 8 / 1e6 / r * self.dilation for _, (n, r) in sorted(per.items(), reverse=True))
-            for key, per in bins.items()
-        }
-
-    def device_gflops(self, window_s: float = 5.0) -> dict[str, float]:
-        """Measured GFLOP/s per device over recent tasks (FLOPs, halo included, per compute second)."""
-        since = time.time() - window_s
-        totals: dict[str, list[float]] = {}
-        for end, dev, flops, seconds in self.compute_samples:
-            if end >= since and seconds > 0:
-                acc = totals.setdefault(dev, [0.0, 0.0])
-                acc[0] += flops
-                acc[1] += seconds
-        return {d: f / s / 1e9 * self.dilation for d, (f, s) in totals.items()}
-
     def shutdown_workers(self, timeout_s: float = 2.0) -> None:
         """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
-        asked = {d for d, p in self._peers.items() if p.up}
+        asked = set(self.available)
         for d in asked:
-            self._send(d, Header(Kind.SHUTDOWN, 0))
+            self.workers.send(d, Header(Kind.SHUTDOWN, 0))
         deadline = time.time() + timeout_s
         while asked and time.time() < deadline:
-            for dev, msg in self._receive(0.05):
+            for dev, msg in self.workers.receive(0.05):
                 if msg.header.kind == Kind.ACK:
                     asked.discard(dev)
-                    self._peers[dev].up = False
+                    self.workers.peers[dev].up = False
 
-    # ---- connection and configuration ------------------------------------------------------------
+    # ---- configuration ---------------------------------------------------------------------------
     def _configure(self, devices: list[str], timeout_s: float) -> None:
         """Configure ``devices`` and wait until they acknowledged (those that do not stay down).
 
         Their clocks are read first (for a while at most: a silent worker is dealt with below), so that
         each worker's emulation schedules start at the controller's epoch on its own clock.
         """
+        peers = self.workers.peers
         deadline = time.time() + timeout_s
         clocks_by = min(deadline, time.time() + self.dead_after_s)
         for d in devices:  # (so that their PONGs meanwhile do not configure them on their own)
-            self._peers[d].configuring = True
-        while time.time() < clocks_by and not all(self._peers[d].clock.known for d in devices):
+            peers[d].configuring = True
+        while time.time() < clocks_by and not all(peers[d].clock.known for d in devices):
             self._pump(0.05)
         for d in devices:
             self._send_config(d)
-        while time.time() < deadline and any(self._peers[d].configuring for d in devices):
+        while time.time() < deadline and any(peers[d].configuring for d in devices):
             self._pump(0.05)
-        if failed := [d for d in devices if self._peers[d].config_error]:
-            raise ControllerError("; ".join(f"worker {d}: {self._peers[d].config_error}" for d in failed))
-        if late := [d for d in devices if self._peers[d].configuring]:
-            if len(late) == len(self._peers):
+        if failed := [d for d in devices if peers[d].config_error]:
+            raise ControllerError("; ".join(f"worker {d}: {peers[d].config_error}" for d in failed))
+        if late := [d for d in devices if peers[d].configuring]:
+            if len(late) == len(peers):
                 raise ControllerError(f"no worker answered within {timeout_s:g} s")
             log.warning("worker(s) %s did not answer: down until they do", late)
 
@@ -626,84 +488,32 @@ class Controller:
         meta: dict[str, Any] = {
             "device": dev,
             "reset": reset,
-            "peers": {d: p.endpoint for d, p in self._peers.items()},
+            "peers": {d: p.endpoint for d, p in self.workers.peers.items()},
             "power": [power.compute_w, power.transmit_w, power.receive_w, power.idle_w],
             "emulation": None,
         }
         if self.kernel_links is not None:
             meta |= {"peers": dict(self.kernel_links[dev]), "radio": "kernel"}
         tensors = []
-        peer = self._peers[dev]
+        peer = self.workers.peers[dev]
         if self.emulation is not None:
             meta["emulation"], tensors = emulation_to_wire(
                 self.emulation.for_device(self.spec, dev, self.epoch + peer.clock.seconds)
             )
         peer.configuring, peer.config_error = True, None
-        self._send(dev, Header(Kind.CONFIG, 0, meta), tensors)
+        self.workers.send(dev, Header(Kind.CONFIG, 0, meta), tensors)
 
-    # ---- messaging -------------------------------------------------------------------------------
-    def _send(self, dev: str, header: Header, tensors=()) -> bool:
-        try:
-            send(self._peers[dev].socket, header, tensors)
-            return True
-        except zmq.Again:  # the worker's queue is full or it was never reachable
-            return False
-
-    def _receive(self, timeout_s: float) -> list[tuple[str, Message]]:
-        out = []
-        for sock, _ in self._poller.poll(max(0, int(timeout_s * 1000))):
-            dev = self._by_socket[sock]
-            while True:
-                try:
-                    msg = recv(sock, flags=zmq.NOBLOCK, max_bytes=self.max_message_bytes)
-                except zmq.Again:
-                    break
-                except ProtocolError as exc:
-                    log.warning("bad message from worker %s: %s", dev, exc)
-                    continue
-                peer = self._peers[dev]
-                peer.last_seen, peer.silent_since = time.time(), None
-                out.append((dev, msg))
-        return out
-
-    def _ping_all(self, now: float) -> int:
-        """Ping every worker; the round's number (returned) comes back in each PONG, with the worker's
-        clock."""
-        self._last_ping = now
-        seq = next(self._ping_seq)
-        self._pings[seq] = now
-        if len(self._pings) > 64:  # a PONG older than this is too late to time anything
-            del self._pings[next(iter(self._pings))]
-        for d, p in self._peers.items():
-            self._send(d, Header(Kind.PING, seq))
-            if p.up and p.silent_since is None:
-                p.silent_since = now
-        return seq
-
+    # ---- messages from the workers ---------------------------------------------------------------
     def _pump(self, timeout_s: float, intercept: Callable[[str, Message], bool] | None = None) -> None:
         """Heartbeats, incoming messages and failure detection (failures are queued, not handled).
 
         ``intercept(device, message)`` sees every message first and returns True for those it consumed.
         """
-        now = time.time()
-        if now - self._last_ping >= self.heartbeat_s:
-            self._ping_all(now)
-        for dev, msg in self._receive(min(timeout_s, self.heartbeat_s)):
+        self.workers.heartbeat(time.time())
+        for dev, msg in self.workers.receive(min(timeout_s, self.heartbeat_s)):
             if intercept is None or not intercept(dev, msg):
                 self._handle(dev, msg)
-        now = time.time()
-        for d, p in self._peers.items():
-            if p.up and p.silent_since is not None and now - p.silent_since > self.dead_after_s:
-                self._mark_down(d, f"silent for {now - p.silent_since:.1f} s")
-
-    def _mark_down(self, dev: str, why: str) -> None:
-        log.warning("worker %s is down (%s)", dev, why)
-        peer = self._peers[dev]
-        peer.up, peer.silent_since = False, None
-        peer.clock.reset()  # it may come back as another process, on another host
-        self._in_transit = {k: v for k, v in self._in_transit.items() if k[0] != dev}
-        self.failures.append((time.time(), dev))
-        self._newly_down.append(dev)
+        self.workers.mark_silent_down()
 
     def _handle(self, dev: str, msg: Message) -> None:
         try:
@@ -712,24 +522,10 @@ class Controller:
             log.warning("ignoring a malformed %s from worker %s: %s", msg.header.kind.value, dev, exc)
 
     def _dispatch(self, dev: str, msg: Message) -> None:
-        kind, meta = msg.header.kind, msg.header.meta
-        peer = self._peers[dev]
-        if kind == Kind.PROGRESS:  # (a RESULT's time is moved as it is accepted)
-            meta = _on_controller_clock(meta, peer.clock)
-        elif kind == Kind.TELEMETRY and isinstance(meta.get("events"), list):
-            events = [
-                _on_controller_clock(e, peer.clock) if isinstance(e, dict) else e for e in meta["events"]
-            ]
-            meta = meta | {"events": events}
+        kind, meta = msg.header.kind, self._on_our_clock(dev, msg)
+        peer = self.workers.peers[dev]
         if kind == Kind.PONG:
-            peer.stats, peer.answered = meta, max(peer.answered, msg.header.rid)
-            if peer.up and meta.get("boot") != peer.boot:
-                self._mark_down(dev, "restarted: its state is lost")
-            sent, clock = self._pings.get(msg.header.rid), meta.get("clock")
-            if sent is not None and type(clock) is float:
-                peer.clock.add(sent, clock, peer.last_seen)
-            if not peer.up and not peer.configuring:
-                log.warning("worker %s answers again: configuring it", dev)
+            if self.workers.on_pong(dev, msg):
                 self._send_config(dev, reset=True)
         elif kind == Kind.ACK and peer.configuring:
             peer.up, peer.configuring, peer.boot, peer.silent_since = True, False, meta.get("boot"), None
@@ -740,31 +536,50 @@ class Controller:
         elif kind in (Kind.PROGRESS, Kind.TELEMETRY, Kind.ERROR) and not self._in_plans(dev, msg):
             log.warning("dropped a %s from worker %s, which has no part in its plan", kind.value, dev)
         elif kind == Kind.PROGRESS and meta.get("ev") == "compute":
-            self._abandoned_compute(dev, msg.header.rid, meta.get("start"), meta.get("end"))
+            self.attempts.charge_compute(dev, msg.header.rid, meta.get("start"), meta.get("end"))
         elif kind == Kind.PROGRESS:
-            self._progress(dev, msg.header.rid, meta)
+            if (report := self.telemetry.progress(dev, meta)) is not None:
+                self.attempts.on_transfer(msg.header.rid, meta.get("plan"), report)
         elif kind == Kind.TELEMETRY:
-            p = self._by_wire.get(msg.header.rid)
-            if p is not None and meta.get("plan") == p.plan_id:
-                p.telemetry[dev] = [_event(e, dev, self._deployed[p.plan_id].parts) for e in meta["events"]]
-            elif msg.header.rid in self._abandoned:  # sent before the worker heard of the abandon
-                self._abandoned_events(dev, msg.header.rid, meta.get("events") or ())
+            self._on_telemetry(dev, msg.header.rid, meta)
         elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
             peer.configuring, peer.config_error = False, meta.get("message")
             log.error("worker %s refused its configuration: %s", dev, peer.config_error)
         elif kind == Kind.ERROR:
-            p = self._by_wire.get(msg.header.rid)
-            if p is not None and meta.get("plan") == p.plan_id:
-                if meta.get("transient"):
-                    log.warning("request %d: %s (waiting for recovery)", p.rid, meta.get("message"))
-                else:
-                    p.error = meta
-            else:
-                log.info("worker %s: %s", dev, meta.get("message"))
+            self._on_error(dev, msg.header.rid, meta)
 
-    def _attempt_of(self, dev: str, msg: Message) -> _Pending | None:
+    def _on_our_clock(self, dev: str, msg: Message) -> dict[str, Any]:
+        """A report's fields, with every time its worker stamped moved onto the controller's clock (a
+        RESULT's time is moved as it is accepted)."""
+        kind, meta, clock = msg.header.kind, msg.header.meta, self.workers.peers[dev].clock
+        if kind == Kind.PROGRESS:
+            return on_controller_clock(meta, clock)
+        if kind == Kind.TELEMETRY and isinstance(meta.get("events"), list):
+            events = [on_controller_clock(e, clock) if isinstance(e, dict) else e for e in meta["events"]]
+            return meta | {"events": events}
+        return meta
+
+    def _on_telemetry(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
+        p = self.attempts.current(wire)
+        if p is not None and meta.get("plan") == p.plan_id:
+            parts = self._deployed[p.plan_id].parts
+            p.telemetry[dev] = [checked_event(e, dev, parts) for e in meta["events"]]
+        elif self.attempts.is_abandoned(wire):  # sent before the worker heard of the abandon
+            self.attempts.charge_events(dev, wire, meta.get("events") or ())
+
+    def _on_error(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
+        p = self.attempts.current(wire)
+        if p is not None and meta.get("plan") == p.plan_id:
+            if meta.get("transient"):
+                log.warning("request %d: %s (waiting for recovery)", p.rid, meta.get("message"))
+            else:
+                p.error = meta
+        else:
+            log.info("worker %s: %s", dev, meta.get("message"))
+
+    def _attempt_of(self, dev: str, msg: Message) -> PendingRequest | None:
         """The running attempt a message from ``dev`` is about, if ``dev`` has a part in its plan."""
-        p = self._by_wire.get(msg.header.rid)
+        p = self.attempts.current(msg.header.rid)
         if (
             p is None
             or msg.header.meta.get("plan") != p.plan_id
@@ -776,16 +591,16 @@ class Controller:
     def _in_plans(self, dev: str, msg: Message) -> bool:
         """Whether ``dev`` has a part in the plan of the attempt a report is about (an attempt no longer
         known: in any plan still deployed)."""
-        p = self._by_wire.get(msg.header.rid)
+        p = self.attempts.current(msg.header.rid)
         if p is not None:
             return dev in self._deployed[p.plan_id].parts
         return (
             msg.header.rid == 0
             or any(dev in d.parts for d in self._deployed.values())
-            or (msg.header.rid in self._abandoned)
+            or self.attempts.is_abandoned(msg.header.rid)
         )
 
-    def _accept_result(self, dev: str, p: _Pending, msg: Message) -> None:
+    def _accept_result(self, dev: str, p: PendingRequest, msg: Message) -> None:
         """Take an output only from the attempt's sink, with the model's output shape and dtype."""
         want = (len(p.x), *self.graph.boundary_shape(len(self.graph.units)))
         done = msg.header.meta.get("done")
@@ -802,73 +617,8 @@ class Controller:
                 want,
             )
             return
-        p.output, p.done_at, p.received = out.clone(), self._peers[dev].clock.to_controller(done), time.time()
-
-    def _progress(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
-        """A transfer started, reported the bytes it carried so far (tick), ended or was cut short on
-        ``dev``'s radio (raises on malformed fields).
-
-        Every piece of a transfer (start to tick, tick to tick, the last tick to its end) is a link
-        measurement, whichever attempt it served: a crawling transfer is measured while it crawls.
-        """
-        a, b, src = meta["from"], meta["to"], meta["src"]
-        nbytes, start, ev = meta["bytes"], meta["start"], meta["ev"]
-        if a != dev or b not in self.spec.devices or src not in self.spec.devices:
-            raise ValueError(f"a transfer {a!r} -> {b!r} reported by {dev}")
-        if (
-            type(nbytes) is not int
-            or nbytes < 0
-            or type(start) is not float
-            or ev not in ("start", "tick", "end", "cut")
-        ):
-            raise ValueError("transfer progress fields")
-        key = (dev, meta["id"])
-        if ev == "start":
-            self._in_transit[key] = _OnAir(a, b, nbytes, start, start)
-            if len(self._in_transit) > self._history:
-                del self._in_transit[next(iter(self._in_transit))]
-            return
-        if ev == "tick":
-            air, sent, at = self._in_transit.get(key), meta["sent"], meta["at"]
-            if air is not None and type(sent) is int and type(at) is float and sent <= nbytes:
-                self._carried(wire, meta, air, sent, at)
-            return
-        # (a start forgotten under a flood of transfers: the whole transfer is one piece)
-        air = self._in_transit.pop(key, None) or _OnAir(a, b, nbytes, start, start)
-        end = meta["end"]
-        if type(end) is not float or not start <= end:
-            return
-        if (old := self._abandoned.get(wire)) is not None:  # the radio time an abandoned attempt used
-            power = self.spec.devices[a].power.transmit_w + self.spec.devices[b].power.receive_w
-            old.abandoned_j += (end - start) * power
-        if ev == "end":
-            self._carried(wire, meta, air, nbytes, end)
-
-    def _abandoned_compute(self, dev: str, wire: int, start: Any, end: Any) -> None:
-        """``dev`` computed from ``start`` to ``end`` for attempt ``wire``, since abandoned: its request's
-        energy includes it (malformed times are ignored, like an unknown attempt)."""
-        p = self._abandoned.get(wire)
-        if p is not None and type(start) is float and type(end) is float and start <= end:
-            p.abandoned_j += (end - start) * self.spec.devices[dev].power.compute_w
-
-    def _abandoned_events(self, dev: str, wire: int, events: Iterable[Any]) -> None:
-        """Charge the compute in ``dev``'s telemetry events of abandoned attempt ``wire`` (its radio time
-        was charged as its transfers ended)."""
-        for e in events:
-            if isinstance(e, dict) and e.get("ev") == "compute":
-                self._abandoned_compute(dev, wire, e.get("start"), e.get("end"))
-
-    def _carried(self, wire: int, meta: dict[str, Any], air: _OnAir, upto: int, at: float) -> None:
-        """``air`` has carried ``upto`` bytes by ``at``: what it carried since its last report is a link
-        sample, and progress for its request when it is a first hop of the current attempt."""
-        nbytes, seconds = upto - air.carried, at - air.since
-        if nbytes <= 0 or seconds < 0:
-            return
-        self.link_samples.append((at, air.a, air.b, nbytes, seconds))
-        air.carried, air.since = upto, at
-        p = self._by_wire.get(wire)
-        if p is not None and meta.get("plan") == p.plan_id and air.a == meta["src"]:
-            p.radio_done += nbytes
+        clock = self.workers.peers[dev].clock
+        p.output, p.done_at, p.received = out.clone(), clock.to_controller(done), time.time()
 
     # ---- deployment ------------------------------------------------------------------------------
     def _route(self, a: str, b: str) -> list[str]:
@@ -890,11 +640,20 @@ class Controller:
             parts = deployments(self.graph, plan, pid, self.model, self.seed, self._route)
         except SpecError as exc:
             raise PlanError(f"plan cannot be routed over the live devices: {exc}") from None
-        waiting, refused = set(parts), []
         for d, dep in parts.items():
             # rid = plan id, so a refusal can be told apart from one of an older deployment that a
             # restarted worker may receive first (messages queued for it while it was down)
-            self._send(d, Header(Kind.DEPLOY, pid, {"deploy": dep.to_meta(), "retire": []}))
+            self.workers.send(d, Header(Kind.DEPLOY, pid, {"deploy": dep.to_meta(), "retire": []}))
+        self._await_confirmations(_Deployed(pid, plan, parts))
+        radio = sum(t.nbytes for t in layout(self.graph, plan).transfers if t.src != t.dst)
+        self._deployed[pid] = _Deployed(pid, plan, parts, radio)
+        previous, self._current[lane] = self._current.get(lane), pid
+        self._retire_unused(previous)
+
+    def _await_confirmations(self, dep: _Deployed) -> None:
+        """Wait until every device of ``dep`` confirmed it; on a refusal or a device found down, retire
+        it and raise (ControllerError, _DeployFailed)."""
+        pid, waiting, refused = dep.plan_id, set(dep.parts), []
 
         def confirmations(dev: str, msg: Message) -> bool:
             if msg.header.kind == Kind.DEPLOY_OK and msg.header.meta.get("plan") == pid:
@@ -915,33 +674,29 @@ class Controller:
                 raise ControllerError(f"worker(s) {sorted(waiting)} did not confirm plan {pid}")
             self._pump(self.heartbeat_s, confirmations)
             if refused:
-                self._retire(_Deployed(pid, plan, parts))
+                self._retire(dep)
                 raise ControllerError("; ".join(refused))
             if down := waiting - self.available:
-                self._retire(_Deployed(pid, plan, parts))
+                self._retire(dep)
                 raise _DeployFailed(sorted(down))
-        radio = sum(t.nbytes for t in layout(self.graph, plan).transfers if t.src != t.dst)
-        self._deployed[pid] = _Deployed(pid, plan, parts, radio)
-        previous, self._current[lane] = self._current.get(lane), pid
-        self._retire_unused(previous)
 
     def _retire_unused(self, pid: int | None) -> None:
         if pid is None or pid in self._current.values() or pid not in self._deployed:
             return
-        if not any(p.plan_id == pid for p in self._pending.values()):
+        if not self.attempts.using(pid):
             self._retire(self._deployed.pop(pid))
 
     def _retire(self, dep: _Deployed) -> None:
         for d in dep.parts:
-            if self._peers[d].up:
-                self._send(d, Header(Kind.DEPLOY, 0, {"deploy": None, "retire": [dep.plan_id]}))
+            if d in self.available:
+                self.workers.send(d, Header(Kind.DEPLOY, 0, {"deploy": None, "retire": [dep.plan_id]}))
 
     def _cancel(self, dep: _Deployed, wire: int) -> None:
         """Make the workers of ``dep`` drop attempt ``wire`` (the plan stays: other requests use it)."""
         meta = {"deploy": None, "retire": [], "cancel": [[dep.plan_id, wire]]}
         for d in dep.parts:
-            if self._peers[d].up:
-                self._send(d, Header(Kind.DEPLOY, 0, meta))
+            if d in self.available:
+                self.workers.send(d, Header(Kind.DEPLOY, 0, meta))
 
     # ---- requests --------------------------------------------------------------------------------
     def _submit(self, x: torch.Tensor, lane: str = DEFAULT_LANE) -> int:
@@ -953,12 +708,11 @@ class Controller:
         x = (x.unsqueeze(0) if x.dim() == 3 else x).contiguous()
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input shape {tuple(x.shape)} does not fit the model's {self.input_shape}")
-        p = _Pending(next(self._rids), x, time.time(), lane)
-        self._pending[p.rid] = p
+        p = self.attempts.add(x, lane)
         self._start(p)
         return p.rid
 
-    def _start(self, p: _Pending) -> None:
+    def _start(self, p: PendingRequest) -> None:
         """Send (again) request ``p`` on its lane's plan in force under a fresh attempt id.
 
         A previous attempt is abandoned on the workers: retired with its plan if no other request uses
@@ -967,43 +721,25 @@ class Controller:
         if p.attempts - p.rescues >= self.max_attempts:
             self._forget(p)
             raise ControllerError(f"request {p.rid} failed {p.attempts - p.rescues} times; giving up")
-        self._by_wire.pop(p.wire, None)
         old, old_wire = p.plan_id, p.wire
-        p.plan_id, p.wire, p.attempts, p.sent = (
-            self._current[p.lane],
-            self._new_id(),
-            p.attempts + 1,
-            time.time(),
-        )
-        reported, p.telemetry = p.telemetry, {}
-        p.output, p.error, p.radio_done = None, None, 0
-        p.first_sent = p.first_sent or p.sent
-        self._by_wire[p.wire] = p
+        self.attempts.renew(p, self._current[p.lane], self._new_id())
         self._retire_unused(old)
-        if old_wire != -1:
-            p.abandoned.append(old_wire)
-            self._abandoned[old_wire] = p
-            for dev, events in reported.items():  # workers whose part of the old attempt was done
-                self._abandoned_events(dev, old_wire, events)
-            if old in self._deployed:
-                self._cancel(self._deployed[old], old_wire)
+        if old_wire != -1 and old in self._deployed:
+            self._cancel(self._deployed[old], old_wire)
         source = self._deployed[p.plan_id].plan.source
-        self._send(source, Header(Kind.INPUT, p.wire, {"plan": p.plan_id}), [p.x])
+        self.workers.send(source, Header(Kind.INPUT, p.wire, {"plan": p.plan_id}), [p.x])
 
-    def _forget(self, p: _Pending) -> None:
-        self._pending.pop(p.rid, None)
-        self._by_wire.pop(p.wire, None)
-        for wire in p.abandoned:
-            self._abandoned.pop(wire, None)
+    def _forget(self, p: PendingRequest) -> None:
+        self.attempts.forget(p)
         self._retire_unused(p.plan_id)
 
     def _step(self, timeout_s: float) -> None:
         """Wait a little for messages, then recover from failures and finish what can be finished."""
         self._pump(timeout_s)
-        if self._newly_down:
+        if self.workers.newly_down:
             self._recover()
         now = time.time()
-        for p in list(self._pending.values()):
+        for p in list(self.attempts.pending.values()):
             if p.error is not None:
                 self._forget(p)
                 raise RequestFailed(
@@ -1023,17 +759,20 @@ class Controller:
     def _recover(self) -> None:
         """Handle the workers found down: a new plan for each lane whose plan needs them, re-run their
         requests."""
-        while self._newly_down:
-            down = set(self._newly_down)
-            self._newly_down.clear()
+        newly_down = self.workers.newly_down
+        while newly_down:
+            down = set(newly_down)
+            newly_down.clear()
             try:
                 for lane, pid in list(self._current.items()):
                     if not set(self._deployed[pid].parts) <= self.available:
                         self._deploy(self._next_plan(lane), lane)
             except _DeployFailed:
                 continue  # the newly failed devices are queued: plan again
-            for p in list(self._pending.values()):
-                if p.output is None and self._uses(p.plan_id, down | (set(self._peers) - self.available)):
+            for p in list(self.attempts.pending.values()):
+                if p.output is None and self._uses(
+                    p.plan_id, down | (set(self.spec.devices) - self.available)
+                ):
                     self._start(p)
 
     def _uses(self, pid: int, devices: set[str]) -> bool:
@@ -1052,19 +791,16 @@ class Controller:
         log.warning("replanned lane %r for devices %s: %s", lane, sorted(available), plan.describe())
         return plan
 
-    def _finish(self, p: _Pending, dep: _Deployed) -> None:
+    def _finish(self, p: PendingRequest, dep: _Deployed) -> None:
         events = [e for evs in p.telemetry.values() for e in evs]
         starts = [e["t"] for e in events if e["ev"] == "input"]
         # a restarted request's latency includes the time its abandoned attempts ran
         latency = (p.done_at - starts[0] if starts else p.received - p.sent) + p.sent - p.first_sent
-        for e in events:  # transfers were sampled as they ended (PROGRESS)
-            if e["ev"] == "compute":
-                self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
-        self.fidelity.add(events)
+        self.telemetry.add_request(events)
         d = self.dilation
         complete = set(dep.parts) <= set(p.telemetry)
-        timeline = _timeline(
-            self.spec, dep, [_undilated(e, self.epoch, d) for e in events], latency / d, complete
+        timeline = build_timeline(
+            self.spec, dep.parts, [undilated(e, self.epoch, d) for e in events], latency / d, complete
         )
         energy = sum(t.energy_j for t in timeline.devices.values()) + p.abandoned_j / d
         verified = None if self.verifier is None else self.verifier.check(p.rid, p.x, p.output)
@@ -1082,84 +818,3 @@ class Controller:
         )
         self._results[p.rid] = result
         self._forget(p)
-
-
-_STAMPS = frozenset(("t", "ready", "start", "end", "queued", "arrive", "at"))  # worker clock times
-
-
-def _on_controller_clock(meta: dict[str, Any], clock: ClockOffset) -> dict[str, Any]:
-    """``meta`` with every time its worker stamped (on its own clock) moved onto the controller's."""
-    return {k: clock.to_controller(v) if k in _STAMPS and type(v) is float else v for k, v in meta.items()}
-
-
-_EVENT_FIELDS = {
-    "input": ("t",),
-    "done": ("t",),
-    "compute": ("stage", "ready", "start", "end", "cpu", "target", "flops"),
-    "tx": ("stage", "from", "to", "bytes", "queued", "start", "end", "arrive"),
-}
-
-
-_EVENT_TIMES = ("t", "ready", "start", "end", "queued", "arrive")  # wall-clock instants
-_EVENT_SPANS = ("target",)  # wall-clock durations
-
-
-def _undilated(e: dict[str, Any], epoch: float, dilation: float) -> dict[str, Any]:
-    """An event on the emulated clock: instants ``epoch + (t - epoch) / D``, durations / D."""
-    if dilation == 1.0:
-        return e
-    out = dict(e)
-    for key in _EVENT_TIMES:
-        if key in out:
-            out[key] = epoch + (out[key] - epoch) / dilation
-    for key in _EVENT_SPANS:
-        if key in out:
-            out[key] = out[key] / dilation
-    return out
-
-
-def _event(e: Any, device: str, parts: Mapping[str, Deployment]) -> dict[str, Any]:
-    """A worker's telemetry event, checked (ValueError otherwise) and tagged with its device."""
-    if not isinstance(e, dict) or e.get("ev") not in _EVENT_FIELDS:
-        raise ValueError(f"unknown telemetry event {str(e)[:80]}")
-    for key in _EVENT_FIELDS[e["ev"]]:
-        value = e.get(key)
-        if key in ("from", "to"):
-            if value not in parts:
-                raise ValueError(f"telemetry names device {value!r} outside the plan")
-        elif type(value) not in (int, float) or value != value:
-            raise ValueError(f"telemetry field {key} is {value!r}")
-    return e | {"device": device}
-
-
-def _timeline(
-    spec: ClusterSpec, dep: _Deployed, events: list[dict[str, Any]], latency: float, complete: bool
-) -> Timeline:
-    """Per-device and per-link figures of one request from its workers' events (design.md, rule 6)."""
-    compute = dict.fromkeys(dep.parts, 0.0)
-    sent, got = dict(compute), dict(compute)
-    links: dict[tuple[str, str], list] = {}
-    for e in events:
-        if e["ev"] == "compute":
-            compute[e["device"]] += e["end"] - e["start"]
-        elif e["ev"] == "tx":
-            radio = e["end"] - e["start"]
-            sent[e["from"]] += radio
-            got[e["to"]] += radio
-            acc = links.setdefault((e["from"], e["to"]), [0, 0.0])
-            acc[0] += e["bytes"]
-            acc[1] += radio
-    devices = {}
-    for d in dep.parts:
-        wait = max(0.0, latency - compute[d] - sent[d] - got[d])
-        joules = energy_j(spec.devices[d].power, compute[d], sent[d], got[d], wait)
-        devices[d] = DeviceTimes(compute[d], sent[d], got[d], wait, joules)
-    return Timeline(
-        devices,
-        {
-            (a, b): LinkTimes(n, s, s * (spec.devices[a].power.transmit_w + spec.devices[b].power.receive_w))
-            for (a, b), (n, s) in links.items()
-        },
-        tuple(sorted(events, key=lambda e: e.get("start", e.get("t", 0.0)))),
-        complete,
-    )

@@ -29,10 +29,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from runtime.models import ModelError
-from runtime.transport import MAX_MESSAGE_BYTES
-
-MiB = 1 << 20
+from runtime.transport import MAX_MESSAGE_BYTES, MiB
+from runtime.zoo.base import ModelError
 
 
 @dataclass(frozen=True)

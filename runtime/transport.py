@@ -29,7 +29,8 @@ import zmq
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the one default limit on all frames of one message together
+MiB = 1 << 20
+MAX_MESSAGE_BYTES = 64 * MiB  # the one default limit on all frames of one message together
 MAX_ELEMENTS = 1 << 28  # per tensor
 MAX_TENSORS = 256
 MAX_DIMS = 8

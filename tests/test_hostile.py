@@ -25,13 +25,15 @@ from runtime import models
 from runtime.auth import InsecureBind
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
+from runtime.deployment import deployments
 from runtime.graph import LayerGraph
 from runtime.limits import ByteBudget, Limits, builds_to_evict, weight_bytes
 from runtime.plan import Plan
 from runtime.security import KeyFileError, generate_keypairs, public_key, secure_client
 from runtime.spec import ClusterSpec, parse_cluster
 from runtime.transport import Header, Kind, encode, recv, send
-from runtime.worker import WeightStore, Worker, deployments
+from runtime.weights import WeightStore
+from runtime.worker import Worker
 from runtime.worker import main as worker_main
 
 torch.set_num_threads(1)
@@ -177,7 +179,7 @@ def _worker_process(device: str, *flags: str):
 
 def _deployment(cluster, device: str, **changes) -> dict:
     ctl = cluster.controller
-    return ctl._deployed[ctl._plan_id].parts[device].to_meta() | changes
+    return ctl.deployment_of(device).to_meta() | changes
 
 
 # ---- secure by default ------------------------------------------------------------------------------
@@ -222,18 +224,18 @@ def test_a_device_key_may_not_control_another_worker(curve_cluster, ctx, referen
     for header in (
         Header(Kind.SHUTDOWN, 2),
         Header(Kind.CONFIG, 3, config),
-        Header(Kind.DEPLOY, 4, {"deploy": None, "retire": [cluster.controller._plan_id]}),
+        Header(Kind.DEPLOY, 4, {"deploy": None, "retire": [cluster.controller.deployment_of("s0").plan_id]}),
     ):
         reply = rogue.ask(header)
         assert reply.header.kind == Kind.ERROR and "may not send" in reply.header.meta["message"]
     detailed = cluster.controller.ping()["s0"]
-    assert detailed.up and detailed.stats["plans"] == [cluster.controller._plan_id]
+    assert detailed.up and detailed.stats["plans"] == [cluster.controller.deployment_of("s0").plan_id]
     _still_serves(cluster, reference, seed=1)
 
 
 def test_a_device_key_may_not_send_bands_as_another_device_or_off_the_plans_routes(curve_cluster, ctx):
     cluster, keys = curve_cluster
-    pid = cluster.controller._plan_id
+    pid = cluster.controller.deployment_of("s0").plan_id
     rogue = _Client(ctx, cluster.endpoints["s1"], keys, "controller", "s1")
     spoof = _Client(ctx, cluster.endpoints["s1"], keys, "s0", "s1")
     band = {"plan": pid, "stage": 1, "path": ["s1", "s1"], "hop": 1}  # s0's key claiming to be s1
@@ -262,13 +264,13 @@ def test_a_plan_stays_bound_to_the_client_that_deployed_it(
 
 def test_config_reset_from_another_client_leaves_the_controllers_plans(plain_cluster, ctx, reference):
     ctl = plain_cluster.controller
-    peers = {d: p.endpoint for d, p in ctl._peers.items()}
+    peers = {d: s.endpoint for d, s in ctl.status().items()}
     config = {"device": "s0", "peers": peers, "power": [1.0, 1.0, 1.0, 1.0], "emulation": None, "reset": True}
     other = _Client(ctx, plain_cluster.endpoints["s0"])
     assert other.ask(Header(Kind.CONFIG, 12, config)).header.kind == Kind.ACK
     reply = other.ask(Header(Kind.CONFIG, 13, config | {"peers": {"s1": "http://evil:80"}}))
     assert reply.header.kind == Kind.ERROR and "endpoints" in reply.header.meta["message"]
-    assert ctl.ping()["s0"].stats["plans"] == [ctl._plan_id]
+    assert ctl.ping()["s0"].stats["plans"] == [ctl.deployment_of("s0").plan_id]
     _still_serves(plain_cluster, reference, seed=3)
 
 
@@ -289,10 +291,10 @@ def test_bands_of_no_plan_are_refused_before_they_are_held(plain_cluster, ctx, r
 
 
 def test_a_band_of_the_wrong_shape_for_the_plan_is_refused(plain_cluster, ctx):
-    pid = plain_cluster.controller._plan_id
+    pid = plain_cluster.controller.deployment_of("s0").plan_id
     attacker = _Client(ctx, plain_cluster.endpoints["s1"])
     meta = {"plan": pid, "stage": 1, "path": ["s0", "s1"], "hop": 1, "deliver_at": time.time() + 3000}
-    rows = plain_cluster.controller._deployed[pid].parts["s1"].tasks[1].inputs[0][1]
+    rows = plain_cluster.controller.deployment_of("s1").tasks[1].inputs[0][1]
     wrong = torch.zeros(1, 16, rows[1] - rows[0], 999)
     reply = attacker.ask(Header(Kind.BAND, 21, meta), [wrong], rows=[rows])
     assert reply.header.kind == Kind.ERROR and "must be float32" in reply.header.meta["message"]

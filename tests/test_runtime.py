@@ -294,6 +294,16 @@ def test_bad_plans_are_refused_before_anything_is_sent(ctl):
         ctl.infer(torch.zeros(1, 3, 8, 8))
 
 
+def _link_pieces(ctl, link: tuple[str, str], since: float) -> list[tuple[float, str, str, int, float]]:
+    """The transfer pieces the controller sampled on ``link`` (either way) since wall time ``since``."""
+    return [s for s in ctl.link_samples if s[0] >= since and {s[1], s[2]} == set(link) and s[4] > 0]
+
+
+def _mbps(pieces, dilation: float) -> float:
+    """Mbit/s of the emulated link (bytes over radio seconds; wall seconds run D x the emulated ones)."""
+    return sum(n for *_, n, _ in pieces) * 8 / 1e6 / sum(s for *_, s in pieces) * dilation
+
+
 def test_link_and_compute_telemetry_for_live_planning(ctl):
     n = len(ctl.graph.units)
     ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
@@ -303,14 +313,18 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
         ctl.infer(x)
         if time.time() - since > 1.2:
             break
-    measured = ctl.link_mbps(window_s=time.time() - since)
-    assert measured[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
-    history = ctl.link_history(seconds=int(time.time() - since))[("d", "e")]
-    assert history and all(mbps == pytest.approx(3.0, rel=TIMING_TOLERANCE) for mbps in history)
-    recent = [s for s in ctl.compute_samples if s[1] == "e"][-2:]
-    assert len(recent) == 2 and all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
-    measured = ctl.device_gflops(window_s=time.time() - since)
-    assert set(measured) == {"d", "e"} and all(g > 0 for g in measured.values())
+    pieces = _link_pieces(ctl, ("d", "e"), since)
+    assert _mbps(pieces, ctl.dilation) == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    now, by_second = time.time(), {}  # the pieces of each whole second back from now
+    for piece in pieces:
+        if (ago := int(now - piece[0])) < int(now - since):
+            by_second.setdefault(ago, []).append(piece)
+    assert by_second and all(
+        _mbps(p, ctl.dilation) == pytest.approx(3.0, rel=TIMING_TOLERANCE) for p in by_second.values()
+    )
+    recent = [s for s in ctl.compute_samples if s[0] >= since]
+    assert {device for _, device, _, _ in recent} == {"d", "e"}
+    assert all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
     status = ctl.ping()
     assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
@@ -336,7 +350,9 @@ def test_time_dilation_runs_slower_and_reports_the_emulated_cluster_times(ctl, r
     assert radio.energy_j == pytest.approx(radio_plain.energy_j, rel=TIMING_TOLERANCE)
     assert wall > 2.5 * plain.latency_s
     assert ctl.now() - clock0 == pytest.approx(wall / 3, rel=0.1)
-    assert ctl.link_mbps(window_s=wall)[("d", "e")] == pytest.approx(3.0, rel=TIMING_TOLERANCE)
+    assert _mbps(_link_pieces(ctl, ("d", "e"), wall0), ctl.dilation) == pytest.approx(
+        3.0, rel=TIMING_TOLERANCE
+    )
     with pytest.raises(ValueError, match="dilation must be a finite number >= 1"):
         dataclasses.replace(ctl.emulation, dilation=0.5)
 

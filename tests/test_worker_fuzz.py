@@ -113,8 +113,8 @@ def _mutate(obj, rng: random.Random):
 
 def _templates(ctl: Controller, x: torch.Tensor) -> list[tuple[Header, list[torch.Tensor], list]]:
     """Valid messages of every kind a peer could send (SHUTDOWN excepted: a valid one is obeyed)."""
-    pid = ctl._plan_id
-    dep = ctl._deployed[pid].parts["w"].to_meta()
+    dep = ctl.deployment_of("w").to_meta()
+    pid = dep["plan"]
     ghost = copy.deepcopy(dep)
     ghost["tasks"][0]["sends"][0][2] = ["w", "ghost"]  # a plan naming a device the worker does not know
     config = {
@@ -255,7 +255,7 @@ def test_curve_cluster_serves_its_controller_and_refuses_strangers(
             sock.connect(cluster.endpoints[dev])
             try:
                 send(sock, Header(Kind.PING, 1))
-                send(sock, Header(Kind.INPUT, 99, {"plan": ctl._plan_id}), [x])
+                send(sock, Header(Kind.INPUT, 99, {"plan": ctl.deployment_of("s0").plan_id}), [x])
             except zmq.Again:
                 pass  # the handshake never completes, so zmq may not even queue the message
             assert not sock.poll(500), f"{dev} answered a client it does not trust"
