@@ -492,7 +492,8 @@ def compare(cfg: TrainConfig, env_cfg: EnvConfig, policy_path: Path) -> dict:
     Returns the summary over all requests (``all``) and per ``compare.dynamics`` entry, each agent with
     the number of its requests that failed (a device went down mid-request) and were retried."""
     from agents import PlannerError, make_planner
-    from agents.evaluation import Outcome, print_summary, run_comparison, summarize
+    from serving.comparison_report import print_summary, summarize
+    from serving.evaluation import Outcome, run_comparison
 
     cc = cfg.compare
     records, per_dynamics = [], {}

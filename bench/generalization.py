@@ -34,12 +34,13 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import PlannerError, make_planner, planner_label
-from agents.evaluation import CLAIRVOYANT, SimExecutor, run_comparison, summarize
 from env.cost_model import CostModel, Objective
 from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import DynamicsConfig, NetworkError, NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
+from serving.comparison_report import summarize
+from serving.evaluation import CLAIRVOYANT, SimExecutor, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"

@@ -73,6 +73,7 @@ from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, pacing_gflops, resolve_profile
 from runtime import models
 from runtime.config import describe_validation_error
+from runtime.exactness import reference_pool, run_checked
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec, load_cluster
@@ -363,7 +364,7 @@ class LiveBackend:
     traces and the devices its speed schedules, aligned so that world time ``t`` is "now" on the
     controller's clock. Each step deploys the plan (if it changed), infers one seeded input, and
     reports the measured latency and energy; ``outputs_match`` compares the output with the unsplit
-    model's (rtol 1e-4, atol 1e-5). Time advances with the wall clock (the gap is slept).
+    model's (``runtime.exactness``). Time advances with the wall clock (the gap is slept).
     The world's failure schedule is not enacted: it only shapes what the snapshot says; workers fail
     only for real, in which case the controller retries the request (its latency includes that).
     """
@@ -407,17 +408,12 @@ class LiveBackend:
         speeds = {d: world.speed_schedule(d).shifted(self._offset) for d in spec.devices}
         ctl.configure(Emulation(cluster.host_gflops, links, speeds))
         if self._input is None:
-            gen = torch.Generator().manual_seed(self.seed)
-            self._input = torch.randn(1, *models.input_shape(env.config.model), generator=gen)
-            with torch.no_grad():
-                self._expected = models.build(env.config.model, seed=self.seed)(self._input)
+            unsplit = models.build(env.config.model, seed=self.seed)
+            shape = models.input_shape(env.config.model)
+            ((self._input, self._expected),) = reference_pool(unsplit, shape, 1, self.seed)
 
     def run(self, env: MicroSplitEnv, plan: PlanArrays, t: float) -> Outcome:
-        ctl = self._cluster.controller
-        if ctl.plan != plan.plan:
-            ctl.deploy(plan.plan)
-        result = ctl.infer(self._input)
-        match = bool(torch.allclose(result.output, self._expected, rtol=1e-4, atol=1e-5))
+        result, match = run_checked(self._cluster.controller, plan.plan, self._input, self._expected)
         return Outcome(result.latency_s, result.energy_j, False, match)
 
     def advance(self, env: MicroSplitEnv, t: float) -> float:
