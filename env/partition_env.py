@@ -413,8 +413,8 @@ class LiveBackend:
             ((self._input, self._expected),) = reference_pool(unsplit, shape, 1, self.seed)
 
     def run(self, env: MicroSplitEnv, plan: PlanArrays, t: float) -> Outcome:
-        result, match = run_checked(self._cluster.controller, plan.plan, self._input, self._expected)
-        return Outcome(result.latency_s, result.energy_j, False, match)
+        done = run_checked(self._cluster.controller, plan.plan, self._input, self._expected)
+        return Outcome(done.result.latency_s, done.result.energy_j, False, done.exact)
 
     def advance(self, env: MicroSplitEnv, t: float) -> float:
         """Sleep until world time ``t`` (the next request's arrival) and return the world time."""

@@ -8,6 +8,7 @@ seeded inputs, so checking costs the cluster nothing while it runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,12 +39,20 @@ def reference_pool(
         return [(x, reference(x)) for x in inputs]
 
 
-def run_checked(
-    controller: Controller, plan: Plan, x: torch.Tensor, expected: torch.Tensor
-) -> tuple[Result, bool]:
-    """Run one request live on ``plan`` (deployed first unless it is in force) and whether its output is
-    exact."""
+@dataclass(frozen=True)
+class Checked:
+    """One live request: its result, when it started on the controller's clock (after any deployment),
+    and whether its output is exact."""
+
+    result: Result
+    start_s: float
+    exact: bool
+
+
+def run_checked(controller: Controller, plan: Plan, x: torch.Tensor, expected: torch.Tensor) -> Checked:
+    """Run one request live on ``plan`` (deployed first unless it is in force) and check its output."""
     if controller.plan != plan:
         controller.deploy(plan)
+    start_s = controller.now()
     result = controller.infer(x)
-    return result, matches(result.output, expected)
+    return Checked(result, start_s, matches(result.output, expected))

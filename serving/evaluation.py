@@ -143,9 +143,8 @@ class LiveSession:
             shape = self.controller.input_shape
             (self._inputs[index],) = reference_pool(self.model, shape, 1, self.seed + index)
         x, expected = self._inputs[index]
-        start = self.controller.now()
-        result, match = run_checked(self.controller, plan, x, expected)
-        return Outcome(result.latency_s, result.energy_j, match), start
+        done = run_checked(self.controller, plan, x, expected)
+        return Outcome(done.result.latency_s, done.result.energy_j, done.exact), done.start_s
 
     def execute(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         return self.run(index, plan)[0]

@@ -131,16 +131,14 @@ class Server:
         self.replanning, self.rescue = replanning, rescue
         self.agent, self.console = agent, console
         shape = self.controller.input_shape
-        self.pool = reference_pool(model, shape, options.input_pool, options.seed)
+        self.pool = reference_pool(model, shape, options.input_pool, options.seed)  # (input, expected output)
         self.tally = Tally()
         self.kills = 0
         self.rss: list[tuple[int, float]] = []  # (request index, controller RSS in MB), every 100 requests
         self.waits: deque[float] = deque()  # per request in flight, oldest first: seconds it waited
         self._chaos = {i: (action, device) for i, action, device in options.chaos}
-        self._served: tuple[Plan | None, str] = (
-            None,
-            "",
-        )  # the plan in service and its JSON, shared by records
+        # the plan in service and its JSON, shared by its records
+        self._served: tuple[Plan | None, str] = (None, "")
         self._process = psutil.Process()
 
     def run(self, on_result: Callable[[RequestLog], None] | None = None) -> ServeReport:
