@@ -91,12 +91,13 @@ def serve(
     """
     ctl = cluster.controller
     observe = observe or LiveView(cluster.spec, ctl).snapshot
+    # the rules price on the planner's cost model (built in static runs too, as before: the planner caches it)
+    cost = decide.planner.cost_model(decide.graph, cluster.spec)
     replanning: ReplanPolicy
     rescue: Rescue | None = None
     if options.static:
         replanning = Static(ctl, decide, observe)
     else:
-        cost = decide.planner.cost_model(decide.graph, cluster.spec)  # the rules price on the planner's
         replanning = Adaptive(ctl, decide, observe, cost, options.threshold, options.replan_margin)
         if options.rescue_margin is not None:
             rescue = Rescue(replanning, options.rescue_margin)
