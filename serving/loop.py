@@ -91,14 +91,12 @@ def serve(
     """
     ctl = cluster.controller
     observe = observe or LiveView(cluster.spec, ctl).snapshot
-    # the rules price on the planner's cost model (built in static runs too, as before: the planner caches it)
-    cost = decide.planner.cost_model(decide.graph, cluster.spec)
     replanning: ReplanPolicy
     rescue: Rescue | None = None
     if options.static:
         replanning = Static(ctl, decide, observe)
     else:
-        replanning = Adaptive(ctl, decide, observe, cost, options.threshold, options.replan_margin)
+        replanning = Adaptive(ctl, decide, observe, options.threshold, options.replan_margin)
         if options.rescue_margin is not None:
             rescue = Rescue(replanning, options.rescue_margin)
     server = Server(cluster, model, options, replanning, rescue, agent=agent, console=console)

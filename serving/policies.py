@@ -81,6 +81,11 @@ class Static:
 
     def start(self) -> None:
         self.controller.deploy(self.decide(self.observe()))
+        self.cost_model()  # built once the plan is deployed (the workers warm up meanwhile), then cached
+
+    def cost_model(self) -> CostModel:
+        """The planner's cost model of this cluster, which the replan and rescue rules price on."""
+        return self.decide.planner.cost_model(self.decide.graph, self.controller.spec)
 
     def for_devices(self, available: frozenset[str]) -> Plan:
         return self.decide(replace(self.observe(), available=frozenset(available)))
@@ -97,6 +102,7 @@ class Adaptive(Static):
     ``threshold``, and swaps the new plan in when it is ``worth_swapping`` (``margin`` None: whenever it
     differs), the swap priced at the mean of the latest hot swaps' measured times."""
 
+    cost: CostModel  # the planner's (set by ``start``)
     made_on: Snapshot  # what the plan in force was made on (set by ``start``)
     watched_on: Snapshot  # what conditions were last checked against
 
@@ -105,18 +111,18 @@ class Adaptive(Static):
         controller: Controller,
         decide: Decider,
         observe: Observe,
-        cost: CostModel,
         threshold: float,
         margin: float | None,
     ):
         super().__init__(controller, decide, observe)
-        self.cost, self.threshold, self.margin = cost, threshold, margin
+        self.threshold, self.margin = threshold, margin
         self.swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps
         self._swapped_mid_request = False
 
     def start(self) -> None:
         self.made_on = self.watched_on = self.observe()
         self.controller.deploy(self.decide(self.made_on))
+        self.cost = self.cost_model()
         self.cost.latency(self.controller.plan, self.made_on)  # loads its compiled kernels now (~0.6 s)
 
     def after_request(self, due: bool) -> bool:
