@@ -40,7 +40,6 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import PlannerError, make_planner, planner_label
-from agents.serving import Decider, MetricsWriter, ServeOptions, serve
 from env.cost_model import CostModel, Objective
 from env.dynamics import DynamicsConfig
 from env.network import NetworkState
@@ -53,6 +52,9 @@ from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.spec import SpecError, load_cluster
 from serving.deploy_streams import deploy_streams
+from serving.loop import ServeOptions, serve
+from serving.metrics import MetricsWriter
+from serving.policies import Decider
 from serving.streams import StreamsFileError, load_streams
 
 ROOT = Path(__file__).resolve().parent

@@ -37,17 +37,6 @@ from rich.console import Console
 from rich.progress import Progress
 
 from agents import PlannerError, make_planner
-from agents.evaluation import (
-    SimExecutor,
-    calibration_report,
-    live_session,
-    plot,
-    print_calibration,
-    print_summary,
-    report_json,
-    run_comparison,
-    summarize,
-)
 from env.cost_model import CostModel, Objective
 from env.dynamics import DynamicsConfig
 from env.network import NetworkState
@@ -60,6 +49,9 @@ from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import PlanError, random_plan
 from runtime.spec import SpecError, load_cluster
+from serving.calibration import calibration_report, print_calibration
+from serving.comparison_report import plot, print_summary, report_json, summarize
+from serving.evaluation import SimExecutor, live_session, run_comparison
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 FAILURE_DOWNTIME_S = 20.0

@@ -9,7 +9,7 @@ long as that plan and at least twice the last (a device that fails only after th
 
 It is a search, not an enumeration: on large instances another planner can beat it on some requests, so
 a regret may be negative there. Every comparison reports each agent's regret against it
-(agents/evaluation.py).
+(serving/comparison_report.py).
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import PlannerError, make_planner, planner_label
-from agents.evaluation import CLAIRVOYANT, SimExecutor, run_comparison, summarize
 from env.cost_model import CostModel, Objective
 from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
@@ -42,6 +41,8 @@ from env.network import NetworkState
 from env.snapshot import NetworkError
 from runtime import models
 from runtime.graph import LayerGraph
+from serving.comparison_report import summarize
+from serving.evaluation import CLAIRVOYANT, SimExecutor, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"

@@ -40,7 +40,6 @@ from rich.table import Table
 
 from agents import make_planner, planner_label
 from agents.base import PlannerError
-from agents.serving import Decider, ServeOptions, serve
 from env.cost_model import CostModel, Objective
 from env.dynamics import DynamicsConfig
 from env.network import NetworkState
@@ -51,6 +50,8 @@ from runtime.cluster import NETWORKS, LocalCluster
 from runtime.controller import Controller
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster
+from serving.loop import ServeOptions, serve
+from serving.policies import Decider
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"

@@ -18,6 +18,7 @@ from env.plan_arrays import PlanArrays
 from env.profiles import pacing_gflops
 from env.snapshot import link_key
 from runtime import models
+from runtime.exactness import reference_pool, run_checked
 
 if TYPE_CHECKING:
     from env.simulator import Simulator
@@ -61,7 +62,7 @@ class LiveBackend:
     traces and the devices its speed schedules, aligned so that world time ``t`` is "now" on the
     controller's clock. Each step deploys the plan (if it changed), infers one seeded input, and
     reports the measured latency and energy; ``outputs_match`` compares the output with the unsplit
-    model's (rtol 1e-4, atol 1e-5). Time advances with the wall clock (the gap is slept).
+    model's (``runtime.exactness``). Time advances with the wall clock (the gap is slept).
     The world's failure schedule is not enacted: it only shapes what the snapshot says; workers fail
     only for real, in which case the controller retries the request (its latency includes that).
     """
@@ -105,18 +106,13 @@ class LiveBackend:
         speeds = {d: world.speed_schedule(d).shifted(self._offset) for d in spec.devices}
         ctl.configure(Emulation(cluster.host_gflops, links, speeds))
         if self._input is None:
-            gen = torch.Generator().manual_seed(self.seed)
-            self._input = torch.randn(1, *models.input_shape(sim.config.model), generator=gen)
-            with torch.no_grad():
-                self._expected = models.build(sim.config.model, seed=self.seed)(self._input)
+            unsplit = models.build(sim.config.model, seed=self.seed)
+            shape = models.input_shape(sim.config.model)
+            ((self._input, self._expected),) = reference_pool(unsplit, shape, 1, self.seed)
 
     def run(self, sim: Simulator, plan: PlanArrays, t: float) -> Outcome:
-        ctl = self._cluster.controller
-        if ctl.plan != plan.plan:
-            ctl.deploy(plan.plan)
-        result = ctl.infer(self._input)
-        match = bool(torch.allclose(result.output, self._expected, rtol=1e-4, atol=1e-5))
-        return Outcome(result.latency_s, result.energy_j, match)
+        done = run_checked(self._cluster.controller, plan.plan, self._input, self._expected)
+        return Outcome(done.result.latency_s, done.result.energy_j, done.exact)
 
     def advance(self, sim: Simulator, t: float) -> float:
         """Sleep until world time ``t`` (the next request's arrival) and return the world time."""

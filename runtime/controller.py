@@ -86,7 +86,8 @@ log = logging.getLogger("runtime.controller")
 
 DEFAULT_LANE = ""  # the lane of ``infer``, ``stream`` and ``deploy`` without a lane
 
-Replanner = Callable[[frozenset[str]], Plan]
+Replanner = Callable[[frozenset[str]], Plan]  # the devices up -> a plan over them
+Watcher = Callable[[], None]  # called while requests run
 
 
 class ControllerError(RuntimeError):
@@ -183,7 +184,7 @@ class Controller:
         max_attempts: int = 4,
         telemetry_grace_s: float = 2.0,
         history: int = 4096,
-        watch: Callable[[], None] | None = None,
+        watch: Watcher | None = None,
         watch_every_s: float = 0.2,
         kernel_links: Mapping[str, Mapping[str, str]] | None = None,
         verify: float = 0.0,
@@ -199,7 +200,7 @@ class Controller:
         # (runtime.kernel_network); its workers then send with no radio timer
         self.kernel_links = kernel_links
         self.replan = replan
-        self.replanners: dict[str, Replanner] = {}  # per lane other than the default one
+        self.replanners: dict[str, Replanner | None] = {}  # per lane other than the default one
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
         self.request_timeout_s = request_timeout_s
@@ -440,6 +441,19 @@ class Controller:
         p.rescues += 1
         self._start(p)
         return True
+
+    def attach(
+        self, replan: Replanner | None, watch: Watcher | None = None, *, lane: str = DEFAULT_LANE
+    ) -> None:
+        """Hand the controller a caller's policies (None: the default). ``replan(available)`` gives ``lane``
+        a plan over the devices up when its plan needs one that went down (default: ``fallback_plan``);
+        ``watch()``, the one watcher of every lane, is called every ``watch_every_s`` while requests run,
+        so a serving loop can re-plan and ``restart`` them mid-request."""
+        if lane == DEFAULT_LANE:
+            self.replan = replan
+        else:
+            self.replanners[lane] = replan
+        self.watch = watch
 
     def shutdown_workers(self, timeout_s: float = 2.0) -> None:
         """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""

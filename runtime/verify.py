@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.exactness import ATOL, RTOL
+
 log = logging.getLogger("runtime.verify")
 
 
@@ -32,8 +34,8 @@ class Verifier:
         reference: Callable[[torch.Tensor], torch.Tensor],
         *,
         seed: int | None = None,
-        rtol: float = 1e-4,
-        atol: float = 1e-5,
+        rtol: float = RTOL,
+        atol: float = ATOL,
     ):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"verify fraction must be in [0, 1], got {fraction}")

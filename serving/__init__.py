@@ -1,1 +1,2 @@
-"""disnet serving layer: serving loops above the planners (design.md, "The shape for the next stage")."""
+"""disnet serving layer, above the planners: the adaptive serving loop and its policies, side-by-side
+evaluation and calibration, and several streams on one mesh (design.md, "The shape for the next stage")."""

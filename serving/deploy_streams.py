@@ -10,20 +10,24 @@ per-stream table, JSON (``--json``), TensorBoard scalars and a plot over time (u
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from agents import make_planner
+from agents.base import Planner
+from agents.streams import StreamsPlan
 from env.cost_model import CostModel
 from env.network import NetworkState
+from env.snapshot import Snapshot
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
+from runtime.plan import Plan
 from runtime.spec import ClusterSpec
 from serving.stream_output import plot, print_table, write_tensorboard
-from serving.streams import StreamsFile, StreamsRun, plan_streams, replanner, serve_streams
+from serving.streams import Chaos, StreamsFile, StreamsRun, plan_streams, replanner, serve_streams
 
 
 def chaos_victim(spec: ClusterSpec, streams: StreamsFile, plans) -> str | None:
@@ -43,48 +47,77 @@ def deploy_streams(
     json_path: Path | None,
     console: Console,
 ) -> StreamsRun:
+    """Plan the streams on ``spec``, serve them on a local emulated cluster and write their reports."""
     name = streams.streams[0].model
     model = models.build(name, seed=seed)
     graph = LayerGraph.from_model(model, models.input_shape(name), name)
     cost = CostModel(graph, spec)
     snapshot = NetworkState.static(spec).snapshot(0.0)
     planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
-    console.print(f"planning {len(streams.streams)} stream(s) {streams.planning}ly ...")
-    planned = plan_streams(streams.streams, streams.planning, planner, cost, snapshot, graph)
-    console.print(f"predicted equal rate: {planned.fps:.3f} frames/s per stream")
-    for s, p in zip(streams.streams, planned.plans, strict=True):
-        console.print(f"  {s.name}: {p.describe()}")
+    planned = _plan(streams, planner, cost, snapshot, graph, console)
     fps = [s.fps or planned.fps for s in streams.streams]
     if min(fps) <= 0:
         raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
-
-    def reference(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x)
-
     replanners = {s.name: replanner(s, planner, snapshot, graph) for s in streams.streams}
     with LocalCluster(spec, model=name, seed=seed) as cluster:
-        events = []
-        victim = chaos_victim(spec, streams, planned.plans) if chaos else None
-        if chaos and victim is None:
-            console.print(
-                "[yellow]--chaos: every device a plan uses is some stream's source or sink: none killed"
-            )
-        if victim is not None:
-            half = streams.frames / 2 / min(fps)
-            events.append((half, lambda: cluster.kill(victim), f"killed worker {victim}"))
+        events = _chaos(cluster, streams, planned.plans, fps, console) if chaos else []
         run = serve_streams(
             cluster.controller,
             streams.streams,
             planned.plans,
             fps,
             streams.frames,
-            reference,
+            model,
             replanners=replanners,
             chaos=events,
             seed=seed,
         )
     title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly"
+    _write(run, streams, planned, title, out_dir, json_path, console)
+    return run
+
+
+def _plan(
+    streams: StreamsFile,
+    planner: Planner,
+    cost: CostModel,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    console: Console,
+) -> StreamsPlan:
+    """Every stream's plan, as the file's ``planning`` asks, shown as it is made."""
+    console.print(f"planning {len(streams.streams)} stream(s) {streams.planning}ly ...")
+    planned = plan_streams(streams.streams, streams.planning, planner, cost, snapshot, graph)
+    console.print(f"predicted equal rate: {planned.fps:.3f} frames/s per stream")
+    for s, p in zip(streams.streams, planned.plans, strict=True):
+        console.print(f"  {s.name}: {p.describe()}")
+    return planned
+
+
+def _chaos(
+    cluster: LocalCluster, streams: StreamsFile, plans: Sequence[Plan], fps: Sequence[float], console: Console
+) -> list[Chaos]:
+    """Kill the ``chaos_victim`` halfway through the slowest stream (nothing if there is none)."""
+    victim = chaos_victim(cluster.spec, streams, plans)
+    if victim is None:
+        console.print(
+            "[yellow]--chaos: every device a plan uses is some stream's source or sink: none killed"
+        )
+        return []
+    half = streams.frames / 2 / min(fps)
+    return [(half, lambda: cluster.kill(victim), f"killed worker {victim}")]
+
+
+def _write(
+    run: StreamsRun,
+    streams: StreamsFile,
+    planned: StreamsPlan,
+    title: str,
+    out_dir: Path,
+    json_path: Path | None,
+    console: Console,
+) -> None:
+    """The per-stream table on screen, TensorBoard scalars and a plot under ``out_dir``, JSON if asked."""
     print_table(run, console, title)
     write_tensorboard(run, out_dir / "tensorboard" / "streams")
     plot(run, out_dir / "streams.png")
@@ -94,4 +127,3 @@ def deploy_streams(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))
         console.print(f"wrote {json_path}")
-    return run

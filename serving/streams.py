@@ -37,7 +37,8 @@ from env.contention import Contention
 from env.cost_model import CostModel
 from env.snapshot import Snapshot
 from runtime.config import describe_validation_error
-from runtime.controller import Controller, ControllerError, Result
+from runtime.controller import Controller, ControllerError, Replanner, Result
+from runtime.exactness import Reference, matches, reference_pool
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
@@ -190,9 +191,9 @@ def serve_streams(
     plans: Sequence[Plan],
     fps: Sequence[float],
     frames: int,
-    reference: Callable[[torch.Tensor], torch.Tensor],
+    reference: Reference,
     *,
-    replanners: Mapping[str, Callable[[frozenset[str]], Plan]] | None = None,
+    replanners: Mapping[str, Replanner] | None = None,
     chaos: Sequence[Chaos] = (),
     seed: int = 0,
     input_pool: int = 4,
@@ -207,50 +208,78 @@ def serve_streams(
     """
     if not (len(streams) == len(plans) == len(fps)):
         raise ValueError("one plan and one rate per stream")
-    gen = torch.Generator().manual_seed(seed)
-    pool = [torch.randn(1, *ctl.input_shape, generator=gen) for _ in range(input_pool)]
-    expected = [reference(x) for x in pool]
+    pool = reference_pool(reference, ctl.input_shape, input_pool, seed)
     for s, plan in zip(streams, plans, strict=True):
         ctl.deploy(plan, lane=s.name)
         if replanners and s.name in replanners:
-            ctl.replanners[s.name] = replanners[s.name]
-    n = len(streams)
-    due = sorted(
-        ((k + i / n) / fps[i], i, k) for i, s in enumerate(streams) for k in range(frames)
-    )  # (arrival, stream, frame)
-    pending_chaos = sorted(chaos, key=lambda c: c[0])
-    out: dict[int, tuple[int, int, float]] = {}  # rid -> (stream, frame, arrival)
-    served: list[Frame] = []
-    events: list[tuple[float, str]] = []
+            ctl.attach(replanners[s.name], lane=s.name)
     drain = drain_s if drain_s is not None else 4 * max(s.slo_s for s in streams) + 30.0
-    start = time.time()
-    next_due, sent = 0, [0] * n
-    try:
-        while next_due < len(due) or out:
-            now = time.time() - start
-            while next_due < len(due) and due[next_due][0] <= now:
-                arrival, i, k = due[next_due]
-                out[ctl.submit(pool[k % input_pool], lane=streams[i].name)] = (i, k, arrival)
-                sent[i] += 1
-                next_due += 1
-            while pending_chaos and pending_chaos[0][0] <= now:
-                at, action, what = pending_chaos.pop(0)
-                action()
-                events.append((now, what))
-            if next_due == len(due) and now > due[-1][0] + drain:
-                break
-            for r in ctl.collect(0.02):
-                i, k, arrival = out.pop(r.rid)
-                served.append(_frame(streams[i].name, k, arrival, start, r, expected[k % input_pool]))
-                if on_frame is not None:
-                    on_frame(served[-1])
-    except ControllerError as exc:  # a request that keeps failing: the rest of the run is lost
-        events.append((time.time() - start, f"stopped: {exc}"))
+    loop = _OpenLoop(ctl, streams, pool, on_frame)
+    loop.run(arrivals(fps, frames), chaos, drain)
     # frames never sent (a run stopped early) count as sent and lost
     reports = [
-        report(s, fps[i], frames, [f for f in served if f.stream == s.name]) for i, s in enumerate(streams)
+        report(s, fps[i], frames, [f for f in loop.served if f.stream == s.name])
+        for i, s in enumerate(streams)
     ]
-    return StreamsRun(reports, served, events)
+    return StreamsRun(reports, loop.served, loop.events)
+
+
+def arrivals(fps: Sequence[float], frames: int) -> list[tuple[float, int, int]]:
+    """(arrival s, stream, frame) of every frame in arrival order, stream ``i`` phased ``i / n`` of its
+    period behind the first."""
+    n = len(fps)
+    return sorted(((k + i / n) / fps[i], i, k) for i in range(n) for k in range(frames))
+
+
+class _OpenLoop:
+    """Frames submitted at their arrival times whether or not the cluster keeps up, results collected as
+    they come back."""
+
+    def __init__(
+        self,
+        ctl: Controller,
+        streams: Sequence[StreamSpec],
+        pool: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        on_frame: Callable[[Frame], None] | None,
+    ):
+        self.ctl, self.streams, self.pool, self.on_frame = ctl, streams, pool, on_frame
+        self.out: dict[int, tuple[int, int, float]] = {}  # rid -> (stream, frame, arrival)
+        self.served: list[Frame] = []
+        self.events: list[tuple[float, str]] = []
+
+    def run(self, due: Sequence[tuple[float, int, int]], chaos: Sequence[Chaos], drain_s: float) -> None:
+        """Submit the ``due`` frames and run the ``chaos`` at their times, until every frame is back or
+        ``drain_s`` have passed since the last arrival."""
+        pending_chaos = sorted(chaos, key=lambda c: c[0])
+        start = time.time()
+        next_due = 0
+        try:
+            while next_due < len(due) or self.out:
+                now = time.time() - start
+                while next_due < len(due) and due[next_due][0] <= now:
+                    self._submit(*due[next_due])
+                    next_due += 1
+                while pending_chaos and pending_chaos[0][0] <= now:
+                    _, action, what = pending_chaos.pop(0)
+                    action()
+                    self.events.append((now, what))
+                if next_due == len(due) and now > due[-1][0] + drain_s:
+                    break
+                self._collect(start)
+        except ControllerError as exc:  # a request that keeps failing: the rest of the run is lost
+            self.events.append((time.time() - start, f"stopped: {exc}"))
+
+    def _submit(self, arrival: float, i: int, k: int) -> None:
+        x = self.pool[k % len(self.pool)][0]
+        self.out[self.ctl.submit(x, lane=self.streams[i].name)] = (i, k, arrival)
+
+    def _collect(self, start: float) -> None:
+        for r in self.ctl.collect(0.02):
+            i, k, arrival = self.out.pop(r.rid)
+            expected = self.pool[k % len(self.pool)][1]
+            self.served.append(_frame(self.streams[i].name, k, arrival, start, r, expected))
+            if self.on_frame is not None:
+                self.on_frame(self.served[-1])
 
 
 def _frame(stream: str, k: int, arrival: float, start: float, r: Result, expected: torch.Tensor) -> Frame:
@@ -258,8 +287,7 @@ def _frame(stream: str, k: int, arrival: float, start: float, r: Result, expecte
     (the sink's clock; the moment the result arrived here if its telemetry is missing)."""
     done = r.timeline.of("done")
     done_s = (done[-1]["t"] if done else time.time()) - start
-    exact = torch.allclose(r.output, expected, rtol=1e-4, atol=1e-5)
-    return Frame(stream, k, arrival, done_s, done_s - arrival, exact, r.attempts)
+    return Frame(stream, k, arrival, done_s, done_s - arrival, matches(r.output, expected), r.attempts)
 
 
 def stream_demands(streams: Sequence[StreamSpec]) -> list[Demand]:
@@ -283,7 +311,7 @@ def plan_streams(
     raise ValueError(f"planning must be joint or independent, not {planning!r}")
 
 
-def replanner(stream: StreamSpec, planner: Planner, snapshot: Snapshot, graph: LayerGraph):
+def replanner(stream: StreamSpec, planner: Planner, snapshot: Snapshot, graph: LayerGraph) -> Replanner:
     """The plan for ``stream`` over the devices still up (its source or sink, if down, is replaced by the
     fastest device up): what the controller asks for when a worker of the stream's plan dies."""
 

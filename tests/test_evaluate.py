@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import evaluate
-from agents.evaluation import RequestRecord, summarize
+from serving.comparison_report import summarize
+from serving.evaluation import RequestRecord
 
 CLUSTER = str(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "tiny3.yaml")
 KEYS = {

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from agents import PlannerError, make_planner
-from agents.evaluation import SimExecutor
 from agents.robust import failure_rates, harmonic_view, history_scenarios
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
@@ -18,6 +17,7 @@ from env.traces import constant
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.spec import parse_cluster
+from serving.evaluation import SimExecutor
 
 torch.set_num_threads(1)
 LATENCY = Objective("latency")

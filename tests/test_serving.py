@@ -11,16 +11,6 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.serving import (
-    Decider,
-    RequestLog,
-    ServeOptions,
-    Tally,
-    moved,
-    serve,
-    worth_restarting,
-    worth_swapping,
-)
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -30,6 +20,10 @@ from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
 from runtime.schedule import Trace
 from runtime.spec import load_cluster
+from serving.loop import ServeOptions, serve
+from serving.policies import Decider
+from serving.records import RequestLog, Tally
+from serving.rules import moved, worth_restarting, worth_swapping
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 torch.set_num_threads(1)

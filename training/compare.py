@@ -13,12 +13,13 @@ from pathlib import Path
 
 from agents import PlannerError, make_planner
 from agents.base import Planner
-from agents.evaluation import RequestRecord, print_summary, run_comparison, summarize
 from agents.ppo import PPOPlanner
 from env.backends import Outcome
 from env.config import EnvConfig
 from env.partition_env import MicroSplitEnv
 from env.simulator import charge
+from serving.comparison_report import print_summary, summarize
+from serving.evaluation import RequestRecord, run_comparison
 from training.config import CompareConfig, TrainConfig
 from training.oracle import ActionListOracle
 from training.report import console

@@ -1,0 +1,152 @@
+"""Side-by-side comparison of planners on identical snapshots: each request's decision and outcome.
+
+Every agent sees the same sequence of snapshots (the same world, the same request times); what differs
+is only the plan it chooses. A request's outcome comes from an ``executor`` callable: the cost model in
+the trace-driven world (``sim``) or a live cluster (``live``), so both backends share all the reporting
+(serving/comparison_report.py).
+
+Each request records the planner's ``Decision`` as well as its outcome, so the summary can say what a
+mean latency alone hides: how many requests a planner answered with a fallback plan, how far the
+optimiser's plans are from its certified bound, and, when ``clairvoyant`` is among the agents, every
+agent's regret (latency over the clairvoyant's on the same request, minus 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from env.backends import Outcome
+from env.cost_model import CostModel
+from env.net_view import net_view
+from env.network import NetworkState
+from env.simulator import charge, reference_plan
+from env.snapshot import Snapshot
+from runtime.cluster import LocalCluster
+from runtime.exactness import reference_pool, run_checked
+from runtime.plan import Plan
+
+CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    agent: str
+    index: int
+    time_s: float
+    latency_s: float
+    energy_j: float
+    decision_s: float
+    outputs_match: bool | None
+    plan: str
+    fallback: str | None = None  # why the planner fell back (Decision.fallback), None when it planned
+    bound_gap: float | None = None  # Decision.gap: predicted objective over the certified bound, minus 1
+    failed: bool = False
+
+
+Executor = Callable[[str, int, float, Plan], Outcome]  # (agent, request index, time, plan) -> outcome
+SnapshotAt = Callable[[int], Snapshot]  # request index -> what the planners may know before it
+
+
+class SimExecutor:
+    """Requests priced by the cost model in the trace-driven world, with the env's failure rule: a
+    request fails when a device its plan touches (relays included) is down at some moment of it, and is
+    then retried on the best single device of the snapshot, which it pays for on top of the failed attempt."""
+
+    def __init__(self, cost_model: CostModel, world: NetworkState):
+        self.cost_model, self.world = cost_model, world
+
+    def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
+        cost = self.cost_model.cost(plan, self.world, t)
+        devices = self.cost_model.skeleton(plan).devices
+        failed = self.world.down_during(devices, t, t + cost.latency_s)
+        outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
+        if not failed:
+            return outcome
+        retry_plan = reference_plan(self.cost_model.graph, net_view(self.world.snapshot(t))).plan
+        return charge(outcome, self.cost_model.cost(retry_plan, self.world, t))
+
+
+def run_comparison(
+    planners: dict,
+    snapshot_at: SnapshotAt,
+    requests: int,
+    graph,
+    objective,
+    execute: Executor,
+    *,
+    console: Console | None = None,
+) -> list[RequestRecord]:
+    """For each request, every planner plans on the same snapshot and its plan is executed.
+
+    Request-major order keeps the agents' requests of one index close in time on a live cluster.
+    """
+    records = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("requests", total=requests * len(planners))
+        for i in range(requests):
+            snap = snapshot_at(i)
+            for name, planner in planners.items():
+                start = time.perf_counter()
+                decision = planner.decide(snap, graph, objective)
+                decision_s = time.perf_counter() - start
+                outcome = execute(name, i, snap.time, decision.plan)
+                records.append(
+                    RequestRecord(
+                        name,
+                        i,
+                        snap.time,
+                        outcome.latency_s,
+                        outcome.energy_j,
+                        decision_s,
+                        outcome.outputs_match,
+                        decision.plan.to_json(),
+                        decision.fallback,
+                        decision.gap,
+                        outcome.failed,
+                    )
+                )
+                progress.advance(task)
+    return records
+
+
+class LiveSession:
+    """A running local emulated cluster plus the reference model that checks its outputs."""
+
+    def __init__(self, cluster: LocalCluster, model, world, seed: int):
+        self.cluster, self.model, self.world, self.seed = cluster, model, world, seed
+        self.controller = cluster.controller
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def snapshot_at(self, index: int) -> Snapshot:
+        """What planners may know now: the world's snapshot at the cluster's current time."""
+        return self.world.snapshot(max(0.0, self.controller.now()))
+
+    def run(self, index: int, plan: Plan) -> tuple[Outcome, float]:
+        """Run request ``index`` (a seeded input) on ``plan``; returns the outcome and its start time."""
+        if index not in self._inputs:
+            shape = self.controller.input_shape
+            (self._inputs[index],) = reference_pool(self.model, shape, 1, self.seed + index)
+        x, expected = self._inputs[index]
+        done = run_checked(self.controller, plan, x, expected)
+        return Outcome(done.result.latency_s, done.result.energy_j, done.exact), done.start_s
+
+    def execute(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
+        return self.run(index, plan)[0]
+
+
+@contextmanager
+def live_session(spec, model_name: str, model, world, *, seed: int = 0, **cluster_options):
+    """A local emulated cluster whose links and device speeds follow ``world``'s schedules."""
+    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    speeds = {d: world.speed_schedule(d) for d in spec.devices}
+    with LocalCluster(
+        spec, model=model_name, seed=seed, link_schedules=links, speed_schedules=speeds, **cluster_options
+    ) as cluster:
+        yield LiveSession(cluster, model, world, seed)

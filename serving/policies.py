@@ -1,0 +1,194 @@
+"""The serving loop's policies: what it plans with, when it replaces the plan in force, when it rescues a
+running request.
+
+The loop is handed a replan policy (``Static`` or ``Adaptive``, both a ``ReplanPolicy``) and optionally
+a rescue policy (``Rescue``); it attaches their callbacks to the controller (``Controller.attach``): the
+replan policy's ``for_devices`` when a worker dies, the rescue policy as the watcher called while
+requests run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+from agents.base import Planner
+from agents.robust import RobustPlanner
+from env.cost_model import CostModel, Objective
+from env.snapshot import Snapshot
+from runtime.controller import Controller, InFlight
+from runtime.graph import LayerGraph
+from runtime.plan import Plan, PlanError
+from serving.rules import MAX_RESCUES, moved, worth_restarting, worth_swapping
+
+log = logging.getLogger("serving.policies")
+
+Observe = Callable[[], Snapshot]  # what the planner may know now
+
+
+class Decider:
+    """The planner, with the optimiser behind it when the planner fails."""
+
+    def __init__(
+        self, planner: Planner, graph: LayerGraph, objective: Objective, fallback: Planner | None = None
+    ):
+        self.planner, self.graph, self.objective = planner, graph, objective
+        self.fallback = fallback or RobustPlanner()
+        self.fallbacks = 0
+
+    def __call__(self, snapshot: Snapshot) -> Plan:
+        try:
+            plan = self.planner.plan(snapshot, self.graph, self.objective)
+            return plan.validate(self.graph, snapshot.available)
+        except (PlanError, ValueError, RuntimeError) as exc:
+            self.fallbacks += 1
+            log.warning("planner %s failed (%s); the optimiser decides", self.planner, exc)
+            return self.fallback.plan(snapshot, self.graph, self.objective)
+
+
+class ReplanPolicy(Protocol):
+    """How a serving run keeps its plan in force."""
+
+    decide: Decider  # every plan comes from it (its ``fallbacks`` count the planner's failures)
+    replans: int  # plans it swapped in
+
+    def start(self) -> None:
+        """Deploy the first plan."""
+
+    def for_devices(self, available: frozenset[str]) -> Plan:
+        """A plan over ``available``: the controller's replanner when a worker dies."""
+
+    def after_request(self, due: bool) -> bool:
+        """Between requests (``due`` every ``replan_every``): swap in a better plan; whether it did."""
+
+    def changed_mid_request(self) -> bool:
+        """Whether the plan was swapped while a request ran, since the last time this was asked."""
+
+
+class Static:
+    """Plans once at the start, and again only when a worker dies: the reference an adaptive run is
+    measured against."""
+
+    def __init__(self, controller: Controller, decide: Decider, observe: Observe):
+        self.controller, self.decide, self.observe = controller, decide, observe
+        self.replans = 0
+
+    def start(self) -> None:
+        self.controller.deploy(self.decide(self.observe()))
+        self.cost_model()  # built once the plan is deployed (the workers warm up meanwhile), then cached
+
+    def cost_model(self) -> CostModel:
+        """The planner's cost model of this cluster, which the replan and rescue rules price on."""
+        return self.decide.planner.cost_model(self.decide.graph, self.controller.spec)
+
+    def for_devices(self, available: frozenset[str]) -> Plan:
+        return self.decide(replace(self.observe(), available=frozenset(available)))
+
+    def after_request(self, due: bool) -> bool:
+        return False
+
+    def changed_mid_request(self) -> bool:
+        return False
+
+
+class Adaptive(Static):
+    """Re-plans when due or as soon as conditions that matter to the plan in force ``moved`` by more than
+    ``threshold``, and swaps the new plan in when it is ``worth_swapping`` (``margin`` None: whenever it
+    differs), the swap priced at the mean of the latest hot swaps' measured times."""
+
+    cost: CostModel  # the planner's (set by ``start``)
+    made_on: Snapshot  # what the plan in force was made on (set by ``start``)
+    watched_on: Snapshot  # what conditions were last checked against
+
+    def __init__(
+        self,
+        controller: Controller,
+        decide: Decider,
+        observe: Observe,
+        threshold: float,
+        margin: float | None,
+    ):
+        super().__init__(controller, decide, observe)
+        self.threshold, self.margin = threshold, margin
+        self.swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps
+        self._swapped_mid_request = False
+
+    def start(self) -> None:
+        self.made_on = self.watched_on = self.observe()
+        self.controller.deploy(self.decide(self.made_on))
+        self.cost = self.cost_model()
+        self.cost.latency(self.controller.plan, self.made_on)  # loads its compiled kernels now (~0.6 s)
+
+    def after_request(self, due: bool) -> bool:
+        now = self.observe()
+        if not (due or moved(self.controller.plan, self.made_on, now, self.threshold)):
+            return False
+        self.made_on = self.watched_on = now
+        return self._swap_in(self.decide(now), now)
+
+    def changed_mid_request(self) -> bool:
+        changed, self._swapped_mid_request = self._swapped_mid_request, False
+        return changed
+
+    def replan_if_moved(self, now: Snapshot) -> Plan | None:
+        """While requests run: a new plan when conditions moved since the last check, else None."""
+        if not moved(self.controller.plan, self.watched_on, now, self.threshold):
+            return None
+        self.watched_on = now
+        return self.decide(now)
+
+    def swap_mid_request(self, plan: Plan, now: Snapshot) -> None:
+        """Swap ``plan`` (made on ``now``) in while requests run, if it pays for the swap."""
+        if self._swap_in(plan, now):
+            self.made_on, self._swapped_mid_request = now, True
+
+    def _swap_in(self, plan: Plan, now: Snapshot) -> bool:
+        """Deploy ``plan`` if it is not the plan in force and pays for the swap; whether it was."""
+        in_force = self.controller.plan
+        if plan == in_force:
+            return False
+        swap_s = float(np.mean(self.swaps or [0.0]))
+        if self.margin is not None and not worth_swapping(
+            self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s
+        ):
+            return False
+        started = time.perf_counter()
+        self.controller.deploy(plan)
+        self.swaps.append(time.perf_counter() - started)
+        self.replans += 1
+        return True
+
+
+class Rescue:
+    """The controller's watcher in adaptive runs: a request stuck on a plan made for conditions that
+    collapsed is restarted on a newer plan when it is ``worth_restarting`` (at most ``MAX_RESCUES`` times).
+
+    When conditions moved, a new plan is made and swapped in at once only if it rescues a running request;
+    any other new plan waits for the request's end, when all its telemetry is in (plans swapped on a
+    half-measured request's view made replans thrash). Requests still on a plan older than the one in
+    force are then restarted on it when worth it.
+    """
+
+    def __init__(self, keeper: Adaptive, margin: float):
+        self.keeper, self.margin = keeper, margin
+
+    def __call__(self) -> None:
+        keeper, controller = self.keeper, self.keeper.controller
+        now = keeper.observe()
+        plan = keeper.replan_if_moved(now)
+        if plan is not None and any(self._worth(r, plan, now) for r in controller.in_flight()):
+            keeper.swap_mid_request(plan, now)
+        for running in controller.in_flight():
+            if not running.current and self._worth(running, controller.plan, now):
+                controller.restart(running.rid)
+
+    def _worth(self, running: InFlight, plan: Plan, now: Snapshot) -> bool:
+        return running.rescues < MAX_RESCUES and worth_restarting(
+            self.keeper.cost, running, plan, now, self.margin
+        )

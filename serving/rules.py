@@ -1,0 +1,60 @@
+"""The serving loop's three rules: when conditions moved, when a new plan pays for its swap, and when a
+running request is worth restarting on a newer plan."""
+
+from __future__ import annotations
+
+from env.cost_model import Cost, CostModel, Objective
+from env.snapshot import Snapshot, link_key
+from runtime.controller import InFlight
+from runtime.plan import Plan
+
+MAX_RESCUES = 2  # per request: a third restart would mostly throw away work the second one did
+
+
+def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> bool:
+    """Whether conditions that matter to ``plan`` changed by more than ``threshold`` (relative)."""
+    if made_on.available != now.available:
+        return True
+    devices = {d for s in plan.stages for d in s.devices} | {plan.source, plan.sink}
+    for d in devices:
+        if abs(now.speed[d] - made_on.speed[d]) > threshold * made_on.speed[d]:
+            return True
+    used = set()
+    for a in devices:
+        for b in devices:
+            if a < b:
+                route = now.spec.route(a, b)
+                used |= {link_key(x, y) for x, y in zip(route[:-1], route[1:], strict=True)}
+    return any(abs(now.link_mbps[k] - made_on.link_mbps[k]) > threshold * made_on.link_mbps[k] for k in used)
+
+
+def worth_swapping(
+    cost: CostModel,
+    objective: Objective,
+    in_force: Plan,
+    candidate: Plan,
+    snapshot: Snapshot,
+    margin: float,
+    swap_s: float,
+) -> bool:
+    """Whether ``candidate`` should replace the plan in force: priced on the same ``snapshot``, its gain
+    beats ``margin`` x the plan in force's score plus what the swap itself costs (``swap_s`` seconds, in
+    the objective's units). A plan in force that needs a device now down is always replaced."""
+    if not in_force.devices <= snapshot.available:
+        return True
+    now = objective.score(cost.cost(in_force, snapshot))
+    new = objective.score(cost.cost(candidate, snapshot))
+    return now - new > margin * now + objective.score(Cost(swap_s, 0.0))
+
+
+def worth_restarting(
+    cost: CostModel, running: InFlight, plan: Plan, snapshot: Snapshot, margin: float
+) -> bool:
+    """Whether restarting ``running`` on ``plan`` beats letting it finish, under ``snapshot``.
+
+    The rest of the running attempt is its plan's predicted latency under the new conditions scaled by
+    the share of its radio bytes not yet delivered; a restart pays ``plan``'s whole predicted latency,
+    times ``margin``.
+    """
+    rest = cost.latency(running.plan, snapshot) * (1.0 - running.progress)
+    return rest > margin * cost.latency(plan, snapshot)
