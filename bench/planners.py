@@ -187,6 +187,99 @@ def targets(graph: LayerGraph) -> list[dict]:
     return results
 
 
+def devices_table(sweep: list[dict], meshes: int) -> Table:
+    ref = next((r for r in sweep if r["devices"] == 10), sweep[0])
+    return table(
+        f"optimiser decision time vs devices: VGG-16 at 224, random meshes, median of {meshes}",
+        ["devices", "wall s", "CPU s", "CPU / 10-device", "evaluations"],
+        [
+            [
+                str(r["devices"]),
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
+                f"{r['evaluations']:.0f}",
+            ]
+            for r in sweep
+        ],
+    )
+
+
+def models_table(sizes: list[dict]) -> Table:
+    ref = next(r for r in sizes if r["model"] == "vgg16_bn")
+    columns = [
+        "model",
+        "groups",
+        "units",
+        "GFLOPs",
+        "search",
+        "wall s",
+        "CPU s",
+        "CPU / VGG-16",
+        "evaluations",
+    ]
+    return table(
+        "optimiser decision time vs model size: mesh0 (10 devices), 15 Mbit/s",
+        columns,
+        [
+            [
+                r["model"],
+                str(r["groups"]),
+                str(r["units"]),
+                f"{r['gflops']:.2f}",
+                "exhaustive" if r["exhaustive"] else "descent",
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
+                str(r["evaluations"]),
+            ]
+            for r in sizes
+        ],
+    )
+
+
+def targets_table(goals: list[dict]) -> Table:
+    columns = [
+        "mesh",
+        "cap",
+        "optimal s",
+        "MoDNN",
+        "MoDNN p2p",
+        "DeepSlicing",
+        "DISNET",
+        "energy J",
+        "MoDNN energy",
+    ]
+    return table(
+        "targets: VGG-16 (bn) at 224, cost model; latency ratios = baseline / optimiser",
+        columns,
+        [
+            [
+                g["mesh"],
+                f"{g['cap_mbps']:.0f}",
+                f"{g['optimal_latency_s']:.3f}",
+                f"{g['vs_modnn']:.2f}x",
+                f"{g['vs_modnn_p2p']:.2f}x",
+                f"{g['vs_deepslicing']:.2f}x",
+                f"{g['vs_disnet']:.2f}x",
+                f"{g['optimal_energy_j']:.2f}",
+                f"{g['energy_vs_modnn']:.2f}x",
+            ]
+            for g in goals
+        ],
+    )
+
+
+def zoo_and_deep50(vgg: LayerGraph) -> dict[str, Callable[[], LayerGraph]]:
+    """The models of the size sweep, each built when its turn comes."""
+    return {
+        "tiny (32x32)": lambda: zoo_graph("tiny"),
+        "resnet18": lambda: zoo_graph("resnet18"),
+        "vgg16_bn": lambda: vgg,
+        "deep50": lambda: LayerGraph.from_model(deep50(), (3, 224, 224), "deep50"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,15,20,25,30", help="device counts of the random meshes")
@@ -197,106 +290,16 @@ def main() -> None:
     console = Console(width=150)
     vgg = zoo_graph("vgg16_bn")
     report: dict = {}
-
-    sweep = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
-    ref = next((r for r in sweep if r["devices"] == 10), sweep[0])
-    console.print(
-        table(
-            f"optimiser decision time vs devices: VGG-16 at 224, random meshes, median of {args.meshes}",
-            ["devices", "wall s", "CPU s", "CPU / 10-device", "evaluations"],
-            [
-                [
-                    str(r["devices"]),
-                    f"{r['wall_s']:.2f}",
-                    f"{r['cpu_s']:.2f}",
-                    f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
-                    f"{r['evaluations']:.0f}",
-                ]
-                for r in sweep
-            ],
-        )
-    )
-    report["devices"] = sweep
-
+    report["devices"] = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
+    console.print(devices_table(report["devices"], args.meshes))
     mesh0 = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml", bandwidth_cap=15)
-    sizes = model_sweep(
-        mesh0,
-        {
-            "tiny (32x32)": lambda: zoo_graph("tiny"),
-            "resnet18": lambda: zoo_graph("resnet18"),
-            "vgg16_bn": lambda: vgg,
-            "deep50": lambda: LayerGraph.from_model(deep50(), (3, 224, 224), "deep50"),
-        },
-    )
-    ref = next(r for r in sizes if r["model"] == "vgg16_bn")
-    console.print(
-        table(
-            "optimiser decision time vs model size: mesh0 (10 devices), 15 Mbit/s",
-            [
-                "model",
-                "groups",
-                "units",
-                "GFLOPs",
-                "search",
-                "wall s",
-                "CPU s",
-                "CPU / VGG-16",
-                "evaluations",
-            ],
-            [
-                [
-                    r["model"],
-                    str(r["groups"]),
-                    str(r["units"]),
-                    f"{r['gflops']:.2f}",
-                    "exhaustive" if r["exhaustive"] else "descent",
-                    f"{r['wall_s']:.2f}",
-                    f"{r['cpu_s']:.2f}",
-                    f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
-                    str(r["evaluations"]),
-                ]
-                for r in sizes
-            ],
-        )
-    )
-    report["models"] = sizes
-
+    report["models"] = model_sweep(mesh0, zoo_and_deep50(vgg))
+    console.print(models_table(report["models"]))
     if SHARED.exists():
-        goals = targets(vgg)
-        console.print(
-            table(
-                "targets: VGG-16 (bn) at 224, cost model; latency ratios = baseline / optimiser",
-                [
-                    "mesh",
-                    "cap",
-                    "optimal s",
-                    "MoDNN",
-                    "MoDNN p2p",
-                    "DeepSlicing",
-                    "DISNET",
-                    "energy J",
-                    "MoDNN energy",
-                ],
-                [
-                    [
-                        g["mesh"],
-                        f"{g['cap_mbps']:.0f}",
-                        f"{g['optimal_latency_s']:.3f}",
-                        f"{g['vs_modnn']:.2f}x",
-                        f"{g['vs_modnn_p2p']:.2f}x",
-                        f"{g['vs_deepslicing']:.2f}x",
-                        f"{g['vs_disnet']:.2f}x",
-                        f"{g['optimal_energy_j']:.2f}",
-                        f"{g['energy_vs_modnn']:.2f}x",
-                    ]
-                    for g in goals
-                ],
-            )
-        )
-        report["targets"] = goals
+        report["targets"] = targets(vgg)
+        console.print(targets_table(report["targets"]))
     else:
         console.print(f"[yellow]targets skipped: {SHARED} not found[/yellow]")
-
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     console.print("rerun: python bench/planners.py [--sizes 5,10,...] [--meshes 3] [--json OUT]")
