@@ -34,7 +34,6 @@ the live view's telemetry is read at wall-clock rates.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from agents import make_planner, planner_label
 from agents.serving import Decider, MetricsWriter, ServeOptions, serve
 from cli import flags
 from cli.errors import reporting_user_errors
+from cli.output import write_json
 from cli.scenarios import timed_drop
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
@@ -257,14 +257,13 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
 def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
     """``--streams``: several cameras on one mesh; 0 if no frame was lost or wrong."""
     streams = load_streams(args.streams, spec.device_ids)
-    json_path = Path(args.json) if args.json else None
     run = deploy_streams(
         spec,
         streams,
         seed=args.seed,
         chaos=args.chaos,
         out_dir=Path(args.out),
-        json_path=json_path,
+        json_path=args.json,
         console=console,
     )
     return 0 if all(r.lost == 0 and r.wrong == 0 for r in run.reports) else 1
@@ -274,10 +273,7 @@ def report(summaries: list[dict], args: argparse.Namespace, title: str) -> int:
     """Print the table and write the JSON; 0 if every output was exact and nothing lost or duplicated."""
     print_table(summaries, title)
     if args.json:
-        result = summaries[0] if len(summaries) == 1 else {"agents": summaries}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, summaries[0] if len(summaries) == 1 else {"agents": summaries}, console)
     ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)
     return 0 if ok else 1
 

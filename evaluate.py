@@ -31,7 +31,6 @@ optimiser that proves one) its gap to the certified bound.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from agents.evaluation import (
 )
 from cli import flags
 from cli.errors import reporting_user_errors
+from cli.output import write_json
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.profiles import host_profile, pacing_gflops, resolve_profile
@@ -257,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         report = compare(args) if args.command == "compare" else calibrate(args)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=2))
-            console.print(f"wrote {args.json}")
+            write_json(args.json, report, console)
         return 0
 
     return reporting_user_errors(work, console)

@@ -21,7 +21,6 @@ Rerun: python bench/planners.py [--sizes 5,10,15,20,25,30] [--meshes 3] [--json 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from agents import DeepSlicing, DisnetPlanner, MoDNN, OptimalPlanner
+from cli import flags
+from cli.output import write_json
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.profiles import resolve_profile
@@ -284,7 +285,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,15,20,25,30", help="device counts of the random meshes")
     parser.add_argument("--meshes", type=int, default=3, help="random meshes per device count")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    flags.add_json(parser, help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console(width=150)
@@ -301,7 +302,7 @@ def main() -> None:
     else:
         console.print(f"[yellow]targets skipped: {SHARED} not found[/yellow]")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report, console)
     console.print("rerun: python bench/planners.py [--sizes 5,10,...] [--meshes 3] [--json OUT]")
 
 

@@ -39,9 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import make_planner, planner_label
-from agents.base import PlannerError
 from agents.serving import Decider, ServeOptions, serve
 from cli import flags
+from cli.errors import USER_ERRORS
 from cli.scenarios import load_scenario, timed_drop
 from cli.worlds import build_world
 from env.cost_model import CostModel, Objective
@@ -270,10 +270,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collapse")
-    c.add_argument(
-        "--agents",
-        default=f"optimal,ppo:{PPO_POLICY.relative_to(ROOT)}",
-        help="comma-separated planners, each served adaptively and static",
+    policy = PPO_POLICY.relative_to(ROOT)
+    flags.add_agents(
+        c, f"optimal,ppo:{policy}", help="comma-separated planners, each served adaptively and static"
     )
     c.add_argument("--oracle", action="store_true", help="also serve the first agent on exact snapshots")
     c.add_argument("--loops", default="closed,open", help="closed, open, or both (comma-separated)")
@@ -286,11 +285,7 @@ def main() -> None:
     flags.add_network(c)
     c.add_argument("--drop-len", type=float, default=30.0, help="seconds the collapse lasts")
     p = sub.add_parser("plans")
-    p.add_argument(
-        "--agents",
-        default=f"optimal,ppo:{PPO_POLICY.relative_to(ROOT)},ppo-top40:{PPO_POLICY.relative_to(ROOT)}",
-        help="comma-separated planners",
-    )
+    flags.add_agents(p, f"optimal,ppo:{policy},ppo-top40:{policy}", help="comma-separated planners")
     p.add_argument("--drop-at", type=float, default=40.0)
     k = sub.add_parser("chaos")
     k.add_argument("--requests", type=int, default=1000)
@@ -299,7 +294,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         {"collapse": collapse, "plans": plans, "chaos": chaos, "soak": soak}[args.command](args)
-    except PlannerError as exc:  # e.g. a misspelt --agents name or a policy file that is not one
+    except USER_ERRORS as exc:  # e.g. a misspelt --agents name or a policy file that is not one
         raise SystemExit(f"error: {exc}") from None
 
 

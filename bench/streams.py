@@ -29,7 +29,6 @@ Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,8 @@ from rich.table import Table
 from agents import make_planner
 from agents.base import build_plan
 from agents.streams import JointPlanner
+from cli import flags
+from cli.output import write_json
 from env.contention import Contention
 from env.cost_model import CostModel
 from env.network import NetworkState
@@ -113,7 +114,7 @@ def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> No
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None)
+    flags.add_json(parser)
     parser.add_argument("--frames", type=int, default=12, help="frames per stream per live run")
     parser.add_argument("--tries", type=int, default=3, help="live runs per figure, each 15%% slower")
     parser.add_argument("--kill", action="store_true", help="kill a worker halfway through the joint run")
@@ -256,9 +257,7 @@ def report(figures: list[Figure], args, started: float, slo: float) -> None:
     for key in ("single_device_fps", "pipelined_fps", "independent_fps", "joint_fps"):
         console.print(f"{key}: {result[key]:.3f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, result, console)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one-line usage error.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cli.scenarios import ScenarioError, load_scenario
 from runtime import models
@@ -63,15 +64,13 @@ def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = Tru
     parser.add_argument("--seed", type=int, default=0)
 
 
-def add_agents(parser: argparse.ArgumentParser, default: str) -> None:
+def add_agents(
+    parser: argparse.ArgumentParser,
+    default: str,
+    help: str = "comma list of planners: optimal, disnet, modnn, ..., ppo:PATH, ppo-top3:PATH, ppo-polish:PATH",
+) -> None:
     """The planners to run (``--agent`` is the same flag)."""
-    parser.add_argument(
-        "--agents",
-        "--agent",
-        dest="agents",
-        default=default,
-        help="comma list of planners: optimal, disnet, modnn, ..., ppo:PATH, ppo-top3:PATH, ppo-polish:PATH",
-    )
+    parser.add_argument("--agents", "--agent", dest="agents", default=default, help=help)
 
 
 def add_requests(parser: argparse.ArgumentParser, default: int) -> None:
@@ -146,8 +145,8 @@ def add_dilation(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", default=None, help="write the result as JSON here")
+def add_json(parser: argparse.ArgumentParser, help: str = "write the result as JSON here") -> None:
+    parser.add_argument("--json", type=Path, default=None, help=help)
 
 
 def add_scenario(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
