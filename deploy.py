@@ -70,7 +70,7 @@ def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
     else:
         replay_cap = args.trace_cap_mbps if args.trace_cap_mbps is not None else args.spec_cap_mbps
         dynamics = trace_dynamics(args.traces, args.trace_mode, replay_cap)
-    return build_world(spec, dynamics, seed=args.seed, origin="deploy.py")
+    return build_world(spec, dynamics, seed=args.seed, origin="deploy.py", base_dir=args.dynamics_dir)
 
 
 def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:

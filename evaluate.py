@@ -72,7 +72,12 @@ def load_problem(args: argparse.Namespace, failures_per_min: float = 0.0):
     graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
     dynamics = args.dynamics if args.dynamics is not None else trace_dynamics(args.traces)
     world = build_world(
-        spec, dynamics, seed=args.seed, failures_per_min=failures_per_min, origin="--traces/--failures"
+        spec,
+        dynamics,
+        seed=args.seed,
+        failures_per_min=failures_per_min,
+        origin="--traces/--failures",
+        base_dir=args.dynamics_dir,
     )
     return spec, model, graph, world
 

@@ -42,7 +42,7 @@ from agents import make_planner, planner_label
 from agents.serving import Decider, ServeOptions, serve
 from cli import flags
 from cli.errors import USER_ERRORS
-from cli.scenarios import load_scenario, timed_drop
+from cli.scenarios import SCENARIOS, load_scenario, timed_drop
 from cli.worlds import build_world
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
@@ -70,8 +70,9 @@ def setup(model_name: str):
 def collapse_world(spec, drop_at: float, drop_len: float | None = None) -> NetworkState:
     """The collapse scenario's world (configs/scenarios/collapse.yaml: every link 20 -> 2 Mbit/s), its drop
     moved to ``drop_at`` s for ``drop_len`` s (None: the scenario's); the same world for every run."""
-    dynamics = timed_drop(load_scenario("collapse").dynamics, drop_at, drop_len)
-    return build_world(spec, dynamics, seed=0, origin="configs/scenarios/collapse.yaml")
+    scenario = load_scenario("collapse")
+    dynamics = timed_drop(scenario.dynamics, drop_at, drop_len)
+    return build_world(spec, dynamics, seed=0, origin="configs/scenarios/collapse.yaml", base_dir=SCENARIOS)
 
 
 def oracle(world: NetworkState, ctl: Controller) -> Callable[[], Snapshot]:

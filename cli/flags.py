@@ -151,7 +151,7 @@ def add_json(parser: argparse.ArgumentParser, help: str = "write the result as J
 
 def add_scenario(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
     """--scenario NAME|FILE (configs/scenarios); the returned group takes shorthands for named ones."""
-    parser.set_defaults(dynamics=None)  # a scenario's DynamicsConfig mapping, when it has one
+    parser.set_defaults(dynamics=None, dynamics_dir=None)  # a scenario's DynamicsConfig mapping, its folder
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--scenario",

@@ -3,7 +3,8 @@
 A scenario's fields are the scripts' option names; a script takes them as its defaults, so a flag given
 on the command line still wins. ``dynamics`` is a ``DynamicsConfig`` mapping (env/network.py) for worlds
 no flag can describe, such as every link collapsing at once. Relative paths in ``cluster``, ``traces`` and
-a policy's ``ppo:PATH`` are read from the scenario file's folder.
+a policy's ``ppo:PATH`` are read from the scenario file's folder, and so are trace paths in ``dynamics``
+(scripts pass ``dynamics_dir`` on to the world).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from agents import POLICY_NAME
 from env.dynamics import DynamicsConfig
@@ -39,6 +48,7 @@ class Scenario(BaseModel):
     spec_cap_mbps: PositiveFloat | None = None
     traces: str | None = None
     dynamics: dict[str, Any] | None = None
+    _folder: Path | None = PrivateAttr(default=None)  # where the file was: relative paths start there
 
     @model_validator(mode="after")
     def _one_source_of_links(self) -> Scenario:
@@ -51,6 +61,8 @@ class Scenario(BaseModel):
         fixed = self.model_dump(exclude_none=True, exclude={"description"})
         if self.agents is not None:
             fixed["agents"] = ",".join(self.agents)
+        if self.dynamics is not None:
+            fixed["dynamics_dir"] = self._folder
         return fixed
 
 
@@ -96,7 +108,9 @@ def _anchored(scenario: Scenario, folder: Path) -> Scenario:
         update["traces"] = anchor(scenario.traces)
     if scenario.agents is not None:
         update["agents"] = [agent(a) for a in scenario.agents]
-    return scenario.model_copy(update=update)
+    anchored = scenario.model_copy(update=update)
+    anchored._folder = folder
+    return anchored
 
 
 def timed_drop(dynamics: dict[str, Any], at: float | None, length: float | None = None) -> dict[str, Any]:

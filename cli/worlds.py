@@ -3,6 +3,7 @@ scenario's dynamics, and device failures."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,13 +40,15 @@ def build_world(
     seed: int,
     failures_per_min: float = 0.0,
     origin: str = "--traces",
+    base_dir: Path | None = None,
 ) -> NetworkState:
-    """The world of ``dynamics`` (constant if empty) with devices other than the source and sink failing
-    ``failures_per_min`` times a minute each, drawn from ``seed``."""
+    """The world of ``dynamics`` (constant if empty; relative trace paths from ``base_dir``, default the
+    working directory) with devices other than the source and sink failing ``failures_per_min`` times a
+    minute each, drawn from ``seed``."""
     if not dynamics and not failures_per_min:
         return NetworkState.static(spec)
     data = dynamics | {"seed": seed}
     if failures_per_min:
         data["failures"] = {"rate_per_min": failures_per_min, "mean_downtime_s": FAILURE_DOWNTIME_S}
-    config = DynamicsConfig.parse(data, origin=origin)
+    config = DynamicsConfig.parse(data, origin=origin, base_dir=base_dir)
     return NetworkState.sample(spec, config, np.random.default_rng(seed))
