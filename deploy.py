@@ -175,17 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_links(parser, replay=True)
     scenarios = flags.add_scenario(parser)
     scenarios.add_argument(
-        "--demo", dest="scenario", action="store_const", const="demo", help="--scenario demo"
+        "--demo",
+        dest="scenario",
+        action="store_const",
+        const="demo",
+        help="the end-to-end demo (--scenario demo)",
     )
     scenarios.add_argument(
-        "--collapse", dest="scenario", action="store_const", const="collapse", help="--scenario collapse"
+        "--collapse",
+        dest="scenario",
+        action="store_const",
+        const="collapse",
+        help="every link drops from 20 to 2 Mbit/s for 30 s (--scenario collapse)",
     )
     parser.add_argument(
         "--collapse-at",
         type=float,
         default=None,
         metavar="S",
-        help="a scenario's link drop comes S s into the run",
+        help="the scenario's links drop S s into the run (default: as the scenario says; collapse: 20)",
     )
     add_serving(parser)
     flags.add_objective(parser)
