@@ -9,7 +9,8 @@ Three tables, measured in one run (the machine is shared, so times come with CPU
 2. model size: tiny (32x32), ResNet-18, VGG-16 (bn) and "deep50" (a ResNet-50-sized plain network:
    an nn.Sequential of 50 3x3 convolutions with batch norm in five resolution levels, 8.5 GFLOPs and
    22 M parameters like ResNet-50's 8.2 GFLOPs and 25.6 M, but 56 cut groups instead of ~19 blocks),
-   all at 224 except tiny, on configs/clusters/mesh0.yaml capped at 15 Mbit/s; ratio to VGG-16;
+   all at 224 except tiny, on configs/clusters/mesh0.yaml capped at 15 Mbit/s (the mesh0-15 scenario);
+   ratio to VGG-16;
 3. targets (issue 5): VGG-16 (bn) at 224 on disnet-mesh0 and disnet-mesh1 with 10 and 15 Mbit/s caps,
    predicted by the cost model: the optimiser's latency against MoDNN (with its gather, and the
    peer-to-peer reading), DeepSlicing and DISNET, and its energy under the energy objective against
@@ -36,6 +37,7 @@ from tqdm import tqdm
 from agents import DeepSlicing, DisnetPlanner, MoDNN, OptimalPlanner
 from cli import flags
 from cli.output import write_json
+from cli.scenarios import load_scenario
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.profiles import resolve_profile
@@ -293,7 +295,7 @@ def main() -> None:
     report: dict = {}
     report["devices"] = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
     console.print(devices_table(report["devices"], args.meshes))
-    mesh0 = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml", bandwidth_cap=15)
+    mesh0 = load_scenario("mesh0-15").cluster_spec()
     report["models"] = model_sweep(mesh0, zoo_and_deep50(vgg))
     console.print(models_table(report["models"]))
     if SHARED.exists():

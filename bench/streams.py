@@ -1,6 +1,6 @@
 """Many cameras, one mesh: frames per second sustained by one stream and by three, planned alone and jointly.
 
-VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s; streams to sink 4, stream one from
+VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s (configs/scenarios/mesh0-15.yaml); streams to sink 4, stream one from
 device 8 (the mesh's source), streams two and three from devices 1 and 6; every stream's p95 latency
 must stay within the SLO (``--slo``, 5 s at full size and speed). Four figures, each planned on the
 cost model's contention pricing (env/contention.py) and then served live on an emulated cluster:
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -42,6 +41,7 @@ from agents.base import build_plan
 from agents.streams import JointPlanner
 from cli import flags
 from cli.output import write_json
+from cli.scenarios import load_scenario
 from env.contention import Contention
 from env.cost_model import CostModel
 from env.network import NetworkState
@@ -49,12 +49,11 @@ from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
-from runtime.spec import ClusterSpec, load_cluster
+from runtime.spec import ClusterSpec
 from serving.streams import StreamSpec, plan_streams, replanner, serve_streams, stream_demands
 
-ROOT = Path(__file__).resolve().parents[1]
-MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"
-MODEL, SINK, SOURCES = "vgg16_bn", "4", ("8", "1", "6")
+SCENARIO = load_scenario("mesh0-15")
+MODEL, SINK, SOURCES = SCENARIO.model, "4", ("8", "1", "6")
 console = Console()
 
 
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     shape = (3, args.input_size, args.input_size)
     slo = args.slo * (args.slowdown * (args.input_size / 224) ** 2)  # compute and bytes scale with the area
-    base = load_cluster(MESH0, bandwidth_cap=15.0)
+    base = SCENARIO.cluster_spec()
     graph = LayerGraph.from_model(models.skeleton(MODEL), shape, MODEL)
     console.print(
         f"planning (SLO {slo:.2f} s, slowdown {args.slowdown:g}, {args.input_size}x{args.input_size}) ..."

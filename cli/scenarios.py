@@ -27,6 +27,7 @@ from agents import POLICY_NAME
 from env.dynamics import DynamicsConfig
 from env.snapshot import NetworkError
 from runtime.config import describe_validation_error
+from runtime.spec import ClusterSpec, load_cluster
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "configs" / "scenarios"
 
@@ -55,6 +56,12 @@ class Scenario(BaseModel):
         if self.traces is not None and self.dynamics is not None:
             raise ValueError("traces and dynamics both set the links: choose one")
         return self
+
+    def cluster_spec(self) -> ClusterSpec:
+        """The scenario's cluster, its links capped at ``spec_cap_mbps``."""
+        if self.cluster is None:
+            raise ScenarioError("this scenario names no cluster")
+        return load_cluster(self.cluster, bandwidth_cap=self.spec_cap_mbps)
 
     def defaults(self) -> dict[str, Any]:
         """The fields this scenario sets, as argparse defaults (``agents`` as the comma list flags take)."""
