@@ -2,7 +2,8 @@
 
   python deploy.py --cluster CONFIG --model NAME --agent ppo:PATH|optimal|disnet|... \
       [--requests N | --duration S] [--arrival-every S | --fps F]
-      [--traces DIR|FILE|synthetic [--trace-mode sample|replay] | --collapse] [--bandwidth-cap MBPS]
+      [--traces DIR|FILE|synthetic [--trace-mode sample|replay] [--trace-cap MBPS]] [--bandwidth-cap MBPS]
+      [--scenario NAME|FILE | --collapse [--collapse-at S] | --demo]
       [--static] [--chaos] [--json OUT] [--cost profile|flops] [--profile FILE] [--network emulated|kernel]
   python deploy.py --demo
   python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--json OUT]   (several cameras)
@@ -14,10 +15,13 @@ latency counts from its arrival (waiting included). ``--trace-mode sample`` give
 of the traces (a random file of a folder, from a random offset, rescaled to the link's spec bandwidth);
 ``replay`` plays one recorded trace file on every link from t=0 as recorded (looping at its end), so a
 recorded collapse collapses every link at once.
-``--demo`` serves VGG-16 on a local 10-device cluster like disnet-mesh0 with the shipped PPO policy, then
-with the analytic optimiser and two baselines, each replaying the same synthetic link traces from t=0
-(the cluster's emulation clock restarts per planner), checks every output against the unsplit model and
-prints the comparison.
+
+A scenario (configs/scenarios/NAME.yaml, cli/scenarios.py) fixes some options as defaults that flags still
+override. ``--demo`` is ``--scenario demo``: VGG-16 on a local 10-device cluster like disnet-mesh0 served by
+the shipped PPO policy, then by the analytic optimiser and two baselines, each replaying the same synthetic
+link traces from t=0 (the cluster's emulation clock restarts per planner); every output is checked against
+the unsplit model and the comparison printed. ``--collapse`` is ``--scenario collapse``: every link drops
+from 20 to 2 Mbit/s for 30 s.
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
@@ -30,68 +34,45 @@ the live view's telemetry is read at wall-clock rates.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agents import PlannerError, make_planner, planner_label
+from agents import make_planner, planner_label
+from cli import flags
+from cli.errors import reporting_user_errors
+from cli.output import write_json
+from cli.scenarios import timed_drop
+from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
-from env.dynamics import DynamicsConfig
 from env.network import NetworkState
-from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
-from env.snapshot import NetworkError
-from env.traces import TraceError
+from env.profiles import host_profile, pacing_gflops, resolve_profile
 from runtime import models
-from runtime.cluster import NETWORKS, ClusterError, LocalCluster
+from runtime.cluster import LocalCluster
 from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
-from runtime.spec import SpecError, load_cluster
+from runtime.spec import ClusterSpec, load_cluster
 from serving.deploy_streams import deploy_streams
 from serving.loop import ServeOptions, serve
 from serving.metrics import MetricsWriter
 from serving.policies import Decider
-from serving.streams import StreamsFileError, load_streams
+from serving.streams import load_streams
 
-ROOT = Path(__file__).resolve().parent
-DEMO_POLICY = ROOT / "agents" / "pretrained" / "vgg16_mesh.zip"
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-def world_for(spec, args) -> NetworkState:
-    """The link conditions the emulated cluster follows: constant, a trace folder, or a collapse."""
-    if args.collapse:
-        links = {
-            "kind": "step_drop",
-            "high": 20.0,
-            "low": 2.0,
-            "t_drop": args.collapse_at,
-            "drop_len": 30.0,
-            "duration": 600.0,
-        }
-        dynamics = {"links": {"default": links}, "scale_to_spec": False, "seed": args.seed}
-    elif args.traces == "synthetic":  # every link wanders around its spec bandwidth
-        walk = {"kind": "random_walk", "mean": 1.0, "sigma": 0.25, "lo": 0.2, "hi": 1.5, "duration": 600.0}
-        dynamics = {"links": {"default": walk}, "seed": args.seed}
-    elif args.traces and args.trace_mode == "replay":  # as recorded, from t=0, on every link
-        recorded = {"kind": "file", "path": args.traces, "random_offset": False}
-        dynamics = {
-            "links": {"default": recorded},
-            "scale_to_spec": False,
-            "bandwidth_cap_mbps": args.bandwidth_cap,
-            "seed": args.seed,
-        }
-    elif args.traces:
-        dynamics = {"links": {"default": args.traces}, "seed": args.seed}
+def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
+    """The link conditions the emulated cluster follows: a scenario's dynamics (its drop moved by
+    ``--collapse-at``), the traces, or the spec's constant bandwidths."""
+    if args.dynamics is not None:
+        dynamics = timed_drop(args.dynamics, args.collapse_at)
     else:
-        return NetworkState.static(spec)
-    return NetworkState.sample(
-        spec, DynamicsConfig.parse(dynamics, origin="deploy.py"), np.random.default_rng(args.seed)
-    )
+        replay_cap = args.trace_cap_mbps if args.trace_cap_mbps is not None else args.spec_cap_mbps
+        dynamics = trace_dynamics(args.traces, args.trace_mode, replay_cap)
+    return build_world(spec, dynamics, seed=args.seed, origin="deploy.py", base_dir=args.dynamics_dir)
 
 
 def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:
@@ -174,179 +155,151 @@ def print_table(summaries: list[dict], title: str) -> None:
     console.print(table)
 
 
-def positive(text: str) -> float:
-    """An argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def margin(text: str) -> float | None:
-    """An argparse type: a share >= 0, or 'off'."""
-    if text == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", action="store_true", help="the end-to-end demo (ignores the other options)")
-    parser.add_argument("--cluster", help="cluster YAML or disnet-mesh/1 JSON")
-    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    flags.add_problem(parser, cluster_required=False)
+    flags.add_agents(parser, default="optimal")
+    flags.add_requests(parser, default=50)
     parser.add_argument(
-        "--agent",
-        default="optimal",
-        help="ppo:PATH, ppo-top3:PATH, ppo-polish:PATH, optimal, disnet, modnn, ... (comma list ok)",
-    )
-    parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument(
-        "--duration", type=float, default=None, help="serve for S seconds (at most --requests)"
+        "--duration", type=flags.positive, default=None, help="serve for S seconds (at most --requests)"
     )
     arrivals = parser.add_mutually_exclusive_group()
     arrivals.add_argument(
         "--arrival-every",
-        type=positive,
+        type=flags.positive,
         default=None,
         metavar="S",
         help="open loop: a request arrives every S seconds; latency counts from its arrival",
     )
-    arrivals.add_argument("--fps", type=positive, default=None, help="open loop at F requests per second")
-    parser.add_argument(
-        "--traces", default=None, help="trace file or folder the links follow, or 'synthetic'"
+    arrivals.add_argument(
+        "--fps", type=flags.positive, default=None, help="open loop at F requests per second"
+    )
+    flags.add_links(parser, replay=True)
+    scenarios = flags.add_scenario(parser)
+    scenarios.add_argument(
+        "--demo",
+        dest="scenario",
+        action="store_const",
+        const="demo",
+        help="the end-to-end demo (--scenario demo)",
+    )
+    scenarios.add_argument(
+        "--collapse",
+        dest="scenario",
+        action="store_const",
+        const="collapse",
+        help="every link drops from 20 to 2 Mbit/s for 30 s (--scenario collapse)",
     )
     parser.add_argument(
-        "--trace-mode",
-        choices=("sample", "replay"),
-        default="sample",
-        help="sample: each link a random piece of the traces, rescaled to its spec bandwidth; "
-        "replay: the one --traces FILE on every link from t=0, as recorded",
-    )
-    parser.add_argument("--collapse", action="store_true", help="links drop 20 -> 2 Mbit/s for 30 s")
-    parser.add_argument("--collapse-at", type=float, default=20.0, help="seconds into the run")
-    parser.add_argument(
-        "--bandwidth-cap",
-        type=positive,
+        "--collapse-at",
+        type=float,
         default=None,
-        metavar="MBPS",
-        help="cap every link of the cluster file at MBPS Mbit/s (what planners assume before measuring; "
-        "sampled traces are rescaled to the capped bandwidth, so they may exceed it for a while); "
-        "with --trace-mode replay the replayed trace is also capped at MBPS at every instant",
+        metavar="S",
+        help="the scenario's links drop S s into the run (default: as the scenario says; collapse: 20)",
     )
+    add_serving(parser)
+    flags.add_objective(parser)
+    flags.add_network(parser)
+    flags.add_cost_model(parser)
+    flags.add_profile(parser)
+    parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
+    flags.add_json(parser)
+    parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
+    return parser
+
+
+def add_serving(parser: argparse.ArgumentParser) -> None:
+    """How the serving loop re-plans and how much it runs at once."""
     parser.add_argument("--static", action="store_true", help="plan once at the start, never again")
     parser.add_argument("--chaos", action="store_true", help="kill and restart 3 workers during the run")
-    parser.add_argument("--replan-every", type=int, default=10)
+    parser.add_argument("--replan-every", type=flags.at_least_one, default=10)
     parser.add_argument(
         "--replan-margin",
-        type=margin,
+        type=flags.share_or_off,
         default=ServeOptions.replan_margin,
         help="a new plan replaces the one in force only if, priced on the same snapshot, it gains more "
         "than this share of its score plus the swap's measured cost; 'off': any different plan (default "
         "%(default)s)",
     )
-    parser.add_argument("--window", type=int, default=1, help="requests in flight (pipelining)")
-    parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
-    parser.add_argument("--energy-weight", type=float, default=0.0)
     parser.add_argument(
-        "--network",
-        choices=NETWORKS,
-        default="emulated",
-        help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
+        "--window", type=flags.at_least_one, default=1, help="requests in flight (pipelining)"
     )
-    parser.add_argument(
-        "--cost", choices=("profile", "flops"), default="profile", help="cost model to plan on"
-    )
-    parser.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
-    args = parser.parse_args(argv)
-    if args.demo:
-        args.cluster = str(ROOT / "configs" / "clusters" / "mesh0.yaml")
-        args.model, args.requests, args.bandwidth_cap, args.collapse = "vgg16_bn", 8, 15.0, False
-        args.agent = f"ppo:{DEMO_POLICY},optimal,disnet,deepslicing"
-        args.traces = "synthetic"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options, a scenario's taken as defaults; inconsistent ones are a usage error."""
+    parser = build_parser()
+    args = flags.parse_with_scenario(parser, argv)
     if not args.cluster:
         parser.error("--cluster is required (or use --demo)")
     if args.fps is not None:
         args.arrival_every = 1.0 / args.fps
     if args.arrival_every is not None and args.window != 1:
         parser.error("open-loop serving (--arrival-every/--fps) runs one request at a time (--window 1)")
-    if args.collapse and args.traces:
-        parser.error("--collapse and --traces both set the links: choose one")
+    if args.dynamics is not None and args.traces:
+        parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
     if args.trace_mode == "replay" and not (args.traces and Path(args.traces).is_file()):
         parser.error("--trace-mode replay needs --traces FILE: one recorded trace file (not a folder)")
-    if args.requests < 1 or args.replan_every < 1 or args.window < 1:
-        parser.error("--requests, --replan-every and --window must be >= 1")
     return args
+
+
+def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
+    """Every agent of ``--agents`` served in turn on one local emulated cluster; their summaries."""
+    model = models.build(args.model, seed=args.seed)
+    graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
+    world = world_for(spec, args)
+    profile = resolve_profile(graph, args.cost, args.profile, same_host=True, say=console.print)
+    cost = CostModel(graph, spec, profile)
+    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    with LocalCluster(
+        spec,
+        model=args.model,
+        seed=args.seed,
+        link_schedules=links,
+        network=args.network,
+        host_gflops=pacing_gflops(profile or host_profile(graph, same_host=True, say=console.print)),
+    ) as cluster:
+        return [
+            run_agent(agent, cluster, model, cost, args, Path(args.out)) for agent in args.agents.split(",")
+        ]
+
+
+def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
+    """``--streams``: several cameras on one mesh; 0 if no frame was lost or wrong."""
+    streams = load_streams(args.streams, spec.device_ids)
+    run = deploy_streams(
+        spec,
+        streams,
+        seed=args.seed,
+        chaos=args.chaos,
+        out_dir=Path(args.out),
+        json_path=args.json,
+        console=console,
+    )
+    return 0 if all(r.lost == 0 and r.wrong == 0 for r in run.reports) else 1
+
+
+def report(summaries: list[dict], args: argparse.Namespace, title: str) -> int:
+    """Print the table and write the JSON; 0 if every output was exact and nothing lost or duplicated."""
+    print_table(summaries, title)
+    if args.json:
+        write_json(args.json, summaries[0] if len(summaries) == 1 else {"agents": summaries}, console)
+    ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started = time.time()
-    try:
-        spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
+
+    def work() -> int:
+        spec = load_cluster(args.cluster, bandwidth_cap=args.spec_cap_mbps)
         if args.streams:
-            streams = load_streams(args.streams, spec.device_ids)
-            json_path = Path(args.json) if args.json else None
-            run = deploy_streams(
-                spec,
-                streams,
-                seed=args.seed,
-                chaos=args.chaos,
-                out_dir=Path(args.out),
-                json_path=json_path,
-                console=console,
-            )
-            return 0 if all(r.lost == 0 and r.wrong == 0 for r in run.reports) else 1
-        model = models.build(args.model, seed=args.seed)
-        graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
-        world = world_for(spec, args)
-        profile = resolve_profile(graph, args.cost, args.profile, same_host=True, say=console.print)
-        cost = CostModel(graph, spec, profile)
-        links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
-        with LocalCluster(
-            spec,
-            model=args.model,
-            seed=args.seed,
-            link_schedules=links,
-            network=args.network,
-            host_gflops=pacing_gflops(profile or host_profile(graph, same_host=True, say=console.print)),
-        ) as cluster:
-            summaries = [
-                run_agent(agent, cluster, model, cost, args, Path(args.out))
-                for agent in args.agent.split(",")
-            ]
-    except (
-        SpecError,
-        PlannerError,
-        NetworkError,
-        TraceError,
-        models.ModelError,
-        ClusterError,
-        ProfileError,
-        StreamsFileError,
-    ) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    print_table(summaries, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")
-    if args.json:
-        result = summaries[0] if len(summaries) == 1 else {"agents": summaries}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
-    ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)
-    return 0 if ok else 1
+            return serve_streams_file(args, spec)
+        summaries = serve_agents(args, spec)
+        return report(summaries, args, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")
+
+    return reporting_user_errors(work, console)
 
 
 if __name__ == "__main__":

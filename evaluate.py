@@ -5,6 +5,9 @@
       [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--network kernel] [--json OUT]
 
+Both take ``--scenario NAME|FILE`` (configs/scenarios, cli/scenarios.py): the options it fixes become
+defaults that flags still override. ``--bandwidth-cap`` caps the cluster file's links (the spec).
+
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
 energy per plan and in summary, for the default cost model (this host's compute profile) and FLOPs alone;
 ``--network kernel`` carries the bands over real TCP between network namespaces, shaped by the kernel
@@ -28,7 +31,6 @@ optimiser that proves one) its gap to the certified bound.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -36,54 +38,45 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from agents import PlannerError, make_planner
+from agents import make_planner
+from cli import flags
+from cli.errors import reporting_user_errors
+from cli.output import write_json
+from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
-from env.dynamics import DynamicsConfig
-from env.network import NetworkState
-from env.profiles import ProfileError, host_profile, pacing_gflops, resolve_profile
-from env.snapshot import NetworkError
-from env.traces import TraceError
+from env.profiles import host_profile, pacing_gflops, resolve_profile
 from runtime import models
-from runtime.cluster import NETWORKS, ClusterError
 from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
-from runtime.plan import PlanError, random_plan
-from runtime.spec import SpecError, load_cluster
+from runtime.plan import random_plan
+from runtime.spec import load_cluster
 from serving.calibration import calibration_report, print_calibration
 from serving.comparison_report import plot, print_summary, report_json, summarize
 from serving.evaluation import SimExecutor, live_session, run_comparison
 
 console = Console(width=None if sys.stdout.isatty() else 140)
-FAILURE_DOWNTIME_S = 20.0
 
 
-def build_world(spec, traces: str | None, seed: int, failures_per_min: float = 0.0) -> NetworkState:
-    """A world at the spec's bandwidths, or every link following traces sampled from ``traces``; devices
-    other than the source and sink fail ``failures_per_min`` times a minute each (20 s down on average)."""
-    if traces is None and not failures_per_min:
-        return NetworkState.static(spec)
-    dynamics = DynamicsConfig.parse(
-        {
-            "links": {"default": traces},
-            "failures": {"rate_per_min": failures_per_min, "mean_downtime_s": FAILURE_DOWNTIME_S},
-            "seed": seed,
-        },
-        origin="--traces/--failures",
-    )
-    return NetworkState.sample(spec, dynamics, np.random.default_rng(seed))
-
-
-def load_problem(args):
+def load_problem(args: argparse.Namespace, failures_per_min: float = 0.0):
     """The cluster, the seeded model, its graph and the world the links follow, from the CLI options."""
-    spec = load_cluster(args.cluster, bandwidth_cap=args.bandwidth_cap)
+    spec = load_cluster(args.cluster, bandwidth_cap=args.spec_cap_mbps)
     model = models.build(args.model, seed=args.seed)
     graph = LayerGraph.from_model(model, models.input_shape(args.model), args.model)
-    failures = getattr(args, "failures", 0.0)
-    return spec, model, graph, build_world(spec, args.traces, args.seed, failures)
+    dynamics = args.dynamics if args.dynamics is not None else trace_dynamics(args.traces)
+    world = build_world(
+        spec,
+        dynamics,
+        seed=args.seed,
+        failures_per_min=failures_per_min,
+        origin="--traces/--failures",
+        base_dir=args.dynamics_dir,
+    )
+    return spec, model, graph, world
 
 
-def compare(args) -> dict:
-    spec, model, graph, world = load_problem(args)
+def compare(args: argparse.Namespace) -> dict:
+    """Every agent on the same snapshots of the same world, in the simulator or live; the JSON report."""
+    spec, model, graph, world = load_problem(args, args.failures)
     objective = Objective(args.objective, args.energy_weight)
     live = args.backend == "live"
     profile = resolve_profile(graph, args.cost, args.profile, same_host=live, say=console.print)
@@ -92,48 +85,38 @@ def compare(args) -> dict:
         name: make_planner(name, cost_model=cost, **({"world": world} if name == "clairvoyant" else {}))
         for name in args.agents.split(",")
     }
-    emulation = {}
-    if not live:
 
-        def snapshot_at(i):
-            return world.snapshot(args.warmup_s + i * args.gap_s)
-
-        execute = SimExecutor(cost, world)
-        records = run_comparison(
+    def run(snapshot_at, execute):
+        return run_comparison(
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
-    else:
-        with live_session(
-            spec,
-            args.model,
-            model,
-            world,
-            seed=args.seed,
-            **cluster_options(args, profile or paced_by(graph)),
-        ) as session:
+
+    emulation = {}
+    if live:
+        options = cluster_options(args, profile or paced_by(graph))
+        with live_session(spec, args.model, model, world, seed=args.seed, **options) as session:
             console.print(f"emulation: time dilation {session.cluster.dilation:g}")
-            records = run_comparison(
-                planners,
-                session.snapshot_at,
-                args.requests,
-                graph,
-                objective,
-                session.execute,
-                console=console,
-            )
+            records = run(session.snapshot_at, session.execute)
             emulation = fidelity_report(session)
+    else:
+        records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), SimExecutor(cost, world))
+    return comparison_report(args, spec.name, records, emulation)
+
+
+def comparison_report(args: argparse.Namespace, cluster: str, records, emulation: dict) -> dict:
+    """Print the comparison's table (and plots); its JSON report."""
     summary = summarize(records)
-    cap = f", cap {args.bandwidth_cap:g} Mbit/s" if args.bandwidth_cap else ""
+    cap = f", cap {args.spec_cap_mbps:g} Mbit/s" if args.spec_cap_mbps else ""
     print_summary(
-        summary, console, f"{args.model} on {spec.name}{cap}, {args.backend}, {args.requests} requests"
+        summary, console, f"{args.model} on {cluster}{cap}, {args.backend}, {args.requests} requests"
     )
     report = report_json(
         summary,
         records,
         model=args.model,
-        cluster=spec.name,
+        cluster=cluster,
         backend=args.backend,
-        bandwidth_cap_mbps=args.bandwidth_cap,
+        bandwidth_cap_mbps=args.spec_cap_mbps,
         objective=args.objective,
         traces=args.traces,
         cost=args.cost,
@@ -218,81 +201,63 @@ def fidelity_report(session) -> dict:
     return {"dilation": dilation, "fidelity": fidelity, "fidelity_min": min(fidelity.values(), default=None)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The parser and its subcommands, which share the problem, link, profile and output flags."""
+    shared = argparse.ArgumentParser(add_help=False)
+    flags.add_problem(shared, cluster_required=False)
+    flags.add_scenario(shared)
+    flags.add_links(shared)
+    flags.add_profile(shared)
+    flags.add_dilation(shared)
+    flags.add_json(shared)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("compare", help="compare planners on identical snapshots")
-    c.add_argument("--cluster", required=True, help="cluster YAML or disnet-mesh/1 JSON")
-    c.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    c.add_argument(
-        "--agents",
-        default="optimal,disnet,modnn,modnn-p2p,deepslicing,deepthings,deepthings-equal,neurosurgeon,local",
+    c = sub.add_parser("compare", parents=[shared], help="compare planners on identical snapshots")
+    flags.add_agents(
+        c, default="optimal,disnet,modnn,modnn-p2p,deepslicing,deepthings,deepthings-equal,neurosurgeon,local"
     )
-    c.add_argument("--bandwidth-cap", type=float, default=None, help="cap every link at MBPS")
     c.add_argument("--backend", choices=("sim", "live"), default="sim")
-    c.add_argument("--requests", type=int, default=20)
+    flags.add_requests(c, default=20)
     c.add_argument("--gap-s", type=float, default=2.0, help="seconds between requests in the world")
     c.add_argument("--warmup-s", type=float, default=10.0, help="world time of the first request")
-    c.add_argument("--traces", default=None, help="trace file or folder every link samples from")
     c.add_argument(
         "--failures",
         type=float,
         default=0.0,
         help="failures per minute of every device but the source and sink (sim; 20 s down on average)",
     )
-    c.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
-    c.add_argument("--energy-weight", type=float, default=0.0)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--cost", choices=("profile", "flops"), default="profile", help="cost model planners use")
-    c.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
-    c.add_argument("--dilation", type=float, default=None, help="live: run D x slower (default: auto)")
-    c.add_argument("--json", default=None, help="write the result as JSON here")
+    flags.add_objective(c)
+    flags.add_cost_model(c)
     c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
-    k = sub.add_parser("calibrate", help="predicted vs measured latency and energy of random plans")
-    k.add_argument("--cluster", required=True, help="cluster YAML or disnet-mesh/1 JSON")
-    k.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    k.add_argument("--plans", type=int, default=20)
-    k.add_argument("--max-devices", type=int, default=4, help="devices per stage in the random plans")
-    k.add_argument("--max-stages", type=int, default=4)
-    k.add_argument("--bandwidth-cap", type=float, default=None)
-    k.add_argument("--traces", default=None, help="trace file or folder every link samples from")
-    k.add_argument(
-        "--network",
-        choices=NETWORKS,
-        default="emulated",
-        help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one network namespace per worker (kernel; root only)",
+    k = sub.add_parser(
+        "calibrate", parents=[shared], help="predicted vs measured latency and energy of random plans"
     )
-    k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
-    k.add_argument("--dilation", type=float, default=None, help="run D x slower (default: auto)")
-    k.add_argument("--json", default=None, help="write the summary and per-plan figures as JSON here")
-    args = parser.parse_args(argv)
-    for name in ("requests", "plans", "max_devices", "max_stages"):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if getattr(args, "dilation", None) is not None and not 1 <= args.dilation < float("inf"):
-        parser.error("--dilation must be a number >= 1")
+    k.add_argument("--plans", type=flags.at_least_one, default=20)
+    k.add_argument(
+        "--max-devices", type=flags.at_least_one, default=4, help="devices per stage in the random plans"
+    )
+    k.add_argument("--max-stages", type=flags.at_least_one, default=4)
+    flags.add_network(k)
+    return parser, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, subcommands = build_parser()
+    args = flags.parse_with_scenario(parser, argv, subcommands)
+    if not args.cluster:
+        parser.error("--cluster is required (or a --scenario that names one)")
+    if args.dynamics is not None and args.traces:
+        parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
-    try:
+
+    def work() -> int:
         report = compare(args) if args.command == "compare" else calibrate(args)
-    except (
-        SpecError,
-        PlanError,
-        PlannerError,
-        NetworkError,
-        TraceError,
-        models.ModelError,
-        ClusterError,
-        ProfileError,
-    ) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-        console.print(f"wrote {args.json}")
-    return 0
+        if args.json:
+            write_json(args.json, report, console)
+        return 0
+
+    return reporting_user_errors(work, console)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Rerun: python -m bench.bound [--caps 10,15,25] [--energy] [--json OUT] [--scenar
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import OptimalPlanner
+from cli import flags
+from cli.output import write_json
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -68,7 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caps", default="10,15,25", help="bandwidth caps in Mbit/s, comma separated")
     parser.add_argument("--energy", action="store_true", help="also the energy objective")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    flags.add_json(parser, help="also write the figures as JSON here")
     parser.add_argument(
         "--scenarios", type=Path, default=SHARED, help="folder of the disnet-mesh*.json files"
     )
@@ -117,8 +118,7 @@ def main() -> int:
         )
         report[objective.kind] = {"rows": rows, **total}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report, console, indent=1)
     return 0
 
 

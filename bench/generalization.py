@@ -24,7 +24,6 @@ Rerun (figures in the README were taken on a shared 2-core machine):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,12 +32,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from agents import PlannerError, make_planner, planner_label
+from agents import make_planner, planner_label
+from cli import flags
+from cli.errors import reporting_user_errors
+from cli.output import write_json
 from env.cost_model import CostModel, Objective
 from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import NetworkState
-from env.snapshot import NetworkError
 from runtime import models
 from runtime.graph import LayerGraph
 from serving.comparison_report import summarize
@@ -188,14 +189,14 @@ def print_table(results: list[dict], key: str, title: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", default=DEFAULT_AGENTS, help="comma list; ppo:PATH and friends allowed")
+    flags.add_agents(parser, default=DEFAULT_AGENTS)
     parser.add_argument("--quick", action="store_true", help="4 cases of 3 requests (sizes 6,10, one set)")
     parser.add_argument("--sizes", default=None, help="mesh sizes, 6..20 (default 6,10,15,20)")
     parser.add_argument("--caps", default=None, help="bandwidth caps in Mbit/s (default 10,15,25)")
     parser.add_argument("--requests", type=int, default=None, help="requests per case (default 6)")
     parser.add_argument("--traces-dir", type=Path, default=SHARED_TRACES, help="folder of the trace sets")
     parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    parser.add_argument("--json", type=Path, default=None, help="write the cases and summary here")
+    flags.add_json(parser, help="write the cases and summary here")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(x) for x in (args.sizes or ("6,10" if args.quick else "6,10,15,20")).split(",")]
@@ -216,27 +217,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    return reporting_user_errors(lambda: run(args), console)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Every case, its tables and the verdict (and the JSON)."""
     sets = trace_sets(args.traces_dir if args.traces_dir.is_dir() else None)
     if args.quick:
         sets = dict(list(sets.items())[:1])
     if not set(sets) & set(HELD_OUT):
         console.print(f"[yellow]no held-out trace sets in {args.traces_dir}: synthetic traces stand in")
-    try:
-        for name in args.agents:  # a bad name fails now, not after the first cases
-            make_planner(name)
-    except PlannerError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
+    for name in args.agents:  # a bad name fails now, not after the first cases
+        make_planner(name)
     graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)
     todo = cases(args.sizes, list(sets), args.caps, [False, True])
     results = []
-    try:
-        for i, case in enumerate(todo):
-            console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
-            results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]]))
-    except (PlannerError, NetworkError, models.ModelError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 2
+    for i, case in enumerate(todo):
+        console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
+        results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]]))
     console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")
     print_table(results, "vs_clairvoyant", "mean latency / the clairvoyant's")
     print_table(results, "vs_optimal", "mean latency / the optimiser's (optimal)")
@@ -244,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met in every case" if not misses else f"missed in {len(misses)}: " + "; ".join(misses)
     console.print(f"target (optimal <= every baseline): {verdict}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "model": args.model,
             "requests_per_case": args.requests,
@@ -252,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_misses": misses,
             "cases": results,
         }
-        args.json.write_text(json.dumps(report, indent=2))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, report, console)
     return 0
 
 

@@ -12,7 +12,6 @@ Rerun: python -m bench.hostile [--json OUT]   (about a minute; VGG-16 builds dom
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import zmq
 from rich.console import Console
 from rich.table import Table
 
+from cli import flags
+from cli.output import write_json
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.exactness import matches
@@ -235,7 +236,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--json", type=Path)
+    flags.add_json(parser)
     args = parser.parse_args(argv)
     console = Console()
     reference = models.build(MODEL, seed=SEED)
@@ -279,7 +280,7 @@ def main(argv=None) -> None:
         )
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows, console)
 
 
 if __name__ == "__main__":

@@ -133,19 +133,8 @@ def breakdown(env: MicroSplitEnv, steps: int, choose) -> dict[str, float]:
     return {k: v / total for k, v in parts.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", type=Path, default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--decisions", type=int, default=5)
-    args = parser.parse_args()
-    policy = PPOPlanner(args.policy) if args.policy.is_file() else None
-    env = make_env(policy)
-    rng = np.random.default_rng(0)
-    choosers = {"single device (action 0)": lambda e: 0}
-    choosers["random valid action"] = lambda e: int(rng.choice(np.flatnonzero(e.action_masks())))
-    if policy is not None:
-        choosers["shipped policy"] = lambda e: policy.act(e.sim.snapshot, e.graph, e.sim.view)
+def rates_table(env: MicroSplitEnv, choosers: dict, steps: int) -> Table:
+    """Steps/s of each way of choosing actions, after warm-up on other worlds."""
     table = Table(title=f"sim env, VGG-16 on disnet-mesh0, {len(env.shapes)} actions, one process")
     columns = (
         "actions",
@@ -161,42 +150,67 @@ def main() -> None:
     for choose in choosers.values():
         run_steps(env, 200, choose, seed=1)
     for name, choose in choosers.items():
-        r = run_steps(env, args.steps, choose)
+        r = run_steps(env, steps, choose)
         table.add_row(name, f"{r.env:,.0f}", f"{r.env_cpu:,.0f}", f"{r.loop:,.0f}", f"{r.evals:,.0f}")
-    console.print(table)
-    choose = choosers.get("shipped policy", choosers["random valid action"])
-    parts = breakdown(env, max(50, args.steps // 4), choose)
+    return table
+
+
+def breakdown_table(parts: dict[str, float]) -> Table:
     table = Table(title="where a step's time goes (cProfile, same actions)")
     table.add_column("part")
     table.add_column("share")
     for name, share in parts.items():
         table.add_row(name, f"{100 * share:.0f} %")
-    console.print(table)
+    return table
+
+
+def decision_times(env: MicroSplitEnv, policy: PPOPlanner, policy_path: Path, decisions: int) -> None:
+    """Print the median decision time of the policy (argmax, and top-3 checked by the cost model) and of
+    the analytic optimiser on the same snapshots."""
+    optimiser = OptimalPlanner(env.sim.cost_model)
+    top3 = PPOPlanner(policy_path, env.sim.cost_model, top_k=3)
+    env.reset(seed=2)
+    ppo_s, top3_s, opt_s = [], [], []
+    for _ in range(decisions):
+        snap = env.sim.snapshot
+        start = time.perf_counter()
+        for _ in range(20):
+            policy.plan(snap, env.graph, Objective())
+        ppo_s.append((time.perf_counter() - start) / 20)
+        start = time.perf_counter()  # once: its three plans are new to the cost model, as in service
+        top3.plan(snap, env.graph, Objective())
+        top3_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        optimiser.plan(snap, env.graph, Objective())
+        opt_s.append(time.perf_counter() - start)
+        for _ in range(3):
+            env.step(0)
+    ppo, top, opt = (float(np.median(x)) for x in (ppo_s, top3_s, opt_s))
+    console.print(
+        f"decision time (median of {decisions} snapshots): PPO {ppo * 1e3:.2f} ms, ppo-top3 "
+        f"{top * 1e3:.2f} ms, optimiser {opt:.2f} s -> PPO decides {opt / ppo:,.0f}x faster, "
+        f"ppo-top3 {opt / top:,.0f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--decisions", type=int, default=5)
+    args = parser.parse_args()
+    policy = PPOPlanner(args.policy) if args.policy.is_file() else None
+    env = make_env(policy)
+    rng = np.random.default_rng(0)
+    choosers = {"single device (action 0)": lambda e: 0}
+    choosers["random valid action"] = lambda e: int(rng.choice(np.flatnonzero(e.action_masks())))
     if policy is not None:
-        optimiser = OptimalPlanner(env.sim.cost_model)
-        top3 = PPOPlanner(args.policy, env.sim.cost_model, top_k=3)
-        env.reset(seed=2)
-        ppo_s, top3_s, opt_s = [], [], []
-        for _ in range(args.decisions):
-            snap = env.sim.snapshot
-            start = time.perf_counter()
-            for _ in range(20):
-                policy.plan(snap, env.graph, Objective())
-            ppo_s.append((time.perf_counter() - start) / 20)
-            start = time.perf_counter()  # once: its three plans are new to the cost model, as in service
-            top3.plan(snap, env.graph, Objective())
-            top3_s.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            optimiser.plan(snap, env.graph, Objective())
-            opt_s.append(time.perf_counter() - start)
-            for _ in range(3):
-                env.step(0)
-        ppo, top, opt = (float(np.median(x)) for x in (ppo_s, top3_s, opt_s))
-        console.print(
-            f"decision time (median of {args.decisions} snapshots): PPO {ppo * 1e3:.2f} ms, ppo-top3 "
-            f"{top * 1e3:.2f} ms, optimiser {opt:.2f} s -> PPO decides {opt / ppo:,.0f}x faster, "
-            f"ppo-top3 {opt / top:,.0f}x"
-        )
+        choosers["shipped policy"] = lambda e: policy.act(e.sim.snapshot, e.graph, e.sim.view)
+    console.print(rates_table(env, choosers, args.steps))
+    choose = choosers.get("shipped policy", choosers["random valid action"])
+    console.print(breakdown_table(breakdown(env, max(50, args.steps // 4), choose)))
+    if policy is not None:
+        decision_times(env, policy, args.policy, args.decisions)
 
 
 if __name__ == "__main__":

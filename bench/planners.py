@@ -9,7 +9,8 @@ Three tables, measured in one run (the machine is shared, so times come with CPU
 2. model size: tiny (32x32), ResNet-18, VGG-16 (bn) and "deep50" (a ResNet-50-sized plain network:
    an nn.Sequential of 50 3x3 convolutions with batch norm in five resolution levels, 8.5 GFLOPs and
    22 M parameters like ResNet-50's 8.2 GFLOPs and 25.6 M, but 56 cut groups instead of ~19 blocks),
-   all at 224 except tiny, on configs/clusters/mesh0.yaml capped at 15 Mbit/s; ratio to VGG-16;
+   all at 224 except tiny, on configs/clusters/mesh0.yaml capped at 15 Mbit/s (the mesh0-15 scenario);
+   ratio to VGG-16;
 3. targets (issue 5): VGG-16 (bn) at 224 on disnet-mesh0 and disnet-mesh1 with 10 and 15 Mbit/s caps,
    predicted by the cost model: the optimiser's latency against MoDNN (with its gather, and the
    peer-to-peer reading), DeepSlicing and DISNET, and its energy under the energy objective against
@@ -21,7 +22,6 @@ Rerun: python bench/planners.py [--sizes 5,10,15,20,25,30] [--meshes 3] [--json 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +35,9 @@ from torch import nn
 from tqdm import tqdm
 
 from agents import DeepSlicing, DisnetPlanner, MoDNN, OptimalPlanner
+from cli import flags
+from cli.output import write_json
+from cli.scenarios import load_scenario
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.profiles import resolve_profile
@@ -187,118 +190,121 @@ def targets(graph: LayerGraph) -> list[dict]:
     return results
 
 
+def devices_table(sweep: list[dict], meshes: int) -> Table:
+    ref = next((r for r in sweep if r["devices"] == 10), sweep[0])
+    return table(
+        f"optimiser decision time vs devices: VGG-16 at 224, random meshes, median of {meshes}",
+        ["devices", "wall s", "CPU s", "CPU / 10-device", "evaluations"],
+        [
+            [
+                str(r["devices"]),
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
+                f"{r['evaluations']:.0f}",
+            ]
+            for r in sweep
+        ],
+    )
+
+
+def models_table(sizes: list[dict]) -> Table:
+    ref = next(r for r in sizes if r["model"] == "vgg16_bn")
+    columns = [
+        "model",
+        "groups",
+        "units",
+        "GFLOPs",
+        "search",
+        "wall s",
+        "CPU s",
+        "CPU / VGG-16",
+        "evaluations",
+    ]
+    return table(
+        "optimiser decision time vs model size: mesh0 (10 devices), 15 Mbit/s",
+        columns,
+        [
+            [
+                r["model"],
+                str(r["groups"]),
+                str(r["units"]),
+                f"{r['gflops']:.2f}",
+                "exhaustive" if r["exhaustive"] else "descent",
+                f"{r['wall_s']:.2f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
+                str(r["evaluations"]),
+            ]
+            for r in sizes
+        ],
+    )
+
+
+def targets_table(goals: list[dict]) -> Table:
+    columns = [
+        "mesh",
+        "cap",
+        "optimal s",
+        "MoDNN",
+        "MoDNN p2p",
+        "DeepSlicing",
+        "DISNET",
+        "energy J",
+        "MoDNN energy",
+    ]
+    return table(
+        "targets: VGG-16 (bn) at 224, cost model; latency ratios = baseline / optimiser",
+        columns,
+        [
+            [
+                g["mesh"],
+                f"{g['cap_mbps']:.0f}",
+                f"{g['optimal_latency_s']:.3f}",
+                f"{g['vs_modnn']:.2f}x",
+                f"{g['vs_modnn_p2p']:.2f}x",
+                f"{g['vs_deepslicing']:.2f}x",
+                f"{g['vs_disnet']:.2f}x",
+                f"{g['optimal_energy_j']:.2f}",
+                f"{g['energy_vs_modnn']:.2f}x",
+            ]
+            for g in goals
+        ],
+    )
+
+
+def zoo_and_deep50(vgg: LayerGraph) -> dict[str, Callable[[], LayerGraph]]:
+    """The models of the size sweep, each built when its turn comes."""
+    return {
+        "tiny (32x32)": lambda: zoo_graph("tiny"),
+        "resnet18": lambda: zoo_graph("resnet18"),
+        "vgg16_bn": lambda: vgg,
+        "deep50": lambda: LayerGraph.from_model(deep50(), (3, 224, 224), "deep50"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,15,20,25,30", help="device counts of the random meshes")
     parser.add_argument("--meshes", type=int, default=3, help="random meshes per device count")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    flags.add_json(parser, help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = Console(width=150)
     vgg = zoo_graph("vgg16_bn")
     report: dict = {}
-
-    sweep = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
-    ref = next((r for r in sweep if r["devices"] == 10), sweep[0])
-    console.print(
-        table(
-            f"optimiser decision time vs devices: VGG-16 at 224, random meshes, median of {args.meshes}",
-            ["devices", "wall s", "CPU s", "CPU / 10-device", "evaluations"],
-            [
-                [
-                    str(r["devices"]),
-                    f"{r['wall_s']:.2f}",
-                    f"{r['cpu_s']:.2f}",
-                    f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
-                    f"{r['evaluations']:.0f}",
-                ]
-                for r in sweep
-            ],
-        )
-    )
-    report["devices"] = sweep
-
-    mesh0 = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml", bandwidth_cap=15)
-    sizes = model_sweep(
-        mesh0,
-        {
-            "tiny (32x32)": lambda: zoo_graph("tiny"),
-            "resnet18": lambda: zoo_graph("resnet18"),
-            "vgg16_bn": lambda: vgg,
-            "deep50": lambda: LayerGraph.from_model(deep50(), (3, 224, 224), "deep50"),
-        },
-    )
-    ref = next(r for r in sizes if r["model"] == "vgg16_bn")
-    console.print(
-        table(
-            "optimiser decision time vs model size: mesh0 (10 devices), 15 Mbit/s",
-            [
-                "model",
-                "groups",
-                "units",
-                "GFLOPs",
-                "search",
-                "wall s",
-                "CPU s",
-                "CPU / VGG-16",
-                "evaluations",
-            ],
-            [
-                [
-                    r["model"],
-                    str(r["groups"]),
-                    str(r["units"]),
-                    f"{r['gflops']:.2f}",
-                    "exhaustive" if r["exhaustive"] else "descent",
-                    f"{r['wall_s']:.2f}",
-                    f"{r['cpu_s']:.2f}",
-                    f"{r['cpu_s'] / ref['cpu_s']:.2f}x",
-                    str(r["evaluations"]),
-                ]
-                for r in sizes
-            ],
-        )
-    )
-    report["models"] = sizes
-
+    report["devices"] = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
+    console.print(devices_table(report["devices"], args.meshes))
+    mesh0 = load_scenario("mesh0-15").cluster_spec()
+    report["models"] = model_sweep(mesh0, zoo_and_deep50(vgg))
+    console.print(models_table(report["models"]))
     if SHARED.exists():
-        goals = targets(vgg)
-        console.print(
-            table(
-                "targets: VGG-16 (bn) at 224, cost model; latency ratios = baseline / optimiser",
-                [
-                    "mesh",
-                    "cap",
-                    "optimal s",
-                    "MoDNN",
-                    "MoDNN p2p",
-                    "DeepSlicing",
-                    "DISNET",
-                    "energy J",
-                    "MoDNN energy",
-                ],
-                [
-                    [
-                        g["mesh"],
-                        f"{g['cap_mbps']:.0f}",
-                        f"{g['optimal_latency_s']:.3f}",
-                        f"{g['vs_modnn']:.2f}x",
-                        f"{g['vs_modnn_p2p']:.2f}x",
-                        f"{g['vs_deepslicing']:.2f}x",
-                        f"{g['vs_disnet']:.2f}x",
-                        f"{g['optimal_energy_j']:.2f}",
-                        f"{g['energy_vs_modnn']:.2f}x",
-                    ]
-                    for g in goals
-                ],
-            )
-        )
-        report["targets"] = goals
+        report["targets"] = targets(vgg)
+        console.print(targets_table(report["targets"]))
     else:
         console.print(f"[yellow]targets skipped: {SHARED} not found[/yellow]")
-
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report, console)
     console.print("rerun: python bench/planners.py [--sizes 5,10,...] [--meshes 3] [--json OUT]")
 
 

@@ -20,11 +20,9 @@ script in bench/.)
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import zmq
@@ -32,6 +30,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from cli import flags
+from cli.output import write_json
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.emulation import measure_host_gflops
@@ -252,7 +252,7 @@ def bench_pipeline(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    flags.add_json(parser, help="also write the figures as JSON here")
     args = parser.parse_args()
     console = Console()
     figures = {}
@@ -299,7 +299,7 @@ def main() -> None:
     )
     console.print("rerun: python bench/runtime_bench.py [--quick] [--json OUT]")
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+        write_json(args.json, figures, console, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Live serving under stress: adaptation to a bandwidth collapse, worker kills, and memory over time.
 
-  collapse  every link of a 10-device mesh0-like cluster drops from 20 to 2 Mbit/s for 30 s
-            (``--drop-len``); VGG-16 is served by each planner adaptively and with the one plan it chose at the start (static), side
+  collapse  the collapse scenario (configs/scenarios/collapse.yaml): every link of a 10-device mesh0-like
+            cluster drops from 20 to 2 Mbit/s for 30 s (``--drop-len``), ``--drop-at`` s into the run; VGG-16 is
+            served by each planner adaptively and with the one plan it chose at the start (static), side
             by side on fresh clusters under the same trace. Prints every run's p95 latency, each adaptive
             run's p95 over every static one (target <= 0.6), and how many requests after the drop it
             switched plan (target <= 2), and the latencies of the requests it rescued (restarted on a new
@@ -33,20 +34,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import psutil
 from rich.console import Console
 from rich.table import Table
 
 from agents import make_planner, planner_label
-from agents.base import PlannerError
+from cli import flags
+from cli.errors import USER_ERRORS
+from cli.scenarios import SCENARIOS, load_scenario, timed_drop
+from cli.worlds import build_world
 from env.cost_model import CostModel, Objective
-from env.dynamics import DynamicsConfig
 from env.network import NetworkState
 from env.snapshot import Snapshot
 from env.telemetry import LiveView
 from runtime import models
-from runtime.cluster import NETWORKS, LocalCluster
+from runtime.cluster import LocalCluster
 from runtime.controller import Controller
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster
@@ -66,18 +68,12 @@ def setup(model_name: str):
     return spec, model, graph
 
 
-def collapse_world(spec, drop_at: float, drop_len: float = 30.0) -> NetworkState:
-    """Every link at 20 Mbit/s, 2 Mbit/s for ``drop_len`` s from ``drop_at`` (the same world for every run)."""
-    drop = {
-        "kind": "step_drop",
-        "high": 20.0,
-        "low": 2.0,
-        "t_drop": drop_at,
-        "drop_len": drop_len,
-        "duration": 3600.0,
-    }
-    dynamics = DynamicsConfig.parse({"links": {"default": drop}, "scale_to_spec": False})
-    return NetworkState.sample(spec, dynamics, np.random.default_rng(0))
+def collapse_world(spec, drop_at: float, drop_len: float | None = None) -> NetworkState:
+    """The collapse scenario's world (configs/scenarios/collapse.yaml: every link 20 -> 2 Mbit/s), its drop
+    moved to ``drop_at`` s for ``drop_len`` s (None: the scenario's); the same world for every run."""
+    scenario = load_scenario("collapse")
+    dynamics = timed_drop(scenario.dynamics, drop_at, drop_len)
+    return build_world(spec, dynamics, seed=0, origin="configs/scenarios/collapse.yaml", base_dir=SCENARIOS)
 
 
 def oracle(world: NetworkState, ctl: Controller) -> Callable[[], Snapshot]:
@@ -116,44 +112,64 @@ def collapse(args) -> None:
         )
         for agent, mode in runs:
             decide = Decider(make_planner(agent, graph=graph, spec=spec), graph, Objective())
-            options = ServeOptions(
-                requests=10_000,
-                duration_s=args.seconds,
-                static=mode == "static",
-                replan_every=1000,
-                arrival_every_s=every,
-                rescue_margin=None if args.no_rescue else ServeOptions.rescue_margin,
-                # t=0 of the trace at the first request: starting ten workers, loading a policy and
-                # compiling the cost model can take longer than --drop-at on a loaded host
-                restart_clock=True,
-            )
             label = f"{planner_label(agent)} ({mode})"
-            records = []
             with LocalCluster(spec, model="vgg16_bn", link_schedules=links, network=args.network) as cluster:
-                report = serve(
-                    cluster,
-                    model,
-                    decide,
-                    options,
-                    agent=label,
-                    console=console,
-                    on_result=records.append,
-                    observe=oracle(world, cluster.controller) if mode == "oracle" else None,
-                )
-            s = report.summary()
-            results[loop, agent, mode] = (s, records)
-            console.print(
-                f"{label:24s} requests {s['completed']:3d}  mean {s['latency_mean_s']:.2f} s  "
-                f"p95 {s['latency_p95_s']:.2f} s  replans {s['replans']}  rescued {s['rescued']}  "
-                f"outputs exact {s['outputs_match']}"
-            )
-            console.print(
-                "  t(s):latency(s), * = new plan, r = rescued: "
-                + " ".join(
-                    f"{r.time_s:.0f}:{r.response_s:.1f}{'*' if r.replanned else ''}{'r' * r.rescues}"
-                    for r in records
-                )
-            )
+                observe = oracle(world, cluster.controller) if mode == "oracle" else None
+                options = collapse_options(mode, every, args)
+                results[loop, agent, mode] = serve_collapse(cluster, model, decide, options, label, observe)
+    console.print(collapse_table(results, args))
+    console.print(
+        "Closed loop, a slow plan issues fewer requests: the static run has only a few inside the collapse "
+        "(last column), so its p95 interpolates between its 2nd and 3rd slowest; the open loop counts every "
+        "arrival's wait (how a serving system's tail is measured)."
+    )
+
+
+def collapse_options(mode: str, every: float | None, args) -> ServeOptions:
+    """Serving options of a collapse run in ``mode`` (adaptive, static or oracle), open loop if ``every``."""
+    return ServeOptions(
+        requests=10_000,
+        duration_s=args.seconds,
+        static=mode == "static",
+        replan_every=1000,
+        arrival_every_s=every,
+        rescue_margin=None if args.no_rescue else ServeOptions.rescue_margin,
+        # t=0 of the trace at the first request: starting ten workers, loading a policy and
+        # compiling the cost model can take longer than --drop-at on a loaded host
+        restart_clock=True,
+    )
+
+
+def serve_collapse(cluster, model, decide: Decider, options: ServeOptions, label: str, observe):
+    """One run through the collapse, printed; its summary and records."""
+    records = []
+    report = serve(
+        cluster,
+        model,
+        decide,
+        options,
+        agent=label,
+        console=console,
+        on_result=records.append,
+        observe=observe,
+    )
+    s = report.summary()
+    console.print(
+        f"{label:24s} requests {s['completed']:3d}  mean {s['latency_mean_s']:.2f} s  "
+        f"p95 {s['latency_p95_s']:.2f} s  replans {s['replans']}  rescued {s['rescued']}  "
+        f"outputs exact {s['outputs_match']}"
+    )
+    console.print(
+        "  t(s):latency(s), * = new plan, r = rescued: "
+        + " ".join(
+            f"{r.time_s:.0f}:{r.response_s:.1f}{'*' if r.replanned else ''}{'r' * r.rescues}" for r in records
+        )
+    )
+    return s, records
+
+
+def collapse_table(results: dict, args) -> Table:
+    """Each adaptive (and oracle) run against the static runs of its loop."""
     table = Table(title="collapse: p95 adaptive / static (target <= 0.6), reaction (target <= 2)")
     for column in ("loop", "planner", "p95 s", "static p95 s", "ratio", "vs other statics", "reaction"):
         table.add_column(column)
@@ -182,12 +198,7 @@ def collapse(args) -> None:
             " ".join(f"{r.response_s:.1f}" for r in records if r.rescues) or "-",
             f"{in_collapse(records, args.drop_at, args.drop_len)}/{in_collapse(static_records, args.drop_at, args.drop_len)}",
         )
-    console.print(table)
-    console.print(
-        "Closed loop, a slow plan issues fewer requests: the static run has only a few inside the collapse "
-        "(last column), so its p95 interpolates between its 2nd and 3rd slowest; the open loop counts every "
-        "arrival's wait (how a serving system's tail is measured)."
-    )
+    return table
 
 
 def plans(args) -> None:
@@ -261,10 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collapse")
-    c.add_argument(
-        "--agents",
-        default=f"optimal,ppo:{PPO_POLICY.relative_to(ROOT)}",
-        help="comma-separated planners, each served adaptively and static",
+    policy = PPO_POLICY.relative_to(ROOT)
+    flags.add_agents(
+        c, f"optimal,ppo:{policy}", help="comma-separated planners, each served adaptively and static"
     )
     c.add_argument("--oracle", action="store_true", help="also serve the first agent on exact snapshots")
     c.add_argument("--loops", default="closed,open", help="closed, open, or both (comma-separated)")
@@ -274,19 +284,10 @@ def main() -> None:
     c.add_argument("--no-rescue", action="store_true", help="adaptive runs never restart a running request")
     c.add_argument("--seconds", type=float, default=120.0, help="serving time per run")
     c.add_argument("--drop-at", type=float, default=40.0)
-    c.add_argument(
-        "--network",
-        choices=NETWORKS,
-        default="emulated",
-        help="who shapes the links: the workers' radio timers, or tc between network namespaces (root)",
-    )
+    flags.add_network(c)
     c.add_argument("--drop-len", type=float, default=30.0, help="seconds the collapse lasts")
     p = sub.add_parser("plans")
-    p.add_argument(
-        "--agents",
-        default=f"optimal,ppo:{PPO_POLICY.relative_to(ROOT)},ppo-top40:{PPO_POLICY.relative_to(ROOT)}",
-        help="comma-separated planners",
-    )
+    flags.add_agents(p, f"optimal,ppo:{policy},ppo-top40:{policy}", help="comma-separated planners")
     p.add_argument("--drop-at", type=float, default=40.0)
     k = sub.add_parser("chaos")
     k.add_argument("--requests", type=int, default=1000)
@@ -295,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         {"collapse": collapse, "plans": plans, "chaos": chaos, "soak": soak}[args.command](args)
-    except PlannerError as exc:  # e.g. a misspelt --agents name or a policy file that is not one
+    except USER_ERRORS as exc:  # e.g. a misspelt --agents name or a policy file that is not one
         raise SystemExit(f"error: {exc}") from None
 
 

@@ -1,6 +1,6 @@
 """Many cameras, one mesh: frames per second sustained by one stream and by three, planned alone and jointly.
 
-VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s; streams to sink 4, stream one from
+VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s (configs/scenarios/mesh0-15.yaml); streams to sink 4, stream one from
 device 8 (the mesh's source), streams two and three from devices 1 and 6; every stream's p95 latency
 must stay within the SLO (``--slo``, 5 s at full size and speed). Four figures, each planned on the
 cost model's contention pricing (env/contention.py) and then served live on an emulated cluster:
@@ -29,10 +29,8 @@ Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -41,6 +39,9 @@ from rich.table import Table
 from agents import make_planner
 from agents.base import build_plan
 from agents.streams import JointPlanner
+from cli import flags
+from cli.output import write_json
+from cli.scenarios import load_scenario
 from env.contention import Contention
 from env.cost_model import CostModel
 from env.network import NetworkState
@@ -48,12 +49,11 @@ from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
-from runtime.spec import load_cluster
+from runtime.spec import ClusterSpec
 from serving.streams import StreamSpec, plan_streams, replanner, serve_streams, stream_demands
 
-ROOT = Path(__file__).resolve().parents[1]
-MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"
-MODEL, SINK, SOURCES = "vgg16_bn", "4", ("8", "1", "6")
+SCENARIO = load_scenario("mesh0-15")
+MODEL, SINK, SOURCES = SCENARIO.model, "4", ("8", "1", "6")
 console = Console()
 
 
@@ -111,9 +111,9 @@ def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> No
         fps *= 0.85
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=None)
+    flags.add_json(parser)
     parser.add_argument("--frames", type=int, default=12, help="frames per stream per live run")
     parser.add_argument("--tries", type=int, default=3, help="live runs per figure, each 15%% slower")
     parser.add_argument("--kill", action="store_true", help="kill a worker halfway through the joint run")
@@ -124,19 +124,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.frames < 2 or args.tries < 1 or args.slowdown <= 0 or args.input_size < 32 or args.slo <= 0:
         parser.error("--frames >= 2, --tries >= 1, --slowdown > 0, --input-size >= 32, --slo > 0")
-    started = time.time()
-    shape = (3, args.input_size, args.input_size)
-    scale = args.slowdown * (args.input_size / 224) ** 2
-    slo = args.slo * scale
-    base = load_cluster(MESH0, bandwidth_cap=15.0)
-    # the slowed cluster as planners see it: every device and link ``slowdown`` times slower
-    spec = replace(
+    return args
+
+
+def slowed(base: ClusterSpec, slowdown: float) -> ClusterSpec:
+    """The cluster as planners see it: every device and link ``slowdown`` times slower."""
+    return replace(
         base,
-        devices={d: replace(v, gflops=v.gflops / args.slowdown) for d, v in base.devices.items()},
-        links=tuple(replace(ln, mbps=ln.mbps / args.slowdown) for ln in base.links),
+        devices={d: replace(v, gflops=v.gflops / slowdown) for d, v in base.devices.items()},
+        links=tuple(replace(ln, mbps=ln.mbps / slowdown) for ln in base.links),
     )
-    model = models.build(MODEL)
-    graph = LayerGraph.from_model(models.skeleton(MODEL), shape, MODEL)
+
+
+def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float) -> list[Figure]:
+    """The four figures, planned on the cost model's contention pricing, printed."""
     cost = CostModel(graph, spec)
     snapshot = NetworkState.static(spec).snapshot(0.0)
     planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
@@ -146,9 +147,6 @@ def main(argv: list[str] | None = None) -> None:
         return StreamSpec(name=f"cam{source}", source=source, sink=SINK, model=MODEL, slo_s=slo)
 
     one, three = [stream(SOURCES[0])], [stream(s) for s in SOURCES]
-    console.print(
-        f"planning (SLO {slo:.2f} s, slowdown {args.slowdown:g}, {args.input_size}x{args.input_size}) ..."
-    )
     view = replace(snapshot, source=SOURCES[0], sink=SINK)
     singles = [build_plan(view, [(0, len(graph.units), (d,))]) for d in spec.device_ids]
     rates = [contention.equal_rate([p], [slo], snapshot) for p in singles]
@@ -169,27 +167,47 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"  {f.name}: predicted {f.predicted_fps:.3f} frames/s per stream")
         for s, p in zip(f.streams, f.plans, strict=True):
             console.print(f"    {s.name}: {p.describe()}")
+    return figures
+
+
+def serve_figures(figures: list[Figure], base: ClusterSpec, shape: tuple[int, int, int], args) -> None:
+    """Serve every figure live on one emulated cluster slowed ``--slowdown`` times (``--kill``: a worker
+    of the joint plans dies halfway through the joint run)."""
+    speeds = dict.fromkeys(base.devices, 1.0 / args.slowdown)
+    links = {(ln.a, ln.b): ln.mbps / args.slowdown for ln in base.links}
+    with (
+        torch.no_grad(),
+        LocalCluster(
+            base,
+            model=MODEL,
+            input_shape=shape,
+            link_schedules=links,
+            speed_schedules=speeds,
+            start_timeout_s=600.0,  # ten workers loading VGG-16 on a busy host
+        ) as cluster,
+    ):
+        reference = models.build(MODEL)
+        for f in figures:
+            kill = None
+            if args.kill and f.name == "joint":
+                ends = set(SOURCES) | {SINK}
+                kill = next((d for p in f.plans for d in p.devices if d not in ends), None)
+            serve_live(cluster, f, reference, args, kill)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    started = time.time()
+    shape = (3, args.input_size, args.input_size)
+    slo = args.slo * (args.slowdown * (args.input_size / 224) ** 2)  # compute and bytes scale with the area
+    base = SCENARIO.cluster_spec()
+    graph = LayerGraph.from_model(models.skeleton(MODEL), shape, MODEL)
+    console.print(
+        f"planning (SLO {slo:.2f} s, slowdown {args.slowdown:g}, {args.input_size}x{args.input_size}) ..."
+    )
+    figures = plan_figures(slowed(base, args.slowdown), graph, slo)
     if not args.no_live:
-        speeds = dict.fromkeys(base.devices, 1.0 / args.slowdown)
-        links = {(ln.a, ln.b): ln.mbps / args.slowdown for ln in base.links}
-        with (
-            torch.no_grad(),
-            LocalCluster(
-                base,
-                model=MODEL,
-                input_shape=shape,
-                link_schedules=links,
-                speed_schedules=speeds,
-                start_timeout_s=600.0,  # ten workers loading VGG-16 on a busy host
-            ) as cluster,
-        ):
-            reference = model
-            for f in figures:
-                kill = None
-                if args.kill and f.name == "joint":
-                    ends = set(SOURCES) | {SINK}
-                    kill = next((d for p in f.plans for d in p.devices if d not in ends), None)
-                serve_live(cluster, f, reference, args, kill)
+        serve_figures(figures, base, shape, args)
     report(figures, args, started, slo)
 
 
@@ -238,9 +256,7 @@ def report(figures: list[Figure], args, started: float, slo: float) -> None:
     for key in ("single_device_fps", "pipelined_fps", "independent_fps", "joint_fps"):
         console.print(f"{key}: {result[key]:.3f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        console.print(f"wrote {args.json}")
+        write_json(args.json, result, console)
 
 
 if __name__ == "__main__":

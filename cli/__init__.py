@@ -1,0 +1,1 @@
+"""What every script shares: flag definitions, named scenarios, the worlds they describe, user errors."""

@@ -1,0 +1,181 @@
+"""Flag definitions every script shares, so a flag means the same everywhere and is declared once.
+
+Each ``add_*`` adds one group of related flags to a parser; the argparse types turn a bad value into a
+one-line usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.scenarios import ScenarioError, load_scenario
+from runtime import models
+from runtime.cluster import NETWORKS
+
+
+def positive(text: str) -> float:
+    """An argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+    return value
+
+
+def dilation_factor(text: str) -> float:
+    """An argparse type: a finite number >= 1."""
+    value = positive(text)
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, not {text}")
+    return value
+
+
+def share_or_off(text: str) -> float | None:
+    """An argparse type: a share >= 0, or 'off' (None)."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = True) -> None:
+    """What is run where: the cluster, the model and the seed of everything random."""
+    parser.add_argument("--cluster", required=cluster_required, help="cluster YAML or disnet-mesh/1 JSON")
+    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_agents(
+    parser: argparse.ArgumentParser,
+    default: str,
+    help: str = "comma list of planners: optimal, disnet, modnn, ..., ppo:PATH, ppo-top3:PATH, ppo-polish:PATH",
+) -> None:
+    """The planners to run (``--agent`` is the same flag)."""
+    parser.add_argument("--agents", "--agent", dest="agents", default=default, help=help)
+
+
+def add_requests(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--requests", type=at_least_one, default=default, help="requests per planner")
+
+
+def add_links(parser: argparse.ArgumentParser, *, replay: bool = False) -> None:
+    """The links: the spec's bandwidth cap and the traces they follow (``replay``: also --trace-mode and
+    the replayed trace's cap)."""
+    parser.add_argument(
+        "--bandwidth-cap",
+        "--spec-cap",
+        dest="spec_cap_mbps",
+        type=positive,
+        default=None,
+        metavar="MBPS",
+        help="caps every link of the cluster file (the spec: what planners assume before measuring) at "
+        "MBPS Mbit/s; traces sampled per link are rescaled to the capped bandwidth, so they may exceed it",
+    )
+    parser.add_argument(
+        "--traces",
+        default=None,
+        help="trace file or folder the links follow, or 'synthetic' (every link wanders around its spec)",
+    )
+    if not replay:
+        return
+    parser.add_argument(
+        "--trace-mode",
+        choices=("sample", "replay"),
+        default="sample",
+        help="sample: each link a random piece of the traces, rescaled to its spec bandwidth; "
+        "replay: the one --traces FILE on every link from t=0, as recorded",
+    )
+    parser.add_argument(
+        "--trace-cap",
+        dest="trace_cap_mbps",
+        type=positive,
+        default=None,
+        metavar="MBPS",
+        help="caps the replayed trace's rate at every instant at MBPS Mbit/s (default: --bandwidth-cap)",
+    )
+
+
+def add_objective(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
+    parser.add_argument("--energy-weight", type=float, default=0.0)
+
+
+def add_cost_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cost", choices=("profile", "flops"), default="profile", help="cost model planners plan on"
+    )
+
+
+def add_profile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=None, help="compute profile JSON (default: this host's, cached)")
+
+
+def add_network(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default="emulated",
+        help="who shapes the links: each worker's radio timer (emulated), or tc on veths between one "
+        "network namespace per worker (kernel; root only)",
+    )
+
+
+def add_dilation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dilation", type=dilation_factor, default=None, help="live runs D x slower (default: automatic)"
+    )
+
+
+def add_json(parser: argparse.ArgumentParser, help: str = "write the result as JSON here") -> None:
+    parser.add_argument("--json", type=Path, default=None, help=help)
+
+
+def add_scenario(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--scenario NAME|FILE (configs/scenarios); the returned group takes shorthands for named ones."""
+    parser.set_defaults(dynamics=None, dynamics_dir=None)  # a scenario's DynamicsConfig mapping, its folder
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--scenario",
+        default=None,
+        metavar="NAME|FILE",
+        help="take the options a scenario fixes (configs/scenarios/NAME.yaml) as defaults; flags still win",
+    )
+    return group
+
+
+def parse_with_scenario(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    subcommands: argparse._SubParsersAction | None = None,
+) -> argparse.Namespace:
+    """Parse ``argv`` on top of the defaults its ``--scenario`` sets (a bad scenario is a usage error).
+    With ``subcommands`` the defaults go to the chosen subcommand's parser (``args.command``)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "scenario", None) is None:
+        return args
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        parser.error(str(exc))
+    target = parser if subcommands is None else subcommands.choices[args.command]
+    target.set_defaults(**scenario.defaults())
+    return parser.parse_args(argv)
