@@ -157,6 +157,9 @@ class LiveView:
         self._folded = -np.inf  # wall time up to which link telemetry has been folded in
         self._last_compute: tuple | None = None  # the newest compute sample folded in
         self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
+        self._caps: dict[
+            tuple[str, str], float
+        ] = {}  # per link: its last bound, until a transfer measures it
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = time.time()
@@ -197,6 +200,11 @@ class LiveView:
         )
         baseline = self.link_mbps | measured
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}
+        # a bound stands until a transfer that ends after it measures the link: the silent links may move
+        # up with the others (back from a collapse the bound took them down with), the bounded one not
+        # above its bound (its stuck transfer, cut short by a rescue, never reports an end)
+        self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
+        self.link_mbps |= {key: min(self.link_mbps[key], cap) for key, cap in self._caps.items()}
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 

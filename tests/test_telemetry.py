@@ -125,6 +125,26 @@ def test_an_overdue_transfer_bounds_its_link_before_it_ends():
     assert LiveView(SPEC, tel).snapshot().link_mbps[link_key("4", "9")] == 43
 
 
+def test_a_bound_stands_when_the_links_it_took_down_are_measured_back_up():
+    """A stuck transfer takes its link and the silent ones down; it is then cut short (its request was
+    rescued elsewhere) and never reports an end. Links measured at their old speed afterwards bring the
+    silent ones back up with them, but not the bounded link above its bound: nothing has measured it since
+    (it used to bounce back to ~spec, and the next request was planned across the collapsed link again)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    stuck = link_key("8", "4")  # spec 30 Mbit/s
+    tel.started("8", "4", 250_000, ago=1.0)  # 2 Mbit/s at most
+    assert view.snapshot().link_mbps[stuck] == pytest.approx(2.0, rel=0.01)
+    tel.in_transit.clear()  # cut short by the rescue
+    for a, b in [("0", "9"), ("4", "9"), ("6", "7")]:
+        tel.transfer(a, b, SPEC.link(a, b).mbps)  # the rescued request's links, at their spec speed
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(SPEC.link("0", "9").mbps)
+    assert snap.link_mbps[stuck] <= 2.0 * 1.01  # the bound stands
+    tel.transfer("8", "4", 25.0)  # measured again: the link's own new regime
+    assert view.snapshot().link_mbps[stuck] == pytest.approx(25.0)
+
+
 def test_a_crawling_transfer_measured_by_its_ticks_still_moves_the_silent_links():
     """The pieces a crawling transfer reported measure its link exactly, and it is still a stuck transfer:
     one is evidence enough that the silent links fell with it (one finished transfer is not)."""
