@@ -12,17 +12,9 @@ from pathlib import Path
 from cli.scenarios import ScenarioError, load_scenario
 from runtime import models
 from runtime.cluster import NETWORKS
+from runtime.limits import positive_number
 
-
-def positive(text: str) -> float:
-    """An argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
+positive = positive_number(float)  # an argparse type: a number > 0
 
 
 def at_least_one(text: str) -> int:

@@ -77,21 +77,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Limits):
         flags = ["--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ())]
         kind = float if f.type == "float" else int
-        group.add_argument(*flags, dest=f.name, type=_positive(kind), default=f.default, help=_HELP[f.name])
+        group.add_argument(
+            *flags, dest=f.name, type=positive_number(kind), default=f.default, help=_HELP[f.name]
+        )
 
 
 def from_arguments(args: argparse.Namespace) -> Limits:
     return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
 
 
-def _positive(kind: type) -> callable:
+def positive_number(kind: type) -> callable:
+    """An argparse type: a ``kind`` (int or float) > 0, with a one-line error otherwise."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
         return value
 
     return parse
