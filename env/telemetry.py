@@ -17,7 +17,9 @@ seconds would see only the tail of a slow request and forget the links its early
   measured only earlier (before the change, say), are assumed to have moved as much (links of one site
   tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
   and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
-  (below): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
+  (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
+  transfer is overdue only late, and a rescue planned before then moved its request onto silent links
+  that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
   not the worst, keeps one such measurement among several from moving every silent link. Links whose
   newest transfer ended before a now-stuck transfer started do not vote: they describe the link before
   whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
@@ -179,13 +181,25 @@ class LiveView:
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
         on_air = self.controller.transfers_in_progress()
         overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
+        # a transfer still on the air whose ticks measured its link drift x below the estimate is stuck
+        # too, before it is overdue: a long one is overdue only late, and a rescue planned meanwhile on
+        # silent links that had not moved was rescued again once they were crossed
+        crawling = {
+            link_key(a, b): start
+            for a, b, _, start in on_air
+            if link_key(a, b) in measured
+            and measured[link_key(a, b)] * self.drift < self.link_mbps[link_key(a, b)]
+        }
         # only the newest measurements speak for the present: a link last measured more than vote_s
         # before the newest transfer (say, before a drop the newest ones saw), or before a transfer now
         # stuck had started (it describes the link before whatever stuck it), sets its own estimate,
         # then moves with the silent links
         last = {key: max(end for end, _, _ in samples) for key, samples in fresh.items()}
         newest = max(last.values(), default=wall)
-        stuck_since = min((start for a, b, _, start in on_air if link_key(a, b) in overdue), default=-np.inf)
+        stuck_since = min(
+            [start for a, b, _, start in on_air if link_key(a, b) in overdue] + list(crawling.values()),
+            default=-np.inf,
+        )
         recent = {key for key, end in last.items() if end >= max(newest - self.vote_s, stuck_since)}
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
@@ -193,10 +207,9 @@ class LiveView:
         evidence = {key: measured[key] for key in recent}
         evidence |= {key: min(b, evidence.get(key, b)) for key, b in overdue.items()}
         ratio = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
+        stuck = overdue.keys() | (crawling.keys() & recent)
         factor = drift_factor(
-            (ratio[key] for key in recent - overdue.keys()),
-            self.drift,
-            stuck=(ratio[key] for key in overdue),
+            (ratio[key] for key in recent - stuck), self.drift, stuck=(ratio[key] for key in stuck)
         )
         baseline = self.link_mbps | measured
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}

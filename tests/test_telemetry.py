@@ -268,3 +268,29 @@ def test_failures_found_by_heartbeats_become_the_snapshots_failure_evidence():
     tel.available = frozenset(SPEC.devices)  # back: its outage ends at this snapshot
     back = view.snapshot()
     assert back.failures["4"] == 1 and back.uptime_s["4"] == pytest.approx(70.0, abs=0.5)
+
+
+def test_a_long_transfer_whose_ticks_crawl_moves_the_silent_links_before_it_is_overdue():
+    """The double rescue of the collapse runs: a long transfer (2 MB, 0.53 s at 8-4's spec 30 Mbit/s) has
+    run half a second, so it is not overdue yet, but its ticks measured a tenth of the spec. A transfer
+    measured crawling while still on the air is stuck evidence, as an overdue one is: the silent links
+    fall with it now (they used to wait for the bound, and a rescue planned meanwhile moved the request
+    onto links that only looked fast, to be rescued again a moment later)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    tel.started("8", "4", 2_000_000, ago=0.5)
+    tel.transfer("8", "4", 3.0, seconds=0.25)
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(spec_mbps[link_key("0", "9")] / 10, rel=0.01)
+
+
+def test_a_long_transfer_whose_ticks_keep_pace_moves_nothing_else():
+    """The same transfer measured at its spec speed is no evidence of anything: the silent links stay."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.started("8", "4", 2_000_000, ago=0.5)
+    tel.transfer("8", "4", 28.0, seconds=0.25)
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(SPEC.link("0", "9").mbps)
