@@ -21,7 +21,8 @@ seconds would see only the tail of a slow request and forget the links its early
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
   not the worst, keeps one such measurement among several from moving every silent link. Links whose
-  newest transfer ended before a now-stuck transfer started do not vote: they describe the link before
+  newest transfer ended before a now-stuck transfer started (a crawling one: before its newest, slow
+  piece started) do not vote: they describe the link before
   whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
   outvote the one transfer that sees it, and the view would converge one request at a time).
   Until a link is measured its estimate starts from the spec.
@@ -184,11 +185,11 @@ class LiveView:
         # a transfer still on the air whose ticks measured its link drift x below the estimate is stuck
         # too, before it is overdue: a long one is overdue only late, and a rescue planned meanwhile on
         # silent links that had not moved was rescued again once they were crossed
+        # (since the start of its newest piece: a link measured before it crawled describes the past)
         crawling = {
-            link_key(a, b): start
-            for a, b, _, start in on_air
-            if link_key(a, b) in measured
-            and measured[link_key(a, b)] * self.drift < self.link_mbps[link_key(a, b)]
+            key: max(end - seconds for end, _, seconds in fresh[key])
+            for key in {link_key(a, b) for a, b, _, _ in on_air} & measured.keys()
+            if measured[key] * self.drift < self.link_mbps[key]
         }
         # only the newest measurements speak for the present: a link last measured more than vote_s
         # before the newest transfer (say, before a drop the newest ones saw), or before a transfer now

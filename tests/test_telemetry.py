@@ -294,3 +294,22 @@ def test_a_long_transfer_whose_ticks_keep_pace_moves_nothing_else():
     tel.transfer("8", "4", 28.0, seconds=0.25)
     snap = view.snapshot()
     assert snap.link_mbps[link_key("0", "9")] == pytest.approx(SPEC.link("0", "9").mbps)
+
+
+def test_links_measured_before_a_long_transfer_crawled_do_not_outvote_it():
+    """The logged double rescue: links carried transfers at full speed until just before every link
+    dropped tenfold, half a second ago; a long transfer's newest tick (its last quarter second) crawls, and
+    it is not overdue yet. Links measured before that piece started describe the mesh before the drop: the
+    silent links fall at once (they used to outvote it, 2 against ~20 Mbit/s, and the rescue moved the
+    request onto links believed fast, to rescue it again half a second later)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    early = [key for key in spec_mbps if "8" not in key and "4" not in key][:3]
+    for key in early:
+        tel.transfer(*key, spec_mbps[key], seconds=0.1, ago=0.4)  # ended 0.4 s ago: within vote_s
+    tel.started("8", "4", 2_000_000, ago=0.6)  # 0.53 s at the spec's 30 Mbit/s: not overdue
+    tel.transfer("8", "4", 3.0, seconds=0.25)  # its newest quarter second: a tenth
+    snap = view.snapshot()
+    for key in [*early, link_key("0", "9")]:
+        assert snap.link_mbps[key] == pytest.approx(spec_mbps[key] / 10, rel=0.01), key
