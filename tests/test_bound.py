@@ -16,7 +16,9 @@ from torch import nn
 
 from agents import PLANNERS, OptimalPlanner, PlannerError, make_planner
 from agents.bound import lower_bound
+from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
+from bench.bound import restart_search
 from env.cost_model import CostModel, Objective
 from env.meshes import mesh_spec
 from env.network import NetworkState
@@ -111,6 +113,23 @@ def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
     for objective in OBJECTIVES[:2]:
         bound = lower_bound(snap, graph, objective, model)
         assert 0 < bound <= min(objective.score(model.predict(p, snap)) for p in plans)
+
+
+def test_bound_is_below_every_plan_a_random_restart_search_reaches():
+    """bench.bound's search check: local search from random plans of the full space goes beyond the
+    optimiser's shapes, and neither it nor the random plan it starts from gets below the bound."""
+    snap = world(5, 1_000_014, 10.0, np.random.default_rng(5))
+    model = CostModel(TINY, snap.spec)
+    for objective in OBJECTIVES[:2]:
+        searches = [PlanSearch(model, snap, TINY, objective) for _ in range(3)]
+        best = restart_search(searches, 40, np.random.default_rng(1))
+        assert best == min(search.best_score for search in searches)
+        bound = lower_bound(snap, TINY, objective, model)
+        for search in searches:
+            start = next(plan for plan, score in search.scores.items() if np.isfinite(score))
+            start.validate(TINY, snap.spec.device_ids)
+            assert bound <= search.best_score <= search.scores[start]
+            assert search.evaluations > 1
 
 
 def test_full_plan_space_is_every_distinct_valid_plan():
