@@ -115,6 +115,33 @@ def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
         assert 0 < bound <= min(objective.score(model.predict(p, snap)) for p in plans)
 
 
+def test_image_release_is_tight_when_one_helper_computes_everything():
+    """The source cannot compute, so the one plan ships the whole image to the sink, which computes the
+    whole model after it arrived: latency = image seconds + link latency + work / speed. The release rows
+    give the image seconds + work / speed (the sum, where the capacity rows alone give the larger of the
+    two), so a release row any stronger than valid would put the bound above this plan."""
+    spec = mesh_spec(2, 5)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    end = len(TINY.units)
+    compute_s = TINY.band_flops(0, end, (0, TINY.extent(end))) / (spec.devices[snap.sink].gflops * 1e9)
+    image_bits = TINY.extent(0) * TINY.row_bytes(0) * 8
+    mbps = image_bits / (0.7 * compute_s) / 1e6  # the image takes 0.7 x the compute time
+    snap = replace(
+        snap, speed={snap.source: 0.0, snap.sink: 1.0}, link_mbps=dict.fromkeys(snap.link_mbps, mbps)
+    )
+    model = CostModel(TINY, spec)
+    plan = Plan.build(snap.source, snap.sink, [(0, end, {snap.sink: 1.0})])
+    latency = model.predict(plan, snap).latency_s
+    (link,) = spec.links
+    image_s = 0.7 * compute_s
+    assert latency == pytest.approx(image_s + link.latency_s + compute_s)
+    bound = lower_bound(snap, TINY, OBJECTIVES[0], model)
+    capacity = lower_bound(snap, TINY, OBJECTIVES[0], model, release=False)
+    assert bound <= latency
+    assert bound == pytest.approx(image_s + compute_s, rel=1e-6)
+    assert capacity == pytest.approx(max(compute_s, link.latency_s), rel=1e-6)
+
+
 def test_bound_is_below_every_plan_a_random_restart_search_reaches():
     """bench.bound's search check: local search from random plans of the full space goes beyond the
     optimiser's shapes, and neither it nor the random plan it starts from gets below the bound."""
