@@ -49,7 +49,7 @@ linear in ``T`` (divisible-load theory's single-port distribution); the LP keeps
 k, the slowest k and each helper alone. Rows computed from intermediate tensors received from other
 devices (``X - I``) escape these rows, which is why on the DISNET meshes at 10-25 Mbit/s (a pooled VGG-16
 tensor costs a radio less time than a device needs to compute what it feeds) the bound still comes down
-to ``work / sum of speeds``; where links are slow (1-2 Mbit/s) they lift it by up to 80%.
+to ``work / sum of speeds``; where links are slow (1-2 Mbit/s) they lift it by up to 89%.
 
 The relaxation sees neither the waiting of tasks on intermediate rows (a band waits for its whole input,
 stages wait for their neighbours' halo rows) nor the halo rows themselves (work and traffic that grow with
