@@ -20,14 +20,43 @@ in all. Any plan, with each device's computed rows, each device's received rows 
 transfers that brought them, and each link's distinct rows counted per group and boundary, is a solution
 of this LP, so its optimum is <= the plan's latency. The latency bound is also at least the link latency
 of the fastest path from the source to the sink (the output depends on the input through a chain of
-hops). It is a *capacity* relaxation: it sees neither order nor waiting (a device idles until its first
-band arrives, a band waits for its whole input, stages wait for their neighbours' halo rows), nor the halo
-rows themselves (work and traffic that grow with the number of bands). On the DISNET meshes at 10-25
-Mbit/s VGG-16's input and results move well within every radio's capacity, so the latency bound comes down
-to the compute bound ``work / sum of speeds``; it rises above it where links are slow. Closing the gap
-needs waiting and fixed charges per band (an integer program), not more of this LP: a fluid version over
-time slots of ``T`` still lets every device start at once, on input rows streamed to it a few at a time
-(a version of it measured the same values on the DISNET meshes at 10x the solve time).
+hops).
+
+**Image release** (latency only). A device ``d`` other than the source gets image rows in one transfer at
+most (only stage 0 reads the image, and a device has one band per stage), over the source's one radio,
+which sends its transfers one after another. Call ``d``'s tasks that start once that band has arrived
+its *late* tasks. Split the rows ``d`` computes of each group, ``X[d, g] = I[d, g] + (X - I)[d, g]``:
+``I[d, 0] = min(late rows, reach_0 h_d)`` with ``h_d`` the image rows it holds, then ``I[d, g] = min(late
+rows of g, reach_g I[d, g - 1])``. Then for every plan
+
+- ``I[d, g] <= X[d, g]``, ``I[d, g] <= reach_g I[d, g - 1]``, ``I[d, 0] <= reach_0 h_d`` and ``I[d, 0] =
+  X[d, 0]`` (group 0 is in stage 0, all of it late), by definition;
+- ``(X - I)[d, g] <= reach_g ((X - I)[d, g - 1] + received_g(d))``: where ``I[d, g] = reach_g I[d, g -
+  1]`` it follows from ``X[d, g] <= reach_g (X[d, g - 1] + received_g(d))`` (the data rows); elsewhere
+  ``(X - I)[d, g]`` is the rows of tasks that start before the band arrives, whose input is only rows
+  received or computed by such tasks (not the image, not a late task's output), and those rows are at
+  most ``(X - I)[d, g - 1]`` of group ``g - 1``;
+- the work of ``I[d, .]``, ``W_d``, is done by late tasks, one after another, so ``T >= c_d + W_d /
+  r_d`` with ``c_d`` the band's completion on the source's radio and ``r_d`` ``d``'s speed; and
+  ``W_d <= K h_d`` (``K``: work of every group times the product of the reaches up to it), while the
+  band takes at least ``h_d tau`` of the radio (``tau``: the whole image's seconds over the source's
+  fastest link), so ``W_d <= a p_d`` with ``p_d`` the band's radio seconds and ``a = K / tau``.
+
+In the order the radio sends them, ``c_i >= p_1 + ... + p_i``, so ``W_1 / a + ... + W_i / a + W_i / r_i
+<= T`` for each ``i``; by induction ``a T - (W_1 + ... + W_i) >= a T prod_{j <= i} a / (a + r_j)``, in any
+order. Hence for every set ``S`` of helpers ``sum_{d in S} W_d <= a T (1 - prod_{d in S} a / (a + r_d))``,
+linear in ``T`` (divisible-load theory's single-port distribution); the LP keeps the sets of the fastest
+k, the slowest k and each helper alone. Rows computed from intermediate tensors received from other
+devices (``X - I``) escape these rows, which is why on the DISNET meshes at 10-25 Mbit/s (a pooled VGG-16
+tensor costs a radio less time than a device needs to compute what it feeds) the bound still comes down
+to ``work / sum of speeds``; where links are slow (1-2 Mbit/s) they lift it by up to 89%.
+
+The relaxation sees neither the waiting of tasks on intermediate rows (a band waits for its whole input,
+stages wait for their neighbours' halo rows) nor the halo rows themselves (work and traffic that grow with
+the number of bands): closing the gap at 10-25 Mbit/s needs fixed charges per band (an integer program)
+and release times for intermediate rows, not more of this LP. A fluid version over time slots of ``T``
+still lets every device start at once, on input rows streamed to it a few at a time (a version of it
+measured the same values on the DISNET meshes at 10x the solve time).
 
 Energy is bounded by the same constraints without ``T``: compute seconds at compute power plus every
 distinct row's airtime at its sender's transmit and its receiver's receive power (idle power, never
@@ -44,90 +73,19 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
 from agents.base import PlannerError
-from env.band_tables import BandTables
+from agents.group_facts import GroupFacts, group_facts
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
 ROUNDING = 1e-9  # relative: what float rounding in evaluating the certified minimum may add to it
-
-
-@dataclass(frozen=True)
-class GroupFacts:
-    """What the relaxation needs to know of a graph, per group ``g`` (boundaries ``g`` and ``g + 1`` of
-    ``graph.cut_points``) and per boundary.
-
-    ``work[g]``: least work (FLOPs, or a profile's reference seconds) of computing all of the group's output
-    rows, at its cheapest work per row; ``reach[g]``: at most this fraction of the output rows can be
-    computed from a fraction 1 of the input rows (input rows per output row at least ``extent_in /
-    (reach * extent_out)``); ``needed[g]``: the fraction of the group's output rows the model's output
-    depends on; ``nbytes[b]``: bytes of boundary tensor ``b``.
-    """
-
-    work: np.ndarray
-    reach: np.ndarray
-    needed: np.ndarray
-    nbytes: np.ndarray
-    param_bytes: tuple[int, ...]
-
-
-@lru_cache(maxsize=8)
-def group_facts(graph: LayerGraph, unit_seconds: tuple[float, ...] | None = None) -> GroupFacts:
-    """The graph's ``GroupFacts`` (work in FLOPs, or in the profile's seconds when ``unit_seconds`` is given)."""
-    tables = BandTables(graph, unit_seconds)
-    cuts = graph.cut_points
-    work, reach = [], []
-    for start, end in graph.groups:
-        rows_out = graph.extent(end)
-        if graph.stage_kind(end) == "flat":
-            # a band of r features costs A + B r / E (the units before the last linear layer whole, that
-            # layer in proportion), so per feature it is cheapest whole; and any band needs the whole input
-            work.append(tables.work(start, end, (0, rows_out)))
-            reach.append(1.0)
-            continue
-        o = tables.offset(start, end)
-        in_first, in_end, work_first, work_end, _ = (c[o : o + rows_out + 1] for c in tables.columns)
-        lo, hi = np.triu_indices(rows_out + 1, k=1)  # every band [lo, hi)
-        rows = (hi - lo).astype(np.float64)
-        work.append(float(np.min((work_end[hi] - work_first[lo]) / rows)) * rows_out)
-        in_per_out = float(np.min((in_end[hi] - in_first[lo]) / rows))
-        reach.append(graph.extent(start) / (in_per_out * rows_out))
-    return GroupFacts(
-        np.array(work),
-        np.array(reach),
-        _needed_fractions(graph),
-        np.array([graph.extent(b) * graph.row_bytes(b) for b in cuts], dtype=np.float64),
-        tuple(graph.stage_param_bytes(s, e) for s, e in graph.groups),
-    )
-
-
-def _needed_fractions(graph: LayerGraph) -> np.ndarray:
-    """Per group, the fraction of its output rows that some row of the model's output depends on: every
-    plan computes at least these (rows a cut passes on are all computed; inside a stage, a band computes
-    what its output rows need). Found row by row from the output back, so rows no layer reads (a stride
-    larger than the kernel) are not counted."""
-    fractions = []
-    needed: set[int] | None = None  # rows of the current boundary that are needed; None: all
-    for start, end in reversed(graph.groups):
-        extent = graph.extent(end)
-        rows = range(extent) if needed is None else needed
-        fractions.append(len(rows) / extent)
-        if graph.stage_kind(end) == "flat":
-            needed = None  # a flat stage reads its whole input
-            continue
-        needed = set()
-        for o in rows:
-            lo, hi = graph.input_rows(start, end, (o, o + 1))
-            needed.update(range(lo, hi))
-    return np.array(fractions[::-1])
 
 
 @dataclass(frozen=True)
@@ -213,8 +171,11 @@ def _reachable(inst: _Instance, start: int, *, forward: bool) -> set[int]:
     return seen
 
 
-def lower_bound(snapshot: Snapshot, graph: LayerGraph, objective: Objective, model: CostModel) -> float:
-    """A value <= ``objective`` of every plan for ``graph`` under ``snapshot`` (module docstring).
+def lower_bound(
+    snapshot: Snapshot, graph: LayerGraph, objective: Objective, model: CostModel, *, release: bool = True
+) -> float:
+    """A value <= ``objective`` of every plan for ``graph`` under ``snapshot`` (module docstring);
+    ``release=False`` leaves out the image-release rows (the capacity relaxation alone, for comparison).
 
     Raises ``PlannerError`` when no plan can serve the snapshot.
     """
@@ -223,7 +184,7 @@ def lower_bound(snapshot: Snapshot, graph: LayerGraph, objective: Objective, mod
     inst = _instance(snapshot, model)
     latency = energy = 0.0
     if objective.kind in ("latency", "weighted"):
-        latency = max(_solve(_Relaxation(inst, facts), "latency"), _propagation_floor(inst))
+        latency = max(_solve(_Relaxation(inst, facts, release=release), "latency"), _propagation_floor(inst))
     if objective.kind == "energy" or (objective.kind == "weighted" and objective.energy_weight > 0):
         energy = _solve(_Relaxation(inst, facts, power=_powers(snapshot)), "energy")
     if objective.kind == "latency":
@@ -290,7 +251,8 @@ class _Relaxation:
     cannot come from nowhere (a path, not a cycle). ``L[a, b]``: distinct rows of boundary ``b`` over arc
     ``a``, at least every destination's flow on it (rows sent once may serve several destinations, as a
     relay's do). For latency (no ``power``) column 0 is ``T``; for energy, ``power`` prices seconds of
-    compute, sending and receiving.
+    compute, sending and receiving. With ``release`` (latency only), ``I[d, g]`` for each helper (a device
+    other than the source that can compute): its image-explained rows of the module docstring.
     """
 
     def __init__(
@@ -298,6 +260,7 @@ class _Relaxation:
         inst: _Instance,
         facts: GroupFacts,
         power: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        release: bool = False,
     ):
         self.inst, self.facts, self.power = inst, facts, power
         n_dev, n_groups, n_arcs = len(inst.devices), len(facts.work), len(inst.arcs)
@@ -309,6 +272,12 @@ class _Relaxation:
         self.p0 = self.x0 + n_dev * n_groups
         self.l0 = self.p0 + self.n_bounds * len(self.targets) * n_arcs
         self.n_vars = self.l0 + n_arcs * self.n_bounds
+        # helpers: devices other than the source that can compute; I columns (latency LP with release only)
+        self.helpers = (
+            [d for d in range(n_dev) if inst.can_compute[d] and d != inst.source] if release else []
+        )
+        self.i0 = self.n_vars
+        self.n_vars += len(self.helpers) * n_groups
         self.into = [[a for a, (_, v) in enumerate(inst.arcs) if v == d] for d in range(n_dev)]
         self.out = [[a for a, (u, _) in enumerate(inst.arcs) if u == d] for d in range(n_dev)]
         self.rows: list[int] = []
@@ -355,6 +324,10 @@ class _Relaxation:
 
     def load(self, a: int, b: int) -> int:
         return self.l0 + a * self.n_bounds + b
+
+    def image_explained(self, k: int, g: int) -> int:
+        """Column of ``I[d, g]`` for the ``k``-th helper ``d``."""
+        return self.i0 + k * self.n_groups + g
 
     def _row(self, terms: list[tuple[int, float]], rhs: float) -> None:
         r = len(self.rhs)
@@ -403,6 +376,7 @@ class _Relaxation:
         self._held_at_least(inst.sink, self.n_groups, [], -1.0)  # the sink holds the whole output
         if self.power is None:
             self._capacity_rows()
+            self._release_rows()
         a_ub = coo_matrix((self.vals, (self.rows, self.cols)), shape=(len(self.rhs), self.n_vars)).tocsr()
         bounds = np.zeros((self.n_vars, 2))
         bounds[:, 1] = 1.0
@@ -421,6 +395,47 @@ class _Relaxation:
             terms = [(self.load(a, b), send[a, b]) for a in self.out[d] for b in range(self.n_bounds)]
             if terms:
                 self._row([(0, -1.0), *terms], 0.0)
+
+    def _release_rows(self) -> None:
+        """The image-release rows of the module docstring: per helper ``d`` the split of its rows into
+        image-explained ``I`` and the rest ``X - I``, and the divisible-load rows over subsets of helpers
+        (all, the fastest k, the slowest k, each alone: valid for any subset, these are the ones kept)."""
+        inst, facts, reach = self.inst, self.facts, self.facts.reach
+        out = [a for a, (u, _) in enumerate(inst.arcs) if u == inst.source]
+        if not self.helpers or not out:
+            return  # no device can receive the image: no row to add
+        for k, d in enumerate(self.helpers):
+            i = [self.image_explained(k, g) for g in range(self.n_groups)]
+            self._row([(i[0], 1.0), *self._net_inflow(0, d, d, -reach[0])], 0.0)
+            self._row([(self.x(d, 0), 1.0), (i[0], -1.0)], 0.0)
+            for g in range(self.n_groups):
+                self._row([(i[g], 1.0), (self.x(d, g), -1.0)], 0.0)
+                if g == 0:
+                    continue
+                self._row([(i[g], 1.0), (i[g - 1], -reach[g])], 0.0)
+                rest = [
+                    (self.x(d, g), 1.0),
+                    (i[g], -1.0),
+                    (self.x(d, g - 1), -reach[g]),
+                    (i[g - 1], reach[g]),
+                ]
+                self._row([*rest, *self._net_inflow(g, d, d, -reach[g])], 0.0)
+        # a: image-explained work per second of the source's radio (work per unit of image rows / seconds
+        # to send the whole image over the source's fastest link)
+        rate = inst.work_rate
+        a = float(facts.work @ np.cumprod(reach)) / (facts.nbytes[0] * float(np.min(inst.arc_spb[out])))
+        ranked = sorted(range(len(self.helpers)), key=lambda k: -rate[self.helpers[k]])
+        n = len(ranked)
+        subsets = [ranked[:m] for m in range(1, n + 1)] + [ranked[m:] for m in range(1, n)]
+        subsets += [[k] for k in ranked[1:]] if n > 1 else []
+        for subset in subsets:
+            reached = 1.0 - math.prod(a / (a + rate[self.helpers[k]]) for k in subset)
+            terms = [
+                (self.image_explained(k, g), facts.work[g] / (a * self.unit))
+                for k in subset
+                for g in range(self.n_groups)
+            ]
+            self._row([*terms, (0, -reached)], 0.0)
 
     def _objective(self) -> np.ndarray:
         c = np.zeros(self.n_vars)

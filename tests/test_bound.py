@@ -16,7 +16,9 @@ from torch import nn
 
 from agents import PLANNERS, OptimalPlanner, PlannerError, make_planner
 from agents.bound import lower_bound
+from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
+from bench.bound import restart_search
 from env.cost_model import CostModel, Objective
 from env.meshes import mesh_spec
 from env.network import NetworkState
@@ -111,6 +113,50 @@ def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
     for objective in OBJECTIVES[:2]:
         bound = lower_bound(snap, graph, objective, model)
         assert 0 < bound <= min(objective.score(model.predict(p, snap)) for p in plans)
+
+
+def test_image_release_is_tight_when_one_helper_computes_everything():
+    """The source cannot compute, so the one plan ships the whole image to the sink, which computes the
+    whole model after it arrived: latency = image seconds + link latency + work / speed. The release rows
+    give the image seconds + work / speed (the sum, where the capacity rows alone give the larger of the
+    two), so a release row any stronger than valid would put the bound above this plan."""
+    spec = mesh_spec(2, 5)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    end = len(TINY.units)
+    compute_s = TINY.band_flops(0, end, (0, TINY.extent(end))) / (spec.devices[snap.sink].gflops * 1e9)
+    image_bits = TINY.extent(0) * TINY.row_bytes(0) * 8
+    mbps = image_bits / (0.7 * compute_s) / 1e6  # the image takes 0.7 x the compute time
+    snap = replace(
+        snap, speed={snap.source: 0.0, snap.sink: 1.0}, link_mbps=dict.fromkeys(snap.link_mbps, mbps)
+    )
+    model = CostModel(TINY, spec)
+    plan = Plan.build(snap.source, snap.sink, [(0, end, {snap.sink: 1.0})])
+    latency = model.predict(plan, snap).latency_s
+    (link,) = spec.links
+    image_s = 0.7 * compute_s
+    assert latency == pytest.approx(image_s + link.latency_s + compute_s)
+    bound = lower_bound(snap, TINY, OBJECTIVES[0], model)
+    capacity = lower_bound(snap, TINY, OBJECTIVES[0], model, release=False)
+    assert bound <= latency
+    assert bound == pytest.approx(image_s + compute_s, rel=1e-6)
+    assert capacity == pytest.approx(max(compute_s, link.latency_s), rel=1e-6)
+
+
+def test_bound_is_below_every_plan_a_random_restart_search_reaches():
+    """bench.bound's search check: local search from random plans of the full space goes beyond the
+    optimiser's shapes, and neither it nor the random plan it starts from gets below the bound."""
+    snap = world(5, 1_000_014, 10.0, np.random.default_rng(5))
+    model = CostModel(TINY, snap.spec)
+    for objective in OBJECTIVES[:2]:
+        searches = [PlanSearch(model, snap, TINY, objective) for _ in range(3)]
+        best = restart_search(searches, 40, np.random.default_rng(1))
+        assert best == min(search.best_score for search in searches)
+        bound = lower_bound(snap, TINY, objective, model)
+        for search in searches:
+            start = next(plan for plan, score in search.scores.items() if np.isfinite(score))
+            start.validate(TINY, snap.spec.device_ids)
+            assert bound <= search.best_score <= search.scores[start]
+            assert search.evaluations > 1
 
 
 def test_full_plan_space_is_every_distinct_valid_plan():
