@@ -116,7 +116,7 @@ def comparison_report(args: argparse.Namespace, cluster: str, records, emulation
         model=args.model,
         cluster=cluster,
         backend=args.backend,
-        bandwidth_cap_mbps=args.spec_cap_mbps,
+        spec_cap_mbps=args.spec_cap_mbps,
         objective=args.objective,
         traces=args.traces,
         cost=args.cost,

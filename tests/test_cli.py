@@ -92,7 +92,7 @@ def test_evaluate_takes_a_scenario_file_in_either_subcommand(tmp_path):
         evaluate.main(["compare", "--scenario", str(scenario), "--agents", "local", "--json", str(out)]) == 0
     )
     report = json.loads(out.read_text())
-    assert report["model"] == "tiny" and report["bandwidth_cap_mbps"] == 10
+    assert report["model"] == "tiny" and report["spec_cap_mbps"] == 10
     assert set(report["agents"]) == {"local"}  # the flag won over the scenario's agents
     assert len([r for r in report["records"] if r["agent"] == "local"]) == 2
 
