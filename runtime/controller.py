@@ -384,15 +384,7 @@ class Controller:
 
     def shutdown_workers(self, timeout_s: float = 2.0) -> None:
         """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
-        asked = set(self.available)
-        for d in asked:
-            self.workers.send(d, Header(Kind.SHUTDOWN, 0))
-        deadline = time.time() + timeout_s
-        while asked and time.time() < deadline:
-            for dev, msg in self.workers.receive(0.05):
-                if msg.header.kind == Kind.ACK:
-                    asked.discard(dev)
-                    self.workers.peers[dev].up = False
+        self.workers.shutdown(timeout_s)
 
     # ---- messages from the workers ---------------------------------------------------------------
     def _pump(self, timeout_s: float, intercept: Callable[[str, Message], bool] | None = None) -> None:
