@@ -191,7 +191,11 @@ def test_a_scenario_sets_any_option_a_flag_sets_and_flags_still_win(tmp_path, pa
         ([], "window: 0\n", "window: Value error, must be >= 1, not 0"),
         ([], "static: 1\n", "static: Value error, expected true or false"),
         ([], "replan_margin: off\n", "replan_margin: Value error, expected a value, not the boolean False"),
-        ([], "fps: 2\narrival_every: 0.5\n", "arrival_every and fps exclude each other"),
+        (
+            [],
+            "fps: 2\narrival_every: 0.5\n",
+            "(top level): Value error, arrival_every and fps exclude each other",
+        ),
         ([], "windoww: 2\n", "windoww: Extra inputs are not permitted"),
         (["compare"], "backend: gpu\n", "backend: Value error, invalid choice 'gpu' (choose from sim, live)"),
         (["compare"], "gap_s: soon\n", "gap_s: Value error, invalid float value: 'soon'"),
