@@ -16,11 +16,12 @@ of the traces (a random file of a folder, from a random offset, rescaled to the 
 ``replay`` plays one recorded trace file on every link from t=0 as recorded (looping at its end), so a
 recorded collapse collapses every link at once.
 
-A scenario (configs/scenarios/NAME.yaml, cli/scenarios.py) fixes some options as defaults that flags still
-override. ``--demo`` is ``--scenario demo``: VGG-16 on a local 10-device cluster like disnet-mesh0 served by
-the shipped PPO policy, then by the analytic optimiser and two baselines, each replaying the same synthetic
-link traces from t=0 (the cluster's emulation clock restarts per planner); every output is checked against
-the unsplit model and the comparison printed. ``--collapse`` is ``--scenario collapse``: every link drops
+A scenario (configs/scenarios/NAME.yaml or any YAML file, cli/scenarios.py) may set every option, named as
+the flag's destination (``window: 2``, ``spec_cap_mbps: 15``); flags still override it. ``--demo`` is
+``--scenario demo``: VGG-16 on a local 10-device cluster like disnet-mesh0 served by the shipped PPO policy,
+then by the analytic optimiser and two baselines, each replaying the same synthetic link traces from t=0
+(the cluster's emulation clock restarts per planner); every output is checked against the unsplit model
+and the comparison printed. ``--collapse`` is ``--scenario collapse``: every link drops
 from 20 to 2 Mbit/s for 30 s.
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
@@ -45,7 +46,7 @@ from agents import make_planner, planner_label
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import write_json
-from cli.scenarios import timed_drop
+from cli.scenarios import parse_with_scenario, timed_drop
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
@@ -229,7 +230,7 @@ def add_serving(parser: argparse.ArgumentParser) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The options, a scenario's taken as defaults; inconsistent ones are a usage error."""
     parser = build_parser()
-    args = flags.parse_with_scenario(parser, argv)
+    args = parse_with_scenario(parser, argv)
     if not args.cluster:
         parser.error("--cluster is required (or use --demo)")
     if args.fps is not None:

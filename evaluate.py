@@ -5,8 +5,9 @@
       [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--network kernel] [--json OUT]
 
-Both take ``--scenario NAME|FILE`` (configs/scenarios, cli/scenarios.py): the options it fixes become
-defaults that flags still override. ``--bandwidth-cap`` caps the cluster file's links (the spec).
+Both take ``--scenario NAME|FILE`` (configs/scenarios, cli/scenarios.py): a YAML file that may set every
+option of the subcommand, named as the flag's destination (``gap_s: 1``, ``spec_cap_mbps: 10``); flags
+still override it. ``--bandwidth-cap`` caps the cluster file's links (the spec).
 
 ``calibrate`` runs random plans on a local emulated cluster and prints predicted vs measured latency and
 energy per plan and in summary, for the default cost model (this host's compute profile) and FLOPs alone;
@@ -42,6 +43,7 @@ from agents import make_planner
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import write_json
+from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.profiles import host_profile, pacing_gflops, resolve_profile
@@ -116,7 +118,7 @@ def comparison_report(args: argparse.Namespace, cluster: str, records, emulation
         model=args.model,
         cluster=cluster,
         backend=args.backend,
-        bandwidth_cap_mbps=args.spec_cap_mbps,
+        spec_cap_mbps=args.spec_cap_mbps,
         objective=args.objective,
         traces=args.traces,
         cost=args.cost,
@@ -243,7 +245,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 def main(argv: list[str] | None = None) -> int:
     parser, subcommands = build_parser()
-    args = flags.parse_with_scenario(parser, argv, subcommands)
+    args = parse_with_scenario(parser, argv, subcommands)
     if not args.cluster:
         parser.error("--cluster is required (or a --scenario that names one)")
     if args.dynamics is not None and args.traces:

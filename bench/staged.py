@@ -59,7 +59,7 @@ def env_speed(policy: StagedPlanner, devices: int, requests: int) -> tuple[float
             "max_devices": devices,
             "max_split": policy.meta.max_factor,
             "max_stages": policy.meta.max_stages,
-            "bandwidth_cap_mbps": CAP_MBPS,
+            "spec_cap_mbps": CAP_MBPS,
             "dynamics": [
                 {"links": {"default": {"kind": "random_walk", "mean": 30, "sigma": 6, "lo": 1, "hi": 80}}}
             ],

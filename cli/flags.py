@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cli.scenarios import ScenarioError, load_scenario
 from runtime import models
 from runtime.cluster import NETWORKS
 from runtime.limits import positive_number
@@ -149,25 +148,7 @@ def add_scenario(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusive
         "--scenario",
         default=None,
         metavar="NAME|FILE",
-        help="take the options a scenario fixes (configs/scenarios/NAME.yaml) as defaults; flags still win",
+        help="take the options a scenario file sets (configs/scenarios/NAME.yaml, or FILE) as defaults; "
+        "flags still win",
     )
     return group
-
-
-def parse_with_scenario(
-    parser: argparse.ArgumentParser,
-    argv: list[str] | None,
-    subcommands: argparse._SubParsersAction | None = None,
-) -> argparse.Namespace:
-    """Parse ``argv`` on top of the defaults its ``--scenario`` sets (a bad scenario is a usage error).
-    With ``subcommands`` the defaults go to the chosen subcommand's parser (``args.command``)."""
-    args = parser.parse_args(argv)
-    if getattr(args, "scenario", None) is None:
-        return args
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        parser.error(str(exc))
-    target = parser if subcommands is None else subcommands.choices[args.command]
-    target.set_defaults(**scenario.defaults())
-    return parser.parse_args(argv)

@@ -29,7 +29,7 @@ def trace_dynamics(
         return {"links": {"default": SYNTHETIC_LINKS}}
     if mode == "replay":
         recorded = {"kind": "file", "path": traces, "random_offset": False}
-        return {"links": {"default": recorded}, "scale_to_spec": False, "bandwidth_cap_mbps": trace_cap_mbps}
+        return {"links": {"default": recorded}, "scale_to_spec": False, "trace_cap_mbps": trace_cap_mbps}
     return {"links": {"default": traces}}
 
 

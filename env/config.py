@@ -69,9 +69,12 @@ class EnvConfig(BaseModel):
 
     ``clusters``: bundled names (``mesh0``, ``tiny3``: configs/clusters/NAME.yaml), or paths and glob
     patterns relative to ``base_dir`` (a pattern that matches nothing is skipped, so optional shared
-    scenarios can be listed); ``meshes`` adds generated meshes of the DISNET family. ``dynamics``: one DynamicsConfig mapping per entry, one drawn per
-    episode. ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the structured
-    shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to spare.
+    scenarios can be listed); ``meshes`` adds generated meshes of the DISNET family. ``spec_cap_mbps``
+    caps every link of those clusters (what planners assume before they measure). ``dynamics``: one
+    DynamicsConfig mapping per entry, one drawn per episode (its ``trace_cap_mbps`` caps the link traces
+    at every instant). ``shapes``: the action list as ``[[bounds...], [factors...]]`` pairs (None: the
+    structured shapes of the graph); ``n_actions`` pads it so that a policy can be trained with room to
+    spare.
     ``cost``: the cost model requests are priced on, ``profile`` (default: this host's per-unit compute
     profile of the model, from the file ``profile`` or else the cache, env/profiles.py) or ``flops``.
     """
@@ -81,7 +84,7 @@ class EnvConfig(BaseModel):
     clusters: list[str] = Field(default_factory=lambda: ["tiny3"])
     meshes: MeshFamilyConfig | None = None
     gflops_per_rate: float | None = Field(None, gt=0)
-    bandwidth_cap_mbps: float | None = Field(None, gt=0)
+    spec_cap_mbps: float | None = Field(None, gt=0)
     dynamics: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
     random_endpoints: bool = False
     requests_per_episode: int = Field(64, ge=1)
@@ -155,10 +158,10 @@ def cluster_specs(cfg: EnvConfig) -> list[ClusterSpec]:
     """The clusters a config names (files first, then generated meshes), one per name, in order."""
     specs: dict[str, ClusterSpec] = {}
     for path in cluster_paths(cfg.clusters, cfg.base_dir):
-        spec = load_cluster(path, gflops_per_rate=cfg.gflops_per_rate, bandwidth_cap=cfg.bandwidth_cap_mbps)
+        spec = load_cluster(path, gflops_per_rate=cfg.gflops_per_rate, bandwidth_cap=cfg.spec_cap_mbps)
         specs.setdefault(spec.name, spec)
     if cfg.meshes is not None:
-        for spec in cfg.meshes.specs(cfg.bandwidth_cap_mbps):
+        for spec in cfg.meshes.specs(cfg.spec_cap_mbps):
             specs.setdefault(spec.name, spec)
     if not specs:
         raise EnvConfigError(f"clusters: no cluster file found for {cfg.clusters}")

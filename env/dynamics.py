@@ -158,14 +158,14 @@ class DynamicsConfig(_Config):
 
     Link traces are post-processed in this order: the TraceSpec's own shift/scale/cap, then
     `scale_to_spec` (the trace's period mean becomes the spec link's Mbit/s, so topology bandwidths
-    keep their meaning while the trace supplies the shape), then `bandwidth_cap_mbps`. Load and
+    keep their meaning while the trace supplies the shape), then `trace_cap_mbps`. Load and
     failure schedules are drawn for `horizon_s` seconds: load loops with that period, failures
     start only before it. `seed` is used when `NetworkState.sample` gets no rng.
     """
 
     links: LinkDynamics = LinkDynamics()
     scale_to_spec: bool = True
-    bandwidth_cap_mbps: PositiveFloat | None = None
+    trace_cap_mbps: PositiveFloat | None = None
     load: Annotated[NoLoad | RandomWalkLoad | MarkovLoad, Field(discriminator="kind")] = NoLoad()
     failures: FailureConfig = FailureConfig()
     horizon_s: PositiveFloat = 3600.0

@@ -141,8 +141,8 @@ class NetworkState:
                     if mean <= 0:
                         raise NetworkError(f"link {link.a}-{link.b}: trace {trace.name!r} has mean 0 Mbit/s")
                     trace = trace.scaled(link.mbps / mean)
-            if dynamics.bandwidth_cap_mbps is not None:
-                trace = trace.capped(dynamics.bandwidth_cap_mbps)
+            if dynamics.trace_cap_mbps is not None:
+                trace = trace.capped(dynamics.trace_cap_mbps)
             traces[key] = trace
         n = len(spec.devices)
         speed = {

@@ -116,6 +116,18 @@ class WorkerConnections:
             for d, p in self.peers.items()
         }
 
+    def shutdown(self, timeout_s: float) -> None:
+        """Ask every live worker to exit and wait (up to ``timeout_s``) for their acknowledgements."""
+        asked = set(self.available)
+        for d in asked:
+            self.send(d, Header(Kind.SHUTDOWN, 0))
+        deadline = time.time() + timeout_s
+        while asked and time.time() < deadline:
+            for dev, msg in self.receive(0.05):
+                if msg.header.kind == Kind.ACK:
+                    asked.discard(dev)
+                    self.peers[dev].up = False
+
     def send(self, dev: str, header: Header, tensors=()) -> bool:
         try:
             send(self.peers[dev].socket, header, tensors)

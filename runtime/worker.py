@@ -7,13 +7,17 @@ The worker binds one ROUTER socket. The controller (a DEALER) configures it (pee
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
 of other workers) send it row bands. Four threads share the work:
 
-- the I/O thread owns the ROUTER: it answers control messages at once (so heartbeats are answered
-  while the device computes), holds emulated arrivals until their delivery time and files bands;
-- the compute thread runs tasks one at a time, in the order they become ready, paced by emulation;
+- the I/O thread (this module) owns the ROUTER: it answers control messages at once (so heartbeats are
+  answered while the device computes), holds emulated arrivals until their delivery time and files bands;
+- the compute thread (``runtime/worker_requests.py``, with the rest of a request's way through the
+  worker) runs tasks one at a time, in the order they become ready, paced by emulation;
 - the radio thread (``runtime/radio.py``) sends hops one at a time, peer to peer, in the order they
   were queued (the device's one radio), and reports each transfer as it goes;
-- the build thread builds the models of new deployments (``runtime/weights.py``: only the weights of
-  the units this device runs are loaded), so the I/O thread keeps answering meanwhile.
+- the build thread (``runtime/worker_control.py``, with the CONFIG and DEPLOY handlers) builds the
+  models of new deployments (``runtime/weights.py``: only the weights of the units this device runs are
+  loaded), so the I/O thread keeps answering meanwhile.
+
+What they share (plans, open requests, configuration) is ``runtime/worker_state.py``'s, under one lock.
 
 A ``Deployment`` (``runtime/deployment.py``: one per plan) tells the worker its tasks, who sends it
 which rows, what it sends to whom along which route, and which transfers it relays. Telemetry (one
@@ -49,14 +53,10 @@ import itertools
 import logging
 import math
 import os
-import queue
 import signal
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,35 +65,26 @@ import torch
 import zmq
 
 from runtime import models
-from runtime.auth import INSECURE_WARNING, Access, Refused, Sender, check_bind
-from runtime.deployment import Deployment, Send
-from runtime.emulation import DeviceEmulation, EnergyMeter, paced
-from runtime.executor import assemble, compute_band, take_rows
+from runtime.auth import INSECURE_WARNING, Access, Sender, check_bind
+from runtime.deployment import Deployment
+from runtime.emulation import EnergyMeter
 from runtime.fields import checked_int
 from runtime.graph import LayerGraph
-from runtime.halo import Rows
-from runtime.inbound import Band, check_abandon, check_band, check_config, check_input
+from runtime.inbound import Band
 from runtime.limits import ByteBudget, Limits
 from runtime.limits import add_arguments as add_limit_arguments
 from runtime.limits import from_arguments as limits_from_arguments
-from runtime.radio import AirState, Hop, Radio
+from runtime.radio import Radio
 from runtime.security import CONTROLLER, authorized_keys, secure_server
 from runtime.transport import Header, Kind, Message, ProtocolError, encode, recv
 from runtime.weights import WeightStore
+from runtime.worker_control import WorkerControl
+from runtime.worker_requests import RequestFlow
+from runtime.worker_state import WorkerState
 
 log = logging.getLogger("runtime.worker")
 
 POLL_MS = 100  # the I/O loop wakes at least this often (parent check, shutdown)
-
-
-@dataclass
-class _Request:
-    """One request's state on this worker, dropped once its events are all recorded."""
-
-    pending: int
-    pieces: dict[int, list[tuple[str, Rows, torch.Tensor]]] = field(default_factory=dict)
-    ready_at: dict[int, float] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Worker:
@@ -121,6 +112,7 @@ class Worker:
         self.curve_keys = curve_keys
         self.insecure = insecure
         self.access = Access(None if curve_keys is None else authorized_keys(curve_keys), controller_key)
+        self.state = WorkerState(limits)
         self.weights = WeightStore(model_file, limits, self._models_in_use)
         self.budget = ByteBudget(limits.peer_budget_bytes, limits.total_budget_bytes)
         self.ctx = zmq.Context()
@@ -130,9 +122,9 @@ class Worker:
         self._outbox.bind(f"inproc://outbox-{id(self)}")
         self._io_thread = threading.get_ident()
         self._local = threading.local()
-        self._init_state()
+        self._held: list[tuple[float, int, Band]] = []  # bands until their emulated arrival (I/O thread)
+        self._seq = itertools.count()
         self.meter = EnergyMeter()
-        self.computed = 0
         self._start_threads()
         if insecure:
             log.warning(INSECURE_WARNING.format(endpoint=self.endpoint))
@@ -157,51 +149,36 @@ class Worker:
             self.ctx.destroy(linger=0)
             raise
 
-    def _init_state(self) -> None:
-        """The plans, requests and configuration the threads share (under ``_lock``)."""
-        self._lock = threading.Lock()
-        self._plans: dict[int, Deployment] = {}
-        self._owners: dict[int, bytes] = {}  # plan -> the connection its results and reports go to
-        self._bound: dict[int, object] = {}  # plan (deployed or being built) -> the sender it is bound to
-        self._graphs: dict[int, LayerGraph] = {}
-        self._requests: dict[tuple[int, int], _Request] = {}
-        self._finished: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self._cancelled: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self._computing: tuple[int, int, float] | None = None  # (plan, request, start) of the task running
-        self._held: list[tuple[float, int, Band]] = []
-        self._seq = itertools.count()
-        self._peers: dict[str, str] = {}
-        self._emulation: DeviceEmulation | None = None
-        # kernel network mode: the kernel shapes the links, no radio timer; a hop ends on the receiver's ACK
-        self._kernel_radio = False
-
     def _start_threads(self) -> None:
-        """The compute, radio and build threads (started by ``serve``) and their queues."""
-        self._compute_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._build_q: queue.SimpleQueue = queue.SimpleQueue()  # deployments whose model is being built
+        """The radio, the request flow and the control handlers, and their threads (started by ``serve``)."""
         self._stop = threading.Event()
         self.radio = Radio(
             self.device,
             self.ctx,
             self.curve_keys,
             self.meter,
-            state=self._air_state,
-            live=self._live,
+            state=self.state.air_state,
+            live=self.state.live,
             emit=self._emit,
             error=self._error,
             record=self._record,
             stopping=self._stop,
             max_message_bytes=self.limits.max_message_bytes,
         )
+        common = self.state, self.weights, self.limits
+        self.flow = RequestFlow(
+            self.device, *common, self.budget, self.meter, self.radio, self._record, self._emit, self._error
+        )
+        self.control = WorkerControl(self.device, self.boot, *common, self.meter, self._emit, self._error)
         self._threads = [
-            threading.Thread(target=self._compute_loop, name="compute", daemon=True),
+            threading.Thread(target=self.flow.compute_loop, name="compute", daemon=True),
             threading.Thread(target=self.radio.run, name="radio", daemon=True),
-            threading.Thread(target=self._build_loop, name="build", daemon=True),
+            threading.Thread(target=self.control.build_loop, name="build", daemon=True),
         ]
 
     # ---- I/O thread ----------------------------------------------------------------------------
     def serve(self) -> None:
-        """Run until SHUTDOWN, SIGTERM or the death of the parent process."""
+        """Run until SHUTDOWN, SIGTERM (``stop``) or the death of the parent process."""
         for t in self._threads:
             t.start()
         poller = zmq.Poller()
@@ -219,6 +196,10 @@ class Worker:
         finally:
             self.close()
 
+    def stop(self) -> None:
+        """Make ``serve`` return (within ``POLL_MS``); safe from any thread or a signal handler."""
+        self._stop.set()
+
     def _serve_once(self, poller: zmq.Poller) -> None:
         wait = POLL_MS
         if self._held:
@@ -235,8 +216,8 @@ class Worker:
     def close(self) -> None:
         self._stop.set()
         self.radio.stop()
-        for q in (self._compute_q, self._build_q):
-            q.put(None)
+        self.flow.stop()
+        self.control.stop()
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout=2.0)
@@ -315,7 +296,7 @@ class Worker:
                 status["warning"] = INSECURE_WARNING.format(endpoint=self.endpoint)
             self._emit(msg.peer, Header(Kind.PONG, msg.header.rid, status))
         elif kind == Kind.BAND:
-            band = self._check_band(msg, sender)
+            band = self.flow.check_band(msg, sender)
             self.budget.charge(sender.owner, msg.tensors)  # checked first: nothing unwanted is held
             if "ack" in msg.header.meta:  # kernel-shaped link: the sender's radio waits for this
                 ack = {"ack": checked_int(msg.header.meta["ack"], "ack")}
@@ -325,13 +306,13 @@ class Worker:
                     raise ValueError(f"cannot hold a band: {len(self._held)} held")
                 heapq.heappush(self._held, (band.deliver_at, next(self._seq), band))
             else:
-                self._on_band(band)
+                self.flow.on_band(band)
         elif kind == Kind.INPUT:
-            self._on_input(msg, sender)
+            self.flow.on_input(msg, sender)
         elif kind == Kind.DEPLOY:
-            self._on_deploy(msg, sender)
+            self.control.on_deploy(msg, sender)
         elif kind == Kind.CONFIG:
-            self._on_config(msg, sender)
+            self.control.on_config(msg, sender)
         elif kind == Kind.SHUTDOWN:
             self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device}))
             self._stop.set()
@@ -340,14 +321,13 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         """What PONG reports to the controller: identity, load and meters."""
-        with self._lock:
-            plans, open_requests = sorted(self._plans), len(self._requests)
+        plans, open_requests = self.state.load()
         return {
             "device": self.device,
             "boot": self.boot,
             "plans": plans,
             "open_requests": open_requests,
-            "computed": self.computed,
+            "computed": self.flow.computed,
             "loaded_units": self.weights.loaded(),
             "loaded_bytes": self.weights.loaded_bytes(),
             "buffered_bytes": self.budget.used(),
@@ -361,328 +341,20 @@ class Worker:
         while self._held and self._held[0][0] <= now:
             band = heapq.heappop(self._held)[2]
             try:
-                self._on_band(band)
+                self.flow.on_band(band)
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 self._error(band.peer, band.rid, f"band: {exc}", "band", plan=band.dep.plan_id)
 
-    # ---- control ---------------------------------------------------------------------------------
-    def _on_config(self, msg: Message, sender: Sender) -> None:
-        config = check_config(msg, self.device)
-        with self._lock:
-            self._peers = config.peers
-            self._emulation = config.emulation
-            self._kernel_radio = config.kernel_radio
-            self.meter.power = config.power
-            if config.reset:  # the sender's own plans only
-                self._drop_plans([pid for pid, owner in self._bound.items() if owner == sender.owner])
-        self._emit(msg.peer, Header(Kind.ACK, msg.header.rid, {"device": self.device, "boot": self.boot}))
-
-    def _drop_plans(self, plan_ids: Iterable[int]) -> list[tuple[tuple[int, int], _Request]]:
-        """Forget plans (deployed or being built) and their requests (caller holds the lock); returns the
-        dropped requests."""
-        plan_ids = set(plan_ids)
-        dropped = [(k, self._requests.pop(k)) for k in [k for k in self._requests if k[0] in plan_ids]]
-        for pid in plan_ids:
-            for table in (self._plans, self._owners, self._bound, self._graphs):
-                table.pop(pid, None)
-        return dropped
-
-    def _on_deploy(self, msg: Message, sender: Sender) -> None:
-        """Retire plans and cancel attempts at once; a new plan is checked here and built on the build
-        thread (a model build takes seconds: the I/O thread keeps answering meanwhile)."""
-        meta = msg.header.meta
-        retire, cancel = check_abandon(meta)
-        dep = None if meta.get("deploy") is None else self._check_deployment(meta["deploy"], sender)
-        with self._lock:
-            self._check_rights(sender, retire, cancel, dep)
-            spent = self._abandon(retire, cancel)
-            if dep is not None:
-                self._bound[dep.plan_id] = sender.owner
-                self._plans.pop(dep.plan_id, None)  # a re-deployment replaces the plan once built
-        for (plan_id, rid), start, end in spent:  # before DEPLOY_OK: the controller has them when it acts
-            self._report_abandoned_compute(msg.peer, plan_id, rid, start, end)
-        if dep is not None:
-            self._build_q.put((dep, msg.peer, msg.header.rid, sender.owner))
-            return
-        reply = {"plan": None, "device": self.device, "boot": self.boot}
-        self._emit(msg.peer, Header(Kind.DEPLOY_OK, msg.header.rid, reply))
-
-    def _check_rights(
-        self, sender: Sender, retire: list[int], cancel: list[tuple[int, int]], dep: Deployment | None
-    ) -> None:
-        """A client touches only its own plans, within its plan and build limits (caller holds the lock)."""
-        if foreign := {
-            p for p in retire + [c[0] for c in cancel] if self._bound.get(p, sender.owner) != sender.owner
-        }:
-            raise Refused(f"plan(s) {sorted(foreign)} belong to another client")
-        if dep is not None:
-            if self._bound.get(dep.plan_id, sender.owner) != sender.owner:
-                raise Refused(f"plan {dep.plan_id} belongs to another client")
-            mine = sum(owner == sender.owner for pid, owner in self._bound.items() if pid not in retire)
-            if dep.plan_id not in self._bound and mine >= self.limits.max_plans_per_client:
-                raise ValueError(f"{mine} plans deployed (limit {self.limits.max_plans_per_client})")
-            if self._build_q.qsize() >= self.limits.max_queued:
-                raise ValueError(f"{self._build_q.qsize()} deployments are being built: try later")
-
-    def _abandon(
-        self, retire: list[int], cancel: list[tuple[int, int]]
-    ) -> list[tuple[tuple[int, int], float, float]]:
-        """Drop retired plans and cancelled attempts (caller holds the lock); returns the compute
-        ``((plan, request), start, end)`` the dropped attempts did here, not yet reported."""
-        # (no request still open under a retired plan is wanted: the controller retires a plan once
-        # nothing it awaits uses it)
-        dropped = self._drop_plans(retire)
-        for key in cancel:
-            if (req := self._requests.pop(key, None)) is not None:
-                dropped.append((key, req))
-            self._finished[key] = self._cancelled[key] = None
-            if len(self._cancelled) > 4 * self.limits.max_open_requests:
-                self._cancelled.popitem(last=False)
-        spent = [
-            (key, e["start"], e["end"]) for key, req in dropped for e in req.events if e["ev"] == "compute"
-        ]
-        if self._computing is not None and (
-            self._computing[0] in retire or self._computing[:2] in cancel
-        ):  # the computation in progress stops at the next abort check, ~now
-            spent.append((self._computing[:2], self._computing[2], time.time()))
-        return spent
-
-    def _check_deployment(self, meta: Any, sender: Sender) -> Deployment:
-        """Everything about a new deployment that needs no model build."""
-        dep = Deployment.from_meta(meta)
-        if dep.device != self.device:
-            raise ValueError(f"deployment for {dep.device!r} sent to {self.device!r}")
-        if math.prod(dep.input_shape) > self.limits.max_input_elements:
-            raise ValueError(
-                f"input shape {list(dep.input_shape)} exceeds {self.limits.max_input_elements} elements "
-                "(--max-input-elements)"
-            )
-        with self._lock:
-            peers = set(self._peers)
-        sends = [*dep.feed, *(s for t in dep.tasks for s in t.sends), *dep.relays]
-        hops = {s.path[s.path.index(self.device) + 1] for s in sends if s.path[-1] != self.device}
-        if unknown := hops - peers:
-            raise ValueError(f"plan {dep.plan_id} sends to unknown device(s) {sorted(unknown)}")
-        return dep
-
-    def _build_loop(self) -> None:
-        """Build the models of new deployments, then make them live and confirm (DEPLOY_OK)."""
-        torch.set_num_threads(1)
-        while (job := self._build_q.get()) is not None:
-            dep, peer, rid, owner = job
-            try:
-                graph = self._build(dep)
-            except (ValueError, models.ModelError) as exc:
-                with self._lock:
-                    if self._bound.get(dep.plan_id) == owner and dep.plan_id not in self._plans:
-                        del self._bound[dep.plan_id]
-                self._error(peer, rid, f"deploy: {exc}", "deploy", plan=dep.plan_id)
-                continue
-            except Exception as exc:  # a broken model must not take the build thread down
-                log.exception("%s: building plan %d failed", self.device, dep.plan_id)
-                self._error(peer, rid, f"deploy: internal error {exc!r}", "deploy", plan=dep.plan_id)
-                continue
-            with self._lock:
-                if self._bound.get(dep.plan_id) != owner:
-                    continue  # retired (or reset) while it was built
-                self._plans[dep.plan_id], self._owners[dep.plan_id] = dep, peer
-                self._graphs[dep.plan_id] = graph
-            reply = {"plan": dep.plan_id, "device": self.device, "boot": self.boot}
-            self._emit(peer, Header(Kind.DEPLOY_OK, rid, reply))
-
-    def _build(self, dep: Deployment) -> LayerGraph:
-        graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape)
-        if dep.bounds[-1] > len(graph.units):
-            raise ValueError(f"plan units up to {dep.bounds[-1]} beyond the model's {len(graph.units)}")
-        self.weights.prepare(dep.model, dep.seed, dep.input_shape, dep.units())
-        return graph
-
-    def _models_in_use(self) -> set[tuple]:
-        """The model builds deployed plans (and plans being built) need: the weight store keeps them."""
-        with self._lock:
-            plans = list(self._plans.values())
-        return {self.weights.key(d.model, d.seed, d.input_shape) for d in plans}
-
-    # ---- request flow ----------------------------------------------------------------------------
-    def _air_state(self, plan_id: int) -> AirState:
-        """What the radio needs, when a hop's turn comes: the plan (if still deployed) and the links."""
-        with self._lock:
-            return AirState(
-                self._plans.get(plan_id),
-                self._emulation,
-                dict(self._peers),
-                self._kernel_radio,
-                self._owners.get(plan_id),
-            )
-
-    def _live(self, dep: Deployment, rid: int) -> bool:
-        """Whether attempt ``rid`` of ``dep`` still matters: its plan is deployed, it is not cancelled."""
-        with self._lock:
-            return self._plans.get(dep.plan_id) is dep and (dep.plan_id, rid) not in self._cancelled
-
-    def _request(self, dep: Deployment, rid: int, create: bool) -> _Request | None:
-        """The state of request ``rid`` under ``dep`` (caller holds the lock)."""
-        key = (dep.plan_id, rid)
-        req = self._requests.get(key)
-        if req is None and create:
-            if key in self._finished:
-                raise ValueError(f"request {rid} of plan {dep.plan_id} is already finished here")
-            if len(self._requests) >= self.limits.max_open_requests:
-                raise ValueError(f"too many open requests ({self.limits.max_open_requests})")
-            req = self._requests[key] = _Request(dep.expected_events)
-        return req
-
     def _record(self, dep: Deployment, rid: int, event: dict[str, Any]) -> None:
         """Add one telemetry event; the last one expected flushes them to the controller."""
-        with self._lock:
-            if self._plans.get(dep.plan_id) is not dep or (dep.plan_id, rid) in self._cancelled:
-                return  # retired or cancelled meanwhile
-            req = self._request(dep, rid, create=True)
-            req.events.append(event)
-            req.pending -= 1
-            if req.pending > 0:
-                return
-            del self._requests[(dep.plan_id, rid)]
-            self._finished[(dep.plan_id, rid)] = None
-            if len(self._finished) > 4 * self.limits.max_open_requests:
-                self._finished.popitem(last=False)
-            owner = self._owners.get(dep.plan_id)
-        meta = {"plan": dep.plan_id, "device": self.device, "events": req.events}
-        self._emit(owner, Header(Kind.TELEMETRY, rid, meta))
+        if (flushed := self.state.record(dep, rid, event)) is not None:
+            owner, events = flushed
+            meta = {"plan": dep.plan_id, "device": self.device, "events": events}
+            self._emit(owner, Header(Kind.TELEMETRY, rid, meta))
 
-    def _report_abandoned_compute(self, owner, plan_id: int, rid: int, start: float, end: float) -> None:
-        """Report compute an abandoned attempt used (its telemetry never will): its request pays for it."""
-        meta = {"ev": "compute", "plan": plan_id, "from": self.device, "start": start, "end": end}
-        self._emit(owner, Header(Kind.PROGRESS, rid, meta))
-
-    def _deployment(self, meta: dict[str, Any], sender: Sender | None = None) -> Deployment:
-        """The plan a message names; with ``sender``, only if that sender deployed it."""
-        pid = checked_int(meta.get("plan"), "plan")
-        with self._lock:
-            dep = self._plans.get(pid)
-            owner = self._bound.get(pid)
-        if dep is None:
-            raise ValueError(f"unknown plan {pid}")
-        if sender is not None and owner != sender.owner:
-            raise Refused(f"plan {pid} belongs to another client")
-        return dep
-
-    def _on_input(self, msg: Message, sender: Sender) -> None:
-        now = time.time()
-        dep = self._deployment(msg.header.meta, sender)
-        rid = msg.header.rid
-        x = check_input(msg, dep, self.device, self.limits)
-        with self._lock:
-            if (dep.plan_id, msg.header.rid) in self._requests or (dep.plan_id, rid) in self._finished:
-                raise ValueError(f"request {rid} of plan {dep.plan_id} was already started")
-        self.budget.charge(sender.owner, msg.tensors)
-        self._record(dep, rid, {"ev": "input", "t": now})
-        full = (0, x.shape[-2])
-        for s in dep.feed:
-            self._send(dep, rid, s, take_rows(x, full, s.rows), now)
-
-    def _send(self, dep: Deployment, rid: int, s: Send, tensor: torch.Tensor, now: float) -> None:
-        if len(s.path) == 1:
-            self._deliver(dep, rid, s.stage, self.device, s.rows, tensor, now)
-        else:
-            self.radio.put(Hop(dep.plan_id, rid, s.stage, s.rows, s.path, 0, tensor, now))
-
-    def _check_band(self, msg: Message, sender: Sender) -> Band:
-        """A band the deployed plan it names expects here (``runtime.inbound.check_band``)."""
-        dep = self._deployment(msg.header.meta)
-        with self._lock:
-            graph = self._graphs[dep.plan_id]
-        return check_band(msg, sender, dep, graph, self.device, self.limits)
-
-    def _on_band(self, band: Band) -> None:
-        now = time.time()
-        if band.hop < len(band.path) - 1:  # relay: store and forward on this device's radio
-            if self.radio.waiting() >= self.limits.max_queued:
-                raise ValueError(f"{self.radio.waiting()} hops wait for the radio")
-            hop = Hop(
-                band.dep.plan_id, band.rid, band.stage, band.rows, band.path, band.hop, band.tensor, now
-            )
-            self.radio.put(hop)
-            return
-        self._deliver(band.dep, band.rid, band.stage, band.path[0], band.rows, band.tensor, now)
-
-    def _deliver(
-        self, dep: Deployment, rid: int, stage: int, src: str, rows: Rows, tensor: torch.Tensor, now: float
-    ):
-        """File one piece; queue the task it completes, or assemble the output at the sink."""
-        expected = dep.expected_pieces(stage)
-        if (src, rows) not in expected:
-            raise ValueError(f"{self.device} expects no rows {list(rows)} of stage {stage} from {src!r}")
-        if stage < dep.n_stages and self._compute_q.qsize() >= self.limits.max_queued:
-            raise ValueError(f"{self._compute_q.qsize()} tasks wait for the compute thread")
-        with self._lock:
-            if self._plans.get(dep.plan_id) is not dep or (dep.plan_id, rid) in self._cancelled:
-                return
-            req = self._request(dep, rid, create=True)
-            got = req.pieces.setdefault(stage, [])
-            if any(p[0] == src and p[1] == rows for p in got):
-                raise ValueError(f"rows {list(rows)} of stage {stage} from {src!r} arrived twice")
-            got.append((src, rows, tensor))
-            if len(got) < len(expected):
-                return
-            pieces = req.pieces.pop(stage)
-        if stage < dep.n_stages:
-            self._compute_q.put((dep, rid, dep.task_for(stage), pieces, now))
-            return
-        output = assemble([(r, t) for _, r, t in pieces], (0, dep.out_extent))
-        self._emit(
-            self._owners.get(dep.plan_id),
-            Header(Kind.RESULT, rid, {"plan": dep.plan_id, "done": now}),
-            [output],
-        )
-        self._record(dep, rid, {"ev": "done", "t": now})
-
-    # ---- compute thread --------------------------------------------------------------------------
-    def _compute_loop(self) -> None:
-        torch.set_num_threads(1)
-        while (item := self._compute_q.get()) is not None:
-            dep, rid, task, pieces, ready = item
-            with self._lock:
-                emulation = self._emulation
-            if not self._live(dep, rid):
-                continue
-            try:
-                units = range(task.start, task.end)
-                graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape, units)
-
-                def run(task=task, pieces=pieces, graph=graph):
-                    band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
-                    return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
-
-                with self._lock:
-                    self._computing = (dep.plan_id, rid, time.time())
-                try:
-                    out, p = paced(run, emulation, abort=lambda dep=dep, rid=rid: not self._live(dep, rid))
-                finally:
-                    with self._lock:
-                        self._computing = None
-            except Exception as exc:  # a bad band or a broken model: report, keep serving
-                log.exception("%s: task of stage %d failed", self.device, task.stage)
-                with self._lock:
-                    self._requests.pop((dep.plan_id, rid), None)
-                    self._finished[(dep.plan_id, rid)] = None
-                self._error(
-                    self._owners.get(dep.plan_id), rid, f"compute failed: {exc!r}", "band", plan=dep.plan_id
-                )
-                continue
-            self.computed += 1
-            self.meter.add("compute", p.end - p.start)
-            if not self._live(dep, rid):
-                continue  # cancelled while it computed (and reported as such): the output is not wanted
-            event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
-            self._record(dep, rid, event | {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops})
-            for s in task.sends:
-                try:
-                    self._send(dep, rid, s, take_rows(out, task.out_rows, s.rows), p.end)
-                except ValueError as exc:
-                    self._error(
-                        self._owners.get(dep.plan_id), rid, f"local hand-over failed: {exc}", plan=dep.plan_id
-                    )
+    def _models_in_use(self) -> set[tuple]:
+        """The model builds deployed plans need: the weight store keeps them."""
+        return {self.weights.key(d.model, d.seed, d.input_shape) for d in self.state.deployed()}
 
 
 def keep_freed_memory() -> None:
@@ -755,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     # Shape inference on the meta device imports torch's meta kernels (seconds on a busy host): do it
     # now, or the first deployment would stall the I/O thread and the worker would look dead.
     LayerGraph.from_model(models.skeleton("tiny"), models.input_shape("tiny"))
-    signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     print(f"READY {worker.endpoint}", flush=True)  # the only line on stdout: LocalCluster waits for it
     worker.serve()
 

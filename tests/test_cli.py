@@ -10,7 +10,7 @@ import pytest
 import deploy
 import evaluate
 from bench.serving import collapse_world
-from cli.scenarios import SCENARIOS, ScenarioError, load_scenario
+from cli.scenarios import SCENARIOS, ScenarioError, load_scenario, parse_with_scenario
 from runtime.spec import load_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_evaluate_takes_a_scenario_file_in_either_subcommand(tmp_path):
         evaluate.main(["compare", "--scenario", str(scenario), "--agents", "local", "--json", str(out)]) == 0
     )
     report = json.loads(out.read_text())
-    assert report["model"] == "tiny" and report["bandwidth_cap_mbps"] == 10
+    assert report["model"] == "tiny" and report["spec_cap_mbps"] == 10
     assert set(report["agents"]) == {"local"}  # the flag won over the scenario's agents
     assert len([r for r in report["records"] if r["agent"] == "local"]) == 2
 
@@ -130,3 +130,85 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
     with pytest.raises(SystemExit):
         deploy.parse(["--cluster", str(TINY3), "--bandwidth-cap", "0"])
     assert "must be > 0" in capsys.readouterr().err
+
+
+def _options(args) -> dict:
+    """A parse's options, without what only says where they came from."""
+    return {k: v for k, v in vars(args).items() if k not in ("scenario", "dynamics_dir")}
+
+
+def _evaluate_parse(argv: list[str]):
+    parser, subcommands = evaluate.build_parser()
+    return parse_with_scenario(parser, argv, subcommands)
+
+
+@pytest.mark.parametrize(
+    "parse, command, text, flags",
+    [
+        (
+            deploy.parse,
+            [],
+            "cluster: c.yaml\nseed: 7\nduration: 30\nfps: 2\nstatic: true\nchaos: true\nreplan_every: 4\n"
+            "replan_margin: 'off'\nobjective: weighted\nenergy_weight: 0.5\ncost: flops\nprofile: p.json\n"
+            "out: runs/x\njson: x.json\ncollapse_at: 12.5\ntrace_cap_mbps: 9\n",
+            "--cluster {d}/c.yaml --seed 7 --duration 30 --fps 2 --static --chaos --replan-every 4 "
+            "--replan-margin off --objective weighted --energy-weight 0.5 --cost flops --profile {d}/p.json "
+            "--out runs/x --json x.json --collapse-at 12.5 --trace-cap 9",
+        ),
+        (
+            _evaluate_parse,
+            ["compare"],
+            "cluster: c.yaml\nagents: [local, optimal]\nbackend: live\nrequests: 3\ngap_s: 1.5\n"
+            "warmup_s: 4\nfailures: 0.2\nplots: plots\ndilation: 2\nspec_cap_mbps: 12\n",
+            "compare --cluster {d}/c.yaml --agents local,optimal --backend live --requests 3 --gap-s 1.5 "
+            "--warmup-s 4 --failures 0.2 --plots plots --dilation 2 --bandwidth-cap 12",
+        ),
+        (
+            _evaluate_parse,
+            ["calibrate"],
+            "cluster: c.yaml\nplans: 5\nmax_devices: 2\nmax_stages: 3\nnetwork: kernel\nmodel: tiny\n",
+            "calibrate --cluster {d}/c.yaml --plans 5 --max-devices 2 --max-stages 3 --network kernel "
+            "--model tiny",
+        ),
+    ],
+    ids=["deploy", "compare", "calibrate"],
+)
+def test_a_scenario_sets_any_option_a_flag_sets_and_flags_still_win(tmp_path, parse, command, text, flags):
+    """Options of every kind (shared and the script's own: numbers, choices, switches, files read from the
+    scenario's folder, outputs from the working directory) mean in a file what their flags mean."""
+    scenario = tmp_path / "all.yaml"
+    scenario.write_text(text)
+    from_file = parse([*command, "--scenario", str(scenario)])
+    from_flags = parse(flags.format(d=tmp_path.resolve()).split())
+    assert _options(from_file) == _options(from_flags)
+    overridden = parse([*command, "--scenario", str(scenario), "--seed", "11", "--cluster", "other.yaml"])
+    assert _options(overridden) == _options(from_flags) | {"seed": 11, "cluster": "other.yaml"}
+
+
+@pytest.mark.parametrize(
+    "command, text, message",
+    [
+        ([], "window: 0\n", "window: Value error, must be >= 1, not 0"),
+        ([], "static: 1\n", "static: Value error, expected true or false"),
+        ([], "replan_margin: off\n", "replan_margin: Value error, expected a value, not the boolean False"),
+        (
+            [],
+            "fps: 2\narrival_every: 0.5\n",
+            "(top level): Value error, arrival_every and fps exclude each other",
+        ),
+        ([], "windoww: 2\n", "windoww: Extra inputs are not permitted"),
+        (["compare"], "backend: gpu\n", "backend: Value error, invalid choice 'gpu' (choose from sim, live)"),
+        (["compare"], "gap_s: soon\n", "gap_s: Value error, invalid float value: 'soon'"),
+        (["calibrate"], "plans: 0\n", "plans: Value error, must be >= 1, not 0"),
+        (["calibrate"], "agents: [local]\n", "agents: Extra inputs are not permitted"),  # compare's only
+    ],
+)
+def test_a_bad_option_in_a_scenario_is_a_usage_error_naming_the_file_and_the_field(
+    tmp_path, capsys, command, text, message
+):
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text(text)
+    argv = [*command, "--cluster", str(TINY3), "--scenario", str(scenario)]
+    with pytest.raises(SystemExit):
+        _evaluate_parse(argv) if command else deploy.parse(argv)
+    assert f"{scenario}: {message}" in capsys.readouterr().err

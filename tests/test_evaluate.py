@@ -37,7 +37,7 @@ def test_sim_compare_writes_the_documented_json(tmp_path):
         tmp_path, "--agents", "optimal,local,deepslicing", "--requests", "3", "--bandwidth-cap", "10"
     )
     assert code == 0
-    assert report["model"] == "tiny" and report["backend"] == "sim" and report["bandwidth_cap_mbps"] == 10
+    assert report["model"] == "tiny" and report["backend"] == "sim" and report["spec_cap_mbps"] == 10
     assert set(report["agents"]) == {"optimal", "local", "deepslicing"}
     for summary in report["agents"].values():
         assert KEYS <= set(summary)

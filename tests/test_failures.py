@@ -172,7 +172,7 @@ def test_restarted_worker_is_noticed_and_used_again(ctl, cluster, reference):
     torch.testing.assert_close(ctl.infer(xs[0]).output, reference(xs[0]), rtol=1e-4, atol=1e-5)
 
 
-def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ctl, reference):
+def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ctl, replanner, reference):
     """Two requests crawl over a slow link a-b; the first is restarted on a plan that avoids it. Each comes
     back once with the right output, and the workers drop the abandoned attempt at once: a's radio cuts
     its transfer short (the second request's transfer starts right after the rescue, not when the first
@@ -193,14 +193,14 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
         seen.append((time.time(), ctl.in_flight(), list(ctl.link_samples)))
         assert ctl.restart(running[0].rid) and not ctl.restart(running[0].rid)  # on the plan in force now
 
-    ctl.watch = rescue
+    ctl.attach(replanner, rescue)
     xs = _inputs(2, seed=5)
     try:
         ctl.deploy(slow)
         slowed_at = time.time()
         results = list(ctl.stream(xs, window=2))
     finally:
-        ctl.watch = None
+        ctl.attach(replanner)
         ctl.configure(emulation)
     _check_stream(results, xs, reference)
     ((rescued_at, running, samples),) = seen
@@ -222,7 +222,7 @@ def test_stuck_request_is_rescued_onto_a_new_plan_and_its_old_attempt_dropped(ct
     assert not ctl.transfers_in_progress()
 
 
-def test_a_request_rescued_mid_computation_pays_for_the_compute_it_abandoned(ctl, reference):
+def test_a_request_rescued_mid_computation_pays_for_the_compute_it_abandoned(ctl, replanner, reference):
     """b computes the whole model at a thousandth of its speed; the request is restarted on d while b is
     at it. b cuts the computation short and reports the time it ran, and the request's energy includes it
     at b's compute power, as it includes the radio time of an abandoned transfer."""
@@ -240,13 +240,13 @@ def test_a_request_rescued_mid_computation_pays_for_the_compute_it_abandoned(ctl
         seen.append(running.elapsed_s)
         assert ctl.restart(running.rid)
 
-    ctl.watch = rescue
+    ctl.attach(replanner, rescue)
     (x,) = _inputs(1, seed=9)
     try:
         ctl.deploy(slow)
         result = ctl.infer(x)
     finally:
-        ctl.watch = None
+        ctl.attach(replanner)
         ctl.configure(emulation)
     _check_stream([result], [x], reference)
     ((elapsed,),) = [seen]

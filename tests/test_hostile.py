@@ -211,7 +211,7 @@ def test_an_insecure_worker_warns_in_every_pong(ctx):
         pong = _Client(ctx, endpoint).ask(Header(Kind.PING, 5))
         assert "WITHOUT authentication" in pong.header.meta["warning"]
     finally:
-        worker._stop.set()
+        worker.stop()
         thread.join(5)
 
 

@@ -191,7 +191,7 @@ def test_per_link_override_and_cap():
                 }
             },
             "scale_to_spec": False,
-            "bandwidth_cap_mbps": 8.0,
+            "trace_cap_mbps": 8.0,
         }
     )
     world = NetworkState.sample(spec, config)
@@ -304,7 +304,7 @@ def test_markov_load_uses_only_its_levels():
         ({"load": {"kind": "random_walk", "lo": 0.9, "hi": 0.5}}, "load.random_walk"),
         ({"load": {"kind": "markov", "transition": [[1.0]]}}, "load.markov"),
         ({"load": {"kind": "sometimes"}}, "load"),
-        ({"bandwidth_cap_mbps": 0}, "bandwidth_cap_mbps"),
+        ({"trace_cap_mbps": 0}, "trace_cap_mbps"),
         ({"links": {"per_link": {"0-1": {"kind": "bogus"}}}}, "links.per_link.0-1"),
         ({"links": {"per_link": {"ab": {"kind": "constant", "mbps": 1}}}}, "links.per_link"),
         ({"links": {"default": {"kind": "dir", "path": "no/such/dir"}}}, "links.default"),
