@@ -9,6 +9,12 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
 
 - the per-request planner's plan (the independent choice, so the joint result is never worse);
 - the whole model on one device, for each device (streams side by side on disjoint devices);
+- balanced pipelines over all devices (agents/pipelines.py): one stream's frames overlap stage by stage,
+  which a plan optimised for one request's latency never aims at;
+- with several streams, balanced pipelines inside a device group per stream (``device_groups``: grown
+  from each source, balanced by speed), whose combination is a second starting point of the ascent
+  beside the independent plans (the ascent changes one stream at a time, and one stream moving to its
+  group gains nothing while the others still use every device);
 - each round, the plan found by the optimiser's local search (agents/local_search.py) from the stream's
   current plan, scored by the frame period the streams sustain together (``Period``): the busiest
   device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
@@ -29,6 +35,7 @@ import numpy as np
 
 from agents.base import Planner, build_plan, usable
 from agents.local_search import PlanSearch
+from agents.pipelines import pipeline_plans
 from env.contention import Contention
 from env.cost_model import Cost, CostModel, Objective
 from env.snapshot import Snapshot
@@ -103,12 +110,17 @@ class JointPlanner:
         alone = [self.planner.plan(v, graph, LATENCY) for v in views]
         whole = len(graph.units)
         pools = [
-            [plan, *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v))]
+            [
+                plan,
+                *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v)),
+                *pipeline_plans(v, graph, usable(v)),
+            ]
             for plan, v in zip(alone, views, strict=True)
         ]
-        best = self._ascend(
-            StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot)), pools, slo, snapshot
-        )
+        starts = [StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))]
+        if len(demands) > 1:
+            starts.append(self._apart(snapshot, graph, demands, pools))
+        best = self._ascend(max(starts, key=lambda s: s.fps), pools, slo, snapshot)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.rounds):
             for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
@@ -124,6 +136,22 @@ class JointPlanner:
             best = improved
         return best
 
+    def _apart(
+        self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand], pools: list[list[Plan]]
+    ) -> StreamsPlan:
+        """Every stream on its own device group (``device_groups``), on the pipeline there that sustains
+        the most frames alone; those pipelines join the streams' pools."""
+        plans = []
+        for demand, group, pool in zip(demands, device_groups(snapshot, demands), pools, strict=True):
+            grouped = pipeline_plans(stream_snapshot(snapshot, demand), graph, group)
+            pool.extend(grouped)
+            plans.append(
+                max(grouped, key=lambda p: self.contention.equal_rate([p], [demand.slo_s], snapshot))
+            )
+        return StreamsPlan(
+            tuple(plans), self.contention.equal_rate(plans, [d.slo_s for d in demands], snapshot)
+        )
+
     def _ascend(
         self, best: StreamsPlan, pools: list[list[Plan]], slo: Sequence[float], snapshot: Snapshot
     ) -> StreamsPlan:
@@ -138,3 +166,28 @@ class JointPlanner:
                 if rate > fps:
                     plans, fps = trial, rate
         return StreamsPlan(tuple(plans), fps)
+
+
+def device_groups(snapshot: Snapshot, demands: Sequence[Demand]) -> list[tuple[str, ...]]:
+    """One group of available devices per stream, grown from its source: in turn, the stream with the
+    least GFLOP/s so far takes the unclaimed device fewest hops from its group (the fastest among equals),
+    until every reachable device is claimed. Groups are disjoint except for a source two streams share."""
+    spec = snapshot.spec
+    groups = [[d.source] for d in demands]
+    unclaimed = [d for d in usable(snapshot) if d not in {x.source for x in demands}]
+
+    def speed(group: list[str]) -> float:
+        return sum(snapshot.device_gflops(d) for d in group)
+
+    def hops(group: list[str], d: str) -> float:
+        return min((len(spec.route(m, d)) - 1 if spec.reachable(m, d) else math.inf) for m in group)
+
+    while unclaimed:
+        open_groups = [g for g in groups if any(math.isfinite(hops(g, d)) for d in unclaimed)]
+        if not open_groups:
+            break
+        group = min(open_groups, key=speed)
+        take = min(unclaimed, key=lambda d: (hops(group, d), -snapshot.device_gflops(d), d))
+        group.append(take)
+        unclaimed.remove(take)
+    return [tuple(g) for g in groups]
