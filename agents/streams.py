@@ -139,11 +139,14 @@ class JointPlanner:
     def _apart(
         self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand], pools: list[list[Plan]]
     ) -> StreamsPlan:
-        """Every stream on its own device group (``device_groups``), on the pipeline there that sustains
-        the most frames alone; those pipelines join the streams' pools."""
+        """Every stream on its own device group (``device_groups``), on the plan there that sustains the
+        most frames alone: the per-request planner's plan confined to the group (latency within the SLO
+        comes first) or a balanced pipeline in it. Those plans join the streams' pools."""
         plans = []
         for demand, group, pool in zip(demands, device_groups(snapshot, demands), pools, strict=True):
-            grouped = pipeline_plans(stream_snapshot(snapshot, demand), graph, group)
+            view = stream_snapshot(snapshot, demand)
+            confined = self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)
+            grouped = [confined, *pipeline_plans(view, graph, group)]
             pool.extend(grouped)
             plans.append(
                 max(grouped, key=lambda p: self.contention.equal_rate([p], [demand.slo_s], snapshot))
@@ -169,25 +172,19 @@ class JointPlanner:
 
 
 def device_groups(snapshot: Snapshot, demands: Sequence[Demand]) -> list[tuple[str, ...]]:
-    """One group of available devices per stream, grown from its source: in turn, the stream with the
-    least GFLOP/s so far takes the unclaimed device fewest hops from its group (the fastest among equals),
-    until every reachable device is claimed. Groups are disjoint except for a source two streams share."""
+    """One group of available devices per stream, grown from its source over direct links: in turn, the
+    stream with the least GFLOP/s so far takes its fastest unclaimed neighbour, until no group has one.
+    Groups are disjoint (except for a source two streams share) and each is connected by direct links."""
     spec = snapshot.spec
     groups = [[d.source] for d in demands]
     unclaimed = [d for d in usable(snapshot) if d not in {x.source for x in demands}]
 
-    def speed(group: list[str]) -> float:
-        return sum(snapshot.device_gflops(d) for d in group)
+    def neighbours(group: list[str]) -> list[str]:
+        return [d for d in unclaimed if any(spec.link(m, d) is not None for m in group)]
 
-    def hops(group: list[str], d: str) -> float:
-        return min((len(spec.route(m, d)) - 1 if spec.reachable(m, d) else math.inf) for m in group)
-
-    while unclaimed:
-        open_groups = [g for g in groups if any(math.isfinite(hops(g, d)) for d in unclaimed)]
-        if not open_groups:
-            break
-        group = min(open_groups, key=speed)
-        take = min(unclaimed, key=lambda d: (hops(group, d), -snapshot.device_gflops(d), d))
+    while growing := [g for g in groups if neighbours(g)]:
+        group = min(growing, key=lambda g: sum(snapshot.device_gflops(d) for d in g))
+        take = min(neighbours(group), key=lambda d: (-snapshot.device_gflops(d), d))
         group.append(take)
         unclaimed.remove(take)
     return [tuple(g) for g in groups]
