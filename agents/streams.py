@@ -11,10 +11,11 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
 - the whole model on one device, for each device (streams side by side on disjoint devices);
 - balanced pipelines over all devices (agents/pipelines.py): one stream's frames overlap stage by stage,
   which a plan optimised for one request's latency never aims at;
-- with several streams, balanced pipelines inside a device group per stream (``device_groups``: grown
-  from each source, balanced by speed), whose combination is a second starting point of the ascent
-  beside the independent plans (the ascent changes one stream at a time, and one stream moving to its
-  group gains nothing while the others still use every device);
+- with several streams, plans inside a device group per stream (``device_groups``: grown from each
+  source over direct links, balanced by speed): the per-request planner's plan confined to the group and
+  balanced pipelines in it. The streams' best group plans together are a second starting point of the
+  ascent beside the independent plans (the ascent changes one stream at a time, and one stream moving
+  to its group gains little while the others still use every device);
 - each round, the plan found by the optimiser's local search (agents/local_search.py) from the stream's
   current plan, scored by the frame period the streams sustain together (``Period``): the busiest
   device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
@@ -33,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.base import Planner, build_plan, usable
+from agents.base import Planner, PlannerError, build_plan, usable
 from agents.local_search import PlanSearch
 from agents.pipelines import pipeline_plans
 from env.contention import Contention
@@ -145,8 +146,7 @@ class JointPlanner:
         plans = []
         for demand, group, pool in zip(demands, device_groups(snapshot, demands), pools, strict=True):
             view = stream_snapshot(snapshot, demand)
-            confined = self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)
-            grouped = [confined, *pipeline_plans(view, graph, group)]
+            grouped = [*self._confined(view, graph, group), *pipeline_plans(view, graph, group)]
             pool.extend(grouped)
             plans.append(
                 max(grouped, key=lambda p: self.contention.equal_rate([p], [demand.slo_s], snapshot))
@@ -154,6 +154,14 @@ class JointPlanner:
         return StreamsPlan(
             tuple(plans), self.contention.equal_rate(plans, [d.slo_s for d in demands], snapshot)
         )
+
+    def _confined(self, view: Snapshot, graph: LayerGraph, group: Sequence[str]) -> list[Plan]:
+        """The per-request planner's plan computed on ``group`` alone (none if it cannot plan there, e.g.
+        the sink is out of reach through the group)."""
+        try:
+            return [self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)]
+        except PlannerError:
+            return []
 
     def _ascend(
         self, best: StreamsPlan, pools: list[list[Plan]], slo: Sequence[float], snapshot: Snapshot
