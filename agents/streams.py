@@ -21,6 +21,9 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
   device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
   the stream's SLO.
 
+The search runs twice, once without the pipelines and groups: local search is path dependent, and on
+some meshes the per-request plans lead it further than a better-scoring pipeline does.
+
 This is a planner on top of the per-request planner rather than a stream mode of the env: the per-request
 policy or optimiser keeps choosing good shapes for one request, and the contention price decides which
 plans serve the streams together (bench/streams.py measures the two side by side).
@@ -106,22 +109,39 @@ class JointPlanner:
         self.seed = seed
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand]) -> StreamsPlan:
+        """The better of two searches (module docstring): from the per-request plans over the pools
+        without the throughput candidates, and over the full pools from the best of the per-request
+        plans and the streams apart."""
         slo = [d.slo_s for d in demands]
         views = [stream_snapshot(snapshot, d) for d in demands]
         alone = [self.planner.plan(v, graph, LATENCY) for v in views]
         whole = len(graph.units)
         pools = [
-            [
-                plan,
-                *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v)),
-                *pipeline_plans(v, graph, usable(v)),
-            ]
+            [plan, *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v))]
             for plan, v in zip(alone, views, strict=True)
         ]
-        starts = [StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))]
-        if len(demands) > 1:
-            starts.append(self._apart(snapshot, graph, demands, pools))
-        best = self._ascend(max(starts, key=lambda s: s.fps), pools, slo, snapshot)
+        wide = [[*pool, *pipeline_plans(v, graph, usable(v))] for pool, v in zip(pools, views, strict=True)]
+        start = StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))
+        starts = [start, self._apart(snapshot, graph, demands, wide)] if len(demands) > 1 else [start]
+        return max(
+            self._improve(start, pools, views, graph, demands, snapshot),
+            self._improve(max(starts, key=lambda s: s.fps), wide, views, graph, demands, snapshot),
+            key=lambda s: s.fps,
+        )
+
+    def _improve(
+        self,
+        start: StreamsPlan,
+        pools: list[list[Plan]],
+        views: Sequence[Snapshot],
+        graph: LayerGraph,
+        demands: Sequence[Demand],
+        snapshot: Snapshot,
+    ) -> StreamsPlan:
+        """Coordinate ascent over ``pools`` from ``start``, then rounds of each stream's local search
+        scored by the frame period together (the found plans join the pools) until a round gains < 0.1%."""
+        slo = [d.slo_s for d in demands]
+        best = self._ascend(start, pools, slo, snapshot)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.rounds):
             for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
