@@ -9,10 +9,20 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
 
 - the per-request planner's plan (the independent choice, so the joint result is never worse);
 - the whole model on one device, for each device (streams side by side on disjoint devices);
+- balanced pipelines over all devices (agents/pipelines.py): one stream's frames overlap stage by stage,
+  which a plan optimised for one request's latency never aims at;
+- with several streams, plans inside a device group per stream (``device_groups``: grown from each
+  source over direct links, balanced by speed): the per-request planner's plan confined to the group and
+  balanced pipelines in it. The streams' best group plans together are a second starting point of the
+  ascent beside the independent plans (the ascent changes one stream at a time, and one stream moving
+  to its group gains little while the others still use every device);
 - each round, the plan found by the optimiser's local search (agents/local_search.py) from the stream's
   current plan, scored by the frame period the streams sustain together (``Period``): the busiest
   device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
   the stream's SLO.
+
+The search runs twice, once without the pipelines and groups: local search is path dependent, and on
+some meshes the per-request plans lead it further than a better-scoring pipeline does.
 
 This is a planner on top of the per-request planner rather than a stream mode of the env: the per-request
 policy or optimiser keeps choosing good shapes for one request, and the contention price decides which
@@ -27,8 +37,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.base import Planner, build_plan, usable
+from agents.base import Planner, PlannerError, build_plan, usable
 from agents.local_search import PlanSearch
+from agents.pipelines import pipeline_plans
 from env.contention import Contention
 from env.cost_model import Cost, CostModel, Objective
 from env.snapshot import Snapshot
@@ -98,6 +109,9 @@ class JointPlanner:
         self.seed = seed
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand]) -> StreamsPlan:
+        """The better of two searches (module docstring): from the per-request plans over the pools
+        without the throughput candidates, and over the full pools from the best of the per-request
+        plans and the streams apart."""
         slo = [d.slo_s for d in demands]
         views = [stream_snapshot(snapshot, d) for d in demands]
         alone = [self.planner.plan(v, graph, LATENCY) for v in views]
@@ -106,9 +120,28 @@ class JointPlanner:
             [plan, *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v))]
             for plan, v in zip(alone, views, strict=True)
         ]
-        best = self._ascend(
-            StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot)), pools, slo, snapshot
+        wide = [[*pool, *pipeline_plans(v, graph, usable(v))] for pool, v in zip(pools, views, strict=True)]
+        start = StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))
+        starts = [start, self._apart(snapshot, graph, demands, wide)] if len(demands) > 1 else [start]
+        return max(
+            self._improve(start, pools, views, graph, demands, snapshot),
+            self._improve(max(starts, key=lambda s: s.fps), wide, views, graph, demands, snapshot),
+            key=lambda s: s.fps,
         )
+
+    def _improve(
+        self,
+        start: StreamsPlan,
+        pools: list[list[Plan]],
+        views: Sequence[Snapshot],
+        graph: LayerGraph,
+        demands: Sequence[Demand],
+        snapshot: Snapshot,
+    ) -> StreamsPlan:
+        """Coordinate ascent over ``pools`` from ``start``, then rounds of each stream's local search
+        scored by the frame period together (the found plans join the pools) until a round gains < 0.1%."""
+        slo = [d.slo_s for d in demands]
+        best = self._ascend(start, pools, slo, snapshot)
         rng = np.random.default_rng(self.seed)
         for _ in range(self.rounds):
             for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
@@ -124,6 +157,32 @@ class JointPlanner:
             best = improved
         return best
 
+    def _apart(
+        self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand], pools: list[list[Plan]]
+    ) -> StreamsPlan:
+        """Every stream on its own device group (``device_groups``), on the plan there that sustains the
+        most frames alone: the per-request planner's plan confined to the group (latency within the SLO
+        comes first) or a balanced pipeline in it. Those plans join the streams' pools."""
+        plans = []
+        for demand, group, pool in zip(demands, device_groups(snapshot, demands), pools, strict=True):
+            view = stream_snapshot(snapshot, demand)
+            grouped = [*self._confined(view, graph, group), *pipeline_plans(view, graph, group)]
+            pool.extend(grouped)
+            plans.append(
+                max(grouped, key=lambda p: self.contention.equal_rate([p], [demand.slo_s], snapshot))
+            )
+        return StreamsPlan(
+            tuple(plans), self.contention.equal_rate(plans, [d.slo_s for d in demands], snapshot)
+        )
+
+    def _confined(self, view: Snapshot, graph: LayerGraph, group: Sequence[str]) -> list[Plan]:
+        """The per-request planner's plan computed on ``group`` alone (none if it cannot plan there, e.g.
+        the sink is out of reach through the group)."""
+        try:
+            return [self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)]
+        except PlannerError:
+            return []
+
     def _ascend(
         self, best: StreamsPlan, pools: list[list[Plan]], slo: Sequence[float], snapshot: Snapshot
     ) -> StreamsPlan:
@@ -138,3 +197,22 @@ class JointPlanner:
                 if rate > fps:
                     plans, fps = trial, rate
         return StreamsPlan(tuple(plans), fps)
+
+
+def device_groups(snapshot: Snapshot, demands: Sequence[Demand]) -> list[tuple[str, ...]]:
+    """One group of available devices per stream, grown from its source over direct links: in turn, the
+    stream with the least GFLOP/s so far takes its fastest unclaimed neighbour, until no group has one.
+    Groups are disjoint (except for a source two streams share) and each is connected by direct links."""
+    spec = snapshot.spec
+    groups = [[d.source] for d in demands]
+    unclaimed = [d for d in usable(snapshot) if d not in {x.source for x in demands}]
+
+    def neighbours(group: list[str]) -> list[str]:
+        return [d for d in unclaimed if any(spec.link(m, d) is not None for m in group)]
+
+    while growing := [g for g in groups if neighbours(g)]:
+        group = min(growing, key=lambda g: sum(snapshot.device_gflops(d) for d in g))
+        take = min(neighbours(group), key=lambda d: (-snapshot.device_gflops(d), d))
+        group.append(take)
+        unclaimed.remove(take)
+    return [tuple(g) for g in groups]

@@ -46,7 +46,7 @@ from runtime.plan import Plan
 
 
 @dataclass(frozen=True)
-class _StageInfo:
+class StageInfo:
     """What the balancing model needs of one stage split ``k`` ways; static per graph, so cached."""
 
     extent: int
@@ -60,7 +60,7 @@ class _StageInfo:
 
 
 @lru_cache(maxsize=8192)
-def _stage_info(graph: LayerGraph, start: int, end: int, k: int) -> _StageInfo:
+def stage_info(graph: LayerGraph, start: int, end: int, k: int) -> StageInfo:
     extent = graph.extent(end)
     flat = graph.stage_kind(end) == "flat"
     flops = float(graph.band_flops(start, end, (0, extent)))
@@ -73,18 +73,18 @@ def _stage_info(graph: LayerGraph, start: int, end: int, k: int) -> _StageInfo:
         band_in = graph.input_rows(start, end, (lo, lo + rows))
         halo_bytes = max(0.0, (band_in[1] - band_in[0]) * graph.row_bytes(start) - in_bytes * rows / extent)
         halo_flops = max(0.0, graph.band_flops(start, end, (lo, lo + rows)) - flops * rows / extent)
-    return _StageInfo(
+    return StageInfo(
         extent, flat, in_bytes, flops, out_bytes, halo_bytes, halo_flops, graph.stage_param_bytes(start, end)
     )
 
 
 @lru_cache(maxsize=1024)
 def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
-    """Per stage of ``shape``, what ``_complete`` needs: the clamped factor and the ``_StageInfo`` fields."""
+    """Per stage of ``shape``, what ``_complete`` needs: the clamped factor and the ``StageInfo`` fields."""
     infos, ks = [], []
     for start, end, factor in shape.stages:
         k = max(1, min(factor, graph.extent(end)))
-        infos.append(_stage_info(graph, start, end, k))
+        infos.append(stage_info(graph, start, end, k))
         ks.append(k)
     floats = np.array(
         [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64

@@ -1,0 +1,132 @@
+"""Throughput plans for one stream (agents/pipelines.py) and device groups for several (agents/streams.py).
+
+A pipeline of stages on disjoint devices sustains one frame per busiest stage, not one per frame's latency:
+the contention model must price it so, and the planners must find such plans and never pretend that
+streams crowded onto one device each get its whole speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agents import make_planner
+from agents.pipelines import device_orders, pipeline_plans
+from agents.streams import LATENCY, Demand, JointPlanner, device_groups
+from env.contention import Arrival, Contention
+from env.cost_model import CostModel
+from env.network import NetworkState
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+from runtime.spec import parse_cluster
+
+MODEL = "tiny"
+GRAPH = LayerGraph.from_model(models.skeleton(MODEL), models.input_shape(MODEL), MODEL)
+N_UNITS = len(GRAPH.units)
+SPEEDS = {"a": 1, "b": 1, "c": 2, "d": 2, "e": 1, "f": 1}  # x 10 MFLOP/s: compute outweighs the radios
+# two triangles a-b-c and d-e-f joined by the link c-d
+LINKS = ("ab", "bc", "ac", "cd", "de", "ef", "df")
+MESH6 = parse_cluster(
+    {
+        "format": "disnet-cluster/1",
+        "name": "mesh6",
+        "source": "a",
+        "sink": "f",
+        "devices": [
+            {
+                "id": d,
+                "gflops": g / 100,
+                "power": {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2},
+            }
+            for d, g in SPEEDS.items()
+        ],
+        "links": [{"a": x, "b": y, "mbps": 40} for x, y in LINKS],
+    },
+    origin="mesh6",
+)
+
+
+@pytest.fixture(scope="module")
+def cost():
+    return CostModel(GRAPH, MESH6)
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    return NetworkState.static(MESH6).snapshot(0.0)
+
+
+def test_a_pipeline_on_disjoint_devices_sustains_one_frame_per_busiest_stage(cost, snapshot):
+    contention = Contention(cost)
+    pipeline = Plan.build("c", "d", [(0, 6, {"c": 1}), (6, N_UNITS, {"d": 1})])
+    one_device = Plan.build("c", "c", [(0, 6, {"c": 1}), (6, N_UNITS, {"c": 1})])
+    times = cost.predict(pipeline, snapshot).device_time
+    busiest = max(times["c"].compute_s, times["c"].send_s, times["d"].compute_s)
+    assert contention.capacity([pipeline], snapshot) == pytest.approx(1 / busiest)
+    assert contention.capacity([one_device], snapshot) == pytest.approx(
+        1 / cost.predict(one_device, snapshot).device_time["c"].compute_s
+    )
+    assert contention.capacity([pipeline], snapshot) > 1.5 * contention.capacity([one_device], snapshot)
+    # frames arriving at that rate overlap without queueing: the last one is as fast as the first
+    latency = contention.latencies([Arrival(pipeline, k * busiest) for k in range(24)], snapshot)
+    assert latency[-1] == pytest.approx(latency[0])
+    assert contention.equal_rate([pipeline], [10.0], snapshot) == pytest.approx(1 / busiest)
+
+
+def test_pipelines_start_at_the_source_and_keep_their_stages_on_disjoint_devices(snapshot):
+    plans = pipeline_plans(snapshot, GRAPH, list(SPEEDS))
+    assert len(plans) == len(set(plans)) > 1
+    assert any(len(p.stages) == 1 for p in plans) and any(len(p.stages) > 2 for p in plans)
+    for plan in plans:
+        plan.validate(GRAPH, MESH6.device_ids)
+        assert snapshot.source in plan.stages[0].devices
+        groups = [set(st.devices) for st in plan.stages]
+        assert sum(map(len, groups)) == len(set().union(*groups))
+        for st in plan.stages:
+            if GRAPH.stage_kind(st.end) == "flat":
+                assert len(st.devices) == 1
+    confined = pipeline_plans(snapshot, GRAPH, ["a", "b", "c"])
+    assert all({d for st in p.stages for d in st.devices} <= {"a", "b", "c"} for p in confined)
+
+
+def test_device_orders_start_at_the_source_nearest_or_fastest_first(snapshot):
+    nearest, fastest = device_orders(snapshot, list(SPEEDS))
+    assert nearest == ("a", "c", "b", "d", "e", "f")
+    assert fastest == ("a", "c", "d", "b", "e", "f")
+    with pytest.raises(ValueError, match="source 'a' must be one of"):
+        device_orders(snapshot, ["b", "c"])
+
+
+def test_device_groups_grow_from_each_source_apart_and_balanced(snapshot):
+    groups = device_groups(snapshot, [Demand("a", "f", 1.0), Demand("e", "f", 1.0)])
+    assert [g[0] for g in groups] == ["a", "e"]
+    assert set(groups[0]) == {"a", "b", "c"} and set(groups[1]) == {"d", "e", "f"}
+    down = replace(snapshot, available=frozenset("abcef"))
+    assert sorted(
+        d for g in device_groups(down, [Demand("a", "f", 1.0), Demand("e", "f", 1.0)]) for d in g
+    ) == list("abcef")
+
+
+def test_the_pipelined_plan_sustains_more_than_the_latency_plan_and_the_best_single_device(cost, snapshot):
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH6, cost_model=cost, max_evaluations=60)
+    contention = Contention(cost)
+    latency_plan = planner.plan(snapshot, GRAPH, LATENCY)
+    one = JointPlanner(planner, cost, rounds=1, budget=20).plan(snapshot, GRAPH, [Demand("a", "f", 10.0)])
+    singles = [Plan.build("a", "f", [(0, N_UNITS, {d: 1})]) for d in SPEEDS]
+    assert one.fps == pytest.approx(contention.equal_rate(one.plans, [10.0], snapshot))
+    assert one.fps >= contention.equal_rate([latency_plan], [10.0], snapshot)
+    assert one.fps > 1.5 * max(contention.equal_rate([p], [10.0], snapshot) for p in singles)
+
+
+def test_streams_forced_onto_one_device_are_predicted_at_a_share_of_its_rate(cost, snapshot):
+    """With only device c up, two streams must share it: the joint planner predicts half the rate one
+    stream gets there (a planner that ignored contention would promise each the whole device)."""
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH6, cost_model=cost, max_evaluations=20)
+    only_c = replace(snapshot, available=frozenset("c"))
+    joint = JointPlanner(planner, cost, rounds=1, budget=10)
+    one = joint.plan(only_c, GRAPH, [Demand("c", "c", 10.0)])
+    two = joint.plan(only_c, GRAPH, [Demand("c", "c", 10.0)] * 2)
+    assert all(p.devices == {"c"} for p in one.plans + two.plans)
+    assert two.fps == pytest.approx(one.fps / 2, rel=0.03)
