@@ -19,11 +19,11 @@ seconds would see only the tail of a slow request and forget the links its early
   and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
   (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
-  that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may be a starved sender's timer overshooting, and the median,
-  not the worst, keeps one such measurement among several from moving every silent link. Links whose
-  newest transfer ended before a now-stuck transfer started (a crawling one: before its newest, slow
-  piece started) do not vote: they describe the link before
-  whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
+  that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
+  be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
+  among several from moving every silent link. Links whose newest transfer ended before a now-stuck
+  transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
+  the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
   outvote the one transfer that sees it, and the view would converge one request at a time).
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
@@ -183,9 +183,8 @@ class LiveView:
         on_air = self.controller.transfers_in_progress()
         overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
         # a transfer still on the air whose ticks measured its link drift x below the estimate is stuck
-        # too, before it is overdue: a long one is overdue only late, and a rescue planned meanwhile on
-        # silent links that had not moved was rescued again once they were crossed
-        # (since the start of its newest piece: a link measured before it crawled describes the past)
+        # too, before it is overdue (module docstring), since the start of its newest piece: a link
+        # measured before that describes the mesh before it crawled
         crawling = {
             key: max(end - seconds for end, _, seconds in fresh[key])
             for key in {link_key(a, b) for a, b, _, _ in on_air} & measured.keys()
