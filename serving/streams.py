@@ -169,7 +169,7 @@ def report(stream: StreamSpec, fps: float, sent: int, frames: Sequence[Frame]) -
     has = latency.size > 0
     return StreamReport(
         name=stream.name,
-        fps_target=fps,
+        fps_target=float(fps),  # a planner's rate may be a numpy float: ``met`` would be a numpy bool
         slo_s=stream.slo_s,
         sent=sent,
         completed=len(frames),

@@ -7,6 +7,9 @@ exact, on its own stream's plan.
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +23,15 @@ from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import parse_cluster
-from serving.streams import StreamsFileError, StreamSpec, load_streams, serve_streams
+from serving.streams import (
+    Frame,
+    StreamsFileError,
+    StreamSpec,
+    StreamsRun,
+    load_streams,
+    report,
+    serve_streams,
+)
 
 torch.set_num_threads(1)
 MODEL, SEED, N_UNITS = "tiny", 1, 14
@@ -142,6 +153,13 @@ def test_streams_file_errors_name_the_file_and_the_field(tmp_path):
         with pytest.raises(StreamsFileError, match=expected) as err:
             load_streams(_write(tmp_path, text), list("abcd"))
         assert str(tmp_path / "streams.yaml") in str(err.value)
+
+
+def test_a_report_at_a_planners_numpy_rate_goes_into_json():
+    stream = StreamSpec(name="a", source="a", sink="d", model=MODEL, slo_s=1.0)
+    frames = [Frame("a", k, k / 2, k / 2 + 0.1, 0.1, True, 1) for k in range(3)]
+    run = StreamsRun([report(stream, np.float64(2.0), 3, frames)], frames)
+    assert json.loads(json.dumps(run.summary()))["streams"][0]["met"] is True
 
 
 # ---- live lanes ----------------------------------------------------------------------------------
