@@ -6,7 +6,7 @@
       [--scenario NAME|FILE | --collapse [--collapse-at S] | --demo]
       [--static] [--chaos] [--json OUT] [--cost profile|flops] [--profile FILE] [--network emulated|kernel]
   python deploy.py --demo
-  python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--json OUT]   (several cameras)
+  python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--dilation D] [--json OUT]  (cameras)
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
 Closed loop by default (the next request enters when the cluster has room); ``--arrival-every S`` or
@@ -28,8 +28,10 @@ Planners plan on this host's per-unit compute profile of the model (env/profiles
 worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
 emulated devices are paced by the profile (this host's profile with ``--cost flops``). Each run reports
 every device's emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py;
-``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving runs undilated (D = 1):
-the live view's telemetry is read at wall-clock rates.
+``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving with a planner runs
+undilated (D = 1): the live view's telemetry is read at wall-clock rates. ``--streams`` alone runs with a
+time dilation (runtime/emulation.py; automatic for this host, ``--dilation D`` to force): every time it
+reports is the emulated cluster's (serving/streams.py), and the JSON records ``dilation`` too.
 """
 
 from __future__ import annotations
@@ -206,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
     flags.add_json(parser)
     parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
+    flags.add_dilation(
+        parser, help="--streams: run D x slower than the emulated cluster (default: automatic)"
+    )
     return parser
 
 
@@ -239,6 +244,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("open-loop serving (--arrival-every/--fps) runs one request at a time (--window 1)")
     if args.dynamics is not None and args.traces:
         parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
+    if args.dilation is not None and not args.streams:
+        parser.error("--dilation applies to --streams only: serving with a planner runs undilated (D = 1)")
     if args.trace_mode == "replay" and not (args.traces and Path(args.traces).is_file()):
         parser.error("--trace-mode replay needs --traces FILE: one recorded trace file (not a folder)")
     return args
@@ -273,6 +280,7 @@ def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
         streams,
         seed=args.seed,
         chaos=args.chaos,
+        dilation=args.dilation,
         out_dir=Path(args.out),
         json_path=args.json,
         console=console,

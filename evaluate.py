@@ -48,7 +48,7 @@ from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.profiles import host_profile, pacing_gflops, resolve_profile
 from runtime import models
-from runtime.fidelity import print_fidelity
+from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import random_plan
 from runtime.spec import load_cluster
@@ -200,7 +200,7 @@ def fidelity_report(session) -> dict:
     """Print the live run's per-device fidelity; its JSON fields."""
     fidelity, dilation = session.controller.fidelity.per_device(), session.cluster.dilation
     print_fidelity(fidelity, dilation, console)
-    return {"dilation": dilation, "fidelity": fidelity, "fidelity_min": min(fidelity.values(), default=None)}
+    return fidelity_fields(fidelity, dilation)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:

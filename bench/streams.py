@@ -1,9 +1,10 @@
 """Many cameras, one mesh: frames per second sustained by one stream and by three, planned alone and jointly.
 
-VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s (configs/scenarios/mesh0-15.yaml); streams to sink 4, stream one from
-device 8 (the mesh's source), streams two and three from devices 1 and 6; every stream's p95 latency
-must stay within the SLO (``--slo``, 5 s at full size and speed). Four figures, each planned on the
-cost model's contention pricing (env/contention.py) and then served live on an emulated cluster:
+VGG-16 (bn) on configs/clusters/mesh0.yaml capped at 15 Mbit/s (configs/scenarios/mesh0-15.yaml);
+streams to sink 4, stream one from device 8 (the mesh's source), streams two and three from devices 1 and
+6; every stream's p95 latency must stay within the SLO (``--slo``, 5 s at full size and speed). Four
+figures, each planned on the cost model's contention pricing (env/contention.py) and then served live on
+an emulated cluster:
 
   single_device_fps  one stream, the whole model on the best single device;
   pipelined_fps      one stream, the joint planner's plan (agents/streams.py), frames pipelined;
@@ -21,13 +22,21 @@ the highest rate every stream met (0 if none). ``--kill`` kills a worker the joi
 through the joint run. Every output is checked against the unsplit model. Targets: pipelined_fps >= 4x
 single_device_fps, joint_fps >= 1.3x independent_fps, 0 lost, every output exact.
 
-On a loaded host the emulated devices cannot all run at their nominal speed at once (the host computes
-every frame for real), so ``--slowdown K`` runs every device and link K times slower and ``--input-size S``
-serves S x S images (compute and bytes scale with the area); both scale every time alike (the SLO too), so
-the ratios keep their meaning. The JSON records both settings.
+The host computes every frame for real and cannot run ten emulated devices at their nominal speed at
+once, so the live cluster runs with a time dilation D (runtime/emulation.py; automatic for this host by
+default, ``--dilation D`` to force): D x slower on the wall clock, while arrivals, latencies, rates and the
+SLO are in the emulated cluster's time (serving/streams.py). Each figure prints the emulation's fidelity
+(achieved over nominal compute speed, runtime/fidelity.py: each device's lowest over the figure's timed
+runs), with a warning below 0.95; the JSON records ``dilation`` and ``fidelity_min`` per figure under
+``emulation``.
 
-Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] [--slowdown 1]
-       [--input-size 224] [--slo 5]
+``--slowdown K`` plans and serves a cluster whose every device and link is K times slower, and
+``--input-size S`` serves S x S images (compute and bytes scale with the area); both scale every time
+alike (the SLO too), so the ratios keep their meaning, and the JSON records both. The dilation makes
+``--slowdown`` unnecessary for fidelity: it changes the problem, not the emulation's accuracy.
+
+Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] [--dilation D]
+       [--slowdown 1] [--input-size 224] [--slo 5]
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from env.cost_model import CostModel
 from env.network import NetworkState
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
@@ -72,20 +82,23 @@ class Figure:
     replanners: dict = field(default_factory=dict)
     served: bool = True  # served live (False: a predicted comparison only)
 
+    @property
+    def fidelity(self) -> dict[str, float]:
+        """Each device's lowest emulation fidelity over the live runs: a miss in a run the host could not
+        emulate faithfully says nothing about the plan."""
+        worst: dict[str, float] = {}
+        for t in self.tries:
+            for d, f in t["fidelity"].items():
+                worst[d] = min(f, worst.get(d, f))
+        return worst
+
 
 def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> None:
     """Serve ``figure`` at its predicted rate, 15% lower after each miss; keep the highest rate met."""
     ctl = cluster.controller
     fps = figure.predicted_fps
     for _ in range(args.tries):
-        while not set(ctl.available) >= {d for p in figure.plans for d in p.devices}:
-            ctl.ping(0.5)  # a worker killed in the last try is back
-        warm = set()
-        for s, p in zip(figure.streams, figure.plans, strict=True):  # warm-up: weights loaded, not timed
-            ctl.deploy(p, lane=s.name)
-            warm.add(ctl.submit(torch.zeros(1, *ctl.input_shape), lane=s.name))
-        while warm:
-            warm -= {r.rid for r in ctl.collect(0.05)}
+        warm_up(ctl, figure)
         chaos = []
         if kill is not None:
             chaos = [(args.frames / 2 / fps, lambda: cluster.kill(kill), f"killed worker {kill}")]
@@ -103,17 +116,34 @@ def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> No
         if kill is not None:
             cluster.restart(kill)
         met = all(r.met for r in run.reports)
-        figure.tries.append({"fps": fps, "met": met, "seconds": time.time() - started} | run.summary())
+        fidelity = ctl.fidelity.per_device()
+        wall = time.time() - started
+        figure.tries.append({"fps": fps, "met": met, "wall_s": wall, "fidelity": fidelity} | run.summary())
         worst = max(r.p95_s for r in run.reports)
         console.print(
             f"  {figure.name}: {fps:.3f} frames/s per stream: {'met' if met else 'missed'} "
             f"(worst p95 {worst:.2f} s, sustained {min(r.fps_sustained for r in run.reports):.3f}, "
-            f"lost {sum(r.lost for r in run.reports)}, wrong {sum(r.wrong for r in run.reports)})"
+            f"lost {sum(r.lost for r in run.reports)}, wrong {sum(r.wrong for r in run.reports)}, "
+            f"fidelity {min(fidelity.values(), default=float('nan')):.3f}, {wall:.0f} s wall)"
         )
         if met:
             figure.live_fps = fps
             return
         fps *= 0.85
+
+
+def warm_up(ctl, figure: Figure) -> None:
+    """Deploy the figure's plans and run one untimed frame per stream (weights paged in), once every
+    worker they use is up (one killed in the last try is back); the fidelity meter starts afresh after."""
+    while not set(ctl.available) >= {d for p in figure.plans for d in p.devices}:
+        ctl.ping(0.5)
+    warm = set()
+    for s, p in zip(figure.streams, figure.plans, strict=True):
+        ctl.deploy(p, lane=s.name)
+        warm.add(ctl.submit(torch.zeros(1, *ctl.input_shape), lane=s.name))
+    while warm:
+        warm -= {r.rid for r in ctl.collect(0.05)}
+    ctl.fidelity.clear()
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +152,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=12, help="frames per stream per live run")
     parser.add_argument("--tries", type=int, default=3, help="live runs per figure, each 15%% slower")
     parser.add_argument("--kill", action="store_true", help="kill a worker halfway through the joint run")
-    parser.add_argument("--slowdown", type=float, default=1.0, help="every device and link this much slower")
+    flags.add_dilation(parser)
+    parser.add_argument(
+        "--slowdown",
+        type=float,
+        default=1.0,
+        help="plan and serve every device and link this much slower (not needed for fidelity: --dilation)",
+    )
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--slo", type=float, default=5.0, help="p95 SLO in s at full size and speed")
     parser.add_argument("--no-live", action="store_true", help="the cost model's figures only")
@@ -186,22 +222,21 @@ def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float) -> list[Figur
     return figures
 
 
-def serve_figures(figures: list[Figure], base: ClusterSpec, shape: tuple[int, int, int], args) -> None:
-    """Serve every figure live on one emulated cluster slowed ``--slowdown`` times (``--kill``: a worker
-    of the joint plans dies halfway through the joint run)."""
-    speeds = dict.fromkeys(base.devices, 1.0 / args.slowdown)
-    links = {(ln.a, ln.b): ln.mbps / args.slowdown for ln in base.links}
+def serve_figures(figures: list[Figure], spec: ClusterSpec, shape: tuple[int, int, int], args) -> float:
+    """Serve every figure live on one emulated cluster of ``spec`` (the one they were planned on) dilated
+    ``--dilation`` times (default: automatic), printing each figure's fidelity (``--kill``: a worker of
+    the joint plans dies halfway through the joint run); the dilation used."""
     with (
         torch.no_grad(),
         LocalCluster(
-            base,
+            spec,
             model=MODEL,
             input_shape=shape,
-            link_schedules=links,
-            speed_schedules=speeds,
+            dilation=args.dilation,
             start_timeout_s=600.0,  # ten workers loading VGG-16 on a busy host
         ) as cluster,
     ):
+        console.print(f"emulation: time dilation {cluster.dilation:g}")
         reference = models.build(MODEL)
         for f in (f for f in figures if f.served):
             kill = None
@@ -209,6 +244,8 @@ def serve_figures(figures: list[Figure], base: ClusterSpec, shape: tuple[int, in
                 ends = set(SOURCES) | {SINK}
                 kill = next((d for p in f.plans for d in p.devices if d not in ends), None)
             serve_live(cluster, f, reference, args, kill)
+            print_fidelity(f.fidelity, cluster.dilation, console, f" of {f.name}")
+        return cluster.dilation
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,17 +258,18 @@ def main(argv: list[str] | None = None) -> None:
     console.print(
         f"planning (SLO {slo:.2f} s, slowdown {args.slowdown:g}, {args.input_size}x{args.input_size}) ..."
     )
-    figures = plan_figures(slowed(base, args.slowdown), graph, slo)
-    if not args.no_live:
-        serve_figures(figures, base, shape, args)
-    report(figures, args, started, slo)
+    spec = slowed(base, args.slowdown)
+    figures = plan_figures(spec, graph, slo)
+    dilation = None if args.no_live else serve_figures(figures, spec, shape, args)
+    report(figures, args, started, slo, dilation)
 
 
 def _planned(planned) -> tuple[tuple[Plan, ...], float]:
     return planned.plans, planned.fps
 
 
-def report(figures: list[Figure], args, started: float, slo: float) -> None:
+def report(figures: list[Figure], args, started: float, slo: float, dilation: float | None) -> None:
+    """The table, the ratios and the JSON (``dilation``: the live runs', None without them)."""
     by = {f.name: f for f in figures}
     table = Table(
         title=f"{MODEL} on disnet-mesh0 at 15 Mbit/s, frames/s per stream ({time.time() - started:.0f} s)"
@@ -262,6 +300,7 @@ def report(figures: list[Figure], args, started: float, slo: float) -> None:
         "predicted": {f.name: f.predicted_fps for f in figures},
         "ratios": ratios,
         "settings": {
+            "dilation": dilation,
             "slowdown": args.slowdown,
             "input_size": args.input_size,
             "slo_s": slo,
@@ -269,6 +308,9 @@ def report(figures: list[Figure], args, started: float, slo: float) -> None:
         },
         "plans": {f.name: [p.describe() for p in f.plans] for f in figures},
         "live_runs": {f.name: f.tries for f in figures if f.served} if not args.no_live else {},
+        "emulation": {f.name: fidelity_fields(f.fidelity, dilation) for f in figures if f.served}
+        if not args.no_live
+        else {},
     }
     for key in ("single_device_fps", "pipelined_fps", "independent_fps", "joint_fps"):
         console.print(f"{key}: {result[key]:.3f}")

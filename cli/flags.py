@@ -130,10 +130,10 @@ def add_network(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_dilation(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dilation", type=dilation_factor, default=None, help="live runs D x slower (default: automatic)"
-    )
+def add_dilation(
+    parser: argparse.ArgumentParser, help: str = "live runs D x slower (default: automatic)"
+) -> None:
+    parser.add_argument("--dilation", type=dilation_factor, default=None, help=help)
 
 
 def add_json(parser: argparse.ArgumentParser, help: str = "write the result as JSON here") -> None:

@@ -48,6 +48,15 @@ class FidelityMeter:
         return min(self.per_device().values(), default=None)
 
 
+def fidelity_fields(fidelity: Mapping[str, float], dilation: float) -> dict[str, Any]:
+    """A live run's emulation as its JSON records it: the dilation, each device's fidelity, the least."""
+    return {
+        "dilation": dilation,
+        "fidelity": dict(fidelity),
+        "fidelity_min": min(fidelity.values(), default=None),
+    }
+
+
 def print_fidelity(fidelity: Mapping[str, float], dilation: float, console: Console, title: str = "") -> None:
     """Per-device fidelity as a table, and a warning naming the devices below ``FIDELITY_WARN``."""
     table = Table(

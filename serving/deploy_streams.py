@@ -4,7 +4,10 @@ On a local emulated cluster of the ``--cluster`` spec: plans every stream with t
 jointly or independently (the file's ``planning``), serves each stream at its ``fps`` (or, without one,
 at the equal rate the plan predicts), checks every output against the unsplit model and writes the
 per-stream table, JSON (``--json``), TensorBoard scalars and a plot over time (under ``--out``).
-``--chaos`` kills a worker that a stream's plan uses (no stream's source or sink) halfway through.
+``--chaos`` kills a worker that a stream's plan uses (no stream's source or sink) halfway through. The
+cluster runs with a time dilation (``--dilation``, default automatic for this host) so that the host can
+emulate it faithfully; every time reported is the emulated cluster's, and the emulation's fidelity per
+device is printed and written to the JSON with the dilation.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from env.network import NetworkState
 from env.snapshot import Snapshot
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
@@ -43,11 +47,13 @@ def deploy_streams(
     *,
     seed: int,
     chaos: bool,
+    dilation: float | None,
     out_dir: Path,
     json_path: Path | None,
     console: Console,
 ) -> StreamsRun:
-    """Plan the streams on ``spec``, serve them on a local emulated cluster and write their reports."""
+    """Plan the streams on ``spec``, serve them on a local emulated cluster dilated ``dilation`` times
+    (None: automatic) and write their reports."""
     name = streams.streams[0].model
     model = models.build(name, seed=seed)
     graph = LayerGraph.from_model(model, models.input_shape(name), name)
@@ -59,7 +65,8 @@ def deploy_streams(
     if min(fps) <= 0:
         raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
     replanners = {s.name: replanner(s, planner, snapshot, graph) for s in streams.streams}
-    with LocalCluster(spec, model=name, seed=seed) as cluster:
+    with LocalCluster(spec, model=name, seed=seed, dilation=dilation) as cluster:
+        console.print(f"emulation: time dilation {cluster.dilation:g}")
         events = _chaos(cluster, streams, planned.plans, fps, console) if chaos else []
         run = serve_streams(
             cluster.controller,
@@ -72,8 +79,10 @@ def deploy_streams(
             chaos=events,
             seed=seed,
         )
+        emulation = fidelity_fields(cluster.controller.fidelity.per_device(), cluster.dilation)
+    print_fidelity(emulation["fidelity"], emulation["dilation"], console)
     title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly"
-    _write(run, streams, planned, title, out_dir, json_path, console)
+    _write(run, streams, planned, emulation, title, out_dir, json_path, console)
     return run
 
 
@@ -112,18 +121,20 @@ def _write(
     run: StreamsRun,
     streams: StreamsFile,
     planned: StreamsPlan,
+    emulation: dict,
     title: str,
     out_dir: Path,
     json_path: Path | None,
     console: Console,
 ) -> None:
-    """The per-stream table on screen, TensorBoard scalars and a plot under ``out_dir``, JSON if asked."""
+    """The per-stream table on screen, TensorBoard scalars and a plot under ``out_dir``, JSON (with the
+    ``emulation``'s dilation and fidelity) if asked."""
     print_table(run, console, title)
     write_tensorboard(run, out_dir / "tensorboard" / "streams")
     plot(run, out_dir / "streams.png")
     console.print(f"wrote {out_dir / 'streams.png'} and TensorBoard scalars under {out_dir / 'tensorboard'}")
     if json_path is not None:
-        summary = run.summary() | {"planning": streams.planning, "predicted_fps": planned.fps}
+        summary = run.summary() | {"planning": streams.planning, "predicted_fps": planned.fps} | emulation
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))
         console.print(f"wrote {json_path}")

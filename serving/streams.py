@@ -15,12 +15,16 @@ not the cluster keeps up, and its latency counts from its arrival. Each stream i
 (runtime/controller.py): its own plan, its own replanner when a worker dies, and its requests never move
 to another stream's plan. Every output is checked against the unsplit model; the report gives per stream
 the frames per second sustained, p50 / p95 latency, SLO misses, lost frames and wrong outputs.
+
+Every time is the emulated cluster's, as the controller reports it: under a time dilation D
+(runtime/emulation.py) the run takes D x as long on the wall clock and frame ``k`` is submitted
+``D (phase + k / fps)`` wall seconds in, but arrivals, latencies, rates, chaos times and the drain are
+emulated seconds, so a run at any D measures the same cluster.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -102,7 +106,8 @@ def load_streams(path: str | Path, devices: Sequence[str] | None = None) -> Stre
 
 @dataclass(frozen=True)
 class Frame:
-    """One served frame: its stream, index, arrival (s since the run began), latency and check."""
+    """One served frame: its stream, index, arrival and completion (emulated s since the run began),
+    latency and check."""
 
     stream: str
     index: int
@@ -169,7 +174,7 @@ def report(stream: StreamSpec, fps: float, sent: int, frames: Sequence[Frame]) -
     has = latency.size > 0
     return StreamReport(
         name=stream.name,
-        fps_target=fps,
+        fps_target=float(fps),  # a planner's rate may be a numpy float: ``met`` would be a numpy bool
         slo_s=stream.slo_s,
         sent=sent,
         completed=len(frames),
@@ -182,7 +187,7 @@ def report(stream: StreamSpec, fps: float, sent: int, frames: Sequence[Frame]) -
     )
 
 
-Chaos = tuple[float, Callable[[], None], str]  # (seconds into the run, action, description)
+Chaos = tuple[float, Callable[[], None], str]  # (emulated seconds into the run, action, description)
 
 
 def serve_streams(
@@ -204,7 +209,8 @@ def serve_streams(
 
     Streams are evenly phased (stream ``i`` starts ``i / (n fps_i)`` s in). ``chaos`` actions (e.g. kill a
     worker) run at their time. After the last arrival the run waits up to ``drain_s`` (default: 4 x the
-    largest SLO + 30 s) for the frames still out; those that never come back are lost.
+    largest SLO + 30 s) for the frames still out; those that never come back are lost. Rates and times
+    are in the controller's emulated time (``ctl.now()``: wall time / its dilation).
     """
     if not (len(streams) == len(plans) == len(fps)):
         raise ValueError("one plan and one rate per stream")
@@ -251,11 +257,11 @@ class _OpenLoop:
         """Submit the ``due`` frames and run the ``chaos`` at their times, until every frame is back or
         ``drain_s`` have passed since the last arrival."""
         pending_chaos = sorted(chaos, key=lambda c: c[0])
-        start = time.time()
+        start = self.ctl.now()
         next_due = 0
         try:
             while next_due < len(due) or self.out:
-                now = time.time() - start
+                now = self.ctl.now() - start
                 while next_due < len(due) and due[next_due][0] <= now:
                     self._submit(*due[next_due])
                     next_due += 1
@@ -267,7 +273,7 @@ class _OpenLoop:
                     break
                 self._collect(start)
         except ControllerError as exc:  # a request that keeps failing: the rest of the run is lost
-            self.events.append((time.time() - start, f"stopped: {exc}"))
+            self.events.append((self.ctl.now() - start, f"stopped: {exc}"))
 
     def _submit(self, arrival: float, i: int, k: int) -> None:
         x = self.pool[k % len(self.pool)][0]
@@ -277,16 +283,22 @@ class _OpenLoop:
         for r in self.ctl.collect(0.02):
             i, k, arrival = self.out.pop(r.rid)
             expected = self.pool[k % len(self.pool)][1]
-            self.served.append(_frame(self.streams[i].name, k, arrival, start, r, expected))
+            done_s = _done_at(self.ctl, r) - start
+            self.served.append(_frame(self.streams[i].name, k, arrival, done_s, r, expected))
             if self.on_frame is not None:
                 self.on_frame(self.served[-1])
 
 
-def _frame(stream: str, k: int, arrival: float, start: float, r: Result, expected: torch.Tensor) -> Frame:
-    """A result as a served frame: its latency counts from its arrival to the sink holding the output
-    (the sink's clock; the moment the result arrived here if its telemetry is missing)."""
+def _done_at(ctl: Controller, r: Result) -> float:
+    """When the sink held the output, on ``ctl.now()``'s emulated clock: the timeline's "done" instants
+    are emulated ones counted from the controller's epoch (runtime/results.py); the moment the result
+    arrived here if its telemetry is missing."""
     done = r.timeline.of("done")
-    done_s = (done[-1]["t"] if done else time.time()) - start
+    return done[-1]["t"] - ctl.epoch if done else ctl.now()
+
+
+def _frame(stream: str, k: int, arrival: float, done_s: float, r: Result, expected: torch.Tensor) -> Frame:
+    """A result as a served frame: its latency counts from its arrival to the sink holding the output."""
     return Frame(stream, k, arrival, done_s, done_s - arrival, matches(r.output, expected), r.attempts)
 
 

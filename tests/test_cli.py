@@ -9,6 +9,7 @@ import pytest
 
 import deploy
 import evaluate
+from bench import streams as streams_bench
 from bench.serving import collapse_world
 from cli.scenarios import SCENARIOS, ScenarioError, load_scenario, parse_with_scenario
 from runtime.spec import load_cluster
@@ -130,6 +131,17 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
     with pytest.raises(SystemExit):
         deploy.parse(["--cluster", str(TINY3), "--bandwidth-cap", "0"])
     assert "must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        streams_bench.parse(["--dilation", "0.5"])
+    assert "must be a number >= 1" in capsys.readouterr().err
+
+
+def test_deploy_dilates_only_the_streams_it_serves(capsys):
+    assert deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--dilation", "2"]).dilation == 2
+    assert deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml"]).dilation is None  # automatic
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(TINY3), "--dilation", "2"])
+    assert "--dilation applies to --streams only" in capsys.readouterr().err
 
 
 def _options(args) -> dict:

@@ -2,16 +2,23 @@
 
 Live: each stream is a controller lane with its own plan; a hot swap of one lane never moves another
 lane's requests, and a worker killed mid-run loses nothing: every frame of every stream comes back once,
-exact, on its own stream's plan.
+exact, on its own stream's plan. Under a time dilation streams run on the emulated cluster's clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
+from contextlib import contextmanager
+
+import numpy as np
 import pytest
 import torch
 
 from agents import make_planner
 from agents.streams import Demand, JointPlanner, plan_independently
+from bench import streams as streams_bench
 from env.contention import Arrival, Contention
 from env.cost_model import CostModel
 from env.network import NetworkState
@@ -20,7 +27,15 @@ from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import parse_cluster
-from serving.streams import StreamsFileError, StreamSpec, load_streams, serve_streams
+from serving.streams import (
+    Frame,
+    StreamsFileError,
+    StreamSpec,
+    StreamsRun,
+    load_streams,
+    report,
+    serve_streams,
+)
 
 torch.set_num_threads(1)
 MODEL, SEED, N_UNITS = "tiny", 1, 14
@@ -144,6 +159,13 @@ def test_streams_file_errors_name_the_file_and_the_field(tmp_path):
         assert str(tmp_path / "streams.yaml") in str(err.value)
 
 
+def test_a_report_at_a_planners_numpy_rate_goes_into_json():
+    stream = StreamSpec(name="a", source="a", sink="d", model=MODEL, slo_s=1.0)
+    frames = [Frame("a", k, k / 2, k / 2 + 0.1, 0.1, True, 1) for k in range(3)]
+    run = StreamsRun([report(stream, np.float64(2.0), 3, frames)], frames)
+    assert json.loads(json.dumps(run.summary()))["streams"][0]["met"] is True
+
+
 # ---- live lanes ----------------------------------------------------------------------------------
 
 
@@ -191,6 +213,44 @@ def test_a_hot_swap_on_one_lane_leaves_the_other_lanes_requests_alone(cluster, r
             assert r.plan == (one if k < 4 else swapped)
 
 
+@contextmanager
+def _dilated(ctl, dilation: float):
+    """The cluster run ``dilation`` x slower than the one it emulates, for the block only."""
+    undilated = ctl.emulation
+    ctl.configure(dataclasses.replace(undilated, dilation=dilation))
+    try:
+        yield
+    finally:
+        ctl.configure(undilated)
+
+
+def test_a_stream_under_time_dilation_arrives_and_is_timed_on_the_emulated_clock(cluster, reference):
+    """At D = 2 a run takes twice the wall time, but a stream at f frames/s arrives and is sustained at f
+    emulated frames/s, with the emulated cluster's latencies."""
+    ctl, dilation, fps, frames = cluster.controller, 2.0, 4.0, 8  # d serves a frame in ~0.1 s
+    stream = StreamSpec(name="cam", source="a", sink="d", model=MODEL, fps=fps, slo_s=1.0)
+    completed = []  # the wall time each frame came back
+    with _dilated(ctl, dilation):
+        wall0 = time.time()
+        run = serve_streams(
+            ctl,
+            [stream],
+            [_local("d")],
+            [fps],
+            frames,
+            reference,
+            on_frame=lambda f: completed.append(time.time()),
+        )
+        wall = time.time() - wall0
+    (r,) = run.reports
+    assert (r.sent, r.completed, r.lost, r.wrong) == (frames, frames, 0, 0), r
+    assert r.fps_sustained == pytest.approx(fps, rel=0.2), r  # not D x fps
+    assert all(f.latency_s > 0 for f in run.frames) and r.p95_s <= stream.slo_s, r
+    done = [f.done_s for f in run.frames]
+    assert completed[-1] - completed[0] == pytest.approx(dilation * (done[-1] - done[0]), rel=0.15)
+    assert dilation * done[-1] < wall < dilation * done[-1] + 1.0  # + deploying the plan
+
+
 def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference):
     ctl = cluster.controller
     streams = [
@@ -232,3 +292,20 @@ def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference
 def test_submit_on_a_lane_without_a_plan_is_an_error(cluster):
     with pytest.raises(Exception, match="no plan deployed on lane 'nowhere'"):
         cluster.controller.submit(_inputs(1, seed=0)[0], lane="nowhere")
+
+
+# ---- the streams bench ---------------------------------------------------------------------------
+
+
+def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fidelity(tmp_path):
+    path = tmp_path / "streams.json"
+    tries = [{"fidelity": {"1": 0.99, "8": 0.9}}, {"fidelity": {"1": 0.97, "8": 0.96}}]
+    served = ("single_device", "pipelined", "independent", "joint")
+    figures = [streams_bench.Figure(name, [], (), 1.0, live_fps=1.0, tries=tries) for name in served]
+    figures.append(streams_bench.Figure("independent_pipelined", [], (), 1.0, served=False))
+    streams_bench.report(figures, streams_bench.parse(["--json", str(path)]), 0.0, 5.0, dilation=2.5)
+    result = json.loads(path.read_text())
+    assert result["settings"]["dilation"] == 2.5 and set(result["emulation"]) == set(served)
+    for emulation in result["emulation"].values():
+        assert emulation["dilation"] == 2.5 and emulation["fidelity"] == {"1": 0.97, "8": 0.9}
+        assert emulation["fidelity_min"] == 0.9
