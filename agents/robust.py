@@ -63,14 +63,6 @@ def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState,
     return worlds
 
 
-def expected_score(
-    model: CostModel, plan: Plan, scenarios: list[tuple[Snapshot | NetworkState, float]], objective: Objective
-) -> float:
-    """``plan``'s objective averaged over ``scenarios`` (``history_scenarios``): what it is expected to
-    score over the next seconds if they repeat the last ones."""
-    return float(np.mean([objective.score(model.cost(plan, conditions, t0)) for conditions, t0 in scenarios]))
-
-
 def harmonic_view(snapshot: Snapshot, pair_s: int = 2) -> Snapshot:
     """The snapshot with each link at the harmonic mean of its history's ``pair_s``-second means (the
     rate at which a transfer of about that length takes its expected time; 0 counts as ``FLOOR_MBPS``)."""

@@ -4,8 +4,8 @@ The loop keeps a live Snapshot (env/telemetry.py: bandwidth from real transfers,
 times, liveness from heartbeats) and asks the planner for a new plan every ``replan_every`` requests or
 as soon as conditions move: a link the current plan uses measures more than ``threshold`` away from what
 the plan was made for, a device's speed does, or a device leaves or returns. The new plan replaces the
-one in force only when it pays (``worth_swapping``): both priced on the same snapshot, as their expected
-score over the link history it holds (as the robust optimiser prices plans), its gain must beat ``replan_margin`` x the plan in force's score plus the swap's own cost (the measured
+one in force only when it pays (``worth_swapping``): both priced by the cost model on the same snapshot,
+its gain must beat ``replan_margin`` x the plan in force's score plus the swap's own cost (the measured
 time of recent hot swaps), so estimates that wobble do not swap plans back and forth (``replan_margin``
 None: any different plan is swapped in, the rule before this one). Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is

@@ -130,7 +130,7 @@ class Adaptive(Static):
         if not (due or moved(self.controller.plan, self.made_on, now, self.threshold)):
             return False
         self.made_on = self.watched_on = now
-        return self._swap_in(self.decide(now), now, over_history=True)
+        return self._swap_in(self.decide(now), now)
 
     def changed_mid_request(self) -> bool:
         changed, self._swapped_mid_request = self._swapped_mid_request, False
@@ -144,20 +144,18 @@ class Adaptive(Static):
         return self.decide(now)
 
     def swap_mid_request(self, plan: Plan, now: Snapshot) -> None:
-        """Swap ``plan`` (made on ``now``) in while requests run, if it pays for the swap on the conditions
-        now (it rescues a stuck request)."""
-        if self._swap_in(plan, now, over_history=False):
+        """Swap ``plan`` (made on ``now``) in while requests run, if it pays for the swap."""
+        if self._swap_in(plan, now):
             self.made_on, self._swapped_mid_request = now, True
 
-    def _swap_in(self, plan: Plan, now: Snapshot, over_history: bool) -> bool:
-        """Deploy ``plan`` if it is not the plan in force and pays for the swap (``worth_swapping``);
-        whether it was."""
+    def _swap_in(self, plan: Plan, now: Snapshot) -> bool:
+        """Deploy ``plan`` if it is not the plan in force and pays for the swap; whether it was."""
         in_force = self.controller.plan
         if plan == in_force:
             return False
         swap_s = float(np.mean(self.swaps or [0.0]))
         if self.margin is not None and not worth_swapping(
-            self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s, over_history
+            self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s
         ):
             return False
         started = time.perf_counter()

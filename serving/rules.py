@@ -3,7 +3,6 @@ running request is worth restarting on a newer plan."""
 
 from __future__ import annotations
 
-from agents.robust import expected_score, history_scenarios
 from env.cost_model import Cost, CostModel, Objective
 from env.snapshot import Snapshot, link_key
 from runtime.controller import InFlight
@@ -37,22 +36,14 @@ def worth_swapping(
     snapshot: Snapshot,
     margin: float,
     swap_s: float,
-    over_history: bool = True,
 ) -> bool:
     """Whether ``candidate`` should replace the plan in force: priced on the same ``snapshot``, its gain
     beats ``margin`` x the plan in force's score plus what the swap itself costs (``swap_s`` seconds, in
-    the objective's units). A plan in force that needs a device now down is always replaced.
-
-    Between requests (``over_history``) both are priced as the robust optimiser prices a plan: their
-    expected score over the scenarios the snapshot's link history holds, so a plan that looks better only
-    on this instant's rates, which the next second may take back, is not worth a swap. A rescue prices
-    them on the instant alone: a request is stuck now, and a history of the seconds before a collapse
-    would hide it."""
+    the objective's units). A plan in force that needs a device now down is always replaced."""
     if not in_force.devices <= snapshot.available:
         return True
-    scenarios = history_scenarios(snapshot) if over_history else [(snapshot, snapshot.time)]
-    now = expected_score(cost, in_force, scenarios, objective)
-    new = expected_score(cost, candidate, scenarios, objective)
+    now = objective.score(cost.cost(in_force, snapshot))
+    new = objective.score(cost.cost(candidate, snapshot))
     return now - new > margin * now + objective.score(Cost(swap_s, 0.0))
 
 

@@ -11,7 +11,6 @@ import torch
 import deploy
 from agents import make_planner
 from agents.base import Planner
-from agents.robust import expected_score, history_scenarios
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -118,38 +117,6 @@ def test_a_new_plan_is_swapped_in_only_when_its_gain_pays_for_the_swap(setup):
     # a plan in force on a device that is down is always replaced
     without_d1 = replace(snap, available=frozenset({"d0", "d2"}))
     assert worth_swapping(cost, objective, on_d1, local, without_d1, margin=10.0, swap_s=10.0)
-
-
-def test_between_requests_a_swap_is_judged_over_the_history_and_a_rescue_on_the_instant(setup):
-    spec, _, graph = setup
-    cost, objective = CostModel(graph, spec), Objective()
-    static = NetworkState.static(spec).snapshot(8.0)
-    n = len(graph.units)
-    on_d1 = Plan("d0", "d2", (Stage(0, n, (Assignment("d1", 1.0),)),))  # the input crosses d0-d1
-    local = make_planner("local").plan(static, graph, objective)
-    fast = replace(static, link_mbps={**static.link_mbps, ("d0", "d1"): 5000.0})
-    gain = 1.0 - cost.latency(on_d1, fast) / cost.latency(local, fast)
-    assert gain > 0.05  # d1 computes twice as fast as d0: at this instant's rates, moving pays
-    steady = replace(fast, link_history={k: (v,) * 8 for k, v in fast.link_mbps.items()})
-    assert worth_swapping(cost, objective, local, on_d1, steady, margin=gain / 2, swap_s=0.0)
-    # the same instant after seven seconds at the link's usual 50 Mbit/s: the fast second is the
-    # exception, and over the history the move does not pay
-    one_fast_second = {**steady.link_history, ("d0", "d1"): (50.0,) * 7 + (5000.0,)}
-    flaky = replace(steady, link_history=one_fast_second)
-    assert not worth_swapping(cost, objective, local, on_d1, flaky, margin=gain / 2, swap_s=0.0)
-    # a rescue judges the instant: d0-d1 fell from 5000 to 5 Mbit/s in the last second under the plan in
-    # force, which crosses it; over the history the fall counts one second in eight
-    history = {**steady.link_history, ("d0", "d1"): (5000.0,) * 7 + (5.0,)}
-    collapsed = replace(steady, link_mbps={**fast.link_mbps, ("d0", "d1"): 5.0}, link_history=history)
-    instant = 1.0 - cost.latency(local, collapsed) / cost.latency(on_d1, collapsed)
-    scenarios = history_scenarios(collapsed)
-    expected = 1.0 - (
-        expected_score(cost, local, scenarios, objective) / expected_score(cost, on_d1, scenarios, objective)
-    )
-    assert 0.0 < expected < instant
-    margin = (expected + instant) / 2
-    assert worth_swapping(cost, objective, on_d1, local, collapsed, margin, swap_s=0.0, over_history=False)
-    assert not worth_swapping(cost, objective, on_d1, local, collapsed, margin, swap_s=0.0)
 
 
 class AvoidSlowLink(Planner):
