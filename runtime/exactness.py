@@ -24,9 +24,18 @@ ATOL = 1e-5
 Reference = Callable[[torch.Tensor], torch.Tensor]  # the unsplit model
 
 
-def matches(output: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Whether a cluster's ``output`` equals the unsplit model's ``expected`` output."""
-    return bool(torch.allclose(output, expected, rtol=RTOL, atol=ATOL))
+def matches(output: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> bool:
+    """Whether a cluster's ``output`` equals the unsplit model's ``expected`` output: every element within
+    ``atol + rtol`` x the largest expected magnitude.
+
+    Rounding error grows with the output's scale, not with each element's: VGG-16's logits (largest 1.5)
+    carry 1.6e-5 of float32 error in the unsplit model itself (against float64), and a plan splitting its
+    first layers ten ways 1.2e-5; an element-wise rule would call that plan wrong on every small logit. A
+    wrong row or band is off by the signal's own size, far beyond ``rtol`` of the scale."""
+    if output.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return bool(((output - expected).abs() <= atol + rtol * scale).all())
 
 
 def reference_pool(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.exactness import ATOL, RTOL
+from runtime.exactness import ATOL, RTOL, matches
 
 log = logging.getLogger("runtime.verify")
 
@@ -49,9 +49,7 @@ class Verifier:
             return None
         with torch.no_grad():
             expected = self.reference(x)
-        if expected.shape == output.shape and torch.allclose(
-            output, expected, rtol=self.rtol, atol=self.atol
-        ):
+        if matches(output, expected, self.rtol, self.atol):
             return True
         error = (output - expected).abs().max().item() if expected.shape == output.shape else float("inf")
         self.mismatches.append(Mismatch(rid, error))
