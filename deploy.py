@@ -52,7 +52,7 @@ from cli.scenarios import parse_with_scenario, timed_drop
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
-from env.profiles import host_profile, pacing_gflops, resolve_profile
+from env.profiles import host_profile, pacing, resolve_profile
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.fidelity import print_fidelity
@@ -118,7 +118,7 @@ def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, o
     summary = report.summary()
     summary["rss_mb"] = report.rss_mb
     fidelity = cluster.controller.fidelity.per_device()
-    print_fidelity(fidelity, cluster.dilation, console, f" of {label}")
+    print_fidelity(fidelity, cluster.dilation, cluster.pacing, console, f" of {label}")
     summary["fidelity"] = fidelity
     summary["fidelity_min"] = min(fidelity.values(), default=None)
     return summary
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_network(parser)
     flags.add_cost_model(parser)
     flags.add_profile(parser)
+    flags.add_pacing(parser)
     parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
     flags.add_json(parser)
     parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
@@ -265,7 +266,7 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
         seed=args.seed,
         link_schedules=links,
         network=args.network,
-        host_gflops=pacing_gflops(profile or host_profile(graph, same_host=True, say=console.print)),
+        **pacing(profile or host_profile(graph, same_host=True, say=console.print), args.pacing),
     ) as cluster:
         return [
             run_agent(agent, cluster, model, cost, args, Path(args.out)) for agent in args.agents.split(",")
@@ -281,6 +282,9 @@ def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
         seed=args.seed,
         chaos=args.chaos,
         dilation=args.dilation,
+        cost_model=args.cost,
+        profile_file=args.profile,
+        pacing_mode=args.pacing,
         out_dir=Path(args.out),
         json_path=args.json,
         console=console,

@@ -2,7 +2,7 @@
 
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
       [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--failures PER_MIN] \
-      [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D]
+      [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D] [--pacing cpu]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--network kernel] [--json OUT]
 
 Both take ``--scenario NAME|FILE`` (configs/scenarios, cli/scenarios.py): a YAML file that may set every
@@ -20,7 +20,10 @@ compute speed; ``fidelity_min`` in the JSON, a warning below 0.95).
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` to use another), or with ``--cost flops`` on FLOPs alone; live
-runs pace the emulated devices by the profile (this host's profile with ``--cost flops``).
+runs pace the emulated devices by the profile (this host's profile with ``--cost flops``): each band
+takes the profile's seconds for it, so live and sim differ only by what the runtime does; ``--pacing cpu``
+paces each band by the CPU time its real computation took instead (runtime/emulation.py says why that
+is not the default).
 
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
@@ -46,7 +49,7 @@ from cli.output import write_json
 from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
-from env.profiles import host_profile, pacing_gflops, resolve_profile
+from env.profiles import host_profile, pacing, resolve_profile
 from runtime import models
 from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
@@ -134,9 +137,11 @@ def comparison_report(args: argparse.Namespace, cluster: str, records, emulation
 def calibrate(args) -> dict:
     """Run random plans on an emulated local cluster; compare measured latency and energy with predictions.
 
-    Two predictions per plan: the default model (this host's cached compute profile, or ``--profile``;
-    the emulation paces by its reference speed) and FLOPs with device GFLOP/s alone, so the report shows
-    which term of the model an error comes from.
+    Two predictions per plan: the default model (this host's cached compute profile, or ``--profile``)
+    and FLOPs with device GFLOP/s alone, so the report shows which term of the model an error comes from.
+    The emulation paces compute by the profile (``--pacing``): the profile's error is then that of
+    everything but compute (transfers, radios, queues, energy); ``--pacing cpu`` adds this host's real
+    compute, co-location cost included.
     """
     spec, model, graph, world = load_problem(args)
     profile = resolve_profile(graph, "profile", args.profile, same_host=True, say=console.print)
@@ -191,16 +196,16 @@ def paced_by(graph):
 
 
 def cluster_options(args, profile) -> dict:
-    """The emulated cluster's pacing: by the profile's reference speed (what it predicts), dilated by
-    ``--dilation`` (default: automatic for this host)."""
-    return {"host_gflops": pacing_gflops(profile), "dilation": args.dilation}
+    """The emulated cluster's pacing: by the profile (``--pacing``), dilated by ``--dilation`` (default:
+    automatic for this host)."""
+    return pacing(profile, args.pacing) | {"dilation": args.dilation}
 
 
 def fidelity_report(session) -> dict:
     """Print the live run's per-device fidelity; its JSON fields."""
     fidelity, dilation = session.controller.fidelity.per_device(), session.cluster.dilation
-    print_fidelity(fidelity, dilation, console)
-    return fidelity_fields(fidelity, dilation)
+    print_fidelity(fidelity, dilation, session.cluster.pacing, console)
+    return fidelity_fields(fidelity, dilation, session.cluster.pacing)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -211,6 +216,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     flags.add_links(shared)
     flags.add_profile(shared)
     flags.add_dilation(shared)
+    flags.add_pacing(shared)
     flags.add_json(shared)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -30,6 +30,11 @@ SLO are in the emulated cluster's time (serving/streams.py). Each figure prints 
 runs), with a warning below 0.95; the JSON records ``dilation`` and ``fidelity_min`` per figure under
 ``emulation``.
 
+Planning uses this host's profile of the model and the emulated devices are paced by it (env/profiles.py),
+so a live figure differs from its prediction only by what the runtime does; a reduced ``--input-size`` has
+no profile, so it is planned on FLOPs alone and paced by CPU time (the JSON records ``cost_model`` and
+``pacing``).
+
 ``--slowdown K`` plans and serves a cluster whose every device and link is K times slower, and
 ``--input-size S`` serves S x S images (compute and bytes scale with the area); both scale every time
 alike (the SLO too), so the ratios keep their meaning, and the JSON records both. The dilation makes
@@ -56,8 +61,9 @@ from cli import flags
 from cli.output import write_json
 from cli.scenarios import load_scenario
 from env.contention import Contention
-from env.cost_model import CostModel
+from env.cost_model import CostModel, Profile
 from env.network import NetworkState
+from env.profiles import host_profile, pacing
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.fidelity import fidelity_fields, print_fidelity
@@ -177,9 +183,9 @@ def slowed(base: ClusterSpec, slowdown: float) -> ClusterSpec:
     )
 
 
-def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float) -> list[Figure]:
-    """The figures, planned on the cost model's contention pricing, printed."""
-    cost = CostModel(graph, spec)
+def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float, profile: Profile | None) -> list[Figure]:
+    """The figures, planned on the cost model's contention pricing (on ``profile``, else FLOPs), printed."""
+    cost = CostModel(graph, spec, profile)
     snapshot = NetworkState.static(spec).snapshot(0.0)
     planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
     contention = Contention(cost)
@@ -222,10 +228,13 @@ def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float) -> list[Figur
     return figures
 
 
-def serve_figures(figures: list[Figure], spec: ClusterSpec, shape: tuple[int, int, int], args) -> float:
+def serve_figures(
+    figures: list[Figure], spec: ClusterSpec, shape: tuple[int, int, int], args, profile: Profile | None
+) -> tuple[float, str]:
     """Serve every figure live on one emulated cluster of ``spec`` (the one they were planned on) dilated
     ``--dilation`` times (default: automatic), printing each figure's fidelity (``--kill``: a worker of
-    the joint plans dies halfway through the joint run); the dilation used."""
+    the joint plans dies halfway through the joint run); the dilation used and what compute was paced by
+    (the profile the figures were planned on; CPU time for a reduced input, which no profile covers)."""
     with (
         torch.no_grad(),
         LocalCluster(
@@ -234,6 +243,7 @@ def serve_figures(figures: list[Figure], spec: ClusterSpec, shape: tuple[int, in
             input_shape=shape,
             dilation=args.dilation,
             start_timeout_s=600.0,  # ten workers loading VGG-16 on a busy host
+            **({} if profile is None else pacing(profile)),
         ) as cluster,
     ):
         console.print(f"emulation: time dilation {cluster.dilation:g}")
@@ -244,8 +254,8 @@ def serve_figures(figures: list[Figure], spec: ClusterSpec, shape: tuple[int, in
                 ends = set(SOURCES) | {SINK}
                 kill = next((d for p in f.plans for d in p.devices if d not in ends), None)
             serve_live(cluster, f, reference, args, kill)
-            print_fidelity(f.fidelity, cluster.dilation, console, f" of {f.name}")
-        return cluster.dilation
+            print_fidelity(f.fidelity, cluster.dilation, cluster.pacing, console, f" of {f.name}")
+        return cluster.dilation, cluster.pacing
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,17 +269,26 @@ def main(argv: list[str] | None = None) -> None:
         f"planning (SLO {slo:.2f} s, slowdown {args.slowdown:g}, {args.input_size}x{args.input_size}) ..."
     )
     spec = slowed(base, args.slowdown)
-    figures = plan_figures(spec, graph, slo)
-    dilation = None if args.no_live else serve_figures(figures, spec, shape, args)
-    report(figures, args, started, slo, dilation)
+    profile = None
+    if shape == models.input_shape(MODEL):
+        profile = host_profile(graph, same_host=True, say=console.print)
+    else:
+        console.print(
+            f"no profile covers {args.input_size}x{args.input_size} inputs: planning on FLOPs alone"
+        )
+    figures = plan_figures(spec, graph, slo, profile)
+    dilation, paced_by = (None, None) if args.no_live else serve_figures(figures, spec, shape, args, profile)
+    report(figures, args, started, slo, dilation, paced_by)
 
 
 def _planned(planned) -> tuple[tuple[Plan, ...], float]:
     return planned.plans, planned.fps
 
 
-def report(figures: list[Figure], args, started: float, slo: float, dilation: float | None) -> None:
-    """The table, the ratios and the JSON (``dilation``: the live runs', None without them)."""
+def report(
+    figures: list[Figure], args, started: float, slo: float, dilation: float | None, pacing: str | None
+) -> None:
+    """The table, the ratios and the JSON (``dilation``, ``pacing``: the live runs', None without them)."""
     by = {f.name: f for f in figures}
     table = Table(
         title=f"{MODEL} on disnet-mesh0 at 15 Mbit/s, frames/s per stream ({time.time() - started:.0f} s)"
@@ -303,12 +322,13 @@ def report(figures: list[Figure], args, started: float, slo: float, dilation: fl
             "dilation": dilation,
             "slowdown": args.slowdown,
             "input_size": args.input_size,
+            "cost_model": "flops" if args.input_size != models.input_shape(MODEL)[1] else "profile",
             "slo_s": slo,
             "frames": args.frames,
         },
         "plans": {f.name: [p.describe() for p in f.plans] for f in figures},
         "live_runs": {f.name: f.tries for f in figures if f.served} if not args.no_live else {},
-        "emulation": {f.name: fidelity_fields(f.fidelity, dilation) for f in figures if f.served}
+        "emulation": {f.name: fidelity_fields(f.fidelity, dilation, pacing) for f in figures if f.served}
         if not args.no_live
         else {},
     }

@@ -136,6 +136,17 @@ def add_dilation(
     parser.add_argument("--dilation", type=dilation_factor, default=None, help=help)
 
 
+def add_pacing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pacing",
+        choices=("profile", "cpu"),
+        default="profile",
+        help="what an emulated device's compute time follows: the profile's seconds for each band (the "
+        "cost model's compute, so live runs differ from the sim only by the runtime), or the CPU time the "
+        "real computation took on this shared host (cpu)",
+    )
+
+
 def add_json(parser: argparse.ArgumentParser, help: str = "write the result as JSON here") -> None:
     parser.add_argument("--json", type=Path, default=None, help=help)
 

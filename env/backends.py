@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from env.plan_arrays import PlanArrays
-from env.profiles import pacing_gflops
+from env.profiles import pacing
 from env.snapshot import link_key
 from runtime import models
 from runtime.exactness import reference_pool, run_checked
@@ -86,15 +86,14 @@ class LiveBackend:
         spec = sim.world.spec
         cluster = self._clusters.get(spec.name)
         if cluster is None:
+            if self.host_gflops is not None:  # paced by CPU time at this speed
+                pace: dict[str, Any] = {"host_gflops": self.host_gflops}
+            else:  # paced as the simulator predicts (by CPU time at the host's speed for the FLOPs model)
+                pace = {} if sim.profile is None else pacing(sim.profile)
             cluster = LocalCluster(
-                spec,
-                model=sim.config.model,
-                seed=self.seed,
-                host_gflops=self.host_gflops or pacing_gflops(sim.profile),  # paced as the simulator predicts
-                start_timeout_s=self.start_timeout_s,
+                spec, model=sim.config.model, seed=self.seed, start_timeout_s=self.start_timeout_s, **pace
             )
             cluster.start()
-            self.host_gflops = cluster.host_gflops
             self._clusters[spec.name] = cluster
         self._cluster = cluster
         ctl = cluster.controller
@@ -104,7 +103,7 @@ class LiveBackend:
             link_key(ln.a, ln.b): world.link_schedule(ln.a, ln.b).shifted(self._offset) for ln in spec.links
         }
         speeds = {d: world.speed_schedule(d).shifted(self._offset) for d in spec.devices}
-        ctl.configure(Emulation(cluster.host_gflops, links, speeds))
+        ctl.configure(Emulation(cluster.host_gflops, links, speeds, unit_seconds=cluster.unit_seconds))
         if self._input is None:
             unsplit = models.build(sim.config.model, seed=self.seed)
             shape = models.input_shape(sim.config.model)

@@ -14,8 +14,8 @@ written there atomically; a file is validated against the model before use (form
 unit names and count, finite non-negative seconds, positive reference speed) and, where its seconds pace
 emulated workers, against this host's name. Anything wrong is a ``ProfileError`` naming the file.
 
-Emulated live runs pace their devices by the same profile (``pacing_gflops``), corrected for how much
-slower or faster this host runs now than when the profile was measured.
+Emulated live runs pace their devices by the same profile (``pacing``): each band takes the seconds the
+profile gives it (``--pacing cpu``: the CPU time its real computation took, scaled to the device).
 """
 
 from __future__ import annotations
@@ -147,17 +147,24 @@ def resolve_profile(
     return host_profile(graph, profile, same_host=same_host, say=say)
 
 
-def pacing_gflops(profile: Profile | None) -> float | None:
-    """The host speed emulated workers pace by (``LocalCluster(host_gflops=...)``) so that they do what
-    the profile predicts; None (measure the host now) for the FLOPs model.
+PACINGS = ("profile", "cpu")
 
-    Pacing scales each computation's CPU time, and a CPU second of this host does less work when other
-    processes load its cores and caches than when the profile was measured. So the profile's reference
-    speed is scaled by how much slower the probe convolution runs now than then (medians of its CPU
-    time): the devices then compute at the speed the profile predicts at any load.
+
+def pacing(profile: Profile, mode: str = "profile") -> dict:
+    """``LocalCluster`` options that pace emulated devices as ``profile`` predicts.
+
+    ``profile`` (the default): each band takes the profile's seconds for it (runtime/emulation.py says why).
+    ``cpu``: each band takes the CPU time its real computation took, scaled by the profile's reference
+    speed, itself scaled by how much slower the probe convolution runs now than when the profile was
+    measured (medians of its CPU time), since a CPU second of this host does less work when other
+    processes load its cores and caches. Under ``cpu`` every live figure also carries the host's
+    co-location cost.
     """
-    if profile is None:
-        return None
+    if mode not in PACINGS:
+        raise ProfileError(f"pacing must be one of {', '.join(PACINGS)}, not {mode!r}")
+    if mode == "profile":
+        return {"host_gflops": profile.reference_gflops, "unit_seconds": profile.unit_seconds}
     if profile.probe_cpu_s is None:
-        return profile.reference_gflops
-    return profile.reference_gflops * profile.probe_cpu_s / statistics.median(conv_cpu_seconds(1.0))
+        return {"host_gflops": profile.reference_gflops}
+    now = statistics.median(conv_cpu_seconds(1.0))
+    return {"host_gflops": profile.reference_gflops * profile.probe_cpu_s / now}

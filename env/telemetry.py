@@ -34,10 +34,13 @@ seconds would see only the tail of a slow request and forget the links its early
   describe the link before the change): a collapse is seen while the first transfer it slows down is
   still crawling, not only when the request that crosses it is done, and a request rescued then is not
   moved onto links that only look fast because nothing has crossed them since;
-- speed factor: achieved FLOP/s of the compute tasks *received* since the previous snapshot over the
-  device's nominal GFLOP/s, capped at the median over the devices that computed (small bands run below a
-  device's peak for reasons that have nothing to do with the device; only a device clearly slower than
-  the rest is slow); a device that computed nothing gets that median; no new tasks, no change. Compute
+- speed factor: for an emulated device, the seconds its compute tasks *received* since the previous
+  snapshot take at its nominal speed (which the worker knows: its pacing) over the seconds they took, so
+  exactly its speed factor times its fidelity. A device that does not know its nominal times (a real one)
+  gets its achieved FLOP/s over its nominal GFLOP/s, capped at the median over such devices that computed
+  (small bands run below a device's peak for reasons that have nothing to do with the device; only a
+  device clearly slower than the rest is slow); a device that computed nothing gets that median; no new
+  tasks, no change. Compute
   samples arrive with their request's end, stamped with their own (earlier) end times, so a snapshot
   taken while requests run (serving re-plans mid-request) must not pick them by end time: it would see
   only a finished request's last tasks;
@@ -230,9 +233,16 @@ class LiveView:
             new.append(sample)
         if samples:
             self._last_compute = samples[-1]
-        achieved: dict[str, list[float]] = {}
-        for _, device, flops, seconds in new:
-            if seconds > 0 and flops > 0:
+        timed: dict[str, list[float]] = {}  # per device: seconds at nominal speed, seconds taken
+        achieved: dict[str, list[float]] = {}  # per device without the former: FLOPs, seconds taken
+        for _, device, flops, seconds, nominal in new:
+            if seconds <= 0:
+                continue
+            if nominal is not None:
+                acc = timed.setdefault(device, [0.0, 0.0])
+                acc[0] += nominal
+                acc[1] += seconds
+            elif flops > 0:
                 acc = achieved.setdefault(device, [0.0, 0.0])
                 acc[0] += flops
                 acc[1] += seconds
@@ -240,6 +250,8 @@ class LiveView:
         if factors:
             typical = float(np.median(list(factors.values())))
             self.speed = {d: min(factors.get(d, typical), typical) for d in self.spec.devices}
+        if timed:
+            self.speed |= {d: nominal / seconds for d, (nominal, seconds) in timed.items()}
 
     def _record_history(self, now: float) -> None:
         second, last = int(now), self._second

@@ -10,7 +10,8 @@
 Each worker is ``python -m runtime.worker`` on a free loopback port, with one torch thread, in its own
 process group. The seeded model is exported once to a temporary checkpoint that the workers map into
 memory unit by unit. With ``emulate=True`` (the default) the workers pace their compute to the spec's
-device speeds (relative to this host's single-thread GFLOP/s, measured once) and shape their radios to
+device speeds (relative to this host's single-thread GFLOP/s, measured once; with ``unit_seconds``, a
+profile measured at ``host_gflops``, by the profile's seconds for each band) and shape their radios to
 the spec's links, or to ``link_schedules``/``speed_schedules``. With ``network="kernel"`` each worker runs
 in its own network namespace and the kernel shapes the links instead of the workers' radio timers
 (``runtime.kernel_network``: root only; the controller then reaches the workers over unix sockets).
@@ -98,6 +99,7 @@ class LocalCluster:
         link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None,
         speed_schedules: Mapping[str, ScheduleLike] | None = None,
         host_gflops: float | None = None,
+        unit_seconds: tuple[float, ...] | None = None,
         dilation: float | None = 1.0,
         replan: Replanner | None = None,
         curve_keys: str | Path | None = None,
@@ -118,6 +120,7 @@ class LocalCluster:
         self.link_schedules = link_schedules
         self.speed_schedules = speed_schedules
         self.host_gflops = host_gflops
+        self.unit_seconds = unit_seconds
         self.dilation = dilation
         self.replan = replan
         self.curve_keys = Path(curve_keys) if curve_keys is not None else None
@@ -136,6 +139,11 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def pacing(self) -> str:
+        """What emulated compute follows: the profile's seconds per band, or the real computation's CPU."""
+        return "cpu" if self.unit_seconds is None else "profile"
 
     @property
     def workdir(self) -> Path:
@@ -166,7 +174,11 @@ class LocalCluster:
             emulation = None
             if self.emulate:
                 emulation = Emulation(
-                    self.host_gflops, self.link_schedules, self.speed_schedules, self.dilation
+                    self.host_gflops,
+                    self.link_schedules,
+                    self.speed_schedules,
+                    self.dilation,
+                    self.unit_seconds,
                 )
             self.controller = Controller(
                 self.spec,

@@ -204,8 +204,9 @@ class Controller:
         return self.telemetry.link_samples
 
     @property
-    def compute_samples(self) -> deque[tuple[float, str, int, float]]:
-        """(end, device, FLOPs, seconds) of the tasks of every finished request."""
+    def compute_samples(self) -> deque[tuple[float, str, int, float, float | None]]:
+        """(end, device, FLOPs, seconds, seconds at the device's nominal speed: emulated devices only, else
+        None) of the tasks of every finished request."""
         return self.telemetry.compute_samples
 
     @property

@@ -2,9 +2,12 @@
 
 Real outputs are always computed; only timing is shaped, with the semantics env/cost_model.py predicts:
 
-- compute pacing: a worker measures the thread CPU time of its real computation and sleeps until
-  ``cpu_s * slowdown / speed(t)`` wall seconds have passed since it started, where
-  ``slowdown = host_gflops / device_gflops`` and ``speed`` is the device's speed-factor schedule;
+- compute pacing: a worker computes a band for real and sleeps until ``work_s * slowdown / speed(t)``
+  wall seconds have passed since it started, where ``slowdown = host_gflops / device_gflops``, ``speed``
+  is the device's speed-factor schedule and ``work_s`` the band's work in seconds of the reference host:
+  with a profile (``Emulation.unit_seconds``, the default of every tool) the profile's seconds for the
+  band (its per-unit seconds times the fraction of each unit's rows the band computes, halo included),
+  else the thread CPU time the real computation took;
 - one radio per device: a hop of B bytes to neighbour n starting at t holds the sender's radio for
   ``schedule.transfer_time(B, t - epoch)`` seconds (exact integration of the link's trace) and arrives
   ``latency_s`` after the radio is free again;
@@ -17,6 +20,15 @@ runs D x slower than the one it emulates: devices compute D x slower, links carr
 latencies and every schedule's time axis stretch by D; the controller divides every time it reports by D
 (and multiplies measured rates by D), so results are in the emulated cluster's time. ``auto_dilation``
 picks D from the host's cores and speed against the cluster's total device speed, with headroom.
+
+Why pace by the profile. Ten emulated devices share this host's cores and caches, so the CPU time of a
+band grows with how many others compute beside it (measured: 10-40% for whole stages, 2-3x for bands of a
+few rows); a real device has its core and cache to itself. Pacing by CPU time put that co-location cost
+into every live figure, most into wide plans. Pacing by the profile gives each device exactly the compute
+speed the cost model assumes, and the real computation only has to fit inside its target: the fidelity
+meter (runtime/fidelity.py) reports when it does not. What the profile itself gets wrong about real
+devices is measured against real workers (``python -m runtime.profiler --cluster``, ``evaluate.py
+calibrate``), not against an emulation of them.
 
 Schedules travel to the workers as ``runtime.schedule.Trace`` arrays. The transport has no float64, so
 times and values are shipped bit for bit as int64 views: both ends integrate the identical series.
@@ -35,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.graph import LayerGraph, Rows
 from runtime.schedule import Trace, constant
 from runtime.spec import ClusterSpec, PowerProfile
 
@@ -90,9 +103,22 @@ class DeviceEmulation:
     slowdown: float
     speed: Trace
     links: Mapping[str, LinkShape]
+    unit_seconds: tuple[float, ...] | None = None  # the profile pacing follows (None: pace by CPU time)
+
+    def band_work(self, graph: LayerGraph, start: int, end: int, out: Rows) -> float | None:
+        """The profile's reference seconds for output rows ``out`` of stage ``[start, end)`` (None when
+        pacing by CPU time)."""
+        if self.unit_seconds is None:
+            return None
+        if len(self.unit_seconds) != len(graph.units):
+            raise ValueError(
+                f"the pacing profile has {len(self.unit_seconds)} units, model {graph.name} has "
+                f"{len(graph.units)}: the cluster was configured for another model"
+            )
+        return sum(self.unit_seconds[u] * f for u, f in graph.unit_fractions(start, end, out))
 
     def pacing_factor(self, wall: float) -> float:
-        """Wall seconds per CPU second of real computation for work starting at ``wall``."""
+        """Wall seconds per reference second of work starting at ``wall``."""
         factor = float(self.speed.bandwidth_at(wall - self.epoch))
         return math.inf if factor <= 0 else self.slowdown / factor
 
@@ -113,15 +139,20 @@ class Paced:
     """What one paced computation measured."""
 
     cpu_s: float  # thread CPU time of the real computation
-    target_s: float  # cpu_s times the pacing factor: the emulated compute time
+    target_s: float  # the work (profile seconds, else cpu_s) times the pacing factor: emulated compute time
     start: float  # wall clock
     end: float  # wall clock, >= start + target_s
+    nominal_s: float | None = None  # the work at the device's nominal speed (speed factor 1); None unpaced
 
 
 def paced(
-    fn: Callable[[], T], emulation: DeviceEmulation | None, abort: Callable[[], bool] | None = None
+    fn: Callable[[], T],
+    emulation: DeviceEmulation | None,
+    abort: Callable[[], bool] | None = None,
+    work_s: float | None = None,
 ) -> tuple[T, Paced]:
-    """Run ``fn`` and, when emulating, sleep until its emulated compute time has passed.
+    """Run ``fn`` and, when emulating, sleep until its emulated compute time has passed: ``work_s``
+    reference seconds (the profile's, ``DeviceEmulation.band_work``), or its CPU time when None.
 
     ``abort()`` cuts the emulated sleep short (the work was cancelled: the device is free again at
     once, as a real one would be after dropping the task); the caller checks why and drops the output.
@@ -132,11 +163,12 @@ def paced(
     if emulation is None:
         end = time.time()
         return out, Paced(cpu, end - start, start, end)
-    target = cpu * emulation.pacing_factor(start)
+    work = cpu if work_s is None else work_s
+    target = work * emulation.pacing_factor(start)
     if not math.isfinite(target):
         raise RuntimeError("device speed factor is 0: the emulated device never finishes")
     sleep_until(start + target, abort)
-    return out, Paced(cpu, target, start, time.time())
+    return out, Paced(cpu, target, start, time.time(), work * emulation.slowdown)
 
 
 ABORT_POLL_S = 0.02  # how often an abortable sleep checks its condition
@@ -223,17 +255,22 @@ class Emulation:
 
     ``link_schedules`` maps a device pair (either order) to its bandwidth (Mbit/s, number or Trace),
     default the spec's constant bandwidth; ``speed_schedules`` maps a device to its speed factor
-    (1.0 = the spec's gflops), default 1.
+    (1.0 = the spec's gflops), default 1. ``unit_seconds``: a profile's per-unit seconds on a reference
+    host of ``host_gflops``, which devices are paced by (module docstring); None paces by CPU time, with
+    ``host_gflops`` this host's speed.
     """
 
     host_gflops: float
     link_schedules: Mapping[tuple[str, str], ScheduleLike] | None = None
     speed_schedules: Mapping[str, ScheduleLike] | None = None
     dilation: float = 1.0
+    unit_seconds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.dilation) and self.dilation >= 1.0):
             raise ValueError(f"time dilation must be a finite number >= 1, got {self.dilation}")
+        if self.unit_seconds is not None and not all(math.isfinite(s) and s >= 0 for s in self.unit_seconds):
+            raise ValueError("pacing profile: unit seconds must be finite and >= 0")
 
     def for_device(self, spec: ClusterSpec, device: str, epoch: float) -> DeviceEmulation:
         links = {
@@ -252,7 +289,8 @@ class Emulation:
             schedule = dilate(links.get(frozenset((device, n)), constant(link.mbps)), d, 1.0 / d)
             shapes[n] = LinkShape(schedule, link.latency_s * d)
         speed = dilate(as_schedule(speeds.get(device, 1.0), f"speed of {device}"), d, 1.0)
-        return DeviceEmulation(epoch, d * self.host_gflops / spec.devices[device].gflops, speed, shapes)
+        slowdown = d * self.host_gflops / spec.devices[device].gflops
+        return DeviceEmulation(epoch, slowdown, speed, shapes, self.unit_seconds)
 
 
 def dilate(trace: Trace, dilation: float, value_scale: float) -> Trace:
@@ -315,7 +353,11 @@ def emulation_to_wire(emu: DeviceEmulation) -> tuple[dict[str, Any], list[torch.
         "slowdown": emu.slowdown,
         "speed": put(emu.speed),
         "links": {n: {"latency": s.latency_s, "schedule": put(s.schedule)} for n, s in emu.links.items()},
+        "unit_seconds": None,
     }
+    if emu.unit_seconds is not None:
+        meta["unit_seconds"] = len(tensors)
+        tensors.append(torch.from_numpy(np.array(emu.unit_seconds, dtype=np.float64).view(np.int64)))
     return meta, tensors
 
 
@@ -337,4 +379,11 @@ def emulation_from_wire(meta: Any, tensors: list[torch.Tensor]) -> DeviceEmulati
         if not (math.isfinite(latency) and latency >= 0):
             raise ValueError(f"link to {n}: latency must be >= 0")
         links[str(n)] = LinkShape(get(entry["schedule"], f"link to {n}"), latency)
-    return DeviceEmulation(epoch, slowdown, get(meta["speed"], "speed"), links)
+    unit_seconds = None
+    if (i := meta["unit_seconds"]) is not None:
+        if type(i) is not int or not 0 <= i < len(tensors) or tensors[i].dtype != torch.int64:
+            raise ValueError(f"pacing profile: tensor index {i!r} out of range or not int64")
+        unit_seconds = tuple(tensors[i].numpy().view(np.float64).tolist())
+        if not all(math.isfinite(s) and s >= 0 for s in unit_seconds):
+            raise ValueError("pacing profile: unit seconds must be finite and >= 0")
+    return DeviceEmulation(epoch, slowdown, get(meta["speed"], "speed"), links, unit_seconds)

@@ -1,10 +1,10 @@
 """Fidelity of an emulated run: did every device compute as fast as the cluster it emulates says?
 
-An emulated device paces each computation to a target wall time (its thread's CPU time x slowdown /
-speed, runtime/emulation.py). When the host cannot give the device's thread the CPU it needs (more
-devices computing at once than free cores, other processes), the real computation alone outlasts the
-target and the device runs below its nominal speed; wide plans suffer most, so a live comparison of
-planners would be skewed. A device's fidelity is its achieved speed over its nominal one: the targets of
+An emulated device paces each computation to a target wall time (the profile's seconds for the band,
+or its thread's CPU time, times slowdown / speed: runtime/emulation.py). When the host cannot give the
+device's thread the CPU it needs (more devices computing at once than free cores, other processes), the
+real computation alone outlasts the target and the device runs below its nominal speed; wide plans
+suffer most, so a live comparison of planners would be skewed. A device's fidelity is its achieved speed over its nominal one: the targets of
 its computations over the wall time they took (1 when every computation met its target). Below
 ``FIDELITY_WARN`` the run is not faithful: raise the time dilation (``--dilation``).
 """
@@ -48,19 +48,24 @@ class FidelityMeter:
         return min(self.per_device().values(), default=None)
 
 
-def fidelity_fields(fidelity: Mapping[str, float], dilation: float) -> dict[str, Any]:
-    """A live run's emulation as its JSON records it: the dilation, each device's fidelity, the least."""
+def fidelity_fields(fidelity: Mapping[str, float], dilation: float, pacing: str) -> dict[str, Any]:
+    """A live run's emulation as its JSON records it: what compute followed (``pacing``: profile or cpu),
+    the dilation, each device's fidelity, the least."""
     return {
+        "pacing": pacing,
         "dilation": dilation,
         "fidelity": dict(fidelity),
         "fidelity_min": min(fidelity.values(), default=None),
     }
 
 
-def print_fidelity(fidelity: Mapping[str, float], dilation: float, console: Console, title: str = "") -> None:
+def print_fidelity(
+    fidelity: Mapping[str, float], dilation: float, pacing: str, console: Console, title: str = ""
+) -> None:
     """Per-device fidelity as a table, and a warning naming the devices below ``FIDELITY_WARN``."""
     table = Table(
-        title=f"emulation fidelity{title} (achieved / nominal compute speed, dilation {dilation:g})"
+        title=f"emulation fidelity{title} (achieved / nominal compute speed, dilation {dilation:g}, "
+        f"paced by {pacing})"
     )
     for d in fidelity:
         table.add_column(d, justify="right")

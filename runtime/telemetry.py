@@ -52,7 +52,8 @@ class Telemetry:
     def __init__(self, spec: ClusterSpec, history: int = 4096):
         self.spec = spec
         self.link_samples: deque[tuple[float, str, str, int, float]] = deque(maxlen=history)
-        self.compute_samples: deque[tuple[float, str, int, float]] = deque(maxlen=history)
+        # (end, device, FLOPs, seconds, seconds at nominal speed or None): env/telemetry.py's speed factors
+        self.compute_samples: deque[tuple[float, str, int, float, float | None]] = deque(maxlen=history)
         self.fidelity = FidelityMeter()  # achieved over nominal compute speed per device (emulation)
         self._history = history
         self._in_transit: dict[tuple[str, int], _OnAir] = {}  # (device, its transfer id) -> transfer
@@ -78,7 +79,8 @@ class Telemetry:
         events = list(events)
         for e in events:
             if e["ev"] == "compute":
-                self.compute_samples.append((e["end"], e["device"], e["flops"], e["end"] - e["start"]))
+                sample = (e["end"], e["device"], e["flops"], e["end"] - e["start"], e.get("nominal"))
+                self.compute_samples.append(sample)
         self.fidelity.add(events)
 
     def progress(self, dev: str, meta: dict[str, Any]) -> TransferReport | None:

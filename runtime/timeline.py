@@ -8,6 +8,7 @@ clock, and ``build_timeline`` sums them into per-device times and energy and per
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,10 @@ _EVENT_FIELDS = {
 }
 
 
+_OPTIONAL_FIELDS = {"compute": ("nominal",)}  # emulated devices only: seconds at nominal speed
+
 _EVENT_TIMES = ("t", "ready", "start", "end", "queued", "arrive")  # wall-clock instants
-_EVENT_SPANS = ("target",)  # wall-clock durations
+_EVENT_SPANS = ("target", "nominal")  # wall-clock durations
 
 
 def undilated(e: dict[str, Any], epoch: float, dilation: float) -> dict[str, Any]:
@@ -105,6 +108,10 @@ def checked_event(e: Any, device: str, parts: Mapping[str, Deployment]) -> dict[
             if value not in parts:
                 raise ValueError(f"telemetry names device {value!r} outside the plan")
         elif type(value) not in (int, float) or value != value:
+            raise ValueError(f"telemetry field {key} is {value!r}")
+    for key in _OPTIONAL_FIELDS.get(e["ev"], ()):
+        value = e.get(key)
+        if value is not None and (type(value) not in (int, float) or not 0 <= value < math.inf):
             raise ValueError(f"telemetry field {key} is {value!r}")
     return e | {"device": device}
 

@@ -132,9 +132,15 @@ class RequestFlow:
                     band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
                     return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
 
+                work_s = None
+                if emulation is not None:
+                    work_s = emulation.band_work(graph, task.start, task.end, task.out_rows)
                 with self.state.computing(dep, rid):
                     out, p = paced(
-                        run, emulation, abort=lambda dep=dep, rid=rid: not self.state.live(dep, rid)
+                        run,
+                        emulation,
+                        abort=lambda dep=dep, rid=rid: not self.state.live(dep, rid),
+                        work_s=work_s,
                     )
             except Exception as exc:  # a bad band or a broken model: report, keep serving
                 log.exception("%s: task of stage %d failed", self.device, task.stage)
@@ -147,7 +153,10 @@ class RequestFlow:
             if not self.state.live(dep, rid):
                 continue  # cancelled while it computed (and reported as such): the output is not wanted
             event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
-            self.record(dep, rid, event | {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops})
+            event |= {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops}
+            if p.nominal_s is not None:  # what the band takes at the device's nominal speed (telemetry)
+                event["nominal"] = p.nominal_s
+            self.record(dep, rid, event)
             for s in task.sends:
                 try:
                     self._send(dep, rid, s, take_rows(out, task.out_rows, s.rows), p.end)

@@ -23,6 +23,7 @@ from agents.base import Planner
 from agents.streams import StreamsPlan
 from env.cost_model import CostModel
 from env.network import NetworkState
+from env.profiles import host_profile, pacing, resolve_profile
 from env.snapshot import Snapshot
 from runtime import models
 from runtime.cluster import LocalCluster
@@ -48,16 +49,21 @@ def deploy_streams(
     seed: int,
     chaos: bool,
     dilation: float | None,
+    cost_model: str = "profile",
+    profile_file: str | Path | None = None,
+    pacing_mode: str = "profile",
     out_dir: Path,
     json_path: Path | None,
     console: Console,
 ) -> StreamsRun:
-    """Plan the streams on ``spec``, serve them on a local emulated cluster dilated ``dilation`` times
-    (None: automatic) and write their reports."""
+    """Plan the streams on ``spec`` (on this host's profile of the model, or ``profile_file``; FLOPs alone
+    for ``cost_model="flops"``), serve them on a local emulated cluster dilated ``dilation`` times (None:
+    automatic) and paced by the profile (``pacing_mode``, env/profiles.py), and write their reports."""
     name = streams.streams[0].model
     model = models.build(name, seed=seed)
     graph = LayerGraph.from_model(model, models.input_shape(name), name)
-    cost = CostModel(graph, spec)
+    profile = resolve_profile(graph, cost_model, profile_file, same_host=True, say=console.print)
+    cost = CostModel(graph, spec, profile)
     snapshot = NetworkState.static(spec).snapshot(0.0)
     planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
     planned = _plan(streams, planner, cost, snapshot, graph, console)
@@ -65,7 +71,8 @@ def deploy_streams(
     if min(fps) <= 0:
         raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
     replanners = {s.name: replanner(s, planner, snapshot, graph) for s in streams.streams}
-    with LocalCluster(spec, model=name, seed=seed, dilation=dilation) as cluster:
+    paced = pacing(profile or host_profile(graph, same_host=True, say=console.print), pacing_mode)
+    with LocalCluster(spec, model=name, seed=seed, dilation=dilation, **paced) as cluster:
         console.print(f"emulation: time dilation {cluster.dilation:g}")
         events = _chaos(cluster, streams, planned.plans, fps, console) if chaos else []
         run = serve_streams(
@@ -79,8 +86,10 @@ def deploy_streams(
             chaos=events,
             seed=seed,
         )
-        emulation = fidelity_fields(cluster.controller.fidelity.per_device(), cluster.dilation)
-    print_fidelity(emulation["fidelity"], emulation["dilation"], console)
+        emulation = fidelity_fields(
+            cluster.controller.fidelity.per_device(), cluster.dilation, cluster.pacing
+        )
+    print_fidelity(emulation["fidelity"], emulation["dilation"], emulation["pacing"], console)
     title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly"
     _write(run, streams, planned, emulation, title, out_dir, json_path, console)
     return run

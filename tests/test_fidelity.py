@@ -23,7 +23,7 @@ def test_fidelity_is_target_over_wall_compute_time_per_device():
     assert meter.per_device() == {"a": 1.0, "b": pytest.approx(2 / 3)}
     assert meter.minimum() == pytest.approx(2 / 3)
     console = Console(record=True, width=200)
-    print_fidelity(meter.per_device(), 1.0, console)
+    print_fidelity(meter.per_device(), 1.0, "profile", console)
     text = console.export_text()
     assert "0.667" in text and "device(s) b computed below 95%" in text
     meter.clear()

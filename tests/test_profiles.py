@@ -106,11 +106,19 @@ def test_a_bad_profile_in_an_env_config_names_the_field(tmp_path, record):
         MicroSplitEnv({"model": "tiny", "clusters": ["tiny3"], "profile": path})
 
 
-def test_pacing_follows_the_host_drift_since_the_profile_was_measured(tmp_path, record, monkeypatch):
+def test_cpu_pacing_follows_the_host_drift_since_the_profile_was_measured(tmp_path, record, monkeypatch):
     """The probe convolution now runs 2x the CPU time it took when the profile was measured: each CPU
-    second does half the work, so pacing takes the host for half the reference speed."""
+    second does half the work, so CPU pacing takes the host for half the reference speed."""
     profile = read_profile(write(tmp_path, record | {"probe_cpu_s": 0.004}), GRAPH)
     monkeypatch.setattr(profiles, "conv_cpu_seconds", lambda seconds: [0.008, 0.007, 0.009])
-    assert profiles.pacing_gflops(profile) == pytest.approx(25.0)
+    assert profiles.pacing(profile, "cpu") == {"host_gflops": pytest.approx(25.0)}
     unprobed = read_profile(write(tmp_path, record), GRAPH)
-    assert profiles.pacing_gflops(unprobed) == 50.0 and profiles.pacing_gflops(None) is None
+    assert profiles.pacing(unprobed, "cpu") == {"host_gflops": 50.0}
+
+
+def test_profile_pacing_hands_the_workers_the_profile_itself(tmp_path, record, monkeypatch):
+    profile = read_profile(write(tmp_path, record | {"probe_cpu_s": 0.004}), GRAPH)
+    monkeypatch.setattr(profiles, "conv_cpu_seconds", lambda seconds: [0.008])  # drift does not matter
+    assert profiles.pacing(profile) == {"host_gflops": 50.0, "unit_seconds": profile.unit_seconds}
+    with pytest.raises(profiles.ProfileError, match="pacing must be one of profile, cpu"):
+        profiles.pacing(profile, "wall")

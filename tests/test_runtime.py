@@ -24,6 +24,7 @@ from runtime.emulation import energy_j
 from runtime.layout import layout
 from runtime.plan import Plan, random_plan
 from runtime.profiler import profile_path, profile_record
+from runtime.results import ControllerError
 from runtime.schedule import Trace
 from runtime.spec import parse_cluster
 
@@ -199,6 +200,32 @@ def test_compute_is_paced_to_the_device_speed_and_speed_schedule(ctl, cluster):
             assert event["end"] - event["start"] == pytest.approx(event["target"], rel=TIMING_TOLERANCE)
 
 
+def test_profile_pacing_gives_each_band_the_profiles_seconds_whatever_its_cpu_took(ctl, cluster):
+    """With a profile, a band's emulated time is its profile seconds (per-unit seconds times the share of
+    each unit's rows it computes, halo included), scaled to the device: the cost model's compute."""
+    graph, n = ctl.graph, len(ctl.graph.units)
+    unit_seconds = tuple(0.004 * (1 + u % 3) for u in range(n))
+    ctl.configure(dataclasses.replace(ctl.emulation, unit_seconds=unit_seconds))
+    plan = Plan.build("a", "a", [(0, 6, {"b": 1, "c": 3}), (6, n, {"d": 1})])
+    ctl.deploy(plan)
+    result = ctl.infer(_inputs(1)[0])
+    tasks = {(t.device, t.stage): t for stage in layout(graph, plan).tasks for t in stage}
+    events = result.timeline.of("compute")
+    assert len(events) == 3
+    for event in events:
+        task, stage = tasks[(event["device"], event["stage"])], plan.stages[event["stage"]]
+        work = sum(
+            unit_seconds[u] * f for u, f in graph.unit_fractions(stage.start, stage.end, task.out_rows)
+        )
+        slowdown = cluster.host_gflops / SPEC.devices[event["device"]].gflops
+        assert event["target"] == pytest.approx(work * slowdown, rel=1e-9)
+        assert event["target"] != pytest.approx(event["cpu"] * slowdown, rel=0.01)
+    # the wrong model's profile is refused by the worker, and the request fails with that reason
+    ctl.configure(dataclasses.replace(ctl.emulation, unit_seconds=unit_seconds[:-1]))
+    with pytest.raises(ControllerError, match="pacing profile has .* units"):
+        ctl.infer(_inputs(1)[0])
+
+
 def test_timeline_energy_and_latency_are_consistent(ctl):
     n = len(ctl.graph.units)
     plan = Plan.build("a", "f", [(0, 6, {"b": 1, "c": 1}), (6, n, {"f": 1})])
@@ -323,8 +350,10 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
         _mbps(p, ctl.dilation) == pytest.approx(3.0, rel=TIMING_TOLERANCE) for p in by_second.values()
     )
     recent = [s for s in ctl.compute_samples if s[0] >= since]
-    assert {device for _, device, _, _ in recent} == {"d", "e"}
-    assert all(seconds > 0 and flops > 0 for _, _, flops, seconds in recent)
+    assert {device for _, device, _, _, _ in recent} == {"d", "e"}
+    assert all(seconds > 0 and flops > 0 for _, _, flops, seconds, _ in recent)
+    # emulated workers say what each task takes at nominal speed (speed factor 1 here: what it took)
+    assert all(nominal == pytest.approx(seconds, rel=TIMING_TOLERANCE) for *_, seconds, nominal in recent)
     status = ctl.ping()
     assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())

@@ -219,11 +219,11 @@ def test_history_steps_once_per_second():
 def test_speed_is_relative_to_what_the_others_achieve():
     now = time.time()
     compute = [
-        (now - 8, "8", 6e9, 2.0),  # 6 GFLOP/s nominal: achieves half (early in a long request)
-        (now, "9", 9e9, 2.0),  # 9 GFLOP/s nominal: achieves half
-        (now, "3", 8e9, 5.0),  # 8 GFLOP/s nominal: achieves a fifth, clearly loaded
+        (now - 8, "8", 6e9, 2.0, None),  # 6 GFLOP/s nominal: achieves half (early in a long request)
+        (now, "9", 9e9, 2.0, None),  # 9 GFLOP/s nominal: achieves half
+        (now, "3", 8e9, 5.0, None),  # 8 GFLOP/s nominal: achieves a fifth, clearly loaded
     ]
-    tel = Telemetry(compute=[(now - 60, "7", 7e9, 100.0)])
+    tel = Telemetry(compute=[(now - 60, "7", 7e9, 100.0, None)])
     view = LiveView(SPEC, tel)
     view.snapshot()  # folds the old task in
     tel.compute_samples += compute  # a request ended: its tasks arrive, stamped with their own end times
@@ -232,6 +232,25 @@ def test_speed_is_relative_to_what_the_others_achieve():
     assert snap.speed["3"] == pytest.approx(0.2)
     assert snap.speed["7"] == pytest.approx(0.5)  # not measured recently: the typical factor
     assert view.snapshot().speed == snap.speed  # nothing new arrived: nothing changes
+
+
+def test_an_emulated_devices_speed_is_its_nominal_seconds_over_the_seconds_taken():
+    """Emulated workers report what each task takes at nominal speed: the factor is exact, whatever share
+    of a device's peak FLOP/s the task's layers reach, and most devices may be slow at once."""
+    now = time.time()
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.compute_samples += [
+        (now, "8", 1e9, 2.0, 1.0),  # half speed, on layers far below the device's peak FLOP/s
+        (now, "8", 50e9, 2.0, 1.0),
+        (now, "9", 9e9, 4.0, 1.0),  # a quarter
+        (now, "3", 8e9, 5.0, 1.0),  # a fifth
+        (now, "6", 1e9, 1.0, 1.0),  # full speed, however few FLOPs
+    ]
+    snap = view.snapshot()
+    assert snap.speed["8"] == pytest.approx(0.5) and snap.speed["9"] == pytest.approx(0.25)
+    assert snap.speed["3"] == pytest.approx(0.2) and snap.speed["6"] == pytest.approx(1.0)
+    assert snap.speed["7"] == 1.0  # not measured: as it was
 
 
 def test_links_measured_before_a_transfer_got_stuck_do_not_outvote_it():
