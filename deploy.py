@@ -4,7 +4,8 @@
       [--requests N | --duration S] [--arrival-every S | --fps F]
       [--traces DIR|FILE|synthetic [--trace-mode sample|replay] [--trace-cap MBPS]] [--bandwidth-cap MBPS]
       [--scenario NAME|FILE | --collapse [--collapse-at S] | --demo]
-      [--static] [--chaos] [--json OUT] [--cost profile|flops] [--profile FILE] [--network emulated|kernel]
+      [--static] [--chaos] [--json OUT] [--cost profile|flops] [--profile FILE] [--pacing profile|cpu]
+      [--network emulated|kernel]
   python deploy.py --demo
   python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--dilation D] [--json OUT]  (cameras)
 
@@ -26,7 +27,8 @@ from 20 to 2 Mbit/s for 30 s.
 
 Planners plan on this host's per-unit compute profile of the model (env/profiles.py: measured through a
 worker once and cached; ``--profile FILE`` for another), or with ``--cost flops`` on FLOPs alone; the
-emulated devices are paced by the profile (this host's profile with ``--cost flops``). Each run reports
+emulated devices are paced by the profile (this host's profile with ``--cost flops``): each band takes the
+profile's seconds for it (``--pacing cpu``: the CPU time its real computation took). Each run reports
 every device's emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py;
 ``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving with a planner runs
 undilated (D = 1): the live view's telemetry is read at wall-clock rates. ``--streams`` alone runs with a

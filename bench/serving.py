@@ -13,8 +13,8 @@
             arrival. ``--oracle`` adds a run of the first planner told the emulated world's exact present
             (what perfect link telemetry would reach); ``--no-rescue`` turns rescues off.
   plans     the same collapse world, planned offline: each planner's plan for the world's exact snapshot
-            before, at and during the drop, with every device at a few speed factors (the emulated devices
-            run at 0.5-0.6 of nominal on a busy 2-core host), priced by the cost model. Shows how far a
+            before, at and during the drop, with every device at a few speed factors (0.4-1), priced by the
+            cost model. Shows how far a
             policy's collapse plans are from the optimiser's (``ppo-topK:PATH`` with K = the number of
             actions is the best its action list holds), without a live run's noise.
   chaos     N requests of the tiny model on the 10-device mesh while 3 workers are killed and restarted;
@@ -45,6 +45,7 @@ from cli.scenarios import SCENARIOS, load_scenario, timed_drop
 from cli.worlds import build_world
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
+from env.profiles import host_profile, pacing
 from env.snapshot import Snapshot
 from env.telemetry import LiveView
 from runtime import models
@@ -68,6 +69,13 @@ def setup(model_name: str):
     return spec, model, graph
 
 
+def profiled(graph: LayerGraph, spec) -> tuple[CostModel, dict]:
+    """The cost model on this host's profile of the model, and the cluster options that pace the emulated
+    devices by it: what every planner plans on and the live runs do (env/profiles.py)."""
+    profile = host_profile(graph, same_host=True, say=console.print)
+    return CostModel(graph, spec, profile), pacing(profile)
+
+
 def collapse_world(spec, drop_at: float, drop_len: float | None = None) -> NetworkState:
     """The collapse scenario's world (configs/scenarios/collapse.yaml: every link 20 -> 2 Mbit/s), its drop
     moved to ``drop_at`` s for ``drop_len`` s (None: the scenario's); the same world for every run."""
@@ -78,8 +86,8 @@ def collapse_world(spec, drop_at: float, drop_len: float | None = None) -> Netwo
 
 def oracle(world: NetworkState, ctl: Controller) -> Callable[[], Snapshot]:
     """Live snapshots whose link bandwidths are the emulated world's exact present (not its future): the
-    bound for what better link telemetry could gain. Device speeds stay measured, since the emulated
-    devices run below their nominal speed on a busy host and the world does not know by how much."""
+    bound for what better link telemetry could gain. Device speeds stay measured: an emulated device's
+    fidelity is below 1 when the host cannot keep up, and the world does not know by how much."""
     live = LiveView(ctl.spec, ctl)
 
     def snapshot() -> Snapshot:
@@ -93,12 +101,13 @@ def collapse(args) -> None:
     spec, model, graph = setup("vgg16_bn")
     world = collapse_world(spec, args.drop_at, args.drop_len)
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    cost, paced = profiled(graph, spec)
     agents = args.agents.split(",")
     loops = args.loops.split(",")
     if unknown := set(loops) - {"closed", "open"}:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)} (closed, open)")
     for agent in agents:  # a bad name fails now, not after the first runs
-        make_planner(agent, graph=graph, spec=spec)
+        make_planner(agent, graph=graph, spec=spec, cost_model=cost)
     runs = [(agent, mode) for agent in agents for mode in ("adaptive", "static")]
     if args.oracle:
         runs.append((agents[0], "oracle"))
@@ -111,9 +120,11 @@ def collapse(args) -> None:
             + (f": a request every {every:g} s, latency counted from its arrival" if every else "")
         )
         for agent, mode in runs:
-            decide = Decider(make_planner(agent, graph=graph, spec=spec), graph, Objective())
+            decide = Decider(make_planner(agent, graph=graph, spec=spec, cost_model=cost), graph, Objective())
             label = f"{planner_label(agent)} ({mode})"
-            with LocalCluster(spec, model="vgg16_bn", link_schedules=links, network=args.network) as cluster:
+            with LocalCluster(
+                spec, model="vgg16_bn", link_schedules=links, network=args.network, **paced
+            ) as cluster:
                 observe = oracle(world, cluster.controller) if mode == "oracle" else None
                 options = collapse_options(mode, every, args)
                 results[loop, agent, mode] = serve_collapse(cluster, model, decide, options, label, observe)
@@ -204,9 +215,9 @@ def collapse_table(results: dict, args) -> Table:
 def plans(args) -> None:
     spec, _, graph = setup("vgg16_bn")
     world = collapse_world(spec, args.drop_at)
-    cost = CostModel(graph, spec)
+    cost, _ = profiled(graph, spec)
     agents = args.agents.split(",")
-    planners = [make_planner(agent, graph=graph, spec=spec) for agent in agents]
+    planners = [make_planner(agent, graph=graph, spec=spec, cost_model=cost) for agent in agents]
     moments = {"before": args.drop_at - 10, "at the drop": args.drop_at + 1, "8 s into it": args.drop_at + 15}
     table = Table(title="collapse world, exact snapshots: predicted latency (s) of each planner's plan")
     for column in ("device speed", "moment", *map(planner_label, agents)):
