@@ -10,6 +10,7 @@ import pytest
 from env.snapshot import link_key
 from env.telemetry import LiveView, current_rate, drift_factor, overdue_bounds
 from runtime.spec import load_cluster
+from runtime.timeline import checked_event, undilated
 
 SPEC = load_cluster(Path(__file__).resolve().parents[1] / "configs" / "clusters" / "mesh0.yaml")
 
@@ -332,3 +333,24 @@ def test_links_measured_before_a_long_transfer_crawled_do_not_outvote_it():
     snap = view.snapshot()
     for key in [*early, link_key("0", "9")]:
         assert snap.link_mbps[key] == pytest.approx(spec_mbps[key] / 10, rel=0.01), key
+
+
+@pytest.mark.parametrize("nominal", [-1.0, float("nan"), float("inf"), "1.0"])
+def test_a_compute_events_nominal_seconds_must_be_a_finite_number(nominal):
+    event = {"ev": "compute", "stage": 0, "ready": 1.0, "start": 1.0, "end": 2.0, "cpu": 0.1, "target": 1.0}
+    event |= {"flops": 10}
+    assert checked_event(event, "8", {})["device"] == "8"  # a real device reports none
+    assert checked_event(event | {"nominal": 0.5}, "8", {})["nominal"] == 0.5
+    with pytest.raises(ValueError, match="telemetry field nominal"):
+        checked_event(event | {"nominal": nominal}, "8", {})
+
+
+def test_nominal_seconds_are_a_duration_on_the_emulated_clock():
+    event = {"ev": "compute", "start": 12.0, "end": 16.0, "target": 4.0, "nominal": 2.0}
+    assert undilated(event, epoch=10.0, dilation=2.0) == {
+        "ev": "compute",
+        "start": 11.0,
+        "end": 13.0,
+        "target": 2.0,
+        "nominal": 1.0,
+    }
