@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     figures = plan_figures(spec, graph, slo, profile)
     dilation, paced_by = (None, None) if args.no_live else serve_figures(figures, spec, shape, args, profile)
-    report(figures, args, started, slo, dilation, paced_by)
+    report(figures, args, started, slo, dilation, paced_by, "flops" if profile is None else "profile")
 
 
 def _planned(planned) -> tuple[tuple[Plan, ...], float]:
@@ -286,9 +286,16 @@ def _planned(planned) -> tuple[tuple[Plan, ...], float]:
 
 
 def report(
-    figures: list[Figure], args, started: float, slo: float, dilation: float | None, pacing: str | None
+    figures: list[Figure],
+    args,
+    started: float,
+    slo: float,
+    dilation: float | None,
+    pacing: str | None,
+    cost_model: str,
 ) -> None:
-    """The table, the ratios and the JSON (``dilation``, ``pacing``: the live runs', None without them)."""
+    """The table, the ratios and the JSON (``dilation``, ``pacing``: the live runs', None without them;
+    ``cost_model``: what the figures were planned on)."""
     by = {f.name: f for f in figures}
     table = Table(
         title=f"{MODEL} on disnet-mesh0 at 15 Mbit/s, frames/s per stream ({time.time() - started:.0f} s)"
@@ -322,7 +329,7 @@ def report(
             "dilation": dilation,
             "slowdown": args.slowdown,
             "input_size": args.input_size,
-            "cost_model": "flops" if args.input_size != models.input_shape(MODEL)[1] else "profile",
+            "cost_model": cost_model,
             "slo_s": slo,
             "frames": args.frames,
         },

@@ -50,7 +50,7 @@ class BandTables:
         """Work of one band, halo included: FLOPs, or the profile's per-unit seconds scaled to the band."""
         if self.unit_seconds is None:
             return self.graph.band_flops(start, end, rows)
-        return sum(self.unit_seconds[u] * f for u, f in self.graph.unit_fractions(start, end, rows))
+        return self.graph.band_seconds(self.unit_seconds, start, end, rows)
 
     def offset(self, start: int, end: int) -> int:
         """Where stage ``[start, end)``'s rows begin in the columns (tabulating it on first use)."""

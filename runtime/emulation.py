@@ -22,8 +22,8 @@ latencies and every schedule's time axis stretch by D; the controller divides ev
 picks D from the host's cores and speed against the cluster's total device speed, with headroom.
 
 Why pace by the profile. Ten emulated devices share this host's cores and caches, so the CPU time of a
-band grows with how many others compute beside it (measured: 10-40% for whole stages, 2-3x for bands of a
-few rows); a real device has its core and cache to itself. Pacing by CPU time put that co-location cost
+band grows with how many others compute beside it (docs/benchmarks.md, tenth round: 7-12% for a whole
+stage, 10-50% for a band of a wide stage, 2-3.7x for a band of a few rows); a real device has its core and cache to itself. Pacing by CPU time put that co-location cost
 into every live figure, most into wide plans. Pacing by the profile gives each device exactly the compute
 speed the cost model assumes, and the real computation only has to fit inside its target: the fidelity
 meter (runtime/fidelity.py) reports when it does not. What the profile itself gets wrong about real
@@ -110,12 +110,12 @@ class DeviceEmulation:
         pacing by CPU time)."""
         if self.unit_seconds is None:
             return None
-        if len(self.unit_seconds) != len(graph.units):
+        try:
+            return graph.band_seconds(self.unit_seconds, start, end, out)
+        except ValueError as exc:
             raise ValueError(
-                f"the pacing profile has {len(self.unit_seconds)} units, model {graph.name} has "
-                f"{len(graph.units)}: the cluster was configured for another model"
-            )
-        return sum(self.unit_seconds[u] * f for u, f in graph.unit_fractions(start, end, out))
+                f"pacing profile: {exc} (the cluster was configured for another model)"
+            ) from None
 
     def pacing_factor(self, wall: float) -> float:
         """Wall seconds per reference second of work starting at ``wall``."""
@@ -269,8 +269,8 @@ class Emulation:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.dilation) and self.dilation >= 1.0):
             raise ValueError(f"time dilation must be a finite number >= 1, got {self.dilation}")
-        if self.unit_seconds is not None and not all(math.isfinite(s) and s >= 0 for s in self.unit_seconds):
-            raise ValueError("pacing profile: unit seconds must be finite and >= 0")
+        if self.unit_seconds is not None:
+            check_unit_seconds(self.unit_seconds)
 
     def for_device(self, spec: ClusterSpec, device: str, epoch: float) -> DeviceEmulation:
         links = {
@@ -291,6 +291,13 @@ class Emulation:
         speed = dilate(as_schedule(speeds.get(device, 1.0), f"speed of {device}"), d, 1.0)
         slowdown = d * self.host_gflops / spec.devices[device].gflops
         return DeviceEmulation(epoch, slowdown, speed, shapes, self.unit_seconds)
+
+
+def check_unit_seconds(unit_seconds: tuple[float, ...]) -> tuple[float, ...]:
+    """``unit_seconds`` if every one is a finite number of seconds >= 0 (ValueError otherwise)."""
+    if not all(math.isfinite(s) and s >= 0 for s in unit_seconds):
+        raise ValueError("pacing profile: unit seconds must be finite and >= 0")
+    return unit_seconds
 
 
 def dilate(trace: Trace, dilation: float, value_scale: float) -> Trace:
@@ -383,7 +390,5 @@ def emulation_from_wire(meta: Any, tensors: list[torch.Tensor]) -> DeviceEmulati
     if (i := meta["unit_seconds"]) is not None:
         if type(i) is not int or not 0 <= i < len(tensors) or tensors[i].dtype != torch.int64:
             raise ValueError(f"pacing profile: tensor index {i!r} out of range or not int64")
-        unit_seconds = tuple(tensors[i].numpy().view(np.float64).tolist())
-        if not all(math.isfinite(s) and s >= 0 for s in unit_seconds):
-            raise ValueError("pacing profile: unit seconds must be finite and >= 0")
+        unit_seconds = check_unit_seconds(tuple(tensors[i].numpy().view(np.float64).tolist()))
     return DeviceEmulation(epoch, slowdown, get(meta["speed"], "speed"), links, unit_seconds)

@@ -4,9 +4,10 @@ An emulated device paces each computation to a target wall time (the profile's s
 or its thread's CPU time, times slowdown / speed: runtime/emulation.py). When the host cannot give the
 device's thread the CPU it needs (more devices computing at once than free cores, other processes), the
 real computation alone outlasts the target and the device runs below its nominal speed; wide plans
-suffer most, so a live comparison of planners would be skewed. A device's fidelity is its achieved speed over its nominal one: the targets of
-its computations over the wall time they took (1 when every computation met its target). Below
-``FIDELITY_WARN`` the run is not faithful: raise the time dilation (``--dilation``).
+suffer most, so a live comparison of planners would be skewed. A device's fidelity is its achieved
+speed over its nominal one: the targets of its computations over the wall time they took (1 when every
+computation met its target). Below ``FIDELITY_WARN`` the run is not faithful: raise the time dilation
+(``--dilation``).
 """
 
 from __future__ import annotations

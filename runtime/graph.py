@@ -19,6 +19,7 @@ spatial tensor, features of a flat one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -297,6 +298,16 @@ class LayerGraph:
     def band_flops(self, start: int, end: int, out: Rows) -> int:
         """FLOPs to compute rows ``out`` of boundary ``end`` from boundary ``start``, halo included."""
         return self._band(start, end, out)[1]
+
+    def band_seconds(self, unit_seconds: Sequence[float], start: int, end: int, out: Rows) -> float:
+        """A profile's seconds for a band: each unit's seconds times the fraction of it the band computes.
+
+        What the cost model predicts for the band (env/band_tables.py) and what an emulated device paced by
+        the profile takes (runtime/emulation.py), so both read it here.
+        """
+        if len(unit_seconds) != len(self.units):
+            raise ValueError(f"a profile of {len(unit_seconds)} units for {self.name}'s {len(self.units)}")
+        return sum(unit_seconds[u] * f for u, f in self.unit_fractions(start, end, out))
 
     def unit_fractions(self, start: int, end: int, out: Rows) -> list[tuple[int, float]]:
         """Per unit of ``[start, end)``, the fraction of its output a band computes (halo included).

@@ -222,7 +222,7 @@ def test_profile_pacing_gives_each_band_the_profiles_seconds_whatever_its_cpu_to
         assert event["target"] != pytest.approx(event["cpu"] * slowdown, rel=0.01)
     # the wrong model's profile is refused by the worker, and the request fails with that reason
     ctl.configure(dataclasses.replace(ctl.emulation, unit_seconds=unit_seconds[:-1]))
-    with pytest.raises(ControllerError, match="pacing profile has .* units"):
+    with pytest.raises(ControllerError, match="pacing profile: a profile of .* units"):
         ctl.infer(_inputs(1)[0])
 
 

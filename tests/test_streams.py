@@ -304,7 +304,13 @@ def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fideli
     figures = [streams_bench.Figure(name, [], (), 1.0, live_fps=1.0, tries=tries) for name in served]
     figures.append(streams_bench.Figure("independent_pipelined", [], (), 1.0, served=False))
     streams_bench.report(
-        figures, streams_bench.parse(["--json", str(path)]), 0.0, 5.0, dilation=2.5, pacing="cpu"
+        figures,
+        streams_bench.parse(["--json", str(path)]),
+        0.0,
+        5.0,
+        dilation=2.5,
+        pacing="cpu",
+        cost_model="flops",
     )
     result = json.loads(path.read_text())
     assert result["settings"]["dilation"] == 2.5 and set(result["emulation"]) == set(served)
@@ -312,3 +318,4 @@ def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fideli
         assert emulation["dilation"] == 2.5 and emulation["fidelity"] == {"1": 0.97, "8": 0.9}
         assert emulation["pacing"] == "cpu"
         assert emulation["fidelity_min"] == 0.9
+    assert result["settings"]["cost_model"] == "flops"
