@@ -41,6 +41,7 @@ class PlanSearch:
         self.evaluations = 0  # plans actually scored on the cost model
         self.best: Plan | None = None
         self.best_score = math.inf
+        self.improvements: list[Plan] = []  # each plan that lowered the best score, in the order found
 
     def consider(self, plan: Plan) -> float:
         """The plan's objective (infinite if it is invalid, infeasible or touches a device, relays
@@ -55,6 +56,7 @@ class PlanSearch:
         self.scores[plan] = score
         if score < self.best_score:
             self.best, self.best_score = plan, score
+            self.improvements.append(plan)
         return score
 
     def price(self, plan: Plan) -> float:

@@ -12,7 +12,9 @@ source (nearest first, or fastest first); a group is a run of consecutive device
 by speed. A dynamic programme over (cut point, device position) picks, for every stage count ``k``, the
 cuts and group sizes that minimise the estimated busiest resource, where a stage on group G is estimated
 
-- compute of device d: (FLOPs x x_d + the halo FLOPs of a ``|G|``-way band) / speed(d);
+- compute of device d: (work x x_d + the halo work of a ``|G|``-way band) / speed(d), work in FLOPs or,
+  given the cost model's profile, in the profile's seconds (as FLOPs of its reference device: halos and
+  thin bands cost what the profile measured, not what FLOPs say);
 - radio of device d: (output bytes x x_d) x seconds per byte to the next group's first device (or to
   the sink), and for the source in the first stage also the input bands it sends to the group;
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from agents.base import StageDraft, build_plan, memory_left, route_seconds_per_byte
 from env.completion import stage_info
+from env.cost_model import Profile
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
@@ -54,14 +57,19 @@ def device_orders(snapshot: Snapshot, devices: Sequence[str]) -> list[tuple[str,
 
 
 def pipeline_plans(
-    snapshot: Snapshot, graph: LayerGraph, devices: Sequence[str], max_stages: int | None = None
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    devices: Sequence[str],
+    max_stages: int | None = None,
+    profile: Profile | None = None,
 ) -> list[Plan]:
     """For each device order and each stage count up to ``max_stages`` (default: as many as devices),
-    the pipeline with the smallest estimated busiest resource (module docstring), deduplicated. A stage
-    goes only on devices that can hold its weights."""
+    the pipeline with the smallest estimated busiest resource (module docstring; work from ``profile``
+    when given, else FLOPs), deduplicated. A stage goes only on devices that can hold its weights."""
     plans: dict[Plan, None] = {}
     for order in device_orders(snapshot, devices):
-        for stages in _Pipelines(snapshot, graph, order).best_by_stage_count(max_stages or len(order)):
+        pipelines = _Pipelines(snapshot, graph, order, profile)
+        for stages in pipelines.best_by_stage_count(max_stages or len(order)):
             plans[build_plan(snapshot, stages)] = None
     return list(plans)
 
@@ -70,8 +78,10 @@ class _Pipelines:
     """The dynamic programme over one device order: ``cost[i, i2, j, j2]`` is the estimate of the stage
     from cut ``i`` to cut ``i2`` on devices ``order[j:j2]``; ``best_by_stage_count`` combines them."""
 
-    def __init__(self, snapshot: Snapshot, graph: LayerGraph, order: Sequence[str]):
-        self.snapshot, self.graph, self.order = snapshot, graph, tuple(order)
+    def __init__(
+        self, snapshot: Snapshot, graph: LayerGraph, order: Sequence[str], profile: Profile | None = None
+    ):
+        self.snapshot, self.graph, self.order, self.profile = snapshot, graph, tuple(order), profile
         self.cuts = list(graph.cut_points)
         self.speed = np.array([snapshot.device_gflops(d) * 1e9 for d in self.order])
         self.memory = np.array([memory_left(snapshot.spec, d, {}) for d in self.order])
@@ -89,7 +99,7 @@ class _Pipelines:
         stage cannot run there or its output has nowhere to go)."""
         n, last = len(self.order), i2 == len(self.cuts) - 1
         m = j2 - j
-        info = stage_info(self.graph, self.cuts[i], self.cuts[i2], m)
+        info = stage_info(self.graph, self.cuts[i], self.cuts[i2], m, self.profile)
         if (info.flat and m > 1) or m > info.extent or (not last and j2 == n):
             return math.inf
         if (self.memory[j:j2] < info.param_bytes).any():

@@ -16,10 +16,12 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
   balanced pipelines in it. The streams' best group plans together are a second starting point of the
   ascent beside the independent plans (the ascent changes one stream at a time, and one stream moving
   to its group gains little while the others still use every device);
-- each round, the plan found by the optimiser's local search (agents/local_search.py) from the stream's
+- each round, the plans found by the optimiser's local search (agents/local_search.py) from the stream's
   current plan, scored by the frame period the streams sustain together (``Period``): the busiest
   device's compute or radio seconds per frame of every stream, among plans whose latency alone meets
-  the stream's SLO.
+  the stream's SLO. Every plan of the descent joins the pool, not only its end: the period ignores the
+  queueing that decides whether p95 stays within the SLO, so the plan with the best period is not
+  always the one that sustains the highest rate, and the ascent picks by the rate itself.
 
 The search runs twice, once without the pipelines and groups: local search is path dependent, and on
 some meshes the per-request plans lead it further than a better-scoring pipeline does.
@@ -31,6 +33,7 @@ plans serve the streams together (bench/streams.py measures the two side by side
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -101,7 +104,7 @@ class Period:
 class JointPlanner:
     """Plans streams together for the highest equal frame rate within their SLOs (module docstring)."""
 
-    def __init__(self, planner: Planner, cost: CostModel, rounds: int = 3, budget: int = 200, seed: int = 0):
+    def __init__(self, planner: Planner, cost: CostModel, rounds: int = 3, budget: int = 600, seed: int = 0):
         self.planner = planner
         self.contention = Contention(cost)
         self.rounds = rounds
@@ -120,7 +123,11 @@ class JointPlanner:
             [plan, *(build_plan(v, [(0, whole, (dev,))]) for dev in usable(v))]
             for plan, v in zip(alone, views, strict=True)
         ]
-        wide = [[*pool, *pipeline_plans(v, graph, usable(v))] for pool, v in zip(pools, views, strict=True)]
+        profile = self.contention.cost.profile
+        wide = [
+            [*pool, *pipeline_plans(v, graph, usable(v), profile=profile)]
+            for pool, v in zip(pools, views, strict=True)
+        ]
         start = StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))
         starts = [start, self._apart(snapshot, graph, demands, wide)] if len(demands) > 1 else [start]
         return max(
@@ -149,8 +156,7 @@ class JointPlanner:
                 search = PlanSearch(Period(self.contention, others, demand.slo_s), view, graph, LATENCY)
                 search.consider(best.plans[i])
                 search.local_search(self.budget, rng, starts=1)
-                if search.best is not None and search.best not in pools[i]:
-                    pools[i].append(search.best)
+                pools[i].extend(p for p in search.improvements if p not in pools[i])
             improved = self._ascend(best, pools, slo, snapshot)
             if improved.fps <= best.fps * 1.001:
                 break
@@ -165,8 +171,7 @@ class JointPlanner:
         comes first) or a balanced pipeline in it. Those plans join the streams' pools."""
         plans = []
         for demand, group, pool in zip(demands, device_groups(snapshot, demands), pools, strict=True):
-            view = stream_snapshot(snapshot, demand)
-            grouped = [*self._confined(view, graph, group), *pipeline_plans(view, graph, group)]
+            grouped = self.group_plans(snapshot, graph, demand, group)
             pool.extend(grouped)
             plans.append(
                 max(grouped, key=lambda p: self.contention.equal_rate([p], [demand.slo_s], snapshot))
@@ -175,13 +180,18 @@ class JointPlanner:
             tuple(plans), self.contention.equal_rate(plans, [d.slo_s for d in demands], snapshot)
         )
 
-    def _confined(self, view: Snapshot, graph: LayerGraph, group: Sequence[str]) -> list[Plan]:
-        """The per-request planner's plan computed on ``group`` alone (none if it cannot plan there, e.g.
-        the sink is out of reach through the group)."""
+    def group_plans(
+        self, snapshot: Snapshot, graph: LayerGraph, demand: Demand, group: Sequence[str]
+    ) -> list[Plan]:
+        """Stream ``demand``'s candidate plans on ``group`` alone (its source first): the per-request
+        planner's plan confined to the group (none if it cannot plan there, e.g. the sink is out of
+        reach through the group) and the balanced pipelines in it."""
+        view = stream_snapshot(snapshot, demand)
         try:
-            return [self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)]
+            confined = [self.planner.plan(replace(view, available=frozenset(group)), graph, LATENCY)]
         except PlannerError:
-            return []
+            confined = []
+        return [*confined, *pipeline_plans(view, graph, group, profile=self.contention.cost.profile)]
 
     def _ascend(
         self, best: StreamsPlan, pools: list[list[Plan]], slo: Sequence[float], snapshot: Snapshot
@@ -216,3 +226,61 @@ def device_groups(snapshot: Snapshot, demands: Sequence[Demand]) -> list[tuple[s
         group.append(take)
         unclaimed.remove(take)
     return [tuple(g) for g in groups]
+
+
+def best_disjoint_grouping(
+    joint: JointPlanner,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    demands: Sequence[Demand],
+    max_group_plans: int = 2048,
+    say=lambda _msg: None,
+) -> StreamsPlan:
+    """A yardstick for the joint planner, not a planner: over every assignment of the available devices
+    to the streams (each stream's source in its own group, every other device in exactly one group), each
+    stream on the best of ``joint.group_plans`` in its group, the highest equal rate the streams sustain
+    together. Exhaustive, so only for small meshes: ``k`` streams and ``m`` devices besides the sources
+    need ``k x 2^m`` group plannings (``max_group_plans`` at most, else ValueError) and up to ``k^m``
+    pricings. An assignment's streams alone bound what they sustain together (contention only slows a
+    stream), so assignments are priced together from the best bound down until none can win."""
+    sources = {d.source for d in demands}
+    rest = [d for d in usable(snapshot) if d not in sources]
+    k, m = len(demands), len(rest)
+    if k * 2**m > max_group_plans:
+        raise ValueError(
+            f"{k} streams over {m} devices besides the sources need {k * 2**m} group plannings, "
+            f"more than the limit of {max_group_plans}: the exhaustive grouping is for small meshes"
+        )
+    contention, slo = joint.contention, [d.slo_s for d in demands]
+    alone: dict[tuple[int, tuple[str, ...]], tuple[Plan | None, float]] = {}
+
+    def best_in(i: int, group: tuple[str, ...]) -> tuple[Plan | None, float]:
+        if (i, group) not in alone:
+            rated = [
+                (contention.equal_rate([p], [slo[i]], snapshot), p)
+                for p in joint.group_plans(snapshot, graph, demands[i], group)
+            ]
+            rate, plan = max(rated, key=lambda r: r[0], default=(0.0, None))
+            alone[(i, group)] = (plan, rate)
+            if len(alone) % 64 == 0:
+                say(f"  {len(alone)} of {k * 2**m} group plannings")
+        return alone[(i, group)]
+
+    ranked = []
+    for assignment in itertools.product(range(k), repeat=m):
+        groups = [
+            (d.source, *(x for x, a in zip(rest, assignment, strict=True) if a == i))
+            for i, d in enumerate(demands)
+        ]
+        picked = [best_in(i, g) for i, g in enumerate(groups)]
+        bound = min(rate for _, rate in picked)
+        if bound > 0:
+            ranked.append((bound, tuple(p for p, _ in picked)))
+    best = StreamsPlan((), 0.0)
+    for bound, plans in sorted(ranked, key=lambda r: -r[0]):
+        if bound <= best.fps:
+            break
+        fps = contention.equal_rate(plans, slo, snapshot)
+        if fps > best.fps:
+            best = StreamsPlan(plans, fps)
+    return best

@@ -13,7 +13,10 @@ an emulated cluster:
 
 A fifth, predicted only, asks whether planning jointly matters beyond the throughput objective:
 ``independent_pipelined`` is each of the three streams planned alone by the joint planner (the plan
-``pipelined`` finds for one stream, from each source), then priced together.
+``pipelined`` finds for one stream, from each source), then priced together. ``--groupings`` adds a
+sixth, also predicted only, the joint planner's yardstick: ``best_disjoint_grouping``, the highest equal
+rate over every assignment of the devices to the three streams' disjoint groups, each stream on the best
+of the joint planner's plans for its group (agents/streams.py ``best_disjoint_grouping``; a few minutes).
 
 Live, each configuration is served open loop at its predicted rate for ``--frames`` frames per stream
 (after one warm-up frame per stream); if a stream misses (p95 over the SLO, below 90% of the rate, a frame
@@ -41,7 +44,7 @@ alike (the SLO too), so the ratios keep their meaning, and the JSON records both
 ``--slowdown`` unnecessary for fidelity: it changes the problem, not the emulation's accuracy.
 
 Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] [--dilation D]
-       [--slowdown 1] [--input-size 224] [--slo 5]
+       [--slowdown 1] [--input-size 224] [--slo 5] [--groupings] [--no-live]
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from rich.table import Table
 
 from agents import make_planner
 from agents.base import build_plan
-from agents.streams import JointPlanner
+from agents.streams import JointPlanner, best_disjoint_grouping
 from cli import flags
 from cli.output import write_json
 from cli.scenarios import load_scenario
@@ -168,6 +171,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--slo", type=float, default=5.0, help="p95 SLO in s at full size and speed")
     parser.add_argument("--no-live", action="store_true", help="the cost model's figures only")
+    parser.add_argument(
+        "--groupings",
+        action="store_true",
+        help="also the joint planner's yardstick: the best of every disjoint grouping (predicted only)",
+    )
     args = parser.parse_args(argv)
     if args.frames < 2 or args.tries < 1 or args.slowdown <= 0 or args.input_size < 32 or args.slo <= 0:
         parser.error("--frames >= 2, --tries >= 1, --slowdown > 0, --input-size >= 32, --slo > 0")
@@ -183,8 +191,11 @@ def slowed(base: ClusterSpec, slowdown: float) -> ClusterSpec:
     )
 
 
-def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float, profile: Profile | None) -> list[Figure]:
-    """The figures, planned on the cost model's contention pricing (on ``profile``, else FLOPs), printed."""
+def plan_figures(
+    spec: ClusterSpec, graph: LayerGraph, slo: float, profile: Profile | None, groupings: bool = False
+) -> list[Figure]:
+    """The figures, planned on the cost model's contention pricing (on ``profile``, else FLOPs), printed;
+    ``groupings``: with the best disjoint grouping too."""
     cost = CostModel(graph, spec, profile)
     snapshot = NetworkState.static(spec).snapshot(0.0)
     planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
@@ -220,6 +231,12 @@ def plan_figures(spec: ClusterSpec, graph: LayerGraph, slo: float, profile: Prof
             served=False,
         ),
     ]
+    if groupings:
+        console.print("the best disjoint grouping (every assignment of devices to the streams) ...")
+        best = best_disjoint_grouping(
+            joint_planner, snapshot, graph, stream_demands(three), say=console.print
+        )
+        figures.append(Figure("best_disjoint_grouping", three, best.plans, best.fps, served=False))
     for f in figures:
         f.replanners = {s.name: replanner(s, planner, snapshot, graph) for s in f.streams}
         console.print(f"  {f.name}: predicted {f.predicted_fps:.3f} frames/s per stream")
@@ -276,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(
             f"no profile covers {args.input_size}x{args.input_size} inputs: planning on FLOPs alone"
         )
-    figures = plan_figures(spec, graph, slo, profile)
+    figures = plan_figures(spec, graph, slo, profile, args.groupings)
     dilation, paced_by = (None, None) if args.no_live else serve_figures(figures, spec, shape, args, profile)
     report(figures, args, started, slo, dilation, paced_by, "flops" if profile is None else "profile")
 
@@ -316,6 +333,10 @@ def report(
         "joint_over_independent": {"predicted": ratio("joint", "independent", False)},
         "joint_over_independent_pipelined": {"predicted": ratio("joint", "independent_pipelined", False)},
     }
+    if "best_disjoint_grouping" in by:
+        ratios["joint_over_best_disjoint_grouping"] = {
+            "predicted": ratio("joint", "best_disjoint_grouping", False)
+        }
     if not args.no_live:
         ratios["pipelined_over_single"]["live"] = ratio("pipelined", "single_device", True)
         ratios["joint_over_independent"]["live"] = ratio("joint", "independent", True)

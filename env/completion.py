@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -43,6 +44,9 @@ from env.shapes import Shape
 from runtime.graph import LayerGraph
 from runtime.halo import largest_remainder
 from runtime.plan import Plan
+
+if TYPE_CHECKING:
+    from env.cost_model import Profile
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,19 @@ class StageInfo:
 
 
 @lru_cache(maxsize=8192)
-def stage_info(graph: LayerGraph, start: int, end: int, k: int) -> StageInfo:
+def stage_info(graph: LayerGraph, start: int, end: int, k: int, profile: Profile | None = None) -> StageInfo:
+    """Stage ``[start, end)`` split ``k`` ways. Its work is FLOPs, or with ``profile`` the profile's
+    seconds as FLOPs of its reference device (seconds x reference GFLOP/s), so a device's time is work /
+    its FLOP/s either way and the balancing model reads both alike."""
     extent = graph.extent(end)
     flat = graph.stage_kind(end) == "flat"
-    flops = float(graph.band_flops(start, end, (0, extent)))
+
+    def work(rows: tuple[int, int]) -> float:
+        if profile is None:
+            return float(graph.band_flops(start, end, rows))
+        return graph.band_seconds(profile.unit_seconds, start, end, rows) * profile.reference_gflops * 1e9
+
+    flops = work((0, extent))
     in_bytes = float(graph.extent(start) * graph.row_bytes(start))
     out_bytes = float(extent * graph.row_bytes(end))
     halo_bytes = halo_flops = 0.0
@@ -72,7 +85,7 @@ def stage_info(graph: LayerGraph, start: int, end: int, k: int) -> StageInfo:
         lo = (extent - rows) // 2
         band_in = graph.input_rows(start, end, (lo, lo + rows))
         halo_bytes = max(0.0, (band_in[1] - band_in[0]) * graph.row_bytes(start) - in_bytes * rows / extent)
-        halo_flops = max(0.0, graph.band_flops(start, end, (lo, lo + rows)) - flops * rows / extent)
+        halo_flops = max(0.0, work((lo, lo + rows)) - flops * rows / extent)
     return StageInfo(
         extent, flat, in_bytes, flops, out_bytes, halo_bytes, halo_flops, graph.stage_param_bytes(start, end)
     )

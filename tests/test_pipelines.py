@@ -7,15 +7,17 @@ streams crowded onto one device each get its whole speed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
 
 from agents import make_planner
 from agents.pipelines import device_orders, pipeline_plans
-from agents.streams import LATENCY, Demand, JointPlanner, device_groups
+from agents.streams import LATENCY, Demand, JointPlanner, best_disjoint_grouping, device_groups
+from env.completion import stage_info
 from env.contention import Arrival, Contention
-from env.cost_model import CostModel
+from env.cost_model import CostModel, Profile
 from env.network import NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
@@ -130,3 +132,59 @@ def test_streams_forced_onto_one_device_are_predicted_at_a_share_of_its_rate(cos
     two = joint.plan(only_c, GRAPH, [Demand("c", "c", 10.0)] * 2)
     assert all(p.devices == {"c"} for p in one.plans + two.plans)
     assert two.fps == pytest.approx(one.fps / 2, rel=0.03)
+
+
+def test_the_best_disjoint_grouping_is_the_best_of_every_grouping_priced_together(cost, snapshot):
+    """The yardstick prunes assignments by what their streams sustain alone; it must still return what
+    pricing every assignment together finds, on groups that share no device but the sink."""
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH6, cost_model=cost, max_evaluations=20)
+    joint = JointPlanner(planner, cost, rounds=1, budget=10)
+    contention = Contention(cost)
+    demands = [Demand("a", "f", 10.0), Demand("e", "f", 10.0)]
+    best = best_disjoint_grouping(joint, snapshot, GRAPH, demands)
+    every = []
+    for assignment in itertools.product(range(2), repeat=4):
+        groups = [
+            (src, *(d for d, a in zip("bcdf", assignment, strict=True) if a == i))
+            for i, src in enumerate("ae")
+        ]
+        plans = [
+            max(
+                joint.group_plans(snapshot, GRAPH, dm, g),
+                key=lambda p: contention.equal_rate([p], [10.0], snapshot),
+            )
+            for dm, g in zip(demands, groups, strict=True)
+        ]
+        every.append(contention.equal_rate(plans, [10.0, 10.0], snapshot))
+    assert best.fps == pytest.approx(max(every))
+    assert best.fps == pytest.approx(contention.equal_rate(best.plans, [10.0, 10.0], snapshot))
+    computing = [{d for st in p.stages for d in st.devices} for p in best.plans]
+    assert not computing[0] & computing[1] - {"f"}
+
+
+def test_the_best_disjoint_grouping_refuses_a_mesh_too_large_to_enumerate(cost, snapshot):
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH6, cost_model=cost, max_evaluations=20)
+    joint = JointPlanner(planner, cost, rounds=1, budget=10)
+    with pytest.raises(ValueError, match="32 group plannings, more than the limit of 16"):
+        best_disjoint_grouping(joint, snapshot, GRAPH, [Demand("a", "f", 10.0), Demand("e", "f", 10.0)], 16)
+
+
+def test_pipelines_proposed_on_a_profile_balance_its_seconds_not_the_flops(snapshot):
+    """A profile whose first unit costs as much as all the rest (FLOPs say it is cheap): the DP must cut
+    where the profile's seconds balance, so its pipelines, priced on that profile, sustain more than
+    those proposed on FLOPs."""
+    flops = [float(GRAPH.band_flops(u, u + 1, (0, GRAPH.extent(u + 1)))) for u in range(N_UNITS)]
+    seconds = [f / 1e9 for f in flops]
+    seconds[0] = sum(seconds[1:])
+    profile = Profile(model=MODEL, reference_gflops=1.0, unit_seconds=tuple(seconds))
+    contention = Contention(CostModel(GRAPH, MESH6, profile))
+    info = stage_info(GRAPH, 0, 1, 1, profile)
+    assert info.flops == pytest.approx(seconds[0] * 1e9)
+
+    def best(plans: list[Plan]) -> float:
+        return max(contention.capacity([p], snapshot) for p in plans)
+
+    devices = list(SPEEDS)
+    on_profile = best(pipeline_plans(snapshot, GRAPH, devices, profile=profile))
+    on_flops = best(pipeline_plans(snapshot, GRAPH, devices))
+    assert on_profile > 1.1 * on_flops
