@@ -238,7 +238,10 @@ def plan_figures(
         )
         figures.append(Figure("best_disjoint_grouping", three, best.plans, best.fps, served=False))
     for f in figures:
-        f.replanners = {s.name: replanner(s, planner, snapshot, graph) for s in f.streams}
+        f.replanners = {
+            s.name: replanner(s, planner, snapshot, graph, p.devices)
+            for s, p in zip(f.streams, f.plans, strict=True)
+        }
         console.print(f"  {f.name}: predicted {f.predicted_fps:.3f} frames/s per stream")
         for s, p in zip(f.streams, f.plans, strict=True):
             console.print(f"    {s.name}: {p.describe()}")

@@ -70,7 +70,10 @@ def deploy_streams(
     fps = [s.fps or planned.fps for s in streams.streams]
     if min(fps) <= 0:
         raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
-    replanners = {s.name: replanner(s, planner, snapshot, graph) for s in streams.streams}
+    replanners = {
+        s.name: replanner(s, planner, snapshot, graph, p.devices)
+        for s, p in zip(streams.streams, planned.plans, strict=True)
+    }
     paced = pacing(profile or host_profile(graph, same_host=True, say=console.print), pacing_mode)
     with LocalCluster(spec, model=name, seed=seed, dilation=dilation, **paced) as cluster:
         console.print(f"emulation: time dilation {cluster.dilation:g}")

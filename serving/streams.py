@@ -25,7 +25,7 @@ emulated seconds, so a run at any D measures the same cluster.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -35,7 +35,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agents.base import Planner
+from agents.base import Planner, PlannerError
 from agents.streams import LATENCY, Demand, JointPlanner, StreamsPlan, plan_independently
 from env.contention import Contention
 from env.cost_model import CostModel
@@ -323,15 +323,31 @@ def plan_streams(
     raise ValueError(f"planning must be joint or independent, not {planning!r}")
 
 
-def replanner(stream: StreamSpec, planner: Planner, snapshot: Snapshot, graph: LayerGraph) -> Replanner:
-    """The plan for ``stream`` over the devices still up (its source or sink, if down, is replaced by the
-    fastest device up): what the controller asks for when a worker of the stream's plan dies."""
+def replanner(
+    stream: StreamSpec,
+    planner: Planner,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    lane: Collection[str] = (),
+) -> Replanner:
+    """The plan for ``stream`` when a worker of its plan dies: what the controller asks for. ``lane`` is
+    the devices the stream was planned on: the new plan keeps to those still up when the planner can
+    plan there, so the other streams keep their devices (spreading over every device, as a stream
+    planned alone would, loads the others' devices and radios with work their plans never priced);
+    otherwise it is planned over every device up. A source or sink that is down is replaced by the
+    fastest device up."""
 
     def replan(available: frozenset[str]) -> Plan:
         fastest = max(sorted(available), key=lambda d: snapshot.spec.devices[d].gflops)
         source = stream.source if stream.source in available else fastest
         sink = stream.sink if stream.sink in available else fastest
         view = replace(snapshot, available=frozenset(available), source=source, sink=sink)
+        kept = frozenset(lane) & available
+        if kept and kept != available and source in kept:
+            try:
+                return planner.plan(replace(view, available=kept), graph, LATENCY)
+            except PlannerError:
+                pass  # the lane's devices up cannot serve it: every device up may
         return planner.plan(view, graph, LATENCY)
 
     return replan

@@ -33,6 +33,7 @@ from serving.streams import (
     StreamSpec,
     StreamsRun,
     load_streams,
+    replanner,
     report,
     serve_streams,
 )
@@ -133,6 +134,24 @@ def test_joint_planning_beats_planning_each_stream_alone(cost, snapshot):
 
 
 # ---- streams files -------------------------------------------------------------------------------
+
+
+def test_a_replan_after_a_death_keeps_the_stream_on_its_own_devices_still_up(cost, snapshot):
+    """The stream was planned on a, b, c (d, the fastest, computes for another stream): when b dies, it is
+    re-planned on a and c, not spread onto d; a lane without the source, or no lane, is planned over
+    every device up."""
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH4, cost_model=cost, max_evaluations=40)
+    stream = StreamSpec(name="front", source="a", sink="d", model=MODEL, slo_s=5)
+    up = frozenset("acd")
+
+    def computing(plan: Plan) -> set[str]:
+        return {d for st in plan.stages for d in st.devices}
+
+    kept = replanner(stream, planner, snapshot, GRAPH, lane={"a", "b", "c"})(up)
+    spread = replanner(stream, planner, snapshot, GRAPH)(up)
+    assert computing(kept) <= {"a", "c"}
+    assert "d" in computing(spread)
+    assert replanner(stream, planner, snapshot, GRAPH, lane={"b", "c"})(up) == spread
 
 
 def _write(tmp_path, text: str):
