@@ -17,6 +17,7 @@ A fifth, predicted only, asks whether planning jointly matters beyond the throug
 sixth, also predicted only, the joint planner's yardstick: ``best_disjoint_grouping``, the highest equal
 rate over every assignment of the devices to the three streams' disjoint groups, each stream on the best
 of the joint planner's plans for its group (agents/streams.py ``best_disjoint_grouping``; a few minutes).
+Last, ``compute_bound_fps``: what no plan can beat, every device computing whole frames all the time.
 
 Live, each configuration is served open loop at its predicted rate for ``--frames`` frames per stream
 (after one warm-up frame per stream); if a stream misses (p95 over the SLO, below 90% of the rate, a frame
@@ -248,6 +249,20 @@ def plan_figures(
     return figures
 
 
+def compute_bound_fps(cost: CostModel, snapshot) -> float:
+    """Frames/s of one stream if every device computed whole frames all the time: the sum over devices of
+    1 / its whole-model compute seconds. No plan sustains more (a band's halo only adds work, radios only
+    add waiting, and the cost model scales every unit's seconds alike across devices), and ``n`` equal
+    streams at most 1 / ``n`` of it each."""
+    whole = len(cost.graph.units)
+    busy = Contention(cost).busy
+    ids = cost.spec.device_ids
+    return sum(
+        1.0 / busy([build_plan(replace(snapshot, source=d, sink=d), [(0, whole, (d,))])], snapshot)[0][i]
+        for i, d in enumerate(ids)
+    )
+
+
 def serve_figures(
     figures: list[Figure], spec: ClusterSpec, shape: tuple[int, int, int], args, profile: Profile | None
 ) -> tuple[float, str]:
@@ -297,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
             f"no profile covers {args.input_size}x{args.input_size} inputs: planning on FLOPs alone"
         )
     figures = plan_figures(spec, graph, slo, profile, args.groupings)
+    bound = compute_bound_fps(CostModel(graph, spec, profile), NetworkState.static(spec).snapshot(0.0))
     dilation, paced_by = (None, None) if args.no_live else serve_figures(figures, spec, shape, args, profile)
-    report(figures, args, started, slo, dilation, paced_by, "flops" if profile is None else "profile")
+    cost_model = "flops" if profile is None else "profile"
+    report(figures, args, started, slo, dilation, paced_by, cost_model, compute_bound=bound)
 
 
 def _planned(planned) -> tuple[tuple[Plan, ...], float]:
@@ -313,9 +330,10 @@ def report(
     dilation: float | None,
     pacing: str | None,
     cost_model: str,
+    compute_bound: float | None = None,
 ) -> None:
     """The table, the ratios and the JSON (``dilation``, ``pacing``: the live runs', None without them;
-    ``cost_model``: what the figures were planned on)."""
+    ``cost_model``: what the figures were planned on; ``compute_bound``: ``compute_bound_fps``)."""
     by = {f.name: f for f in figures}
     table = Table(
         title=f"{MODEL} on disnet-mesh0 at 15 Mbit/s, frames/s per stream ({time.time() - started:.0f} s)"
@@ -363,6 +381,13 @@ def report(
         if not args.no_live
         else {},
     }
+    if compute_bound is not None:
+        streams = len(by["joint"].streams)
+        result["compute_bound_fps"] = {"one_stream": compute_bound, "per_stream": compute_bound / streams}
+        console.print(
+            f"compute bound (every device computing whole frames all the time): {compute_bound:.3f} "
+            f"frames/s for one stream, {compute_bound / streams:.3f} per stream for {streams}"
+        )
     for key in ("single_device_fps", "pipelined_fps", "independent_fps", "joint_fps"):
         console.print(f"{key}: {result[key]:.3f}")
     if args.json is not None:

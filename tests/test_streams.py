@@ -154,6 +154,21 @@ def test_a_replan_after_a_death_keeps_the_stream_on_its_own_devices_still_up(cos
     assert replanner(stream, planner, snapshot, GRAPH, lane={"b", "c"})(up) == spread
 
 
+def test_no_plan_sustains_more_than_the_compute_bound(cost, snapshot):
+    """Every device computing whole frames all the time: MESH4's speeds 1, 1, 1, 2 (x the slowest's rate)."""
+    contention = Contention(cost)
+    slowest = contention.capacity([_local("a")], snapshot)
+    bound = streams_bench.compute_bound_fps(cost, snapshot)
+    assert bound == pytest.approx(5 * slowest)
+    for plan in (
+        _split("abcd"),
+        _split("cd"),
+        _local("d"),
+        Plan.build("a", "d", [(0, 6, {"a": 1}), (6, N_UNITS, {"d": 1})]),
+    ):
+        assert contention.capacity([plan], snapshot) <= bound
+
+
 def _write(tmp_path, text: str):
     path = tmp_path / "streams.yaml"
     path.write_text("format: disnet-streams/1\n" + text)
@@ -320,7 +335,11 @@ def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fideli
     path = tmp_path / "streams.json"
     tries = [{"fidelity": {"1": 0.99, "8": 0.9}}, {"fidelity": {"1": 0.97, "8": 0.96}}]
     served = ("single_device", "pipelined", "independent", "joint")
-    figures = [streams_bench.Figure(name, [], (), 1.0, live_fps=1.0, tries=tries) for name in served]
+    three = [StreamSpec(name=f"cam{i}", source="a", sink="d", model=MODEL, slo_s=5) for i in range(3)]
+    figures = [
+        streams_bench.Figure(name, three if name == "joint" else [], (), 1.0, live_fps=1.0, tries=tries)
+        for name in served
+    ]
     figures.append(streams_bench.Figure("independent_pipelined", [], (), 1.0, served=False))
     streams_bench.report(
         figures,
@@ -330,8 +349,10 @@ def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fideli
         dilation=2.5,
         pacing="cpu",
         cost_model="flops",
+        compute_bound=3.0,
     )
     result = json.loads(path.read_text())
+    assert result["compute_bound_fps"] == {"one_stream": 3.0, "per_stream": 1.0}
     assert result["settings"]["dilation"] == 2.5 and set(result["emulation"]) == set(served)
     for emulation in result["emulation"].values():
         assert emulation["dilation"] == 2.5 and emulation["fidelity"] == {"1": 0.97, "8": 0.9}
