@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -104,8 +104,17 @@ class Period:
 class JointPlanner:
     """Plans streams together for the highest equal frame rate within their SLOs (module docstring)."""
 
-    def __init__(self, planner: Planner, cost: CostModel, rounds: int = 3, budget: int = 600, seed: int = 0):
+    def __init__(
+        self,
+        planner: Planner,
+        cost: CostModel,
+        rounds: int = 3,
+        budget: int = 600,
+        seed: int = 0,
+        say: Callable[[str], None] = lambda _msg: None,
+    ):
         self.planner = planner
+        self.say = say  # progress: a line per round of each search (planning three streams takes ~40 s)
         self.contention = Contention(cost)
         self.rounds = rounds
         self.budget = budget  # plans scored by each stream's local search per round
@@ -130,10 +139,12 @@ class JointPlanner:
         ]
         start = StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))
         starts = [start, self._apart(snapshot, graph, demands, wide)] if len(demands) > 1 else [start]
+        self.say(f"search 1 of 2 (from the per-request plans, {start.fps:.3f} frames/s per stream)")
+        narrow = self._improve(start, pools, views, graph, demands, snapshot)
+        best_start = max(starts, key=lambda s: s.fps)
+        self.say(f"search 2 of 2 (pipelines and groups too, from {best_start.fps:.3f} frames/s per stream)")
         return max(
-            self._improve(start, pools, views, graph, demands, snapshot),
-            self._improve(max(starts, key=lambda s: s.fps), wide, views, graph, demands, snapshot),
-            key=lambda s: s.fps,
+            narrow, self._improve(best_start, wide, views, graph, demands, snapshot), key=lambda s: s.fps
         )
 
     def _improve(
@@ -150,7 +161,7 @@ class JointPlanner:
         slo = [d.slo_s for d in demands]
         best = self._ascend(start, pools, slo, snapshot)
         rng = np.random.default_rng(self.seed)
-        for _ in range(self.rounds):
+        for round_ in range(self.rounds):
             for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
                 others = best.plans[:i] + best.plans[i + 1 :]
                 search = PlanSearch(Period(self.contention, others, demand.slo_s), view, graph, LATENCY)
@@ -158,6 +169,7 @@ class JointPlanner:
                 search.local_search(self.budget, rng, starts=1)
                 pools[i].extend(p for p in search.improvements if p not in pools[i])
             improved = self._ascend(best, pools, slo, snapshot)
+            self.say(f"  round {round_ + 1}: {max(improved.fps, best.fps):.3f} frames/s per stream")
             if improved.fps <= best.fps * 1.001:
                 break
             best = improved

@@ -210,7 +210,7 @@ def plan_figures(
     singles = [build_plan(view, [(0, len(graph.units), (d,))]) for d in spec.device_ids]
     rates = [contention.equal_rate([p], [slo], snapshot) for p in singles]
     best = max(range(len(singles)), key=rates.__getitem__)
-    joint_planner = JointPlanner(planner, cost)
+    joint_planner = JointPlanner(planner, cost, say=console.print)
     pipelined = joint_planner.plan(snapshot, graph, stream_demands(one))
     # each stream planned alone for throughput (stream one's plan is the pipelined figure's)
     others = stream_demands(three[1:])
@@ -223,7 +223,11 @@ def plan_figures(
             three,
             *_planned(plan_streams(three, "independent", planner, cost, snapshot, graph)),
         ),
-        Figure("joint", three, *_planned(plan_streams(three, "joint", planner, cost, snapshot, graph))),
+        Figure(
+            "joint",
+            three,
+            *_planned(plan_streams(three, "joint", planner, cost, snapshot, graph, console.print)),
+        ),
         Figure(
             "independent_pipelined",
             three,

@@ -108,7 +108,7 @@ def _plan(
 ) -> StreamsPlan:
     """Every stream's plan, as the file's ``planning`` asks, shown as it is made."""
     console.print(f"planning {len(streams.streams)} stream(s) {streams.planning}ly ...")
-    planned = plan_streams(streams.streams, streams.planning, planner, cost, snapshot, graph)
+    planned = plan_streams(streams.streams, streams.planning, planner, cost, snapshot, graph, console.print)
     console.print(f"predicted equal rate: {planned.fps:.3f} frames/s per stream")
     for s, p in zip(streams.streams, planned.plans, strict=True):
         console.print(f"  {s.name}: {p.describe()}")

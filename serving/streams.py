@@ -313,11 +313,13 @@ def plan_streams(
     cost: CostModel,
     snapshot: Snapshot,
     graph: LayerGraph,
+    say: Callable[[str], None] = lambda _msg: None,
 ) -> StreamsPlan:
-    """Each stream's plan and their predicted equal rate, planned ``joint``ly or ``independent``ly."""
+    """Each stream's plan and their predicted equal rate, planned ``joint``ly or ``independent``ly
+    (``say``: the joint planner's progress)."""
     demands = stream_demands(streams)
     if planning == "joint":
-        return JointPlanner(planner, cost).plan(snapshot, graph, demands)
+        return JointPlanner(planner, cost, say=say).plan(snapshot, graph, demands)
     if planning == "independent":
         return plan_independently(planner, snapshot, graph, demands, Contention(cost))
     raise ValueError(f"planning must be joint or independent, not {planning!r}")
