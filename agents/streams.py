@@ -246,7 +246,7 @@ def best_disjoint_grouping(
     graph: LayerGraph,
     demands: Sequence[Demand],
     max_group_plans: int = 2048,
-    say=lambda _msg: None,
+    say: Callable[[str], None] = lambda _msg: None,
 ) -> StreamsPlan:
     """A yardstick for the joint planner, not a planner: over every assignment of the available devices
     to the streams (each stream's source in its own group, every other device in exactly one group), each
