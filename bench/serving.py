@@ -11,7 +11,9 @@
             weighs less in its p95 (the table shows how many requests each run had inside the collapse);
             open loop, a request arrives every ``--arrival-every`` s (5) and its latency counts from its
             arrival. ``--oracle`` adds a run of the first planner told the emulated world's exact present
-            (what perfect link telemetry would reach); ``--no-rescue`` turns rescues off.
+            (what perfect link telemetry would reach); ``--no-rescue`` turns rescues off; ``--out DIR``
+            keeps every run's requests as CSV, each one's wait for the cluster apart from its service time
+            (a slow run can be read from its own records).
   plans     the same collapse world, planned offline: each planner's plan for the world's exact snapshot
             before, at and during the drop, with every device at a few speed factors (0.4-1), priced by the
             cost model. Shows how far a
@@ -23,7 +25,7 @@
             (after warm-up) and the end (target: growth <= 5%).
 
 Rerun: python -m bench.serving collapse [--agents optimal,ppo:PATH] [--loops closed,open] [--oracle]
-                                        [--network kernel]
+                                        [--network kernel] [--out DIR]
        | plans [--agents optimal,ppo:PATH,ppo-top40:PATH] | chaos [--requests 1000] | soak [--minutes 30]
 """
 
@@ -54,7 +56,9 @@ from runtime.controller import Controller
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster
 from serving.loop import ServeOptions, serve
+from serving.metrics import MetricsWriter
 from serving.policies import Decider
+from serving.records import RequestLog
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"
@@ -127,7 +131,15 @@ def collapse(args) -> None:
             ) as cluster:
                 observe = oracle(world, cluster.controller) if mode == "oracle" else None
                 options = collapse_options(mode, every, args)
-                results[loop, agent, mode] = serve_collapse(cluster, model, decide, options, label, observe)
+                name = f"{loop}-{planner_label(agent).replace(':', '_')}-{mode}"
+                sink = MetricsWriter(args.out, name) if args.out else None
+                try:
+                    results[loop, agent, mode] = serve_collapse(
+                        cluster, model, decide, options, label, observe, sink
+                    )
+                finally:
+                    if sink is not None:
+                        sink.close()
     console.print(collapse_table(results, args))
     console.print(
         "Closed loop, a slow plan issues fewer requests: the static run has only a few inside the collapse "
@@ -151,9 +163,23 @@ def collapse_options(mode: str, every: float | None, args) -> ServeOptions:
     )
 
 
-def serve_collapse(cluster, model, decide: Decider, options: ServeOptions, label: str, observe):
-    """One run through the collapse, printed; its summary and records."""
+def serve_collapse(
+    cluster,
+    model,
+    decide: Decider,
+    options: ServeOptions,
+    label: str,
+    observe,
+    sink: MetricsWriter | None = None,
+):
+    """One run through the collapse, printed; its summary and records (also handed to ``sink``)."""
     records = []
+
+    def keep(record: RequestLog) -> None:
+        records.append(record)
+        if sink is not None:
+            sink(record)
+
     report = serve(
         cluster,
         model,
@@ -161,7 +187,7 @@ def serve_collapse(cluster, model, decide: Decider, options: ServeOptions, label
         options,
         agent=label,
         console=console,
-        on_result=records.append,
+        on_result=keep,
         observe=observe,
     )
     s = report.summary()
@@ -297,6 +323,11 @@ def main() -> None:
     c.add_argument("--drop-at", type=float, default=40.0)
     flags.add_network(c)
     c.add_argument("--drop-len", type=float, default=30.0, help="seconds the collapse lasts")
+    c.add_argument(
+        "--out",
+        type=Path,
+        help="write each run's requests here (CSV, TensorBoard): arrival wait and service time apart",
+    )
     p = sub.add_parser("plans")
     flags.add_agents(p, f"optimal,ppo:{policy},ppo-top40:{policy}", help="comma-separated planners")
     p.add_argument("--drop-at", type=float, default=40.0)
