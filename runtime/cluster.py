@@ -386,9 +386,9 @@ def _up(args: argparse.Namespace, spec: ClusterSpec) -> None:
             print(
                 f"check: {ctl.plan.describe()}: latency {result.latency_s * 1e3:.1f} ms, max |error| {err:.2e}"
             )
-        print("Ctrl-C to stop")
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the cluster as cleanly as Ctrl-C
-        try:
+        try:  # told only once a Ctrl-C lands here, where it stops the cluster cleanly
+            print("Ctrl-C to stop", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:

@@ -182,11 +182,22 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
         )
         + "links:\n  - {a: a, b: b, mbps: 5}\n  - {a: b, b: c, mbps: 5}\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cluster", "up", str(config), "--network", "kernel"],
+    errors = tmp_path / "stderr.txt"
+    proc = subprocess.Popen(  # -X faulthandler: SIGABRT makes it print every thread's stack (below)
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "runtime.cluster",
+            "up",
+            str(config),
+            "--network",
+            "kernel",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors.open("w"),
         text=True,
         start_new_session=True,
     )
@@ -202,7 +213,12 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
         proc.send_signal(stop)
         # read on while it stops (a full pipe would block it), and allow for a loaded host: namespaces
         # are torn down by the kernel, which took over 20 s once in a full CI run
-        proc.communicate(timeout=60)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait()
+            pytest.fail(f"the cluster did not stop within 60 s; its stacks:\n{errors.read_text()[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
