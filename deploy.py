@@ -111,7 +111,7 @@ def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, o
         restart_clock=True,  # every planner meets the same traces from its first request
     )
     label = planner_label(agent)
-    writer = MetricsWriter(out_dir, label.replace(":", "_")) if out_dir else None
+    writer = MetricsWriter(out_dir, label) if out_dir else None
     try:
         report = serve(cluster, model, decide, options, agent=label, console=console, on_result=writer)
     finally:

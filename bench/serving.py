@@ -131,8 +131,7 @@ def collapse(args) -> None:
             ) as cluster:
                 observe = oracle(world, cluster.controller) if mode == "oracle" else None
                 options = collapse_options(mode, every, args)
-                name = f"{loop}-{planner_label(agent).replace(':', '_')}-{mode}"
-                sink = MetricsWriter(args.out, name) if args.out else None
+                sink = MetricsWriter(args.out, f"{loop}-{planner_label(agent)}-{mode}") if args.out else None
                 try:
                     results[loop, agent, mode] = serve_collapse(
                         cluster, model, decide, options, label, observe, sink
