@@ -335,9 +335,9 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     n = len(ctl.graph.units)
     ctl.configure(dataclasses.replace(ctl.emulation, link_schedules={("d", "e"): 3.0}))
     ctl.deploy(Plan.build("d", "e", [(0, 6, {"e": 1}), (6, n, {"d": 1})]))
-    since = time.time()
+    since, results = time.time(), []
     for x in _inputs(40):  # for a bit more than a second, so that the history has a full second
-        ctl.infer(x)
+        results.append(ctl.infer(x))
         if time.time() - since > 1.2:
             break
     pieces = _link_pieces(ctl, ("d", "e"), since)
@@ -352,8 +352,12 @@ def test_link_and_compute_telemetry_for_live_planning(ctl):
     recent = [s for s in ctl.compute_samples if s[0] >= since]
     assert {device for _, device, _, _, _ in recent} == {"d", "e"}
     assert all(seconds > 0 and flops > 0 for _, _, flops, seconds, _ in recent)
-    # emulated workers say what each task takes at nominal speed (speed factor 1 here: what it took)
-    assert all(nominal == pytest.approx(seconds, rel=TIMING_TOLERANCE) for *_, seconds, nominal in recent)
+    # emulated workers say what each task takes at nominal speed: at speed factor 1, its paced target,
+    # which the task's wall time can only exceed (by how late the host wakes the worker: not checked here)
+    computed = [e for r in results for e in r.timeline.of("compute")]
+    assert all(e["nominal"] == pytest.approx(e["target"], rel=1e-9) for e in computed)
+    assert sorted(nominal for *_, nominal in recent) == pytest.approx(sorted(e["nominal"] for e in computed))
+    assert all(0 < nominal <= seconds for *_, seconds, nominal in recent)
     status = ctl.ping()
     assert all(s.up for s in status.values()) and ctl.available == frozenset(SPEC.devices)
     assert all(math.isfinite(s.stats["energy_j"]) for s in status.values())
