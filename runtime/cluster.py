@@ -386,7 +386,10 @@ def _up(args: argparse.Namespace, spec: ClusterSpec) -> None:
             print(
                 f"check: {ctl.plan.describe()}: latency {result.latency_s * 1e3:.1f} ms, max |error| {err:.2e}"
             )
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the cluster as cleanly as Ctrl-C
+        # Ctrl-C stops it even when started in the background of a script, which starts it with SIGINT
+        # ignored (Python then never turns SIGINT into KeyboardInterrupt); `kill` stops it as cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:  # told only once a Ctrl-C lands here, where it stops the cluster cleanly
             print("Ctrl-C to stop", flush=True)
             while True:
