@@ -22,7 +22,8 @@ Last, ``compute_bound_fps``: what no plan can beat, every device computing whole
 Live, each configuration is served open loop at its predicted rate for ``--frames`` frames per stream
 (after one warm-up frame per stream); if a stream misses (p95 over the SLO, below 90% of the rate, a frame
 lost or wrong) the rate drops by 15% and it is served again, up to ``--tries`` times. The live figure is
-the highest rate every stream met (0 if none). ``--kill`` kills a worker the joint plans use halfway
+the highest rate every stream met (0 if none; a figure predicted 0, whose frame alone misses the SLO, is
+not served, and a ratio over a 0 figure is n/a, null in the JSON). ``--kill`` kills a worker the joint plans use halfway
 through the joint run. Every output is checked against the unsplit model. Targets: pipelined_fps >= 4x
 single_device_fps, joint_fps >= 1.3x independent_fps, 0 lost, every output exact.
 
@@ -104,9 +105,13 @@ class Figure:
 
 
 def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> None:
-    """Serve ``figure`` at its predicted rate, 15% lower after each miss; keep the highest rate met."""
-    ctl = cluster.controller
+    """Serve ``figure`` at its predicted rate, 15% lower after each miss; keep the highest rate met (none
+    when no rate is predicted to meet the SLO: a frame alone misses it)."""
     fps = figure.predicted_fps
+    if fps <= 0:
+        console.print(f"  {figure.name}: not served (a frame alone misses the SLO on its plan)")
+        return
+    ctl = cluster.controller
     for _ in range(args.tries):
         warm_up(ctl, figure)
         chaos = []
@@ -209,7 +214,9 @@ def plan_figures(
     view = replace(snapshot, source=SOURCES[0], sink=SINK)
     singles = [build_plan(view, [(0, len(graph.units), (d,))]) for d in spec.device_ids]
     rates = [contention.equal_rate([p], [slo], snapshot) for p in singles]
-    best = max(range(len(singles)), key=rates.__getitem__)
+    alone = [cost.latency(p, view) for p in singles]
+    best = max(range(len(singles)), key=lambda i: (rates[i], -alone[i]))  # the fastest if none meets the SLO
+    console.print(f"  the best single device takes {alone[best]:.2f} s per frame alone (SLO {slo:.2f} s)")
     joint_planner = JointPlanner(planner, cost, say=console.print)
     pipelined = joint_planner.plan(snapshot, graph, stream_demands(one))
     # each stream planned alone for throughput (stream one's plan is the pipelined figure's)
@@ -349,9 +356,10 @@ def report(
         table.add_row(f.name, str(len(f.streams)), f"{f.predicted_fps:.3f}", live)
     console.print(table)
 
-    def ratio(a: str, b: str, live: bool) -> float:
+    def ratio(a: str, b: str, live: bool) -> float | None:
+        """``a`` over ``b``; None (JSON null) when ``b`` sustains no rate within the SLO."""
         x, y = (by[a].live_fps, by[b].live_fps) if live else (by[a].predicted_fps, by[b].predicted_fps)
-        return x / y if y > 0 else float("nan")
+        return x / y if y > 0 else None
 
     ratios = {
         "pipelined_over_single": {"predicted": ratio("pipelined", "single_device", False)},
@@ -366,7 +374,10 @@ def report(
         ratios["pipelined_over_single"]["live"] = ratio("pipelined", "single_device", True)
         ratios["joint_over_independent"]["live"] = ratio("joint", "independent", True)
     for name, values in ratios.items():
-        console.print(f"{name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+        console.print(
+            f"{name}: "
+            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in values.items())
+        )
     result = {f"{f.name}_fps": (f.predicted_fps if args.no_live else f.live_fps) for f in figures if f.served}
     result |= {
         "predicted": {f.name: f.predicted_fps for f in figures},

@@ -359,3 +359,22 @@ def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fideli
         assert emulation["pacing"] == "cpu"
         assert emulation["fidelity_min"] == 0.9
     assert result["settings"]["cost_model"] == "flops"
+
+
+def test_the_streams_bench_serves_no_figure_whose_frame_alone_misses_the_slo(tmp_path):
+    """On a slow enough host no single device meets the SLO: that figure is 0, not served (no cluster is
+    touched), and the ratio over it is null in the JSON, not a division by zero."""
+    path = tmp_path / "streams.json"
+    args = streams_bench.parse(["--json", str(path)])
+    one = [StreamSpec(name="cam", source="a", sink="d", model=MODEL, slo_s=5)]
+    single = streams_bench.Figure("single_device", one, (), 0.0)
+    streams_bench.serve_live(None, single, None, args, kill=None)
+    assert single.tries == [] and single.live_fps == 0.0
+    figures = [single] + [
+        streams_bench.Figure(name, one, (), 1.0, live_fps=1.0)
+        for name in ("pipelined", "independent", "joint", "independent_pipelined")
+    ]
+    streams_bench.report(figures, args, 0.0, 5.0, dilation=1.0, pacing="profile", cost_model="profile")
+    ratios = json.loads(path.read_text())["ratios"]
+    assert ratios["pipelined_over_single"] == {"predicted": None, "live": None}
+    assert ratios["joint_over_independent"] == {"predicted": 1.0, "live": 1.0}
