@@ -19,10 +19,12 @@ rate over every assignment of the devices to the three streams' disjoint groups,
 of the joint planner's plans for its group (agents/streams.py ``best_disjoint_grouping``; a few minutes).
 Last, ``compute_bound_fps``: what no plan can beat, every device computing whole frames all the time.
 
-Live, each configuration is served open loop at its predicted rate for ``--frames`` frames per stream
-(after one warm-up frame per stream); if a stream misses (p95 over the SLO, below 90% of the rate, a frame
-lost or wrong) the rate drops by 15% and it is served again, up to ``--tries`` times. The live figure is
-the highest rate every stream met (0 if none; a figure predicted 0, whose frame alone misses the SLO, is
+Live, each configuration is served open loop for ``--frames`` frames per stream (after one warm-up frame
+per stream), ``--tries`` times: first at its predicted rate, then 15% higher after a rate every stream met
+and 15% lower after one a stream missed (p95 over the SLO, below 90% of the rate, a frame lost or wrong),
+until there is one of each, then halfway between the highest met and the lowest missed (``next_rate``), so
+every figure is searched alike, up as well as down. The live figure is the highest rate every stream met
+(0 if none; a figure predicted 0, whose frame alone misses the SLO, is
 not served, and a ratio over a 0 figure is n/a, null in the JSON). ``--kill`` kills a worker the joint plans use halfway
 through the joint run. Every output is checked against the unsplit model. Targets: pipelined_fps >= 4x
 single_device_fps, joint_fps >= 1.3x independent_fps, 0 lost, every output exact.
@@ -45,7 +47,7 @@ no profile, so it is planned on FLOPs alone and paced by CPU time (the JSON reco
 alike (the SLO too), so the ratios keep their meaning, and the JSON records both. The dilation makes
 ``--slowdown`` unnecessary for fidelity: it changes the problem, not the emulation's accuracy.
 
-Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 3] [--kill] [--dilation D]
+Rerun: python -m bench.streams [--json PATH] [--frames 12] [--tries 4] [--kill] [--dilation D]
        [--slowdown 1] [--input-size 224] [--slo 5] [--groupings] [--no-live]
 """
 
@@ -104,14 +106,31 @@ class Figure:
         return worst
 
 
+STEP = 0.15  # how far from the last rate tried the search steps until it has a rate met and one missed
+
+
+def next_rate(tried: list[tuple[float, bool]]) -> float:
+    """The next rate to serve after the (rate, met) pairs ``tried``: ``STEP`` above the highest rate met
+    while none was missed, ``STEP`` below the lowest missed while none was met, else halfway between the
+    highest met and the lowest missed."""
+    met = [rate for rate, ok in tried if ok]
+    missed = [rate for rate, ok in tried if not ok]
+    if not missed:
+        return max(met) * (1 + STEP)
+    if not met:
+        return min(missed) * (1 - STEP)
+    return (max(met) + min(missed)) / 2
+
+
 def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> None:
-    """Serve ``figure`` at its predicted rate, 15% lower after each miss; keep the highest rate met (none
-    when no rate is predicted to meet the SLO: a frame alone misses it)."""
+    """Serve ``figure`` ``--tries`` times at the rates ``next_rate`` picks, from its predicted rate; keep
+    the highest rate met (none when no rate is predicted to meet the SLO: a frame alone misses it)."""
     fps = figure.predicted_fps
     if fps <= 0:
         console.print(f"  {figure.name}: not served (a frame alone misses the SLO on its plan)")
         return
     ctl = cluster.controller
+    tried: list[tuple[float, bool]] = []
     for _ in range(args.tries):
         warm_up(ctl, figure)
         chaos = []
@@ -141,10 +160,10 @@ def serve_live(cluster, figure: Figure, reference, args, kill: str | None) -> No
             f"lost {sum(r.lost for r in run.reports)}, wrong {sum(r.wrong for r in run.reports)}, "
             f"fidelity {min(fidelity.values(), default=float('nan')):.3f}, {wall:.0f} s wall)"
         )
+        tried.append((fps, met))
         if met:
-            figure.live_fps = fps
-            return
-        fps *= 0.85
+            figure.live_fps = max(figure.live_fps, fps)
+        fps = next_rate(tried)
 
 
 def warm_up(ctl, figure: Figure) -> None:
@@ -165,7 +184,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     flags.add_json(parser)
     parser.add_argument("--frames", type=int, default=12, help="frames per stream per live run")
-    parser.add_argument("--tries", type=int, default=3, help="live runs per figure, each 15%% slower")
+    parser.add_argument(
+        "--tries",
+        type=int,
+        default=4,
+        help="live runs per figure: at the predicted rate, then 15%% up or down, then halving the gap",
+    )
     parser.add_argument("--kill", action="store_true", help="kill a worker halfway through the joint run")
     flags.add_dilation(parser)
     parser.add_argument(

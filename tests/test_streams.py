@@ -378,3 +378,15 @@ def test_the_streams_bench_serves_no_figure_whose_frame_alone_misses_the_slo(tmp
     ratios = json.loads(path.read_text())["ratios"]
     assert ratios["pipelined_over_single"] == {"predicted": None, "live": None}
     assert ratios["joint_over_independent"] == {"predicted": 1.0, "live": 1.0}
+
+
+def test_the_streams_bench_searches_each_figures_rate_up_as_well_as_down():
+    """From the predicted rate: 15% up while every rate was met, 15% down while every rate was missed,
+    then halfway between the highest met and the lowest missed."""
+    step = streams_bench.next_rate
+    assert step([(1.0, True)]) == pytest.approx(1.15)
+    assert step([(1.0, True), (1.15, True)]) == pytest.approx(1.3225)
+    assert step([(1.0, False)]) == pytest.approx(0.85)
+    assert step([(1.0, False), (0.85, False)]) == pytest.approx(0.7225)
+    assert step([(1.0, True), (1.15, False)]) == pytest.approx(1.075)
+    assert step([(1.0, False), (0.85, True), (0.925, False)]) == pytest.approx(0.8875)
