@@ -399,8 +399,7 @@ def report(
         ratios["joint_over_independent"]["live"] = ratio("joint", "independent", True)
     for name, values in ratios.items():
         console.print(
-            f"{name}: "
-            + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in values.items())
+            f"{name}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}x'}" for k, v in values.items())
         )
     result = {f"{f.name}_fps": (f.predicted_fps if args.no_live else f.live_fps) for f in figures if f.served}
     result |= {
