@@ -158,6 +158,12 @@ class Adaptive(Static):
             self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s
         ):
             return False
+        log.info(
+            "swapping plans at %.1f s: predicted %.3f s -> %.3f s on the snapshot",
+            now.time,
+            self.cost.latency(in_force, now),
+            self.cost.latency(plan, now),
+        )
         started = time.perf_counter()
         self.controller.deploy(plan)
         self.swaps.append(time.perf_counter() - started)
