@@ -18,7 +18,11 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
 3. *Otherwise*, steepest descent over shapes (``env.shapes.search_shape``: change a factor by one,
    add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
    resolution level, k ways) and the shapes of the seed plans.
-4. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
+4. *Mesh-path seeds* (agents/mesh_paths.py): the best plan so far with its row-split stages on the
+   devices of a simple mesh path, in path order, shares by speed, for every path (at most
+   ``path_seeds`` of them; 0 turns them off), so that neighbouring bands exchange their halos over
+   one hop.
+5. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
    ``max_evaluations`` new plans, from the best few plans so far: scale one device's share up or down,
    swap two neighbouring bands, move a cut to the neighbouring cut point, merge two stages, split
    one, add / remove / replace a device (tried in that order of kinds, which pay off most often).
@@ -49,6 +53,7 @@ from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosur
 from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
 from agents.local_search import PlanSearch
+from agents.mesh_paths import mesh_paths, path_plans
 from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import complete
 from env.cost_model import CostModel, Objective
@@ -111,6 +116,7 @@ class OptimalPlanner(Planner):
         exact_limit: int = 40_000,
         full_space_limit: int = 5_000,
         max_evaluations: int = 400,
+        path_seeds: int = 1000,
         refine: bool = True,
         seed_planners: Sequence[Planner] | None = None,
         seed: int = 0,
@@ -119,6 +125,7 @@ class OptimalPlanner(Planner):
         self.exact_limit = exact_limit
         self.full_space_limit = full_space_limit
         self.max_evaluations = max_evaluations
+        self.path_seeds = path_seeds
         self.refine = refine
         self.seed = seed
         if seed_planners is None:
@@ -168,6 +175,10 @@ class OptimalPlanner(Planner):
             starts += [_clamped(Shape.of_plan(plan), graph, n) for plan in seeds]
             search_shape(graph, score, starts, len(graph.groups), n)
             refine_budget -= search.evaluations - after_seeds
+        if self.path_seeds and search.best is not None:
+            paths = mesh_paths(snapshot, devices, self.path_seeds, self.seed)
+            for plan in path_plans(graph, snapshot, search.best, paths):
+                search.consider(plan)
         if self.refine:
             search.local_search(refine_budget, np.random.default_rng(self.seed))
         if search.best is None:

@@ -128,7 +128,9 @@ def test_joint_planning_beats_planning_each_stream_alone(cost, snapshot):
     contention = Contention(cost)
     alone = plan_independently(planner, snapshot, GRAPH, demands, contention)
     joint = JointPlanner(planner, cost, rounds=2, budget=40).plan(snapshot, GRAPH, demands)
-    assert joint.fps >= 1.2 * alone.fps
+    # 1.28x against the optimiser before its mesh-path seeds, 1.13x now that each stream's plan alone is
+    # 13% faster (their plans alone still all lean on d)
+    assert joint.fps >= 1.1 * alone.fps
     assert joint.fps == pytest.approx(contention.equal_rate(joint.plans, [1.0] * 3, snapshot))
     assert [p.source for p in joint.plans] == list("abc")
 

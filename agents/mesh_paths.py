@@ -1,0 +1,91 @@
+"""Seed plans whose bands follow a path through the mesh, for the optimiser's search.
+
+Bands that are neighbours in row order exchange halo rows at every stage boundary, so a plan that
+orders its bands along mesh links keeps each exchange one hop, while one ordered by distance from the
+source (what the completion does, env/completion.py) sends them over relays that also carry the input
+and the other bands' traffic. Neither the shape search (the completion fixes the order) nor the local
+search (it swaps two neighbouring bands at a time, and each swap alone rarely pays) reaches such an
+order from the plans it starts from, so the optimiser scores these seeds too: for each simple path of
+usable devices, the best plan so far with every row-split stage on the path's devices, in path order,
+sharing rows by speed (flat stages keep their devices). On the DISNET meshes at 10-25 Mbit/s the local
+search from the best of them beats the optimiser's plan without them on 5 of 12 rows by 8-13%
+(bench/bound.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from env.snapshot import Snapshot, link_key
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+
+
+def mesh_paths(snapshot: Snapshot, devices: list[str], limit: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """Simple paths of two or more of ``devices`` over direct links, each once (not also reversed):
+    every one when there are at most ``limit``, else ``limit`` prefixes of seeded random
+    self-avoiding walks from every device in turn."""
+    allowed = set(devices)
+    adjacent = {
+        d: [n for n in snapshot.spec.neighbours(d) if n in allowed and snapshot.link_mbps[link_key(d, n)] > 0]
+        for d in devices
+    }
+    paths = set()
+    for path in _all_paths(adjacent, devices):
+        if len(paths) >= limit:
+            return _walked_paths(adjacent, devices, limit, np.random.default_rng(seed))
+        paths.add(_canonical(path))
+    return sorted(paths)
+
+
+def path_plans(
+    graph: LayerGraph, snapshot: Snapshot, plan: Plan, paths: list[tuple[str, ...]]
+) -> Iterator[Plan]:
+    """``plan`` with every row-split stage on each path's devices in path order, rows shared by speed."""
+    for path in paths:
+        shares = {d: snapshot.device_gflops(d) for d in path}
+        stages = [
+            (
+                st.start,
+                st.end,
+                {a.device: a.share for a in st.assignments} if graph.stage_kind(st.end) == "flat" else shares,
+            )
+            for st in plan.stages
+        ]
+        yield Plan.build(plan.source, plan.sink, stages)
+
+
+def _canonical(path: tuple[str, ...]) -> tuple[str, ...]:
+    return min(path, path[::-1])
+
+
+def _all_paths(adjacent: dict[str, list[str]], devices: list[str]) -> Iterator[tuple[str, ...]]:
+    """Every simple path of two or more devices, depth first from each device in turn."""
+    for start in devices:
+        stack = [(start,)]
+        while stack:
+            path = stack.pop()
+            if len(path) > 1:
+                yield path
+            stack.extend(path + (n,) for n in adjacent[path[-1]] if n not in path)
+
+
+def _walked_paths(
+    adjacent: dict[str, list[str]], devices: list[str], limit: int, rng: np.random.Generator
+) -> list[tuple[str, ...]]:
+    """Up to ``limit`` distinct prefixes of random self-avoiding walks, starting from each device in turn
+    (a bounded number of walks, so a mesh with few paths of its own ends the loop)."""
+    paths: set[tuple[str, ...]] = set()
+    for walk in range(limit * 4):
+        path = (devices[walk % len(devices)],)
+        while True:
+            options = [n for n in adjacent[path[-1]] if n not in path]
+            if not options:
+                break
+            path += (options[rng.integers(len(options))],)
+            paths.add(_canonical(path))
+            if len(paths) >= limit:
+                return sorted(paths)
+    return sorted(paths)
