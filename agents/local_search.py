@@ -44,8 +44,8 @@ class PlanSearch:
         self.improvements: list[Plan] = []  # each plan that lowered the best score, in the order found
 
     def consider(self, plan: Plan) -> float:
-        """The plan's objective (infinite if it is invalid, infeasible or touches a device, relays
-        included, outside ``confine_to``); updates the best."""
+        """The plan's objective (infinite if it is invalid, infeasible, or touches a device, relays
+        included, that is down or outside ``confine_to``); updates the best."""
         score = self.scores.get(plan)
         if score is not None:
             return score
@@ -71,7 +71,10 @@ class PlanSearch:
             plan.validate(self.graph)
         except PlanError:
             return False
-        if self.confine_to is not None and not self.confine_to.issuperset(self.model.skeleton(plan).devices):
+        touched = self.model.skeleton(plan).devices  # computing and relaying
+        if not up.issuperset(touched):  # a route through a device that is down carries nothing
+            return False
+        if self.confine_to is not None and not self.confine_to.issuperset(touched):
             return False
         return fits_memory(plan, self.graph, self.snapshot.spec)
 
