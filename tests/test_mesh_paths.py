@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import pytest
 
 from agents import OptimalPlanner
+from agents.local_search import PlanSearch
 from agents.mesh_paths import mesh_paths, path_plans
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
+from runtime.plan import Plan
 from runtime.spec import parse_cluster
 
 LINE = ["a", "b", "s", "c", "d"]  # the source s in the middle of a line
@@ -76,3 +79,15 @@ def test_the_optimiser_orders_bands_along_the_line_and_gains(tiny):
     assert model.latency(with_seeds, snap) <= 0.95 * model.latency(without, snap)
     assert not all(adjacent(spec, st.devices) for st in without.stages)
     assert all(adjacent(spec, st.devices) for st in with_seeds.stages)
+
+
+def test_a_plan_relaying_through_a_device_that_is_down_is_infeasible(tiny):
+    """The scatter from s to a crosses b: with b down that plan carries nothing, whatever its devices."""
+    spec = line_spec(0.002, 1.0)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    model = CostModel(tiny, spec)
+    n = len(tiny.units)
+    plan = Plan.build("s", "s", [(0, n, {"s": 1.0, "a": 1.0})])
+    assert math.isfinite(PlanSearch(model, snap, tiny, Objective()).consider(plan))
+    b_down = replace(snap, available=snap.available - {"b"})
+    assert PlanSearch(model, b_down, tiny, Objective()).consider(plan) == math.inf
