@@ -17,7 +17,10 @@ weighted by the previous shares; 0 on the same device), ``spb_out(d)`` the same 
 last stage (0 otherwise). The ``k`` devices with the smallest single-device time ``a_d + c_d`` are chosen
 and their shares equalise finish times, ``x_d = (T - a_d) / c_d`` with ``sum x_d = 1`` (the divisible-load
 solution); a device that would get ``x_d <= 0`` is dropped. Shares are then rounded to whole rows (largest
-remainder), so a plan is canonical: equal conditions give the identical plan.
+remainder), so a plan is canonical: equal conditions give the identical plan. Row order: neighbouring
+bands exchange halo rows at every stage boundary, so the first stage lays its devices out along short
+routes (cheapest insertion on seconds per byte), and each later stage keeps the order of the devices it
+shares with the one before (their rows stay where they are) and puts its new ones after them.
 Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down) or lack memory for the
 stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
 
@@ -143,8 +146,7 @@ def _complete(
     """Every stage's devices (in row order) and rows: ``devices[stage_ptr[s]:stage_ptr[s+1]]`` and ``sizes``.
 
     Per stage: ``_choose`` the devices and shares, whole rows by ``split_rows``, then the devices that got
-    rows ordered by (rank in the previous stage, seconds per byte from it, index), which keeps data
-    local and transfers short.
+    rows in row order (``_row_order``).
     """
     n = spb.shape[0]
     n_stages = flat.size
@@ -154,34 +156,14 @@ def _complete(
     stage_ptr = np.zeros(n_stages + 1, dtype=np.int64)
     out_dev = np.empty(n_stages * n, dtype=np.int64)
     out_rows = np.empty(n_stages * n, dtype=np.int64)
-    rank = np.empty(n, dtype=np.int64)
     for s in range(n_stages):
         chosen, shares, spb_in = _choose(
             spb, usable, memory, inv_speed, used_memory, prev_dev, prev_w, sink if s == n_stages - 1 else -1,
             flat[s], in_bytes[s], flops[s], out_bytes[s], halo_bytes[s], halo_flops[s], param_bytes[s], k[s],
         )  # fmt: skip
         sizes = split_rows(extent[s], shares)
-        rank[:] = n
-        for r in range(prev_dev.size):
-            rank[prev_dev[r]] = r
-        order = np.empty(chosen.size, dtype=np.int64)
-        m = 0
-        for j in range(chosen.size):  # insertion sort of the devices with rows by (rank, spb_in, index)
-            if sizes[j] <= 0:
-                continue
-            d = chosen[j]
-            i = m - 1
-            while i >= 0:
-                e = chosen[order[i]]
-                if rank[e] > rank[d] or (
-                    rank[e] == rank[d] and (spb_in[e] > spb_in[d] or (spb_in[e] == spb_in[d] and e > d))
-                ):
-                    order[i + 1] = order[i]
-                    i -= 1
-                else:
-                    break
-            order[i + 1] = j
-            m += 1
+        order = _row_order(chosen, sizes, spb_in, spb, prev_dev, n, s == 0)
+        m = order.size
         prev_dev = np.empty(m, dtype=np.int64)
         prev_w = np.empty(m)
         base = stage_ptr[s]
@@ -197,6 +179,63 @@ def _complete(
 
 
 _largest_remainder = njit(largest_remainder)  # runtime.halo's rule, compiled into split_rows
+
+
+@njit  # called only by _complete, whose cache holds it
+def _row_order(chosen, sizes, spb_in, spb, prev_dev, n, first):
+    """The indices into ``chosen`` of the devices that got rows, in row order.
+
+    After the first stage: by (rank in the previous stage, ``spb_in``, index), which keeps data local and
+    transfers short. The first stage (whose previous stage is the source alone): the source first if it
+    computes, then each other device, nearest the source first, inserted where it adds the fewest seconds
+    per byte between neighbouring bands (cheapest insertion), so neighbours' halo exchanges take short
+    routes rather than relays.
+    """
+    rank = np.full(n, n, dtype=np.int64)
+    for r in range(prev_dev.size):
+        rank[prev_dev[r]] = r
+    order = np.empty(chosen.size, dtype=np.int64)
+    m = 0
+    for j in range(chosen.size):  # insertion sort of the devices with rows by (rank, spb_in, index)
+        if sizes[j] <= 0:
+            continue
+        d = chosen[j]
+        i = m - 1
+        while i >= 0:
+            e = chosen[order[i]]
+            if rank[e] > rank[d] or (
+                rank[e] == rank[d] and (spb_in[e] > spb_in[d] or (spb_in[e] == spb_in[d] and e > d))
+            ):
+                order[i + 1] = order[i]
+                i -= 1
+            else:
+                break
+        order[i + 1] = j
+        m += 1
+    if not first or m < 3:
+        return order[:m]
+    path = np.empty(m, dtype=np.int64)
+    path[0] = order[0]
+    for t in range(1, m):  # insert order[t] into path[:t] at its cheapest position
+        d = chosen[order[t]]
+        best, best_pos = np.inf, t
+        for pos in range(t + 1):
+            added = 0.0
+            if pos > 0:
+                a = chosen[path[pos - 1]]
+                added += spb[a, d] + spb[d, a]
+            if pos < t:
+                b = chosen[path[pos]]
+                added += spb[d, b] + spb[b, d]
+                if pos > 0:
+                    a = chosen[path[pos - 1]]
+                    added -= spb[a, b] + spb[b, a]
+            if added < best:
+                best, best_pos = added, pos
+        for i in range(t, best_pos, -1):
+            path[i] = path[i - 1]
+        path[best_pos] = order[t]
+    return path
 
 
 @njit(cache=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from env.cost_model import CostModel
 from env.net_view import net_view
 from env.network import NetworkState
 from env.plan_arrays import PlanArrays
-from env.shapes import structured_shapes
+from env.shapes import Shape, structured_shapes
 from runtime.halo import split_by_shares
 from runtime.plan import Plan
-from runtime.spec import load_cluster
+from runtime.spec import load_cluster, parse_cluster
 
 
 @settings(max_examples=300, deadline=None)
@@ -63,3 +64,20 @@ def test_plans_that_differ_only_in_where_a_stage_ends_are_different_plans():
     assert PlanArrays.of(first, spec.device_ids, index) != PlanArrays.of(second, spec.device_ids, index)
     model, snapshot = CostModel(graph, spec), NetworkState.static(spec).snapshot(0.0)
     assert model.cost(first, snapshot) != model.cost(second, snapshot)  # not one cached skeleton for both
+
+
+def test_the_first_stage_orders_its_bands_along_the_mesh():
+    """On a line a-b-s-c-d with the source s in the middle, five bands ordered by distance from s (s, b,
+    c, a, d) would put neighbouring bands up to four hops apart; the completion lays them along the line,
+    so every halo exchange is one hop, and later stages keep that order."""
+    line = ["a", "b", "s", "c", "d"]
+    power = {"compute": 1.0, "transmit": 1.0, "receive": 1.0, "idle": 0.1}
+    data = {"format": "disnet-cluster/1", "name": "line5", "source": "s", "sink": "s"}
+    devices = [{"id": d, "gflops": 0.002, "power": power} for d in line]  # compute-bound: all five work
+    links = [{"a": x, "b": y, "mbps": 10.0} for x, y in itertools.pairwise(line)]
+    spec = parse_cluster({**data, "devices": devices, "links": links})
+    graph = model_graph("tiny")
+    first, second = graph.cut_points[1:3]  # two row-split stages, then the rest on one device
+    shape = Shape((0, first, second, len(graph.units)), (5, 5, 1))
+    plan = complete(graph, net_view(NetworkState.static(spec).snapshot(0.0)), shape)
+    assert [st.devices for st in plan.stages[:2]] in ([tuple(line)] * 2, [tuple(reversed(line))] * 2)
