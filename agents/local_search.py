@@ -72,7 +72,8 @@ class PlanSearch:
         except PlanError:
             return False
         touched = self.model.skeleton(plan).devices  # computing and relaying
-        if not up.issuperset(touched):  # a route through a device that is down carries nothing
+        # a route through a device that is down carries nothing (the source and sink are the caller's)
+        if not up.issuperset(set(touched) - {plan.source, plan.sink}):
             return False
         if self.confine_to is not None and not self.confine_to.issuperset(touched):
             return False

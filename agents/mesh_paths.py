@@ -23,19 +23,21 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
 
-def mesh_paths(snapshot: Snapshot, devices: list[str], limit: int, seed: int = 0) -> list[tuple[str, ...]]:
-    """Simple paths of two or more of ``devices`` over direct links, each once (not also reversed):
-    every one when there are at most ``limit``, else ``limit`` prefixes of seeded random
-    self-avoiding walks from every device in turn."""
+def mesh_paths(
+    snapshot: Snapshot, devices: list[str], lengths: range, limit: int, seed: int = 0
+) -> list[tuple[str, ...]]:
+    """Simple paths of ``devices`` over links that carry, with a number of devices in ``lengths``, each
+    once (not also reversed): every one when there are at most ``limit``, else ``limit`` prefixes of
+    seeded random self-avoiding walks from every device in turn."""
     allowed = set(devices)
     adjacent = {
         d: [n for n in snapshot.spec.neighbours(d) if n in allowed and snapshot.link_mbps[link_key(d, n)] > 0]
         for d in devices
     }
     paths = set()
-    for path in _all_paths(adjacent, devices):
+    for path in _all_paths(adjacent, devices, lengths):
         if len(paths) >= limit:
-            return _walked_paths(adjacent, devices, limit, np.random.default_rng(seed))
+            return _walked_paths(adjacent, devices, lengths, limit, np.random.default_rng(seed))
         paths.add(_canonical(path))
     return sorted(paths)
 
@@ -61,31 +63,36 @@ def _canonical(path: tuple[str, ...]) -> tuple[str, ...]:
     return min(path, path[::-1])
 
 
-def _all_paths(adjacent: dict[str, list[str]], devices: list[str]) -> Iterator[tuple[str, ...]]:
-    """Every simple path of two or more devices, depth first from each device in turn."""
+def _all_paths(
+    adjacent: dict[str, list[str]], devices: list[str], lengths: range
+) -> Iterator[tuple[str, ...]]:
+    """Every simple path with a number of devices in ``lengths``, depth first from each device in turn."""
     for start in devices:
         stack = [(start,)]
         while stack:
             path = stack.pop()
-            if len(path) > 1:
+            if len(path) in lengths:
                 yield path
-            stack.extend(path + (n,) for n in adjacent[path[-1]] if n not in path)
+            if len(path) < lengths.stop - 1:
+                stack.extend(path + (n,) for n in adjacent[path[-1]] if n not in path)
 
 
 def _walked_paths(
-    adjacent: dict[str, list[str]], devices: list[str], limit: int, rng: np.random.Generator
+    adjacent: dict[str, list[str]], devices: list[str], lengths: range, limit: int, rng: np.random.Generator
 ) -> list[tuple[str, ...]]:
-    """Up to ``limit`` distinct prefixes of random self-avoiding walks, starting from each device in turn
-    (a bounded number of walks, so a mesh with few paths of its own ends the loop)."""
+    """Up to ``limit`` distinct prefixes (with a number of devices in ``lengths``) of random self-avoiding
+    walks, starting from each device in turn (a bounded number of walks, so a mesh with few such paths
+    ends the loop)."""
     paths: set[tuple[str, ...]] = set()
     for walk in range(limit * 4):
         path = (devices[walk % len(devices)],)
-        while True:
+        while len(path) < lengths.stop - 1:
             options = [n for n in adjacent[path[-1]] if n not in path]
             if not options:
                 break
             path += (options[rng.integers(len(options))],)
-            paths.add(_canonical(path))
-            if len(paths) >= limit:
-                return sorted(paths)
+            if len(path) in lengths:
+                paths.add(_canonical(path))
+                if len(paths) >= limit:
+                    return sorted(paths)
     return sorted(paths)

@@ -19,9 +19,9 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
    add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
    resolution level, k ways) and the shapes of the seed plans.
 4. *Mesh-path seeds* (agents/mesh_paths.py): the best plan so far with its row-split stages on the
-   devices of a simple mesh path, in path order, shares by speed, for every path (at most
-   ``path_seeds`` of them; 0 turns them off), so that neighbouring bands exchange their halos over
-   one hop.
+   devices of a simple mesh path, in path order, shares by speed, for every path of about as many
+   devices as its widest stage (``PATH_WIDTH`` fewer to as many more; at most ``path_seeds`` paths, 0
+   turns them off), so that neighbouring bands exchange their halos over one hop.
 5. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
    ``max_evaluations`` new plans, from the best few plans so far: scale one device's share up or down,
    swap two neighbouring bands, move a cut to the neighbouring cut point, merge two stages, split
@@ -108,6 +108,7 @@ class OptimalPlanner(Planner):
 
     name = "optimal"
     SHAPE_SHARE = 0.6  # of max_evaluations that the shape descent may use
+    PATH_WIDTH = 2  # mesh-path seeds have the best plan's widest stage's devices, give or take this many
 
     def __init__(
         self,
@@ -116,7 +117,7 @@ class OptimalPlanner(Planner):
         exact_limit: int = 40_000,
         full_space_limit: int = 5_000,
         max_evaluations: int = 400,
-        path_seeds: int = 1000,
+        path_seeds: int = 400,
         refine: bool = True,
         seed_planners: Sequence[Planner] | None = None,
         seed: int = 0,
@@ -176,7 +177,9 @@ class OptimalPlanner(Planner):
             search_shape(graph, score, starts, len(graph.groups), n)
             refine_budget -= search.evaluations - after_seeds
         if self.path_seeds and search.best is not None:
-            paths = mesh_paths(snapshot, devices, self.path_seeds, self.seed)
+            wide = max(len(st.assignments) for st in search.best.stages)
+            lengths = range(max(2, wide - self.PATH_WIDTH), wide + self.PATH_WIDTH + 1)
+            paths = mesh_paths(snapshot, devices, lengths, self.path_seeds, self.seed)
             for plan in path_plans(graph, snapshot, search.best, paths):
                 search.consider(plan)
         if self.refine:
