@@ -15,6 +15,7 @@ a regret may be negative there. Every comparison reports each agent's regret aga
 from __future__ import annotations
 
 from agents.base import Decision, Planner
+from agents.local_search import BLOCKED
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
@@ -59,4 +60,6 @@ class Clairvoyant(Planner):
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         """The plan with its objective in the world."""
         plan = self.plan(snapshot, graph, objective)
-        return Decision(plan, score=self.last_score)
+        return Decision(
+            plan, fallback=BLOCKED if self.optimiser.last_stats.blocked else None, score=self.last_score
+        )

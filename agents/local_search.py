@@ -17,11 +17,13 @@ from collections.abc import Collection
 
 import numpy as np
 
-from agents.base import fits_memory, usable
+from agents.base import PlannerError, fits_memory, usable
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
+
+BLOCKED = "every feasible plan relays through a device that is down (routes are fixed): the best of them"
 
 
 class PlanSearch:
@@ -42,6 +44,10 @@ class PlanSearch:
         self.best: Plan | None = None
         self.best_score = math.inf
         self.improvements: list[Plan] = []  # each plan that lowered the best score, in the order found
+        # the best plan that would be feasible but for a relay that is down: all that is left when the fixed
+        # routes (``spec.route``) cut the source or the sink off from every device that could compute
+        self.blocked: Plan | None = None
+        self.blocked_score = math.inf
 
     def consider(self, plan: Plan) -> float:
         """The plan's objective (infinite if it is invalid, infeasible, or touches a device, relays
@@ -53,11 +59,25 @@ class PlanSearch:
         if self._feasible(plan):
             self.evaluations += 1
             score = self.price(plan)
+            if not self._relays_up(plan):
+                if score < self.blocked_score:
+                    self.blocked, self.blocked_score = plan, score
+                score = math.inf
         self.scores[plan] = score
         if score < self.best_score:
             self.best, self.best_score = plan, score
             self.improvements.append(plan)
         return score
+
+    def outcome(self) -> tuple[Plan, float, bool]:
+        """The best plan, its score, and whether every feasible plan relays through a device that is down
+        (then the best of those, which the caller reports as a fallback); ``PlannerError`` when no plan
+        was feasible at all."""
+        if self.best is not None:
+            return self.best, self.best_score, False
+        if self.blocked is not None:
+            return self.blocked, self.blocked_score, True
+        raise PlannerError(f"no plan of {self.graph.name} fits the memory of the available devices")
 
     def price(self, plan: Plan) -> float:
         """The objective of a feasible plan under the snapshot (a search that prices risk overrides it)."""
@@ -71,13 +91,15 @@ class PlanSearch:
             plan.validate(self.graph)
         except PlanError:
             return False
-        touched = self.model.skeleton(plan).devices  # computing and relaying
-        # a route through a device that is down carries nothing (the source and sink are the caller's)
-        if not up.issuperset(set(touched) - {plan.source, plan.sink}):
-            return False
-        if self.confine_to is not None and not self.confine_to.issuperset(touched):
+        if self.confine_to is not None and not self.confine_to.issuperset(self.model.skeleton(plan).devices):
             return False
         return fits_memory(plan, self.graph, self.snapshot.spec)
+
+    def _relays_up(self, plan: Plan) -> bool:
+        """Whether every device the plan's routes pass through is up (a route through one that is down
+        carries nothing; the source and sink are the caller's to choose)."""
+        touched = set(self.model.skeleton(plan).devices) - {plan.source, plan.sink}
+        return self.snapshot.available.issuperset(touched)
 
     def local_search(self, budget: int, rng: np.random.Generator, starts: int = 3) -> None:
         """First-improvement descent from the best few distinct plans, ``budget`` new plans in all.

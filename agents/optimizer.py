@@ -48,11 +48,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.base import Decision, Planner, PlannerError, usable
+from agents.base import Decision, Planner, usable
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
 from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
-from agents.local_search import PlanSearch
+from agents.local_search import BLOCKED, PlanSearch
 from agents.mesh_paths import mesh_paths, path_plans
 from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import complete
@@ -96,6 +96,7 @@ class SearchStats:
     score: float
     full_space: bool = False
     bound: float | None = None
+    blocked: bool = False  # every feasible plan relays through a device that is down (``BLOCKED``)
 
     @property
     def gap(self) -> float | None:
@@ -184,11 +185,10 @@ class OptimalPlanner(Planner):
                 search.consider(plan)
         if self.refine:
             search.local_search(refine_budget, np.random.default_rng(self.seed))
-        if search.best is None:
-            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        best, score, blocked = search.outcome()
         exhaustive = shapes <= self.exact_limit
-        self.last_stats = SearchStats(exhaustive, shapes, search.evaluations, search.best_score)
-        return search.best
+        self.last_stats = SearchStats(exhaustive, shapes, search.evaluations, score, blocked=blocked)
+        return best
 
     def _plan_full_space(
         self, snapshot: Snapshot, graph: LayerGraph, objective: Objective, devices: list[str]
@@ -197,13 +197,12 @@ class OptimalPlanner(Planner):
         search = PlanSearch(self.cost_model(graph, snapshot.spec), snapshot, graph, objective)
         for plan in full_plan_space(graph, devices, snapshot.source, snapshot.sink):
             search.consider(plan)
-        if search.best is None:
-            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
+        best, score, blocked = search.outcome()
         shapes = shape_count(graph, len(devices))
         self.last_stats = SearchStats(
-            True, shapes, search.evaluations, search.best_score, full_space=True, bound=search.best_score
+            True, shapes, search.evaluations, score, True, None if blocked else score, blocked
         )
-        return search.best
+        return best
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         """The best plan found, with its predicted objective and a certified lower bound on the objective of
@@ -213,7 +212,9 @@ class OptimalPlanner(Planner):
         if stats.bound is None:
             bound = lower_bound(snapshot, graph, objective, self.cost_model(graph, snapshot.spec))
             stats = self.last_stats = replace(stats, bound=bound)
-        return Decision(plan, score=stats.score, bound=stats.bound)
+        return Decision(
+            plan, fallback=BLOCKED if stats.blocked else None, score=stats.score, bound=stats.bound
+        )
 
 
 def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:

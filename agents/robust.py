@@ -29,8 +29,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from agents.base import Decision, Planner, PlannerError
-from agents.local_search import PlanSearch
+from agents.base import Decision, Planner
+from agents.local_search import BLOCKED, PlanSearch
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
 from env.net_view import net_view
@@ -139,6 +139,7 @@ class RobustPlanner(Planner):
         self.prior_s = prior_s
         self.seed = seed
         self.last_score: float | None = None  # the expected objective of the last plan
+        self.last_blocked = False  # whether every feasible plan relayed through a device that is down
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
@@ -156,12 +157,10 @@ class RobustPlanner(Planner):
         for planner in self.optimiser.seed_planners:
             search.consider(planner.plan(snapshot, graph, objective))
         search.local_search(self.refine_evaluations, np.random.default_rng(self.seed))
-        if search.best is None:
-            raise PlannerError(f"no plan of {graph.name} fits the memory of the available devices")
-        self.last_score = search.best_score
-        return search.best
+        plan, self.last_score, self.last_blocked = search.outcome()
+        return plan
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         """The plan with its expected objective (no certified bound: the bound is the snapshot's)."""
         plan = self.plan(snapshot, graph, objective)
-        return Decision(plan, score=self.last_score)
+        return Decision(plan, score=self.last_score, fallback=BLOCKED if self.last_blocked else None)

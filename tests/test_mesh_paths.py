@@ -99,4 +99,10 @@ def test_a_plan_relaying_through_a_device_that_is_down_is_infeasible(tiny):
     plan = Plan.build("s", "s", [(0, n, {"s": 1.0, "a": 1.0})])
     assert math.isfinite(PlanSearch(model, snap, tiny, Objective()).consider(plan))
     b_down = replace(snap, available=snap.available - {"b"})
-    assert PlanSearch(model, b_down, tiny, Objective()).consider(plan) == math.inf
+    search = PlanSearch(model, b_down, tiny, Objective())
+    assert search.consider(plan) == math.inf
+    # when nothing else is feasible it is still what the search has to offer, marked as such
+    assert search.outcome() == (plan, search.blocked_score, True) and math.isfinite(search.blocked_score)
+    on_s = Plan.build("s", "s", [(0, n, {"s": 1.0})])
+    assert search.outcome()[0] == plan and math.isfinite(search.consider(on_s))
+    assert search.outcome() == (on_s, search.best_score, False)
