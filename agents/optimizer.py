@@ -200,7 +200,13 @@ class OptimalPlanner(Planner):
         best, score, blocked = search.outcome()
         shapes = shape_count(graph, len(devices))
         self.last_stats = SearchStats(
-            True, shapes, search.evaluations, score, True, None if blocked else score, blocked
+            exhaustive=True,
+            shapes=shapes,
+            evaluations=search.evaluations,
+            score=score,
+            full_space=True,
+            bound=None if blocked else score,  # the optimum is its own bound, unless nothing was feasible
+            blocked=blocked,
         )
         return best
 

@@ -219,16 +219,15 @@ def _row_order(chosen, sizes, spb_in, spb, prev_dev, n, first):
     for t in range(1, m):  # insert order[t] into path[:t] at its cheapest position
         d = chosen[order[t]]
         best, best_pos = np.inf, t
-        for pos in range(t + 1):
+        for pos in range(t + 1):  # between path[pos - 1] (a) and path[pos] (b), where they exist
+            a = chosen[path[pos - 1]] if pos > 0 else -1
+            b = chosen[path[pos]] if pos < t else -1
             added = 0.0
-            if pos > 0:
-                a = chosen[path[pos - 1]]
+            if a >= 0:
                 added += spb[a, d] + spb[d, a]
-            if pos < t:
-                b = chosen[path[pos]]
+            if b >= 0:
                 added += spb[d, b] + spb[b, d]
-                if pos > 0:
-                    a = chosen[path[pos - 1]]
+                if a >= 0:
                     added -= spb[a, b] + spb[b, a]
             if added < best:
                 best, best_pos = added, pos
