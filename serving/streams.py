@@ -155,9 +155,14 @@ class StreamsRun:
 
     def summary(self) -> dict:
         return {
-            "streams": [vars(r) | {"met": r.met} for r in self.reports],
+            "streams": [vars(r) | {"met": r.met, "slo_s": _finite(r.slo_s)} for r in self.reports],
             "events": [{"t_s": t, "event": e} for t, e in self.events],
         }
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or None (JSON null) for an SLO of infinity: a stream with none."""
+    return x if math.isfinite(x) else None
 
 
 def sustained_fps(done_s: Sequence[float]) -> float:
@@ -209,7 +214,7 @@ def serve_streams(
 
     Streams are evenly phased (stream ``i`` starts ``i / (n fps_i)`` s in). ``chaos`` actions (e.g. kill a
     worker) run at their time. After the last arrival the run waits up to ``drain_s`` (default: 4 x the
-    largest SLO + 30 s) for the frames still out; those that never come back are lost. Rates and times
+    largest finite SLO + 30 s; with no finite SLO, the arrivals' span stands in for it) for the frames still out; those that never come back are lost. Rates and times
     are in the controller's emulated time (``ctl.now()``: wall time / its dilation).
     """
     if not (len(streams) == len(plans) == len(fps)):
@@ -219,7 +224,9 @@ def serve_streams(
         ctl.deploy(plan, lane=s.name)
         if replanners and s.name in replanners:
             ctl.attach(replanners[s.name], lane=s.name)
-    drain = drain_s if drain_s is not None else 4 * max(s.slo_s for s in streams) + 30.0
+    slos = [s.slo_s for s in streams if math.isfinite(s.slo_s)]
+    longest = max(slos) if slos else frames / min(fps)  # no SLO at all: as long as the arrivals last
+    drain = drain_s if drain_s is not None else 4 * longest + 30.0
     loop = _OpenLoop(ctl, streams, pool, on_frame)
     loop.run(arrivals(fps, frames), chaos, drain)
     # frames never sent (a run stopped early) count as sent and lost

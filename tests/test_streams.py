@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from contextlib import contextmanager
 
@@ -107,6 +108,7 @@ def test_equal_rate_respects_each_slo_and_the_busiest_device(cost, snapshot):
     assert contention.equal_rate([on_b], [10 * alone], snapshot) == pytest.approx(1 / alone)
     assert contention.equal_rate([on_b, on_b], [10 * alone] * 2, snapshot) == pytest.approx(0.5 / alone)
     assert contention.equal_rate([on_b], [0.5 * alone], snapshot) == 0.0
+    assert contention.equal_rate([on_b], [math.inf], snapshot) == pytest.approx(1 / alone)  # no SLO
     # stream "half" computes half its frame on b, and at the capacity its frames would wait for the
     # whole-frame stream's: an SLO just above each stream's latency alone leaves less than the capacity
     half = Plan.build("b", "b", [(0, 6, {"b": 1, "c": 1}), (6, N_UNITS, {"b": 1})])
@@ -200,6 +202,10 @@ def test_a_report_at_a_planners_numpy_rate_goes_into_json():
     frames = [Frame("a", k, k / 2, k / 2 + 0.1, 0.1, True, 1) for k in range(3)]
     run = StreamsRun([report(stream, np.float64(2.0), 3, frames)], frames)
     assert json.loads(json.dumps(run.summary()))["streams"][0]["met"] is True
+    unbounded = stream.model_copy(update={"slo_s": math.inf})  # a stream with no SLO: null, not Infinity
+    run = StreamsRun([report(unbounded, 2.0, 3, frames)], frames)
+    summary = json.loads(json.dumps(run.summary(), allow_nan=False))["streams"][0]
+    assert summary["slo_s"] is None and summary["met"] is True
 
 
 # ---- live lanes ----------------------------------------------------------------------------------
@@ -336,7 +342,7 @@ def test_submit_on_a_lane_without_a_plan_is_an_error(cluster):
 def test_the_streams_bench_records_each_served_figures_dilation_and_worst_fidelity(tmp_path):
     path = tmp_path / "streams.json"
     tries = [{"fidelity": {"1": 0.99, "8": 0.9}}, {"fidelity": {"1": 0.97, "8": 0.96}}]
-    served = ("single_device", "pipelined", "independent", "joint")
+    served = ("single_device", "single_device_no_slo", "pipelined", "independent", "joint")
     three = [StreamSpec(name=f"cam{i}", source="a", sink="d", model=MODEL, slo_s=5) for i in range(3)]
     figures = [
         streams_bench.Figure(name, three if name == "joint" else [], (), 1.0, live_fps=1.0, tries=tries)
@@ -372,13 +378,15 @@ def test_the_streams_bench_serves_no_figure_whose_frame_alone_misses_the_slo(tmp
     single = streams_bench.Figure("single_device", one, (), 0.0)
     streams_bench.serve_live(None, single, None, args, kill=None)
     assert single.tries == [] and single.live_fps == 0.0
-    figures = [single] + [
+    no_slo = streams_bench.Figure("single_device_no_slo", one, (), 0.2, live_fps=0.25)
+    figures = [single, no_slo] + [
         streams_bench.Figure(name, one, (), 1.0, live_fps=1.0)
         for name in ("pipelined", "independent", "joint", "independent_pipelined")
     ]
     streams_bench.report(figures, args, 0.0, 5.0, dilation=1.0, pacing="profile", cost_model="profile")
     ratios = json.loads(path.read_text())["ratios"]
     assert ratios["pipelined_over_single"] == {"predicted": None, "live": None}
+    assert ratios["pipelined_over_single_no_slo"] == {"predicted": 5.0, "live": 4.0}
     assert ratios["joint_over_independent"] == {"predicted": 1.0, "live": 1.0}
 
 
