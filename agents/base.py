@@ -39,6 +39,12 @@ class PlannerError(ValueError):
     """A planner cannot be built or cannot produce a plan (unknown name, bad option, nothing fits)."""
 
 
+class CutOff(PlannerError):
+    """The snapshot's links carry nothing from the source, or to the sink, through any device that can
+    compute: no plan serves it while those rates hold. Unlike the other errors this one can pass (an
+    outage ends, and a request sent now waits it out)."""
+
+
 @dataclass(frozen=True)
 class Decision:
     """A planner's answer and what its caller must know about it.

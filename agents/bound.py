@@ -78,7 +78,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from agents.base import PlannerError
+from agents.base import CutOff, PlannerError
 from agents.group_facts import GroupFacts, group_facts
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
@@ -148,12 +148,12 @@ def check_servable(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> N
     to_sink = _reachable(inst, inst.sink, forward=False)
     workers = {d for d in range(len(inst.devices)) if inst.can_compute[d]}
     if not workers & from_source:
-        raise PlannerError(
+        raise CutOff(
             f"source {snapshot.source!r} is cut off: no available device is reachable from it over links "
             "that carry data"
         )
     if not workers & from_source & to_sink:
-        raise PlannerError(
+        raise CutOff(
             f"sink {snapshot.sink!r} is cut off: no available device reachable from source "
             f"{snapshot.source!r} can reach it over links that carry data"
         )

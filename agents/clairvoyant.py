@@ -6,6 +6,9 @@ priced on the world itself. The future it looks at has to cover the request, who
 plan: it plans on the next ``first_horizon_s`` seconds (the devices up throughout them, the mean rates
 over them), and while the plan it found would lose a device before it ends, it plans again on a window as
 long as that plan and at least twice the last (a device that fails only after the request is no risk).
+A window whose links carry nothing between the source and the sink (an outage: ``CutOff``) is doubled
+until they do, up to ``max_horizon_s``: a request sent into an outage waits it out, so what it costs
+is decided by the links after it.
 
 It is a search, not an enumeration: on large instances another planner can beat it on some requests, so
 a regret may be negative there. Every comparison reports each agent's regret against it
@@ -14,7 +17,7 @@ a regret may be negative there. Every comparison reports each agent's regret aga
 
 from __future__ import annotations
 
-from agents.base import Decision, Planner
+from agents.base import CutOff, Decision, Planner
 from agents.local_search import BLOCKED
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
@@ -37,11 +40,12 @@ class Clairvoyant(Planner):
         *,
         world: NetworkState,
         first_horizon_s: float = 1.0,
+        max_horizon_s: float = 300.0,
         **optimiser_options,
     ) -> None:
         super().__init__(cost_model)
         self.world = world
-        self.first_horizon_s = first_horizon_s
+        self.first_horizon_s, self.max_horizon_s = first_horizon_s, max_horizon_s
         self.optimiser = OptimalPlanner(cost_model, **optimiser_options)
         self.last_score: float | None = None
 
@@ -49,13 +53,26 @@ class Clairvoyant(Planner):
         model = self.cost_model(graph, snapshot.spec)
         t, horizon = snapshot.time, self.first_horizon_s
         for _ in range(self.ROUNDS):
-            plan = self.optimiser.plan(self.world.foresight(t, horizon), graph, objective)
+            plan, horizon = self._plan_on_future(t, horizon, graph, objective)
             latency = model.cost(plan, self.world, t).latency_s
             if not self.world.down_during(model.skeleton(plan).devices, t, t + latency):
                 break
             horizon = max(latency, 2 * horizon)
         self.last_score = objective.score(model.cost(plan, self.world, t))
         return plan
+
+    def _plan_on_future(
+        self, t: float, horizon: float, graph: LayerGraph, objective: Objective
+    ) -> tuple[Plan, float]:
+        """The optimiser's plan on the world over [t, t + horizon], and that horizon, doubled while the
+        window cuts the source or sink off (module doc)."""
+        while True:
+            try:
+                return self.optimiser.plan(self.world.foresight(t, horizon), graph, objective), horizon
+            except CutOff:
+                if horizon >= self.max_horizon_s:
+                    raise
+                horizon = min(2 * horizon, self.max_horizon_s)
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         """The plan with its objective in the world."""

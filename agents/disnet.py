@@ -50,6 +50,7 @@ Deviations from the authors' public code (we implement the paper's intent):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from agents.base import (
@@ -212,6 +213,8 @@ class DisnetPlanner(Planner):
             if j > point:
                 hop = route_seconds_per_byte(snapshot, path[j - 1], path[j]) * in_bytes
                 move_s += hop
+                if not math.isfinite(move_s):  # a link on the way carries nothing now
+                    break
                 move_w += hop * (
                     spec.devices[path[j - 1]].power.transmit_w + spec.devices[path[j]].power.receive_w
                 )

@@ -20,6 +20,10 @@ link at the harmonic mean of its history's two-second means, about the rate at w
 expected time is right), its plan on that view without the devices that failed in the window (only when
 some did), and every baseline's plan; all are priced as above, and a local search
 (agents/local_search.py) under the same pricing improves the best.
+
+A snapshot whose links carry nothing between the source and the sink right now (``CutOff``: an outage)
+still gets a plan when the history says those links carried data: the request waits the outage out, and
+the history views price what it costs after. ``Decision.fallback`` says so (``CUT_OFF_NOW``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from agents.base import Decision, Planner
+from agents.base import CutOff, Decision, Planner
 from agents.local_search import BLOCKED, PlanSearch
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
@@ -42,6 +46,7 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
 FLOOR_MBPS = 0.01  # what a second measured at 0 Mbit/s counts as in a scenario
+CUT_OFF_NOW = "the snapshot's links cut the source or sink off: planned on their history"
 
 
 def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState, float]]:
@@ -140,6 +145,7 @@ class RobustPlanner(Planner):
         self.seed = seed
         self.last_score: float | None = None  # the expected objective of the last plan
         self.last_blocked = False  # whether every feasible plan relayed through a device that is down
+        self.last_cut_off = False  # whether the snapshot itself was cut off (planned on history only)
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
@@ -152,15 +158,23 @@ class RobustPlanner(Planner):
         failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
         if failed and view.available - failed:
             views.append(replace(view, available=view.available - failed))
+        cut_off = None
         for v in views:
-            search.consider(self.optimiser.plan(v, graph, objective))
+            try:
+                search.consider(self.optimiser.plan(v, graph, objective))
+            except CutOff as exc:
+                cut_off = cut_off or exc
+        self.last_cut_off = cut_off is not None
         for planner in self.optimiser.seed_planners:
             search.consider(planner.plan(snapshot, graph, objective))
         search.local_search(self.refine_evaluations, np.random.default_rng(self.seed))
+        if cut_off is not None and search.best is None:
+            raise cut_off  # the history too says nothing gets through
         plan, self.last_score, self.last_blocked = search.outcome()
         return plan
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         """The plan with its expected objective (no certified bound: the bound is the snapshot's)."""
         plan = self.plan(snapshot, graph, objective)
-        return Decision(plan, score=self.last_score, fallback=BLOCKED if self.last_blocked else None)
+        fallback = BLOCKED if self.last_blocked else CUT_OFF_NOW if self.last_cut_off else None
+        return Decision(plan, score=self.last_score, fallback=fallback)

@@ -9,6 +9,11 @@ Each request records the planner's ``Decision`` as well as its outcome, so the s
 mean latency alone hides: how many requests a planner answered with a fallback plan, how far the
 optimiser's plans are from its certified bound, and, when ``clairvoyant`` is among the agents, every
 agent's regret (latency over the clairvoyant's on the same request, minus 1).
+
+A planner that finds the snapshot cut off (``CutOff``: an outage, nothing reaches the sink on the
+measured rates) still has a request to answer: it is sent on the best single device (the reference
+plan) and waits the outage out, and the record names it a fallback. Any other planner error stops the
+comparison with its message.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from agents.base import CutOff, Decision
 from env.backends import Outcome
 from env.cost_model import CostModel
 from env.net_view import net_view
@@ -94,7 +100,7 @@ def run_comparison(
             snap = snapshot_at(i)
             for name, planner in planners.items():
                 start = time.perf_counter()
-                decision = planner.decide(snap, graph, objective)
+                decision = decide_or_wait(planner, snap, graph, objective)
                 decision_s = time.perf_counter() - start
                 outcome = execute(name, i, snap.time, decision.plan)
                 records.append(
@@ -114,6 +120,14 @@ def run_comparison(
                 )
                 progress.advance(task)
     return records
+
+
+def decide_or_wait(planner, snapshot: Snapshot, graph, objective) -> Decision:
+    """The planner's decision, or on a snapshot it finds cut off the reference plan, marked (module doc)."""
+    try:
+        return planner.decide(snapshot, graph, objective)
+    except CutOff as exc:
+        return Decision(reference_plan(graph, net_view(snapshot)).plan, fallback=f"cut off: {exc}")
 
 
 class LiveSession:

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from agents import PlannerError, make_planner
-from agents.robust import failure_rates, harmonic_view, history_scenarios
+from agents.base import CutOff
+from agents.robust import CUT_OFF_NOW, failure_rates, harmonic_view, history_scenarios
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.snapshot import link_key
-from env.traces import constant
+from env.traces import constant, step_drop
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.spec import parse_cluster
-from serving.evaluation import SimExecutor
+from serving.evaluation import SimExecutor, decide_or_wait
 
 torch.set_num_threads(1)
 LATENCY = Objective("latency")
@@ -137,3 +138,48 @@ def test_a_request_that_loses_a_device_pays_for_its_retry_on_the_best_single_dev
     assert outcome.failed and outcome.latency_s > attempt.latency_s
     assert outcome.latency_s - attempt.latency_s <= single + 1e-9  # the best single device, at most local
     assert not SimExecutor(model, world)("a", 0, 10.0, plan).failed  # h1 is back
+
+
+def test_an_outage_that_cuts_the_sink_off_now_is_waited_out_not_an_error(tiny):
+    """Every link into the sink k reads 0 Mbit/s now: on the snapshot's rates no plan serves it (the
+    snapshot optimiser's CutOff), but the history says they carried data, so the robust optimiser plans
+    for after the outage and says so; with a history of nothing, it is CutOff too."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(30.0)
+    into_sink = [link_key(d, "k") for d in ("s", "h1", "h2")]
+    history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | dict.fromkeys(into_sink, (10.0,) * 5 + (0.0,) * 3)
+    dark = replace(snap, link_mbps=snap.link_mbps | dict.fromkeys(into_sink, 0.0), link_history=history)
+    trusting = make_planner("snapshot-optimal", cost_model=model, **FAST)
+    with pytest.raises(CutOff, match="sink 'k' is cut off"):
+        trusting.plan(dark, tiny, LATENCY)
+    waits = decide_or_wait(trusting, dark, tiny, LATENCY)  # a comparison answers it on one device, marked
+    assert waits.fallback.startswith("cut off") and [len(st.devices) for st in waits.plan.stages] == [1]
+    robust = make_planner("optimal", cost_model=model, **FAST)
+    decision = robust.decide(dark, tiny, LATENCY)
+    assert decision.fallback == CUT_OFF_NOW and decision.plan.sink == "k"
+    assert robust.decide(snap, tiny, LATENCY).fallback is None
+    never = replace(dark, link_history=history | dict.fromkeys(into_sink, (0.0,) * 8))
+    with pytest.raises(CutOff):
+        robust.plan(never, tiny, LATENCY)
+
+
+def test_the_clairvoyant_looks_past_an_outage_that_cuts_the_sink_off(tiny):
+    """The sink's links are dark for the first 3 s of the request: the clairvoyant's first window (1 s)
+    cuts it off, so it looks further ahead instead of failing."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    dark = {link_key(d, "k") for d in ("s", "h1", "h2")}
+    links = {
+        link_key(ln.a, ln.b): step_drop(ln.mbps, 0.0, 20.0, 3.0, 600.0)
+        if link_key(ln.a, ln.b) in dark
+        else constant(ln.mbps)
+        for ln in spec.links
+    }
+    world = NetworkState(spec, links)
+    clairvoyant = make_planner("clairvoyant", cost_model=model, world=world, **FAST)
+    plan = clairvoyant.plan(world.snapshot(20.0), tiny, LATENCY)
+    assert model.latency(plan, world, 20.0) > 3.0  # it waits the outage out
+    short = make_planner("clairvoyant", cost_model=model, world=world, max_horizon_s=2.0, **FAST)
+    with pytest.raises(CutOff):
+        short.plan(world.snapshot(20.0), tiny, LATENCY)
