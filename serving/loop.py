@@ -49,6 +49,7 @@ from runtime.exactness import matches, reference_pool
 from runtime.plan import Plan
 from serving.policies import Adaptive, Decider, ReplanPolicy, Rescue, Static
 from serving.records import RequestLog, ServeReport, Tally
+from serving.rules import waiting_requests
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Server:
         self._chaos = {i: (action, device) for i, action, device in options.chaos}
         # the plan in service and its JSON, shared by its records
         self._served: tuple[Plan | None, str] = (None, "")
+        self._start = 0.0  # when the first request was due (set by ``run``)
         self._process = psutil.Process()
 
     def run(self, on_result: Callable[[RequestLog], None] | None = None) -> ServeReport:
@@ -149,7 +151,7 @@ class Server:
             recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
             if options.restart_clock:
                 ctl.restart_clock()
-            start = ctl.now()
+            start = self._start = ctl.now()
             with Progress(*_COLUMNS, console=self.console, transient=True) as progress:
                 task = progress.add_task(self.agent, total=options.requests, status="")
                 for index, result in enumerate(self._results(start)):
@@ -196,7 +198,10 @@ class Server:
         if self._served[0] is not result.plan:
             self._served = (result.plan, result.plan.to_json())
         self._enact_chaos(index + 1)
-        if self.replanning.after_request(due=(index + 1) % self.options.replan_every == 0):
+        waiting = waiting_requests(
+            self.controller.now(), self._start, self.options.arrival_every_s, index + 1
+        )
+        if self.replanning.after_request(due=(index + 1) % self.options.replan_every == 0, backlog=waiting):
             replanned = True
         record = RequestLog(
             index,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.base import Planner
+from agents.base import CutOff, Planner
 from agents.robust import RobustPlanner
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
@@ -64,8 +64,9 @@ class ReplanPolicy(Protocol):
     def for_devices(self, available: frozenset[str]) -> Plan:
         """A plan over ``available``: the controller's replanner when a worker dies."""
 
-    def after_request(self, due: bool) -> bool:
-        """Between requests (``due`` every ``replan_every``): swap in a better plan; whether it did."""
+    def after_request(self, due: bool, backlog: int = 0) -> bool:
+        """Between requests (``due`` every ``replan_every``; ``backlog`` requests already waiting): swap in
+        a better plan; whether it did."""
 
     def changed_mid_request(self) -> bool:
         """Whether the plan was swapped while a request ran, since the last time this was asked."""
@@ -90,7 +91,7 @@ class Static:
     def for_devices(self, available: frozenset[str]) -> Plan:
         return self.decide(replace(self.observe(), available=frozenset(available)))
 
-    def after_request(self, due: bool) -> bool:
+    def after_request(self, due: bool, backlog: int = 0) -> bool:
         return False
 
     def changed_mid_request(self) -> bool:
@@ -125,12 +126,13 @@ class Adaptive(Static):
         self.cost = self.cost_model()
         self.cost.latency(self.controller.plan, self.made_on)  # loads its compiled kernels now (~0.6 s)
 
-    def after_request(self, due: bool) -> bool:
+    def after_request(self, due: bool, backlog: int = 0) -> bool:
         now = self.observe()
         if not (due or moved(self.controller.plan, self.made_on, now, self.threshold)):
             return False
         self.made_on = self.watched_on = now
-        return self._swap_in(self.decide(now), now)
+        plan = self._new_plan(now)
+        return plan is not None and self._swap_in(plan, now, backlog)
 
     def changed_mid_request(self) -> bool:
         changed, self._swapped_mid_request = self._swapped_mid_request, False
@@ -141,28 +143,39 @@ class Adaptive(Static):
         if not moved(self.controller.plan, self.watched_on, now, self.threshold):
             return None
         self.watched_on = now
-        return self.decide(now)
+        return self._new_plan(now)
+
+    def _new_plan(self, now: Snapshot) -> Plan | None:
+        """A plan made on ``now``; None when its links cut the source or sink off even for the fallback
+        (an outage): the plan in force stays, and its requests wait the outage out."""
+        try:
+            return self.decide(now)
+        except CutOff as exc:
+            log.warning("no new plan at %.1f s (%s): the plan in force stays", now.time, exc)
+            return None
 
     def swap_mid_request(self, plan: Plan, now: Snapshot) -> None:
         """Swap ``plan`` (made on ``now``) in while requests run, if it pays for the swap."""
         if self._swap_in(plan, now):
             self.made_on, self._swapped_mid_request = now, True
 
-    def _swap_in(self, plan: Plan, now: Snapshot) -> bool:
-        """Deploy ``plan`` if it is not the plan in force and pays for the swap; whether it was."""
+    def _swap_in(self, plan: Plan, now: Snapshot, backlog: int = 0) -> bool:
+        """Deploy ``plan`` if it is not the plan in force and pays for the swap (``backlog`` requests
+        waiting gain from it too); whether it was."""
         in_force = self.controller.plan
         if plan == in_force:
             return False
         swap_s = float(np.mean(self.swaps or [0.0]))
         if self.margin is not None and not worth_swapping(
-            self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s
+            self.cost, self.decide.objective, in_force, plan, now, self.margin, swap_s, backlog
         ):
             return False
         log.info(
-            "swapping plans at %.1f s: predicted %.3f s -> %.3f s on the snapshot",
+            "swapping plans at %.1f s: predicted %.3f s -> %.3f s on the snapshot, %d requests waiting",
             now.time,
             self.cost.latency(in_force, now),
             self.cost.latency(plan, now),
+            backlog,
         )
         started = time.perf_counter()
         self.controller.deploy(plan)

@@ -36,15 +36,36 @@ def worth_swapping(
     snapshot: Snapshot,
     margin: float,
     swap_s: float,
+    backlog: int = 0,
 ) -> bool:
     """Whether ``candidate`` should replace the plan in force: priced on the same ``snapshot``, its gain
     beats ``margin`` x the plan in force's score plus what the swap itself costs (``swap_s`` seconds, in
-    the objective's units). A plan in force that needs a device now down is always replaced."""
+    the objective's units). A plan in force that needs a device now down is always replaced.
+
+    With ``backlog`` requests already waiting (an open loop that fell behind), the gain is counted as
+    ``backlog_weight`` times one request's: each of them also waits for the ones ahead of it.
+    """
     if not in_force.devices <= snapshot.available:
         return True
     now = objective.score(cost.cost(in_force, snapshot))
     new = objective.score(cost.cost(candidate, snapshot))
-    return now - new > margin * now + objective.score(Cost(swap_s, 0.0))
+    return (now - new) * backlog_weight(backlog) > margin * now + objective.score(Cost(swap_s, 0.0))
+
+
+def backlog_weight(backlog: int) -> float:
+    """The mean gain, in single requests' gains, over the ``backlog`` requests waiting and the next to
+    arrive: the j-th of them is served after j - 1 others, each faster by the gain, so it gains j times."""
+    return (backlog + 2) / 2
+
+
+def waiting_requests(now: float, start: float, arrival_every_s: float | None, started: int) -> int:
+    """Requests arrived by ``now`` (request k arrives at ``start + k * arrival_every_s``) and not yet
+    started, with ``served`` started so far; 0 in a closed loop (``arrival_every_s`` None), where a request
+    enters only when the cluster has room."""
+    if arrival_every_s is None:
+        return 0
+    arrived = int((now - start) // arrival_every_s) + 1
+    return max(0, arrived - started)
 
 
 def worth_restarting(

@@ -10,7 +10,7 @@ import torch
 
 import deploy
 from agents import make_planner
-from agents.base import Planner
+from agents.base import CutOff, Planner
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -23,7 +23,7 @@ from runtime.spec import load_cluster
 from serving.loop import ServeOptions, serve
 from serving.policies import Decider
 from serving.records import RequestLog, Tally
-from serving.rules import moved, worth_restarting, worth_swapping
+from serving.rules import backlog_weight, moved, waiting_requests, worth_restarting, worth_swapping
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 torch.set_num_threads(1)
@@ -114,9 +114,20 @@ def test_a_new_plan_is_swapped_in_only_when_its_gain_pays_for_the_swap(setup):
     # the swap's own cost counts: a gain smaller than it does not pay
     gain = cost.latency(on_d1, collapsed) - cost.latency(local, collapsed)
     assert not worth_swapping(cost, objective, on_d1, local, collapsed, margin=0.0, swap_s=gain * 1.01)
+    # a gain just short of the margin does not pay for one request, but does with one waiting behind it
+    margin = 1.2 * gain / cost.latency(on_d1, collapsed)  # the gain must beat 1.2 x itself
+    assert not worth_swapping(cost, objective, on_d1, local, collapsed, margin=margin, swap_s=0.0)
+    assert worth_swapping(cost, objective, on_d1, local, collapsed, margin=margin, swap_s=0.0, backlog=1)
     # a plan in force on a device that is down is always replaced
     without_d1 = replace(snap, available=frozenset({"d0", "d2"}))
     assert worth_swapping(cost, objective, on_d1, local, without_d1, margin=10.0, swap_s=10.0)
+
+
+def test_the_backlog_counts_arrivals_not_yet_started_and_weighs_the_gain():
+    assert waiting_requests(now=12.0, start=0.0, arrival_every_s=5.0, started=3) == 0  # 0, 5, 10 arrived
+    assert waiting_requests(now=16.0, start=1.0, arrival_every_s=5.0, started=2) == 2  # 1, 6, 11, 16
+    assert waiting_requests(now=99.0, start=0.0, arrival_every_s=None, started=1) == 0  # closed loop
+    assert backlog_weight(0) == 1.0 and backlog_weight(1) == 1.5 and backlog_weight(4) == 3.0
 
 
 class AvoidSlowLink(Planner):
@@ -268,6 +279,35 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
         )
     assert [Plan.from_json(r.plan) for r in records] == planner.decided[:4]
     assert all(r.replanned for r in records)
+
+
+class DarkAfterFirst(Planner):
+    """Plans on d1 once, then finds the snapshot cut off (an outage), as its fallback does too."""
+
+    name = "dark"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def plan(self, snapshot, graph, objective):
+        self.calls += 1
+        if self.calls > 1:
+            raise CutOff(f"sink {snapshot.sink!r} is cut off")
+        return Plan.build(snapshot.source, snapshot.sink, [(0, len(graph.units), {"d1": 1.0})])
+
+
+def test_an_outage_that_leaves_no_new_plan_keeps_the_plan_in_force(setup):
+    spec, model, graph = setup
+    planner = DarkAfterFirst()
+    with LocalCluster(spec, model="tiny") as cluster:
+        options = ServeOptions(requests=4, replan_every=1)
+        report = serve(
+            cluster, model, Decider(planner, graph, Objective(), fallback=planner), options, agent="a"
+        )
+    summary = report.summary()
+    assert planner.calls > 2 and summary["replans"] == 0
+    assert summary["completed"] == 4 and summary["lost"] == 0 and summary["outputs_match"]
 
 
 def test_plans_that_do_not_pay_for_a_swap_are_not_swapped_in(setup):
