@@ -7,7 +7,10 @@ the plan was made for, a device's speed does, or a device leaves or returns. The
 one in force only when it pays (``worth_swapping``): both priced by the cost model on the same snapshot,
 its gain must beat ``replan_margin`` x the plan in force's score plus the swap's own cost (the measured
 time of recent hot swaps), so estimates that wobble do not swap plans back and forth (``replan_margin``
-None: any different plan is swapped in, the rule before this one). Plans are hot-swapped
+None: any different plan is swapped in, the rule before this one). In an open loop that fell behind, the
+gain counts for the requests already waiting too (``backlog_weight``: each also waits for the ones ahead of
+it). If even the fallback finds no plan (an outage cuts the source or sink off), the plan in force stays.
+Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
 handled by the controller, which asks the same planner for a plan without it and re-runs what it
 touched. If the planner fails or returns an invalid plan, the robust optimiser (`optimal`) decides instead.
