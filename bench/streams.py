@@ -26,11 +26,12 @@ per stream), ``--tries`` times: first at its predicted rate, then 15% higher aft
 and 15% lower after one a stream missed (p95 over the SLO, below 90% of the rate, a frame lost or wrong),
 until there is one of each, then halfway between the highest met and the lowest missed (``next_rate``), so
 every figure is searched alike, up as well as down (with no SLO, a rate is met when it is sustained and no
-frame is lost or wrong). The live figure is the highest rate every stream met
-(0 if none; a figure predicted 0, whose frame alone misses the SLO, is not served, and a ratio over a 0
-figure is n/a, null in the JSON). ``--kill`` kills a worker the joint plans use halfway through the joint
+frame is lost or wrong). The live figure is the highest rate every stream met (0 if none; a figure
+predicted 0, whose frame alone misses the SLO, is not served, and a ratio over a 0 figure is n/a, null in
+the JSON). ``--kill`` kills a worker the joint plans use halfway through the joint
 run (in every try). Every output is checked against the unsplit model. Targets: pipelined_fps >= 4x
-single_device_fps (read over single_device_no_slo_fps too, which favours the single device), joint_fps >= 1.3x independent_fps, 0 lost, every output exact.
+single_device_fps (read over single_device_no_slo_fps too, which favours the single device), joint_fps >=
+1.3x independent_fps, 0 lost, every output exact.
 
 The host computes every frame for real and cannot run ten emulated devices at their nominal speed at
 once, so the live cluster runs with a time dilation D (runtime/emulation.py; automatic for this host by

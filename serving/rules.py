@@ -60,7 +60,7 @@ def backlog_weight(backlog: int) -> float:
 
 def waiting_requests(now: float, start: float, arrival_every_s: float | None, started: int) -> int:
     """Requests arrived by ``now`` (request k arrives at ``start + k * arrival_every_s``) and not yet
-    started, with ``served`` started so far; 0 in a closed loop (``arrival_every_s`` None), where a request
+    started, with ``started`` of them started so far; 0 in a closed loop (``arrival_every_s`` None), where a request
     enters only when the cluster has room."""
     if arrival_every_s is None:
         return 0

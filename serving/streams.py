@@ -214,8 +214,9 @@ def serve_streams(
 
     Streams are evenly phased (stream ``i`` starts ``i / (n fps_i)`` s in). ``chaos`` actions (e.g. kill a
     worker) run at their time. After the last arrival the run waits up to ``drain_s`` (default: 4 x the
-    largest finite SLO + 30 s; with no finite SLO, the arrivals' span stands in for it) for the frames still out; those that never come back are lost. Rates and times
-    are in the controller's emulated time (``ctl.now()``: wall time / its dilation).
+    largest finite SLO + 30 s; with no finite SLO, the arrivals' span stands in for it) for the frames
+    still out; those that never come back are lost. Rates and times are in the controller's emulated time
+    (``ctl.now()``: wall time / its dilation).
     """
     if not (len(streams) == len(plans) == len(fps)):
         raise ValueError("one plan and one rate per stream")
