@@ -24,7 +24,11 @@ p95 within its SLO): coordinate ascent over a pool of candidate plans per stream
   always the one that sustains the highest rate, and the ascent picks by the rate itself.
 
 The search runs twice, once without the pipelines and groups: local search is path dependent, and on
-some meshes the per-request plans lead it further than a better-scoring pipeline does.
+some meshes the per-request plans lead it further than a better-scoring pipeline does. For the same
+reason ``restarts`` repeats both from other seeds (on mesh0, three streams: 0.302, 0.313 and 0.295
+frames/s per stream from seeds 0 to 2 at 8 rounds of 2000 plans). The equal rate is priced on replays
+whose seconds vary as a live run's do (env/contention.py): the exact replay's lucky phases made the
+search pick plans that met the SLO at their predicted rate in the model and missed it live.
 
 This is a planner on top of the per-request planner rather than a stream mode of the env: the per-request
 policy or optimiser keeps choosing good shapes for one request, and the contention price decides which
@@ -111,18 +115,22 @@ class JointPlanner:
         rounds: int = 3,
         budget: int = 600,
         seed: int = 0,
+        restarts: int = 1,
         say: Callable[[str], None] = lambda _msg: None,
     ):
+        if rounds < 1 or budget < 1 or restarts < 1:
+            raise ValueError(f"rounds, budget and restarts must be >= 1, not {rounds}, {budget}, {restarts}")
         self.planner = planner
         self.say = say  # progress: a line per round of each search (planning three streams takes ~40 s)
         self.contention = Contention(cost)
         self.rounds = rounds
         self.budget = budget  # plans scored by each stream's local search per round
         self.seed = seed
+        self.restarts = restarts  # searches from seeds seed, seed + 1, ...: local search is path dependent
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, demands: Sequence[Demand]) -> StreamsPlan:
-        """The better of two searches (module docstring): from the per-request plans over the pools
-        without the throughput candidates, and over the full pools from the best of the per-request
+        """The best of two searches (module docstring) per restart: from the per-request plans over the
+        pools without the throughput candidates, and over the full pools from the best of the per-request
         plans and the streams apart."""
         slo = [d.slo_s for d in demands]
         views = [stream_snapshot(snapshot, d) for d in demands]
@@ -139,13 +147,17 @@ class JointPlanner:
         ]
         start = StreamsPlan(tuple(alone), self.contention.equal_rate(alone, slo, snapshot))
         starts = [start, self._apart(snapshot, graph, demands, wide)] if len(demands) > 1 else [start]
-        self.say(f"search 1 of 2 (from the per-request plans, {start.fps:.3f} frames/s per stream)")
-        narrow = self._improve(start, pools, views, graph, demands, snapshot)
         best_start = max(starts, key=lambda s: s.fps)
-        self.say(f"search 2 of 2 (pipelines and groups too, from {best_start.fps:.3f} frames/s per stream)")
-        return max(
-            narrow, self._improve(best_start, wide, views, graph, demands, snapshot), key=lambda s: s.fps
-        )
+        found = []
+        for k in range(self.restarts):
+            seed, of = self.seed + k, f" (seed {self.seed + k})" if self.restarts > 1 else ""
+            self.say(f"search 1 of 2{of} (from the per-request plans, {start.fps:.3f} frames/s per stream)")
+            found.append(self._improve(start, _copy(pools), views, graph, demands, snapshot, seed))
+            self.say(
+                f"search 2 of 2{of} (pipelines and groups too, from {best_start.fps:.3f} frames/s per stream)"
+            )
+            found.append(self._improve(best_start, _copy(wide), views, graph, demands, snapshot, seed))
+        return max(found, key=lambda s: s.fps)
 
     def _improve(
         self,
@@ -155,12 +167,14 @@ class JointPlanner:
         graph: LayerGraph,
         demands: Sequence[Demand],
         snapshot: Snapshot,
+        seed: int,
     ) -> StreamsPlan:
         """Coordinate ascent over ``pools`` from ``start``, then rounds of each stream's local search
-        scored by the frame period together (the found plans join the pools) until a round gains < 0.1%."""
+        (seeded ``seed``) scored by the frame period together (the found plans join the pools) until a
+        round gains < 0.1%."""
         slo = [d.slo_s for d in demands]
         best = self._ascend(start, pools, slo, snapshot)
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(seed)
         for round_ in range(self.rounds):
             for i, (view, demand) in enumerate(zip(views, demands, strict=True)):
                 others = best.plans[:i] + best.plans[i + 1 :]
@@ -219,6 +233,11 @@ class JointPlanner:
                 if rate > fps:
                     plans, fps = trial, rate
         return StreamsPlan(tuple(plans), fps)
+
+
+def _copy(pools: list[list[Plan]]) -> list[list[Plan]]:
+    """Pools a search may grow without another search seeing its finds (restarts stay independent)."""
+    return [list(pool) for pool in pools]
 
 
 def device_groups(snapshot: Snapshot, demands: Sequence[Demand]) -> list[tuple[str, ...]]:

@@ -122,6 +122,26 @@ def test_equal_rate_respects_each_slo_and_the_busiest_device(cost, snapshot):
     assert (contention.stream_p95(plans, 1.05 * tight, snapshot) > slo).any()
 
 
+def test_a_stream_at_its_capacity_queues_when_its_seconds_vary(cost, snapshot):
+    """Frames back to back on one device: an exact replay never queues them, so it prices the capacity
+    within an SLO just above a frame's latency; with the seconds varying, as live, a slow frame delays the
+    ones behind it, and the equal rate falls below the capacity."""
+    on_b = _local("b", source="b", sink="b")
+    alone = cost.latency(on_b, snapshot)
+    exact, varying = Contention(cost, jitter=0.0), Contention(cost, jitter=0.1, samples=4)
+    assert exact.stream_p95([on_b], 1 / alone, snapshot) == pytest.approx([alone])
+    assert varying.stream_p95([on_b], 1 / alone, snapshot)[0] > 1.1 * alone
+    slo = [1.2 * alone]
+    assert exact.equal_rate([on_b], slo, snapshot) == pytest.approx(1 / alone)
+    assert varying.equal_rate([on_b], slo, snapshot) < 0.98 / alone
+    assert varying.stream_p95([on_b], 0.5 / alone, snapshot)[0] <= 1.1 * alone  # half loaded: no queue
+    np.testing.assert_array_equal(  # the same draws on every call
+        varying.stream_p95([on_b], 0.9 / alone, snapshot), varying.stream_p95([on_b], 0.9 / alone, snapshot)
+    )
+    with pytest.raises(ValueError, match="jitter"):
+        Contention(cost, jitter=1.5)
+
+
 def test_joint_planning_beats_planning_each_stream_alone(cost, snapshot):
     """Three streams whose latency-best plans all lean on the fast device d: planned together they
     spread out and sustain a higher equal rate."""
@@ -135,6 +155,21 @@ def test_joint_planning_beats_planning_each_stream_alone(cost, snapshot):
     assert joint.fps >= 1.1 * alone.fps
     assert joint.fps == pytest.approx(contention.equal_rate(joint.plans, [1.0] * 3, snapshot))
     assert [p.source for p in joint.plans] == list("abc")
+
+
+def test_restarts_keep_the_best_search(cost, snapshot):
+    """Restarts search again from other seeds and keep the best: never below the first seed's search."""
+    planner = make_planner("optimal", graph=GRAPH, spec=MESH4, cost_model=cost, max_evaluations=40)
+    demands = [Demand(s, "d", 1.0) for s in "abc"]
+    say: list[str] = []
+    once = JointPlanner(planner, cost, rounds=1, budget=20).plan(snapshot, GRAPH, demands)
+    thrice = JointPlanner(planner, cost, rounds=1, budget=20, restarts=3, say=say.append).plan(
+        snapshot, GRAPH, demands
+    )
+    assert thrice.fps >= once.fps
+    assert sum("(seed 2)" in line for line in say) == 2  # both searches of the third restart ran
+    with pytest.raises(ValueError, match="restarts"):
+        JointPlanner(planner, cost, restarts=0)
 
 
 # ---- streams files -------------------------------------------------------------------------------
