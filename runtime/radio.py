@@ -117,6 +117,7 @@ class Radio:
         transfer = next(self._transfers)
         try:
             sock = self._peer_socket(sockets, nxt, air.peers.get(nxt))
+            _drop_replies(sock)
             nbytes = job.tensor.numel() * job.tensor.element_size()
             start = time.time()
             radio = timer.radio_time(nxt, nbytes, start) if timer else 0.0
@@ -218,3 +219,14 @@ class Radio:
             raise
         sockets[device] = (endpoint, sock)
         return sock
+
+
+def _drop_replies(sock: zmq.Socket) -> None:
+    """Read and drop what a peer answered earlier bands (an ERROR for a band of a plan it no longer
+    holds, e.g. one queued for it while it was down and restarting). Only a kernel-shaped radio waits for
+    those answers; left unread, at ``rcvhwm`` of them the socket stops delivering bands to that peer."""
+    while sock.poll(0):
+        try:
+            recv(sock, flags=zmq.NOBLOCK, max_bytes=MAX_REPLY_BYTES)
+        except (zmq.Again, ProtocolError):
+            return

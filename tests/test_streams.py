@@ -366,6 +366,49 @@ def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference
         cluster.restart("c")
 
 
+def test_a_worker_killed_and_restarted_again_and_again_still_gets_its_bands(cluster, reference):
+    """Each time c dies, bands queued for it reach its next incarnation, which answers each with an error
+    (it does not hold their plan). Left unread on the senders' sockets, the answers of four restarts
+    filled them, and from then on no band reached c: after the fourth restart a frame on plans using c
+    never came back (bench.streams --kill hung in its fifth try). A frame right after each restart and
+    every frame of each run must come back."""
+    ctl = cluster.controller
+    streams = [
+        StreamSpec(name="front", source="a", sink="d", model=MODEL, fps=8, slo_s=5),
+        StreamSpec(name="back", source="b", sink="a", model=MODEL, fps=8, slo_s=5),
+    ]
+    plans = [_split("abcd"), _split("bcd", source="b", sink="a")]
+
+    def replanner(stream: StreamSpec):
+        return lambda up: _split("".join(sorted(up)), source=stream.source, sink=stream.sink)
+
+    for run_index in range(5):
+        while not ctl.available >= frozenset("abcd"):
+            ctl.ping(0.5)
+        warm = set()
+        for s, p in zip(streams, plans, strict=True):
+            ctl.deploy(p, lane=s.name)
+            warm.add(ctl.submit(_inputs(1, seed=0)[0], lane=s.name))
+        waited = time.time()
+        while warm and time.time() - waited < 15:
+            warm -= {r.rid for r in ctl.collect(0.05)}
+        assert not warm, f"run {run_index}: a frame on the plans with c never came back"
+        run = serve_streams(
+            ctl,
+            streams,
+            plans,
+            [s.fps for s in streams],
+            12,
+            reference,
+            replanners={s.name: replanner(s) for s in streams},
+            chaos=[(0.6, lambda: cluster.kill("c"), "kill c")],
+            drain_s=20.0,
+        )
+        cluster.restart("c")
+        for r in run.reports:
+            assert (r.sent, r.completed, r.lost, r.wrong) == (12, 12, 0, 0), (run_index, r)
+
+
 def test_submit_on_a_lane_without_a_plan_is_an_error(cluster):
     with pytest.raises(Exception, match="no plan deployed on lane 'nowhere'"):
         cluster.controller.submit(_inputs(1, seed=0)[0], lane="nowhere")
