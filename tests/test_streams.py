@@ -328,13 +328,30 @@ def test_a_stream_under_time_dilation_arrives_and_is_timed_on_the_emulated_clock
     assert dilation * done[-1] < wall < dilation * done[-1] + 1.0  # + deploying the plan
 
 
+KILL_STREAMS = [
+    StreamSpec(name="front", source="a", sink="d", model=MODEL, fps=8, slo_s=5),
+    StreamSpec(name="back", source="b", sink="a", model=MODEL, fps=8, slo_s=5),
+]
+KILL_PLANS = [_split("abcd"), _split("bcd", source="b", sink="a")]
+
+
+def _serve_killing_c(cluster, reference, replanners, drain_s: float | None = None) -> StreamsRun:
+    """Twelve frames of each of ``KILL_STREAMS`` on ``KILL_PLANS``, worker c killed 0.6 s in."""
+    return serve_streams(
+        cluster.controller,
+        KILL_STREAMS,
+        KILL_PLANS,
+        [s.fps for s in KILL_STREAMS],
+        12,
+        reference,
+        replanners=replanners,
+        chaos=[(0.6, lambda: cluster.kill("c"), "kill c")],
+        drain_s=drain_s,
+    )
+
+
 def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference):
     ctl = cluster.controller
-    streams = [
-        StreamSpec(name="front", source="a", sink="d", model=MODEL, fps=8, slo_s=5),
-        StreamSpec(name="back", source="b", sink="a", model=MODEL, fps=8, slo_s=5),
-    ]
-    plans = [_split("abcd"), _split("bcd", source="b", sink="a")]
     replanned = []
 
     def replanner(stream: StreamSpec):
@@ -344,16 +361,7 @@ def test_a_worker_killed_mid_run_loses_no_frame_of_any_stream(cluster, reference
 
         return replan
 
-    run = serve_streams(
-        ctl,
-        streams,
-        plans,
-        [s.fps for s in streams],
-        12,
-        reference,
-        replanners={s.name: replanner(s) for s in streams},
-        chaos=[(0.6, lambda: cluster.kill("c"), "kill c")],
-    )
+    run = _serve_killing_c(cluster, reference, {s.name: replanner(s) for s in KILL_STREAMS})
     try:
         for r in run.reports:
             assert (r.sent, r.completed, r.lost, r.wrong) == (12, 12, 0, 0), r
@@ -373,11 +381,6 @@ def test_a_worker_killed_and_restarted_again_and_again_still_gets_its_bands(clus
     never came back (bench.streams --kill hung in its fifth try). A frame right after each restart and
     every frame of each run must come back."""
     ctl = cluster.controller
-    streams = [
-        StreamSpec(name="front", source="a", sink="d", model=MODEL, fps=8, slo_s=5),
-        StreamSpec(name="back", source="b", sink="a", model=MODEL, fps=8, slo_s=5),
-    ]
-    plans = [_split("abcd"), _split("bcd", source="b", sink="a")]
 
     def replanner(stream: StreamSpec):
         return lambda up: _split("".join(sorted(up)), source=stream.source, sink=stream.sink)
@@ -386,24 +389,14 @@ def test_a_worker_killed_and_restarted_again_and_again_still_gets_its_bands(clus
         while not ctl.available >= frozenset("abcd"):
             ctl.ping(0.5)
         warm = set()
-        for s, p in zip(streams, plans, strict=True):
+        for s, p in zip(KILL_STREAMS, KILL_PLANS, strict=True):
             ctl.deploy(p, lane=s.name)
             warm.add(ctl.submit(_inputs(1, seed=0)[0], lane=s.name))
         waited = time.time()
         while warm and time.time() - waited < 15:
             warm -= {r.rid for r in ctl.collect(0.05)}
         assert not warm, f"run {run_index}: a frame on the plans with c never came back"
-        run = serve_streams(
-            ctl,
-            streams,
-            plans,
-            [s.fps for s in streams],
-            12,
-            reference,
-            replanners={s.name: replanner(s) for s in streams},
-            chaos=[(0.6, lambda: cluster.kill("c"), "kill c")],
-            drain_s=20.0,
-        )
+        run = _serve_killing_c(cluster, reference, {s.name: replanner(s) for s in KILL_STREAMS}, drain_s=20.0)
         cluster.restart("c")
         for r in run.reports:
             assert (r.sent, r.completed, r.lost, r.wrong) == (12, 12, 0, 0), (run_index, r)
