@@ -12,7 +12,7 @@ an emulated cluster:
   pipelined_fps      one stream, the joint planner's plan (agents/streams.py), frames pipelined;
   independent_fps    three streams, each planned alone by the optimiser, at an equal rate;
   joint_fps          three streams planned jointly, at an equal rate (the best of ``--restarts`` searches
-                     from other seeds, 8 rounds of 2000 plans each: about 10 minutes).
+                     from other seeds, 8 rounds of 2000 plans each; all the planning takes ~14 minutes).
 
 A fifth, predicted only, asks whether planning jointly matters beyond the throughput objective:
 ``independent_pipelined`` is each of the three streams planned alone by the joint planner (the plan
