@@ -338,8 +338,13 @@ class Controller:
         Telemetry gathered so far is dropped, since its times refer to the old clock.
         """
         self.epoch = time.time()
-        self.telemetry.clear()
+        self.forget_telemetry()
         self.configure(self.emulation)
+
+    def forget_telemetry(self) -> None:
+        """Drop every link and compute sample and the transfers on the air: what the next serving run
+        measures starts from nothing, as the first run's did."""
+        self.telemetry.clear()
 
     def in_flight(self) -> list[InFlight]:
         """The requests whose attempt is still running (no output yet), oldest first."""

@@ -72,7 +72,8 @@ class ServeOptions:
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
     # a new plan must gain this share of the score in force (None: any different plan is swapped in)
     replan_margin: float | None = 0.1
-    # link and speed schedules start at t=0 with the first request (after warm-up)
+    # link and speed schedules start at t=0 with the first request (after warm-up), and the first plan is
+    # made without what earlier runs on the cluster measured (on the old clock, at another point of the traces)
     restart_clock: bool = False
 
 
@@ -150,6 +151,8 @@ class Server:
         ctl, options = self.controller, self.options
         ctl.attach(self.replanning.for_devices, self.rescue)  # the watcher only runs once requests do
         try:
+            if options.restart_clock:  # a replay of the traces: the first plan knows what the first run's did
+                ctl.forget_telemetry()
             self.replanning.start()
             recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
             if options.restart_clock:

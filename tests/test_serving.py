@@ -166,6 +166,25 @@ def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
     assert all(r.plan == on_d0 for r in records[records.index(rescued) :])  # on d0 from then on
 
 
+def test_runs_in_turn_on_one_cluster_each_plan_first_on_what_the_first_one_knew(setup):
+    """Agents served in turn on one cluster (``deploy.py --agents a,b``) replay the traces from t=0; each
+    must also make its first plan knowing what the first agent knew then (the spec: nothing measured yet),
+    not the links the run before it measured at its end, at another point of the traces."""
+    spec, model, graph = setup
+    decide = Decider(AvoidSlowLink(), graph, Objective())
+    slow = Trace([0.0], [2.0], duration=3600.0, name="slow")  # the spec says 50 Mbit/s
+    on_d1 = Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment("d1", 1.0),)),)).to_json()
+    served: dict[str, list[str]] = {}
+    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): slow}) as cluster:
+        for agent in ("first", "second"):
+            records: list[RequestLog] = []
+            options = ServeOptions(requests=3, restart_clock=True, rescue_margin=None)
+            serve(cluster, model, decide, options, agent=agent, on_result=records.append)
+            served[agent] = [r.plan for r in records]
+    assert served["first"][0] == served["second"][0] == on_d1, served
+    assert served["first"][-1] == served["second"][-1] != on_d1  # both moved off the slow link it measured
+
+
 def test_deploy_cli_reports_bad_input(capsys):
     assert deploy.main(["--cluster", "nope.yaml", "--model", "tiny"]) == 2
     assert "nope.yaml" in capsys.readouterr().out
