@@ -151,7 +151,7 @@ class Server:
         ctl, options = self.controller, self.options
         ctl.attach(self.replanning.for_devices, self.rescue)  # the watcher only runs once requests do
         try:
-            if options.restart_clock:  # a replay of the traces: the first plan knows what the first run's did
+            if options.restart_clock:  # a replay of the traces: the first plan knows what the first run knew
                 ctl.forget_telemetry()
             self.replanning.start()
             recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
