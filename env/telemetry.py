@@ -16,17 +16,20 @@ seconds would see only the tail of a slow request and forget the links its early
   together by more than ``drift`` x (their median ratio new/old estimate), the silent ones, and those
   measured only earlier (before the change, say), are assumed to have moved as much (links of one site
   tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
-  and learns it is slow one request at a time). A fall takes two or more links, or one stuck transfer
+  and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
   (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
   be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
-  among several from moving every silent link. A rise takes one link (nothing makes a transfer faster
-  than its link: a plan made for a collapse that crosses one link sees the others come back), and takes
-  a silent link up to its spec's rate at most. Links whose newest transfer ended before a now-stuck
+  among several from moving every silent link. Links whose newest transfer ended before a now-stuck
   transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
   the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
   outvote the one transfer that sees it, and the view would converge one request at a time).
+  A fall is remembered: a link whose estimate fell ``drift`` x in one snapshot keeps the level it fell
+  from. When one link is measured back within ``drift`` of its level, the fall is over: the silent links
+  that fell go back to their levels, a bound still capping them (a plan made for a collapse may cross
+  one link only, and the two links the rule above needs might never be measured again). One reading
+  does not count otherwise: over a kernel-shaped link one transfer may read twice its link's rate.
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
@@ -60,7 +63,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,15 +122,11 @@ def overdue_bounds(
 def drift_factor(measured: Iterable[float], drift: float, stuck: Iterable[float] = ()) -> float:
     """How much the silent links are assumed to have moved, from the ratios new/old estimate of the links
     measured and of those bounded by a ``stuck`` transfer: their median, if it is beyond ``drift`` x either
-    way and rests on two or more measured links, on a stuck transfer, or on one link measured faster.
-
-    One transfer measured slower may be a starved sender's timer overshooting (a transfer stuck ``drift`` x
-    past its time is not); nothing makes a transfer faster than its link, so one link measured ``drift`` x
-    faster is a rise. (A plan that crosses one link after a collapse would otherwise never see the silent
-    links come back, and keep a plan made for the collapse.)"""
+    way and rests on two or more measured links or on a stuck transfer (one transfer's rate may be a
+    starved sender's timer overshooting; a transfer stuck ``drift`` x past its time is not)."""
     measured, stuck = list(measured), list(stuck)
     if len(measured) < 2 and not stuck:
-        return measured[0] if measured and measured[0] > drift else 1.0
+        return 1.0
     median = float(np.median(measured + stuck))
     return median if not 1 / drift <= median <= drift else 1.0
 
@@ -162,8 +161,7 @@ class LiveView:
         self.drift = drift
         self.overdue_s = overdue_s
         self.vote_s = vote_s
-        self.spec_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
-        self.link_mbps = dict(self.spec_mbps)
+        self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
         self._history_len = history
@@ -173,6 +171,7 @@ class LiveView:
         self._caps: dict[
             tuple[str, str], float
         ] = {}  # per link: its last bound, until a transfer measures it
+        self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = time.time()
@@ -221,24 +220,36 @@ class LiveView:
         factor = drift_factor(
             (ratio[key] for key in recent - stuck), self.drift, stuck=(ratio[key] for key in stuck)
         )
-        baseline = self.link_mbps | measured
-        self.link_mbps = {
-            key: evidence.get(key, self._follow(key, mbps, factor)) for key, mbps in baseline.items()
-        }
+        before, baseline = self.link_mbps, self.link_mbps | measured
+        self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}
         # a bound stands until a transfer that ends after it measures the link: the silent links may move
         # up with the others (back from a collapse the bound took them down with), the bounded one not
         # above its bound (its stuck transfer, cut short by a rescue, never reports an end)
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
+        if factor == 1.0 and not stuck:
+            self._end_fall(recent, evidence.keys())
         self.link_mbps |= {key: min(self.link_mbps[key], cap) for key, cap in self._caps.items()}
+        self._remember_falls(before)
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 
-    def _follow(self, key: tuple[str, str], mbps: float, factor: float) -> float:
-        """A link's estimate moved by ``factor`` with the measured ones: a rise takes it up to its spec's
-        rate at most (a link nobody measured is not believed faster than it was built to carry)."""
-        if factor <= 1.0:
-            return mbps * factor
-        return max(mbps, min(mbps * factor, self.spec_mbps[key]))
+    def _end_fall(self, recent: Iterable[tuple[str, str]], measured: Collection[tuple[str, str]]) -> None:
+        """If a link measured last is back within ``drift`` of the level it fell from, the fall is over:
+        every link that fell and was not just measured goes back to its level (a bound still caps it)."""
+        if not any(k in self._fallen and self.link_mbps[k] * self.drift >= self._fallen[k] for k in recent):
+            return
+        for key, level in self._fallen.items():
+            if key not in measured:
+                self.link_mbps[key] = max(self.link_mbps[key], level)
+        self._fallen.clear()
+
+    def _remember_falls(self, before: dict[tuple[str, str], float]) -> None:
+        """Keep the level of every link that fell ``drift`` x since ``before``; forget it once back."""
+        for key, mbps in self.link_mbps.items():
+            if mbps * self.drift < before[key]:
+                self._fallen.setdefault(key, before[key])
+            elif key in self._fallen and mbps * self.drift >= self._fallen[key]:
+                del self._fallen[key]
 
     def _update_speed(self) -> None:
         samples = self.controller.compute_samples

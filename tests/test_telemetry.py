@@ -79,19 +79,23 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_on
 
 
 def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
-    """After a collapse seen on every link, the plan made for it crosses one link only. When that link is
-    measured back (above its spec rate, even), the others come back with it, as far as their spec: a view
-    that waited for two links would keep the collapse plan for ever."""
+    """After a fall seen on every link, the plan made for it crosses one link only. A reading at twice the
+    fallen rate moves nothing else (one transfer over a kernel-shaped link can read that); the link measured
+    back near the level it fell from ends the fall, and the others go back to theirs: a view that waited
+    for two links would keep the plan made for the fall for ever."""
     tel = Telemetry()
     view = LiveView(SPEC, tel)
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     for key, mbps in spec_mbps.items():
         tel.transfer(*key, mbps / 10)
-    assert all(v == pytest.approx(spec_mbps[k] / 10) for k, v in view.snapshot().link_mbps.items())
+    fallen = {key: mbps / 10 for key, mbps in spec_mbps.items()}
+    assert view.snapshot().link_mbps == pytest.approx(fallen)
     tel.link_samples.clear()
-    tel.transfer("8", "4", 45.0, ago=0.1)  # spec 30
-    tel.clock += 5
-    assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 45.0})
+    tel.transfer("8", "4", 6.0, ago=0.1)  # spec 30, fell to 3
+    assert view.snapshot().link_mbps == pytest.approx(fallen | {link_key("8", "4"): 6.0})
+    tel.link_samples.clear()
+    tel.transfer("8", "4", 24.0, ago=0.1)
+    assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
 def test_links_measured_before_a_drop_do_not_outvote_those_measured_after_it():
@@ -213,8 +217,6 @@ def test_a_link_estimate_is_its_current_regime_not_a_blend():
 def test_drift_needs_the_measured_links_to_agree():
     assert drift_factor([], 1.5) == 1.0
     assert drift_factor([0.1], 1.5) == 1.0  # one finished transfer: maybe a timer overshooting
-    assert drift_factor([3.0], 1.5) == pytest.approx(3.0)  # nothing overshoots upwards: a rise
-    assert drift_factor([1.2], 1.5) == 1.0  # within the drift band
     assert drift_factor([], 1.5, stuck=[0.1]) == pytest.approx(0.1)  # one stuck transfer: a drop
     assert drift_factor([0.9, 1.2, 1.1], 1.5) == 1.0  # noise, not a move
     assert drift_factor([0.1, 0.3, 0.2, 1.0], 1.5) == pytest.approx(0.25)  # a drop: the median
