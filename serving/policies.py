@@ -25,7 +25,7 @@ from env.snapshot import Snapshot
 from runtime.controller import Controller, InFlight
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
-from serving.rules import MAX_RESCUES, moved, worth_restarting, worth_swapping
+from serving.rules import MAX_RESCUES, moved, settled, worth_restarting, worth_swapping
 
 log = logging.getLogger("serving.policies")
 
@@ -191,15 +191,20 @@ class Rescue:
     When conditions moved, a new plan is made and swapped in at once only if it rescues a running request;
     any other new plan waits for the request's end, when all its telemetry is in (plans swapped on a
     half-measured request's view made replans thrash). Requests still on a plan older than the one in
-    force are then restarted on it when worth it.
+    force are then restarted on it when worth it. Nothing is done on a view that is still moving (not
+    ``settled`` since the previous call): the next call, one ``watch_every_s`` later, sees where it went.
     """
 
     def __init__(self, keeper: Adaptive, margin: float):
         self.keeper, self.margin = keeper, margin
+        self._seen: Snapshot | None = None  # the view at the previous call
 
     def __call__(self) -> None:
         keeper, controller = self.keeper, self.keeper.controller
         now = keeper.observe()
+        seen, self._seen = self._seen, now
+        if not settled(seen, now):
+            return
         plan = keeper.replan_if_moved(now)
         if plan is not None and any(self._worth(r, plan, now) for r in controller.in_flight()):
             keeper.swap_mid_request(plan, now)

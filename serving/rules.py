@@ -1,5 +1,5 @@
-"""The serving loop's three rules: when conditions moved, when a new plan pays for its swap, and when a
-running request is worth restarting on a newer plan."""
+"""The serving loop's rules: when conditions moved, when a new plan pays for its swap, when a running
+request is worth restarting on a newer plan, and when the view is settled enough to act on mid-request."""
 
 from __future__ import annotations
 
@@ -9,6 +9,19 @@ from runtime.controller import InFlight
 from runtime.plan import Plan
 
 MAX_RESCUES = 2  # per request: a third restart would mostly throw away work the second one did
+SETTLED = 0.25  # a view is settled when no estimate moved more than this (relative) since the last one
+
+
+def settled(before: Snapshot | None, now: Snapshot, tolerance: float = SETTLED) -> bool:
+    """Whether ``now`` agrees with the view just ``before`` it: the same devices up, every link's and
+    device's estimate within ``tolerance`` (relative). Just after a collapse the first views are half
+    formed (the first bound on a crawling transfer is loose, the next ones tighten it): a request rescued
+    on one of them was moved onto links that had not fallen yet in the view, and rescued again."""
+    if before is None or before.available != now.available:
+        return False
+    pairs = [(before.link_mbps[k], v) for k, v in now.link_mbps.items()]
+    pairs += [(before.speed[d], v) for d, v in now.speed.items()]
+    return all(abs(v - old) <= tolerance * old for old, v in pairs)
 
 
 def moved(plan: Plan, made_on: Snapshot, now: Snapshot, threshold: float) -> bool:
