@@ -112,9 +112,8 @@ def test_the_rescue_watcher_acts_only_on_a_view_that_settled(setup):
     watch = Rescue(keeper, margin=1.2)
     for _ in views:
         watch()
-    assert (
-        keeper.asked == views[3:]
-    )  # not on the first view, nor the half-formed one, nor the first of the fall
+    # not on the first view, nor on the half-formed one, nor on the first view at the fall's depth
+    assert keeper.asked == views[3:]
     assert settled(before, before) and not settled(None, before)
     assert not settled(before, replace(before, available=frozenset({"d0", "d2"})))
     assert not settled(before, replace(before, speed={**before.speed, "d1": 0.5}))

@@ -70,19 +70,19 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_on
     assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 5)
     assert snap.link_history[link_key("8", "4")][-1] == pytest.approx(1.0)
     tel.link_samples.clear()
-    tel.transfer("8", "4", 5.0)  # a partial recovery, seen on two links: the silent ones follow by the
-    tel.transfer("4", "9", 25.8)  # median (ratios 5 and 3)
+    tel.transfer("8", "4", 30.0)  # recovery, seen on two links: the silent ones follow by the median
+    tel.transfer("4", "9", 43.0)
     tel.clock += 5
     snap = view.snapshot()
-    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 5 * 4)
-    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(3.4 * 4)
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 5 * 17.5)  # ratios 30 and 5
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(3.4 * 17.5)
 
 
 def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     """After a fall seen on every link, the plan made for it crosses one link only. A reading at twice the
-    fallen rate moves nothing else (a link the vote took too far down reads that when next crossed); the link measured
-    back near the level it fell from ends the fall, and the others go back to theirs: a view that waited
-    for two links would keep the plan made for the fall for ever."""
+    fallen rate moves nothing else (a link the vote took too far down reads that when next crossed); the
+    link measured back near the level it fell from ends the fall, and the others go back to theirs: a view
+    that waited for two links would keep the plan made for the fall for ever."""
     tel = Telemetry()
     view = LiveView(SPEC, tel)
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
