@@ -10,9 +10,8 @@ seconds would see only the tail of a slow request and forget the links its early
   (pieces of transfers: the workers report a long one every quarter second as it goes) *of the current
   regime*: walking back from the newest transfer, older ones are left out from the
   first whose rate differs from the newer ones by more than ``drift`` x, or that ended more than
-  ``window_s`` before the newest once the newer ones hold 50 ms of radio time (a few tiny transfers do
-  not measure a link: ``current_rate``). After a drop, a link's estimate is what it carries now, not a
-  blend with what it carried before. A link keeps its last estimate while nothing crosses
+  ``window_s`` before the newest (a change point: after a drop, a link's estimate is what it carries
+  now, not a blend with what it carried before). A link keeps its last estimate while nothing crosses
   it, with one exception: when the links measured last (within ``vote_s`` of the newest transfer) moved
   together by more than ``drift`` x (their median ratio new/old estimate), the silent ones, and those
   measured only earlier (before the change, say), are assumed to have moved as much (links of one site
@@ -81,16 +80,13 @@ def current_rate(
 ) -> float:
     """Mbit/s of the newest regime in ``samples`` (oldest first): see the module docstring.
 
-    The newest transfers are pooled until they hold ``settle_s`` of radio time, older than ``window_s``
-    if need be, so that the rate is not that of a few tiny transfers: their radio time is mostly an
-    emulated timer's overshoot, and over a kernel-shaped link their first packets leave at once on the
-    shaper's burst (a 4 kB output read 5 Mbit/s on a 2 Mbit/s link, and two such readings at a request's
-    end took every silent link up 1.8x in the middle of a collapse).
+    The newest transfers are pooled until they hold ``settle_s`` of radio time, so that the reference
+    rate is not that of one tiny transfer (whose radio time is mostly timer overshoot).
     """
     newest = samples[-1][0]
     nbytes, radio = 0.0, 0.0
     for end, n, seconds in reversed(samples):
-        if end < newest - window_s and radio >= settle_s:
+        if end < newest - window_s:
             break
         if radio >= settle_s and seconds >= settle_s:
             rate, pooled = n / seconds, nbytes / radio
@@ -184,15 +180,14 @@ class LiveView:
         self._failures_folded = 0  # entries of controller.failures already in _outages
 
     def _update_links(self, since: float, wall: float) -> None:
-        fresh: dict[tuple[str, str], list[LinkSample]] = {}  # per link: what ended since the last fold
-        known: dict[tuple[str, str], list[LinkSample]] = {}  # and what ended since its last bound
+        fresh: dict[tuple[str, str], list[LinkSample]] = {}
         for end, a, b, nbytes, seconds in self.controller.link_samples:
             key = link_key(a, b)
-            if end > self._bounded.get(key, -np.inf) and seconds > 0 and nbytes > 0:
-                known.setdefault(key, []).append((end, nbytes, seconds))
-                if end > since:
-                    fresh.setdefault(key, []).append((end, nbytes, seconds))
-        measured = {key: current_rate(sorted(known[key]), self.drift, self.window_s) for key in fresh}
+            if end > max(since, self._bounded.get(key, since)) and seconds > 0 and nbytes > 0:
+                fresh.setdefault(key, []).append((end, nbytes, seconds))
+        measured = {
+            key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
+        }
         # overdue against what was believed before this fold: a crawling transfer whose ticks already
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
         on_air = self.controller.transfers_in_progress()

@@ -98,27 +98,6 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
-def test_a_few_tiny_transfers_are_pooled_with_older_ones_before_they_move_a_link():
-    """Mid-collapse, a request's last transfers are a few kB, 3 s after its others: over a kernel-shaped
-    link they leave on the shaper's burst and read 2.5x the link's rate. Alone they would take their links,
-    and with two of them every silent link, up; pooled with the link's older transfers they move nothing."""
-    tel = Telemetry()
-    view = LiveView(SPEC, tel)
-    for a, b in (("8", "4"), ("6", "8")):
-        tel.transfer(a, b, 2.0, seconds=0.5, ago=3.0)  # spec 30 and 17: collapsed
-    fallen = view.snapshot().link_mbps
-    assert fallen[link_key("8", "4")] == pytest.approx(2.0)
-    for a, b in (("8", "4"), ("6", "8")):
-        tel.transfer(a, b, 5.0, seconds=0.006)  # 3.75 kB
-    snap = view.snapshot()
-    for key in (link_key("8", "4"), link_key("6", "8")):
-        assert snap.link_mbps[key] == pytest.approx((0.5 * 2.0 + 0.006 * 5.0) / 0.506)
-    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(fallen[link_key("0", "9")])
-    # a transfer long enough to measure its link alone is not blended with what came before
-    tel.transfer("8", "4", 5.0, seconds=0.2)
-    assert view.snapshot().link_mbps[link_key("8", "4")] == pytest.approx(5.0)
-
-
 def test_links_measured_before_a_drop_do_not_outvote_those_measured_after_it():
     """A request ran across a drop: three links carried its early transfers at their spec rate, two its
     late ones at a tenth. The late ones speak for the present; the early ones fall with the silent links."""
