@@ -89,11 +89,11 @@ def worth_restarting(
     The rest of the running attempt is estimated from its plan's predicted latency under the new
     conditions in two ways, and the smaller is kept: scaled by the share of its radio bytes not yet
     delivered, and less the seconds it has already run. Radio bytes do not count compute, so a plan that
-    computes for seconds before it sends (the collapse plans do) looks untouched for all that time: on a
-    view that wobbled mid-collapse such a request was restarted 3 s into a 5 s plan and took 8.1 s. The
-    seconds it ran count at least as much as the new conditions would have let it do when conditions
-    fell after it started, which is when a rescue pays. A restart pays ``plan``'s whole predicted
-    latency, times ``margin``.
+    computes for seconds before it sends (the collapse plans do) looks untouched for all that time, and
+    an estimate that wobbles can then make throwing those seconds away look worth it. The seconds it ran
+    count at least as much as the new conditions would have let it do when conditions fell after it
+    started, which is when a rescue pays. A restart pays ``plan``'s whole predicted latency, times
+    ``margin``.
     """
     full = cost.latency(running.plan, snapshot)
     rest = min(full * (1.0 - running.progress), max(0.0, full - running.elapsed_s))
