@@ -29,8 +29,9 @@ seconds would see only the tail of a slow request and forget the links its early
   from. When one link is measured back within ``drift`` of its level, the fall is over: the silent links
   that fell go back to their levels, a bound still capping them (a plan made for a collapse may cross
   one link only, and the two links the rule above needs might never be measured again). One reading
-  measured faster does not count otherwise: mid-collapse, a link the vote took below what it carries
-  reads twice its estimate when next crossed, and that is no rise.
+  measured faster does not count otherwise, for two reasons seen mid-collapse: a link the vote took below
+  what it carries reads twice its estimate when next crossed, and a transfer of a few kB over a
+  kernel-shaped link leaves on the shaper's burst and reads up to 2.6x its link's rate.
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
