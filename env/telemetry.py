@@ -21,7 +21,11 @@ seconds would see only the tail of a slow request and forget the links its early
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
   be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
-  among several from moving every silent link. Links whose newest transfer ended before a now-stuck
+  among several from moving every silent link. A link whose fresh transfers hold less than ``settle_s``
+  of radio time in all sets its own estimate but does not vote: the rate of a transfer of a few kB is
+  mostly its sender's timer overshoot, or a shaper's burst (over a kernel-shaped link such a transfer
+  read up to 2.6x the link's rate, and the outputs that end every request are that small).
+  Links whose newest transfer ended before a now-stuck
   transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
   the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
   outvote the one transfer that sees it, and the view would converge one request at a time).
@@ -155,6 +159,7 @@ class LiveView:
         history: int = 8,
         overdue_s: float = 0.25,
         vote_s: float = 1.0,
+        settle_s: float = 0.05,
         failure_window_s: float = 300.0,
     ):
         self.spec = spec
@@ -163,6 +168,7 @@ class LiveView:
         self.drift = drift
         self.overdue_s = overdue_s
         self.vote_s = vote_s
+        self.settle_s = settle_s
         self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
@@ -187,7 +193,8 @@ class LiveView:
             if end > max(since, self._bounded.get(key, since)) and seconds > 0 and nbytes > 0:
                 fresh.setdefault(key, []).append((end, nbytes, seconds))
         measured = {
-            key: current_rate(sorted(samples), self.drift, self.window_s) for key, samples in fresh.items()
+            key: current_rate(sorted(samples), self.drift, self.window_s, self.settle_s)
+            for key, samples in fresh.items()
         }
         # overdue against what was believed before this fold: a crawling transfer whose ticks already
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
@@ -212,6 +219,8 @@ class LiveView:
             default=-np.inf,
         )
         recent = {key for key, end in last.items() if end >= max(newest - self.vote_s, stuck_since)}
+        radio = {key: sum(seconds for _, _, seconds in samples) for key, samples in fresh.items()}
+        voters = {key for key in recent if radio[key] >= self.settle_s}
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now
@@ -220,7 +229,7 @@ class LiveView:
         ratio = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
         stuck = overdue.keys() | (crawling.keys() & recent)
         factor = drift_factor(
-            (ratio[key] for key in recent - stuck), self.drift, stuck=(ratio[key] for key in stuck)
+            (ratio[key] for key in voters - stuck), self.drift, stuck=(ratio[key] for key in stuck)
         )
         before, baseline = self.link_mbps, self.link_mbps | measured
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}

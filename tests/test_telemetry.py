@@ -99,6 +99,29 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
+def test_short_transfers_set_their_own_links_but_do_not_move_the_silent_ones():
+    """Mid-collapse, the few-kB outputs that end a request cross two links at 2.6x their estimate (a
+    shaper's burst over a kernel-shaped link): every silent link moved up with them in the kernel-mode
+    collapse runs, and a plan made on that view was swapped in and rescued a second later. The same
+    rates held for half a second are a recovery, and move them."""
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    fallen = {key: mbps / 10 for key, mbps in spec_mbps.items()}
+    outputs = [link_key("8", "4"), link_key("4", "9")]
+    for seconds in (0.01, 0.5):
+        tel = Telemetry()
+        view = LiveView(SPEC, tel)
+        for key, mbps in fallen.items():
+            tel.transfer(*key, mbps)
+        assert view.snapshot().link_mbps == pytest.approx(fallen)
+        tel.link_samples.clear()
+        for key in outputs:
+            tel.transfer(*key, 2.6 * fallen[key], seconds=seconds, ago=0.1)
+        snap = view.snapshot()
+        assert [snap.link_mbps[key] for key in outputs] == pytest.approx([2.6 * fallen[k] for k in outputs])
+        silent = snap.link_mbps[link_key("0", "9")]
+        assert silent == pytest.approx(fallen[link_key("0", "9")] * (1 if seconds < 0.05 else 2.6)), seconds
+
+
 def test_links_measured_before_a_drop_do_not_outvote_those_measured_after_it():
     """A request ran across a drop: three links carried its early transfers at their spec rate, two its
     late ones at a tenth. The late ones speak for the present; the early ones fall with the silent links."""
