@@ -21,10 +21,7 @@ seconds would see only the tail of a slow request and forget the links its early
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
   be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
-  among several from moving every silent link. A link whose fresh transfers hold less than ``settle_s``
-  of radio time in all sets its own estimate but does not vote: the rate of a transfer of a few kB is
-  mostly its sender's timer overshoot, or a shaper's burst (over a kernel-shaped link such a transfer
-  read up to 2.6x the link's rate, and the outputs that end every request are that small).
+  among several from moving every silent link.
   Links whose newest transfer ended before a now-stuck
   transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
   the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
@@ -33,9 +30,14 @@ seconds would see only the tail of a slow request and forget the links its early
   from. When one link is measured back within ``drift`` of its level, the fall is over: the silent links
   that fell go back to their levels, a bound still capping them (a plan made for a collapse may cross
   one link only, and the two links the rule above needs might never be measured again). One reading
-  measured faster does not count otherwise, for two reasons seen mid-collapse: a link the vote took below
-  what it carries reads twice its estimate when next crossed, and a transfer of a few kB over a
-  kernel-shaped link leaves on the shaper's burst and reads up to 2.6x its link's rate.
+  measured faster does not count otherwise: a link the vote took below what it carries reads twice its
+  estimate when next crossed.
+  A brief link, one whose fresh transfers hold less than ``settle_s`` of radio time in all, neither sets
+  its own estimate nor votes: such a rate is mostly the sender's timer overshoot (it reads low), or a
+  shaper's burst (over a kernel-shaped link the few-kB outputs that end every request read up to 2.6x
+  the link's rate; the link set to that drew the next plan onto it, whose first long transfer then
+  crawled and took every silent link down). It can only end a fall, read back within ``drift`` of its
+  link's level (a plan made for a collapse may cross no link with more than an output).
   Until a link is measured its estimate starts from the spec.
   Transfers still on the air count too (censored evidence, ``overdue_bounds``): B bytes sent for e
   seconds and not done yet say the link carries at most B*8/e. Such a bound replaces the estimate once
@@ -125,6 +127,34 @@ def overdue_bounds(
     return bounds
 
 
+def crawling_since(
+    transfers: Iterable[tuple[str, str, int, float]],
+    pieces: Iterable[tuple[float, str, str, int, float]],
+    estimates: dict[tuple[str, str], float],
+    drift: float,
+) -> dict[tuple[str, str], float]:
+    """Per link carrying a crawling transfer, the start of that transfer's newest piece.
+
+    A transfer still on the air, from ``transfers`` ``(a, b, bytes, start)``, crawls when its own ticks
+    (the ``pieces`` ``(end, a, b, bytes, seconds)`` from a to b that ended after it started) carried its
+    link ``drift`` x below its estimate: it is stuck before it is overdue (module docstring), and a link
+    measured before its newest piece describes the mesh before it crawled. Only its own ticks count: over
+    a kernel-shaped link, a transfer the other way whose acknowledgement queued behind it read half the
+    link's rate, and taken for a crawl it took every silent link down mid-collapse.
+    """
+    pieces = list(pieces)
+    since: dict[tuple[str, str], float] = {}
+    for a, b, _, start in transfers:
+        ticks = [(end, n, s) for end, x, y, n, s in pieces if (x, y) == (a, b) and end > start]
+        key = link_key(a, b)
+        if not ticks or key not in estimates:
+            continue
+        mbps = sum(n for _, n, _ in ticks) * 8 / 1e6 / sum(s for _, _, s in ticks)
+        if mbps * drift < estimates[key]:
+            since[key] = max(since.get(key, -np.inf), max(end - s for end, _, s in ticks))
+    return since
+
+
 def drift_factor(measured: Iterable[float], drift: float, stuck: Iterable[float] = ()) -> float:
     """How much the silent links are assumed to have moved, from the ratios new/old estimate of the links
     measured and of those bounded by a ``stuck`` transfer: their median, if it is beyond ``drift`` x either
@@ -188,25 +218,28 @@ class LiveView:
 
     def _update_links(self, since: float, wall: float) -> None:
         fresh: dict[tuple[str, str], list[LinkSample]] = {}
+        pieces = []  # the same samples with their direction: (end, sender, receiver, bytes, seconds)
         for end, a, b, nbytes, seconds in self.controller.link_samples:
             key = link_key(a, b)
             if end > max(since, self._bounded.get(key, since)) and seconds > 0 and nbytes > 0:
                 fresh.setdefault(key, []).append((end, nbytes, seconds))
-        measured = {
+                pieces.append((end, a, b, nbytes, seconds))
+        rates = {
             key: current_rate(sorted(samples), self.drift, self.window_s, self.settle_s)
             for key, samples in fresh.items()
         }
+        held = {key for key, samples in fresh.items() if sum(s for *_, s in samples) >= self.settle_s}
+        measured = {key: rates[key] for key in held}
+        brief = {key: rates[key] for key in rates.keys() - held}
+        fresh = {key: fresh[key] for key in held}
         # overdue against what was believed before this fold: a crawling transfer whose ticks already
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
         on_air = self.controller.transfers_in_progress()
         overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
-        # a transfer still on the air whose ticks measured its link drift x below the estimate is stuck
-        # too, before it is overdue (module docstring), since the start of its newest piece: a link
-        # measured before that describes the mesh before it crawled
         crawling = {
-            key: max(end - seconds for end, _, seconds in fresh[key])
-            for key in {link_key(a, b) for a, b, _, _ in on_air} & measured.keys()
-            if measured[key] * self.drift < self.link_mbps[key]
+            key: since
+            for key, since in crawling_since(on_air, pieces, self.link_mbps, self.drift).items()
+            if key in measured
         }
         # only the newest measurements speak for the present: a link last measured more than vote_s
         # before the newest transfer (say, before a drop the newest ones saw), or before a transfer now
@@ -219,8 +252,6 @@ class LiveView:
             default=-np.inf,
         )
         recent = {key for key, end in last.items() if end >= max(newest - self.vote_s, stuck_since)}
-        radio = {key: sum(seconds for _, _, seconds in samples) for key, samples in fresh.items()}
-        voters = {key for key in recent if radio[key] >= self.settle_s}
         # a bound moves the silent links as a measurement does: each new bound is drift x below its
         # link's last estimate (the previous bound), so the ratios telescope to bound / estimate before
         # the change, and a bound is never below what its link carries now
@@ -229,7 +260,7 @@ class LiveView:
         ratio = {key: mbps / self.link_mbps[key] for key, mbps in evidence.items()}
         stuck = overdue.keys() | (crawling.keys() & recent)
         factor = drift_factor(
-            (ratio[key] for key in voters - stuck), self.drift, stuck=(ratio[key] for key in stuck)
+            (ratio[key] for key in recent - stuck), self.drift, stuck=(ratio[key] for key in stuck)
         )
         before, baseline = self.link_mbps, self.link_mbps | measured
         self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}
@@ -238,16 +269,21 @@ class LiveView:
         # above its bound (its stuck transfer, cut short by a rescue, never reports an end)
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
         if factor == 1.0 and not stuck:
-            self._end_fall(recent, evidence.keys())
+            self._end_fall({key: self.link_mbps[key] for key in recent} | brief, evidence.keys())
         self.link_mbps |= {key: min(self.link_mbps[key], cap) for key, cap in self._caps.items()}
         self._remember_falls(before)
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
 
-    def _end_fall(self, recent: Iterable[tuple[str, str]], measured: Collection[tuple[str, str]]) -> None:
-        """If a link measured last is back within ``drift`` of the level it fell from, the fall is over:
-        every link that fell and was not just measured goes back to its level (a bound still caps it)."""
-        if not any(k in self._fallen and self.link_mbps[k] * self.drift >= self._fallen[k] for k in recent):
+    def _end_fall(
+        self, readings: dict[tuple[str, str], float], measured: Collection[tuple[str, str]]
+    ) -> None:
+        """If a link read last (``readings``, Mbit/s) is back within ``drift`` of the level it fell from,
+        the fall is over: every link that fell and was not just ``measured`` goes back to its level (a
+        bound still caps it)."""
+        if not any(
+            k in self._fallen and mbps * self.drift >= self._fallen[k] for k, mbps in readings.items()
+        ):
             return
         for key, level in self._fallen.items():
             if key not in measured:

@@ -215,7 +215,8 @@ class Controller:
         return self.telemetry.fidelity
 
     def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
-        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
+        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended,
+        nor through (every byte carried, awaiting only the receiver's acknowledgement)."""
         return self.telemetry.transfers_in_progress()
 
     @property

@@ -59,8 +59,9 @@ class Telemetry:
         self._in_transit: dict[tuple[str, int], _OnAir] = {}  # (device, its transfer id) -> transfer
 
     def transfers_in_progress(self) -> list[tuple[str, str, int, float]]:
-        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended."""
-        return [(t.a, t.b, t.nbytes, t.start) for t in self._in_transit.values()]
+        """(sender, receiver, bytes, start wall time) of every transfer reported started and not ended,
+        nor through (every byte carried, its end awaits only the receiver's acknowledgement)."""
+        return [(t.a, t.b, t.nbytes, t.start) for t in self._in_transit.values() if t.carried < t.nbytes]
 
     def clear(self) -> None:
         """Forget everything measured (its times refer to a clock that was restarted)."""

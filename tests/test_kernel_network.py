@@ -12,15 +12,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+import zmq
 
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.emulation import EnergyMeter
 from runtime.kernel_network import (
     LINK_NET,
     KernelNetwork,
@@ -30,8 +33,11 @@ from runtime.kernel_network import (
     wire_rate_bits,
 )
 from runtime.plan import Plan
+from runtime.radio import Radio
 from runtime.schedule import Trace
-from runtime.spec import parse_cluster
+from runtime.spec import PowerProfile, parse_cluster
+from runtime.telemetry import Telemetry
+from runtime.transport import Header, Kind, encode
 
 torch.set_num_threads(1)
 MODEL, SEED = "tiny", 5
@@ -217,3 +223,68 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
             proc.wait()
     assert _await_gone(inodes) == []
     assert not [p for p in pids if _running(p)]
+
+
+class _Counter:
+    """An interface counter whose link carries ``nbytes`` at a steady rate for ``seconds`` from the
+    first reading (the radio's base)."""
+
+    def __init__(self, nbytes: int, seconds: float):
+        self.nbytes, self.seconds, self.start = nbytes, seconds, None
+
+    def sent(self) -> int:
+        self.start = self.start or time.time()
+        return min(self.nbytes, int(self.nbytes * (time.time() - self.start) / self.seconds))
+
+
+def test_a_kernel_hop_measures_its_link_until_its_last_byte_left_not_until_its_ack():
+    """Mid-collapse, a band's ACK queued behind the receiver's own transfer the other way: the hop read
+    half its link's rate, the controller took it for a crawl and every silent link fell with it. The
+    link's part of the hop ends with its last byte: one tick reports it then, and the ACK's wait adds
+    nothing to measure."""
+    ctx = zmq.Context.instance()
+    receiver, sender = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    receiver.bind("inproc://ack-behind-traffic")
+    sender.connect("inproc://ack-behind-traffic")
+    emitted: list[tuple[float, dict]] = []
+    radio = Radio(
+        "a",
+        ctx,
+        None,
+        EnergyMeter(PowerProfile(1.0, 1.0, 1.0, 0.1)),
+        state=lambda _: None,
+        live=lambda dep, rid: True,
+        emit=lambda owner, header: emitted.append((time.time(), header.meta)),
+        error=lambda *a, **k: None,
+        record=lambda *a: None,
+        stopping=threading.Event(),
+        max_message_bytes=2**20,
+    )
+    sender.send(b"hello")
+    peer, _ = receiver.recv_multipart()
+    start = time.time()
+    progress = {"plan": 1, "id": 7, "from": "a", "to": "b", "src": "a", "bytes": 28_000, "start": start}
+
+    def ack_late() -> None:  # the last byte leaves after 0.1 s, the ACK comes 0.3 s later
+        time.sleep(0.4)
+        receiver.send_multipart([peer, *encode(Header(Kind.ACK, 3, {"ack": 7}))])
+
+    threading.Thread(target=ack_late).start()
+    try:
+        assert radio._await_ack(sender, 3, None, progress, _Counter(28_000, 0.1), dep=None)
+    finally:
+        sender.close(linger=0)
+        receiver.close(linger=0)
+    acked = time.time()
+    ticks = [(at, meta) for at, meta in emitted if meta["ev"] == "tick"]
+    assert [meta["sent"] for _, meta in ticks] == [28_000]
+    assert ticks[0][1]["at"] - start == pytest.approx(0.1, abs=0.05)
+    assert acked - start >= 0.4
+
+    telemetry = Telemetry(LINE3, history=16)  # the controller's side: the end adds no sample
+    telemetry.progress("a", progress | {"ev": "start", "to": "b"})
+    telemetry.progress("a", ticks[0][1] | {"to": "b"})
+    assert telemetry.transfers_in_progress() == []  # every byte through: not bounded as overdue
+    telemetry.progress("a", progress | {"ev": "end", "end": acked, "to": "b"})
+    [(_, a, b, nbytes, seconds)] = telemetry.link_samples
+    assert (a, b, nbytes) == ("a", "b", 28_000) and seconds == pytest.approx(0.1, abs=0.05)

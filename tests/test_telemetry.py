@@ -99,11 +99,12 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
-def test_short_transfers_set_their_own_links_but_do_not_move_the_silent_ones():
+def test_brief_transfers_move_no_link_mid_fall_but_can_end_it():
     """Mid-collapse, the few-kB outputs that end a request cross two links at 2.6x their estimate (a
-    shaper's burst over a kernel-shaped link): every silent link moved up with them in the kernel-mode
-    collapse runs, and a plan made on that view was swapped in and rescued a second later. The same
-    rates held for half a second are a recovery, and move them."""
+    shaper's burst over a kernel-shaped link). In the kernel-mode collapse runs such readings moved every
+    silent link up; set on their own link, they drew the next plan onto it, whose first long transfer
+    crawled and took every link down. The same rates held for half a second are a recovery and move the
+    silent links; a brief reading back near the level its link fell from ends the fall."""
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     fallen = {key: mbps / 10 for key, mbps in spec_mbps.items()}
     outputs = [link_key("8", "4"), link_key("4", "9")]
@@ -117,9 +118,18 @@ def test_short_transfers_set_their_own_links_but_do_not_move_the_silent_ones():
         for key in outputs:
             tel.transfer(*key, 2.6 * fallen[key], seconds=seconds, ago=0.1)
         snap = view.snapshot()
-        assert [snap.link_mbps[key] for key in outputs] == pytest.approx([2.6 * fallen[k] for k in outputs])
-        silent = snap.link_mbps[link_key("0", "9")]
-        assert silent == pytest.approx(fallen[link_key("0", "9")] * (1 if seconds < 0.05 else 2.6)), seconds
+        if seconds < 0.05:
+            assert snap.link_mbps == pytest.approx(fallen)
+        else:
+            assert snap.link_mbps == pytest.approx({key: 2.6 * mbps for key, mbps in fallen.items()})
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    for key, mbps in fallen.items():
+        tel.transfer(*key, mbps)
+    view.snapshot()
+    tel.link_samples.clear()
+    tel.transfer(*outputs[0], 0.8 * spec_mbps[outputs[0]], seconds=0.002, ago=0.1)
+    assert view.snapshot().link_mbps == pytest.approx(spec_mbps)
 
 
 def test_links_measured_before_a_drop_do_not_outvote_those_measured_after_it():
@@ -348,6 +358,22 @@ def test_a_long_transfer_whose_ticks_crawl_moves_the_silent_links_before_it_is_o
     snap = view.snapshot()
     assert snap.link_mbps[link_key("8", "4")] == pytest.approx(3.0)
     assert snap.link_mbps[link_key("0", "9")] == pytest.approx(spec_mbps[link_key("0", "9")] / 10, rel=0.01)
+
+
+def test_a_slow_transfer_the_other_way_is_not_a_crawl():
+    """Mid-collapse in kernel mode: 8 sent 6 a band whose acknowledgement queued behind 6's own transfer
+    to 8, still on the air, and the band read half the link's rate. That transfer's own ticks are not
+    slow, so nothing is stuck and one slow link moves only itself (taken for a crawl, it took every
+    silent link down to half)."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
+    tel.started("6", "8", 500_000, ago=0.3)  # spec 17 Mbit/s: 0.24 s expected
+    tel.transfer("6", "8", 17.0, seconds=0.25, ago=0.01)  # its own tick, at the link's rate
+    tel.transfer("8", "6", 8.5, seconds=0.2)  # the band the other way, its acknowledgement held up
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "6")] < 17.0 / 1.5
+    assert snap.link_mbps[link_key("0", "9")] == spec_mbps[link_key("0", "9")]
 
 
 def test_a_long_transfer_whose_ticks_keep_pace_moves_nothing_else():
