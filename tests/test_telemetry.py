@@ -80,10 +80,9 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_on
 
 def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     """After a fall seen on every link, the plan made for it crosses one link only. A reading at twice the
-    fallen rate moves nothing else (a link the vote took too far down reads that when next crossed, and so
-    may a short transfer over a kernel-shaped link); the link measured back near the level it fell from
-    ends the fall, and the others go back to theirs: a view that waited for two links would keep the plan
-    made for the fall for ever."""
+    fallen rate moves nothing else (a link the vote took too far down reads that when next crossed); the
+    link measured back near the level it fell from ends the fall, and the others go back to theirs: a view
+    that waited for two links would keep the plan made for the fall for ever."""
     tel = Telemetry()
     view = LiveView(SPEC, tel)
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
