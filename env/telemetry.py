@@ -21,8 +21,7 @@ seconds would see only the tail of a slow request and forget the links its early
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
   be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
-  among several from moving every silent link.
-  Links whose newest transfer ended before a now-stuck
+  among several from moving every silent link. Links whose newest transfer ended before a now-stuck
   transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
   the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
   outvote the one transfer that sees it, and the view would converge one request at a time).
