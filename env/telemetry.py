@@ -16,8 +16,11 @@ seconds would see only the tail of a slow request and forget the links its early
   together by more than ``drift`` x (their median ratio new/old estimate), the silent ones, and those
   measured only earlier (before the change, say), are assumed to have moved as much (links of one site
   tend to fade together; a planner that believes a silent link kept its old speed moves traffic onto it
-  and learns it is slow one request at a time). That takes two or more links, or one stuck transfer
-  (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
+  and learns it is slow one request at a time): each to the share of its level that the voters now carry
+  of theirs (a link's level: the one it fell from, below, else its estimate), and only in the vote's
+  direction (a link measured at the collapsed rate a moment before a transfer crawled on a link still
+  believed at its old rate was taken down again by the crawl's whole ratio, to a third of its rate).
+  That takes two or more links, or one stuck transfer (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
   transfer is overdue only late, and a rescue planned before then moved its request onto silent links
   that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
   be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
@@ -262,7 +265,9 @@ class LiveView:
             (ratio[key] for key in recent - stuck), self.drift, stuck=(ratio[key] for key in stuck)
         )
         before, baseline = self.link_mbps, self.link_mbps | measured
-        self.link_mbps = {key: evidence.get(key, mbps * factor) for key, mbps in baseline.items()}
+        self.link_mbps = baseline | evidence
+        if factor != 1.0:
+            self._follow_the_vote(before, evidence, factor)
         # a bound stands until a transfer that ends after it measures the link: the silent links may move
         # up with the others (back from a collapse the bound took them down with), the bounded one not
         # above its bound (its stuck transfer, cut short by a rescue, never reports an end)
@@ -273,6 +278,20 @@ class LiveView:
         self._remember_falls(before)
         # a bound is a change point: transfers that ended before it no longer speak for the link
         self._bounded |= dict.fromkeys(overdue, wall)
+
+    def _follow_the_vote(
+        self, before: dict[tuple[str, str], float], evidence: dict[tuple[str, str], float], factor: float
+    ) -> None:
+        """Move every link without ``evidence`` to the share of its level that the voters now carry of
+        theirs (a link's level: the one it fell from, else its estimate ``before``), in the direction of the
+        vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a voter
+        whose estimate predates the change."""
+        level = {key: self._fallen.get(key, mbps) for key, mbps in before.items()}
+        share = float(np.median([mbps / level[key] for key, mbps in evidence.items()]))
+        follow = min if factor < 1 else max
+        for key, mbps in self.link_mbps.items():
+            if key not in evidence:
+                self.link_mbps[key] = follow(mbps, self._fallen.get(key, mbps) * share)
 
     def _end_fall(
         self, readings: dict[tuple[str, str], float], measured: Collection[tuple[str, str]]

@@ -70,12 +70,42 @@ def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_on
     assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 5)
     assert snap.link_history[link_key("8", "4")][-1] == pytest.approx(1.0)
     tel.link_samples.clear()
-    tel.transfer("8", "4", 30.0)  # recovery, seen on two links: the silent ones follow by the median
+    tel.transfer("8", "4", 30.0)  # recovery, seen on two links back at the levels they fell from
     tel.transfer("4", "9", 43.0)
     tel.clock += 5
     snap = view.snapshot()
-    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26 / 5 * 17.5)  # ratios 30 and 5
-    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(3.4 * 17.5)
+    # the silent ones go back to theirs (not up by the median ratio 17.5 of 30 and 5: 0-9 would read 91)
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(26)
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(17)
+
+
+def test_a_partial_recovery_takes_the_silent_links_to_the_same_share_of_their_level():
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3)]:  # a tenth of their spec
+        tel.transfer(a, b, mbps)
+    assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(2.6)
+    tel.link_samples.clear()
+    for a, b, mbps in [("8", "4", 15.0), ("4", "9", 21.5)]:  # half
+        tel.transfer(a, b, mbps)
+    assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(13.0)
+
+
+def test_a_vote_does_not_move_again_a_link_measured_since_it_fell():
+    """Seen in a kernel-mode collapse run: 6-8 was measured at the collapsed rate; a quarter second later a
+    transfer crawled on 8-4, still believed at its rate from before the collapse. The vote took every
+    silent link down by the crawl's ratio, 6-8 too, to a tenth of what it had just been measured at (and
+    the next plan avoided it). It falls to the share of its level the voter fell to, and it is there."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel)
+    tel.transfer("6", "8", 1.7, ago=0.3)  # spec 17: a tenth, one link alone moves only itself
+    assert view.snapshot().link_mbps[link_key("0", "9")] == 26
+    tel.link_samples.clear()
+    tel.started("8", "4", 250_000, ago=0.5)  # spec 30 Mbit/s: 0.07 s expected
+    tel.transfer("8", "4", 3.0, seconds=0.25)  # its latest quarter second: a tenth
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("0", "9")] == pytest.approx(2.6)
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(1.7)
 
 
 def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
