@@ -20,14 +20,15 @@ seconds would see only the tail of a slow request and forget the links its early
   of theirs (a link's level: the one it fell from, below, else its estimate), and only in the vote's
   direction (a link measured at the collapsed rate a moment before a transfer crawled on a link still
   believed at its old rate was taken down again by the crawl's whole ratio, to a third of its rate).
-  That takes two or more links, or one stuck transfer (below; or one still on the air whose ticks measured its link ``drift`` x below its estimate: a long
-  transfer is overdue only late, and a rescue planned before then moved its request onto silent links
-  that had not moved yet, to be rescued again once they were crossed): one finished transfer's rate may
-  be a starved sender's timer overshooting, and the median, not the worst, keeps one such measurement
-  among several from moving every silent link. Links whose newest transfer ended before a now-stuck
-  transfer started (a crawling one: before its newest, slow piece started) do not vote: they describe
-  the link before whatever stuck it (just after a collapse, the links a request crossed a moment before would otherwise
-  outvote the one transfer that sees it, and the view would converge one request at a time).
+  That takes two or more links, or one stuck transfer (below; or one still on the air whose ticks measured
+  its link ``drift`` x below its estimate: a long transfer is overdue only late, and a rescue planned before
+  then moved its request onto silent links that had not moved yet, to be rescued again once they were
+  crossed): one finished transfer's rate may be a starved sender's timer overshooting, and the median, not
+  the worst, keeps one such measurement among several from moving every silent link. Links whose newest
+  transfer ended before a now-stuck transfer started (a crawling one: before its newest, slow piece started)
+  do not vote: they describe the link before whatever stuck it (just after a collapse, the links a request
+  crossed a moment before would otherwise outvote the one transfer that sees it, and the view would converge
+  one request at a time).
   A fall is remembered: a link whose estimate fell ``drift`` x in one snapshot keeps the level it fell
   from. When one link is measured back within ``drift`` of its level, the fall is over: the silent links
   that fell go back to their levels, a bound still capping them (a plan made for a collapse may cross
@@ -283,9 +284,9 @@ class LiveView:
         self, before: dict[tuple[str, str], float], evidence: dict[tuple[str, str], float], factor: float
     ) -> None:
         """Move every link without ``evidence`` to the share of its level that the voters now carry of
-        theirs (a link's level: the one it fell from, else its estimate ``before``), in the direction of the
-        vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a voter
-        whose estimate predates the change."""
+        theirs (a link's level: the one it fell from, else its estimate; a voter's, from ``before`` its
+        evidence), in the direction of the vote (``factor``) only: a link measured at the new rate since it
+        fell is not moved again by a voter whose estimate predates the change."""
         level = {key: self._fallen.get(key, mbps) for key, mbps in before.items()}
         share = float(np.median([mbps / level[key] for key, mbps in evidence.items()]))
         follow = min if factor < 1 else max
