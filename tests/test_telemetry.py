@@ -94,8 +94,8 @@ def test_a_partial_recovery_takes_the_silent_links_to_the_same_share_of_their_le
 def test_a_vote_does_not_move_again_a_link_measured_since_it_fell():
     """Seen in a kernel-mode collapse run: 6-8 was measured at the collapsed rate; a quarter second later a
     transfer crawled on 8-4, still believed at its rate from before the collapse. The vote took every
-    silent link down by the crawl's ratio, 6-8 too, to a tenth of what it had just been measured at (and
-    the next plan avoided it). It falls to the share of its level the voter fell to, and it is there."""
+    silent link down by the crawl's ratio, 6-8 too (in the run to about a third of what it had just been
+    measured at; here to a tenth). It falls to the share of its level the voter fell to, and it is there."""
     tel = Telemetry()
     view = LiveView(SPEC, tel)
     tel.transfer("6", "8", 1.7, ago=0.3)  # spec 17: a tenth, one link alone moves only itself
