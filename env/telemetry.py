@@ -287,8 +287,9 @@ class LiveView:
         theirs (a link's level: the one it fell from, else its estimate; a voter's, from ``before`` its
         evidence), in the direction of the vote (``factor``) only: a link measured at the new rate since it
         fell is not moved again by a voter whose estimate predates the change."""
-        level = {key: self._fallen.get(key, mbps) for key, mbps in before.items()}
-        share = float(np.median([mbps / level[key] for key, mbps in evidence.items()]))
+        share = float(
+            np.median([mbps / self._fallen.get(key, before[key]) for key, mbps in evidence.items()])
+        )
         follow = min if factor < 1 else max
         for key, mbps in self.link_mbps.items():
             if key not in evidence:
