@@ -24,6 +24,26 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 
 BLOCKED = "every feasible plan relays through a device that is down (routes are fixed): the best of them"
+POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal plans
+
+
+def polish(
+    model: CostModel,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    objective: Objective,
+    plans: list[Plan],
+    budget: int,
+) -> Plan:
+    """The best plan a local search from the best of a policy's ``plans`` finds within ``budget`` scores,
+    confined to the devices those plans compute on or relay through (the policy's judgement of whom to
+    trust); the first of ``plans`` when none fits memory, as without a polish."""
+    touched = set().union(*(model.skeleton(plan).devices for plan in plans))
+    search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
+    for plan in plans:
+        search.consider(plan)
+    search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1)
+    return search.best or plans[0]
 
 
 class PlanSearch:

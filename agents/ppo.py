@@ -21,8 +21,9 @@ optimiser's thousands. It trims the policy's own mistakes (a shape ranked second
 sees is better); the price is that the cost model, like the optimiser, sees only the snapshot, not
 the risk the policy learned (a device that may leave mid-request).
 
-``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``) keeps the policy's choice and lets a local
-search on the cost model (agents/local_search.py, at most N plans scored, tens of milliseconds) improve it
+``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``; the staged policy takes it too) keeps the
+policy's choice and lets a local search on the cost model (agents/local_search.py ``polish``, at most N plans
+scored, tens of milliseconds) improve it
 beyond what the analytic completion can express: shares, band order, a moved cut, a device dropped from a
 stage or moved between stages. The completion prices transfers without contention on a device's radio, so
 when every link collapses it spreads stages over more devices than pays; the polish takes the surplus
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from agents.base import Decision, Planner
-from agents.local_search import PlanSearch
+from agents.local_search import polish
 from env.actions import action_mask, single_device_shape
 from env.completion import complete
 from env.cost_model import CostModel, Objective
@@ -132,7 +133,7 @@ def load_policy(path: str | Path) -> tuple[dict[str, torch.Tensor], PolicyMeta]:
 
 def open_policy(path: str | Path, cost_model: CostModel | None = None, **options) -> Planner:
     """The planner of a policy file of either format: ``disnet-ppo/1`` (this module's fixed action list)
-    or ``disnet-staged/1`` (agents/staged_policy.py, any cluster; it takes ``top_k`` but no polish)."""
+    or ``disnet-staged/1`` (agents/staged_policy.py, any cluster); both take ``top_k`` and ``polish``."""
     from agents.staged_policy import STAGED_FORMAT, StagedPlanner
 
     try:
@@ -142,9 +143,6 @@ def open_policy(path: str | Path, cost_model: CostModel | None = None, **options
         raise PolicyFileError(f"{path}: not a disnet policy file ({type(exc).__name__}: {exc})") from None
     if kind != STAGED_FORMAT:
         return PPOPlanner(path, cost_model, **options)
-    if options.get("polish"):
-        raise PolicyFileError(f"{path}: a {STAGED_FORMAT} policy takes no polish (use ppo-topK)")
-    options.pop("polish", None)
     return StagedPlanner(path, cost_model, **options)
 
 
@@ -152,8 +150,6 @@ class PPOPlanner(Planner):
     """A trained MicroSplit policy behind the Planner interface (module docstring)."""
 
     name = "ppo"
-
-    POLISH_SEED = 0  # the local search's move order: fixed, so equal snapshots give equal plans
 
     def __init__(
         self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1, polish: int = 0
@@ -191,22 +187,11 @@ class PPOPlanner(Planner):
             single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy cannot plan here ({exc}): single best device")
         if self.polish:
-            return Decision(self._polished(plans, snapshot, graph, objective))
+            model = self.cost_model(graph, snapshot.spec)
+            return Decision(polish(model, snapshot, graph, objective, plans, self.polish))
         if len(plans) == 1:
             return Decision(plans[0])
         return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
-
-    def _polished(
-        self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective
-    ) -> Plan:
-        """The best plan a local search from the best of ``plans`` finds within ``self.polish`` scores."""
-        model = self.cost_model(graph, snapshot.spec)
-        touched = set().union(*(model.skeleton(plan).devices for plan in plans))  # relays included
-        search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
-        for plan in plans:
-            search.consider(plan)
-        search.local_search(self.polish, np.random.default_rng(self.POLISH_SEED), starts=1)
-        return search.best or plans[0]  # no plan fits memory: keep the policy's, as without polish
 
     def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
         """Why this policy cannot plan ``graph`` on ``spec`` (None if it can)."""

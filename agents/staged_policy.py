@@ -9,7 +9,9 @@ the model; the analytic completion then places devices and shares. No device cou
 pools over whatever devices the cluster has.
 
 ``top_k > 1``: the greedy sequence and, for each of the k - 1 next most likely first stages, the greedy
-rest; the cost model picks the best of those k plans on the snapshot.
+rest; the cost model picks the best of those k plans on the snapshot. ``polish=N`` then improves the best
+by a local search on the cost model of at most N plans, on the devices the policy's plans touch
+(agents/local_search.py ``polish``, as for the fixed-slot policy: tens of milliseconds).
 A policy for another model is an error when the planner is built for a graph (``fits``) and when asked to
 plan (``PlannerError``), never a quiet fallback. The only fallback left is a plan that fails to validate
 (it would be a bug), answered with the single best device and named in the Decision.
@@ -28,6 +30,7 @@ import torch
 
 from agents.base import Decision, Planner, PlannerError
 from agents.device_set import DeviceSetNet
+from agents.local_search import polish
 from agents.ppo import save_policy
 from env.actions import single_device_shape
 from env.completion import complete
@@ -84,11 +87,15 @@ class StagedPlanner(Planner):
 
     name = "ppo"
 
-    def __init__(self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1) -> None:
+    def __init__(
+        self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1, polish: int = 0
+    ) -> None:
         super().__init__(cost_model)
         if not (isinstance(top_k, int) and top_k >= 1):
             raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
-        self.path, self.top_k = Path(path), top_k
+        if not (isinstance(polish, int) and polish >= 0):
+            raise ValueError(f"polish must be an integer >= 0 (plans scored), not {polish!r}")
+        self.path, self.top_k, self.polish = Path(path), top_k, polish
         state, self.meta = load_staged(self.path)
         try:
             self.net = DeviceSetNet(state, self.meta.activation)
@@ -116,6 +123,9 @@ class StagedPlanner(Planner):
         except (ValueError, PlanError) as exc:
             single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy's plan is invalid ({exc}): single best device")
+        if self.polish:
+            model = self.cost_model(graph, snapshot.spec)
+            return Decision(polish(model, snapshot, graph, objective, plans, self.polish))
         if len(plans) == 1:
             return Decision(plans[0])
         return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
@@ -160,4 +170,4 @@ class StagedPlanner(Planner):
         return actions
 
     def __repr__(self) -> str:
-        return f"StagedPlanner({str(self.path)!r}, top_k={self.top_k})"
+        return f"StagedPlanner({str(self.path)!r}, top_k={self.top_k}, polish={self.polish})"

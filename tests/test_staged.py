@@ -4,6 +4,7 @@ any cluster size, and clear errors for a policy that does not fit."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
@@ -174,9 +175,34 @@ def test_policy_for_another_model_is_an_error(policy):
         make_planner(f"ppo:{path}", graph=vgg, spec=parse_cluster(generate_mesh(4, 1)))
     with pytest.raises(PlannerError, match="trained for tiny"):
         StagedPlanner(path).decide(_snapshot(generate_mesh(4, 1)), vgg, Objective())
-    with pytest.raises(PlannerError, match="no polish"):
-        make_planner(f"ppo-polish:{path}")
     assert make_planner(f"ppo-top3:{path}").top_k == 3
+    assert (make_planner(f"ppo-top3-polish50:{path}").polish, make_planner(f"ppo:{path}").polish) == (50, 0)
+    with pytest.raises(PlannerError, match="polish"):
+        make_planner(f"ppo:{path}", polish=-1)
+
+
+def test_polish_improves_on_the_policys_plan_on_the_devices_it_chose(policy):
+    """With a polish the planner returns a plan the cost model scores no worse than the policy's best of
+    three, on no device those plans leave out, the same plan for the same snapshot; and on some mesh a
+    better one (the random policy's completions leave room)."""
+    path, *_ = policy
+    graph, objective, gains = model_graph("tiny"), Objective(), []
+    plain, polished = StagedPlanner(path, top_k=3), StagedPlanner(path, top_k=3, polish=60)
+    for devices, seed in itertools.product((3, 10), range(5)):
+        snapshot = _snapshot(generate_mesh(devices, seed))
+        mine, better = plain.plan(snapshot, graph, objective), polished.plan(snapshot, graph, objective)
+        better.validate(graph, snapshot.available)
+        skeleton = polished.cost_model(graph, snapshot.spec).skeleton
+        chosen = set().union(
+            *(skeleton(complete(graph, net_view(snapshot), s)).devices for s in plain.shapes(snapshot, graph))
+        )
+        assert set(skeleton(better).devices) <= chosen, "no device the policy's plans leave out"
+        assert polished.plan(snapshot, graph, objective) == better, "equal snapshots give equal plans"
+        gains.append(
+            plain.score(mine, snapshot, graph, objective) - polished.score(better, snapshot, graph, objective)
+        )
+    assert min(gains) >= 0.0, "the polish never returns a plan the cost model scores worse"
+    assert max(gains) > 0.0, "and it finds something the completion missed"
 
 
 def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
