@@ -10,7 +10,10 @@ and sink fails 0.3 times a minute for 20 s on average (the held-out config's rat
 from t = 60 s (the monitors have a minute of evidence); the sim executor prices them on the world with
 the env's failure rule (a request that loses a device is retried on the best single device, and pays
 for both). Without ../shared (or with ``--traces-dir`` elsewhere) two synthetic sets stand in: a random
-walk and a Markov chain with outages.
+walk and a Markov chain with outages. Planners plan and the world prices on the FLOPs cost model by
+default, so the figures hold on any host; ``--cost profile`` uses this host's profile instead, as live
+serving does (the shipped policies were trained on it: a model whose layers run far from their FLOPs, such
+as MobileNet's depthwise convolutions, is planned differently on each).
 
 The clairvoyant (agents/clairvoyant.py) always runs: it is what "over the clairvoyant" is measured
 against. The target checked at the end: ``optimal``'s mean latency <= every baseline's in every case.
@@ -19,6 +22,7 @@ Rerun (figures in the README were taken on a shared 2-core machine):
     python -m bench.generalization --quick                      # 4 cases, a minute or two
     python -m bench.generalization [--json out/generalization.json]   # 48 cases
     python -m bench.generalization --agents optimal,ppo:agents/pretrained/vgg16_mesh.zip --sizes 10,15
+    python -m bench.generalization --model resnet18 --cost profile --agents optimal,ppo:agents/pretrained/resnet18_any.zip
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from agents import make_planner, planner_label
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import write_json
-from env.cost_model import CostModel, Objective
+from env.cost_model import CostModel, Objective, Profile
 from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import NetworkState
+from env.profiles import resolve_profile
 from runtime import models
 from runtime.graph import LayerGraph
 from serving.comparison_report import summarize
@@ -103,12 +108,20 @@ def world_for(spec, links: dict, failures: bool, seed: int) -> NetworkState:
     return NetworkState.sample(spec, dynamics, np.random.default_rng(seed))
 
 
-def run_case(graph: LayerGraph, agents: list[str], case: dict, requests: int, links: dict) -> dict:
-    """Every agent (and the clairvoyant) on the same requests of one case; per agent the summary and its
-    mean latency over the clairvoyant's and the optimiser's."""
+def run_case(
+    graph: LayerGraph,
+    agents: list[str],
+    case: dict,
+    requests: int,
+    links: dict,
+    profile: Profile | None = None,
+) -> dict:
+    """Every agent (and the clairvoyant) on the same requests of one case, planned and priced on the
+    cost model of ``profile`` (FLOPs without one); per agent the summary and its mean latency over the
+    clairvoyant's and the optimiser's."""
     spec = mesh_spec(case["devices"], case["mesh_seed"], bandwidth_cap=case["cap_mbps"])
     world = world_for(spec, links, case["failures"], case["mesh_seed"] + 7)
-    cost = CostModel(graph, spec)
+    cost = CostModel(graph, spec, profile)
     planners = {CLAIRVOYANT: make_planner(CLAIRVOYANT, cost_model=cost, world=world)}
     planners |= {planner_label(name): make_planner(name, cost_model=cost) for name in agents}
     records = run_comparison(
@@ -196,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=None, help="requests per case (default 6)")
     parser.add_argument("--traces-dir", type=Path, default=SHARED_TRACES, help="folder of the trace sets")
     parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    flags.add_cost_model(parser, default="flops")
     flags.add_json(parser, help="write the cases and summary here")
     args = parser.parse_args(argv)
     try:
@@ -230,11 +244,12 @@ def run(args: argparse.Namespace) -> int:
     for name in args.agents:  # a bad name fails now, not after the first cases
         make_planner(name)
     graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)
+    profile = resolve_profile(graph, args.cost, say=console.print)
     todo = cases(args.sizes, list(sets), args.caps, [False, True])
     results = []
     for i, case in enumerate(todo):
         console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
-        results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]]))
+        results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]], profile))
     console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")
     print_table(results, "vs_clairvoyant", "mean latency / the clairvoyant's")
     print_table(results, "vs_optimal", "mean latency / the optimiser's (optimal)")
@@ -244,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report = {
             "model": args.model,
+            "cost": args.cost,
             "requests_per_case": args.requests,
             "trace_sets": sets,
             "target_misses": misses,

@@ -110,9 +110,9 @@ def add_objective(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy-weight", type=float, default=0.0)
 
 
-def add_cost_model(parser: argparse.ArgumentParser) -> None:
+def add_cost_model(parser: argparse.ArgumentParser, default: str = "profile") -> None:
     parser.add_argument(
-        "--cost", choices=("profile", "flops"), default="profile", help="cost model planners plan on"
+        "--cost", choices=("profile", "flops"), default=default, help="cost model planners plan on"
     )
 
 

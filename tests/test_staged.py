@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,28 @@ def test_bad_staged_config_names_file_and_field(tmp_path, capsys):
     assert train.main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "broken.yaml: ppo.n_envs" in err and "Traceback" not in err
+
+
+SHIPPED = {  # every zoo model has a shipped policy for any cluster
+    "vgg16_bn": "vgg16_any.zip",
+    "resnet18": "resnet18_any.zip",
+    "mobilenet_v2": "mobilenet_v2_any.zip",
+    "yolov2_tiny": "yolov2_tiny_any.zip",
+}
+
+
+@pytest.mark.parametrize("model", sorted(SHIPPED))
+def test_every_zoo_model_has_a_shipped_policy_that_plans_an_unseen_mesh(model):
+    """The shipped policy plans its model on a mesh of an evaluation seed, without a fallback; asked to
+    plan another model, it is a clear error."""
+    from env.meshes import EVAL_SEED_BASE
+
+    path = Path(__file__).resolve().parents[1] / "agents" / "pretrained" / SHIPPED[model]
+    graph, doc = model_graph(model), generate_mesh(12, EVAL_SEED_BASE + 101)
+    spec = parse_cluster(doc, origin=doc["name"])
+    decision = make_planner(f"ppo:{path}", graph=graph, spec=spec).decide(_snapshot(doc), graph, Objective())
+    assert decision.fallback is None
+    decision.plan.validate(graph, spec.device_ids)
+    other = "resnet18" if model != "resnet18" else "vgg16_bn"
+    with pytest.raises(PlannerError, match=f"trained for {model}"):
+        make_planner(f"ppo:{path}", graph=model_graph(other), spec=spec)
