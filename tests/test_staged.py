@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import PlannerError, make_planner
+from agents.robust import RobustPlanner
 from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
 from env.completion import complete
 from env.config import EnvConfig, model_graph
@@ -26,7 +28,7 @@ from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
 from training.config import StagedConfig
 from training.staged import behaviour_cloning, make_model
-from training.staged_labels import label_worker
+from training.staged_labels import label_shape, label_worker, labelling_planner, random_state
 
 ENV = {
     "model": "tiny",
@@ -215,6 +217,23 @@ def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
     assert all(s["reward"] < 0 and s["latency_s"] > 0 for s in samples)
     bc = cfg.bc.model_copy(update={"epochs": 60, "batch_size": 16})
     assert behaviour_cloning(copy.deepcopy(model), samples, bc, seed=0)["train_action_accuracy"] > 0.9
+
+
+def test_the_robust_labeller_labels_the_robust_optimisers_plans(policy):
+    """With ``bc.labeller: optimal`` every label is the robust optimiser's plan's shape on its state,
+    replayed as sub-steps; a labeller the config does not know is refused by name."""
+    _, _, cfg = policy
+    env_cfg = cfg.env.model_dump()
+    samples = label_worker(env_cfg, [1, 2, 3], evaluations=40, labeller="optimal")
+    env = StagedSplitEnv(EnvConfig.model_validate(env_cfg))
+    for sample in samples:
+        random_state(env, sample["seed"])
+        planner = labelling_planner("optimal", env.sim.cost_model, 40)
+        assert isinstance(planner, RobustPlanner)
+        shape = label_shape(Shape.of_plan(planner.plan(env.sim.snapshot, env.graph, env.sim.objective)), env)
+        assert sample["actions"] == [env.actions.encode(end, k) for _, end, k in shape.stages]
+    with pytest.raises(ValidationError, match="labeller"):
+        StagedConfig.model_validate({"name": "t", "env": ENV, "bc": {"labeller": "oracle"}})
 
 
 def test_training_meshes_never_use_evaluation_seeds():

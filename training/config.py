@@ -100,6 +100,9 @@ class StagedBC(_Section):
     samples: int = Field(1500, ge=1)
     validation: float = Field(0.1, gt=0, lt=1)
     optimiser_evaluations: int = Field(400, ge=1)
+    # who labels the states: the snapshot optimiser, or the robust optimiser (``optimal``: plans priced over
+    # the links' history and failure risk, the yardstick the policy is measured against)
+    labeller: Literal["snapshot-optimal", "optimal"] = "snapshot-optimal"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(1e-3, gt=0)

@@ -1,6 +1,7 @@
 """A run of the policy for any cluster (``kind: staged``): optimiser labels, behaviour cloning, MaskablePPO.
 
-1. **Labels** (training/staged_labels.py): the optimiser's plans on random states, replayed as sub-steps.
+1. **Labels** (training/staged_labels.py): the plans of the optimiser ``bc.labeller`` names on random states,
+   replayed as sub-steps.
 2. **Behaviour cloning**: cross-entropy of the masked policy on those actions, MSE of the value head.
 3. **PPO** (``ppo.timesteps``): sb3-contrib MaskablePPO with the device-set features extractor
    (agents/device_set.py), ``gamma = gae_lambda = 1`` inside the one-request episodes.

@@ -1,9 +1,11 @@
 """Labels for the policy for any cluster (``kind: staged``): the optimiser's plans replayed as sub-steps.
 
-On ``bc.samples`` random states (a fresh world at a random time) the analytic optimiser
-(agents/optimizer.py, without its local search beyond the completion's plan space) plans; its plan's
-shape, clamped to the action space, is replayed through the env's sub-steps, recording each observation,
-mask and action, and the request's reward (the value target of every sub-step).
+On ``bc.samples`` random states (a fresh world at a random time) an optimiser plans: the snapshot
+optimiser (agents/optimizer.py, without its local search beyond the completion's plan space) or, with
+``bc.labeller: optimal``, the robust optimiser built on it (agents/robust.py: its candidates priced over
+the links' history and the devices' failure risk). Its plan's shape, clamped to the action space, is
+replayed through the env's sub-steps, recording each observation, mask and action, and the request's
+reward (the value target of every sub-step).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from agents.base import Planner
 from agents.optimizer import OptimalPlanner
+from agents.robust import RobustPlanner
 from env.config import EnvConfig
+from env.cost_model import CostModel
 from env.shapes import Shape
 from env.staged_env import StagedSplitEnv
 from training.config import StagedConfig
@@ -42,8 +47,18 @@ LABEL_EXACT_LIMIT = 2000  # shapes enumerated exhaustively (4 devices: ~40,000 o
 _WORKER_ENV: dict[str, StagedSplitEnv] = {}
 
 
-def label_worker(env_cfg: dict, seeds: list[int], evaluations: int) -> list[dict]:
-    """Per seed: the optimiser's shape replayed as sub-steps (observations, masks, actions, reward)."""
+def labelling_planner(labeller: str, cost_model: CostModel, evaluations: int) -> Planner:
+    """The optimiser ``bc.labeller`` names, its shape search capped at ``evaluations`` plans."""
+    options = {"refine": False, "max_evaluations": evaluations, "exact_limit": LABEL_EXACT_LIMIT}
+    if labeller == "optimal":
+        return RobustPlanner(cost_model, **options)
+    return OptimalPlanner(cost_model, **options)
+
+
+def label_worker(
+    env_cfg: dict, seeds: list[int], evaluations: int, labeller: str = "snapshot-optimal"
+) -> list[dict]:
+    """Per seed: the labeller's shape replayed as sub-steps (observations, masks, actions, reward)."""
     torch.set_num_threads(1)
     key = json.dumps(env_cfg, sort_keys=True)
     if _WORKER_ENV.get(key) is None:  # one env per worker process: building 256 meshes' models once
@@ -53,9 +68,7 @@ def label_worker(env_cfg: dict, seeds: list[int], evaluations: int) -> list[dict
     out = []
     for seed in seeds:
         random_state(env, seed)
-        optimiser = OptimalPlanner(
-            env.sim.cost_model, refine=False, max_evaluations=evaluations, exact_limit=LABEL_EXACT_LIMIT
-        )
+        optimiser = labelling_planner(labeller, env.sim.cost_model, evaluations)
         plan = optimiser.plan(env.sim.snapshot, env.graph, env.sim.objective)
         shape = label_shape(Shape.of_plan(plan), env)
         if len(shape.factors) > env.actions.max_stages:
@@ -81,7 +94,8 @@ def collect_labels(cfg: StagedConfig, seeds: list[int]) -> list[dict]:
     data = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         jobs = [
-            pool.submit(label_worker, cfg.env.model_dump(), c, cfg.bc.optimiser_evaluations) for c in chunks
+            pool.submit(label_worker, cfg.env.model_dump(), c, cfg.bc.optimiser_evaluations, cfg.bc.labeller)
+            for c in chunks
         ]
         for job in track(jobs, description="optimiser labels", console=console):
             data += job.result()
