@@ -225,6 +225,7 @@ def test_the_robust_labeller_labels_the_robust_optimisers_plans(policy):
     _, _, cfg = policy
     env_cfg = cfg.env.model_dump()
     samples = label_worker(env_cfg, [1, 2, 3], evaluations=40, labeller="optimal")
+    assert samples
     env = StagedSplitEnv(EnvConfig.model_validate(env_cfg))
     for sample in samples:
         random_state(env, sample["seed"])
