@@ -18,9 +18,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from agents.base import Planner
-from agents.optimizer import OptimalPlanner
-from agents.robust import RobustPlanner
+from agents import Planner, make_planner
 from env.config import EnvConfig
 from env.cost_model import CostModel
 from env.shapes import Shape
@@ -48,11 +46,9 @@ _WORKER_ENV: dict[str, StagedSplitEnv] = {}
 
 
 def labelling_planner(labeller: str, cost_model: CostModel, evaluations: int) -> Planner:
-    """The optimiser ``bc.labeller`` names, its shape search capped at ``evaluations`` plans."""
+    """The optimiser ``bc.labeller`` names (a planner name), its shape search capped at ``evaluations``."""
     options = {"refine": False, "max_evaluations": evaluations, "exact_limit": LABEL_EXACT_LIMIT}
-    if labeller == "optimal":
-        return RobustPlanner(cost_model, **options)
-    return OptimalPlanner(cost_model, **options)
+    return make_planner(labeller, cost_model=cost_model, **options)
 
 
 def label_worker(
