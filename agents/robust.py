@@ -8,18 +8,21 @@ device keeps failing. This planner prices both from the snapshot alone (never th
   scenario j replays every link's last seconds from the j-th on, wrapping around (links that faded
   together stay together, and a transfer is integrated over the replay as over a trace). A transfer's
   time is bytes / rate, so a plan leaning on a wandering link pays for its slow seconds more than its
-  fast ones repay;
+  fast ones repay. With ``persistence`` p > 0 the replays share the weight 1 - p and one more scenario
+  holds each link at its last second's mean (``latest_view``) with weight p: where links fade for seconds
+  at a time (cellular ones do), the last second says more about the next ones than older seconds, and a
+  replay starting earlier wraps back to the good seconds a link has just left;
 - **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
   devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
   on the best single device, so that probability is charged the retry's objective.
 
-Search: candidates are the snapshot optimiser's plans on the snapshot and on a *harmonic* view (each
+Search: candidates are the snapshot optimiser's plans on the snapshot, on a *harmonic* view (each
 link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
-expected time is right), its plan on that view without the devices that failed in the window (only when
-some did), and every baseline's plan; all are priced as above, and a local search
-(agents/local_search.py) under the same pricing improves the best.
+expected time is right) and, with persistence, on the latest view; its plan on the harmonic view without
+the devices that failed in the window (only when some did), and every baseline's plan; all are priced as
+above, and a local search (agents/local_search.py) under the same pricing improves the best.
 
 A snapshot whose links carry nothing between the source and the sink right now (``CutOff``: an outage)
 still gets a plan when the history says those links carried data: the request waits the outage out, and
@@ -33,7 +36,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from agents.base import CutOff, Decision, Planner
+from agents.base import CutOff, Decision, Planner, PlannerError
 from agents.local_search import BLOCKED, PlanSearch
 from agents.optimizer import OptimalPlanner
 from env.cost_model import CostModel, Objective
@@ -66,6 +69,16 @@ def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState,
         traces = {k: Trace(seconds, np.roll(h, -j), width, "history") for k, h in history.items()}
         worlds.append((NetworkState(snapshot.spec, traces, speeds), 0.0))
     return worlds
+
+
+def latest_view(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with each link at its history's last one-second mean (0 counts as ``FLOOR_MBPS``):
+    the conditions now, if the last second persists."""
+    rates = {
+        key: max(float(history[-1]), FLOOR_MBPS) if (history := snapshot.link_history.get(key)) else mbps
+        for key, mbps in snapshot.link_mbps.items()
+    }
+    return replace(snapshot, link_mbps=rates)
 
 
 def harmonic_view(snapshot: Snapshot, pair_s: int = 2) -> Snapshot:
@@ -107,25 +120,31 @@ class RobustSearch(PlanSearch):
         objective: Objective,
         rates: dict[str, float],
         retry: float,
+        persistence: float = 0.0,
     ):
         super().__init__(model, snapshot, graph, objective)
         self.scenarios = history_scenarios(snapshot)
+        self.weights = np.full(len(self.scenarios), 1.0 / len(self.scenarios))
+        if persistence > 0 and len(self.scenarios) > 1:
+            self.scenarios.append((latest_view(snapshot), snapshot.time))
+            self.weights = np.append(self.weights * (1.0 - persistence), persistence)
         self.rates, self.retry = rates, retry
 
     def price(self, plan: Plan) -> float:
         costs = [self.model.cost(plan, conditions, t0) for conditions, t0 in self.scenarios]
-        expected = float(np.mean([self.objective.score(c) for c in costs]))
+        expected = float(self.weights @ [self.objective.score(c) for c in costs])
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
         if hazard == 0:
             return expected
-        latency = float(np.mean([c.latency_s for c in costs]))
+        latency = float(self.weights @ [c.latency_s for c in costs])
         return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
 
 
 class RobustPlanner(Planner):
     """The snapshot optimiser's plans and the baselines', priced on history scenarios and failure risk,
     improved by a local search under that price (module doc). Optimiser options go to the snapshot
-    optimiser it is built on."""
+    optimiser it is built on. ``persistence`` 0.25 was chosen on a development split (mesh sizes no
+    reported figure uses; docs/benchmarks.md, twenty-third round); 0 prices the replays alone."""
 
     name = "optimal"
 
@@ -135,13 +154,17 @@ class RobustPlanner(Planner):
         *,
         refine_evaluations: int = 120,
         prior_s: float = 60.0,
+        persistence: float = 0.25,
         seed: int = 0,
         **optimiser_options,
     ) -> None:
         super().__init__(cost_model)
+        if not 0.0 <= persistence < 1.0:
+            raise PlannerError(f"optimal: persistence is a weight in [0, 1) (got {persistence})")
         self.optimiser = OptimalPlanner(cost_model, seed=seed, **optimiser_options)
         self.refine_evaluations = refine_evaluations
         self.prior_s = prior_s
+        self.persistence = persistence
         self.seed = seed
         self.last_score: float | None = None  # the expected objective of the last plan
         self.last_blocked = False  # whether every feasible plan relayed through a device that is down
@@ -152,9 +175,9 @@ class RobustPlanner(Planner):
         rates = failure_rates(snapshot, self.prior_s)
         retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
         retry = objective.score(model.cost(retry_plan, snapshot, snapshot.time))
-        search = RobustSearch(model, snapshot, graph, objective, rates, retry)
+        search = RobustSearch(model, snapshot, graph, objective, rates, retry, self.persistence)
         view = harmonic_view(snapshot)
-        views = [snapshot, view]
+        views = [snapshot, view] + ([latest_view(snapshot)] if self.persistence > 0 else [])
         failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
         if failed and view.available - failed:
             views.append(replace(view, available=view.available - failed))

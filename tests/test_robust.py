@@ -10,7 +10,7 @@ import torch
 
 from agents import PlannerError, make_planner
 from agents.base import CutOff
-from agents.robust import CUT_OFF_NOW, failure_rates, harmonic_view, history_scenarios
+from agents.robust import CUT_OFF_NOW, failure_rates, harmonic_view, history_scenarios, latest_view
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.snapshot import link_key
@@ -102,6 +102,27 @@ def test_the_robust_optimiser_prefers_a_steady_link_to_one_that_wanders(tiny):
         return sum(model.latency(plan, world, t0) for world, t0 in scenarios) / len(scenarios)
 
     assert expected(robust) < expected(trusting)
+
+
+def test_with_persistence_the_robust_optimiser_avoids_a_link_that_just_went_dark(tiny):
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(30.0)
+    fell = link_key("s", "h1")  # 10 Mbit/s for seven seconds, nothing in the last: still 8.75 on average
+    history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {fell: (10.0,) * 7 + (0.0,)}
+    snap = replace(snap, link_history=history, link_mbps=snap.link_mbps | {fell: 8.75})
+
+    def crosses(plan):
+        return any(link_key(spec.links[i].a, spec.links[i].b) == fell for i in model.skeleton(plan).hop_link)
+
+    replays_only = make_planner("optimal", cost_model=model, persistence=0.0, **FAST)
+    persistent = make_planner("optimal", cost_model=model, persistence=0.25, **FAST)
+    assert crosses(replays_only.plan(snap, tiny, LATENCY))  # seven good seconds in eight outweigh the last
+    plan = persistent.plan(snap, tiny, LATENCY)
+    assert not crosses(plan) and "h1" in used(model, plan)  # h1 still computes, fed over another link
+    assert model.latency(plan, latest_view(snap), 30.0) < 1.5 * model.latency(plan, snap, 30.0)
+    with pytest.raises(PlannerError, match="persistence is a weight"):
+        make_planner("optimal", cost_model=model, persistence=1.0)
 
 
 def test_the_clairvoyant_sees_a_device_about_to_fail(tiny):
