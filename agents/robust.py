@@ -9,9 +9,10 @@ device keeps failing. This planner prices both from the snapshot alone (never th
   together stay together, and a transfer is integrated over the replay as over a trace). A transfer's
   time is bytes / rate, so a plan leaning on a wandering link pays for its slow seconds more than its
   fast ones repay. With ``persistence`` p > 0 the replays share the weight 1 - p and one more scenario
-  holds each link at its last second's mean (``latest_view``) with weight p: where links fade for seconds
-  at a time (cellular ones do), the last second says more about the next ones than older seconds, and a
-  replay starting earlier wraps back to the good seconds a link has just left;
+  (``persistence_scenario``) has weight p: every link holds its last second's mean for as long as the
+  window, then replays it. Where links fade for seconds at a time (cellular ones do), the last second
+  says more about the next ones than older seconds, and a replay starting earlier wraps back to the good
+  seconds a link has just left;
 - **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
@@ -20,7 +21,7 @@ device keeps failing. This planner prices both from the snapshot alone (never th
 
 Search: candidates are the snapshot optimiser's plans on the snapshot, on a *harmonic* view (each
 link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
-expected time is right) and, with persistence, on the latest view; its plan on the harmonic view without
+expected time is right) and, with persistence, on the latest view (each link at its last second); its plan on the harmonic view without
 the devices that failed in the window (only when some did), and every baseline's plan; all are priced as
 above, and a local search (agents/local_search.py) under the same pricing improves the best.
 
@@ -48,27 +49,44 @@ from env.traces import Trace, constant
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
-FLOOR_MBPS = 0.01  # what a second measured at 0 Mbit/s counts as in a scenario
+FLOOR_MBPS = 1e-6  # what a second measured at 0 Mbit/s counts as: next to nothing, for any tensor
 CUT_OFF_NOW = "the snapshot's links cut the source or sink off: planned on their history"
+
+
+def _histories(snapshot: Snapshot) -> dict[tuple[str, str], np.ndarray]:
+    """Every link's history window (the width all links have), a second at 0 Mbit/s as ``FLOOR_MBPS``
+    (a transfer waits out an outage: a loop dark throughout takes long, not forever); empty without
+    history."""
+    keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
+    width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
+    return {k: np.maximum(snapshot.link_history[k][-width:], FLOOR_MBPS) for k in keys} if width else {}
+
+
+def _replay(snapshot: Snapshot, series: dict[tuple[str, str], np.ndarray]) -> NetworkState:
+    """A world whose links loop through ``series`` (one value a second) at the snapshot's speeds."""
+    speeds = {d: constant(snapshot.speed[d]) for d in snapshot.spec.devices}
+    traces = {k: Trace(np.arange(h.size, dtype=np.float64), h, h.size, "history") for k, h in series.items()}
+    return NetworkState(snapshot.spec, traces, speeds)
 
 
 def history_scenarios(snapshot: Snapshot) -> list[tuple[Snapshot | NetworkState, float]]:
     """Worlds that replay the links' history window, each starting at another of its seconds and
     wrapping around, with the start time to price a plan at: what the next seconds would cost if they
-    repeat the last ones. A second measured at 0 Mbit/s counts as ``FLOOR_MBPS`` (a transfer waits out
-    an outage; it does not take forever). The snapshot itself when the history is constant or missing."""
-    keys = [link_key(ln.a, ln.b) for ln in snapshot.spec.links]
-    width = min((len(snapshot.link_history.get(k, ())) for k in keys), default=0)
-    history = {k: np.maximum(snapshot.link_history[k][-width:], FLOOR_MBPS) for k in keys} if width else {}
+    repeat the last ones. The snapshot itself when the history is constant or missing."""
+    history = _histories(snapshot)
     if all(h.min() == h.max() for h in history.values()):
         return [(snapshot, snapshot.time)]
-    seconds = np.arange(width, dtype=np.float64)
-    speeds = {d: constant(snapshot.speed[d]) for d in snapshot.spec.devices}
-    worlds = []
-    for j in range(width):
-        traces = {k: Trace(seconds, np.roll(h, -j), width, "history") for k, h in history.items()}
-        worlds.append((NetworkState(snapshot.spec, traces, speeds), 0.0))
-    return worlds
+    width = len(next(iter(history.values())))
+    return [(_replay(snapshot, {k: np.roll(h, -j) for k, h in history.items()}), 0.0) for j in range(width)]
+
+
+def persistence_scenario(snapshot: Snapshot) -> tuple[NetworkState, float]:
+    """A world in which every link holds its last second's rate for as long as the history window, then
+    replays the window from its oldest second: the next seconds if the last one persists. A link that
+    has just gone dark costs a plan the wait for the window, not its bytes at ``FLOOR_MBPS`` (which
+    would favour whichever plan sends the fewest bytes over links that are all dark)."""
+    series = {k: np.concatenate((np.full(h.size, h[-1]), h)) for k, h in _histories(snapshot).items()}
+    return _replay(snapshot, series), 0.0
 
 
 def latest_view(snapshot: Snapshot) -> Snapshot:
@@ -126,7 +144,7 @@ class RobustSearch(PlanSearch):
         self.scenarios = history_scenarios(snapshot)
         self.weights = np.full(len(self.scenarios), 1.0 / len(self.scenarios))
         if persistence > 0 and len(self.scenarios) > 1:
-            self.scenarios.append((latest_view(snapshot), snapshot.time))
+            self.scenarios.append(persistence_scenario(snapshot))
             self.weights = np.append(self.weights * (1.0 - persistence), persistence)
         self.rates, self.retry = rates, retry
 

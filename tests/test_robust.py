@@ -10,7 +10,14 @@ import torch
 
 from agents import PlannerError, make_planner
 from agents.base import CutOff
-from agents.robust import CUT_OFF_NOW, failure_rates, harmonic_view, history_scenarios, latest_view
+from agents.robust import (
+    CUT_OFF_NOW,
+    failure_rates,
+    harmonic_view,
+    history_scenarios,
+    latest_view,
+    persistence_scenario,
+)
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.snapshot import link_key
@@ -57,11 +64,17 @@ def test_history_becomes_replayed_worlds_and_a_harmonic_view():
     scenarios = history_scenarios(snap)
     assert len(scenarios) == 8 and {t0 for _, t0 in scenarios} == {0.0}
     replay = [world.link_schedule("s", "h1") for world, _ in scenarios]
-    assert list(replay[1].mbps) == [0.01, 20.0, 20.0, 20.0, 0.01, 20.0, 20.0, 20.0]  # from the 2nd second on
+    assert list(replay[1].mbps) == [1e-6, 20.0, 20.0, 20.0, 1e-6, 20.0, 20.0, 20.0]  # from the 2nd second on
     # 30 Mbit: 1 s at 20 Mbit/s, a second of outage waited out, half a second at 20 again
     assert replay[0].transfer_time(3.75e6, 0.0) == pytest.approx(2.5, abs=1e-3)
     assert harmonic_view(snap).link_mbps[link_key("s", "h1")] == pytest.approx(7 / (4 / 10.0 + 3 / 20.0))
     assert harmonic_view(snap).link_mbps[link_key("s", "k")] == pytest.approx(10.0)
+    # the last second persists for the window, then the window replays: a link that just went dark
+    # costs a transfer the wait (8 s), not its bytes at the floor
+    dark = replace(snap, link_history=snap.link_history | {link_key("s", "h1"): (10.0,) * 7 + (0.0,)})
+    world, t0 = persistence_scenario(dark)
+    assert world.link_schedule("s", "h1").transfer_time(3.75e6, t0) == pytest.approx(8 + 3.0, abs=1e-3)
+    assert world.link_schedule("s", "k").transfer_time(3.75e6, t0) == pytest.approx(3.0, abs=1e-3)
 
 
 def test_failure_rates_come_from_the_evidence_shrunk_towards_the_pool():
