@@ -21,9 +21,10 @@ device keeps failing. This planner prices both from the snapshot alone (never th
 
 Search: candidates are the snapshot optimiser's plans on the snapshot, on a *harmonic* view (each
 link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
-expected time is right) and, with persistence, on the latest view (each link at its last second); its plan on the harmonic view without
-the devices that failed in the window (only when some did), and every baseline's plan; all are priced as
-above, and a local search (agents/local_search.py) under the same pricing improves the best.
+expected time is right) and, with persistence, on the latest view (each link at its last second); its
+plan on the harmonic view without the devices that failed in the window (only when some did), and every
+baseline's plan; all are priced as above, and a local search (agents/local_search.py) under the same
+pricing improves the best.
 
 A snapshot whose links carry nothing between the source and the sink right now (``CutOff``: an outage)
 still gets a plan when the history says those links carried data: the request waits the outage out, and
@@ -92,11 +93,8 @@ def persistence_scenario(snapshot: Snapshot) -> tuple[NetworkState, float]:
 def latest_view(snapshot: Snapshot) -> Snapshot:
     """The snapshot with each link at its history's last one-second mean (0 counts as ``FLOOR_MBPS``):
     the conditions now, if the last second persists."""
-    rates = {
-        key: max(float(history[-1]), FLOOR_MBPS) if (history := snapshot.link_history.get(key)) else mbps
-        for key, mbps in snapshot.link_mbps.items()
-    }
-    return replace(snapshot, link_mbps=rates)
+    latest = {key: float(history[-1]) for key, history in _histories(snapshot).items()}
+    return replace(snapshot, link_mbps=snapshot.link_mbps | latest)
 
 
 def harmonic_view(snapshot: Snapshot, pair_s: int = 2) -> Snapshot:
