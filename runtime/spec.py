@@ -4,7 +4,9 @@ Pure data and loading; nothing here starts a process (runtime/cluster.py does th
 formats are accepted, told apart by their `format` field:
 
 - `disnet-mesh/1` (the DISNET evaluation meshes in ../shared/scenarios): a device's `compute_rate`
-  r becomes r * gflops_per_rate effective GFLOP/s (FLOPs = 2 * MACs), links are `[a, b, mbps]`.
+  r becomes r * gflops_per_rate effective GFLOP/s (FLOPs = 2 * MACs), links are `[a, b, mbps]`; a
+  device may also set `memory_mb` (the DISNET files do not). Fields disnet does not know are named in a
+  warning and ignored, since other tools may write their own into these files.
 - `disnet-cluster/1` (configs/clusters/*.yaml): devices with an optional `address` (host:port of the
   worker in a real deployment), `gflops` or `compute_rate`, `power` and `memory_mb`; links with
   `mbps` and `latency_ms`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -46,6 +49,7 @@ from pydantic_core import PydanticCustomError
 from runtime.config import describe_validation_error
 
 MESH_FORMAT = "disnet-mesh/1"
+log = logging.getLogger(__name__)
 CLUSTER_FORMAT = "disnet-cluster/1"
 DEFAULT_LATENCY_S = 1e-3
 
@@ -287,6 +291,9 @@ def parse_cluster(
         fmt = data.get("format")
         if fmt == MESH_FORMAT:
             spec, file_cap = _MeshFile.model_validate(data).build(rate), None
+            ignored = _mesh_extras(data)
+            if ignored:
+                log.warning("%s: ignored (not %s fields): %s", origin, MESH_FORMAT, ", ".join(ignored))
         elif fmt == CLUSTER_FORMAT:
             model = _ClusterFile.model_validate(data)
             spec, file_cap = model.build(rate, Path(origin).stem), model.bandwidth_cap_mbps
@@ -370,6 +377,7 @@ class _MeshDevice(_Strict):
     model_config = ConfigDict(extra="ignore")
     compute_rate: _Pos
     power_w: _Power
+    memory_mb: _Pos | None = None  # not in the DISNET files; honoured where a user's file sets it
 
 
 class _MeshFile(_Strict):
@@ -384,11 +392,24 @@ class _MeshFile(_Strict):
     def build(self, gflops_per_rate: float | None) -> ClusterSpec:
         rate = 1.0 if gflops_per_rate is None else gflops_per_rate
         devices = {
-            dev_id: Device(dev_id, None, d.compute_rate * rate, d.power_w.build(), None)
+            dev_id: Device(dev_id, None, d.compute_rate * rate, d.power_w.build(), d.memory_mb)
             for dev_id, d in self.devices.items()
         }
         links = tuple(Link(a, b, mbps, DEFAULT_LATENCY_S) for a, b, mbps in self.links)
         return ClusterSpec(self.name, devices, links, self.source, self.sink)
+
+
+def _mesh_extras(data: dict) -> list[str]:
+    """The fields of a valid mesh file that mean nothing to disnet (other tools may add their own, so
+    they are named in a warning rather than refused)."""
+    top = [k for k in data if k not in _MeshFile.model_fields and k != "description"]
+    devices = [
+        f"devices.{dev_id}.{k}"
+        for dev_id, fields in data["devices"].items()
+        for k in fields
+        if k not in _MeshDevice.model_fields
+    ]
+    return top + devices
 
 
 class _ClusterDevice(_Strict):

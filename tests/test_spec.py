@@ -312,6 +312,18 @@ def _mesh_json() -> dict:
     }
 
 
+def test_a_mesh_file_may_set_memory_and_names_the_fields_it_ignores(tmp_path: Path, caplog) -> None:
+    data = _mesh_json()
+    data["devices"]["1"]["memory_mb"] = 64
+    data["devices"]["2"]["compute_rat"] = 3  # a typo beside the real field
+    data["generator"] = "mine"
+    spec = load_cluster(_write(tmp_path, data, "m.json"))
+    assert spec.devices["1"].memory_mb == 64 and spec.devices["0"].memory_mb is None
+    assert "m.json: ignored (not disnet-mesh/1 fields): generator, devices.2.compute_rat" in caplog.text
+    with pytest.raises(SpecError, match="devices.1.memory_mb: Input should be greater than 0"):
+        load_cluster(_write(tmp_path, _set(data, "devices.1.memory_mb", 0), "bad.json"))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
