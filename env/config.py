@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from env.cost_model import Objective
 from env.dynamics import DynamicsConfig
@@ -22,7 +22,7 @@ from env.meshes import EVAL_SEED_BASE, mesh_spec
 from runtime import models
 from runtime.config import describe_validation_error
 from runtime.graph import LayerGraph
-from runtime.spec import ClusterSpec, load_cluster
+from runtime.spec import ClusterSpec, SpecError, load_cluster
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 
@@ -102,6 +102,13 @@ class EnvConfig(BaseModel):
     profile: str | None = None
     base_dir: str | None = None
 
+    @field_validator("model")
+    @classmethod
+    def _zoo_model(cls, model: str) -> str:
+        if model not in models.MODEL_NAMES:
+            raise ValueError(f"unknown model {model!r}; valid names: {', '.join(models.MODEL_NAMES)}")
+        return model
+
     @model_validator(mode="after")
     def _gaps(self) -> EnvConfig:
         lo, hi = self.gap_s
@@ -126,6 +133,11 @@ class EnvConfig(BaseModel):
         """This config with relative paths anchored at ``base_dir``, after loading every dynamics entry
         (trace folders included) so that a bad one fails now, named ``origin: dynamics.i: field``."""
         cfg = self if base_dir is None else self.model_copy(update={"base_dir": str(base_dir)})
+        for path in cluster_paths(cfg.clusters, cfg.base_dir):  # a missing or bad cluster fails now
+            try:
+                load_cluster(path)
+            except SpecError as exc:
+                raise EnvConfigError(f"{origin}: clusters: {exc}") from None
         for i, dyn in enumerate(cfg.dynamics):
             try:
                 DynamicsConfig.parse(dyn, origin=f"{origin}: dynamics.{i}", base_dir=cfg.base_dir)

@@ -193,6 +193,10 @@ def test_config_errors_name_the_field():
         EnvConfig.parse({"dynamics": [{"load": {"kind": "bogus"}}]}, origin="my.yaml")
     with pytest.raises(EnvConfigError, match="shapes"):
         make(shapes=[[[0, 5, 14], [1, 1]]])  # 5 is not a cut point of the tiny model
+    with pytest.raises(EnvConfigError, match="my.yaml: model: Value error, unknown model 'vgg17'"):
+        EnvConfig.parse({"model": "vgg17"}, origin="my.yaml")
+    with pytest.raises(EnvConfigError, match="my.yaml: clusters: .*nosuch.yaml: cannot read"):
+        EnvConfig.parse({"clusters": ["nosuch"]}, origin="my.yaml")  # before training, not in a worker
 
 
 # ---- completion ------------------------------------------------------------------------------------

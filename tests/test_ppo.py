@@ -170,6 +170,14 @@ def test_bad_training_config_names_field_and_file(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "x", "compare": {"dynamics": [{"load": {"kind": "bogus"}}]}}))
     assert train.main(["--config", str(path)]) == 2
     assert "broken.yaml: compare.dynamics.0: load" in capsys.readouterr().err
+    path.write_text(
+        yaml.safe_dump({"name": "x", "compare": {"agents": ["local", "locl"]}})
+    )  # before training
+    assert train.main(["--config", str(path)]) == 2
+    assert "broken.yaml: compare.agents: Value error, unknown planner 'locl'" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"name": "x", "env": {"model": "vgg17"}}))
+    assert train.main(["--config", str(path)]) == 2
+    assert "broken.yaml: env.model: Value error, unknown model 'vgg17'" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_a_policy_and_keeps_its_actions(run, tmp_path):

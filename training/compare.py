@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents import PlannerError, make_planner
+from agents import make_planner
 from agents.base import Planner
 from agents.ppo import PPOPlanner
 from env.backends import Outcome
@@ -52,15 +52,13 @@ def compare(cfg: TrainConfig, env_cfg: EnvConfig, policy_path: Path) -> dict:
 
 def _planners(env: MicroSplitEnv, cc: CompareConfig, policy_path: Path) -> dict[str, Planner]:
     """The saved policy, the oracle and ``compare.agents`` (``ppo-*`` names: this policy, helped by the
-    cost model), all on the env's cost model; an agent that cannot be built is skipped with a warning."""
+    cost model; the config checked the names), all on the env's cost model."""
     cost_model = env.sim.cost_model
     planners = {"ppo": PPOPlanner(policy_path, cost_model), "oracle": ActionListOracle(env)}
     for name in cc.agents:
-        policy = f"{name}:{policy_path}" if name.startswith("ppo-") else name
-        try:
-            planners[name] = make_planner(policy, cost_model=cost_model)
-        except PlannerError as exc:
-            console.print(f"[yellow]compare: skipping {name}: {exc}")
+        planners[name] = make_planner(
+            f"{name}:{policy_path}" if name.startswith("ppo-") else name, cost_model=cost_model
+        )
     return planners
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents import PLANNERS, POLICY_NAME
 from env.config import EnvConfig, EnvConfigError, model_graph
 from env.dynamics import DynamicsConfig
 from env.profiles import host_profile
@@ -80,6 +81,19 @@ class CompareConfig(_Section):
     gap_s: float = Field(5.0, gt=0)
     dynamics: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1)
     agents: list[str] = Field(default_factory=lambda: ["optimal", "disnet", "deepslicing", "local"])
+
+    @field_validator("agents")
+    @classmethod
+    def _known(cls, agents: list[str]) -> list[str]:
+        """Planner names, or ``ppo-...`` forms of the policy being trained (``ppo-top3``): checked before
+        the training, not after it."""
+        for name in agents:
+            if name not in PLANNERS and not (name.startswith("ppo-") and POLICY_NAME.fullmatch(f"{name}:x")):
+                raise ValueError(
+                    f"unknown planner {name!r}; valid: {', '.join(PLANNERS)}, or ppo-topK, ppo-polish, "
+                    "ppo-topK-polish (the trained policy helped by the cost model)"
+                )
+        return agents
 
 
 class TrainConfig(_Section):
