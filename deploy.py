@@ -43,13 +43,12 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from agents import make_planner, planner_label
+from agents import Planner, make_planner, planner_label
 from cli import flags
 from cli.errors import reporting_user_errors
-from cli.output import write_json
+from cli.output import script_console, write_json
 from cli.scenarios import parse_with_scenario, timed_drop
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
@@ -66,7 +65,7 @@ from serving.metrics import MetricsWriter
 from serving.policies import Decider
 from serving.streams import load_streams
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = script_console()
 
 
 def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
@@ -91,11 +90,12 @@ def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, 
     return events
 
 
-def run_agent(agent: str, cluster: LocalCluster, model, cost: CostModel, args, out_dir: Path | None) -> dict:
-    """One serving run of ``agent`` planning on ``cost``, with the emulation clock (and so the traces) from
-    t=0."""
+def run_agent(
+    agent: str, planner: Planner, cluster: LocalCluster, model, cost: CostModel, args, out_dir: Path | None
+) -> dict:
+    """One serving run of ``planner`` (named ``agent``) planning on ``cost``, with the emulation clock (and
+    so the traces) from t=0."""
     spec, graph = cluster.spec, cost.graph
-    planner = make_planner(agent, cost_model=cost)
     fallback = make_planner("optimal", cost_model=cost)
     decide = Decider(planner, graph, Objective(args.objective, args.energy_weight), fallback)
     options = ServeOptions(
@@ -135,6 +135,7 @@ def print_table(summaries: list[dict], title: str) -> None:
         "dup",
         "outputs",
         "replans",
+        "fallbacks",
         "lat mean s",
         "p50 s",
         "p95 s",
@@ -151,6 +152,7 @@ def print_table(summaries: list[dict], title: str) -> None:
             str(s["duplicated"]),
             "exact" if s["outputs_match"] else "MISMATCH",
             str(s["replans"]),
+            str(s["planner_fallbacks"]),
             f"{s['latency_mean_s']:.3f}",
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--collapse-at",
-        type=float,
+        type=flags.non_negative,
         default=None,
         metavar="S",
         help="the scenario's links drop S s into the run (default: as the scenario says; collapse: 20)",
@@ -208,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_cost_model(parser)
     flags.add_profile(parser)
     flags.add_pacing(parser)
-    parser.add_argument("--out", default="runs/serve", help="CSV and TensorBoard metrics go here")
+    parser.add_argument(
+        "--out", type=flags.output_folder, default="runs/serve", help="CSV and TensorBoard metrics go here"
+    )
     flags.add_json(parser)
     parser.add_argument("--streams", default=None, help="serve the concurrent streams of this YAML file")
     flags.add_dilation(
@@ -241,6 +245,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_scenario(parser, argv)
     if not args.cluster:
         parser.error("--cluster is required (or use --demo)")
+    flags.check_objective(parser, args)
     if args.fps is not None:
         args.arrival_every = 1.0 / args.fps
     if args.arrival_every is not None and args.window != 1:
@@ -261,6 +266,11 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
     world = world_for(spec, args)
     profile = resolve_profile(graph, args.cost, args.profile, same_host=True, say=console.print)
     cost = CostModel(graph, spec, profile)
+    # every name checked (and every policy fitted to the model and cluster) before a worker starts
+    planners = {
+        agent: make_planner(agent, graph=graph, spec=spec, cost_model=cost)
+        for agent in args.agents.split(",")
+    }
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     with LocalCluster(
         spec,
@@ -271,7 +281,8 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
         **pacing(profile or host_profile(graph, same_host=True, say=console.print), args.pacing),
     ) as cluster:
         return [
-            run_agent(agent, cluster, model, cost, args, Path(args.out)) for agent in args.agents.split(",")
+            run_agent(agent, planner, cluster, model, cost, args, Path(args.out))
+            for agent, planner in planners.items()
         ]
 
 

@@ -39,13 +39,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.progress import Progress
 
 from agents import make_planner
 from cli import flags
 from cli.errors import reporting_user_errors
-from cli.output import write_json
+from cli.output import script_console, write_json
 from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
@@ -59,7 +58,7 @@ from serving.calibration import calibration_report, print_calibration
 from serving.comparison_report import plot, print_summary, report_json, summarize
 from serving.evaluation import SimExecutor, live_session, run_comparison
 
-console = Console(width=None if sys.stdout.isatty() else 140)
+console = script_console()
 
 
 def load_problem(args: argparse.Namespace, failures_per_min: float = 0.0):
@@ -87,7 +86,13 @@ def compare(args: argparse.Namespace) -> dict:
     profile = resolve_profile(graph, args.cost, args.profile, same_host=live, say=console.print)
     cost = CostModel(graph, spec, profile)
     planners = {
-        name: make_planner(name, cost_model=cost, **({"world": world} if name == "clairvoyant" else {}))
+        name: make_planner(
+            name,
+            graph=graph,
+            spec=spec,
+            cost_model=cost,
+            **({"world": world} if name == "clairvoyant" else {}),
+        )
         for name in args.agents.split(",")
     }
 
@@ -226,8 +231,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     c.add_argument("--backend", choices=("sim", "live"), default="sim")
     flags.add_requests(c, default=20)
-    c.add_argument("--gap-s", type=float, default=2.0, help="seconds between requests in the world")
-    c.add_argument("--warmup-s", type=float, default=10.0, help="world time of the first request")
+    c.add_argument(
+        "--gap-s", type=flags.non_negative, default=2.0, help="seconds between requests in the world"
+    )
+    c.add_argument(
+        "--warmup-s", type=flags.non_negative, default=10.0, help="world time of the first request"
+    )
     c.add_argument(
         "--failures",
         type=float,
@@ -236,7 +245,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     flags.add_objective(c)
     flags.add_cost_model(c)
-    c.add_argument("--plots", default=None, help="write latency CDF and bar PNGs into this folder")
+    c.add_argument(
+        "--plots",
+        type=flags.output_folder,
+        default=None,
+        help="write latency CDF and bar PNGs into this folder",
+    )
     k = sub.add_parser(
         "calibrate", parents=[shared], help="predicted vs measured latency and energy of random plans"
     )
@@ -256,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cluster is required (or a --scenario that names one)")
     if args.dynamics is not None and args.traces:
         parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
+    if args.command == "compare":
+        flags.check_objective(parser, args)
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
 

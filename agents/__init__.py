@@ -82,7 +82,10 @@ def make_planner(
     factory = Clairvoyant if name == Clairvoyant.name else PLANNERS.get(name)
     if factory is None:
         valid = ", ".join([*PLANNERS, Clairvoyant.name])
-        raise PlannerError(f"unknown planner {name!r}; valid names: {valid}")
+        raise PlannerError(
+            f"unknown planner {name!r}; valid names: {valid}, and a trained policy file as ppo:PATH "
+            "(ppo-topK:PATH, ppo-polish:PATH, ppo-topK-polish:PATH)"
+        )
     if cost_model is None and graph is not None and spec is not None:
         cost_model = CostModel(graph, spec)
     try:

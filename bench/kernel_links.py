@@ -17,15 +17,15 @@ import statistics
 from dataclasses import replace
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from cli.output import script_console
 from runtime.cluster import NETWORKS, LocalCluster
 from runtime.plan import Plan
 from runtime.spec import parse_cluster
 
 MODEL, SHAPE = "tiny", (3, 128, 128)
-console = Console()
+console = script_console()
 
 LINE3 = parse_cluster(
     {

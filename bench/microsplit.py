@@ -31,18 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.ppo import PPOPlanner
+from cli.output import script_console
 from env.config import EnvConfig
 from env.cost_model import Objective
 from env.partition_env import MicroSplitEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-console = Console()
+console = script_console()
 
 
 def make_env(policy: PPOPlanner | None) -> MicroSplitEnv:

@@ -37,12 +37,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
-from rich.console import Console
 from rich.table import Table
 
 from agents import make_planner, planner_label
 from cli import flags
 from cli.errors import USER_ERRORS
+from cli.output import script_console
 from cli.scenarios import SCENARIOS, load_scenario, timed_drop
 from cli.worlds import build_world
 from env.cost_model import CostModel, Objective
@@ -63,7 +63,7 @@ from serving.records import RequestLog
 ROOT = Path(__file__).resolve().parents[1]
 MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"
 PPO_POLICY = ROOT / "agents" / "pretrained" / "vgg16_mesh.zip"
-console = Console()
+console = script_console()
 
 
 def setup(model_name: str):

@@ -67,14 +67,13 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from agents import make_planner
 from agents.base import build_plan
 from agents.streams import JointPlanner, best_disjoint_grouping
 from cli import flags
-from cli.output import write_json
+from cli.output import script_console, write_json
 from cli.scenarios import load_scenario
 from env.contention import JITTER, Contention
 from env.cost_model import CostModel, Profile
@@ -90,7 +89,7 @@ from serving.streams import StreamSpec, plan_streams, replanner, serve_streams, 
 
 SCENARIO = load_scenario("mesh0-15")
 MODEL, SINK, SOURCES = SCENARIO.model, "4", ("8", "1", "6")
-console = Console()
+console = script_console()
 
 
 @dataclass

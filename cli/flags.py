@@ -27,6 +27,38 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file to write, checked before any work (not a folder; its folder, if it
+    exists, is a folder)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file to write")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: a parent of it is a file")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder to write into, checked before any work (made if missing)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder to write into")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: a parent of it is a file")
+    return path
+
+
 def dilation_factor(text: str) -> float:
     """An argparse type: a finite number >= 1."""
     value = positive(text)
@@ -58,10 +90,16 @@ def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = Tru
 def add_agents(
     parser: argparse.ArgumentParser,
     default: str,
-    help: str = "comma list of planners: optimal, disnet, modnn, ..., ppo:PATH, ppo-top3:PATH, ppo-polish:PATH",
+    help: str = "comma list of planners: optimal, snapshot-optimal, disnet, modnn, ..., local, clairvoyant, "
+    "and trained policies as ppo:PATH, ppo-top3:PATH, ppo-polish:PATH, ppo-top3-polish:PATH",
 ) -> None:
     """The planners to run (``--agent`` is the same flag)."""
-    parser.add_argument("--agents", "--agent", dest="agents", default=default, help=help)
+    parser.add_argument("--agents", "--agent", dest="agents", type=agent_list, default=default, help=help)
+
+
+def agent_list(text: str) -> str:
+    """An argparse type: a comma list of planner names, blanks around the names dropped."""
+    return ",".join(name.strip() for name in text.split(",") if name.strip())
 
 
 def add_requests(parser: argparse.ArgumentParser, default: int) -> None:
@@ -107,7 +145,19 @@ def add_links(parser: argparse.ArgumentParser, *, replay: bool = False) -> None:
 
 def add_objective(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=("latency", "energy", "weighted"), default="latency")
-    parser.add_argument("--energy-weight", type=float, default=0.0)
+    parser.add_argument(
+        "--energy-weight",
+        type=non_negative,
+        default=0.0,
+        help="seconds a joule is worth in the weighted objective (latency + weight x energy)",
+    )
+
+
+def check_objective(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An energy weight means something only to the weighted objective: anywhere else it is a usage
+    error, not a setting silently ignored."""
+    if args.energy_weight and args.objective != "weighted":
+        parser.error(f"--energy-weight applies to --objective weighted (not {args.objective})")
 
 
 def add_cost_model(parser: argparse.ArgumentParser, default: str = "profile") -> None:
@@ -148,7 +198,7 @@ def add_pacing(parser: argparse.ArgumentParser) -> None:
 
 
 def add_json(parser: argparse.ArgumentParser, help: str = "write the result as JSON here") -> None:
-    parser.add_argument("--json", type=Path, default=None, help=help)
+    parser.add_argument("--json", type=output_file, default=None, help=help)
 
 
 def add_scenario(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:

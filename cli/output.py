@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+PIPED_WIDTH = 160  # columns of a script's tables when its output goes to a file or a pipe
+
+
+def script_console() -> Console:
+    """A script's console: the terminal's width, or ``PIPED_WIDTH`` when piped (rich's 80 columns would
+    cut the tables' numbers to ellipses in logs)."""
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def write_json(path: Path, result: Any, console: Console, indent: int = 2) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from agents import planner_label
 from serving.evaluation import CLAIRVOYANT, RequestRecord
 
 
@@ -82,13 +83,16 @@ def print_summary(summary: dict[str, dict], console: Console, title: str) -> Non
     table = Table(title=title)
     columns = ("agent", "lat mean s", "p50 s", "p95 s", "regret", "energy J", "decide ms", "fallbacks")
     for col in (*columns, "failed", "bound gap", "outputs"):
-        table.add_column(col, justify="right" if col != "agent" else "left")
+        if col == "agent":  # the whole name, folded if need be: two policies must not look alike
+            table.add_column(col, justify="left", overflow="fold", min_width=12)
+        else:
+            table.add_column(col, justify="right")
     best = min(summary, key=lambda a: summary[a]["latency_mean_s"])
     for agent, s in sorted(summary.items(), key=lambda kv: kv[1]["latency_mean_s"]):
         match = {True: "exact", False: "MISMATCH", None: "-"}[s["outputs_match"]]
         regret, gap = s["regret_mean"], s["bound_gap_median"]
         table.add_row(
-            f"[bold]{agent}[/]" if agent == best else agent,
+            f"[bold]{planner_label(agent)}[/]" if agent == best else planner_label(agent),
             f"{s['latency_mean_s']:.3f}",
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
@@ -106,10 +110,8 @@ def print_summary(summary: dict[str, dict], console: Console, title: str) -> Non
         lat = ratios(summary, "latency_mean_s")[best]
         energy = ratios(summary, "energy_mean_j")[best]
         console.print(
-            f"{best}: "
-            + ", ".join(
-                f"{lat[o]:.2f}x lower latency / {energy[o]:.2f}x lower energy than {o}" for o in others
-            )
+            f"fastest: {planner_label(best)}; the others' mean latency and energy over its: "
+            + ", ".join(f"{planner_label(o)} {lat[o]:.2f}x / {energy[o]:.2f}x" for o in others)
         )
 
 

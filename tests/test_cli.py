@@ -9,6 +9,7 @@ import pytest
 
 import deploy
 import evaluate
+from bench import generalization
 from bench import streams as streams_bench
 from bench.serving import collapse_world
 from cli.scenarios import SCENARIOS, ScenarioError, load_scenario, parse_with_scenario
@@ -134,6 +135,43 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
     with pytest.raises(SystemExit):
         streams_bench.parse(["--dilation", "0.5"])
     assert "must be a number >= 1" in capsys.readouterr().err
+    for flag in ("--gap-s", "--warmup-s", "--energy-weight"):  # time running backwards, a negative weight
+        with pytest.raises(SystemExit):
+            evaluate.main(["compare", "--cluster", str(TINY3), flag, "-1"])
+        assert f"{flag}: must be a number >= 0, not -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(TINY3), "--energy-weight", "-1", "--objective", "weighted"])
+    assert "must be a number >= 0" in capsys.readouterr().err
+
+
+def test_an_energy_weight_outside_the_weighted_objective_is_refused_not_ignored(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["compare", "--cluster", str(TINY3), "--energy-weight", "0.5"])
+    assert "--energy-weight applies to --objective weighted (not latency)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(TINY3), "--energy-weight", "0.5", "--objective", "energy"])
+    assert "applies to --objective weighted (not energy)" in capsys.readouterr().err
+    weighted = ["--energy-weight", "0.5", "--objective", "weighted"]
+    assert deploy.parse(["--cluster", str(TINY3), *weighted]).energy_weight == 0.5
+
+
+def test_output_paths_of_the_wrong_kind_are_refused_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "taken.json"
+    a_file.write_text("{}")
+    with pytest.raises(SystemExit):
+        evaluate.main(["compare", "--cluster", str(TINY3), "--json", str(tmp_path)])
+    assert "is a folder, not a file to write" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["compare", "--cluster", str(TINY3), "--plots", str(a_file)])
+    assert "is a file, not a folder to write into" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(TINY3), "--out", str(a_file / "metrics")])
+    assert "a parent of it is a file" in capsys.readouterr().err
+
+
+def test_agent_lists_drop_blanks_around_names():
+    args = deploy.parse(["--cluster", str(TINY3), "--agents", "optimal, disnet ,local,"])
+    assert args.agents == "optimal,disnet,local"
 
 
 def test_deploy_dilates_only_the_streams_it_serves(capsys):
@@ -210,7 +248,8 @@ def test_a_scenario_sets_any_option_a_flag_sets_and_flags_still_win(tmp_path, pa
         ),
         ([], "windoww: 2\n", "windoww: Extra inputs are not permitted"),
         (["compare"], "backend: gpu\n", "backend: Value error, invalid choice 'gpu' (choose from sim, live)"),
-        (["compare"], "gap_s: soon\n", "gap_s: Value error, invalid float value: 'soon'"),
+        (["compare"], "gap_s: soon\n", "gap_s: Value error, 'soon' is not a number"),
+        (["compare"], "gap_s: -3\n", "gap_s: Value error, must be a number >= 0, not -3"),
         (["calibrate"], "plans: 0\n", "plans: Value error, must be >= 1, not 0"),
         (["calibrate"], "agents: [local]\n", "agents: Extra inputs are not permitted"),  # compare's only
     ],
@@ -224,3 +263,38 @@ def test_a_bad_option_in_a_scenario_is_a_usage_error_naming_the_file_and_the_fie
     with pytest.raises(SystemExit):
         _evaluate_parse(argv) if command else deploy.parse(argv)
     assert f"{scenario}: {message}" in capsys.readouterr().err
+
+
+def test_the_generalization_bench_refuses_bad_options_and_never_claims_an_unchecked_target(tmp_path, capsys):
+    for argv, message in (
+        (["--requests", "0"], "--requests: must be >= 1, not 0"),
+        (["--traces-dir", str(tmp_path / "none")], "is not a folder"),
+        (["--agents", "optimal, nosuch"], None),  # parses; the name fails before the first case
+    ):
+        if message is None:
+            assert generalization.parse_args(argv).agents == ["optimal", "nosuch"]
+            continue
+        with pytest.raises(SystemExit):
+            generalization.parse_args(argv)
+        assert message in capsys.readouterr().err
+    miss = ["n10 mahimahi 15M: local (0.9x the optimiser)"]
+    assert generalization.verdict(["local", "disnet"], []) == "not checked (optimal was not run)"
+    assert generalization.verdict(["optimal", "ppo:x.zip"], []) == "not checked (no baseline was run)"
+    assert generalization.verdict(["optimal", "local"], []) == "met in every case"
+    assert generalization.verdict(["optimal", "local"], miss).startswith("missed in 1: n10 mahimahi")
+
+
+@pytest.mark.parametrize(
+    "agents", ["local,optimla", "local,clairvoyant", f"ppo:{ROOT / 'agents/pretrained/vgg16_any.zip'}"]
+)
+def test_deploy_checks_every_planner_before_a_worker_starts(monkeypatch, tmp_path, capsys, agents):
+    """A bad name, the evaluation-only clairvoyant, or a policy for another model: an error before the
+    cluster starts (not after serving the agents before it, nor a policy quietly served by the optimiser)."""
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("the cluster started")
+
+    monkeypatch.setattr(deploy, "LocalCluster", no_cluster)
+    argv = ["--cluster", str(TINY3), "--model", "tiny", "--cost", "flops", "--agents", agents]
+    assert deploy.main([*argv, "--out", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().out

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
-console = Console()
+from cli.output import script_console
+
+console = script_console()
 
 
 def plot_learning_curve(
