@@ -38,7 +38,6 @@ from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
-
 SEARCH_EVALUATIONS = 2000  # the snapshot optimiser's budget here (400 online): evaluation has no deadline
 
 

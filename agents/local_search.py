@@ -18,6 +18,7 @@ from collections.abc import Collection
 import numpy as np
 
 from agents.base import PlannerError, fits_memory, usable
+from agents.mesh_paths import path_layouts
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -25,6 +26,7 @@ from runtime.plan import Plan, PlanError
 
 BLOCKED = "every feasible plan relays through a device that is down (routes are fixed): the best of them"
 POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal plans
+POLISH_PATHS = 400  # mesh-path layouts a polish tries, as the optimiser's path seeds
 
 
 def polish(
@@ -35,13 +37,20 @@ def polish(
     plans: list[Plan],
     budget: int,
 ) -> Plan:
-    """The best plan a local search from the best of a policy's ``plans`` finds within ``budget`` scores,
-    confined to the devices those plans compute on or relay through (the policy's judgement of whom to
-    trust); the first of ``plans`` when none fits memory, as without a polish."""
+    """The best of a policy's ``plans``, laid along the mesh paths through the devices those plans compute
+    on or relay through (at most ``POLISH_PATHS``; agents/mesh_paths.py), then improved by a local search of
+    at most ``budget`` scores confined to the same devices (the policy's judgement of whom to trust); the
+    first of ``plans`` when none fits memory, as without a polish. The layouts keep neighbouring bands one
+    hop apart, which the completion's cheapest insertion does not always find (development split,
+    docs/benchmarks.md, twenty-fourth round)."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
     search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
     for plan in plans:
         search.consider(plan)
+    if search.best is not None:
+        devices = [d for d in usable(snapshot) if d in touched]
+        for plan in path_layouts(graph, snapshot, search.best, devices, POLISH_PATHS, POLISH_SEED):
+            search.consider(plan)
     search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1)
     return search.best or plans[0]
 

@@ -1,4 +1,4 @@
-"""Seed plans whose bands follow a path through the mesh, for the optimiser's search.
+"""Plans whose bands follow a path through the mesh: seeds of the optimiser's search, layouts of a policy's polish.
 
 Bands that are neighbours in row order exchange halo rows at every stage boundary, so a plan whose bands
 lie along mesh links keeps each exchange one hop, where relays would carry it (and the input and the other
@@ -20,6 +20,8 @@ import numpy as np
 from env.snapshot import Snapshot, link_key
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
+
+PATH_WIDTH = 2  # a layout's path has the plan's widest stage's devices, give or take this many
 
 
 def mesh_paths(
@@ -56,6 +58,16 @@ def path_plans(
             for st in plan.stages
         ]
         yield Plan.build(plan.source, plan.sink, stages)
+
+
+def path_layouts(
+    graph: LayerGraph, snapshot: Snapshot, plan: Plan, devices: list[str], limit: int, seed: int = 0
+) -> Iterator[Plan]:
+    """``plan`` laid along the simple paths of ``devices`` with about as many devices as its widest stage
+    (``PATH_WIDTH`` fewer to as many more; at most ``limit`` paths)."""
+    wide = max(len(st.assignments) for st in plan.stages)
+    lengths = range(max(2, wide - PATH_WIDTH), wide + PATH_WIDTH + 1)
+    return path_plans(graph, snapshot, plan, mesh_paths(snapshot, devices, lengths, limit, seed))
 
 
 def _canonical(path: tuple[str, ...]) -> tuple[str, ...]:

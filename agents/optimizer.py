@@ -20,7 +20,7 @@ could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups 
    resolution level, k ways) and the shapes of the seed plans.
 4. *Mesh-path seeds* (agents/mesh_paths.py): the best plan so far with its row-split stages on the
    devices of a simple mesh path, in path order, shares by speed, for every path of about as many
-   devices as its widest stage (``PATH_WIDTH`` fewer to as many more; at most ``path_seeds`` paths, 0
+   devices as its widest stage (``mesh_paths.PATH_WIDTH`` fewer to as many more; at most ``path_seeds`` paths, 0
    turns them off), so that neighbouring bands exchange their halos over one hop.
 5. *Local search beyond W* (``refine``, agents/local_search.py), on the cost model, first improvement, seeded order, at most
    ``max_evaluations`` new plans, from the best few plans so far: scale one device's share up or down,
@@ -53,7 +53,7 @@ from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosur
 from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
 from agents.local_search import BLOCKED, PlanSearch
-from agents.mesh_paths import mesh_paths, path_plans
+from agents.mesh_paths import path_layouts
 from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import complete
 from env.cost_model import CostModel, Objective
@@ -109,7 +109,6 @@ class OptimalPlanner(Planner):
 
     name = "optimal"
     SHAPE_SHARE = 0.6  # of max_evaluations that the shape descent may use
-    PATH_WIDTH = 2  # mesh-path seeds have the best plan's widest stage's devices, give or take this many
 
     def __init__(
         self,
@@ -178,10 +177,7 @@ class OptimalPlanner(Planner):
             search_shape(graph, score, starts, len(graph.groups), n)
             refine_budget -= search.evaluations - after_seeds
         if self.path_seeds and search.best is not None:
-            wide = max(len(st.assignments) for st in search.best.stages)
-            lengths = range(max(2, wide - self.PATH_WIDTH), wide + self.PATH_WIDTH + 1)
-            paths = mesh_paths(snapshot, devices, lengths, self.path_seeds, self.seed)
-            for plan in path_plans(graph, snapshot, search.best, paths):
+            for plan in path_layouts(graph, snapshot, search.best, devices, self.path_seeds, self.seed):
                 search.consider(plan)
         if self.refine:
             search.local_search(refine_budget, np.random.default_rng(self.seed))

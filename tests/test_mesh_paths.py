@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from agents import OptimalPlanner
-from agents.local_search import PlanSearch
+from agents.local_search import PlanSearch, polish
 from agents.mesh_paths import mesh_paths, path_plans
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
@@ -106,3 +106,20 @@ def test_a_plan_relaying_through_a_device_that_is_down_is_infeasible(tiny):
     on_s = Plan.build("s", "s", [(0, n, {"s": 1.0})])
     assert search.outcome()[0] == plan and math.isfinite(search.consider(on_s))
     assert search.outcome() == (on_s, search.best_score, False)
+
+
+def test_a_polish_lays_the_policys_plan_along_a_path_of_the_devices_it_chose(tiny):
+    """Bands in the order b, c, s on the line a-b-s-c-d exchange halos over relays; before its local
+    search (budget 0 here) the polish tries the plan along the paths of those devices, one of which wins."""
+    spec = line_spec(0.002, 1.0)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    model = CostModel(tiny, spec)
+    n = len(tiny.units)
+    rows_end = max(p for p in tiny.cut_points if 0 < p < n and tiny.stage_kind(p) != "flat")
+    scrambled = Plan.build(
+        "s", "s", [(0, rows_end, {"b": 1.0, "c": 1.0, "s": 1.0}), (rows_end, n, {"s": 1.0})]
+    )
+    polished = polish(model, snap, tiny, Objective(), [scrambled], budget=0)
+    assert adjacent(spec, polished.stages[0].devices)  # one hop between neighbouring bands
+    assert set(polished.stages[0].devices) <= {"b", "c", "s"}  # only the devices the policy chose
+    assert model.latency(polished, snap) < model.latency(scrambled, snap)
