@@ -173,6 +173,8 @@ def memory_left(spec: ClusterSpec, device: str, used: Mapping[str, int]) -> floa
 
 def fits_memory(plan: Plan | Sequence[StageDraft], graph: LayerGraph, spec: ClusterSpec) -> bool:
     """Whether every device can hold the weights of all the stages it computes in."""
+    if not spec.memory_limited:
+        return True
     stages = drafts(plan) if isinstance(plan, Plan) else plan
     return all(memory_left(spec, d, {}) >= b for d, b in memory_use(stages, graph).items())
 

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from runtime.halo import Rows, contiguous_ranges, split_by_shares
 
@@ -35,8 +36,9 @@ class Stage:
     end: int
     assignments: tuple[Assignment, ...]
 
-    @property
+    @cached_property
     def devices(self) -> tuple[str, ...]:
+        """The assigned devices in listed order (computed once: searches ask for them many times)."""
         return tuple(a.device for a in self.assignments)
 
 

@@ -209,6 +209,11 @@ class ClusterSpec:
             raise SpecError(f"cluster {self.name!r}: unknown device {dev!r}")
 
     @cached_property
+    def memory_limited(self) -> bool:
+        """Whether some device's memory is limited (planners check weights against it only then)."""
+        return any(d.memory_mb is not None for d in self.devices.values())
+
+    @cached_property
     def _link_index(self) -> dict[frozenset[str], Link]:
         return {frozenset((ln.a, ln.b)): ln for ln in self.links}
 
