@@ -39,23 +39,24 @@ def non_negative(text: str) -> float:
 
 
 def output_file(text: str) -> Path:
-    """An argparse type: a file to write, checked before any work (not a folder; its folder, if it
-    exists, is a folder)."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file to write")
-    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
-        raise argparse.ArgumentTypeError(f"cannot write {text}: a parent of it is a file")
-    return path
+    """An argparse type: a file to write, checked before any work (not a folder, under folders)."""
+    return _writable(text, folder=False)
 
 
 def output_folder(text: str) -> Path:
     """An argparse type: a folder to write into, checked before any work (made if missing)."""
+    return _writable(text, folder=True)
+
+
+def _writable(text: str, folder: bool) -> Path:
+    """``text`` as a path to write a file (or into a folder) at: the wrong kind of thing there, or a
+    file where a parent folder must be, is a usage error now rather than a traceback after the run."""
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder to write into")
+    if path.exists() and path.is_dir() != folder:
+        wanted = "a folder to write into" if folder else "a file to write"
+        raise argparse.ArgumentTypeError(f"{text} is a {'file' if folder else 'folder'}, not {wanted}")
     if any(parent.exists() and not parent.is_dir() for parent in path.parents):
-        raise argparse.ArgumentTypeError(f"cannot write into {text}: a parent of it is a file")
+        raise argparse.ArgumentTypeError(f"cannot write {text}: a parent of it is a file")
     return path
 
 
