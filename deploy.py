@@ -45,7 +45,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from agents import Planner, make_planner, planner_label
+from agents import Planner, make_planner, planner_labels
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import script_console, write_json
@@ -55,7 +55,7 @@ from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.profiles import host_profile, pacing, resolve_profile
 from runtime import models
-from runtime.cluster import LocalCluster
+from runtime.cluster import ClusterError, LocalCluster
 from runtime.fidelity import print_fidelity
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec, load_cluster
@@ -82,6 +82,8 @@ def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
 def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:
     """Kill ``kills`` workers (never source or sink) spread over the run, each restarted a little later."""
     victims = [d for d in spec.device_ids if d not in (spec.source, spec.sink)]
+    if not victims:
+        raise ClusterError(f"--chaos: cluster {spec.name!r} has no device but its source and sink to kill")
     events = []
     for k in range(kills):
         at = (k + 1) * requests // (kills + 1)
@@ -91,11 +93,18 @@ def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, 
 
 
 def run_agent(
-    agent: str, planner: Planner, cluster: LocalCluster, model, cost: CostModel, args, out_dir: Path | None
+    label: str,
+    planner: Planner,
+    cluster: LocalCluster,
+    model,
+    cost: CostModel,
+    args,
+    out_dir: Path | None,
+    chaos: list[tuple[int, str, str]],
 ) -> dict:
-    """One serving run of ``planner`` (named ``agent``) planning on ``cost``, with the emulation clock (and
-    so the traces) from t=0."""
-    spec, graph = cluster.spec, cost.graph
+    """One serving run of ``planner`` (labelled ``label``) planning on ``cost`` with the ``chaos`` kills, the
+    emulation clock (and so the traces) from t=0."""
+    graph = cost.graph
     fallback = make_planner("optimal", cost_model=cost)
     decide = Decider(planner, graph, Objective(args.objective, args.energy_weight), fallback)
     options = ServeOptions(
@@ -105,12 +114,11 @@ def run_agent(
         static=args.static,
         window=args.window,
         arrival_every_s=args.arrival_every,
-        chaos=chaos_schedule(spec, args.requests) if args.chaos else [],
+        chaos=chaos,
         seed=args.seed,
         replan_margin=args.replan_margin,
         restart_clock=True,  # every planner meets the same traces from its first request
     )
-    label = planner_label(agent)
     writer = MetricsWriter(out_dir, label) if out_dir else None
     try:
         report = serve(cluster, model, decide, options, agent=label, console=console, on_result=writer)
@@ -120,7 +128,15 @@ def run_agent(
     summary = report.summary()
     summary["rss_mb"] = report.rss_mb
     fidelity = cluster.controller.fidelity.per_device()
-    print_fidelity(fidelity, cluster.dilation, cluster.pacing, console, f" of {label}")
+    print_fidelity(
+        fidelity,
+        cluster.dilation,
+        cluster.pacing,
+        console,
+        f" of {label}",
+        remedy="serving with a planner runs undilated, so its latencies include the host's contention; "
+        "rerun on a quieter host",
+    )
     summary["fidelity"] = fidelity
     summary["fidelity_min"] = min(fidelity.values(), default=None)
     return summary
@@ -239,6 +255,29 @@ def add_serving(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# options of serving with planners that --streams does not take (its own: the cluster, seed, chaos,
+# dilation, cost model, profile, pacing and outputs)
+NOT_FOR_STREAMS = (
+    "model",
+    "agents",
+    "requests",
+    "duration",
+    "arrival_every",
+    "fps",
+    "traces",
+    "trace_mode",
+    "trace_cap_mbps",
+    "collapse_at",
+    "static",
+    "replan_every",
+    "replan_margin",
+    "window",
+    "objective",
+    "energy_weight",
+    "network",
+)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The options, a scenario's taken as defaults; inconsistent ones are a usage error."""
     parser = build_parser()
@@ -254,6 +293,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
     if args.dilation is not None and not args.streams:
         parser.error("--dilation applies to --streams only: serving with a planner runs undilated (D = 1)")
+    if args.streams:
+        ignored = [
+            f"--{d.replace('_', '-')}" for d in NOT_FOR_STREAMS if getattr(args, d) != parser.get_default(d)
+        ]
+        if ignored:
+            parser.error(
+                f"{', '.join(ignored)}: not for --streams (the streams file names the model and each stream's "
+                "rate; its cluster runs emulated links at their spec rates, planned by the robust optimiser)"
+            )
     if args.trace_mode == "replay" and not (args.traces and Path(args.traces).is_file()):
         parser.error("--trace-mode replay needs --traces FILE: one recorded trace file (not a folder)")
     return args
@@ -266,11 +314,18 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
     world = world_for(spec, args)
     profile = resolve_profile(graph, args.cost, args.profile, same_host=True, say=console.print)
     cost = CostModel(graph, spec, profile)
+    hosts = [d.id for d in spec.devices.values() if d.address is not None]
+    if hosts:
+        console.print(
+            f"[yellow]note:[/] deploy.py serves on a local emulated cluster; the addresses of "
+            f"{', '.join(hosts)} in the cluster file are not used (real hosts: README, 'Real hosts')"
+        )
     # every name checked (and every policy fitted to the model and cluster) before a worker starts
     planners = {
-        agent: make_planner(agent, graph=graph, spec=spec, cost_model=cost)
-        for agent in args.agents.split(",")
+        label: make_planner(agent, graph=graph, spec=spec, cost_model=cost)
+        for agent, label in planner_labels(args.agents.split(",")).items()
     }
+    chaos = chaos_schedule(spec, args.requests) if args.chaos else []
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     with LocalCluster(
         spec,
@@ -281,8 +336,8 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
         **pacing(profile or host_profile(graph, same_host=True, say=console.print), args.pacing),
     ) as cluster:
         return [
-            run_agent(agent, planner, cluster, model, cost, args, Path(args.out))
-            for agent, planner in planners.items()
+            run_agent(label, planner, cluster, model, cost, args, Path(args.out), chaos)
+            for label, planner in planners.items()
         ]
 
 

@@ -48,6 +48,15 @@ def planner_label(name: str) -> str:
     return name if policy is None else f"{name.split(':', 1)[0]}:{Path(policy['path']).name}"
 
 
+def planner_labels(names: list[str]) -> dict[str, str]:
+    """Each name's ``planner_label``, or the name itself where two of ``names`` would share a label (two
+    runs' ``policy.zip`` must not look alike, nor overwrite each other's files)."""
+    labels = [planner_label(name) for name in names]
+    return {
+        name: label if labels.count(label) == 1 else name for name, label in zip(names, labels, strict=True)
+    }
+
+
 def make_planner(
     name: str,
     *,
@@ -110,4 +119,5 @@ __all__ = [
     "RobustPlanner",
     "make_planner",
     "planner_label",
+    "planner_labels",
 ]

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from cli.output import script_console
 from env.cost_model import CostModel
 from env.dynamics import DynamicsConfig
 from env.network import NetworkState
@@ -82,7 +82,7 @@ def main() -> None:
     for i, (conditions, which) in enumerate(rows):
         flops, profiled = medians["flops"][i], medians["profile"][i]
         table.add_row(conditions, which, f"{flops:,.0f}", f"{profiled:,.0f}", f"{profiled / flops:.2f}")
-    Console().print(table)
+    script_console().print(table)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from agents import make_planner, planner_label
+from agents import make_planner, planner_labels
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import script_console, write_json
@@ -123,7 +123,7 @@ def run_case(
     world = world_for(spec, links, case["failures"], case["mesh_seed"] + 7)
     cost = CostModel(graph, spec, profile)
     planners = {CLAIRVOYANT: make_planner(CLAIRVOYANT, cost_model=cost, world=world)}
-    planners |= {planner_label(name): make_planner(name, cost_model=cost) for name in agents}
+    planners |= {label: make_planner(name, cost_model=cost) for name, label in planner_labels(agents).items()}
     records = run_comparison(
         planners,
         lambda i: world.snapshot(START_S + i * GAP_S),

@@ -17,9 +17,9 @@ import statistics
 import time
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from cli.output import script_console
 from runtime import models
 from runtime.executor import run_plan
 from runtime.graph import LayerGraph
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    console = Console()
+    console = script_console()
     model = models.build("vgg16_bn")
     graph = LayerGraph.from_model(model, models.input_shape("vgg16_bn"), "vgg16_bn")
     conv_groups = [i + 1 for i, (s, _) in enumerate(graph.groups) if graph.units[s].kind == "spatial"]

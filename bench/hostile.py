@@ -23,11 +23,10 @@ import msgpack
 import psutil
 import torch
 import zmq
-from rich.console import Console
 from rich.table import Table
 
 from cli import flags
-from cli.output import write_json
+from cli.output import script_console, write_json
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.exactness import matches
@@ -238,7 +237,7 @@ def main(argv=None) -> None:
     )
     flags.add_json(parser)
     args = parser.parse_args(argv)
-    console = Console()
+    console = script_console()
     reference = models.build(MODEL, seed=SEED)
     rows = []
     ctx = zmq.Context()

@@ -61,7 +61,7 @@ def random_mesh(n: int, seed: int, cap: float = 15.0) -> ClusterSpec:
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     links = {tuple(sorted((int(order[i]), int(order[rng.integers(i)])))) for i in range(1, n)}
-    while len(links) < int(1.5 * n):
+    while len(links) < min(int(1.5 * n), n * (n - 1) // 2):  # a small mesh holds fewer links
         a, b = (int(x) for x in rng.choice(n, size=2, replace=False))
         links.add((min(a, b), max(a, b)))
     devices = {
@@ -286,14 +286,20 @@ def zoo_and_deep50(vgg: LayerGraph) -> dict[str, Callable[[], LayerGraph]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,10,15,20,25,30", help="device counts of the random meshes")
-    parser.add_argument("--meshes", type=int, default=3, help="random meshes per device count")
+    parser.add_argument("--meshes", type=flags.at_least_one, default=3, help="random meshes per device count")
     flags.add_json(parser, help="also write the figures as JSON here")
     args = parser.parse_args()
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes takes a comma list of whole numbers, not {args.sizes!r}")
+    if min(args.sizes) < 2:
+        parser.error("--sizes: a mesh has at least 2 devices")
     torch.set_num_threads(1)
     console = Console(width=150)
     vgg = zoo_graph("vgg16_bn")
     report: dict = {}
-    report["devices"] = devices_sweep(vgg, [int(s) for s in args.sizes.split(",")], args.meshes)
+    report["devices"] = devices_sweep(vgg, args.sizes, args.meshes)
     console.print(devices_table(report["devices"], args.meshes))
     mesh0 = load_scenario("mesh0-15").cluster_spec()
     report["models"] = model_sweep(mesh0, zoo_and_deep50(vgg))

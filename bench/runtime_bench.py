@@ -26,12 +26,11 @@ import time
 
 import torch
 import zmq
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from cli import flags
-from cli.output import write_json
+from cli.output import script_console, write_json
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.emulation import measure_host_gflops
@@ -254,7 +253,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     flags.add_json(parser, help="also write the figures as JSON here")
     args = parser.parse_args()
-    console = Console()
+    console = script_console()
     figures = {}
     with console.status("transport ..."):
         figures["transport"] = bench_transport(args.quick)

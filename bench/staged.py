@@ -20,11 +20,11 @@ import argparse
 import time
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.staged_policy import StagedPlanner
+from cli.output import script_console
 from env.config import model_graph
 from env.cost_model import Objective
 from env.meshes import EVAL_SEED_BASE, generate_mesh
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=15)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args(argv)
-    console = Console()
+    console = script_console()
     graph = model_graph(MODEL)
     policy = StagedPlanner(args.policy)
     table = Table(title=f"{MODEL}, unseen meshes, cap {CAP_MBPS:g} Mbit/s (a shared, loaded host)")

@@ -30,12 +30,18 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ScenarioError,
 )
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130  # what a shell reports for a process ended by Ctrl-C
 
 
 def reporting_user_errors(work: Callable[[], int], console: Console) -> int:
-    """``work()``'s exit code, or a one-line ``error: ...`` and exit code 2 if the user's input was bad."""
+    """``work()``'s exit code, or a one-line ``error: ...`` and exit code 2 if the user's input was bad,
+    or a line saying so and 130 on Ctrl-C (workers and namespaces are released as the stack unwinds;
+    the results of the interrupted run are not written)."""
     try:
         return work()
     except USER_ERRORS as exc:
         console.print(f"[red]error:[/] {exc}")
         return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: stopped and cleaned up; this run's results were not written")
+        return INTERRUPTED_EXIT

@@ -18,12 +18,21 @@ positive = positive_number(float)  # an argparse type: a number > 0
 
 def at_least_one(text: str) -> int:
     """An argparse type: a whole number >= 1."""
+    return _whole(text, least=1)
+
+
+def whole_number(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    return _whole(text, least=0)
+
+
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {text}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, not {text}")
     return value
 
 

@@ -61,9 +61,15 @@ def fidelity_fields(fidelity: Mapping[str, float], dilation: float, pacing: str)
 
 
 def print_fidelity(
-    fidelity: Mapping[str, float], dilation: float, pacing: str, console: Console, title: str = ""
+    fidelity: Mapping[str, float],
+    dilation: float,
+    pacing: str,
+    console: Console,
+    title: str = "",
+    remedy: str | None = None,
 ) -> None:
-    """Per-device fidelity as a table, and a warning naming the devices below ``FIDELITY_WARN``."""
+    """Per-device fidelity as a table, and a warning naming the devices below ``FIDELITY_WARN`` with
+    ``remedy`` (default: a larger ``--dilation``, where the script has one)."""
     table = Table(
         title=f"emulation fidelity{title} (achieved / nominal compute speed, dilation {dilation:g}, "
         f"paced by {pacing})"
@@ -76,6 +82,6 @@ def print_fidelity(
     if slow:
         console.print(
             f"[yellow]warning:[/] device(s) {', '.join(slow)} computed below {FIDELITY_WARN:.0%} of their "
-            f"nominal speed (min {min(fidelity.values()):.3f}): the host is oversubscribed; rerun with a "
-            f"larger --dilation than {dilation:g}"
+            f"nominal speed (min {min(fidelity.values()):.3f}): the host is oversubscribed; "
+            + (remedy or f"rerun with a larger --dilation than {dilation:g}")
         )

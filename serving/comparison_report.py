@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agents import planner_label
+from agents import planner_labels
 from serving.evaluation import CLAIRVOYANT, RequestRecord
 
 
@@ -88,11 +88,12 @@ def print_summary(summary: dict[str, dict], console: Console, title: str) -> Non
         else:
             table.add_column(col, justify="right")
     best = min(summary, key=lambda a: summary[a]["latency_mean_s"])
+    label = planner_labels(list(summary))
     for agent, s in sorted(summary.items(), key=lambda kv: kv[1]["latency_mean_s"]):
         match = {True: "exact", False: "MISMATCH", None: "-"}[s["outputs_match"]]
         regret, gap = s["regret_mean"], s["bound_gap_median"]
         table.add_row(
-            f"[bold]{planner_label(agent)}[/]" if agent == best else planner_label(agent),
+            f"[bold]{label[agent]}[/]" if agent == best else label[agent],
             f"{s['latency_mean_s']:.3f}",
             f"{s['latency_p50_s']:.3f}",
             f"{s['latency_p95_s']:.3f}",
@@ -110,8 +111,8 @@ def print_summary(summary: dict[str, dict], console: Console, title: str) -> Non
         lat = ratios(summary, "latency_mean_s")[best]
         energy = ratios(summary, "energy_mean_j")[best]
         console.print(
-            f"fastest: {planner_label(best)}; the others' mean latency and energy over its: "
-            + ", ".join(f"{planner_label(o)} {lat[o]:.2f}x / {energy[o]:.2f}x" for o in others)
+            f"fastest: {label[best]}; the others' mean latency and energy over its: "
+            + ", ".join(f"{label[o]} {lat[o]:.2f}x / {energy[o]:.2f}x" for o in others)
         )
 
 

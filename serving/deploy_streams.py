@@ -32,7 +32,15 @@ from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
 from serving.stream_output import plot, print_table, write_tensorboard
-from serving.streams import Chaos, StreamsFile, StreamsRun, plan_streams, replanner, serve_streams
+from serving.streams import (
+    Chaos,
+    StreamsFile,
+    StreamsFileError,
+    StreamsRun,
+    plan_streams,
+    replanner,
+    serve_streams,
+)
 
 
 def chaos_victim(spec: ClusterSpec, streams: StreamsFile, plans) -> str | None:
@@ -69,7 +77,10 @@ def deploy_streams(
     planned = _plan(streams, planner, cost, snapshot, graph, console)
     fps = [s.fps or planned.fps for s in streams.streams]
     if min(fps) <= 0:
-        raise ValueError("a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight)")
+        raise StreamsFileError(
+            "a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight); "
+            "give it an fps or a looser slo_s"
+        )
     replanners = {
         s.name: replanner(s, planner, snapshot, graph, p.devices)
         for s, p in zip(streams.streams, planned.plans, strict=True)

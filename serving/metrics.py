@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from serving.records import RequestLog
@@ -14,7 +15,9 @@ class MetricsWriter:
     def __init__(self, out_dir: Path, agent: str):
         from torch.utils.tensorboard import SummaryWriter
 
-        agent = agent.replace(":", "_")  # a planner label such as ppo:FILE, as a file name
+        agent = re.sub(
+            r"[:/\\]", "_", agent
+        )  # a planner label such as ppo:FILE or ppo:DIR/FILE, as a file name
         out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = out_dir / f"{agent}.csv"
         self._file = self.csv_path.open("w", newline="")

@@ -298,3 +298,44 @@ def test_deploy_checks_every_planner_before_a_worker_starts(monkeypatch, tmp_pat
     argv = ["--cluster", str(TINY3), "--model", "tiny", "--cost", "flops", "--agents", agents]
     assert deploy.main([*argv, "--out", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().out
+
+
+def test_deploy_refuses_what_it_cannot_do_before_a_worker_starts(monkeypatch, tmp_path, capsys):
+    """--chaos with nothing but a source and a sink to kill, and serving flags --streams does not take."""
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("the cluster started")
+
+    monkeypatch.setattr(deploy, "LocalCluster", no_cluster)
+    two = tmp_path / "two.yaml"
+    two.write_text(TWO_DEVICES)
+    argv = ["--cluster", str(two), "--model", "tiny", "--cost", "flops", "--chaos", "--out", str(tmp_path)]
+    assert deploy.main(argv) == 2
+    assert "--chaos: cluster 'two' has no device but its source and sink to kill" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--network", "kernel", "--static"])
+    assert "--static, --network: not for --streams" in capsys.readouterr().err
+
+
+def test_an_interrupted_script_says_so_and_exits_130(capsys):
+    from cli.errors import INTERRUPTED_EXIT, reporting_user_errors
+    from cli.output import script_console
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert reporting_user_errors(interrupted, script_console()) == INTERRUPTED_EXIT == 130
+    assert "interrupted" in capsys.readouterr().out
+
+
+TWO_DEVICES = """\
+format: disnet-cluster/1
+name: two
+source: a
+sink: b
+devices:
+  - {id: a, gflops: 1, power: {compute: 1, transmit: 1, receive: 1, idle: 0.1}}
+  - {id: b, gflops: 1, power: {compute: 1, transmit: 1, receive: 1, idle: 0.1}}
+links:
+  - {a: a, b: b, mbps: 10}
+"""

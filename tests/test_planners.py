@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import PLANNERS, DisnetPlanner, MoDNN, OptimalPlanner, PlannerError, make_planner
+from agents import PLANNERS, DisnetPlanner, MoDNN, OptimalPlanner, PlannerError, make_planner, planner_labels
 from agents.base import drafts, fits_memory, memory_use
 from env.completion import complete
 from env.cost_model import CostModel, Objective
@@ -276,3 +276,13 @@ def test_deepthings_shares_tiles_by_speed_and_its_equal_reading_is_bound_by_the_
     assert len({a.share for a in fused_equal.assignments}) == 1
     faster = score(graph, snap, stealing.plan(snap, graph, LATENCY), LATENCY)
     assert faster < score(graph, snap, equal.plan(snap, graph, LATENCY), LATENCY)
+
+
+def test_planner_labels_are_short_unless_two_would_look_alike():
+    names = ["optimal", "ppo:runs/a/policy.zip", "ppo:runs/b/policy.zip", "ppo-top3:runs/a/policy.zip"]
+    assert planner_labels(names) == {
+        "optimal": "optimal",
+        "ppo:runs/a/policy.zip": "ppo:runs/a/policy.zip",  # two runs' policy.zip: the whole names
+        "ppo:runs/b/policy.zip": "ppo:runs/b/policy.zip",
+        "ppo-top3:runs/a/policy.zip": "ppo-top3:policy.zip",
+    }

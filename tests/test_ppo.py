@@ -178,6 +178,19 @@ def test_bad_training_config_names_field_and_file(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "x", "env": {"model": "vgg17"}}))
     assert train.main(["--config", str(path)]) == 2
     assert "broken.yaml: env.model: Value error, unknown model 'vgg17'" in capsys.readouterr().err
+    tiny = str(TINY)
+    out = tmp_path / "run"
+    assert (
+        train.main(
+            ["--config", tiny, "--init", str(REPO / "agents/pretrained/vgg16_mesh.zip"), "--out", str(out)]
+        )
+        == 2
+    )
+    assert "--init: policy vgg16_mesh.zip was trained for vgg16_bn, not tiny" in capsys.readouterr().err
+    assert not out.exists()  # refused before the run folder is made
+    with pytest.raises(SystemExit):
+        train.main(["--config", tiny, "--timesteps", "-5"])
+    assert "--timesteps: must be >= 0, not -5" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_a_policy_and_keeps_its_actions(run, tmp_path):
