@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from cli import flags
 from cli.output import script_console
 from env.cost_model import CostModel
 from env.dynamics import DynamicsConfig
@@ -44,8 +45,8 @@ def rate(fn, items) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--plans", type=flags.at_least_one, default=2000)
+    parser.add_argument("--rounds", type=flags.at_least_one, default=4)
     args = parser.parse_args()
     spec = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml")
     graph = LayerGraph.from_model(models.build("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")

@@ -19,6 +19,7 @@ import time
 import torch
 from rich.table import Table
 
+from cli import flags
 from cli.output import script_console
 from runtime import models
 from runtime.executor import run_plan
@@ -53,7 +54,7 @@ def resplit_exchange_mb(graph: LayerGraph, groups: int, k: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=flags.at_least_one, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     console = script_console()

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from rich.table import Table
 
+from cli import flags
 from cli.output import script_console
 from runtime.cluster import NETWORKS, LocalCluster
 from runtime.plan import Plan
@@ -69,9 +70,12 @@ def measure(network: str, rates: list[float], requests: int) -> dict[float, tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="5,20,50", help="link rates to try, Mbit/s (comma-separated)")
-    parser.add_argument("--requests", type=int, default=4, help="requests per rate and mode")
+    parser.add_argument("--requests", type=flags.at_least_one, default=4, help="requests per rate and mode")
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    try:
+        rates = [flags.positive(r) for r in args.rates.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--rates: {exc}")
     results = {network: measure(network, rates, args.requests) for network in NETWORKS}
     table = Table(title="one 1 MiB band relayed a -> b -> c: hop radio time / (bytes x 8 / rate), medians")
     for column in ("Mbit/s", "emulated hop/model", "kernel hop/model", "latency kernel / emulated"):

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.ppo import PPOPlanner
+from cli import flags
 from cli.output import script_console
 from env.config import EnvConfig
 from env.cost_model import Objective
@@ -196,7 +197,7 @@ def decision_times(env: MicroSplitEnv, policy: PPOPlanner, policy_path: Path, de
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=flags.at_least_one, default=600)
     parser.add_argument("--decisions", type=int, default=5)
     args = parser.parse_args()
     policy = PPOPlanner(args.policy) if args.policy.is_file() else None

@@ -331,9 +331,9 @@ def main() -> None:
     flags.add_agents(p, f"optimal,ppo:{policy},ppo-top40:{policy}", help="comma-separated planners")
     p.add_argument("--drop-at", type=float, default=40.0)
     k = sub.add_parser("chaos")
-    k.add_argument("--requests", type=int, default=1000)
+    k.add_argument("--requests", type=flags.at_least_one, default=1000)
     s = sub.add_parser("soak")
-    s.add_argument("--minutes", type=float, default=5.0)
+    s.add_argument("--minutes", type=flags.positive, default=5.0)
     args = parser.parse_args()
     try:
         {"collapse": collapse, "plans": plans, "chaos": chaos, "soak": soak}[args.command](args)
