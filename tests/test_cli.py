@@ -307,9 +307,17 @@ def test_deploy_refuses_what_it_cannot_do_before_a_worker_starts(monkeypatch, tm
         raise AssertionError("the cluster started")
 
     monkeypatch.setattr(deploy, "LocalCluster", no_cluster)
-    two = tmp_path / "two.yaml"
-    two.write_text(TWO_DEVICES)
-    argv = ["--cluster", str(two), "--model", "tiny", "--cost", "flops", "--chaos", "--out", str(tmp_path)]
+    argv = [
+        "--cluster",
+        str(ROOT / "tests" / "data" / "two.yaml"),
+        "--model",
+        "tiny",
+        "--cost",
+        "flops",
+        "--chaos",
+        "--out",
+        str(tmp_path),
+    ]
     assert deploy.main(argv) == 2
     assert "--chaos: cluster 'two' has no device but its source and sink to kill" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -326,16 +334,3 @@ def test_an_interrupted_script_says_so_and_exits_130(capsys):
 
     assert reporting_user_errors(interrupted, script_console()) == INTERRUPTED_EXIT == 130
     assert "interrupted" in capsys.readouterr().out
-
-
-TWO_DEVICES = """\
-format: disnet-cluster/1
-name: two
-source: a
-sink: b
-devices:
-  - {id: a, gflops: 1, power: {compute: 1, transmit: 1, receive: 1, idle: 0.1}}
-  - {id: b, gflops: 1, power: {compute: 1, transmit: 1, receive: 1, idle: 0.1}}
-links:
-  - {a: a, b: b, mbps: 10}
-"""

@@ -14,24 +14,7 @@ from serving.evaluation import RequestRecord
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = str(ROOT / "configs" / "clusters" / "tiny3.yaml")
 POLICIES = ROOT / "agents" / "pretrained"
-FIVE_DEVICES = """\
-format: disnet-cluster/1
-name: five
-source: cam
-sink: hub
-devices:
-  - {id: cam, gflops: 3, power: {compute: 3.8, transmit: 1.0, receive: 1.0, idle: 0.5}}
-  - {id: pi1, gflops: 6, power: {compute: 2.2, transmit: 0.8, receive: 0.8, idle: 0.4}}
-  - {id: pi2, gflops: 6, power: {compute: 2.2, transmit: 0.8, receive: 0.8, idle: 0.4}}
-  - {id: nano, gflops: 20, power: {compute: 5, transmit: 1.1, receive: 1.1, idle: 1}}
-  - {id: hub, gflops: 1, power: {compute: 1.2, transmit: 1.1, receive: 1.1, idle: 0.3}}
-links:
-  - {a: cam, b: pi1, mbps: 20, latency_ms: 2}
-  - {a: pi1, b: pi2, mbps: 30, latency_ms: 2}
-  - {a: pi2, b: nano, mbps: 40, latency_ms: 1}
-  - {a: nano, b: hub, mbps: 10, latency_ms: 5}
-  - {a: cam, b: pi2, mbps: 5, latency_ms: 10}
-"""
+FIVE_DEVICES = ROOT / "tests" / "data" / "five.yaml"  # a small static cluster
 KEYS = {
     "latency_mean_s",
     "latency_p50_s",
@@ -136,15 +119,13 @@ def test_a_policy_for_another_model_or_a_larger_cluster_is_an_error_not_a_fallba
 def test_the_clairvoyant_is_the_ceiling_on_a_small_static_cluster(tmp_path):
     """Without traces the future is the snapshot: no online planner may beat the clairvoyant (its search
     once left a polished policy 10.8% and the robust optimiser 1.6% below it here)."""
-    cluster = tmp_path / "five.yaml"
-    cluster.write_text(FIVE_DEVICES)
     polished = f"ppo-top3-polish:{POLICIES / 'vgg16_any.zip'}"
     out = tmp_path / "five.json"
     code = evaluate.main(
         [
             "compare",
             "--cluster",
-            str(cluster),
+            str(FIVE_DEVICES),
             "--model",
             "vgg16_bn",
             "--cost",
