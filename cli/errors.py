@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 
 from rich.console import Console
@@ -35,8 +37,10 @@ INTERRUPTED_EXIT = 130  # what a shell reports for a process ended by Ctrl-C
 
 def reporting_user_errors(work: Callable[[], int], console: Console) -> int:
     """``work()``'s exit code, or a one-line ``error: ...`` and exit code 2 if the user's input was bad,
-    or a line saying so and 130 on Ctrl-C (workers and namespaces are released as the stack unwinds;
-    the results of the interrupted run are not written)."""
+    or a line saying so and 130 on Ctrl-C or SIGTERM (what ``timeout`` sends): workers, namespaces and
+    temporary folders are released as the stack unwinds; the interrupted run's results are not written."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return work()
     except USER_ERRORS as exc:
@@ -45,3 +49,11 @@ def reporting_user_errors(work: Callable[[], int], console: Console) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: stopped and cleaned up; this run's results were not written")
         return INTERRUPTED_EXIT
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C, so that it unwinds the stack (and every ``with``) instead of killing outright."""
+    raise KeyboardInterrupt

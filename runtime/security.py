@@ -11,8 +11,9 @@ worker it connects to. One key directory describes a whole cluster::
                                revoke it (workers read DIR/authorized when they start)
 
 Create it for a cluster file with ``python -m runtime.security keygen DIR --cluster CLUSTER.yaml``
-(keys for every device and for the controller), or for names of your choice with ``--clients NAME...``;
-running it again adds keys and never overwrites one. Secret files are created 0600 and DIR 0700, so
+(keys for every device and for the controller; run again after adding devices, it adds theirs and keeps
+the others), or for names of your choice with ``--clients NAME...`` (a name that has keys is an error).
+No key is ever overwritten. Secret files are created 0600 and DIR 0700, so
 no key is ever readable by others, not even for a moment. A client with an unknown key, or a plain
 (non-CURVE) peer, never completes the handshake: its messages are never delivered and it gets nothing
 back. What an authorised key may do is decided by `runtime.auth`.
@@ -178,17 +179,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     who.add_argument("--clients", nargs="+", metavar="NAME", help="key names, e.g. device ids")
     who.add_argument("--count", type=int, metavar="N", help="N keys named client0..clientN-1")
     args = parser.parse_args(argv)
+    kept: list[str] = []
     try:
-        if args.cluster is not None:
-            names = [CONTROLLER, *_cluster_names(args.cluster)]
+        if args.cluster is not None:  # extends a directory: a device added to the cluster gets its key
+            wanted = [CONTROLLER, *_cluster_names(args.cluster)]
+            kept = [n for n in wanted if (args.directory / f"{n}.key_secret").exists()]
+            names = [n for n in wanted if n not in kept]
         else:
             names = args.clients or [f"client{i}" for i in range(args.count)]
-        generate_keypairs(args.directory, names)
+        if names:
+            generate_keypairs(args.directory, names)
     except (ValueError, OSError) as e:
         parser.exit(2, f"keygen: error: {e}\n")
-    print(
-        f"keys for {', '.join(names)} in {args.directory}: copy <name>.key_secret and authorized/ to each host"
-    )
+    if kept:
+        print(f"kept the existing keys of {', '.join(kept)}")
+    if names:
+        print(
+            f"keys for {', '.join(names)} in {args.directory}: copy <name>.key_secret and authorized/ to "
+            "each host"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -334,3 +337,12 @@ def test_an_interrupted_script_says_so_and_exits_130(capsys):
 
     assert reporting_user_errors(interrupted, script_console()) == INTERRUPTED_EXIT == 130
     assert "interrupted" in capsys.readouterr().out
+
+    def terminated() -> int:  # what `timeout` sends: the same unwinding, so every `with` cleans up
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert reporting_user_errors(terminated, script_console()) == INTERRUPTED_EXIT
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for whoever called the script

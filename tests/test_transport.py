@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import stat
 import warnings
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -387,6 +388,22 @@ def test_keygen_makes_a_key_per_device_of_a_cluster_file_and_the_controller(tmp_
     with pytest.raises(SystemExit):
         main(["keygen", str(tmp_path / "other"), "--cluster", str(tmp_path / "missing.yaml")])
     assert "cluster file" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in keys.glob("*.key_secret")}
+    grown = tmp_path / "grown.yaml"  # the cluster with one more device: run again, it gets its key
+    grown.write_text(
+        Path("configs/clusters/tiny3.yaml")
+        .read_text()
+        .replace(
+            "links:",
+            "  - {id: d9, gflops: 1, power: {compute: 1, transmit: 1, receive: 1, idle: 0.1}}\nlinks:",
+        )
+        + "  - {a: d2, b: d9, mbps: 50}\n"
+    )
+    main(["keygen", str(keys), "--cluster", str(grown)])
+    assert "kept the existing keys of controller" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in keys.glob("*.key_secret")}
+    assert set(after) - set(before) == {"d9.key_secret"}
+    assert all(after[name] == key for name, key in before.items())  # never overwritten
 
 
 def test_a_missing_or_exposed_own_key_is_a_clear_error(tmp_path, ctx):
