@@ -360,11 +360,12 @@ def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
     return 0 if all(r.lost == 0 and r.wrong == 0 for r in run.reports) else 1
 
 
-def report(summaries: list[dict], args: argparse.Namespace, title: str) -> int:
-    """Print the table and write the JSON; 0 if every output was exact and nothing lost or duplicated."""
+def report(summaries: list[dict], args: argparse.Namespace, cluster: str, title: str) -> int:
+    """Print the table and write the JSON (one shape for any number of agents); 0 if every output was
+    exact and nothing lost or duplicated."""
     print_table(summaries, title)
     if args.json:
-        write_json(args.json, summaries[0] if len(summaries) == 1 else {"agents": summaries}, console)
+        write_json(args.json, {"model": args.model, "cluster": cluster, "agents": summaries}, console)
     ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)
     return 0 if ok else 1
 
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.streams:
             return serve_streams_file(args, spec)
         summaries = serve_agents(args, spec)
-        return report(summaries, args, f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)")
+        title = f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)"
+        return report(summaries, args, spec.name, title)
 
     return reporting_user_errors(work, console)
 

@@ -346,3 +346,24 @@ def test_an_interrupted_script_says_so_and_exits_130(capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert reporting_user_errors(terminated, script_console()) == INTERRUPTED_EXIT
     assert signal.getsignal(signal.SIGTERM) is before  # restored for whoever called the script
+
+
+def test_deploy_writes_one_json_shape_for_any_number_of_agents(tmp_path):
+    out = tmp_path / "serve.json"
+    argv = [
+        "--cluster",
+        str(TINY3),
+        "--model",
+        "tiny",
+        "--cost",
+        "flops",
+        "--agents",
+        "local",
+        "--requests",
+        "2",
+    ]
+    assert deploy.main([*argv, "--json", str(out), "--out", str(tmp_path / "metrics")]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "tiny" and report["cluster"] == "tiny3"
+    (local,) = report["agents"]
+    assert local["agent"] == "local" and local["completed"] == 2 and local["outputs_match"] is True
