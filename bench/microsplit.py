@@ -36,6 +36,7 @@ from rich.table import Table
 from agents.optimizer import OptimalPlanner
 from agents.ppo import PPOPlanner
 from cli import flags
+from cli.errors import reporting_user_errors
 from cli.output import script_console
 from env.config import EnvConfig
 from env.cost_model import Objective
@@ -46,7 +47,7 @@ SHARED = ROOT.parent / "shared"
 console = script_console()
 
 
-def make_env(policy: PPOPlanner | None) -> MicroSplitEnv:
+def make_env(policy: PPOPlanner) -> MicroSplitEnv:
     traces = SHARED / "traces" / "pensieve_norway_hsdpa"
     links = {"default": {"kind": "dir", "path": str(traces)}} if traces.is_dir() else {}
     config = {
@@ -62,8 +63,7 @@ def make_env(policy: PPOPlanner | None) -> MicroSplitEnv:
             }
         ],
     }
-    if policy is not None:
-        config |= {"shapes": policy.meta.shapes, "n_actions": policy.meta.n_actions}
+    config |= {"shapes": policy.meta.shapes, "n_actions": policy.meta.n_actions}
     return MicroSplitEnv(EnvConfig.parse(config))
 
 
@@ -194,25 +194,32 @@ def decision_times(env: MicroSplitEnv, policy: PPOPlanner, policy_path: Path, de
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", type=Path, default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip")
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=ROOT / "agents" / "pretrained" / "vgg16_mesh.zip",
+        help="a fixed-action policy (disnet-ppo/1); bench.staged measures the stage-by-stage kind",
+    )
     parser.add_argument("--steps", type=flags.at_least_one, default=600)
-    parser.add_argument("--decisions", type=int, default=5)
-    args = parser.parse_args()
-    policy = PPOPlanner(args.policy) if args.policy.is_file() else None
+    parser.add_argument("--decisions", type=flags.at_least_one, default=5)
+    args = parser.parse_args(argv)
+    return reporting_user_errors(lambda: run(args), console)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = PPOPlanner(args.policy)
     env = make_env(policy)
     rng = np.random.default_rng(0)
     choosers = {"single device (action 0)": lambda e: 0}
     choosers["random valid action"] = lambda e: int(rng.choice(np.flatnonzero(e.action_masks())))
-    if policy is not None:
-        choosers["shipped policy"] = lambda e: policy.act(e.sim.snapshot, e.graph, e.sim.view)
+    choosers["shipped policy"] = lambda e: policy.act(e.sim.snapshot, e.graph, e.sim.view)
     console.print(rates_table(env, choosers, args.steps))
-    choose = choosers.get("shipped policy", choosers["random valid action"])
-    console.print(breakdown_table(breakdown(env, max(50, args.steps // 4), choose)))
-    if policy is not None:
-        decision_times(env, policy, args.policy, args.decisions)
+    console.print(breakdown_table(breakdown(env, max(50, args.steps // 4), choosers["shipped policy"])))
+    decision_times(env, policy, args.policy, args.decisions)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

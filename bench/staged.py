@@ -20,10 +20,13 @@ import argparse
 import time
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 from agents.optimizer import OptimalPlanner
 from agents.staged_policy import StagedPlanner
+from cli import flags
+from cli.errors import reporting_user_errors
 from cli.output import script_console
 from env.config import model_graph
 from env.cost_model import Objective
@@ -84,12 +87,20 @@ def env_speed(policy: StagedPlanner, devices: int, requests: int) -> tuple[float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="agents/pretrained/vgg16_any.zip")
-    parser.add_argument("--devices", type=int, nargs="+", default=[10, 32])
-    parser.add_argument("--decisions", type=int, default=15)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--policy",
+        default="agents/pretrained/vgg16_any.zip",
+        help="a stage-by-stage policy (disnet-staged/1); bench.microsplit measures the fixed-action kind",
+    )
+    parser.add_argument("--devices", type=flags.mesh_size, nargs="+", default=[10, 32])
+    parser.add_argument("--decisions", type=flags.at_least_one, default=15)
+    parser.add_argument("--requests", type=flags.at_least_one, default=200)
     args = parser.parse_args(argv)
     console = script_console()
+    return reporting_user_errors(lambda: run(args, console), console)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
     graph = model_graph(MODEL)
     policy = StagedPlanner(args.policy)
     table = Table(title=f"{MODEL}, unseen meshes, cap {CAP_MBPS:g} Mbit/s (a shared, loaded host)")

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from rich.console import Console
 
 from agents import PlannerError
+from agents.ppo import PolicyFileError
+from agents.staged_policy import StagedPolicyError
 from cli.scenarios import ScenarioError
 from env.profiles import ProfileError
 from env.snapshot import NetworkError
@@ -30,6 +32,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ProfileError,
     StreamsFileError,
     ScenarioError,
+    PolicyFileError,
+    StagedPolicyError,
 )
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # what a shell reports for a process ended by Ctrl-C

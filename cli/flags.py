@@ -21,6 +21,11 @@ def at_least_one(text: str) -> int:
     return _whole(text, least=1)
 
 
+def mesh_size(text: str) -> int:
+    """An argparse type: a device count a generated mesh can have (>= 2)."""
+    return _whole(text, least=2)
+
+
 def whole_number(text: str) -> int:
     """An argparse type: a whole number >= 0."""
     return _whole(text, least=0)

@@ -12,7 +12,7 @@ import pytest
 
 import deploy
 import evaluate
-from bench import generalization
+from bench import generalization, microsplit, staged
 from bench import streams as streams_bench
 from bench.serving import collapse_world
 from cli.scenarios import SCENARIOS, ScenarioError, load_scenario, parse_with_scenario
@@ -145,6 +145,14 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
     with pytest.raises(SystemExit):
         deploy.parse(["--cluster", str(TINY3), "--energy-weight", "-1", "--objective", "weighted"])
     assert "must be a number >= 0" in capsys.readouterr().err
+
+
+def test_each_speed_bench_refuses_the_other_kind_of_policy_in_one_line(capsys):
+    pretrained = ROOT / "agents" / "pretrained"
+    assert microsplit.main(["--policy", str(pretrained / "vgg16_any.zip")]) == 2
+    assert "format 'disnet-staged/1', expected 'disnet-ppo/1'" in capsys.readouterr().out
+    assert staged.main(["--policy", str(pretrained / "vgg16_mesh.zip")]) == 2
+    assert "format 'disnet-ppo/1', expected 'disnet-staged/1'" in capsys.readouterr().out
 
 
 def test_an_energy_weight_outside_the_weighted_objective_is_refused_not_ignored(capsys):
