@@ -9,12 +9,20 @@ from pathlib import Path
 from serving.records import RequestLog
 
 
+def fresh_tensorboard(folder: Path):
+    """A TensorBoard writer for ``folder`` with the event files of an earlier run there removed: a reused
+    output folder would otherwise show both runs' curves as one (the CSVs beside them are overwritten)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    return SummaryWriter(str(folder))
+
+
 class MetricsWriter:
     """Per-request metrics to CSV and TensorBoard."""
 
     def __init__(self, out_dir: Path, agent: str):
-        from torch.utils.tensorboard import SummaryWriter
-
         agent = re.sub(
             r"[:/\\]", "_", agent
         )  # a planner label such as ppo:FILE or ppo:DIR/FILE, as a file name
@@ -35,7 +43,7 @@ class MetricsWriter:
                 "rescues",
             ]
         )
-        self._tb = SummaryWriter(str(out_dir / "tensorboard" / agent))
+        self._tb = fresh_tensorboard(out_dir / "tensorboard" / agent)
 
     def __call__(self, r: RequestLog) -> None:
         self._csv.writerow(

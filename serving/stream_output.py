@@ -8,6 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from serving.metrics import fresh_tensorboard
 from serving.streams import StreamsRun
 
 WINDOW_S = 10.0  # frames per second over time are counted over this sliding window
@@ -61,9 +62,7 @@ def print_table(run: StreamsRun, console: Console, title: str) -> None:
 
 def write_tensorboard(run: StreamsRun, out_dir: Path) -> None:
     """Per stream: each frame's latency (by frame index) and the frames per second sustained (by second)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(out_dir)) as tb:
+    with fresh_tensorboard(out_dir) as tb:
         end = max((f.done_s for f in run.frames), default=0.0)
         for r in run.reports:
             frames = sorted((f for f in run.frames if f.stream == r.name), key=lambda f: f.index)

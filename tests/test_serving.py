@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import deploy
 from agents import make_planner
@@ -22,6 +23,7 @@ from runtime.schedule import Trace
 from runtime.spec import load_cluster
 from serving.loop import ServeOptions, serve
 from serving.policies import Decider, Rescue
+from serving.metrics import MetricsWriter
 from serving.records import RequestLog, Tally
 from serving.rules import (
     backlog_weight,
@@ -386,3 +388,21 @@ def test_plans_that_do_not_pay_for_a_swap_are_not_swapped_in(setup):
         options = ServeOptions(requests=6, replan_every=1, rescue_margin=None)
         report = serve(cluster, model, Decider(planner, graph, Objective()), options, agent="a")
     assert len(planner.decided) >= 6 and report.summary()["replans"] <= 1
+
+
+def test_a_reused_output_folder_holds_only_the_latest_run(tmp_path):
+    for latency in (1.0, 2.0):
+        writer = MetricsWriter(tmp_path, "ppo:pretrained/vgg16_any.zip")
+        writer(RequestLog(0, 7, 0.0, latency, 1.0, True, "{}", False))
+        writer.close()
+    folder = tmp_path / "tensorboard" / "ppo_pretrained_vgg16_any.zip"
+    (events,) = folder.glob("events.out.tfevents.*")
+    values = [
+        value.tensor.float_val[0] if value.HasField("tensor") else value.simple_value
+        for event in EventFileLoader(str(events)).Load()
+        for value in event.summary.value
+        if value.tag == "serve/latency_s"
+    ]
+    assert values == [2.0]
+    rows = (tmp_path / "ppo_pretrained_vgg16_any.zip.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",2.000000," in rows[1]
