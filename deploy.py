@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         title = f"{args.model} served on {spec.name} ({time.time() - started:.0f} s)"
         return report(summaries, args, spec.name, title)
 
-    return reporting_user_errors(work, console)
+    served = None if args.streams else f"the requests served so far are in {args.out} (a CSV per planner)"
+    return reporting_user_errors(work, console, kept=served)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from rich.progress import Progress
 
 from agents import make_planner
 from cli import flags
-from cli.errors import reporting_user_errors
+from cli.errors import INTERRUPTED_EXIT, reporting_user_errors
 from cli.output import script_console, write_json
 from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
@@ -56,7 +56,7 @@ from runtime.plan import random_plan
 from runtime.spec import load_cluster
 from serving.calibration import calibration_report, print_calibration
 from serving.comparison_report import plot, print_summary, report_json, summarize
-from serving.evaluation import SimExecutor, live_session, run_comparison
+from serving.evaluation import ComparisonInterrupted, SimExecutor, live_session, run_comparison
 
 console = script_console()
 
@@ -102,24 +102,33 @@ def compare(args: argparse.Namespace) -> dict:
         )
 
     emulation = {}
-    if live:
-        options = cluster_options(args, profile or paced_by(graph))
-        with live_session(spec, args.model, model, world, seed=args.seed, **options) as session:
-            console.print(f"emulation: time dilation {session.cluster.dilation:g}")
-            records = run(session.snapshot_at, session.execute)
-            emulation = fidelity_report(session)
-    else:
-        records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), SimExecutor(cost, world))
-    return comparison_report(args, spec.name, records, emulation)
+    try:
+        if live:
+            options = cluster_options(args, profile or paced_by(graph))
+            with live_session(spec, args.model, model, world, seed=args.seed, **options) as session:
+                console.print(f"emulation: time dilation {session.cluster.dilation:g}")
+                records = run(session.snapshot_at, session.execute)
+                emulation = fidelity_report(session)
+        else:
+            records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), SimExecutor(cost, world))
+    except ComparisonInterrupted as stop:
+        if not stop.requests:
+            raise
+        console.print(
+            f"[yellow]interrupted[/] after {stop.requests} of {args.requests} requests: reporting those"
+        )
+        report = comparison_report(args, spec.name, stop.records, {}, stop.requests)
+        return report | {"interrupted_after_requests": stop.requests}
+    return comparison_report(args, spec.name, records, emulation, args.requests)
 
 
-def comparison_report(args: argparse.Namespace, cluster: str, records, emulation: dict) -> dict:
-    """Print the comparison's table (and plots); its JSON report."""
+def comparison_report(
+    args: argparse.Namespace, cluster: str, records, emulation: dict, requests: int
+) -> dict:
+    """Print the comparison's table (and plots) of ``requests`` requests; its JSON report."""
     summary = summarize(records)
     cap = f", cap {args.spec_cap_mbps:g} Mbit/s" if args.spec_cap_mbps else ""
-    print_summary(
-        summary, console, f"{args.model} on {cluster}{cap}, {args.backend}, {args.requests} requests"
-    )
+    print_summary(summary, console, f"{args.model} on {cluster}{cap}, {args.backend}, {requests} requests")
     report = report_json(
         summary,
         records,
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(args) if args.command == "compare" else calibrate(args)
         if args.json:
             write_json(args.json, report, console)
-        return 0
+        return INTERRUPTED_EXIT if "interrupted_after_requests" in report else 0
 
     return reporting_user_errors(work, console)
 

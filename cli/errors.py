@@ -39,10 +39,11 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # what a shell reports for a process ended by Ctrl-C
 
 
-def reporting_user_errors(work: Callable[[], int], console: Console) -> int:
+def reporting_user_errors(work: Callable[[], int], console: Console, kept: str | None = None) -> int:
     """``work()``'s exit code, or a one-line ``error: ...`` and exit code 2 if the user's input was bad,
     or a line saying so and 130 on Ctrl-C or SIGTERM (what ``timeout`` sends): workers, namespaces and
-    temporary folders are released as the stack unwinds; the interrupted run's results are not written."""
+    temporary folders are released as the stack unwinds. ``kept`` says what the script saved as it went
+    (a script that reports an interrupted run's finished work itself returns 130 from ``work``)."""
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
@@ -51,7 +52,8 @@ def reporting_user_errors(work: Callable[[], int], console: Console) -> int:
         console.print(f"[red]error:[/] {exc}")
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: stopped and cleaned up; this run's results were not written")
+        kept = kept or "this run's results were not written"
+        console.print(f"[yellow]interrupted[/]: stopped and cleaned up; {kept}")
         return INTERRUPTED_EXIT
     finally:
         if main_thread:

@@ -79,6 +79,15 @@ class SimExecutor:
         return charge(outcome, self.cost_model.cost(retry_plan, self.world, t))
 
 
+class ComparisonInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a comparison, carrying the records of the requests every planner had
+    finished: a long run stopped early still reports a fair comparison of what it measured."""
+
+    def __init__(self, records: list[RequestRecord], requests: int):
+        super().__init__()
+        self.records, self.requests = records, requests
+
+
 def run_comparison(
     planners: dict,
     snapshot_at: SnapshotAt,
@@ -91,35 +100,43 @@ def run_comparison(
 ) -> list[RequestRecord]:
     """For each request, every planner plans on the same snapshot and its plan is executed.
 
-    Request-major order keeps the agents' requests of one index close in time on a live cluster.
+    Request-major order keeps the agents' requests of one index close in time on a live cluster, and
+    makes an interrupted run's finished requests a fair comparison (``ComparisonInterrupted``).
     """
-    records = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("requests", total=requests * len(planners))
-        for i in range(requests):
-            snap = snapshot_at(i)
-            for name, planner in planners.items():
-                start = time.perf_counter()
-                decision = decide_or_wait(planner, snap, graph, objective)
-                decision_s = time.perf_counter() - start
-                outcome = execute(name, i, snap.time, decision.plan)
-                records.append(
-                    RequestRecord(
-                        name,
-                        i,
-                        snap.time,
-                        outcome.latency_s,
-                        outcome.energy_j,
-                        decision_s,
-                        outcome.outputs_match,
-                        decision.plan.to_json(),
-                        decision.fallback,
-                        decision.gap,
-                        outcome.failed,
-                    )
-                )
-                progress.advance(task)
+    records: list[RequestRecord] = []  # whole requests only: every planner's record of each index
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("requests", total=requests * len(planners))
+            for i in range(requests):
+                snap = snapshot_at(i)
+                request = []
+                for name, planner in planners.items():
+                    request.append(_plan_and_run(name, planner, i, snap, graph, objective, execute))
+                    progress.advance(task)
+                records += request
+    except KeyboardInterrupt:
+        raise ComparisonInterrupted(records, len(records) // len(planners)) from None
     return records
+
+
+def _plan_and_run(name, planner, index, snap, graph, objective, execute: Executor) -> RequestRecord:
+    start = time.perf_counter()
+    decision = decide_or_wait(planner, snap, graph, objective)
+    decision_s = time.perf_counter() - start
+    outcome = execute(name, index, snap.time, decision.plan)
+    return RequestRecord(
+        name,
+        index,
+        snap.time,
+        outcome.latency_s,
+        outcome.energy_j,
+        decision_s,
+        outcome.outputs_match,
+        decision.plan.to_json(),
+        decision.fallback,
+        decision.gap,
+        outcome.failed,
+    )
 
 
 def decide_or_wait(planner, snapshot: Snapshot, graph, objective) -> Decision:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 import evaluate
 from serving.comparison_report import print_summary, summarize
-from serving.evaluation import RequestRecord
+from serving.evaluation import RequestRecord, SimExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = str(ROOT / "configs" / "clusters" / "tiny3.yaml")
@@ -154,3 +154,24 @@ def test_the_table_names_every_agent_in_full_and_says_which_way_the_ratios_go():
     assert "ppo:vgg16_any.zip" in text and "ppo-top3-polish:vgg16_any.zip" in text and "…" not in text
     assert "fastest: ppo-top3-polish:vgg16_any.zip; the others' mean latency and energy over its: " in text
     assert "ppo:vgg16_any.zip 2.00x / 1.00x" in text
+
+
+def test_an_interrupted_comparison_reports_the_requests_every_agent_finished(tmp_path, monkeypatch):
+    execute = SimExecutor.__call__
+
+    def interrupted_on_the_third_request(self, agent, index, t, plan):
+        if index == 2 and agent == "deepslicing":  # the other agent has run request 2 already
+            raise KeyboardInterrupt
+        return execute(self, agent, index, t, plan)
+
+    monkeypatch.setattr(SimExecutor, "__call__", interrupted_on_the_third_request)
+    code, report = run(tmp_path, "--agents", "local,deepslicing", "--requests", "5")
+    assert code == 130
+    assert report["interrupted_after_requests"] == 2
+    assert {agent: s["requests"] for agent, s in report["agents"].items()} == {"local": 2, "deepslicing": 2}
+    assert sorted((r["agent"], r["index"]) for r in report["records"]) == [
+        ("deepslicing", 0),
+        ("deepslicing", 1),
+        ("local", 0),
+        ("local", 1),
+    ]

@@ -22,8 +22,8 @@ from runtime.plan import Assignment, Plan, Stage
 from runtime.schedule import Trace
 from runtime.spec import load_cluster
 from serving.loop import ServeOptions, serve
-from serving.policies import Decider, Rescue
 from serving.metrics import MetricsWriter
+from serving.policies import Decider, Rescue
 from serving.records import RequestLog, Tally
 from serving.rules import (
     backlog_weight,
