@@ -10,6 +10,9 @@ time of recent hot swaps), so estimates that wobble do not swap plans back and f
 None: any different plan is swapped in, the rule before this one). In an open loop that fell behind, the
 gain counts for the requests already waiting too (``backlog_weight``: each also waits for the ones ahead of
 it). If even the fallback finds no plan (an outage cuts the source or sink off), the plan in force stays.
+The planner runs on a thread of its own (``PlanningThread``): the loop waits ``plan_wait_s`` for a plan it
+asked for, so a policy's plan (milliseconds) serves the very next request, while the robust optimiser
+(seconds) plans as requests keep running on the plan in force, and its plan is taken up when done.
 Plans are hot-swapped
 between requests (the controller finishes in-flight requests on their own plan), and a dead worker is
 handled by the controller, which asks the same planner for a plan without it and re-runs what it
@@ -72,6 +75,9 @@ class ServeOptions:
     rescue_margin: float | None = 1.2  # adaptive runs: restart a stuck request (None: never)
     # a new plan must gain this share of the score in force (None: any different plan is swapped in)
     replan_margin: float | None = 0.1
+    # adaptive runs: how long the loop waits for a plan it asked for; a slower planner plans in the
+    # background while requests run on the plan in force, and its plan is taken up when done
+    plan_wait_s: float = 0.25
     # link and speed schedules start at t=0 with the first request (after warm-up), and the first plan is
     # made without what earlier runs on the cluster measured (on the old clock, at another point of the traces)
     restart_clock: bool = False
@@ -101,7 +107,9 @@ def serve(
     if options.static:
         replanning = Static(ctl, decide, observe)
     else:
-        replanning = Adaptive(ctl, decide, observe, options.threshold, options.replan_margin)
+        replanning = Adaptive(
+            ctl, decide, observe, options.threshold, options.replan_margin, options.plan_wait_s
+        )
         if options.rescue_margin is not None:
             rescue = Rescue(replanning, options.rescue_margin)
     server = Server(cluster, model, options, replanning, rescue, agent=agent, console=console)
@@ -168,6 +176,7 @@ class Server:
                     progress.update(task, advance=1, status=f"{result.latency_s:.3f}s {status}")
         finally:
             ctl.attach(self.replanning.for_devices)  # the watcher leaves: the cluster may serve another run
+            self.replanning.close()
         return ServeReport(
             self.agent,
             self.tally,

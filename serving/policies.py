@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Protocol
 
@@ -52,6 +53,60 @@ class Decider:
             return self.fallback.plan(snapshot, self.graph, self.objective)
 
 
+class PlanningThread:
+    """The Decider on one background thread, so that a slow planner (the robust optimiser takes 1-3 s on
+    VGG-16) does not stall serving: requests keep running on the plan in force while it plans, and its
+    plan is taken up as soon as it is done. A plan asked for is waited for ``wait_s`` first, so a fast
+    planner's plan (a policy's: milliseconds) still serves the very next request. Every decision runs on
+    this one thread, the synchronous ones too (``now``), so the planner is never called twice at once."""
+
+    def __init__(self, decide: Decider, wait_s: float):
+        self.decide, self.wait_s = decide, wait_s
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        self._running: Future | None = None  # the plan being made, if any
+        self._done: Future | None = None  # a finished plan nobody has taken yet
+        self._closed = False
+
+    def now(self, snapshot: Snapshot) -> Plan:
+        """A plan made on ``snapshot``, waited for (the first plan; a plan without a dead worker). After
+        ``close`` (a worker dies between runs) the caller's thread makes it: nothing else is planning."""
+        if self._closed:
+            return self.decide(snapshot)
+        return self._thread.submit(self.decide, snapshot).result()
+
+    def ask(self, snapshot: Snapshot) -> None:
+        """Start a plan on ``snapshot``, unless one is being made (it is taken up when done)."""
+        if self._running is None or self._running.done():
+            self._settle()
+            self._running = self._thread.submit(self.decide, snapshot)
+        wait([self._running], timeout=self.wait_s)
+
+    def finished(self) -> Plan | None:
+        """The latest finished plan not yet taken (it stays until ``take``); None if there is none, or if
+        even the fallback found the snapshot cut off (an outage: the plan in force stays)."""
+        self._settle()
+        if self._done is None:
+            return None
+        try:
+            return self._done.result()
+        except CutOff as exc:
+            log.warning("no new plan (%s): the plan in force stays", exc)
+            self._done = None
+            return None
+
+    def take(self) -> None:
+        """The finished plan was acted on (swapped in or judged not worth it)."""
+        self._done = None
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def _settle(self) -> None:
+        if self._running is not None and self._running.done():
+            self._done, self._running = self._running, None
+
+
 class ReplanPolicy(Protocol):
     """How a serving run keeps its plan in force."""
 
@@ -70,6 +125,9 @@ class ReplanPolicy(Protocol):
 
     def changed_mid_request(self) -> bool:
         """Whether the plan was swapped while a request ran, since the last time this was asked."""
+
+    def close(self) -> None:
+        """The run is over: stop planning."""
 
 
 class Static:
@@ -97,6 +155,9 @@ class Static:
     def changed_mid_request(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
 
 class Adaptive(Static):
     """Re-plans when due or as soon as conditions that matter to the plan in force ``moved`` by more than
@@ -114,49 +175,55 @@ class Adaptive(Static):
         observe: Observe,
         threshold: float,
         margin: float | None,
+        plan_wait_s: float,
     ):
         super().__init__(controller, decide, observe)
         self.threshold, self.margin = threshold, margin
+        self.planning = PlanningThread(decide, plan_wait_s)
         self.swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps
         self._swapped_mid_request = False
 
     def start(self) -> None:
         self.made_on = self.watched_on = self.observe()
-        self.controller.deploy(self.decide(self.made_on))
+        self.controller.deploy(self.planning.now(self.made_on))
         self.cost = self.cost_model()
         self.cost.latency(self.controller.plan, self.made_on)  # loads its compiled kernels now (~0.6 s)
 
+    def for_devices(self, available: frozenset[str]) -> Plan:
+        return self.planning.now(replace(self.observe(), available=frozenset(available)))
+
     def after_request(self, due: bool, backlog: int = 0) -> bool:
+        """Ask for a plan when due or when conditions moved; swap in the latest finished one if it pays.
+        A plan still being made is taken up after a later request (a slow planner never stalls serving)."""
         now = self.observe()
-        if not (due or moved(self.controller.plan, self.made_on, now, self.threshold)):
+        if due or moved(self.controller.plan, self.made_on, now, self.threshold):
+            self.made_on = self.watched_on = now
+            self.planning.ask(now)
+        plan = self.planning.finished()
+        if plan is None:
             return False
-        self.made_on = self.watched_on = now
-        plan = self._new_plan(now)
-        return plan is not None and self._swap_in(plan, now, backlog)
+        self.planning.take()
+        return self._swap_in(plan, now, backlog)
 
     def changed_mid_request(self) -> bool:
         changed, self._swapped_mid_request = self._swapped_mid_request, False
         return changed
 
-    def replan_if_moved(self, now: Snapshot) -> Plan | None:
-        """While requests run: a new plan when conditions moved since the last check, else None."""
-        if not moved(self.controller.plan, self.watched_on, now, self.threshold):
-            return None
-        self.watched_on = now
-        return self._new_plan(now)
+    def close(self) -> None:
+        self.planning.close()
 
-    def _new_plan(self, now: Snapshot) -> Plan | None:
-        """A plan made on ``now``; None when its links cut the source or sink off even for the fallback
-        (an outage): the plan in force stays, and its requests wait the outage out."""
-        try:
-            return self.decide(now)
-        except CutOff as exc:
-            log.warning("no new plan at %.1f s (%s): the plan in force stays", now.time, exc)
-            return None
+    def replan_if_moved(self, now: Snapshot) -> Plan | None:
+        """While requests run: asks for a plan when conditions moved since the last check; the latest
+        finished plan, if any (it stays for ``after_request`` unless ``swap_mid_request`` swaps it in)."""
+        if moved(self.controller.plan, self.watched_on, now, self.threshold):
+            self.watched_on = now
+            self.planning.ask(now)
+        return self.planning.finished()
 
     def swap_mid_request(self, plan: Plan, now: Snapshot) -> None:
-        """Swap ``plan`` (made on ``now``) in while requests run, if it pays for the swap."""
+        """Swap ``plan`` (the latest finished one) in while requests run, if it pays for the swap."""
         if self._swap_in(plan, now):
+            self.planning.take()
             self.made_on, self._swapped_mid_request = now, True
 
     def _swap_in(self, plan: Plan, now: Snapshot, backlog: int = 0) -> bool:

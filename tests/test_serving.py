@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,6 +344,7 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
         # no rescue watch: its re-plans while a request runs would take decisions out of this sequence;
         # every different plan swapped in (this is about when a swap takes effect, not whether it pays)
         options = ServeOptions(requests=4, replan_every=1, rescue_margin=None, replan_margin=None)
+        options.plan_wait_s = 30.0  # a plan made within the wait (this one is instant, even on a loaded host)
         serve(
             cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
         )
@@ -388,6 +390,42 @@ def test_plans_that_do_not_pay_for_a_swap_are_not_swapped_in(setup):
         options = ServeOptions(requests=6, replan_every=1, rescue_margin=None)
         report = serve(cluster, model, Decider(planner, graph, Objective()), options, agent="a")
     assert len(planner.decided) >= 6 and report.summary()["replans"] <= 1
+
+
+class SlowSecondThoughts(Planner):
+    """Everything on d1 at once; every later plan (everything on d0) takes ``think_s`` to make."""
+
+    name = "slow"
+
+    def __init__(self, think_s: float):
+        super().__init__()
+        self.think_s, self.calls = think_s, 0
+
+    def plan(self, snapshot, graph, objective):
+        self.calls += 1
+        if self.calls > 1:
+            time.sleep(self.think_s)
+        device = "d1" if self.calls == 1 else "d0"
+        return Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment(device, 1.0),)),))
+
+
+def test_a_slow_planner_plans_while_requests_keep_running_on_the_plan_in_force(setup):
+    """Serving never stalls for a planner: requests run on the plan in force while it thinks (the robust
+    optimiser takes seconds), and its plan is swapped in once made."""
+    spec, model, graph = setup
+    planner = SlowSecondThoughts(think_s=1.0)
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny") as cluster:
+        options = ServeOptions(requests=10**6, duration_s=2.5, replan_every=1, rescue_margin=None)
+        options.replan_margin, options.plan_wait_s = None, 0.05
+        serve(
+            cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
+        )
+    devices = [Plan.from_json(r.plan).stages[0].assignments[0].device for r in records]
+    first_new = devices.index("d0")  # the second thoughts were taken up
+    assert first_new >= 5 and set(devices[:first_new]) == {"d1"}  # served meanwhile, not stalled
+    assert records[first_new].time_s - records[0].time_s >= 0.9
+    assert set(devices[first_new:]) == {"d0"}
 
 
 def test_a_reused_output_folder_holds_only_the_latest_run(tmp_path):
