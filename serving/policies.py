@@ -75,10 +75,12 @@ class PlanningThread:
         return self._thread.submit(self.decide, snapshot).result()
 
     def ask(self, snapshot: Snapshot) -> None:
-        """Start a plan on ``snapshot``, unless one is being made (it is taken up when done)."""
-        if self._running is None or self._running.done():
-            self._settle()
-            self._running = self._thread.submit(self.decide, snapshot)
+        """Start a plan on ``snapshot`` and wait ``wait_s`` for it, unless one is being made (then it is
+        taken up when done, and nothing waits: a slow planner would otherwise slow every request)."""
+        if self._running is not None and not self._running.done():
+            return
+        self._settle()
+        self._running = self._thread.submit(self.decide, snapshot)
         wait([self._running], timeout=self.wait_s)
 
     def finished(self) -> Plan | None:
