@@ -171,6 +171,18 @@ def memory_left(spec: ClusterSpec, device: str, used: Mapping[str, int]) -> floa
     return math.inf if mb is None else mb * 1e6 - used.get(device, 0)
 
 
+def within_memory(plan: Plan, graph: LayerGraph, spec: ClusterSpec, scheme: str) -> Plan:
+    """``plan``, or a PlannerError naming the device whose memory ``scheme``'s rule overfills: the scheme
+    cannot serve this cluster (its plan would be impossible, and a table would compare against it)."""
+    for device, need in memory_use(drafts(plan), graph).items():
+        if memory_left(spec, device, {}) < need:
+            raise PlannerError(
+                f"{scheme} cannot serve this cluster: its rule puts {need / 1e6:.1f} MB of "
+                f"{graph.name}'s weights on {device}, which has {spec.devices[device].memory_mb:g} MB"
+            )
+    return plan
+
+
 def fits_memory(plan: Plan | Sequence[StageDraft], graph: LayerGraph, spec: ClusterSpec) -> bool:
     """Whether every device can hold the weights of all the stages it computes in."""
     if not spec.memory_limited:

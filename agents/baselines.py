@@ -20,6 +20,7 @@ from agents.base import (
     spatial_groups,
     speed_shares,
     usable,
+    within_memory,
 )
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
@@ -56,7 +57,8 @@ class LocalOnly(Planner):
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         if snapshot.source not in usable(snapshot):
             raise PlannerError(f"the source {snapshot.source} is not available to compute on")
-        return build_plan(snapshot, [(0, len(graph.units), (snapshot.source,))])
+        plan = build_plan(snapshot, [(0, len(graph.units), (snapshot.source,))])
+        return within_memory(plan, graph, snapshot.spec, "local-only")
 
 
 class Neurosurgeon(Planner):
@@ -72,21 +74,23 @@ class Neurosurgeon(Planner):
     name = "neurosurgeon"
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        n = len(graph.units)
-        best = LocalOnly().plan(snapshot, graph, objective)
-        best_score = self.score(best, snapshot, graph, objective)
+        n, source = len(graph.units), snapshot.source
+        candidates: list[list[StageDraft]] = []
+        if source in usable(snapshot):
+            candidates.append([(0, n, (source,))])  # all local
         for remote in usable(snapshot):
-            if remote == snapshot.source:
-                continue
-            for cut in graph.cut_points[:-1]:
-                stages: list[StageDraft] = [(0, cut, (snapshot.source,))] if cut else []
-                stages.append((cut, n, (remote,)))
-                if not fits_memory(stages, graph, snapshot.spec):
-                    continue
+            if remote != source:
+                for cut in graph.cut_points[:-1]:
+                    candidates.append([*([(0, cut, (source,))] if cut else []), (cut, n, (remote,))])
+        best, best_score = None, float("inf")
+        for stages in candidates:
+            if fits_memory(stages, graph, snapshot.spec):
                 plan = build_plan(snapshot, stages)
                 score = self.score(plan, snapshot, graph, objective)
                 if score < best_score:
                     best, best_score = plan, score
+        if best is None:
+            raise PlannerError(f"neurosurgeon: no split between {source} and one device holds the weights")
         return best
 
 
@@ -127,7 +131,7 @@ class MoDNN(Planner):
                 graph.units[u].flops for s, e, devs in stages if devs != owner for u in range(s, e)
             )
             options.append((-split_flops, phase, stages))
-        return build_plan(snapshot, min(options)[2])
+        return within_memory(build_plan(snapshot, min(options)[2]), graph, snapshot.spec, self.name)
 
 
 class DeepSlicing(Planner):
@@ -157,7 +161,7 @@ class DeepSlicing(Planner):
             group = neighbourhood(snapshot, graph, stages, start, n)
             fastest = max(group, key=snapshot.device_gflops)
             stages.append((start, n, (fastest,)))
-        return build_plan(snapshot, stages)
+        return within_memory(build_plan(snapshot, stages), graph, snapshot.spec, self.name)
 
 
 class DeepThings(Planner):
@@ -187,7 +191,9 @@ class DeepThings(Planner):
         spatial = spatial_groups(graph)
         n = len(graph.units)
         if not spatial:
-            return build_plan(snapshot, [(0, n, (snapshot.sink,))])
+            return within_memory(
+                build_plan(snapshot, [(0, n, (snapshot.sink,))]), graph, snapshot.spec, self.name
+            )
         rows = graph.extent(0)
         end = next((e for _, e in spatial if graph.extent(e) * 16 <= rows), spatial[-1][1])
         group = neighbourhood(snapshot, graph, [], 0, end)
@@ -195,4 +201,6 @@ class DeepThings(Planner):
         stages = [(0, end, tiles)]
         if end < n:
             stages.append((end, n, {snapshot.sink: 1.0}))
-        return Plan.build(snapshot.source, snapshot.sink, stages)
+        return within_memory(
+            Plan.build(snapshot.source, snapshot.sink, stages), graph, snapshot.spec, self.name
+        )

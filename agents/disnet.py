@@ -63,6 +63,7 @@ from agents.base import (
     route_seconds_per_byte,
     spatial_groups,
     usable,
+    within_memory,
 )
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot, link_key
@@ -123,7 +124,7 @@ class DisnetPlanner(Planner):
             fits = [d for d in path[point:] if memory_left(snapshot.spec, d, used) >= need]
             best = max(fits, key=lambda d: resource[d]) if fits else snapshot.sink
             stages.append((tail, len(graph.units), (best,)))
-        return build_plan(snapshot, stages)
+        return within_memory(build_plan(snapshot, stages), graph, snapshot.spec, self.name)
 
     def sensitivity(self, objective: Objective) -> float:
         """The energy sensitivity sigma: as configured, else implied by the objective."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.base import Decision, Planner, usable
+from agents.base import Decision, Planner, PlannerError, usable
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
 from agents.bound import check_servable, lower_bound
 from agents.disnet import DisnetPlanner
@@ -104,6 +104,18 @@ class SearchStats:
         return None if self.bound is None or self.bound <= 0 else self.score / self.bound - 1.0
 
 
+def seed_plans(planners: Sequence[Planner], snapshot: Snapshot, graph: LayerGraph, objective: Objective):
+    """The plans of the schemes that can serve this cluster (local-only cannot when the source is too
+    small for the model), as seeds of a search."""
+    plans = []
+    for planner in planners:
+        try:
+            plans.append(planner.plan(snapshot, graph, objective))
+        except PlannerError:
+            continue
+    return plans
+
+
 class OptimalPlanner(Planner):
     """Exact over W on small instances, shape descent plus local search on large ones (module doc)."""
 
@@ -149,7 +161,7 @@ class OptimalPlanner(Planner):
         if plan_space_size(graph, len(devices)) <= self.full_space_limit:
             return self._plan_full_space(snapshot, graph, objective, devices)
         search = PlanSearch(model, snapshot, graph, objective)
-        seeds = [planner.plan(snapshot, graph, objective) for planner in self.seed_planners]
+        seeds = seed_plans(self.seed_planners, snapshot, graph, objective)
         for plan in seeds:
             search.consider(plan)
         view = net_view(snapshot)

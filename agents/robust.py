@@ -40,7 +40,7 @@ import numpy as np
 
 from agents.base import CutOff, Decision, Planner, PlannerError
 from agents.local_search import BLOCKED, PlanSearch
-from agents.optimizer import OptimalPlanner
+from agents.optimizer import OptimalPlanner, seed_plans
 from env.cost_model import CostModel, Objective
 from env.net_view import net_view
 from env.network import NetworkState
@@ -204,8 +204,8 @@ class RobustPlanner(Planner):
             except CutOff as exc:
                 cut_off = cut_off or exc
         self.last_cut_off = cut_off is not None
-        for planner in self.optimiser.seed_planners:
-            search.consider(planner.plan(snapshot, graph, objective))
+        for plan in seed_plans(self.optimiser.seed_planners, snapshot, graph, objective):
+            search.consider(plan)
         search.local_search(self.refine_evaluations, np.random.default_rng(self.seed))
         if cut_off is not None and search.best is None:
             raise cut_off  # the history too says nothing gets through

@@ -184,6 +184,22 @@ def test_memory_limits_are_respected(tiny):
         assert fits_memory(plan, tiny, tight), (name, plan.describe(), memory_use(drafts(plan), tiny))
 
 
+def test_a_scheme_whose_rule_overfills_a_device_says_so_instead_of_planning_the_impossible(tiny):
+    """The source holds a tenth of the model: local-only, and MoDNN's owner computing every other layer
+    group, cannot serve; every other planner plans within memory (the optimiser seeded without them)."""
+    spec = five_spec(memory_mb=[0.03, None, None, None, None])
+    snap = snapshot(spec)
+    with pytest.raises(
+        PlannerError, match="local-only cannot serve this cluster: .* on d0, which has 0.03 MB"
+    ):
+        make_planner("local").plan(snap, tiny, LATENCY)
+    with pytest.raises(PlannerError, match="modnn cannot serve this cluster"):
+        make_planner("modnn").plan(snap, tiny, LATENCY)
+    for name in (p for p in PLANNERS if p not in ("local", "modnn")):
+        plan = make_planner(name).plan(snap, tiny, LATENCY)
+        assert fits_memory(plan, tiny, spec), (name, plan.describe(), memory_use(drafts(plan), tiny))
+
+
 def test_energy_objective_trades_latency_for_energy(tiny):
     """d2 is the fastest device but burns 6 W: minimising energy must avoid it and cost latency."""
     snap = snapshot(five_spec())
