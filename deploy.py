@@ -80,10 +80,18 @@ def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
 
 
 def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:
-    """Kill ``kills`` workers (never source or sink) spread over the run, each restarted a little later."""
-    victims = [d for d in spec.device_ids if d not in (spec.source, spec.sink)]
+    """Kill ``kills`` workers spread over the run, each restarted a little later: never the source or
+    the sink, nor a relay on every path between them (nothing could be served until it came back)."""
+    victims = [
+        d
+        for d in spec.device_ids
+        if d not in (spec.source, spec.sink) and spec.connected_without(spec.source, spec.sink, d)
+    ]
     if not victims:
-        raise ClusterError(f"--chaos: cluster {spec.name!r} has no device but its source and sink to kill")
+        raise ClusterError(
+            f"--chaos: cluster {spec.name!r} has no device to kill but its source, its sink and relays "
+            "on every path between them"
+        )
     events = []
     for k in range(kills):
         at = (k + 1) * requests // (kills + 1)

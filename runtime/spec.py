@@ -145,6 +145,21 @@ class ClusterSpec:
         self._require(b)
         return a == b or (a, b) in self._routes
 
+    def connected_without(self, a: str, b: str, lost: str) -> bool:
+        """Whether some path of links joins `a` and `b` once device `lost` is gone (a relay's failure
+        cuts them apart when it is on every path)."""
+        self._require(a)
+        self._require(b)
+        if lost in (a, b):
+            return False
+        seen, frontier = {a}, [a]
+        while frontier:
+            for d in self._adjacency[frontier.pop()]:
+                if d not in seen and d != lost:
+                    seen.add(d)
+                    frontier.append(d)
+        return b in seen
+
     def route(self, a: str, b: str) -> list[str]:
         """Device path from `a` to `b`, both included (see the module docstring for the rule)."""
         self._require(a)

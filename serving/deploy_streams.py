@@ -44,10 +44,12 @@ from serving.streams import (
 
 
 def chaos_victim(spec: ClusterSpec, streams: StreamsFile, plans) -> str | None:
-    """A device some plan computes on that is no stream's source or sink (None if there is none)."""
+    """A device some plan computes on that is no stream's source or sink, nor a relay on every path from
+    a stream's source to its sink (None if there is none)."""
     ends = {s.source for s in streams.streams} | {s.sink for s in streams.streams}
     used = [d for p in plans for st in p.stages for d in st.devices if d not in ends]
-    return used[0] if used else None
+    safe = [d for d in used if all(spec.connected_without(s.source, s.sink, d) for s in streams.streams)]
+    return safe[0] if safe else None
 
 
 def deploy_streams(
@@ -133,7 +135,8 @@ def _chaos(
     victim = chaos_victim(cluster.spec, streams, plans)
     if victim is None:
         console.print(
-            "[yellow]--chaos: every device a plan uses is some stream's source or sink: none killed"
+            "[yellow]--chaos: every device a plan uses is some stream's source or sink, or a relay on every "
+            "path between them: none killed"
         )
         return []
     half = streams.frames / 2 / min(fps)

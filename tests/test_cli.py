@@ -330,10 +330,25 @@ def test_deploy_refuses_what_it_cannot_do_before_a_worker_starts(monkeypatch, tm
         str(tmp_path),
     ]
     assert deploy.main(argv) == 2
-    assert "--chaos: cluster 'two' has no device but its source and sink to kill" in capsys.readouterr().out
+    assert "--chaos: cluster 'two' has no device to kill but its source, its sink and relays" in (
+        capsys.readouterr().out
+    )
+    argv[1] = str(ROOT / "configs" / "clusters" / "line4.yaml")  # d0 - d1 - d2 - d3: both relays on the path
+    assert deploy.main(argv) == 2
+    assert "--chaos: cluster 'line4' has no device to kill" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--network", "kernel", "--static"])
     assert "--static, --network: not for --streams" in capsys.readouterr().err
+
+
+def test_chaos_never_kills_a_relay_on_every_path_from_the_source_to_the_sink():
+    """Killing one would leave nothing to serve on until it came back; a run with --chaos tests recovery."""
+    spec = load_cluster(ROOT / "configs" / "clusters" / "line4.yaml")
+    assert not spec.connected_without("d0", "d3", "d1") and spec.connected_without("d0", "d1", "d3")
+    mesh = load_cluster(ROOT / "configs" / "clusters" / "mesh0.yaml")
+    events = deploy.chaos_schedule(mesh, requests=40)
+    killed = {device for _, action, device in events if action == "kill"}
+    assert len(killed) == 3 and all(mesh.connected_without(mesh.source, mesh.sink, d) for d in killed)
 
 
 def test_an_interrupted_script_says_so_and_exits_130(capsys):
