@@ -62,6 +62,19 @@ def charge(outcome: Outcome, reference: Cost | Prediction) -> Outcome:
     )
 
 
+def charged_in_world(cost_model: CostModel, world: NetworkState, plan: Plan, t: float) -> Outcome:
+    """What ``plan`` started at ``t`` costs in ``world`` in all, by the env's failure rule: it fails when
+    a device it touches (relays included) is down at some moment of it, and is then retried on the
+    reference plan of the snapshot at ``t``, paid on top (``charge``)."""
+    cost = cost_model.cost(plan, world, t)
+    failed = world.down_during(cost_model.skeleton(plan).devices, t, t + cost.latency_s)
+    outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
+    if not failed:
+        return outcome
+    retry = reference_plan(cost_model.graph, net_view(world.snapshot(t))).plan
+    return charge(outcome, cost_model.cost(retry, world, t))
+
+
 @dataclass(frozen=True)
 class ServedRequest:
     """One request served by ``Simulator.serve``: when, what the backend reported, what it cost in all,

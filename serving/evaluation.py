@@ -32,7 +32,7 @@ from env.backends import Outcome
 from env.cost_model import CostModel
 from env.net_view import net_view
 from env.network import NetworkState
-from env.simulator import charge, reference_plan
+from env.simulator import charged_in_world, reference_plan
 from env.snapshot import Snapshot
 from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
@@ -69,14 +69,7 @@ class SimExecutor:
         self.cost_model, self.world = cost_model, world
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
-        cost = self.cost_model.cost(plan, self.world, t)
-        devices = self.cost_model.skeleton(plan).devices
-        failed = self.world.down_during(devices, t, t + cost.latency_s)
-        outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
-        if not failed:
-            return outcome
-        retry_plan = reference_plan(self.cost_model.graph, net_view(self.world.snapshot(t))).plan
-        return charge(outcome, self.cost_model.cost(retry_plan, self.world, t))
+        return charged_in_world(self.cost_model, self.world, plan, t)
 
 
 class ComparisonInterrupted(KeyboardInterrupt):
@@ -101,7 +94,8 @@ def run_comparison(
     """For each request, every planner plans on the same snapshot and its plan is executed.
 
     Request-major order keeps the agents' requests of one index close in time on a live cluster, and
-    makes an interrupted run's finished requests a fair comparison (``ComparisonInterrupted``).
+    makes an interrupted run's finished requests a fair comparison (``ComparisonInterrupted``). The
+    clairvoyant plans last, weighing the others' plans too (agents/clairvoyant.py).
     """
     records: list[RequestRecord] = []  # whole requests only: every planner's record of each index
     try:
@@ -109,22 +103,29 @@ def run_comparison(
             task = progress.add_task("requests", total=requests * len(planners))
             for i in range(requests):
                 snap = snapshot_at(i)
-                request = []
-                for name, planner in planners.items():
-                    request.append(_plan_and_run(name, planner, i, snap, graph, objective, execute))
+                request: dict[str, RequestRecord] = {}
+                plans: list[Plan] = []
+                for name in sorted(planners, key=lambda name: name == CLAIRVOYANT):  # the ceiling last
+                    planner = planners[name]
+                    if name == CLAIRVOYANT:
+                        planner.consider_also(plans)
+                    request[name], plan = _plan_and_run(name, planner, i, snap, graph, objective, execute)
+                    plans.append(plan)
                     progress.advance(task)
-                records += request
+                records += [request[name] for name in planners]
     except KeyboardInterrupt:
         raise ComparisonInterrupted(records, len(records) // len(planners)) from None
     return records
 
 
-def _plan_and_run(name, planner, index, snap, graph, objective, execute: Executor) -> RequestRecord:
+def _plan_and_run(
+    name, planner, index, snap, graph, objective, execute: Executor
+) -> tuple[RequestRecord, Plan]:
     start = time.perf_counter()
     decision = decide_or_wait(planner, snap, graph, objective)
     decision_s = time.perf_counter() - start
     outcome = execute(name, index, snap.time, decision.plan)
-    return RequestRecord(
+    record = RequestRecord(
         name,
         index,
         snap.time,
@@ -137,6 +138,7 @@ def _plan_and_run(name, planner, index, snap, graph, objective, execute: Executo
         decision.gap,
         outcome.failed,
     )
+    return record, decision.plan
 
 
 def decide_or_wait(planner, snapshot: Snapshot, graph, objective) -> Decision:
