@@ -27,7 +27,7 @@ from env.shapes import Shape
 from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
 from training.config import StagedConfig
-from training.staged import behaviour_cloning, make_model
+from training.staged import behaviour_cloning, make_model, validate
 from training.staged_labels import label_shape, label_worker, labelling_planner, random_state
 
 ENV = {
@@ -217,6 +217,26 @@ def test_labels_replay_the_optimiser_and_cloning_learns_them(policy):
     assert all(s["reward"] < 0 and s["latency_s"] > 0 for s in samples)
     bc = cfg.bc.model_copy(update={"epochs": 60, "batch_size": 16})
     assert behaviour_cloning(copy.deepcopy(model), samples, bc, seed=0)["train_action_accuracy"] > 0.9
+
+
+def test_validation_reads_the_policy_against_the_optimisers_own_plan_and_against_its_label(policy):
+    """A policy that reproduces every label exactly is 1.0x its labels, and exactly what the completion
+    loses against the optimiser's own plans (its devices chosen by its search) over the optimiser."""
+    _, _, cfg = policy
+    env = StagedSplitEnv(cfg.env)
+    samples = label_worker(cfg.env.model_dump(), [1, 2, 3, 4], evaluations=40)
+
+    class Cloner:  # plans each validation state's label (states come in the samples' order)
+        labels = iter(samples)
+
+        def shapes(self, snapshot, graph, view):
+            cuts = [env.actions.decode(a) for a in next(self.labels)["actions"]]
+            return [Shape((0, *(cut for cut, _ in cuts)), tuple(k for _, k in cuts))]
+
+    report = validate(env, Cloner(), samples)
+    assert report["mean_ratio_to_label"] == pytest.approx(1.0)
+    lost = np.mean([s["latency_s"] / s["optimiser_latency_s"] for s in samples])
+    assert report["mean_ratio_to_optimiser"] == pytest.approx(lost)
 
 
 def test_the_robust_labeller_labels_the_robust_optimisers_plans(policy):

@@ -22,6 +22,7 @@ from agents import Planner, make_planner
 from env.config import EnvConfig
 from env.cost_model import CostModel
 from env.shapes import Shape
+from env.simulator import charged_in_world
 from env.staged_env import StagedSplitEnv
 from training.config import StagedConfig
 from training.report import console
@@ -54,7 +55,9 @@ def labelling_planner(labeller: str, cost_model: CostModel, evaluations: int) ->
 def label_worker(
     env_cfg: dict, seeds: list[int], evaluations: int, labeller: str = "snapshot-optimal"
 ) -> list[dict]:
-    """Per seed: the labeller's shape replayed as sub-steps (observations, masks, actions, reward)."""
+    """Per seed: the labeller's shape replayed as sub-steps (observations, masks, actions, reward), its
+    latency in the world so completed, and the latency of the labeller's own plan (its devices and shares
+    chosen by its search, not by the completion)."""
     torch.set_num_threads(1)
     key = json.dumps(env_cfg, sort_keys=True)
     if _WORKER_ENV.get(key) is None:  # one env per worker process: building 256 meshes' models once
@@ -66,6 +69,7 @@ def label_worker(
         random_state(env, seed)
         optimiser = labelling_planner(labeller, env.sim.cost_model, evaluations)
         plan = optimiser.plan(env.sim.snapshot, env.graph, env.sim.objective)
+        own = charged_in_world(env.sim.cost_model, env.sim.world, plan, env.sim.time).latency_s
         shape = label_shape(Shape.of_plan(plan), env)
         if len(shape.factors) > env.actions.max_stages:
             continue
@@ -79,7 +83,7 @@ def label_worker(
             _, reward, _, _, info = env.step(actions[-1])
         out.append(
             {"seed": seed, "obs": obs, "masks": masks, "actions": actions, "reward": reward,
-             "latency_s": info["latency_s"]}
+             "latency_s": info["latency_s"], "optimiser_latency_s": own}
         )  # fmt: skip
     return out
 
