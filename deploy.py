@@ -372,6 +372,7 @@ def report(summaries: list[dict], args: argparse.Namespace, cluster: str, title:
     """Print the table and write the JSON (one shape for any number of agents); 0 if every output was
     exact and nothing lost or duplicated."""
     print_table(summaries, title)
+    console.print(f"every request: {args.out} (a CSV per agent, and TensorBoard logs)")
     if args.json:
         write_json(args.json, {"model": args.model, "cluster": cluster, "agents": summaries}, console)
     ok = all(s["outputs_match"] and s["lost"] == 0 and s["duplicated"] == 0 for s in summaries)

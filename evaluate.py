@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--traces and the scenario {args.scenario!r} both set the links: choose one")
     if args.command == "compare":
         flags.check_objective(parser, args)
+    if args.command == "compare" and args.backend == "sim" and (args.dilation or args.pacing != "profile"):
+        parser.error("--dilation and --pacing are for the live backend (the sim emulates no cluster)")
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
 

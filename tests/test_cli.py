@@ -136,6 +136,9 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
         deploy.parse(["--cluster", str(TINY3), "--bandwidth-cap", "0"])
     assert "must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        evaluate.main(["compare", "--cluster", str(TINY3), "--dilation", "3"])  # the sim emulates nothing
+    assert "--dilation and --pacing are for the live backend" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         streams_bench.parse(["--dilation", "0.5"])
     assert "must be a number >= 1" in capsys.readouterr().err
     for flag in ("--gap-s", "--warmup-s", "--energy-weight"):  # time running backwards, a negative weight
