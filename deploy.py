@@ -81,7 +81,8 @@ def world_for(spec: ClusterSpec, args: argparse.Namespace) -> NetworkState:
 
 def chaos_schedule(spec, requests: int, kills: int = 3) -> list[tuple[int, str, str]]:
     """Kill ``kills`` workers spread over the run, each restarted a little later: never the source or
-    the sink, nor a relay on every path between them (nothing could be served until it came back)."""
+    the sink, nor a relay on every path between them (requests wait for such a relay to come back, and
+    this schedule brings a worker back only after more requests are served)."""
     victims = [
         d
         for d in spec.device_ids

@@ -31,7 +31,9 @@ stays silent for ``dead_after_s`` (or comes back with a new boot id) is marked d
 (``attach``: ``replan(available_devices) -> Plan``; by default ``fallback_plan`` drops the device from
 the current plan) gives a plan without it, and every request the failure touched is sent again under a
 fresh attempt id. Only the current attempt of a request is accepted, so each
-request yields exactly one result: nothing is lost, nothing duplicated.
+request yields exactly one result: nothing is lost, nothing duplicated. When no plan can be routed over
+the devices still up (a relay on every path from the source is down), the requests wait until a worker
+comes back, and are then planned and sent again.
 
 Rescue: a request can be restarted on the plan in force while its attempt is still running
 (``restart``), for when conditions collapsed under it and finishing the old attempt would take longer
@@ -66,7 +68,7 @@ from runtime import models
 from runtime.attempts import Attempts, PendingRequest
 from runtime.configuring import WorkerConfiguration
 from runtime.connections import WorkerConnections, WorkerStatus
-from runtime.deployed import DeployedPlan, DeployedPlans, DeployFailed
+from runtime.deployed import DeployedPlan, DeployedPlans, DeployFailed, Unroutable
 from runtime.deployment import Deployment
 from runtime.emulation import Emulation
 from runtime.fidelity import FidelityMeter
@@ -129,6 +131,7 @@ class Controller:
         self.epoch = time.time()  # t=0 of every emulation schedule
         self.verifier = Verifier(verify, models.build(model, seed=seed).eval()) if verify else None
         self.replans = 0
+        self._cut_off: frozenset[str] | None = None  # the devices up when no plan could be routed
         self.watch = watch  # called every ``watch_every_s`` while a request waits for its result
         self.watch_every_s = watch_every_s
         self._last_watch = 0.0
@@ -443,8 +446,8 @@ class Controller:
     def _step(self, timeout_s: float) -> None:
         """Wait a little for messages, then recover from failures and finish what can be finished."""
         self._pump(timeout_s)
-        if self.workers.newly_down:
-            self._recover()
+        if self.workers.newly_down or (self._cut_off is not None and self.available - self._cut_off):
+            self._recover()  # a worker went down, or one came back while nothing could be routed
         now = time.time()
         for p in list(self.attempts.pending.values()):
             if p.error is not None:
@@ -465,22 +468,31 @@ class Controller:
 
     def _recover(self) -> None:
         """Handle the workers found down: a new plan for each lane whose plan needs them, re-run their
-        requests."""
+        requests. When no plan can be routed over the devices still up (a relay on every path from the
+        source or to the sink is down), the requests wait: this runs again once a worker comes back, and
+        then re-runs every request that waited."""
         newly_down = self.workers.newly_down
-        while newly_down:
+        waited, self._cut_off = self._cut_off is not None, None
+        while newly_down or waited:
             down = set(newly_down)
             newly_down.clear()
             try:
                 for lane, pid in list(self.deployed.current.items()):
-                    if not set(self.deployed.by_id[pid].parts) <= self.available:
+                    # after a wait, every lane: a worker back from down holds none of its old plans
+                    if waited or not set(self.deployed.by_id[pid].parts) <= self.available:
                         self.deployed.deploy(self._next_plan(lane), self._new_id(), lane)
             except DeployFailed:
                 continue  # the newly failed devices are queued: plan again
+            except Unroutable as exc:
+                log.warning("%s: the requests wait for a worker to come back", exc)
+                self._cut_off = self.available
+                return
             for p in list(self.attempts.pending.values()):
-                if p.output is None and self._uses(
-                    p.plan_id, down | (set(self.spec.devices) - self.available)
+                if p.output is None and (
+                    waited or self._uses(p.plan_id, down | (set(self.spec.devices) - self.available))
                 ):
                     self._start(p)
+            waited = False
 
     def _uses(self, pid: int, devices: set[str]) -> bool:
         return bool(set(self.deployed.by_id[pid].parts) & devices)

@@ -39,6 +39,11 @@ class DeployFailed(Exception):
     """A device went down while a plan was being deployed."""
 
 
+class Unroutable(PlanError):
+    """A plan's transfers cannot be routed over the devices that are up (a relay on every path between
+    two of its devices is down)."""
+
+
 class DeployedPlans:
     """Every plan deployed, by id (``by_id``), and each lane's plan in force (``current``); see the module
     docstring. ``pump`` is the controller's message loop, which confirmations arrive through."""
@@ -66,11 +71,11 @@ class DeployedPlans:
 
     def deploy(self, plan: Plan, plan_id: int, lane: str) -> None:
         """Deploy ``plan`` as ``plan_id`` and make it ``lane``'s plan in force (raises ControllerError on a
-        refusal, DeployFailed when a device goes down meanwhile)."""
+        refusal, DeployFailed when a device goes down meanwhile, Unroutable when a relay it needs is down)."""
         try:
             parts = deployments(self.graph, plan, plan_id, self.model, self.seed, self._route)
         except SpecError as exc:
-            raise PlanError(f"plan cannot be routed over the live devices: {exc}") from None
+            raise Unroutable(f"plan cannot be routed over the live devices: {exc}") from None
         for d, dep in parts.items():
             # rid = plan id, so a refusal can be told apart from one of an older deployment that a
             # restarted worker may receive first (messages queued for it while it was down)

@@ -24,6 +24,7 @@ from agents.robust import RobustPlanner
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.controller import Controller, InFlight
+from runtime.deployed import Unroutable
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 from serving.rules import MAX_RESCUES, moved, settled, worth_restarting, worth_swapping
@@ -247,7 +248,11 @@ class Adaptive(Static):
             backlog,
         )
         started = time.perf_counter()
-        self.controller.deploy(plan)
+        try:
+            self.controller.deploy(plan)
+        except Unroutable as exc:  # a relay it needs went down since it was made: the controller waits
+            log.warning("not swapped in: %s", exc)
+            return False
         self.swaps.append(time.perf_counter() - started)
         self.replans += 1
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -426,6 +427,32 @@ def test_a_slow_planner_plans_while_requests_keep_running_on_the_plan_in_force(s
     assert first_new >= 5 and set(devices[:first_new]) == {"d1"}  # served meanwhile, not stalled
     assert records[first_new].time_s - records[0].time_s >= 0.9
     assert set(devices[first_new:]) == {"d0"}
+
+
+def test_requests_wait_for_a_relay_on_every_path_to_come_back_and_nothing_is_lost():
+    """line4 is a chain d0 - d1 - d2 - d3: with d1 down no plan reaches the sink. The requests wait (the
+    run used to abort: "plan cannot be routed over the live devices"), and when d1's worker is back they
+    are planned and sent again, each answered once, exactly."""
+    spec = load_cluster(CONFIGS / "line4.yaml")
+    model = models.build("tiny", seed=0)
+    graph = LayerGraph.from_model(model, models.input_shape("tiny"), "tiny")
+    decide = Decider(make_planner("disnet", graph=graph, spec=spec), graph, Objective())
+    with LocalCluster(spec, model="tiny") as cluster:
+        back: list[threading.Timer] = []
+
+        def kill_d1_after_the_third(record: RequestLog) -> None:
+            if record.index == 2:
+                cluster.kill("d1")
+                back.append(threading.Timer(4.0, cluster.restart, ["d1"]))  # after it is found down
+                back[0].start()
+
+        options = ServeOptions(requests=8, rescue_margin=None)
+        report = serve(cluster, model, decide, options, agent="a", on_result=kill_d1_after_the_third)
+        back[0].join()
+        assert [device for _, device in cluster.controller.failures] == ["d1"]  # found down, once
+    summary = report.summary()
+    assert summary["completed"] == 8 and summary["lost"] == 0 and summary["duplicated"] == 0
+    assert summary["outputs_match"]
 
 
 def test_a_reused_output_folder_holds_only_the_latest_run(tmp_path):
