@@ -103,6 +103,7 @@ class Clairvoyant(Planner):
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
+        others, self._others = self._others, []  # for this request only
         t, horizon = snapshot.time, self.first_horizon_s
         for _ in range(self.ROUNDS):
             plan, horizon = self._plan_on_future(t, horizon, graph, objective)
@@ -116,9 +117,8 @@ class Clairvoyant(Planner):
             search.consider(self.optimiser.plan(snapshot, graph, objective))
         except CutOff:
             pass  # the snapshot sees an outage: the foresight's plan waits it out
-        for other in self._others:
+        for other in others:
             search.consider(other)
-        self._others = []
         search.local_search(self.refine_evaluations, np.random.default_rng(0))
         if search.best is None and search.blocked is None:
             self.last_blocked = False  # the plan loses a device whatever: priced with the loss

@@ -24,7 +24,6 @@ from agents.robust import RobustPlanner
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.controller import Controller, InFlight
-from runtime.deployed import Unroutable
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 from serving.rules import MAX_RESCUES, moved, settled, worth_restarting, worth_swapping
@@ -250,7 +249,7 @@ class Adaptive(Static):
         started = time.perf_counter()
         try:
             self.controller.deploy(plan)
-        except Unroutable as exc:  # a relay it needs went down since it was made: the controller waits
+        except PlanError as exc:  # a device it needs went down since it was made (made in the background)
             log.warning("not swapped in: %s", exc)
             return False
         self.swaps.append(time.perf_counter() - started)
