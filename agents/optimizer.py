@@ -1,11 +1,13 @@
 """The analytic optimiser: the best plan the cost model can find, the yardstick for every other planner.
 
 **Search space W** (what "exact" refers to). A plan in W is ``env.completion.complete(graph, view,
-shape)`` for a *shape*: a set of cut points (any subset of ``graph.cut_points``; consecutive groups
+shape, profile)`` for a *shape*: a set of cut points (any subset of ``graph.cut_points``; consecutive groups
 form a stage) and a split factor 1 <= k_s <= min(usable devices, output rows) per stage. The completion
-picks the k_s devices and balances their shares analytically from the snapshot (env/completion.py).
-W is exactly the PPO planner's action space, so the optimiser's best over W is what a perfect policy
-could reach. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups (5 devices, 6 groups:
+picks the k_s devices and balances their shares analytically from the snapshot (env/completion.py), on
+the cost model's own compute: its profile when it has one (a stage's work is then its measured seconds,
+not its FLOPs: MobileNet-V2's depthwise layers take far longer than their FLOPs say; on the development
+split the robust optimiser's sum fell 17%, measured), FLOPs otherwise. The shapes are the PPO planner's
+action space; the policies complete them on FLOPs, what they were trained on. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups (5 devices, 6 groups:
 38,880; distinct plans can be fewer, the completion clamps and drops devices).
 
 **Search.**
@@ -170,14 +172,14 @@ class OptimalPlanner(Planner):
         shapes = shape_count(graph, n)
         if shapes <= self.exact_limit:
             for shape in all_shapes(graph, n):
-                search.consider(complete(graph, view, shape))
+                search.consider(complete(graph, view, shape, model.profile))
         else:
             after_seeds = search.evaluations
             budget = after_seeds + int(self.max_evaluations * self.SHAPE_SHARE)
 
             def score(shape: Shape) -> float:
                 """A shape's objective; infinite once the budget is spent, which ends the descent."""
-                plan = complete(graph, view, shape)
+                plan = complete(graph, view, shape, model.profile)
                 return (
                     search.consider(plan)
                     if search.evaluations < budget

@@ -24,6 +24,10 @@ shares with the one before (their rows stay where they are) and puts its new one
 Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down) or lack memory for the
 stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
 
+A stage's work is its FLOPs, or with a ``profile`` its measured seconds on the profile's reference device
+(``stage_info``): the optimisers pass their cost model's profile; the policies and the env complete on
+FLOPs, what the shipped policies were trained on.
+
 The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
 policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
 per-stage loop is one numba kernel (``_complete``); its whole-row rounding ``split_rows`` compiles
@@ -95,12 +99,12 @@ def stage_info(graph: LayerGraph, start: int, end: int, k: int, profile: Profile
 
 
 @lru_cache(maxsize=1024)
-def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
+def _shape_arrays(graph: LayerGraph, shape: Shape, profile: Profile | None = None) -> tuple[np.ndarray, ...]:
     """Per stage of ``shape``, what ``_complete`` needs: the clamped factor and the ``StageInfo`` fields."""
     infos, ks = [], []
     for start, end, factor in shape.stages:
         k = max(1, min(factor, graph.extent(end)))
-        infos.append(stage_info(graph, start, end, k))
+        infos.append(stage_info(graph, start, end, k, profile))
         ks.append(k)
     floats = np.array(
         [(i.in_bytes, i.flops, i.out_bytes, i.halo_bytes, i.halo_flops) for i in infos], dtype=np.float64
@@ -111,21 +115,23 @@ def _shape_arrays(graph: LayerGraph, shape: Shape) -> tuple[np.ndarray, ...]:
     return (np.array([i.flat for i in infos], dtype=np.bool_), *columns)
 
 
-def complete(graph: LayerGraph, view: NetView, shape: Shape) -> Plan:
+def complete(graph: LayerGraph, view: NetView, shape: Shape, profile: Profile | None = None) -> Plan:
     """The plan for ``shape`` under the conditions in ``view`` (see the module docstring).
 
     Factors larger than the usable devices or the stage's extent are clamped; the result always
     validates against the graph.
     """
-    return complete_arrays(graph, view, shape).plan
+    return complete_arrays(graph, view, shape, profile).plan
 
 
-def complete_arrays(graph: LayerGraph, view: NetView, shape: Shape) -> PlanArrays:
+def complete_arrays(
+    graph: LayerGraph, view: NetView, shape: Shape, profile: Profile | None = None
+) -> PlanArrays:
     """``complete`` as the arrays the compiled ``_complete`` returns (the per-stage choice and balancing),
     for callers that only cost the plan: the Plan's objects are built when ``.plan`` is first asked for."""
     stage_ptr, devices, sizes = _complete(
         view.sec_per_byte, view.usable_mask, view.memory_bytes, view.inv_speed, view.index[view.source],
-        view.index[view.sink], *_shape_arrays(graph, shape),
+        view.index[view.sink], *_shape_arrays(graph, shape, profile),
     )  # fmt: skip
     return PlanArrays(
         view.devices,
