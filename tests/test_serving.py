@@ -344,8 +344,10 @@ def test_a_plan_chosen_after_a_request_serves_the_next_one(setup):
     with LocalCluster(spec, model="tiny") as cluster:
         # no rescue watch: its re-plans while a request runs would take decisions out of this sequence;
         # every different plan swapped in (this is about when a swap takes effect, not whether it pays)
-        options = ServeOptions(requests=4, replan_every=1, rescue_margin=None, replan_margin=None)
-        options.plan_wait_s = 30.0  # a plan made within the wait (this one is instant, even on a loaded host)
+        # a plan made within the wait (this one is instant, even on a loaded host)
+        options = ServeOptions(
+            requests=4, replan_every=1, rescue_margin=None, replan_margin=None, plan_wait_s=30.0
+        )
         serve(
             cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
         )
@@ -417,8 +419,14 @@ def test_a_slow_planner_plans_while_requests_keep_running_on_the_plan_in_force(s
     planner = SlowSecondThoughts(think_s=1.0)
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny") as cluster:
-        options = ServeOptions(requests=10**6, duration_s=2.5, replan_every=1, rescue_margin=None)
-        options.replan_margin, options.plan_wait_s = None, 0.05
+        options = ServeOptions(
+            requests=10**6,
+            duration_s=2.5,
+            replan_every=1,
+            rescue_margin=None,
+            replan_margin=None,
+            plan_wait_s=0.05,
+        )
         serve(
             cluster, model, Decider(planner, graph, Objective()), options, agent="a", on_result=records.append
         )
