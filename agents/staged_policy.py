@@ -5,7 +5,8 @@ tensors only, loaded with ``weights_only=True``) and ``disnet.json`` (``StagedMe
 cut points, K, the stage limit, the activation). Deciding walks the request's sub-steps as the env does
 (env/staged_env.py): observe the device tokens and context on the snapshot and the plan so far, one
 numpy forward pass of the device-set network, the most likely valid (cut, factor), until a stage ends
-the model; the analytic completion then places devices and shares. No device count limit: the network
+the model; the analytic completion then places devices and shares, counting work as the planner's cost
+model prices it (its profile, or FLOPs), as the env the policy was trained in does. No device count limit: the network
 pools over whatever devices the cluster has.
 
 ``top_k > 1``: the greedy sequence and, for each of the k - 1 next most likely first stages, the greedy
@@ -34,7 +35,7 @@ from agents.local_search import polish
 from agents.ppo import save_policy
 from env.actions import single_device_shape
 from env.completion import complete
-from env.cost_model import CostModel, Objective
+from env.cost_model import CostModel, Objective, Profile
 from env.net_view import NetView, net_view
 from env.shapes import Shape
 from env.snapshot import Snapshot
@@ -117,14 +118,17 @@ class StagedPlanner(Planner):
         if problem is not None:
             raise PlannerError(problem)
         view = net_view(snapshot)
+        model = self.cost_model(graph, snapshot.spec)
         shapes = self.shapes(snapshot, graph, view)
         try:
-            plans = [complete(graph, view, s).validate(graph, snapshot.spec.device_ids) for s in shapes]
+            plans = [
+                complete(graph, view, s, model.profile).validate(graph, snapshot.spec.device_ids)
+                for s in shapes
+            ]
         except (ValueError, PlanError) as exc:
             single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy's plan is invalid ({exc}): single best device")
         if self.polish:
-            model = self.cost_model(graph, snapshot.spec)
             return Decision(polish(model, snapshot, graph, objective, plans, self.polish))
         if len(plans) == 1:
             return Decision(plans[0])
@@ -134,11 +138,18 @@ class StagedPlanner(Planner):
         """The greedy shape, then (``top_k``) greedy continuations of the next most likely first stages."""
         view = view or net_view(snapshot)
         actions = self._actions_for(graph)
-        first = self._ranked(graph, snapshot, view, PartialPlan(), actions)
-        return [self._greedy(graph, snapshot, view, actions, a) for a in first[: self.top_k]]
+        profile = self.cost_model(graph, snapshot.spec).profile
+        first = self._ranked(graph, snapshot, view, PartialPlan(), actions, profile)
+        return [self._greedy(graph, snapshot, view, actions, a, profile) for a in first[: self.top_k]]
 
     def _greedy(
-        self, graph: LayerGraph, snapshot: Snapshot, view: NetView, actions: StageActions, first: int
+        self,
+        graph: LayerGraph,
+        snapshot: Snapshot,
+        view: NetView,
+        actions: StageActions,
+        first: int,
+        profile: Profile | None,
     ) -> Shape:
         partial, action = PartialPlan(), first
         while True:
@@ -147,7 +158,7 @@ class StagedPlanner(Planner):
             partial.factors.append(factor)
             if cut == len(graph.units):
                 return partial.shape()
-            action = self._ranked(graph, snapshot, view, partial, actions)[0]
+            action = self._ranked(graph, snapshot, view, partial, actions, profile)[0]
 
     def _ranked(
         self,
@@ -156,8 +167,9 @@ class StagedPlanner(Planner):
         view: NetView,
         partial: PartialPlan,
         actions: StageActions,
+        profile: Profile | None,
     ) -> list[int]:
-        tokens, context = observe(graph, snapshot, view, partial, actions)
+        tokens, context = observe(graph, snapshot, view, partial, actions, profile)
         mask = actions.mask(partial.start, len(partial.factors), view.n_usable)
         logits = np.where(mask, self.net.logits(tokens, context), -np.inf)
         return [int(a) for a in np.argsort(-logits, kind="stable")[: int(mask.sum())]]

@@ -6,7 +6,9 @@ the graph's C cut points after 0 and factors 1..K. The request is served when a 
 unit. Every plan shape with at most ``max_stages`` stages and factors up to K is reachable, and the mask is
 exact: the cut must lie after the current start, k at most the usable devices and the stage's output
 rows, and the last allowed stage must end the model. Which devices, in which order and with which shares
-follows from the analytic completion (env/completion.py), as for the optimiser's search space W.
+follows from the analytic completion (env/completion.py), as for the optimiser's search space W, on the
+work the env's cost model prices (its profile, or FLOPs): the optimisers' completion, so a label's shape
+completes to the plan it names.
 
 Why sub-steps rather than one joint action: a shape is up to 20 cuts and factors (VGG-16), a factorised
 MultiDiscrete cannot mask the joint constraints, while a pair per stage masks exactly and a request takes
@@ -37,8 +39,9 @@ from functools import lru_cache
 import gymnasium as gym
 import numpy as np
 
-from env.completion import complete_arrays
+from env.completion import complete_arrays, stage_info
 from env.config import EnvConfig
+from env.cost_model import Profile
 from env.net_view import NetView
 from env.partition_env import request_info
 from env.plan_arrays import PlanArrays
@@ -140,11 +143,12 @@ def _log_seconds(t: np.ndarray | float) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _cut_table(graph: LayerGraph) -> dict[int, tuple[float, float]]:
-    """Per cut point: FLOPs from there to the end, and the bytes of the tensor there."""
+def _cut_table(graph: LayerGraph, profile: Profile | None) -> dict[int, tuple[float, float]]:
+    """Per cut point: the work from there to the end (FLOPs, or the profile's, as the completion counts
+    it), and the bytes of the tensor there."""
     n = len(graph.units)
     return {
-        c: (float(graph.band_flops(c, n, (0, graph.extent(n)))) if c < n else 0.0,
+        c: (stage_info(graph, c, n, 1, profile).flops if c < n else 0.0,
             float(graph.extent(c) * graph.row_bytes(c)))
         for c in graph.cut_points
     }  # fmt: skip
@@ -155,36 +159,46 @@ def context_size(actions: StageActions) -> int:
 
 
 def observe(
-    graph: LayerGraph, snapshot: Snapshot, view: NetView, partial: PartialPlan, actions: StageActions
+    graph: LayerGraph,
+    snapshot: Snapshot,
+    view: NetView,
+    partial: PartialPlan,
+    actions: StageActions,
+    profile: Profile | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The device tokens ``(devices, TOKEN_FEATURES)`` and the context vector (module docstring)."""
-    prev_dev, prev_w, holds = _stage_input(graph, view, partial)
+    """The device tokens ``(devices, TOKEN_FEATURES)`` and the context vector (module docstring), with
+    work counted as the completion counts it (``profile``: the cost model's)."""
+    prev_dev, prev_w, holds = _stage_input(graph, view, partial, profile)
     spb_in = prev_w @ view.sec_per_byte[prev_dev]
-    alone = _time_alone(graph, view, partial.start, spb_in)
+    alone = _time_alone(graph, view, partial.start, spb_in, profile)
     fastest = alone.min() if np.isfinite(alone).any() else 1.0
     tokens = _device_tokens(snapshot, view, prev_dev, prev_w, spb_in, holds, alone, fastest)
-    context = _context(graph, snapshot, view, partial, actions, fastest)
+    context = _context(graph, snapshot, view, partial, actions, fastest, profile)
     return np.clip(tokens, -OBS_LIMIT, OBS_LIMIT), np.clip(context, -OBS_LIMIT, OBS_LIMIT)
 
 
-def _stage_input(graph: LayerGraph, view: NetView, partial: PartialPlan) -> tuple[np.ndarray, ...]:
+def _stage_input(
+    graph: LayerGraph, view: NetView, partial: PartialPlan, profile: Profile | None
+) -> tuple[np.ndarray, ...]:
     """Where the next stage's input is: the previous stage's devices and their shares of it (the source
     alone before the first stage), and which devices hold weights of the plan so far (0/1 per device)."""
     n = len(view.devices)
     if not partial.factors:
         return np.array([view.index[view.source]]), np.ones(1), np.zeros(n)
-    arrays = complete_arrays(graph, view, partial.shape())
+    arrays = complete_arrays(graph, view, partial.shape(), profile)
     last = slice(arrays.ptr[-2], arrays.ptr[-1])
     holds = np.zeros(n)
     holds[arrays.devices] = 1.0
     return arrays.devices[last], arrays.shares[last] / arrays.shares[last].sum(), holds
 
 
-def _time_alone(graph: LayerGraph, view: NetView, start: int, spb_in: np.ndarray) -> np.ndarray:
+def _time_alone(
+    graph: LayerGraph, view: NetView, start: int, spb_in: np.ndarray, profile: Profile | None
+) -> np.ndarray:
     """Each device's estimated time for the rest of the model alone from cut ``start``: fetch the input,
     compute, send the output to the sink (inf for an unusable or unreachable device)."""
     gflops = np.asarray(view.gflops)
-    table = _cut_table(graph)
+    table = _cut_table(graph, profile)
     rest_flops, in_bytes = table[start]
     out_bytes = table[len(graph.units)][1]
     sink_spb = view.sec_per_byte[:, view.index[view.sink]]
@@ -243,11 +257,13 @@ def _context(
     partial: PartialPlan,
     actions: StageActions,
     fastest: float,
+    profile: Profile | None,
 ) -> np.ndarray:
     """The plan so far, the usable devices and the model's size at the current cut (module docstring),
     unclipped."""
     start, n_units = partial.start, len(graph.units)
-    rest_flops, in_bytes = _cut_table(graph)[start]
+    table = _cut_table(graph, profile)
+    rest_flops, in_bytes = table[start]
     best = max(np.asarray(view.gflops).max(), 1e-9)
     position = np.zeros(len(actions.cuts))
     if start > 0:
@@ -264,7 +280,7 @@ def _context(
                 (partial.factors[-1] if partial.factors else 0) / actions.max_factor,
                 n_usable / 32.0,
                 math.log2(max(n_usable, 1)) / 5.0,
-                rest_flops / max(graph.total_flops, 1),
+                rest_flops / max(table[0][0], 1),
                 float(_log_seconds(rest_flops / (best * 1e9))),
                 float(_log_seconds(in_bytes * 8e-6 / max(mbps, 1e-3))),
                 float(_log_seconds(fastest)) if np.isfinite(fastest) else 2.0,
@@ -327,7 +343,7 @@ class StagedSplitEnv(gym.Env):
         if cut < len(self.graph.units):
             return self.observation(), 0.0, False, False, {}
         shape = self.partial.shape()
-        return self._serve(self.sim.completed(shape), shape, False)
+        return self._serve(complete_arrays(self.graph, self.sim.view, shape, self.sim.profile), shape, False)
 
     def _serve(self, plan: PlanArrays, shape: Shape | None, invalid: bool):
         lo, hi = self.config.gap_s
@@ -347,7 +363,9 @@ class StagedSplitEnv(gym.Env):
             raise ValueError(
                 f"cluster {spec.name!r} has {len(spec.devices)} devices; max_devices is {self.max_devices}"
             )
-        tokens, context = observe(self.graph, self.sim.snapshot, self.sim.view, self.partial, self.actions)
+        tokens, context = observe(
+            self.graph, self.sim.snapshot, self.sim.view, self.partial, self.actions, self.sim.profile
+        )
         padded = np.zeros((self.max_devices, TOKEN_FEATURES))
         padded[: len(tokens)] = tokens
         return np.concatenate([padded.ravel(), context]).astype(np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,37 @@ def test_numpy_actor_matches_the_torch_policy(env, policy):
         tokens, context = observe(env.graph, env.sim.snapshot, env.sim.view, env.partial, env.actions)
         np.testing.assert_allclose(planner.net.logits(tokens, context), expected, rtol=1e-4, atol=1e-5)
         env.step(int(np.flatnonzero(env.action_masks())[0]))
+
+
+def test_env_and_planner_complete_on_the_cost_models_profile(policy, tmp_path):
+    """On a profile far from the FLOPs (the first unit 200x slower per FLOP), the env serves and the
+    planner plans the completion on the profile's work, as the optimisers do: a policy's shape means in
+    planning what it meant in training, and a label's shape completes to the plan its labeller priced."""
+    path, _, _ = policy
+    graph = model_graph("tiny")
+    seconds = [u.flops / 1e9 * (200.0 if i == 0 else 1.0) for i, u in enumerate(graph.units)]
+    record = {"format": "disnet-profile/1", "model": "tiny", "input_shape": list(graph.input_shape),
+              "units": [u.name for u in graph.units], "reference_gflops": 1.0, "unit_seconds": seconds,
+              "host": "elsewhere"}  # fmt: skip
+    (tmp_path / "tiny.json").write_text(json.dumps(record))
+    profiled = StagedSplitEnv(
+        EnvConfig.parse({**ENV, "cost": "profile", "profile": str(tmp_path / "tiny.json")})
+    )
+    profile = profiled.sim.profile
+    planner = StagedPlanner(path, profiled.sim.cost_model)
+    differ = 0
+    for seed in range(6):
+        profiled.reset(seed=seed)
+        snapshot, view = profiled.sim.snapshot, profiled.sim.view
+        plan = planner.decide(snapshot, profiled.graph, Objective()).plan
+        shape = planner.shapes(snapshot, profiled.graph, view)[0]
+        assert plan == complete(profiled.graph, view, shape, profile)
+        for _, end, k in shape.stages:
+            *_, info = profiled.step(profiled.actions.encode(end, k))
+        assert info["plan"].plan == plan
+        fixed = Shape((0, 1, len(graph.units)), (3, 1))
+        differ += complete(graph, view, fixed, profile) != complete(graph, view, fixed)
+    assert differ  # the profile changes the completion here, so the checks above can tell the two apart
 
 
 def _mesh(n: int, seed: int) -> dict:

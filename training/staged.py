@@ -158,7 +158,7 @@ def _validated(
 ) -> float:
     """Save the model's policy to ``path``, validate it into ``report``; its mean ratio to the optimiser."""
     save_staged(path, model.policy, meta)
-    report["validation"] = validate(probe, StagedPlanner(path), val)
+    report["validation"] = validate(probe, StagedPlanner(path, probe.sim.cost_model), val)
     return report["validation"]["mean_ratio_to_optimiser"]
 
 
