@@ -2,12 +2,12 @@
 
 A policy file (training/staged.py writes it) is a zip with ``policy.pth`` (the MaskablePPO state dict,
 tensors only, loaded with ``weights_only=True``) and ``disnet.json`` (``StagedMeta``: the model and its
-cut points, K, the stage limit, the activation). Deciding walks the request's sub-steps as the env does
-(env/staged_env.py): observe the device tokens and context on the snapshot and the plan so far, one
-numpy forward pass of the device-set network, the most likely valid (cut, factor), until a stage ends
-the model; the analytic completion then places devices and shares, counting work as the planner's cost
-model prices it (its profile, or FLOPs), as the env the policy was trained in does. No device count limit: the network
-pools over whatever devices the cluster has.
+cut points, K, the stage limit, the activation, the completion). Deciding walks the request's sub-steps
+as the env does (env/staged_env.py): observe the device tokens and context on the snapshot and the plan so
+far, one numpy forward pass of the device-set network, the most likely valid (cut, factor), until a stage
+ends the model; the analytic completion then places devices and shares, counting work as the env the
+policy was trained in did (``completion``: on the cost model's profile, or FLOPs). No device count limit:
+the network pools over whatever devices the cluster has.
 
 ``top_k > 1``: the greedy sequence and, for each of the k - 1 next most likely first stages, the greedy
 rest; the cost model picks the best of those k plans on the snapshot. ``polish=N`` then improves the best
@@ -45,6 +45,7 @@ from runtime.plan import Plan, PlanError
 from runtime.spec import ClusterSpec
 
 STAGED_FORMAT = "disnet-staged/1"
+COMPLETIONS = ("profile", "flops")  # files written before the field existed completed on FLOPs
 
 
 class StagedPolicyError(ValueError):
@@ -62,6 +63,7 @@ class StagedMeta:
     max_stages: int
     activation: str
     objective: dict
+    completion: str = "flops"  # what the env counted as a stage's work: "profile" (its cost model's) or FLOPs
     format: str = STAGED_FORMAT
 
 
@@ -78,7 +80,12 @@ def load_staged(path: str | Path) -> tuple[dict[str, torch.Tensor], StagedMeta]:
             state = torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
         if meta.get("format") != STAGED_FORMAT:
             raise StagedPolicyError(f"{path}: format {meta.get('format')!r}, expected {STAGED_FORMAT!r}")
-        return state, StagedMeta(**meta)
+        parsed = StagedMeta(**meta)
+        if parsed.completion not in COMPLETIONS:
+            raise StagedPolicyError(
+                f"{path}: completion {parsed.completion!r}, expected one of {COMPLETIONS}"
+            )
+        return state, parsed
     except (OSError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, RuntimeError) as exc:
         raise StagedPolicyError(f"{path}: not a disnet staged policy ({type(exc).__name__}: {exc})") from None
 
@@ -119,11 +126,11 @@ class StagedPlanner(Planner):
             raise PlannerError(problem)
         view = net_view(snapshot)
         model = self.cost_model(graph, snapshot.spec)
+        profile = self._work_profile(model)
         shapes = self.shapes(snapshot, graph, view)
         try:
             plans = [
-                complete(graph, view, s, model.profile).validate(graph, snapshot.spec.device_ids)
-                for s in shapes
+                complete(graph, view, s, profile).validate(graph, snapshot.spec.device_ids) for s in shapes
             ]
         except (ValueError, PlanError) as exc:
             single = complete(graph, view, single_device_shape(graph))
@@ -138,7 +145,7 @@ class StagedPlanner(Planner):
         """The greedy shape, then (``top_k``) greedy continuations of the next most likely first stages."""
         view = view or net_view(snapshot)
         actions = self._actions_for(graph)
-        profile = self.cost_model(graph, snapshot.spec).profile
+        profile = self._work_profile(self.cost_model(graph, snapshot.spec))
         first = self._ranked(graph, snapshot, view, PartialPlan(), actions, profile)
         return [self._greedy(graph, snapshot, view, actions, a, profile) for a in first[: self.top_k]]
 
@@ -173,6 +180,11 @@ class StagedPlanner(Planner):
         mask = actions.mask(partial.start, len(partial.factors), view.n_usable)
         logits = np.where(mask, self.net.logits(tokens, context), -np.inf)
         return [int(a) for a in np.argsort(-logits, kind="stable")[: int(mask.sum())]]
+
+    def _work_profile(self, model: CostModel) -> Profile | None:
+        """The profile the completion and the observation count work on: the cost model's, for a policy
+        trained so (``meta.completion``), else None (FLOPs)."""
+        return model.profile if self.meta.completion == "profile" else None
 
     def _actions_for(self, graph: LayerGraph) -> StageActions:
         actions = self._actions.get(id(graph))

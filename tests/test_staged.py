@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents import PlannerError, make_planner
 from agents.robust import RobustPlanner
-from agents.staged_policy import StagedMeta, StagedPlanner, save_staged
+from agents.staged_policy import StagedMeta, StagedPlanner, load_staged, save_staged
 from env.completion import complete
 from env.config import EnvConfig, model_graph
 from env.cost_model import Objective
@@ -28,7 +29,7 @@ from env.shapes import Shape
 from env.staged_env import StagedSplitEnv, observe
 from runtime.spec import parse_cluster
 from training.config import StagedConfig
-from training.staged import behaviour_cloning, make_model, validate
+from training.staged import _meta, behaviour_cloning, make_model, validate
 from training.staged_labels import label_shape, label_worker, labelling_planner, random_state
 
 ENV = {
@@ -124,10 +125,15 @@ def test_numpy_actor_matches_the_torch_policy(env, policy):
 
 
 def test_env_and_planner_complete_on_the_cost_models_profile(policy, tmp_path):
-    """On a profile far from the FLOPs (the first unit 200x slower per FLOP), the env serves and the
-    planner plans the completion on the profile's work, as the optimisers do: a policy's shape means in
-    planning what it meant in training, and a label's shape completes to the plan its labeller priced."""
-    path, _, _ = policy
+    """On a profile far from the FLOPs (the first unit 200x slower per FLOP), the env serves and a policy
+        trained on it plans the completion on the profile's work, as the optimisers do: a shape means in
+        planning what it meant in training, and a label's shape completes to the plan its labeller priced. A
+        policy file that says it was trained on FLOPs (as files without the field were) keeps FLOPs; training
+    writes what its env used."""
+    path, model, cfg = policy
+    on_profile = save_staged(
+        tmp_path / "profile.zip", model.policy, replace(load_staged(path)[1], completion="profile")
+    )
     graph = model_graph("tiny")
     seconds = [u.flops / 1e9 * (200.0 if i == 0 else 1.0) for i, u in enumerate(graph.units)]
     record = {"format": "disnet-profile/1", "model": "tiny", "input_shape": list(graph.input_shape),
@@ -138,7 +144,12 @@ def test_env_and_planner_complete_on_the_cost_models_profile(policy, tmp_path):
         EnvConfig.parse({**ENV, "cost": "profile", "profile": str(tmp_path / "tiny.json")})
     )
     profile = profiled.sim.profile
-    planner = StagedPlanner(path, profiled.sim.cost_model)
+    assert (
+        _meta(cfg, profiled).completion == "profile"
+        and _meta(cfg, StagedSplitEnv(cfg.env)).completion == "flops"
+    )
+    planner = StagedPlanner(on_profile, profiled.sim.cost_model)
+    on_flops = StagedPlanner(path, profiled.sim.cost_model)
     differ = 0
     for seed in range(6):
         profiled.reset(seed=seed)
@@ -146,6 +157,10 @@ def test_env_and_planner_complete_on_the_cost_models_profile(policy, tmp_path):
         plan = planner.decide(snapshot, profiled.graph, Objective()).plan
         shape = planner.shapes(snapshot, profiled.graph, view)[0]
         assert plan == complete(profiled.graph, view, shape, profile)
+        flops_shape = on_flops.shapes(snapshot, profiled.graph, view)[0]
+        assert on_flops.decide(snapshot, profiled.graph, Objective()).plan == complete(
+            graph, view, flops_shape
+        )
         for _, end, k in shape.stages:
             *_, info = profiled.step(profiled.actions.encode(end, k))
         assert info["plan"].plan == plan
@@ -214,6 +229,13 @@ def test_policy_for_another_model_is_an_error(policy):
     assert (make_planner(f"ppo-top3-polish50:{path}").polish, make_planner(f"ppo:{path}").polish) == (50, 0)
     with pytest.raises(PlannerError, match="polish"):
         make_planner(f"ppo:{path}", polish=-1)
+
+
+def test_policy_file_with_an_unknown_completion_is_an_error(policy, tmp_path):
+    path, model, _ = policy
+    odd = save_staged(tmp_path / "odd.zip", model.policy, replace(load_staged(path)[1], completion="guess"))
+    with pytest.raises(PlannerError, match="completion 'guess', expected one of"):
+        make_planner(f"ppo:{odd}")
 
 
 def test_polish_improves_on_the_policys_plan_on_the_devices_it_chose(policy):

@@ -170,6 +170,7 @@ def _meta(cfg: StagedConfig, probe: StagedSplitEnv) -> StagedMeta:
         max_factor=probe.actions.max_factor,
         max_stages=probe.actions.max_stages,
         activation=cfg.ppo.activation,
+        completion="flops" if probe.sim.profile is None else "profile",
         objective=cfg.env.objective.model_dump(),
     )
 
