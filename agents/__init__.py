@@ -70,7 +70,8 @@ def make_planner(
     any cluster), an error if ``graph`` (and ``spec``) are given and the policy cannot plan them;
     ``ppo-topK:PATH`` lets the cost model pick the best of the policy's K most likely actions;
     ``ppo-polish:PATH`` (or ``ppo-polishN:PATH``, also after ``-topK``) improves the policy's plan by a
-    local search of at most 200 (N) scored plans."""
+    local search of at most 200 (N) scored plans, the robust price choosing among the best it found
+    (agents/polish.py)."""
     policy = POLICY_NAME.fullmatch(name)
     if policy is not None:
         from agents.ppo import open_policy  # torch and the env only when asked for

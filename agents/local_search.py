@@ -5,9 +5,8 @@ feasible one: it uses only available devices, validates, and fits every device's
 ``local_search`` is a first-improvement descent over small changes of a plan, beyond the shapes of W: scale
 one device's share, swap two neighbouring bands, move a cut, merge or split stages, add, remove or replace
 a device. A search can be confined to a set of devices: no plan that computes on or relays through another
-one counts. The optimiser runs it after its shape search over every available device; the PPO planner runs
-it from the policy's plan (``polish``) confined to the devices that plan touches, which keeps the policy's
-judgement of whom to trust and fixes what the analytic completion gets wrong.
+one counts. The optimiser runs it after its shape search over every available device; a policy's polish
+(agents/polish.py) runs it from the policy's plan confined to the devices that plan touches.
 """
 
 from __future__ import annotations
@@ -18,41 +17,12 @@ from collections.abc import Collection
 import numpy as np
 
 from agents.base import PlannerError, fits_memory, usable
-from agents.mesh_paths import path_layouts
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 
 BLOCKED = "every feasible plan relays through a device that is down (routes are fixed): the best of them"
-POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal plans
-POLISH_PATHS = 400  # mesh-path layouts a polish tries, as the optimiser's path seeds
-
-
-def polish(
-    model: CostModel,
-    snapshot: Snapshot,
-    graph: LayerGraph,
-    objective: Objective,
-    plans: list[Plan],
-    budget: int,
-) -> Plan:
-    """The best of a policy's ``plans``, laid along the mesh paths through the devices those plans compute
-    on or relay through (at most ``POLISH_PATHS``; agents/mesh_paths.py), then improved by a local search of
-    at most ``budget`` scores confined to the same devices (the policy's judgement of whom to trust); the
-    first of ``plans`` when none fits memory, as without a polish. The layouts keep neighbouring bands one
-    hop apart, which the completion's cheapest insertion does not always find (development split,
-    docs/benchmarks.md, twenty-fourth round)."""
-    touched = set().union(*(model.skeleton(plan).devices for plan in plans))
-    search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
-    for plan in plans:
-        search.consider(plan)
-    if search.best is not None:
-        devices = [d for d in usable(snapshot) if d in touched]
-        for plan in path_layouts(graph, snapshot, search.best, devices, POLISH_PATHS, POLISH_SEED):
-            search.consider(plan)
-    search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1)
-    return search.best or plans[0]
 
 
 class PlanSearch:
@@ -108,6 +78,11 @@ class PlanSearch:
             return self.blocked, self.blocked_score, True
         raise PlannerError(f"no plan of {self.graph.name} fits the memory of the available devices")
 
+    def ranked(self) -> list[Plan]:
+        """Every feasible plan scored so far, best first (ties in the order they were found)."""
+        ranked = sorted((s, i, p) for i, (p, s) in enumerate(self.scores.items()) if math.isfinite(s))
+        return [plan for _, _, plan in ranked]
+
     def price(self, plan: Plan) -> float:
         """The objective of a feasible plan under the snapshot (a search that prices risk overrides it)."""
         return self.objective.score(self.model.predict(plan, self.snapshot, t0=self.snapshot.time))
@@ -138,8 +113,7 @@ class PlanSearch:
         """
         pool = [d for d in usable(self.snapshot) if self.confine_to is None or d in self.confine_to]
         evaluated = self.evaluations
-        ranked = sorted((s, i, p) for i, (p, s) in enumerate(self.scores.items()) if math.isfinite(s))
-        for _, _, plan in ranked[:starts]:
+        for plan in self.ranked()[:starts]:
             current, current_score = plan, self.scores[plan]
             improved = True
             while improved and self.evaluations - evaluated < budget:

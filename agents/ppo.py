@@ -22,13 +22,14 @@ sees is better); the price is that the cost model, like the optimiser, sees only
 the risk the policy learned (a device that may leave mid-request).
 
 ``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``; the staged policy takes it too) keeps the
-policy's choice and lets a local search on the cost model (agents/local_search.py ``polish``, at most N plans
-scored, tens of milliseconds) improve it beyond what the analytic completion can express: shares, band
-order, a moved cut, a device dropped from a stage or moved between stages. The completion prices
-transfers without contention on a device's radio, so when every link collapses it spreads stages over
-more devices than pays; the polish takes the surplus back. It never computes on or relays through a
-device the policy's plan does not touch: which devices to trust is the part of the decision where the
-policy knows what the cost model cannot (devices that may leave mid-request).
+policy's choice and lets a local search on the cost model (agents/polish.py, at most N plans scored, the
+robust price choosing among the best; tens of milliseconds) improve it beyond what the analytic
+completion can express: shares, band order, a moved cut, a device dropped from a stage or moved between
+stages. The completion prices transfers without contention on a device's radio, so when every link
+collapses it spreads stages over more devices than pays; the polish takes the surplus back. It never
+computes on or relays through a device the policy's plan does not touch: which devices to trust is the
+part of the decision where the policy knows what the cost model cannot (devices that may leave
+mid-request).
 
 Safe fallback (``plan`` never raises for a policy problem): if the graph is not the one the policy was
 trained for, the cluster has more devices than the observation holds, or the plan fails to validate,
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from agents.base import Decision, Planner
-from agents.local_search import polish
+from agents.polish import polish
 from env.actions import action_mask, single_device_shape
 from env.completion import complete
 from env.cost_model import CostModel, Objective

@@ -124,6 +124,10 @@ def failure_rates(snapshot: Snapshot, prior_s: float) -> dict[str, float]:
     }
 
 
+PRIOR_S = 60.0  # seconds of the cluster's pooled failure rate each device's own evidence is shrunk towards
+PERSISTENCE = 0.25  # the weight of the scenario in which the last second persists
+
+
 class RobustSearch(PlanSearch):
     """A plan search whose price is the expected objective over history scenarios plus the failure risk's
     expected retry."""
@@ -156,11 +160,27 @@ class RobustSearch(PlanSearch):
         return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
 
 
+def robust_search(
+    model: CostModel,
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    objective: Objective,
+    prior_s: float = PRIOR_S,
+    persistence: float = PERSISTENCE,
+) -> RobustSearch:
+    """A search that prices plans as the robust optimiser does: each device's failure rate from the
+    snapshot's evidence, a failed request retried on the single best device."""
+    rates = failure_rates(snapshot, prior_s)
+    retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
+    retry = objective.score(model.cost(retry_plan, snapshot, snapshot.time))
+    return RobustSearch(model, snapshot, graph, objective, rates, retry, persistence)
+
+
 class RobustPlanner(Planner):
     """The snapshot optimiser's plans and the baselines', priced on history scenarios and failure risk,
     improved by a local search under that price (module doc). Optimiser options go to the snapshot
-    optimiser it is built on. ``persistence`` 0.25 was chosen on a development split (mesh sizes no
-    reported figure uses; docs/benchmarks.md, twenty-third round); 0 prices the replays alone."""
+    optimiser it is built on. ``persistence`` (``PERSISTENCE``) was chosen on a development split (mesh
+    sizes no reported figure uses; docs/benchmarks.md, twenty-third round); 0 prices the replays alone."""
 
     name = "optimal"
 
@@ -169,8 +189,8 @@ class RobustPlanner(Planner):
         cost_model: CostModel | None = None,
         *,
         refine_evaluations: int = 120,
-        prior_s: float = 60.0,
-        persistence: float = 0.25,
+        prior_s: float = PRIOR_S,
+        persistence: float = PERSISTENCE,
         seed: int = 0,
         **optimiser_options,
     ) -> None:
@@ -188,10 +208,7 @@ class RobustPlanner(Planner):
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
-        rates = failure_rates(snapshot, self.prior_s)
-        retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
-        retry = objective.score(model.cost(retry_plan, snapshot, snapshot.time))
-        search = RobustSearch(model, snapshot, graph, objective, rates, retry, self.persistence)
+        search = robust_search(model, snapshot, graph, objective, self.prior_s, self.persistence)
         view = harmonic_view(snapshot)
         views = [snapshot, view] + ([latest_view(snapshot)] if self.persistence > 0 else [])
         failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}

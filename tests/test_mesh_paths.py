@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 
 from agents import OptimalPlanner
-from agents.local_search import PlanSearch, polish
+from agents.local_search import PlanSearch
 from agents.mesh_paths import mesh_paths, path_plans
+from agents.polish import polish
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
