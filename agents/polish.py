@@ -9,8 +9,9 @@ that is priced on the snapshot, whose rates are one moment; so of the ``ROBUST_P
 prices best, the one returned is the best under the robust optimiser's price (agents/robust.py: the
 expected objective over replays of the links' history, plus the expected retry of a failure). The
 snapshot prices the hundreds of plans of the search; the robust price, several replays a plan, only the
-few that end it. The pick gained where links wander and lost <= 0.4% elsewhere (development splits,
-docs/benchmarks.md, twenty-sixth round).
+few that end it. The pick gained most where links wander; it lost up to 2.3% in a case but in no split's
+sum (development splits, docs/benchmarks.md, twenty-sixth round), and in a serving collapse its plan is
+slower right after the drop, while the history still holds the good seconds.
 """
 
 from __future__ import annotations

@@ -199,11 +199,11 @@ def _time_alone(
     compute, send the output to the sink (inf for an unusable or unreachable device)."""
     gflops = np.asarray(view.gflops)
     table = _cut_table(graph, profile)
-    rest_flops, in_bytes = table[start]
+    rest_work, in_bytes = table[start]
     out_bytes = table[len(graph.units)][1]
     sink_spb = view.sec_per_byte[:, view.index[view.sink]]
     with np.errstate(divide="ignore", invalid="ignore"):
-        alone = rest_flops / (np.maximum(gflops, 1e-9) * 1e9) + in_bytes * spb_in + out_bytes * sink_spb
+        alone = rest_work / (np.maximum(gflops, 1e-9) * 1e9) + in_bytes * spb_in + out_bytes * sink_spb
     return np.where(view.usable_mask & np.isfinite(alone), alone, np.inf)
 
 
@@ -263,7 +263,7 @@ def _context(
     unclipped."""
     start, n_units = partial.start, len(graph.units)
     table = _cut_table(graph, profile)
-    rest_flops, in_bytes = table[start]
+    rest_work, in_bytes = table[start]
     best = max(np.asarray(view.gflops).max(), 1e-9)
     position = np.zeros(len(actions.cuts))
     if start > 0:
@@ -280,8 +280,8 @@ def _context(
                 (partial.factors[-1] if partial.factors else 0) / actions.max_factor,
                 n_usable / 32.0,
                 math.log2(max(n_usable, 1)) / 5.0,
-                rest_flops / max(table[0][0], 1),
-                float(_log_seconds(rest_flops / (best * 1e9))),
+                rest_work / max(table[0][0], 1),
+                float(_log_seconds(rest_work / (best * 1e9))),
                 float(_log_seconds(in_bytes * 8e-6 / max(mbps, 1e-3))),
                 float(_log_seconds(fastest)) if np.isfinite(fastest) else 2.0,
             ],
