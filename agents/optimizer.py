@@ -7,8 +7,9 @@ picks the k_s devices and balances their shares analytically from the snapshot (
 the cost model's own compute: its profile when it has one (a stage's work is then its measured seconds,
 not its FLOPs: MobileNet-V2's depthwise layers take far longer than their FLOPs say; on the development
 split the robust optimiser's sum fell 17%, measured), FLOPs otherwise. The shapes are the PPO planner's
-action space; the policies complete them on FLOPs, what they were trained on. Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups (5 devices, 6 groups:
-38,880; distinct plans can be fewer, the completion clamps and drops devices).
+action space; a policy completes them as it was trained to (agents/staged_policy.py ``completion``).
+Shapes: |W| <= n (n + 1)^(G - 1) for n usable devices and G groups (5 devices, 6 groups: 38,880;
+distinct plans can be fewer, the completion clamps and drops devices).
 
 **Search.**
 

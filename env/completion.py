@@ -25,9 +25,9 @@ Devices that are down, unreachable (a zero-bandwidth hop or a relay that is down
 stage's weights are never chosen, and ``k`` is clamped to what is usable and to the stage's extent.
 
 A stage's work is its FLOPs, or with a ``profile`` its measured seconds on the profile's reference device
-(``stage_info``): the optimisers, the policy for any cluster and its env (env/staged_env.py) pass their
-cost model's profile; the fixed-slot policy (agents/ppo.py) and its env complete on FLOPs, what it was
-trained on.
+(``stage_info``): the optimisers and the env of the policy for any cluster (env/staged_env.py) pass their
+cost model's profile, and that policy does when its file says it was trained so; the fixed-slot policy
+(agents/ppo.py) and its env complete on FLOPs, what it was trained on.
 
 The model is deliberately simple: the cost model (and the runtime) decide the actual latency, and the
 policy learns which shapes work under which conditions. It runs once or twice per env step, so the whole
