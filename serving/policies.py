@@ -57,8 +57,9 @@ class PlanningThread:
     """The Decider on one background thread, so that a slow planner (the robust optimiser takes 0.7-2.5 s
     a decision on this host) does not stall serving: requests keep running on the plan in force while it
     plans, and its plan is taken up as soon as it is done. A plan asked for is waited for ``wait_s``
-    first, so a fast planner's plan (a policy's: milliseconds) still serves the very next request. Every decision runs on
-    this one thread, the synchronous ones too (``now``), so the planner is never called twice at once."""
+    first, so a fast planner's plan (a policy's: milliseconds) still serves the very next request. Every
+    decision runs on this one thread, the synchronous ones too (``now``), so the planner is never called
+    twice at once."""
 
     def __init__(self, decide: Decider, wait_s: float):
         self.decide, self.wait_s = decide, wait_s
