@@ -4,14 +4,17 @@ A policy decides in milliseconds from what it learned; the cost model can check 
 best of the policy's plans (its top k) is laid along every mesh path through the devices those plans
 compute on or relay through (agents/mesh_paths.py: neighbouring bands one hop apart, which the
 completion's cheapest insertion does not always find), then improved by a local search (agents/
-local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. All of
-that is priced on the snapshot, whose rates are one moment; so of the ``ROBUST_PICK`` plans the snapshot
-prices best, the one returned is the best under the robust optimiser's price (agents/robust.py: the
-expected objective over replays of the links' history, plus the expected retry of a failure). The
-snapshot prices the hundreds of plans of the search; the robust price, several replays a plan, only the
-few that end it. The pick gained most where links wander; it lost up to 2.3% in a case but in no split's
-sum (development splits, docs/benchmarks.md, twenty-sixth round), and in a serving collapse its plan is
-slower right after the drop, while the history still holds the good seconds.
+local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. That
+search runs once on each of the robust optimiser's planning views (agents/robust.py: the snapshot, one
+moment's rates; the harmonic view of the links' history; the latest second; without the devices that
+failed, when some did), so a link that wanders or has just gone dark is seen by some search even where
+the snapshot rates it well. Of the ``ROBUST_PICK`` plans the snapshot prices best and the ``VIEW_PICK``
+best of each other view, the one returned is the best under the robust optimiser's price (the expected
+objective over replays of the links' history, plus the expected retry of a failure). The views price the
+hundreds of plans of the searches; the robust price, several replays a plan, only the few that end them.
+Searching the views as well as the snapshot took the policies' plans from 1.076x and 1.063x the robust
+optimiser to 0.998x and 1.015x on VGG-16's development splits, at about three times the decision time
+(docs/benchmarks.md, twenty-seventh round).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from agents.base import usable
 from agents.local_search import PlanSearch
 from agents.mesh_paths import path_layouts
-from agents.robust import robust_search
+from agents.robust import PERSISTENCE, planning_views, robust_search
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -30,6 +33,7 @@ from runtime.plan import Plan
 POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal plans
 POLISH_PATHS = 400  # mesh-path layouts a polish tries, as the optimiser's path seeds
 ROBUST_PICK = 30  # the snapshot's best plans the robust price chooses among
+VIEW_PICK = 10  # and each history view's best
 
 
 def polish(
@@ -40,20 +44,35 @@ def polish(
     plans: list[Plan],
     budget: int,
 ) -> Plan:
-    """The policy's ``plans`` laid along mesh paths, improved by a local search of at most ``budget``
-    scores on the devices they touch, and the best under the robust price of the snapshot's best
-    ``ROBUST_PICK`` (module docstring); the first of ``plans`` when none fits memory, as without a polish."""
+    """The policy's ``plans`` searched on every planning view (mesh-path layouts, then a local search of
+    at most ``budget`` scores, on the devices they touch), and the best under the robust price of each
+    view's best (module docstring); the first of ``plans`` when none fits memory, as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
-    search = PlanSearch(model, snapshot, graph, objective, confine_to=touched)
+    judge = robust_search(model, snapshot, graph, objective)
+    views = planning_views(snapshot, PERSISTENCE)
+    for view, pick in zip(views, [ROBUST_PICK] + [VIEW_PICK] * (len(views) - 1), strict=True):
+        for plan in _search(model, view, graph, objective, plans, budget, touched)[:pick]:
+            judge.consider(plan)
+    return judge.best or plans[0]
+
+
+def _search(
+    model: CostModel,
+    view: Snapshot,
+    graph: LayerGraph,
+    objective: Objective,
+    plans: list[Plan],
+    budget: int,
+    touched: set[str],
+) -> list[Plan]:
+    """Every plan a polish's search on ``view`` found feasible, best first by ``view``'s price."""
+    search = PlanSearch(model, view, graph, objective, confine_to=touched)
     for plan in plans:
         search.consider(plan)
     if search.best is None:
-        return plans[0]
-    devices = [d for d in usable(snapshot) if d in touched]
-    for plan in path_layouts(graph, snapshot, search.best, devices, POLISH_PATHS, POLISH_SEED):
+        return []
+    devices = [d for d in usable(view) if d in touched]
+    for plan in path_layouts(graph, view, search.best, devices, POLISH_PATHS, POLISH_SEED):
         search.consider(plan)
     search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1)
-    judge = robust_search(model, snapshot, graph, objective)
-    for plan in search.ranked()[:ROBUST_PICK]:
-        judge.consider(plan)
-    return judge.best or search.best
+    return search.ranked()

@@ -124,6 +124,18 @@ def failure_rates(snapshot: Snapshot, prior_s: float) -> dict[str, float]:
     }
 
 
+def planning_views(snapshot: Snapshot, persistence: float = 0.0) -> list[Snapshot]:
+    """The conditions a robust search plans on before it prices: the snapshot, the harmonic view, with
+    ``persistence`` the latest view, and the harmonic view without the devices that failed in the window
+    (only when some did and others are up)."""
+    view = harmonic_view(snapshot)
+    views = [snapshot, view] + ([latest_view(snapshot)] if persistence > 0 else [])
+    failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
+    if failed and view.available - failed:
+        views.append(replace(view, available=view.available - failed))
+    return views
+
+
 PRIOR_S = 60.0  # seconds of the cluster's pooled failure rate each device's own evidence is shrunk towards
 PERSISTENCE = 0.25  # the weight of the scenario in which the last second persists
 
@@ -209,13 +221,8 @@ class RobustPlanner(Planner):
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         model = self.cost_model(graph, snapshot.spec)
         search = robust_search(model, snapshot, graph, objective, self.prior_s, self.persistence)
-        view = harmonic_view(snapshot)
-        views = [snapshot, view] + ([latest_view(snapshot)] if self.persistence > 0 else [])
-        failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
-        if failed and view.available - failed:
-            views.append(replace(view, available=view.available - failed))
         cut_off = None
-        for v in views:
+        for v in planning_views(snapshot, self.persistence):
             try:
                 search.consider(self.optimiser.plan(v, graph, objective))
             except CutOff as exc:

@@ -136,6 +136,28 @@ def test_a_polish_chooses_by_the_robust_price_among_the_plans_the_snapshot_price
     assert model.latency(polished, snap, 30.0) >= model.latency(start, snap, 30.0)  # not the snapshot's pick
 
 
+def test_a_polish_searches_the_latest_view_and_leaves_a_link_that_just_went_dark(tiny):
+    """The snapshot still rates the link at 8.75 Mbit/s; a search on the snapshot alone keeps the start's
+    plan across it, the search on the latest view (the last second persists) finds plans that leave it,
+    and the robust price prefers one of those."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(30.0)
+    fell = link_key("s", "h1")
+    history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {fell: (10.0,) * 7 + (0.0,)}
+    snap = replace(snap, link_history=history, link_mbps=snap.link_mbps | {fell: 8.75})
+
+    def crosses(plan):
+        return any(link_key(spec.links[i].a, spec.links[i].b) == fell for i in model.skeleton(plan).hop_link)
+
+    start = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
+    assert crosses(start)
+    polished = polish(model, snap, tiny, LATENCY, [start], budget=200)
+    assert not crosses(polished)
+    judge = robust_search(model, snap, tiny, LATENCY)
+    assert judge.price(polished) < judge.price(start)
+
+
 def test_with_persistence_the_robust_optimiser_avoids_a_link_that_just_went_dark(tiny):
     spec = slow_star()
     model = CostModel(tiny, spec)
