@@ -5,16 +5,21 @@ best of the policy's plans (its top k) is laid along every mesh path through the
 compute on or relay through (agents/mesh_paths.py: neighbouring bands one hop apart, which the
 completion's cheapest insertion does not always find), then improved by a local search (agents/
 local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. That
-search runs once on each of the robust optimiser's planning views (agents/robust.py: the snapshot, one
-moment's rates; the harmonic view of the links' history; the latest second; without the devices that
-failed, when some did), so a link that wanders or has just gone dark is seen by some search even where
-the snapshot rates it well. Of the ``ROBUST_PICK`` plans the snapshot prices best and the ``VIEW_PICK``
-best of each other view, the one returned is the best under the robust optimiser's price (the expected
-objective over replays of the links' history, plus the expected retry of a failure). The views price the
-hundreds of plans of the searches; the robust price, several replays a plan, only the few that end them.
-Searching the views as well as the snapshot took the policies' plans from 1.076x and 1.063x the robust
-optimiser to 0.998x and 1.015x on VGG-16's development splits, at about three times the decision time
-(docs/benchmarks.md, twenty-seventh round).
+search runs once on each of ``polish_views``: the snapshot (one moment's rates), the latest second
+(agents/robust.py: a link that has just gone dark, which the snapshot still rates at its window's mean)
+and, when devices failed in the window, the harmonic view without them. Of the ``ROBUST_PICK`` plans the
+snapshot prices best and the ``VIEW_PICK`` best of each other view, the one returned is the best under
+the robust optimiser's price (the expected objective over replays of the links' history, plus the
+expected retry of a failure). The views price the hundreds of plans of the searches; the robust price,
+several replays a plan, only the few that end them.
+
+The robust optimiser also plans on the harmonic view itself (each link at its history's harmonic mean);
+the polish does not. Just after a drop that view is a bet the links come back: on the development
+splits it won a little more (118.5 s against 120.6 in sum over VGG-16's and ResNet-18's 64 cases), and in
+a serving collapse that lasts it lost (p95 ratio 0.65, 0.65 against the target 0.6; 0.56 without it).
+Searching the latest view took the policies' plans from 1.076x and 1.063x the robust optimiser to
+1.035x and 1.015x on VGG-16's development splits, at about twice the decision time (docs/benchmarks.md,
+twenty-seventh round).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from agents.base import usable
 from agents.local_search import PlanSearch
 from agents.mesh_paths import path_layouts
-from agents.robust import PERSISTENCE, planning_views, robust_search
+from agents.robust import harmonic_view, latest_view, robust_search, without_failed
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -49,11 +54,17 @@ def polish(
     view's best (module docstring); the first of ``plans`` when none fits memory, as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
     judge = robust_search(model, snapshot, graph, objective)
-    views = planning_views(snapshot, PERSISTENCE)
+    views = polish_views(snapshot)
     for view, pick in zip(views, [ROBUST_PICK] + [VIEW_PICK] * (len(views) - 1), strict=True):
         for plan in _search(model, view, graph, objective, plans, budget, touched)[:pick]:
             judge.consider(plan)
     return judge.best or plans[0]
+
+
+def polish_views(snapshot: Snapshot) -> list[Snapshot]:
+    """The conditions a polish searches on: the snapshot, the latest second, and the harmonic view without
+    the devices that failed in the window (when some did); not the harmonic view itself (module doc)."""
+    return [snapshot, latest_view(snapshot), *without_failed(harmonic_view(snapshot), snapshot)]
 
 
 def _search(

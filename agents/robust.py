@@ -124,16 +124,18 @@ def failure_rates(snapshot: Snapshot, prior_s: float) -> dict[str, float]:
     }
 
 
-def planning_views(snapshot: Snapshot, persistence: float = 0.0) -> list[Snapshot]:
-    """The conditions a robust search plans on before it prices: the snapshot, the harmonic view, with
-    ``persistence`` the latest view, and the harmonic view without the devices that failed in the window
-    (only when some did and others are up)."""
-    view = harmonic_view(snapshot)
-    views = [snapshot, view] + ([latest_view(snapshot)] if persistence > 0 else [])
+def without_failed(view: Snapshot, snapshot: Snapshot) -> list[Snapshot]:
+    """``view`` without the devices that failed in ``snapshot``'s window, if some did and others are up."""
     failed = {d for d, n in snapshot.failures.items() if n} - {snapshot.source, snapshot.sink}
-    if failed and view.available - failed:
-        views.append(replace(view, available=view.available - failed))
-    return views
+    return [replace(view, available=view.available - failed)] if failed and view.available - failed else []
+
+
+def planning_views(snapshot: Snapshot, persistence: float = 0.0) -> list[Snapshot]:
+    """The conditions the robust optimiser plans on before it prices: the snapshot, the harmonic view,
+    with ``persistence`` the latest view, and the harmonic view ``without_failed``."""
+    view = harmonic_view(snapshot)
+    latest = [latest_view(snapshot)] if persistence > 0 else []
+    return [snapshot, view, *latest, *without_failed(view, snapshot)]
 
 
 PRIOR_S = 60.0  # seconds of the cluster's pooled failure rate each device's own evidence is shrunk towards
