@@ -75,14 +75,16 @@ class PlanningThread:
             return self.decide(snapshot)
         return self._thread.submit(self.decide, snapshot).result()
 
-    def ask(self, snapshot: Snapshot) -> None:
+    def ask(self, snapshot: Snapshot) -> bool:
         """Start a plan on ``snapshot`` and wait ``wait_s`` for it, unless one is being made (then it is
-        taken up when done, and nothing waits: a slow planner would otherwise slow every request)."""
+        taken up when done, and nothing waits: a slow planner would otherwise slow every request);
+        whether it was started."""
         if self._running is not None and not self._running.done():
-            return
+            return False
         self._settle()
         self._running = self._thread.submit(self.decide, snapshot)
         wait([self._running], timeout=self.wait_s)
+        return True
 
     def finished(self) -> Plan | None:
         """The latest finished plan not yet taken (it stays until ``take``); None if there is none, or if
@@ -169,7 +171,7 @@ class Adaptive(Static):
 
     cost: CostModel  # the planner's (set by ``start``)
     made_on: Snapshot  # what the plan in force was made on (set by ``start``)
-    watched_on: Snapshot  # what conditions were last checked against
+    watched_on: Snapshot  # what the last plan asked for was made on
 
     def __init__(
         self,
@@ -199,9 +201,8 @@ class Adaptive(Static):
         """Ask for a plan when due or when conditions moved; swap in the latest finished one if it pays.
         A plan still being made is taken up after a later request (a slow planner never stalls serving)."""
         now = self.observe()
-        if due or moved(self.controller.plan, self.made_on, now, self.threshold):
+        if (due or moved(self.controller.plan, self.made_on, now, self.threshold)) and self.planning.ask(now):
             self.made_on = self.watched_on = now
-            self.planning.ask(now)
         plan = self.planning.finished()
         if plan is None:
             return False
@@ -216,11 +217,13 @@ class Adaptive(Static):
         self.planning.close()
 
     def replan_if_moved(self, now: Snapshot) -> Plan | None:
-        """While requests run: asks for a plan when conditions moved since the last check; the latest
-        finished plan, if any (it stays for ``after_request`` unless ``swap_mid_request`` swaps it in)."""
-        if moved(self.controller.plan, self.watched_on, now, self.threshold):
+        """While requests run: asks for a plan when conditions moved since the view the last plan was asked
+        on; the latest finished plan, if any (it stays for ``after_request`` unless ``swap_mid_request``
+        swaps it in). A move seen while a plan is being made is asked for once that plan is done: just
+        after a collapse the first plan is made on a half-formed view, and the settled view that follows
+        must not count as seen."""
+        if moved(self.controller.plan, self.watched_on, now, self.threshold) and self.planning.ask(now):
             self.watched_on = now
-            self.planning.ask(now)
         return self.planning.finished()
 
     def swap_mid_request(self, plan: Plan, now: Snapshot) -> None:

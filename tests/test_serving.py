@@ -25,7 +25,7 @@ from runtime.schedule import Trace
 from runtime.spec import load_cluster
 from serving.loop import ServeOptions, serve
 from serving.metrics import MetricsWriter
-from serving.policies import Decider, Rescue
+from serving.policies import Adaptive, Decider, Rescue
 from serving.records import RequestLog, Tally
 from serving.rules import (
     backlog_weight,
@@ -121,6 +121,44 @@ def test_the_rescue_watcher_acts_only_on_a_view_that_settled(setup):
     assert settled(before, before) and not settled(None, before)
     assert not settled(before, replace(before, available=frozenset({"d0", "d2"})))
     assert not settled(before, replace(before, speed={**before.speed, "d1": 0.5}))
+
+
+def test_a_move_seen_while_a_slow_plan_is_made_is_asked_for_once_it_is_done(setup):
+    """Just after a collapse the first plan is asked for on a half-formed view; while a slow planner makes
+    it, the view settles at the fall's depth. That move must still be asked for when the first plan is
+    done (a polish of 0.2 s lost the rescue of the collapse's first request when it was not)."""
+    spec, _, graph = setup
+    before = NetworkState.static(spec).snapshot(0.0)
+    plan = make_planner("local").plan(before, graph, Objective())
+    half, full = (
+        replace(before, link_mbps={k: v * r for k, v in before.link_mbps.items()}) for r in (0.4, 0.1)
+    )
+    release, asked = threading.Event(), []
+
+    def decide(snapshot):
+        asked.append(snapshot)
+        release.wait(10.0)
+        return plan
+
+    def take_next_plan(within_s: float = 5.0) -> None:
+        deadline = time.monotonic() + within_s
+        while keeper.replan_if_moved(full) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        keeper.planning.take()
+
+    controller = type("Ctl", (), {"plan": plan})()
+    keeper = Adaptive(controller, decide, lambda: before, threshold=0.5, margin=None, plan_wait_s=0.0)
+    keeper.watched_on = before
+    try:
+        assert keeper.replan_if_moved(half) is None  # asked on the half-formed view, still being made
+        keeper.replan_if_moved(full)  # the view settled: nothing asked while the first plan is made
+        release.set()
+        take_next_plan()  # the one made on the half-formed view; this call asks on the settled view
+        take_next_plan()
+    finally:
+        release.set()
+        keeper.close()
+    assert asked == [half, full]
 
 
 def test_a_stuck_request_is_worth_restarting_only_when_the_rest_of_it_costs_more(setup):
