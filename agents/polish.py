@@ -16,7 +16,8 @@ several replays a plan, only the few that end them.
 The robust optimiser also plans on the harmonic view itself (each link at its history's harmonic mean);
 the polish does not. Just after a drop that view is a bet the links come back: on the development
 splits it won a little more (118.5 s against 120.6 in sum over VGG-16's and ResNet-18's 64 cases), and in
-a serving collapse that lasts it lost (p95 ratio 0.65, 0.65 against the target 0.6; 0.56 without it).
+a collapse that lasts it lost: its plan at the drop takes 5.77 s at full device speed, 4.73 without it
+(`python -m bench.serving plans`), and serving keeps that plan while the snapshot does not move.
 Searching the latest view took the policies' plans from 1.076x and 1.063x the robust optimiser to
 1.035x and 1.015x on VGG-16's development splits, at about twice the decision time (docs/benchmarks.md,
 twenty-seventh round).
