@@ -50,8 +50,8 @@ def polish(
     plans: list[Plan],
     budget: int,
 ) -> Plan:
-    """The policy's ``plans`` searched on every planning view (mesh-path layouts, then a local search of
-    at most ``budget`` scores, on the devices they touch), and the best under the robust price of each
+    """The policy's ``plans`` searched on each of ``polish_views`` (mesh-path layouts, then a local search
+    of at most ``budget`` scores, on the devices they touch), and the best under the robust price of each
     view's best (module docstring); the first of ``plans`` when none fits memory, as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
     judge = robust_search(model, snapshot, graph, objective)

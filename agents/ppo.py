@@ -23,8 +23,8 @@ the risk the policy learned (a device that may leave mid-request).
 
 ``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``; the staged policy takes it too) keeps the
 policy's choice and lets a local search on the cost model (agents/polish.py, at most N plans scored on
-each of the robust optimiser's views of the links, the robust price choosing among the best of each;
-about 0.3 s for VGG-16 on this host) improve it beyond what the analytic
+the snapshot and on the latest second, the robust price choosing among the best of each; about 0.2 s
+for VGG-16 on this host) improve it beyond what the analytic
 completion can express: shares, band order, a moved cut, a device dropped from a stage or moved between
 stages. The completion prices transfers without contention on a device's radio, so when every link
 collapses it spreads stages over more devices than pays; the polish takes the surplus back. It never

@@ -55,6 +55,12 @@ def used(model, plan):
     return set(model.skeleton(plan).devices)
 
 
+def crosses(model, plan, link):
+    """Whether any of the plan's transfers goes over ``link``."""
+    links = model.spec.links
+    return any(link_key(links[i].a, links[i].b) == link for i in model.skeleton(plan).hop_link)
+
+
 def test_history_becomes_replayed_worlds_and_a_harmonic_view():
     spec = slow_star()
     snap = NetworkState.static(spec).snapshot(10.0)
@@ -147,13 +153,10 @@ def test_a_polish_searches_the_latest_view_and_leaves_a_link_that_just_went_dark
     history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {fell: (10.0,) * 7 + (0.0,)}
     snap = replace(snap, link_history=history, link_mbps=snap.link_mbps | {fell: 8.75})
 
-    def crosses(plan):
-        return any(link_key(spec.links[i].a, spec.links[i].b) == fell for i in model.skeleton(plan).hop_link)
-
     start = make_planner("snapshot-optimal", cost_model=model, **FAST).plan(snap, tiny, LATENCY)
-    assert crosses(start)
+    assert crosses(model, start, fell)
     polished = polish(model, snap, tiny, LATENCY, [start], budget=200)
-    assert not crosses(polished)
+    assert not crosses(model, polished, fell)
     judge = robust_search(model, snap, tiny, LATENCY)
     assert judge.price(polished) < judge.price(start)
 
@@ -166,14 +169,15 @@ def test_with_persistence_the_robust_optimiser_avoids_a_link_that_just_went_dark
     history = dict.fromkeys(snap.link_mbps, (10.0,) * 8) | {fell: (10.0,) * 7 + (0.0,)}
     snap = replace(snap, link_history=history, link_mbps=snap.link_mbps | {fell: 8.75})
 
-    def crosses(plan):
-        return any(link_key(spec.links[i].a, spec.links[i].b) == fell for i in model.skeleton(plan).hop_link)
-
     replays_only = make_planner("optimal", cost_model=model, persistence=0.0, **FAST)
     persistent = make_planner("optimal", cost_model=model, persistence=0.25, **FAST)
-    assert crosses(replays_only.plan(snap, tiny, LATENCY))  # seven good seconds in eight outweigh the last
+    assert crosses(
+        model, replays_only.plan(snap, tiny, LATENCY), fell
+    )  # seven good seconds in eight outweigh the last
     plan = persistent.plan(snap, tiny, LATENCY)
-    assert not crosses(plan) and "h1" in used(model, plan)  # h1 still computes, fed over another link
+    assert not crosses(model, plan, fell) and "h1" in used(
+        model, plan
+    )  # h1 still computes, fed over another link
     assert model.latency(plan, latest_view(snap), 30.0) < 1.5 * model.latency(plan, snap, 30.0)
     with pytest.raises(PlannerError, match="persistence is a weight"):
         make_planner("optimal", cost_model=model, persistence=1.0)
