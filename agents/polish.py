@@ -30,7 +30,7 @@ import numpy as np
 from agents.base import usable
 from agents.local_search import PlanSearch
 from agents.mesh_paths import path_layouts
-from agents.robust import harmonic_view, latest_view, robust_search, without_failed
+from agents.robust import distinct, harmonic_view, latest_view, robust_search, without_failed
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -64,8 +64,9 @@ def polish(
 
 def polish_views(snapshot: Snapshot) -> list[Snapshot]:
     """The conditions a polish searches on: the snapshot, the latest second, and the harmonic view without
-    the devices that failed in the window (when some did); not the harmonic view itself (module doc)."""
-    return [snapshot, latest_view(snapshot), *without_failed(harmonic_view(snapshot), snapshot)]
+    the devices that failed in the window (when some did); not the harmonic view itself (module doc);
+    each once (``distinct``)."""
+    return distinct([snapshot, latest_view(snapshot), *without_failed(harmonic_view(snapshot), snapshot)])
 
 
 def _search(

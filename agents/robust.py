@@ -130,12 +130,18 @@ def without_failed(view: Snapshot, snapshot: Snapshot) -> list[Snapshot]:
     return [replace(view, available=view.available - failed)] if failed and view.available - failed else []
 
 
+def distinct(views: list[Snapshot]) -> list[Snapshot]:
+    """``views`` without repeats: without history every view is the snapshot, and a search on a view
+    already searched finds the same plans again."""
+    return [view for i, view in enumerate(views) if view not in views[:i]]
+
+
 def planning_views(snapshot: Snapshot, persistence: float = 0.0) -> list[Snapshot]:
     """The conditions the robust optimiser plans on before it prices: the snapshot, the harmonic view,
-    with ``persistence`` the latest view, and the harmonic view ``without_failed``."""
+    with ``persistence`` the latest view, and the harmonic view ``without_failed`` (``distinct``)."""
     view = harmonic_view(snapshot)
     latest = [latest_view(snapshot)] if persistence > 0 else []
-    return [snapshot, view, *latest, *without_failed(view, snapshot)]
+    return distinct([snapshot, view, *latest, *without_failed(view, snapshot)])
 
 
 PRIOR_S = 60.0  # seconds of the cluster's pooled failure rate each device's own evidence is shrunk towards
