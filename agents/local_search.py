@@ -7,6 +7,12 @@ one device's share, swap two neighbouring bands, move a cut, merge or split stag
 a device. A search can be confined to a set of devices: no plan that computes on or relays through another
 one counts. The optimiser runs it after its shape search over every available device; a policy's polish
 (agents/polish.py) runs it from the policy's plan confined to the devices that plan touches.
+
+The descent tries one kind of move after another, in an order (``SHARES_FIRST`` or ``STRUCTURE_FIRST``),
+and returns to the first kind after each improvement, so with a small budget the first kinds are nearly
+all it tries. The optimiser's plans come out of its shape search with their stages already chosen, and
+tuning shares pays first; a policy's plans sometimes have too few stages, and then splitting them pays
+first (a polish, agents/polish.py, runs a descent in each order).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
 
+SHARES_FIRST = ("share", "swap", "cut", "merge", "split", "add", "remove", "replace")
+STRUCTURE_FIRST = ("split", "cut", "merge", "share", "swap", "add", "remove", "replace")
 BLOCKED = "every feasible plan relays through a device that is down (routes are fixed): the best of them"
 
 
@@ -105,11 +113,13 @@ class PlanSearch:
         touched = set(self.model.skeleton(plan).devices) - {plan.source, plan.sink}
         return self.snapshot.available.issuperset(touched)
 
-    def local_search(self, budget: int, rng: np.random.Generator, starts: int = 3) -> None:
+    def local_search(
+        self, budget: int, rng: np.random.Generator, starts: int = 3, order: tuple[str, ...] = SHARES_FIRST
+    ) -> None:
         """First-improvement descent from the best few distinct plans, ``budget`` new plans in all.
 
-        Moves are tried kind by kind in the order of `_moves` (the kinds that pay off most often
-        first), in a seeded random order within a kind.
+        Moves are tried kind by kind in ``order`` (module docstring), in a seeded random order within a
+        kind.
         """
         pool = [d for d in usable(self.snapshot) if self.confine_to is None or d in self.confine_to]
         evaluated = self.evaluations
@@ -118,7 +128,8 @@ class PlanSearch:
             improved = True
             while improved and self.evaluations - evaluated < budget:
                 improved = False
-                for kind in self._moves(current, pool):
+                moves = self._moves(current, pool)
+                for kind in (moves[name] for name in order):
                     for i in rng.permutation(len(kind)):
                         if self.evaluations - evaluated >= budget:
                             return
@@ -130,12 +141,13 @@ class PlanSearch:
                     if improved:
                         break
 
-    def _moves(self, plan: Plan, pool: list[str]) -> list[list[list[tuple[int, int, dict[str, float]]]]]:
+    def _moves(self, plan: Plan, pool: list[str]) -> dict[str, list[list[tuple[int, int, dict[str, float]]]]]:
         """Stage lists one local change away from ``plan``, by kind: share scaling, band order swaps,
         cut moves, merges, splits, device additions, removals, replacements (from ``pool``)."""
         snap, cuts = self.snapshot, self.graph.cut_points
         stages = [(st.start, st.end, {a.device: a.share for a in st.assignments}) for st in plan.stages]
-        share, order, cut, merge, split, add, remove, replace = ([] for _ in range(8))
+        moves: dict[str, list] = {kind: [] for kind in SHARES_FIRST}
+        share, swap, cut, merge, split, add, remove, replace = moves.values()
         for i in range(len(stages) - 1):
             (s0, e0, a0), (_, e1, a1) = stages[i], stages[i + 1]
             at = cuts.index(e0)
@@ -154,7 +166,7 @@ class PlanSearch:
                 new.extend((share, {**shares, d: shares[d] * f}) for f in (1.25, 0.8))
                 if j + 1 < len(devices):
                     swapped = devices[:j] + [devices[j + 1], devices[j]] + devices[j + 2 :]
-                    new.append((order, {x: shares[x] for x in swapped}))
+                    new.append((swap, {x: shares[x] for x in swapped}))
                 if len(devices) > 1:
                     new.append((remove, {x: w for x, w in shares.items() if x != d}))
                 for other in spare:
@@ -168,4 +180,4 @@ class PlanSearch:
             new.extend((add, {**shares, other: snap.device_gflops(other)}) for other in spare)
             for kind, changed in new:
                 kind.append([*head, (s, e, changed), *tail])
-        return [share, order, cut, merge, split, add, remove, replace]
+        return moves

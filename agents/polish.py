@@ -4,11 +4,16 @@ A policy decides in milliseconds from what it learned; the cost model can check 
 best of the policy's plans (its top k) is laid along every mesh path through the devices those plans
 compute on or relay through (agents/mesh_paths.py: neighbouring bands one hop apart, which the
 completion's cheapest insertion does not always find), then improved by a local search (agents/
-local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. That
-search runs once on each of ``polish_views``: the snapshot (one moment's rates), the latest second
-(agents/robust.py: a link that has just gone dark, which the snapshot still rates at its window's mean)
-and, when devices failed in the window, the harmonic view without them. Of the ``ROBUST_PICK`` plans the
-snapshot prices best and the ``VIEW_PICK`` best of each other view, the one returned is the best under
+local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. The
+search is two descents from the same plans (``ORDERS``), one tuning shares first and one splitting stages
+and moving cuts first: a descent spends nearly all of a small budget on the kinds of move it tries
+first, and which kind pays depends on the policy's plan. VGG-16's often have fewer stages than pays (on
+a 7-device mesh, five stages where the optimiser's plans have nine), ResNet-18's rarely; each order alone
+lost on one of the two (docs/benchmarks.md, twenty-eighth round). Both run on each of ``polish_views``:
+the snapshot (one moment's rates), the latest second (agents/robust.py: a link that has just gone dark,
+which the snapshot still rates at its window's mean) and, when devices failed in the window, the
+harmonic view without them. Of the ``ROBUST_PICK`` plans each descent on the snapshot prices best and
+the ``VIEW_PICK`` best of each on the other views, the one returned is the best under
 the robust optimiser's price (the expected objective over replays of the links' history, plus the
 expected retry of a failure). The views price the hundreds of plans of the searches; the robust price,
 several replays a plan, only the few that end them.
@@ -28,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.base import usable
-from agents.local_search import PlanSearch
+from agents.local_search import SHARES_FIRST, STRUCTURE_FIRST, PlanSearch
 from agents.mesh_paths import path_layouts
 from agents.robust import distinct, harmonic_view, latest_view, robust_search, without_failed
 from env.cost_model import CostModel, Objective
@@ -40,6 +45,7 @@ POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal p
 POLISH_PATHS = 400  # mesh-path layouts a polish tries, as the optimiser's path seeds
 ROBUST_PICK = 30  # the snapshot's best plans the robust price chooses among
 VIEW_PICK = 10  # and each history view's best
+ORDERS = (SHARES_FIRST, STRUCTURE_FIRST)  # the kinds of move each of a polish's descents tries first
 
 
 def polish(
@@ -51,14 +57,16 @@ def polish(
     budget: int,
 ) -> Plan:
     """The policy's ``plans`` searched on each of ``polish_views`` (mesh-path layouts, then a local search
-    of at most ``budget`` scores, on the devices they touch), and the best under the robust price of each
-    view's best (module docstring); the first of ``plans`` when none fits memory, as without a polish."""
+    of at most ``budget`` scores in each of ``ORDERS``, on the devices they touch), and the best under the
+    robust price of each search's best (module docstring); the first of ``plans`` when none fits memory,
+    as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
     judge = robust_search(model, snapshot, graph, objective)
     views = polish_views(snapshot)
     for view, pick in zip(views, [ROBUST_PICK] + [VIEW_PICK] * (len(views) - 1), strict=True):
-        for plan in _search(model, view, graph, objective, plans, budget, touched)[:pick]:
-            judge.consider(plan)
+        for order in ORDERS:
+            for plan in _search(model, view, graph, objective, plans, budget, touched, order)[:pick]:
+                judge.consider(plan)
     return judge.best or plans[0]
 
 
@@ -77,8 +85,10 @@ def _search(
     plans: list[Plan],
     budget: int,
     touched: set[str],
+    order: tuple[str, ...],
 ) -> list[Plan]:
-    """Every plan a polish's search on ``view`` found feasible, best first by ``view``'s price."""
+    """Every plan a polish's search on ``view`` (its descent in ``order``) found feasible, best first by
+    ``view``'s price."""
     search = PlanSearch(model, view, graph, objective, confine_to=touched)
     for plan in plans:
         search.consider(plan)
@@ -87,5 +97,5 @@ def _search(
     devices = [d for d in usable(view) if d in touched]
     for plan in path_layouts(graph, view, search.best, devices, POLISH_PATHS, POLISH_SEED):
         search.consider(plan)
-    search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1)
+    search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1, order=order)
     return search.ranked()

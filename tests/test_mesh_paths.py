@@ -6,12 +6,15 @@ import itertools
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+import agents.polish as polish_module
 from agents import OptimalPlanner
-from agents.local_search import PlanSearch
+from agents.local_search import SHARES_FIRST, STRUCTURE_FIRST, PlanSearch
 from agents.mesh_paths import mesh_paths, path_plans
 from agents.polish import polish
+from agents.robust import robust_search
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from runtime import models
@@ -124,3 +127,36 @@ def test_a_polish_lays_the_policys_plan_along_a_path_of_the_devices_it_chose(tin
     assert adjacent(spec, polished.stages[0].devices)  # one hop between neighbouring bands
     assert set(polished.stages[0].devices) <= {"b", "c", "s"}  # only the devices the policy chose
     assert model.latency(polished, snap) < model.latency(scrambled, snap)
+
+
+@pytest.mark.parametrize("order, stages", [(SHARES_FIRST, 1), (STRUCTURE_FIRST, 2)])
+def test_a_descent_tries_the_kinds_of_move_in_the_order_it_is_given(tiny, order, stages):
+    """With one plan to spend, a descent from a one-stage plan spends it on the first kind of its order:
+    rescaling a share keeps one stage, splitting the stage makes two."""
+    spec = line_spec(0.002, 1.0)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    search = PlanSearch(CostModel(tiny, spec), snap, tiny, Objective())
+    start = Plan.build("s", "s", [(0, len(tiny.units), {"s": 1.0, "b": 1.0})])
+    search.consider(start)
+    search.local_search(1, np.random.default_rng(0), starts=1, order=order)
+    tried = [plan for plan in search.scores if plan != start]
+    assert tried and all(len(plan.stages) == stages for plan in tried)
+
+
+def test_a_polish_keeps_the_better_of_its_two_descents(tiny, monkeypatch):
+    """A one-stage plan over the whole model: with a budget of 5, the descent that splits stages first
+    beats the one that tunes shares first, and the polish, which runs both, returns what the better one
+    would (the robust price judges both)."""
+    spec = line_spec(0.002, 1.0)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    model = CostModel(tiny, spec)
+    start = Plan.build("s", "s", [(0, len(tiny.units), {"s": 1.0, "b": 1.0, "c": 1.0})])
+    judge = robust_search(model, snap, tiny, Objective())
+
+    def polished_price(orders):
+        monkeypatch.setattr(polish_module, "ORDERS", orders)
+        return judge.price(polish(model, snap, tiny, Objective(), [start], budget=5))
+
+    shares, structure = polished_price((SHARES_FIRST,)), polished_price((STRUCTURE_FIRST,))
+    assert structure < shares
+    assert polished_price((SHARES_FIRST, STRUCTURE_FIRST)) == structure
