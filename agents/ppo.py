@@ -22,9 +22,9 @@ sees is better); the price is that the cost model, like the optimiser, sees only
 the risk the policy learned (a device that may leave mid-request).
 
 ``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``; the staged policy takes it too) keeps the
-policy's choice and lets a local search on the cost model (agents/polish.py, at most N plans scored on
-the snapshot and on the latest second, the robust price choosing among the best of each; about 0.2 s
-for VGG-16 on this host) improve it beyond what the analytic
+policy's choice and lets local searches on the cost model (agents/polish.py: two, of at most N plans
+scored each, on the snapshot and on the latest second, the robust price choosing among the best of each;
+about 0.55 s for VGG-16 on this host) improve it beyond what the analytic
 completion can express: shares, band order, a moved cut, a device dropped from a stage or moved between
 stages. The completion prices transfers without contention on a device's radio, so when every link
 collapses it spreads stages over more devices than pays; the polish takes the surplus back. It never

@@ -11,9 +11,9 @@ the network pools over whatever devices the cluster has.
 
 ``top_k > 1``: the greedy sequence and, for each of the k - 1 next most likely first stages, the greedy
 rest; the cost model picks the best of those k plans on the snapshot. ``polish=N`` then improves the best
-by a local search on the cost model of at most N plans on the snapshot and on the latest second, on the
-devices the policy's plans touch, and lets the robust price choose among the best each found
-(agents/polish.py, as for the fixed-slot policy: about 0.2 s for VGG-16 on this host).
+by local searches on the cost model of at most N plans each on the snapshot and on the latest second,
+on the devices the policy's plans touch, and lets the robust price choose among the best each found
+(agents/polish.py, as for the fixed-slot policy: about 0.55 s for VGG-16 on this host).
 A policy for another model is an error when the planner is built for a graph (``fits``) and when asked to
 plan (``PlannerError``), never a quiet fallback. The only fallback left is a plan that fails to validate
 (it would be a bug), answered with the single best device and named in the Decision.
