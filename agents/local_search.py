@@ -17,6 +17,7 @@ first (a polish, agents/polish.py, runs a descent in each order).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Collection
 
@@ -55,6 +56,13 @@ class PlanSearch:
         # routes (``spec.route``) cut the source or the sink off from every device that could compute
         self.blocked: Plan | None = None
         self.blocked_score = math.inf
+
+    def fork(self) -> PlanSearch:
+        """A search that knows every plan scored so far and goes on independently: two descents from the
+        same seeds score those seeds once."""
+        twin = copy.copy(self)
+        twin.scores, twin.improvements = dict(self.scores), list(self.improvements)
+        return twin
 
     def consider(self, plan: Plan) -> float:
         """The plan's objective (infinite if it is invalid, infeasible, or touches a device, relays

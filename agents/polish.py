@@ -64,8 +64,8 @@ def polish(
     judge = robust_search(model, snapshot, graph, objective)
     views = polish_views(snapshot)
     for view, pick in zip(views, [ROBUST_PICK] + [VIEW_PICK] * (len(views) - 1), strict=True):
-        for order in ORDERS:
-            for plan in _search(model, view, graph, objective, plans, budget, touched, order)[:pick]:
+        for ranked in _searches(model, view, graph, objective, plans, budget, touched):
+            for plan in ranked[:pick]:
                 judge.consider(plan)
     return judge.best or plans[0]
 
@@ -77,7 +77,7 @@ def polish_views(snapshot: Snapshot) -> list[Snapshot]:
     return distinct([snapshot, latest_view(snapshot), *without_failed(harmonic_view(snapshot), snapshot)])
 
 
-def _search(
+def _searches(
     model: CostModel,
     view: Snapshot,
     graph: LayerGraph,
@@ -85,17 +85,20 @@ def _search(
     plans: list[Plan],
     budget: int,
     touched: set[str],
-    order: tuple[str, ...],
-) -> list[Plan]:
-    """Every plan a polish's search on ``view`` (its descent in ``order``) found feasible, best first by
-    ``view``'s price."""
-    search = PlanSearch(model, view, graph, objective, confine_to=touched)
+) -> list[list[Plan]]:
+    """Per descent of ``ORDERS`` on ``view``, every plan it found feasible, best first by ``view``'s
+    price; the policy's plans and their mesh-path layouts are scored once, for both."""
+    seeded = PlanSearch(model, view, graph, objective, confine_to=touched)
     for plan in plans:
-        search.consider(plan)
-    if search.best is None:
+        seeded.consider(plan)
+    if seeded.best is None:
         return []
     devices = [d for d in usable(view) if d in touched]
-    for plan in path_layouts(graph, view, search.best, devices, POLISH_PATHS, POLISH_SEED):
-        search.consider(plan)
-    search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1, order=order)
-    return search.ranked()
+    for plan in path_layouts(graph, view, seeded.best, devices, POLISH_PATHS, POLISH_SEED):
+        seeded.consider(plan)
+    ranked = []
+    for order in ORDERS:
+        search = seeded.fork()
+        search.local_search(budget, np.random.default_rng(POLISH_SEED), starts=1, order=order)
+        ranked.append(search.ranked())
+    return ranked
