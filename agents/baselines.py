@@ -22,6 +22,7 @@ from agents.base import (
     usable,
     within_memory,
 )
+from agents.bound import check_servable
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -82,15 +83,18 @@ class Neurosurgeon(Planner):
             if remote != source:
                 for cut in graph.cut_points[:-1]:
                     candidates.append([*([(0, cut, (source,))] if cut else []), (cut, n, (remote,))])
-        best, best_score = None, float("inf")
-        for stages in candidates:
-            if fits_memory(stages, graph, snapshot.spec):
-                plan = build_plan(snapshot, stages)
-                score = self.score(plan, snapshot, graph, objective)
-                if score < best_score:
-                    best, best_score = plan, score
-        if best is None:
+        fitting = [stages for stages in candidates if fits_memory(stages, graph, snapshot.spec)]
+        if not fitting:
             raise PlannerError(f"neurosurgeon: no split between {source} and one device holds the weights")
+        best, best_score = None, float("inf")
+        for stages in fitting:
+            plan = build_plan(snapshot, stages)
+            score = self.score(plan, snapshot, graph, objective)
+            if score < best_score:
+                best, best_score = plan, score
+        if best is None:  # every split takes forever on the snapshot's rates: an outage, most likely
+            check_servable(snapshot, graph, self.cost_model(graph, snapshot.spec))  # CutOff naming it
+            raise PlannerError(f"neurosurgeon: no split between {source} and one device reaches the sink now")
         return best
 
 

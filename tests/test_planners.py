@@ -23,6 +23,7 @@ from env.shapes import Shape
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.spec import load_cluster, parse_cluster
+from serving.evaluation import decide_or_wait
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
@@ -302,3 +303,16 @@ def test_planner_labels_are_short_unless_two_would_look_alike():
         "ppo:runs/b/policy.zip": "ppo:runs/b/policy.zip",
         "ppo-top3:runs/a/policy.zip": "ppo-top3:policy.zip",
     }
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_an_outage_that_cuts_the_source_off_now_is_a_plan_or_a_marked_fallback_never_an_error(name, tiny):
+    """Every link of the source reads 0 Mbit/s now (a recorded trace's outage): a comparison must go on,
+    so a planner plans (its request waits the outage out) or says the snapshot is cut off
+    (``CutOff``, which ``decide_or_wait`` answers with a marked fallback); any other error stops the run."""
+    snap = snapshot(five_spec())
+    dark = replace(snap, link_mbps={k: 0.0 if snap.source in k else v for k, v in snap.link_mbps.items()})
+    options = {"exact_limit": 2000} if name in ("optimal", "snapshot-optimal") else {}
+    decision = decide_or_wait(make_planner(name, **options), dark, tiny, LATENCY)
+    decision.plan.validate(tiny, dark.spec.device_ids)
+    assert (decision.plan.source, decision.plan.sink) == (dark.source, dark.sink)
