@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from agents import make_planner, planner_labels
+from agents import PlannerError, make_planner, planner_labels
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import script_console, write_json
@@ -263,7 +263,10 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for i, case in enumerate(todo):
         console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
-        results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]], profile))
+        try:
+            results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]], profile))
+        except PlannerError as exc:
+            raise PlannerError(f"case {case_label(case)}: {exc}") from exc
     console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")
     print_table(results, "vs_clairvoyant", "mean latency / the clairvoyant's")
     print_table(results, "vs_optimal", "mean latency / the optimiser's (optimal)")

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from agents.base import CutOff, Decision
+from agents.base import CutOff, Decision, PlannerError
 from env.backends import Outcome
 from env.cost_model import CostModel
 from env.net_view import net_view
@@ -122,7 +122,10 @@ def _plan_and_run(
     name, planner, index, snap, graph, objective, execute: Executor
 ) -> tuple[RequestRecord, Plan]:
     start = time.perf_counter()
-    decision = decide_or_wait(planner, snap, graph, objective)
+    try:
+        decision = decide_or_wait(planner, snap, graph, objective)
+    except PlannerError as exc:  # which agent and request: a long run says where it stopped
+        raise PlannerError(f"{name}, request {index} (t = {snap.time:g} s): {exc}") from exc
     decision_s = time.perf_counter() - start
     outcome = execute(name, index, snap.time, decision.plan)
     record = RequestRecord(

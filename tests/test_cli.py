@@ -12,6 +12,8 @@ import pytest
 
 import deploy
 import evaluate
+from agents import PlannerError
+from agents.baselines import DeepSlicing
 from bench import generalization, microsplit, staged
 from bench import streams as streams_bench
 from bench.serving import collapse_world
@@ -393,3 +395,18 @@ def test_deploy_writes_one_json_shape_for_any_number_of_agents(tmp_path):
     assert report["model"] == "tiny" and report["cluster"] == "tiny3"
     (local,) = report["agents"]
     assert local["agent"] == "local" and local["completed"] == 2 and local["outputs_match"] is True
+
+
+def test_a_planner_error_in_the_generalization_bench_names_the_case(tmp_path, capsys, monkeypatch):
+    plan, second = DeepSlicing.plan, generalization.START_S + generalization.GAP_S
+
+    def fails_on_the_second_request(self, snapshot, graph, objective):
+        if snapshot.time == second:
+            raise PlannerError("deepslicing: a bug")
+        return plan(self, snapshot, graph, objective)
+
+    monkeypatch.setattr(DeepSlicing, "plan", fails_on_the_second_request)
+    argv = ["--quick", "--model", "tiny", "--agents", "local,deepslicing", "--traces-dir", str(tmp_path)]
+    assert generalization.main(argv) != 0
+    expected = f"case n6 synthetic-walk 15M: deepslicing, request 1 (t = {second:g} s): deepslicing: a bug"
+    assert expected in capsys.readouterr().out

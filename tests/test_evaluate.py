@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 
 import evaluate
+from agents import PlannerError
+from agents.baselines import DeepSlicing
 from serving.comparison_report import print_summary, summarize
 from serving.evaluation import RequestRecord, SimExecutor
 
@@ -198,3 +200,18 @@ def test_with_failures_no_agent_beats_the_clairvoyant_on_any_request(tmp_path):
     ceiling = {r["index"]: r["latency_s"] for r in records if r["agent"] == "clairvoyant"}
     assert any(r["failed"] for r in records)  # failures happened, or this test proves nothing
     assert all(r["latency_s"] >= ceiling[r["index"]] - 1e-12 for r in records)
+
+
+def test_a_planner_error_says_which_agent_and_request_it_stopped_at(tmp_path, capsys, monkeypatch):
+    plan, calls = DeepSlicing.plan, []
+
+    def fails_on_the_second_request(self, snapshot, graph, objective):
+        calls.append(snapshot.time)
+        if len(calls) == 2:
+            raise PlannerError("deepslicing: a bug")
+        return plan(self, snapshot, graph, objective)
+
+    monkeypatch.setattr(DeepSlicing, "plan", fails_on_the_second_request)
+    code, _ = run(tmp_path, "--agents", "local,deepslicing", "--requests", "3")
+    assert code != 0
+    assert f"error: deepslicing, request 1 (t = {calls[1]:g} s): deepslicing: a bug" in capsys.readouterr().out
