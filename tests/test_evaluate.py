@@ -214,4 +214,6 @@ def test_a_planner_error_says_which_agent_and_request_it_stopped_at(tmp_path, ca
     monkeypatch.setattr(DeepSlicing, "plan", fails_on_the_second_request)
     code, _ = run(tmp_path, "--agents", "local,deepslicing", "--requests", "3")
     assert code != 0
-    assert f"error: deepslicing, request 1 (t = {calls[1]:g} s): deepslicing: a bug" in capsys.readouterr().out
+    assert (
+        f"error: deepslicing, request 1 (t = {calls[1]:g} s): deepslicing: a bug" in capsys.readouterr().out
+    )
