@@ -70,7 +70,8 @@ class Neurosurgeon(Planner):
     remote device. The paper picks the cut by predicted latency or energy;
     here every allowed cut point and every other available device that can hold its part are tried
     on the cost model under the given objective, and the best pair is kept (cut 0 = all remote,
-    cut at the end = all local)."""
+    cut at the end = all local). When every pair takes forever on the snapshot's rates (an outage cuts
+    the source or the sink off) it says so (``CutOff``), as the optimiser does, instead of planning."""
 
     name = "neurosurgeon"
 
@@ -92,7 +93,7 @@ class Neurosurgeon(Planner):
             score = self.score(plan, snapshot, graph, objective)
             if score < best_score:
                 best, best_score = plan, score
-        if best is None:  # every split takes forever on the snapshot's rates: an outage, most likely
+        if best is None:
             check_servable(snapshot, graph, self.cost_model(graph, snapshot.spec))  # CutOff naming it
             raise PlannerError(f"neurosurgeon: no split between {source} and one device reaches the sink now")
         return best
