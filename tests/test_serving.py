@@ -231,7 +231,7 @@ class AvoidSlowLink(Planner):
 
 
 def served(r: RequestLog) -> tuple:
-    """A request's log in a line: index, start, latency, rescues, replanned, the devices its plan computes on."""
+    """A request's log in a line: index, end, latency, rescues, replanned, the devices its plan computes on."""
     devices = [d for stage in json.loads(r.plan)["stages"] for d, _ in stage["assign"]]
     return r.index, round(r.time_s, 3), round(r.latency_s, 3), r.rescues, r.replanned, devices
 
@@ -239,7 +239,11 @@ def served(r: RequestLog) -> tuple:
 def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
     """d0-d1 drops from 50 to 0.05 Mbit/s 0.5 s into serving: the request then crossing it would need ~2 s
     for its input; its overdue transfer shows the collapse, the plan moves to d0 and the request restarts
-    there, and it comes back once, with the right output, long before its transfer would have ended."""
+    there, and it comes back once, with the right output, long before its transfer would have ended.
+    Requests arrive every 0.3 s, so none is on the air at the drop and the one due at 0.6 s crosses the
+    fallen link from its first byte (in a closed loop a request caught mid-transfer, most of its input
+    already sent, finished on its own in 0.6 s, rightly not rescued, and the plan moved before any
+    other request crossed the link)."""
     spec, model, graph = setup
     decide = Decider(AvoidSlowLink(), graph, Objective())
     collapse = Trace([0.0, 0.5], [50.0, 0.05], duration=3600.0, name="collapse")
@@ -249,7 +253,7 @@ def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
         # (0.25 s), which the live view rightly reads as a slow link, and that is not this test's collapse
         serve(cluster, model, decide, ServeOptions(requests=2, static=True), agent="warm-up")
         # t=0 of the trace when the first request starts (after the planner's one-off set-up)
-        options = ServeOptions(requests=30, duration_s=1.5, restart_clock=True)
+        options = ServeOptions(requests=30, duration_s=1.5, arrival_every_s=0.3, restart_clock=True)
         report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
     summary = report.summary()
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"]
