@@ -55,12 +55,12 @@ The relaxation sees neither the waiting of tasks on intermediate rows (a band wa
 stages wait for their neighbours' halo rows) nor the halo rows themselves (work and traffic that grow with
 the number of bands). The halo rows are not what holds the gap: as fixed charges (an integer program, a
 binary per device and group for whether the device computes there, its band's halo rows then needed on
-top) they lift the bound by 0% on disnet-mesh2 at 15 Mbit/s (solved) and by at most 1.1-8.1% on mesh0 and
-mesh1 at 10-25 Mbit/s (solutions that close to this LP's minimum; docs/benchmarks.md, twenty-second and
-thirtieth rounds): a device computes its neighbours' few halo rows itself. What the relaxation misses is time, release times
-for intermediate rows; a fluid version over time slots of ``T`` still lets every device start at once,
-on input rows streamed to it a few at a time (a version of it measured the same values on the DISNET
-meshes at 10x the solve time).
+top) they lift the bound by nothing on disnet-mesh2 at 15 Mbit/s (solved) and by at most 8.1% on mesh0
+and mesh1 at 10-25 Mbit/s (solutions that close to this LP's minimum; docs/benchmarks.md, twenty-second
+and thirtieth rounds): a device computes its neighbours' few halo rows itself. What the relaxation
+misses is time, release times for intermediate rows; a fluid version over time slots of ``T`` still lets
+every device start at once, on input rows streamed to it a few at a time (a version of it measured the
+same values on the DISNET meshes at 10x the solve time).
 
 Energy is bounded by the same constraints without ``T``: compute seconds at compute power plus every
 distinct row's airtime at its sender's transmit and its receiver's receive power (idle power, never

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import replace
@@ -232,7 +231,7 @@ class AvoidSlowLink(Planner):
 
 def served(r: RequestLog) -> tuple:
     """A request's log in a line: index, end, latency, rescues, replanned, the devices its plan computes on."""
-    devices = [d for stage in json.loads(r.plan)["stages"] for d, _ in stage["assign"]]
+    devices = [d for stage in Plan.from_json(r.plan).stages for d in stage.devices]
     return r.index, round(r.time_s, 3), round(r.latency_s, 3), r.rescues, r.replanned, devices
 
 
