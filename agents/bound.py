@@ -57,10 +57,13 @@ the number of bands). The halo rows are not what holds the gap: as fixed charges
 binary per device and group for whether the device computes there, its band's halo rows then needed on
 top) they lift the bound by nothing on disnet-mesh2 at 15 Mbit/s (solved) and by at most 8.1% on mesh0
 and mesh1 at 10-25 Mbit/s (solutions that close to this LP's minimum; docs/benchmarks.md, twenty-second
-and thirtieth rounds): a device computes its neighbours' few halo rows itself. What the relaxation
-misses is time, release times for intermediate rows; a fluid version over time slots of ``T`` still lets
-every device start at once, on input rows streamed to it a few at a time (a version of it measured the
-same values on the DISNET meshes at 10x the solve time).
+and thirtieth rounds): a device computes its neighbours' few halo rows itself. A fluid version over time
+slots of ``T`` still lets every device start at once, on input rows streamed to it a few at a time (a
+version of it measured the same values on the DISNET meshes at 10x the solve time).
+
+**Chains** (latency only): what lies in sequence, the bands a row of the output passes through back to
+the image, each waiting for its whole input and the radios moving rows between them, is bounded by
+agents/chain_bound.py; the latency bound is the larger of the two (and of the propagation floor).
 
 Energy is bounded by the same constraints without ``T``: compute seconds at compute power plus every
 distinct row's airtime at its sender's transmit and its receiver's receive power (idle power, never
@@ -79,17 +82,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
 from agents.base import CutOff, PlannerError
+from agents.certified_lp import certified_minimum
+from agents.chain_bound import ChainFacts, chain_latency_bound
 from agents.group_facts import GroupFacts, group_facts
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
-ROUNDING = 1e-9  # relative: what float rounding in evaluating the certified minimum may add to it
 
 
 @dataclass(frozen=True)
@@ -176,10 +179,17 @@ def _reachable(inst: _Instance, start: int, *, forward: bool) -> set[int]:
 
 
 def lower_bound(
-    snapshot: Snapshot, graph: LayerGraph, objective: Objective, model: CostModel, *, release: bool = True
+    snapshot: Snapshot,
+    graph: LayerGraph,
+    objective: Objective,
+    model: CostModel,
+    *,
+    release: bool = True,
+    chains: bool = True,
 ) -> float:
     """A value <= ``objective`` of every plan for ``graph`` under ``snapshot`` (module docstring);
-    ``release=False`` leaves out the image-release rows (the capacity relaxation alone, for comparison).
+    ``release=False`` leaves out the image-release rows, ``chains=False`` the chain bound of
+    agents/chain_bound.py (to show what each adds).
 
     Raises ``PlannerError`` when no plan can serve the snapshot.
     """
@@ -189,6 +199,8 @@ def lower_bound(
     latency = energy = 0.0
     if objective.kind in ("latency", "weighted"):
         latency = max(_solve(_Relaxation(inst, facts, release=release), "latency"), _propagation_floor(inst))
+        if chains:
+            latency = max(latency, chain_bound(snapshot, graph, model))
     if objective.kind == "energy" or (objective.kind == "weighted" and objective.energy_weight > 0):
         energy = _solve(_Relaxation(inst, facts, power=_powers(snapshot)), "energy")
     if objective.kind == "latency":
@@ -196,6 +208,22 @@ def lower_bound(
     if objective.kind == "energy":
         return energy
     return latency + objective.energy_weight * energy
+
+
+def chain_bound(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> float:
+    """The latency bound of agents/chain_bound.py alone, for this snapshot."""
+    facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
+    inst = _instance(snapshot, model)
+    n_dev = len(inst.devices)
+    spb, latency = np.full(n_dev, np.inf), np.full(n_dev, np.inf)
+    for (a, _), seconds, lat in zip(inst.arcs, inst.arc_spb, inst.arc_latency, strict=True):
+        spb[a], latency[a] = min(spb[a], seconds), min(latency[a], lat)
+    latency[np.isinf(latency)] = 0.0  # a device without links sends nothing: its latency is never counted
+    memory = [snapshot.spec.devices[d].memory_mb for d in inst.devices]
+    fits = np.array([[mb is None or nbytes <= mb * 1e6 for nbytes in facts.param_bytes] for mb in memory])
+    return chain_latency_bound(
+        graph, facts, ChainFacts(inst.work_rate, spb, latency, fits, inst.source, inst.sink)
+    )
 
 
 def _propagation_floor(inst: _Instance) -> float:
@@ -223,26 +251,7 @@ def _powers(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _solve(lp: _Relaxation, what: str) -> float:
     a_ub, b_ub, c, bounds = lp.arrays()
-    result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
-    if result.status != 0:
-        raise PlannerError(f"the {what} bound's LP did not solve: {result.message}")
-    return max(0.0, lp.unit * _certified_minimum(result, a_ub, b_ub, c, bounds) * (1.0 - ROUNDING))
-
-
-def _certified_minimum(result, a_ub, b_ub: np.ndarray, c: np.ndarray, bounds: np.ndarray) -> float:
-    """A value <= the LP's minimum whatever the solver's tolerances (Neumaier and Shcherbina, 2004).
-
-    For ``min c.x, A x <= b, 0 <= x <= u`` and any ``y <= 0``: ``c.x = y.(A x) + r.x >= y.b + sum_j
-    min(0, r_j) u_j`` with ``r = c - A'y``. The solver's duals give a ``y`` close to optimal, so this is
-    its minimum less what its tolerances hide. A variable without an upper bound (the latency) gets twice
-    its optimum: plans with a latency above that are above the bound anyway.
-    """
-    y = np.minimum(result.ineqlin.marginals, 0.0)
-    reduced = c - a_ub.T @ y
-    upper = bounds[:, 1].copy()
-    free = np.isinf(upper)
-    upper[free] = 2.0 * np.maximum(result.x[free], 0.0)
-    return float(b_ub @ y + np.minimum(reduced, 0.0) @ upper)
+    return max(0.0, lp.unit * certified_minimum(a_ub, b_ub, c, bounds, what)[0])
 
 
 class _Relaxation:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from agents import PLANNERS, OptimalPlanner, PlannerError, make_planner
-from agents.bound import lower_bound
+from agents.bound import chain_bound, lower_bound
+from agents.chain_bound import rows_keep_their_place
 from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
 from bench.bound import restart_search
@@ -86,6 +87,10 @@ def test_bound_is_below_the_cost_of_random_plans(n_devices, seed, cap, down, dra
         assert bound > 0
         for plan in plans:
             assert objective.score(model.predict(plan, snap)) >= bound, (objective, plan.describe())
+    chains = chain_bound(snap, TINY, model)  # on its own: a chain bound above a plan hidden by nothing
+    assert 0 < chains <= lower_bound(snap, TINY, OBJECTIVES[0], model)
+    for plan in plans:
+        assert model.predict(plan, snap).latency_s >= chains, plan.describe()
 
 
 @pytest.mark.parametrize(
@@ -103,7 +108,8 @@ def test_bound_is_below_the_cost_of_every_planners_plan(n_devices, seed, down):
 
 
 def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
-    """The model the targets are about: VGG-16's band tables and fully connected tail."""
+    """The model the targets are about: VGG-16's band tables and fully connected tail. Its latency bound
+    is the chain bound's, above the capacity relaxation's with the image-release rows."""
     graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
     snap = world(6, 1_000_001, 15.0, np.random.default_rng(3))
     model = CostModel(graph, snap.spec)
@@ -113,13 +119,34 @@ def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
     for objective in OBJECTIVES[:2]:
         bound = lower_bound(snap, graph, objective, model)
         assert 0 < bound <= min(objective.score(model.predict(p, snap)) for p in plans)
+    without_chains = lower_bound(snap, graph, OBJECTIVES[0], model, chains=False)
+    assert lower_bound(snap, graph, OBJECTIVES[0], model) == chain_bound(snap, graph, model) > without_chains
 
 
-def test_image_release_is_tight_when_one_helper_computes_everything():
+def test_chains_need_rows_that_keep_their_place():
+    """A 1x1 convolution of stride 2 reads only even rows: a band of its output may need no input row in
+    its own fraction of the height, so no chain follows one fraction through the plan and the chain bound
+    is 0 (the rest of the bound still holds). The zoo's models all keep their rows' place."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 1, stride=2), nn.ReLU())
+    skipping = LayerGraph.from_model(net, (1, 8, 8), "skipping")
+    assert not rows_keep_their_place(skipping)
+    snap = world(3, 7, 10.0, np.random.default_rng(7))
+    model = CostModel(skipping, snap.spec)
+    assert chain_bound(snap, skipping, model) == 0.0
+    assert lower_bound(snap, skipping, OBJECTIVES[0], model) > 0
+    for name in models.MODEL_NAMES:
+        assert rows_keep_their_place(
+            LayerGraph.from_model(models.skeleton(name), models.input_shape(name), name)
+        )
+
+
+def test_image_release_and_chains_are_tight_when_one_helper_computes_everything():
     """The source cannot compute, so the one plan ships the whole image to the sink, which computes the
     whole model after it arrived: latency = image seconds + link latency + work / speed. The release rows
     give the image seconds + work / speed (the sum, where the capacity rows alone give the larger of the
-    two), so a release row any stronger than valid would put the bound above this plan."""
+    two), and the chain bound the latency itself (its one chain: the image's transfer, its link latency,
+    the compute), so a row of either any stronger than valid would put the bound above this plan."""
     spec = mesh_spec(2, 5)
     snap = NetworkState.static(spec).snapshot(0.0)
     end = len(TINY.units)
@@ -136,9 +163,11 @@ def test_image_release_is_tight_when_one_helper_computes_everything():
     image_s = 0.7 * compute_s
     assert latency == pytest.approx(image_s + link.latency_s + compute_s)
     bound = lower_bound(snap, TINY, OBJECTIVES[0], model)
-    capacity = lower_bound(snap, TINY, OBJECTIVES[0], model, release=False)
+    release = lower_bound(snap, TINY, OBJECTIVES[0], model, chains=False)
+    capacity = lower_bound(snap, TINY, OBJECTIVES[0], model, release=False, chains=False)
     assert bound <= latency
-    assert bound == pytest.approx(image_s + compute_s, rel=1e-6)
+    assert bound == pytest.approx(latency, rel=1e-6)
+    assert release == pytest.approx(image_s + compute_s, rel=1e-6)
     assert capacity == pytest.approx(max(compute_s, link.latency_s), rel=1e-6)
 
 
