@@ -35,8 +35,8 @@ or three devices) every plan of it is scored instead (agents/plan_space.py): the
 over any cuts, devices, row splits, and its score is its own certified bound (gap 0).
 
 **Bound** (``decide``): every decision reports a certified lower bound on the objective over the whole plan
-space (agents/bound.py, an LP relaxation solved by HiGHS) and the gap ``score / bound - 1``; ``plan`` alone
-does not pay for the LP.
+space (agents/bound.py: an LP relaxation and, for latency, the chain bound of agents/chain_bound.py, both
+solved by HiGHS) and the gap ``score / bound - 1``; ``plan`` alone does not pay for the LPs.
 
 Every plan considered must use only available devices and respect every device's memory (the weights
 of all stages it computes in, ``graph.stage_param_bytes``, within its ``memory_mb``).
