@@ -4,8 +4,10 @@ VGG-16 (bn) at 224 on the four DISNET meshes (../shared/scenarios) at each bandw
 snapshot (every device at speed 1, every link at the cap or below): per mesh and cap, for the latency
 objective (and the energy objective with --energy), the optimiser's predicted cost, the bound, the gap
 ``cost / bound - 1``, what each part of the bound reaches (the capacity relaxation alone, then with its
-image-release rows: the bound without the chain bound, and the gap against that), and the decision time (wall and CPU seconds of ``decide``: search plus bound, one thread),
-then the median and p95 gap over all rows. Needs ../shared/scenarios.
+image-release rows: the bound without the chain bound, and the gap against that), and the decision time
+(wall and CPU seconds of ``decide``: search plus bound, one thread), then the median and p95 gap over all
+rows. Needs ../shared/scenarios, unless ``--generated`` asks for meshes of the DISNET generator family at
+evaluation seeds instead; ``--model`` takes another zoo model.
 
 A gap shrinks from either side: a tighter bound or a better plan. ``--restarts N`` checks the second: per
 row, a first-improvement local search (the optimiser's own moves, ``--restart-budget`` plans each) from N
@@ -13,7 +15,7 @@ random plans of the full plan space (random cuts, device subsets, orders and sha
 of them reaches; a row where it beats the optimiser is one where the search, not the bound, holds the gap.
 
 Rerun: python -m bench.bound [--caps 10,15,25] [--energy] [--json OUT] [--scenarios DIR]
-    [--restarts N --restart-budget PLANS]
+    [--generated 6,10,15,20] [--model NAME] [--restarts N --restart-budget PLANS]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +40,13 @@ from agents.local_search import PlanSearch
 from cli import flags
 from cli.output import write_json
 from env.cost_model import CostModel, Objective
+from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import NetworkState
 from env.snapshot import Snapshot
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
-from runtime.spec import load_cluster
+from runtime.spec import ClusterSpec, load_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "scenarios"
@@ -50,20 +55,20 @@ DRAWS = 100  # random plans tried for a feasible start of each restart
 
 
 def decision(
-    graph: LayerGraph, path: Path, cap: float, objective: Objective, restarts: int = 0, budget: int = 0
+    graph: LayerGraph, spec: ClusterSpec, cap: float, objective: Objective, restarts: int = 0, budget: int = 0
 ) -> dict:
-    """One optimiser decision on a static snapshot of the mesh at ``path`` capped at ``cap`` Mbit/s, timed;
-    with ``restarts``, also the best cost of local searches from that many random plans."""
-    spec = load_cluster(path, bandwidth_cap=cap)
+    """One optimiser decision on a static snapshot of ``spec`` (capped at ``cap`` Mbit/s), timed; with
+    ``restarts``, also the best cost of local searches from that many random plans."""
     snapshot = NetworkState.static(spec).snapshot(0.0)
     model = CostModel(graph, spec)
     planner = OptimalPlanner(model)
     wall, cpu = time.perf_counter(), time.process_time()
     decided = planner.decide(snapshot, graph, objective)
     row = {
-        "mesh": path.stem,
+        "mesh": spec.name,
         "cap_mbps": cap,
         "objective": objective.kind,
+        "model": graph.name,
         "cost": decided.score,
         "bound": decided.bound,
         "gap": decided.gap,
@@ -125,7 +130,7 @@ def show(console: Console, rows: list[dict], objective: Objective) -> dict:
     """Print the rows as a table and their summary; return the summary."""
     unit = "s" if objective.kind == "latency" else "J"
     restarts = "restarts_cost" in rows[0]
-    table = Table(title=f"optimiser vs certified bound, VGG-16, {objective.kind}")
+    table = Table(title=f"optimiser vs certified bound, {rows[0]['model']}, {objective.kind}")
     columns = ["mesh", "cap Mbit/s", f"cost {unit}", f"bound {unit}", "gap", f"capacity {unit}"]
     columns += [f"+release {unit}", "gap without chains", "decision s", "CPU s"]
     for col in columns + ([f"restarts {unit}"] if restarts else []):
@@ -148,10 +153,16 @@ def show(console: Console, rows: list[dict], objective: Objective) -> dict:
     return total
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caps", default="10,15,25", help="bandwidth caps in Mbit/s, comma separated")
     parser.add_argument("--meshes", default=",".join(MESHES), help="which DISNET meshes, comma separated")
+    parser.add_argument(
+        "--generated",
+        help="instead, meshes of the DISNET generator family with these device counts (comma separated), "
+        "at evaluation seeds (EVAL_SEED_BASE + n): needs no scenario files",
+    )
+    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES, help="the zoo model")
     parser.add_argument("--energy", action="store_true", help="also the energy objective")
     parser.add_argument(
         "--restarts", type=int, default=0, help="also local searches from this many random plans per row"
@@ -163,7 +174,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--scenarios", type=Path, default=SHARED, help="folder of the disnet-mesh*.json files"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         args.caps = [float(c) for c in args.caps.split(",")]
     except ValueError:
@@ -176,27 +187,45 @@ def parse_args() -> argparse.Namespace:
     unknown = [m for m in args.meshes if m not in MESHES]
     if unknown:
         parser.error(f"--meshes: unknown {', '.join(unknown)} (known: {', '.join(MESHES)})")
+    if args.generated is not None:
+        try:
+            args.generated = [int(n) for n in args.generated.split(",")]
+        except ValueError:
+            parser.error(f"--generated must be device counts separated by commas, not {args.generated!r}")
+        if not all(2 <= n <= 64 for n in args.generated):
+            parser.error("--generated: device counts must be 2 to 64")
     return args
 
 
-def main() -> int:
-    args = parse_args()
+def worlds(args: argparse.Namespace) -> list[Callable[[float], ClusterSpec]] | str:
+    """Per mesh, its spec at a bandwidth cap; or why the meshes asked for cannot be had."""
+    if args.generated is not None:
+        return [partial(mesh_spec, n, EVAL_SEED_BASE + n) for n in args.generated]
     paths = [args.scenarios / f"{mesh}.json" for mesh in args.meshes]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        print(f"bench.bound needs the DISNET meshes: missing {', '.join(missing)}", file=sys.stderr)
+        return f"bench.bound needs the DISNET meshes (or --generated): missing {', '.join(missing)}"
+    return [partial(load_cluster, path) for path in paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    meshes = worlds(args)
+    if isinstance(meshes, str):
+        print(meshes, file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
+    graph = LayerGraph.from_model(models.skeleton(args.model), models.input_shape(args.model), args.model)
     objectives = [Objective("latency")] + ([Objective("energy")] if args.energy else [])
-    console = Console(width=130)
+    console = Console(width=150)
     report = {}
     for objective in objectives:
         rows = []
-        for path in paths:
+        for mesh in meshes:
             for cap in args.caps:
-                rows.append(decision(graph, path, cap, objective, args.restarts, args.restart_budget))
-                console.log(f"{objective.kind} {path.stem} {cap:g} Mbit/s: gap {rows[-1]['gap']:.1%}")
+                spec = mesh(bandwidth_cap=cap)
+                rows.append(decision(graph, spec, cap, objective, args.restarts, args.restart_budget))
+                console.log(f"{objective.kind} {spec.name} {cap:g} Mbit/s: gap {rows[-1]['gap']:.1%}")
         report[objective.kind] = {"rows": rows, **show(console, rows, objective)}
     if args.json:
         write_json(args.json, report, console, indent=1)

@@ -5,6 +5,7 @@ enumerated, and a PlannerError naming the reason where no plan can serve."""
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -19,9 +20,10 @@ from agents.bound import chain_bound, lower_bound
 from agents.chain_bound import rows_keep_their_place
 from agents.local_search import PlanSearch
 from agents.plan_space import full_plan_space, plan_space_size
+from bench import bound as bound_bench
 from bench.bound import restart_search
 from env.cost_model import CostModel, Objective
-from env.meshes import mesh_spec
+from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
@@ -252,3 +254,20 @@ def test_instances_no_plan_can_serve_are_errors_naming_the_reason():
             lower_bound(bad, TINY, OBJECTIVES[0], bad_model)
         with pytest.raises(PlannerError, match=reason):
             OptimalPlanner(bad_model).decide(bad, TINY, OBJECTIVES[0])
+
+
+def test_bench_bound_measures_generated_meshes_without_scenario_files(tmp_path, capsys):
+    """A user's question, how far is the optimiser from optimal on clusters like mine, answered on meshes
+    of the generator family at evaluation seeds, for any zoo model; bad counts are clear errors."""
+    out = tmp_path / "bound.json"
+    argv = ["--generated", "3,4", "--caps", "10", "--model", "tiny", "--scenarios", str(tmp_path)]
+    assert bound_bench.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["latency"]["rows"]
+    assert [r["mesh"] for r in rows] == [mesh_spec(n, EVAL_SEED_BASE + n).name for n in (3, 4)]
+    for r in rows:
+        assert (
+            r["model"] == "tiny" and 0 < r["capacity_bound"] <= r["release_bound"] <= r["bound"] <= r["cost"]
+        )
+    with pytest.raises(SystemExit):
+        bound_bench.parse_args(["--generated", "3,x"])
+    assert "device counts" in capsys.readouterr().err
