@@ -221,9 +221,37 @@ def chain_bound(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> floa
     latency[np.isinf(latency)] = 0.0  # a device without links sends nothing: its latency is never counted
     memory = [snapshot.spec.devices[d].memory_mb for d in inst.devices]
     fits = np.array([[mb is None or nbytes <= mb * 1e6 for nbytes in facts.param_bytes] for mb in memory])
-    return chain_latency_bound(
-        graph, facts, ChainFacts(inst.work_rate, spb, latency, fits, inst.source, inst.sink)
+    route_spb, route_latency = _least_routes(inst, inst.arc_spb), _least_routes(inst, inst.arc_latency)
+    first = [b for a, b in inst.arcs if a == inst.source]  # the source's neighbours
+    relay_spb, relay_latency = (
+        np.min(r[first], axis=0) if first else np.full(n_dev, np.inf) for r in (route_spb, route_latency)
     )
+    facts_of_chains = ChainFacts(
+        inst.work_rate,
+        spb,
+        latency,
+        fits,
+        relay_spb,
+        relay_latency,
+        route_spb[:, inst.sink],
+        route_latency[:, inst.sink],
+        inst.source,
+        inst.sink,
+    )
+    return chain_latency_bound(graph, facts, facts_of_chains)
+
+
+def _least_routes(inst: _Instance, weight: np.ndarray) -> np.ndarray:
+    """(devices, devices): the least sum of ``weight`` (one value per arc) over routes from one device to
+    another (0 to itself, infinite where no route leads), Floyd-Warshall."""
+    n_dev = len(inst.devices)
+    least = np.full((n_dev, n_dev), np.inf)
+    np.fill_diagonal(least, 0.0)
+    for (a, b), w in zip(inst.arcs, weight, strict=True):
+        least[a, b] = min(least[a, b], w)
+    for k in range(n_dev):
+        least = np.minimum(least, least[:, k : k + 1] + least[k : k + 1, :])
+    return least
 
 
 def _propagation_floor(inst: _Instance) -> float:

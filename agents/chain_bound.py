@@ -28,8 +28,11 @@ per stage and device), the chains' average length is at least the sum of
   2`` (``tau``: the whole tensor's seconds on that link), plus a link latency for each;
 - **the image**, rows the source holds and sends the same way to every device of the first stage but
   itself (``tau ((1 - s[0, source])^2 + sum_d s[0, d]^2) / 2``, the sum over those devices: this time
-  each transfer's fraction is known), and **the output**, which each band of the last stage sends to the
-  sink in one transfer (``tau s^2``).
+  each transfer's fraction is known), then on along the route's other hops, each a whole transfer of the
+  band again (relays store and forward: ``s^2`` times the image's seconds over the least of those hops'
+  seconds per byte, plus their latency), and **the output**, which each band of the last stage sends to
+  the sink in one transfer along a route (``s^2`` times the output's seconds over the route of least
+  seconds per byte, plus the least latency).
 
 The minimum of this sum over all share vectors (entries at least 0, summing to at least 1, 0 on a device
 that cannot hold the group's weights or cannot send what it would have to) is <= the latency of every
@@ -78,12 +81,19 @@ def rows_keep_their_place(graph: LayerGraph) -> bool:
 class ChainFacts:
     """What the chain bound needs of a snapshot, per device: its work rate (0 where it cannot compute),
     the least seconds per byte and the least latency of its outgoing links (infinite seconds if it has
-    none), and whether it can hold each group's weights; the source and the sink."""
+    none), whether it can hold each group's weights, and the least seconds per byte and latency of a
+    route's other hops (each a whole transfer again: relays store and forward) from the source's
+    neighbours on to it and from it to the sink (infinite where there is no route); the source and the
+    sink."""
 
     work_rate: np.ndarray
     send_spb: np.ndarray
     send_latency: np.ndarray
     fits: np.ndarray  # (devices, groups)
+    relay_spb: np.ndarray
+    relay_latency: np.ndarray
+    to_sink_spb: np.ndarray
+    to_sink_latency: np.ndarray
     source: int
     sink: int
 
@@ -144,18 +154,19 @@ class _ChainProgram:
             for d in workers:
                 can = (
                     chain.fits[d, g]
-                    and (g > 0 or d == src or sends[src])
-                    and (g < last or d == sink or sends[d])
+                    and (g > 0 or d == src or np.isfinite(chain.relay_spb[d]))
+                    and (g < last or np.isfinite(chain.to_sink_spb[d]))
                 )
                 s[g, d] = self._column(1.0 if can else 0.0)
             self.rows.append(([(s[g, d], -1.0) for d in workers], -1.0))  # shares sum to at least 1
         for (g, d), col in s.items():
             weight = facts.work[g] / chain.work_rate[d]
-            if g == 0 and d != src:
-                weight += tau[0, src] / 2.0
-            if g == last and d != sink:
-                weight += tau[-1, d]
-                self.cost[col] += chain.send_latency[d]
+            if g == 0 and d != src and self.upper[col] > 0:
+                weight += tau[0, src] / 2.0 + facts.nbytes[0] * chain.relay_spb[d]
+                self.cost[col] += chain.relay_latency[d]
+            if g == last and d != sink and self.upper[col] > 0:
+                weight += facts.nbytes[-1] * chain.to_sink_spb[d]
+                self.cost[col] += chain.to_sink_latency[d]
             self._square(col, weight, graph.extent(graph.groups[g][1]))
         # the image leaves the source: all of it, or all but the source's own first band
         if src in workers:

@@ -28,6 +28,7 @@ from env.network import NetworkState
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
+from runtime.spec import parse_cluster
 
 torch.set_num_threads(1)
 OBJECTIVES = (Objective("latency"), Objective("energy"), Objective("weighted", 0.1))
@@ -271,3 +272,30 @@ def test_bench_bound_measures_generated_meshes_without_scenario_files(tmp_path, 
     with pytest.raises(SystemExit):
         bound_bench.parse_args(["--generated", "3,x"])
     assert "device counts" in capsys.readouterr().err
+
+
+def test_chains_count_every_hop_of_a_relayed_image():
+    """A line 0 - 1 - 2: the source 0 and the relay 1 cannot compute, so the one plan's image goes to 2
+    over two hops, each a whole transfer (relays store and forward), and 2 computes everything: latency =
+    two image transfers + two link latencies + the compute. That is one chain, and the chain bound is it."""
+    power = {"compute": 1.0, "transmit": 1.0, "receive": 1.0, "idle": 0.0}
+    doc = {
+        "format": "disnet-mesh/1",
+        "name": "line",
+        "devices": {str(d): {"compute_rate": 4, "power_w": power} for d in range(3)},
+        "links": [[0, 1, 20], [1, 2, 10]],
+        "source": "0",
+        "sink": "2",
+    }
+    spec = parse_cluster(doc)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    snap = replace(snap, speed={"0": 0.0, "1": 0.0, "2": 1.0})
+    model = CostModel(TINY, spec)
+    end = len(TINY.units)
+    latency = model.predict(Plan.build("0", "2", [(0, end, {"2": 1.0})]), snap).latency_s
+    image_bits = TINY.extent(0) * TINY.row_bytes(0) * 8
+    compute_s = TINY.band_flops(0, end, (0, TINY.extent(end))) / (spec.devices["2"].gflops * 1e9)
+    hops_s = image_bits / 20e6 + image_bits / 10e6 + sum(link.latency_s for link in spec.links)
+    assert latency == pytest.approx(hops_s + compute_s)
+    assert chain_bound(snap, TINY, model) == pytest.approx(latency, rel=1e-6)
+    assert lower_bound(snap, TINY, OBJECTIVES[0], model) <= latency
