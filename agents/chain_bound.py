@@ -58,7 +58,7 @@ from agents.group_facts import GroupFacts
 from runtime.graph import LayerGraph
 
 ROUNDS = 12  # cutting-plane rounds at most
-SETTLED = 1e-4  # relative: a round that lifts the bound by less ends the rounds
+SETTLED = 1e-3  # relative: a round that lifts the bound by less ends the rounds
 START_POINTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # where each square's first lines touch
 
 
@@ -167,7 +167,13 @@ class _ChainProgram:
             if g == last and d != sink and self.upper[col] > 0:
                 weight += facts.nbytes[-1] * chain.to_sink_spb[d]
                 self.cost[col] += chain.to_sink_latency[d]
-            self._square(col, weight, graph.extent(graph.groups[g][1]))
+            speed_share = chain.work_rate[d] / chain.work_rate.sum()  # where a share's solution is likely
+            self._square(
+                col,
+                weight,
+                graph.extent(graph.groups[g][1]),
+                (0.8 * speed_share, speed_share, 1.25 * speed_share),
+            )
         # the image leaves the source: all of it, or all but the source's own first band
         if src in workers:
             self._moved(
@@ -193,12 +199,12 @@ class _ChainProgram:
         if tau is not None:
             self._square(m, tau / 2.0, None)
 
-    def _square(self, x: int, weight: float, grid: int | None) -> None:
+    def _square(self, x: int, weight: float, grid: int | None, likely: tuple[float, ...] = ()) -> None:
         if weight <= 0 or self.upper[x] == 0:
             return
         square = _Square(x, self._column(1.0, weight), grid)
         self.squares.append(square)
-        for v in START_POINTS:
+        for v in (*START_POINTS, *likely):
             self._cut(square, v)
 
     def _cut(self, square: _Square, v: float) -> None:
