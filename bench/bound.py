@@ -22,7 +22,6 @@ Rerun: python -m bench.bound [--caps 10,15,25] [--energy] [--json OUT] [--scenar
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec, load_cluster
+from serving.heap import setup_frozen
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "scenarios"
@@ -220,12 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     graph = LayerGraph.from_model(models.skeleton(args.model), models.input_shape(args.model), args.model)
     objectives = [Objective("latency")] + ([Objective("energy")] if args.energy else [])
     console = Console(width=150)
-    # as serving does (serving/loop.py): what is set up (400,000 objects, torch's mostly) stays out of the
-    # garbage collector's full collections, which otherwise walk it inside a decision (0.15-0.35 s of one)
-    gc.collect()
-    gc.freeze()
     report = {}
-    try:
+    with setup_frozen():  # as in serving: full collections would walk the set-up inside decisions
         for objective in objectives:
             rows = []
             for mesh in meshes:
@@ -234,8 +230,6 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(decision(graph, spec, cap, objective, args.restarts, args.restart_budget))
                     console.log(f"{objective.kind} {spec.name} {cap:g} Mbit/s: gap {rows[-1]['gap']:.1%}")
             report[objective.kind] = {"rows": rows, **show(console, rows, objective)}
-    finally:
-        gc.unfreeze()
     if args.json:
         write_json(args.json, report, console, indent=1)
     return 0

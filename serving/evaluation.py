@@ -37,6 +37,7 @@ from env.snapshot import Snapshot
 from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
 from runtime.plan import Plan
+from serving.heap import setup_frozen
 
 CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
 
@@ -95,11 +96,13 @@ def run_comparison(
 
     Request-major order keeps the agents' requests of one index close in time on a live cluster, and
     makes an interrupted run's finished requests a fair comparison (``ComparisonInterrupted``). The
-    clairvoyant plans last, weighing the others' plans too (agents/clairvoyant.py).
+    clairvoyant plans last, weighing the others' plans too (agents/clairvoyant.py). The set-up is frozen
+    out of full garbage collections (serving/heap.py), so a planner's decision time is its own, not a
+    collection of everything another planner's allocations set off.
     """
     records: list[RequestRecord] = []  # whole requests only: every planner's record of each index
     try:
-        with Progress(console=console, transient=True) as progress:
+        with setup_frozen(), Progress(console=console, transient=True) as progress:
             task = progress.add_task("requests", total=requests * len(planners))
             for i in range(requests):
                 snap = snapshot_at(i)

@@ -32,10 +32,9 @@ radio bytes, compute is not) and for the work thrown away; a request is rescued 
 times. The rules are in serving/rules.py, the policies that apply them in serving/policies.py.
 
 What exists once serving is set up (modules, the model, its reference outputs, the planner's caches: some
-370,000 objects for the tiny model) is frozen out of the garbage collector's full collections for the run:
-walking them held the GIL for up to 0.7-1.7 s at a time while a planner allocated, stalling the requests in
-flight. Frozen objects are still freed when their last reference goes; only cycles among them wait for the
-end of the run.
+370,000 objects for the tiny model) is frozen out of the garbage collector's full collections for the run
+(serving/heap.py): walking them held the GIL for up to 0.7-1.7 s at a time while a planner allocated,
+stalling the requests in flight.
 
 Every output is checked against the unsplit model on a pool of seeded inputs whose reference outputs
 are computed before serving starts (so the check costs the cluster nothing while it runs).
@@ -43,7 +42,6 @@ are computed before serving starts (so the check costs the cluster nothing while
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -60,6 +58,7 @@ from runtime.cluster import LocalCluster
 from runtime.controller import Result, Watcher
 from runtime.exactness import matches, reference_pool
 from runtime.plan import Plan
+from serving.heap import setup_frozen
 from serving.policies import Adaptive, Decider, ReplanPolicy, Rescue, Static
 from serving.records import RequestLog, ServeReport, Tally
 from serving.rules import waiting_requests
@@ -169,24 +168,22 @@ class Server:
             if options.restart_clock:  # a replay of the traces: the first plan knows what the first run knew
                 ctl.forget_telemetry()
             self.replanning.start()
-            gc.collect()
-            gc.freeze()  # what is set up stays out of full collections while serving (module doc)
-            recoveries_before = ctl.replans  # the controller's own replans (dead workers), counted per run
-            if options.restart_clock:
-                ctl.restart_clock()
-            start = self._start = ctl.now()
-            with Progress(*_COLUMNS, console=self.console, transient=True) as progress:
-                task = progress.add_task(self.agent, total=options.requests, status="")
-                for index, result in enumerate(self._results(start)):
-                    record = self._record(index, result)
-                    if on_result is not None:
-                        on_result(record)
-                    status = "exact" if record.outputs_match else "MISMATCH"
-                    progress.update(task, advance=1, status=f"{result.latency_s:.3f}s {status}")
+            with setup_frozen():  # what is set up stays out of full collections while serving (module doc)
+                recoveries_before = ctl.replans  # the controller's own replans (dead workers), per run
+                if options.restart_clock:
+                    ctl.restart_clock()
+                start = self._start = ctl.now()
+                with Progress(*_COLUMNS, console=self.console, transient=True) as progress:
+                    task = progress.add_task(self.agent, total=options.requests, status="")
+                    for index, result in enumerate(self._results(start)):
+                        record = self._record(index, result)
+                        if on_result is not None:
+                            on_result(record)
+                        status = "exact" if record.outputs_match else "MISMATCH"
+                        progress.update(task, advance=1, status=f"{result.latency_s:.3f}s {status}")
         finally:
             ctl.attach(self.replanning.for_devices)  # the watcher leaves: the cluster may serve another run
             self.replanning.close()
-            gc.unfreeze()
         return ServeReport(
             self.agent,
             self.tally,
