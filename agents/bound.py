@@ -200,7 +200,7 @@ def lower_bound(
     if objective.kind in ("latency", "weighted"):
         latency = max(_solve(_Relaxation(inst, facts, release=release), "latency"), _propagation_floor(inst))
         if chains:
-            latency = max(latency, chain_bound(snapshot, graph, model))
+            latency = max(latency, _chain_bound(snapshot, inst, facts, graph))
     if objective.kind == "energy" or (objective.kind == "weighted" and objective.energy_weight > 0):
         energy = _solve(_Relaxation(inst, facts, power=_powers(snapshot)), "energy")
     if objective.kind == "latency":
@@ -213,7 +213,10 @@ def lower_bound(
 def chain_bound(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> float:
     """The latency bound of agents/chain_bound.py alone, for this snapshot."""
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    inst = _instance(snapshot, model)
+    return _chain_bound(snapshot, _instance(snapshot, model), facts, graph)
+
+
+def _chain_bound(snapshot: Snapshot, inst: _Instance, facts: GroupFacts, graph: LayerGraph) -> float:
     n_dev = len(inst.devices)
     spb, latency = np.full(n_dev, np.inf), np.full(n_dev, np.inf)
     for (a, _), seconds, lat in zip(inst.arcs, inst.arc_spb, inst.arc_latency, strict=True):
