@@ -158,7 +158,7 @@ def show(console: Console, rows: list[dict], objective: Objective) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caps", default="10,15,25", help="bandwidth caps in Mbit/s, comma separated")
-    parser.add_argument("--meshes", default=",".join(MESHES), help="which DISNET meshes, comma separated")
+    parser.add_argument("--meshes", help="which DISNET meshes, comma separated (default: all four)")
     parser.add_argument(
         "--generated",
         help="instead, meshes of the DISNET generator family with these device counts (comma separated), "
@@ -185,7 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--caps must be positive")
     if args.restarts < 0:
         parser.error("--restarts must be >= 0")
-    args.meshes = args.meshes.split(",")
+    if args.meshes is not None and args.generated is not None:
+        parser.error("--meshes and --generated: choose one (the DISNET files or generated meshes)")
+    args.meshes = MESHES if args.meshes is None else args.meshes.split(",")
     unknown = [m for m in args.meshes if m not in MESHES]
     if unknown:
         parser.error(f"--meshes: unknown {', '.join(unknown)} (known: {', '.join(MESHES)})")

@@ -269,9 +269,13 @@ def test_bench_bound_measures_generated_meshes_without_scenario_files(tmp_path, 
         assert (
             r["model"] == "tiny" and 0 < r["capacity_bound"] <= r["release_bound"] <= r["bound"] <= r["cost"]
         )
-    with pytest.raises(SystemExit):
-        bound_bench.parse_args(["--generated", "3,x"])
-    assert "device counts" in capsys.readouterr().err
+    for bad, message in (
+        (["--generated", "3,x"], "device counts"),
+        (["--generated", "3", "--meshes", "a"], "choose one"),
+    ):
+        with pytest.raises(SystemExit):
+            bound_bench.parse_args(bad)
+        assert message in capsys.readouterr().err
 
 
 def test_chains_count_every_hop_of_a_relayed_image():
