@@ -39,6 +39,7 @@ from dataclasses import replace
 import numpy as np
 
 from agents.base import CutOff, Decision, Planner, PlannerError
+from agents.bound import lower_bound
 from agents.local_search import BLOCKED, PlanSearch
 from agents.optimizer import OptimalPlanner, seed_plans
 from env.cost_model import CostModel, Objective
@@ -245,7 +246,22 @@ class RobustPlanner(Planner):
         return plan
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
-        """The plan with its expected objective (no certified bound: the bound is the snapshot's)."""
+        """The plan with its expected objective and a certified lower bound on every plan's
+        (``price_bound``)."""
         plan = self.plan(snapshot, graph, objective)
         fallback = BLOCKED if self.last_blocked else CUT_OFF_NOW if self.last_cut_off else None
-        return Decision(plan, score=self.last_score, fallback=fallback)
+        bound = price_bound(snapshot, graph, objective, self.cost_model(graph, snapshot.spec))
+        return Decision(plan, score=self.last_score, fallback=fallback, bound=bound)
+
+
+def price_bound(snapshot: Snapshot, graph: LayerGraph, objective: Objective, model: CostModel) -> float:
+    """A certified lower bound on the robust price of every plan: agents/bound.py's bound with each link
+    at the most it carried in its history or carries now. Every scenario replays those seconds, so each
+    transfer in it takes at least its bytes at that rate, the bound's physics hold of each scenario's
+    run, and the price, their mean plus a failure charge that is never negative, is at least the
+    bound."""
+    fastest = {
+        k: max(mbps, max(snapshot.link_history.get(k, ()), default=0.0))
+        for k, mbps in snapshot.link_mbps.items()
+    }
+    return lower_bound(replace(snapshot, link_mbps=fastest), graph, objective, model)

@@ -18,8 +18,9 @@ from serving.evaluation import CLAIRVOYANT, RequestRecord
 def summarize(records: list[RequestRecord]) -> dict[str, dict]:
     """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan;
     ``fallbacks`` (requests answered with a fallback plan), ``failed_requests``, ``bound_gap_median``
-    and ``bound_gap_p95`` (None when the planner proved no bound), and ``regret_mean`` when the
-    clairvoyant is among the agents (None otherwise)."""
+    and ``bound_gap_p95`` (None when the planner proved no bound; each optimiser's gap is against a bound
+    on its own objective: the snapshot's for ``snapshot-optimal``, the robust price for ``optimal``), and
+    ``regret_mean`` when the clairvoyant is among the agents (None otherwise)."""
     regret = _regrets(records)
     summary = {}
     for agent in dict.fromkeys(r.agent for r in records):

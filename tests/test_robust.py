@@ -262,3 +262,30 @@ def test_the_clairvoyant_looks_past_an_outage_that_cuts_the_sink_off(tiny):
     short = make_planner("clairvoyant", cost_model=model, world=world, max_horizon_s=2.0, **FAST)
     with pytest.raises(CutOff):
         short.plan(world.snapshot(20.0), tiny, LATENCY)
+
+
+def test_the_robust_optimisers_bound_is_below_the_price_of_every_plan(tiny):
+    """Its decision reports a certified bound on the robust price (every link at the most its history
+    carried): below its own plan's price and below the price of every other planner's plan, for a
+    snapshot whose history wanders and with a device's failures on record."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(30.0)
+    steady = dict.fromkeys(snap.link_mbps, (10.0,) * 8)
+    wander = {link_key("s", "h1"): (39.0, 1.0) * 4}
+    snap = replace(
+        snap,
+        link_history=steady | wander,
+        link_mbps=snap.link_mbps | {link_key("s", "h1"): 20.0},
+        failure_window_s=30.0,
+        failures={"h2": 2},
+        uptime_s=dict.fromkeys(spec.device_ids, 30.0),
+    )
+    for objective in (LATENCY, Objective("energy")):
+        decision = make_planner("optimal", cost_model=model, **FAST).decide(snap, tiny, objective)
+        assert 0 < decision.bound <= decision.score
+        assert decision.gap == pytest.approx(decision.score / decision.bound - 1)
+        search = robust_search(model, snap, tiny, objective)
+        for name in ("snapshot-optimal", "disnet", "deepslicing", "neurosurgeon", "local"):
+            plan = make_planner(name, cost_model=model).plan(snap, tiny, objective)
+            assert search.price(plan) >= decision.bound, name
