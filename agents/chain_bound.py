@@ -143,48 +143,61 @@ class _ChainProgram:
         self.rows: list[tuple[list[tuple[int, float]], float]] = []
         self.squares: list[_Square] = []
         self.constant = 0.0
-        groups = range(len(facts.work))
-        last = len(facts.work) - 1
-        workers = np.flatnonzero(chain.work_rate > 0)
-        sends = np.isfinite(chain.send_spb)
-        tau = facts.nbytes[:, None] * np.where(sends, chain.send_spb, 0.0)[None, :]  # (boundary, sender)
-        src, sink = chain.source, chain.sink
-        s = {}
-        for g in groups:
-            for d in workers:
+        self.facts, self.chain = facts, chain
+        self.workers = np.flatnonzero(chain.work_rate > 0)
+        shares = self._shares()
+        self._price_bands(shares, [graph.extent(end) for _, end in graph.groups])
+        self._price_moves(shares)
+
+    def _shares(self) -> dict[tuple[int, int], int]:
+        """A column per group and computing device (held at 0 where the device cannot hold the group's
+        weights, get the image or reach the sink); each group's shares sum to at least 1."""
+        chain, last = self.chain, len(self.facts.work) - 1
+        shares = {}
+        for g in range(last + 1):
+            for d in self.workers:
                 can = (
                     chain.fits[d, g]
-                    and (g > 0 or d == src or np.isfinite(chain.relay_spb[d]))
+                    and (g > 0 or d == chain.source or np.isfinite(chain.relay_spb[d]))
                     and (g < last or np.isfinite(chain.to_sink_spb[d]))
                 )
-                s[g, d] = self._column(1.0 if can else 0.0)
-            self.rows.append(([(s[g, d], -1.0) for d in workers], -1.0))  # shares sum to at least 1
-        for (g, d), col in s.items():
+                shares[g, d] = self._column(1.0 if can else 0.0)
+            self.rows.append(([(shares[g, d], -1.0) for d in self.workers], -1.0))
+        return shares
+
+    def _price_bands(self, shares: dict[tuple[int, int], int], heights: list[int]) -> None:
+        """Each share's square: its band's compute, and for the first group the image's transfer from the
+        source and on along its route, for the last the output's route to the sink."""
+        facts, chain, last = self.facts, self.chain, len(self.facts.work) - 1
+        for (g, d), col in shares.items():
             weight = facts.work[g] / chain.work_rate[d]
-            if g == 0 and d != src and self.upper[col] > 0:
-                weight += tau[0, src] / 2.0 + facts.nbytes[0] * chain.relay_spb[d]
+            if g == 0 and d != chain.source and self.upper[col] > 0:
+                weight += self._seconds(0, chain.source) / 2.0 + facts.nbytes[0] * chain.relay_spb[d]
                 self.cost[col] += chain.relay_latency[d]
-            if g == last and d != sink and self.upper[col] > 0:
+            if g == last and d != chain.sink and self.upper[col] > 0:
                 weight += facts.nbytes[-1] * chain.to_sink_spb[d]
                 self.cost[col] += chain.to_sink_latency[d]
             speed_share = chain.work_rate[d] / chain.work_rate.sum()  # where a share's solution is likely
-            self._square(
-                col,
-                weight,
-                graph.extent(graph.groups[g][1]),
-                (0.8 * speed_share, speed_share, 1.25 * speed_share),
-            )
-        # the image leaves the source: all of it, or all but the source's own first band
-        if src in workers:
-            self._moved(
-                [(s[0, src], -1.0)], -1.0, tau[0, src] if sends[src] else None, chain.send_latency[src]
-            )
+            self._square(col, weight, heights[g], (0.8 * speed_share, speed_share, 1.25 * speed_share))
+
+    def _price_moves(self, shares: dict[tuple[int, int], int]) -> None:
+        """The rows a sender sends on: the image leaving the source (all of it, or all but the source's
+        own first band), then at each boundary what a device computed and the next group computes
+        elsewhere."""
+        chain, src = self.chain, self.chain.source
+        if src in self.workers:
+            self._moved([(shares[0, src], -1.0)], -1.0, self._seconds(0, src), chain.send_latency[src])
         else:
-            self.constant += tau[0, src] / 2.0 + chain.send_latency[src]
-        for g in groups[1:]:
-            for d in workers:
-                terms = [(s[g - 1, d], 1.0), (s[g, d], -1.0)]
-                self._moved(terms, 0.0, tau[g, d] if sends[d] else None, chain.send_latency[d])
+            self.constant += self._seconds(0, src) / 2.0 + chain.send_latency[src]
+        for g in range(1, len(self.facts.work)):
+            for d in self.workers:
+                terms = [(shares[g - 1, d], 1.0), (shares[g, d], -1.0)]
+                self._moved(terms, 0.0, self._seconds(g, d), chain.send_latency[d])
+
+    def _seconds(self, boundary: int, sender: int) -> float | None:
+        """Seconds to send a whole boundary tensor on the sender's fastest link (None: it has no link)."""
+        spb = self.chain.send_spb[sender]
+        return float(self.facts.nbytes[boundary] * spb) if np.isfinite(spb) else None
 
     def _column(self, upper: float, cost: float = 0.0) -> int:
         self.upper.append(upper)
