@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import replace
@@ -23,6 +24,7 @@ from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
 from runtime.schedule import Trace
 from runtime.spec import load_cluster
+from serving.heap import setup_frozen
 from serving.loop import ServeOptions, serve
 from serving.metrics import MetricsWriter
 from serving.policies import Adaptive, Decider, Rescue
@@ -527,3 +529,16 @@ def test_a_reused_output_folder_holds_only_the_latest_run(tmp_path):
     assert values == [2.0]
     rows = (tmp_path / "ppo_pretrained_vgg16_any.zip.csv").read_text().splitlines()
     assert len(rows) == 2 and ",2.000000," in rows[1]
+
+
+def test_the_set_up_stays_frozen_until_the_outermost_block_ends():
+    """Serving, a comparison and a bench each freeze what is set up; a block opened inside another must
+    not unfreeze the outer one's objects when it ends."""
+    assert gc.get_freeze_count() == 0
+    with setup_frozen():
+        outer = gc.get_freeze_count()
+        assert outer > 0
+        with setup_frozen():
+            assert gc.get_freeze_count() == outer
+        assert gc.get_freeze_count() == outer
+    assert gc.get_freeze_count() == 0
