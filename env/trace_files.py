@@ -17,9 +17,10 @@ from typing import NoReturn
 
 import numpy as np
 
-from runtime.schedule import Trace, TraceError
+from runtime.schedule import BYTES_PER_MBIT, Trace, TraceError
 
 MAHIMAHI_PACKET_BYTES = 1500
+MAHIMAHI_MAX_BINS = 1_000_000  # 28 h at 0.1 s; a 32-device world of such traces already takes ~4.4 GB
 CSV_HEADER = "time_s,mbps"
 
 
@@ -98,6 +99,9 @@ def load_mahimahi(path: str | os.PathLike, bin_s: float = 0.1) -> Trace:
     if period_ms <= 0:
         raise TraceError(f"{path}: loop period (last timestamp) must be > 0 ms")
     bin_ms = bin_s * 1000.0
+    longest_ms = MAHIMAHI_MAX_BINS * bin_ms
+    too_long = f"timestamp beyond {longest_ms:.0f} ms: a loop of over {MAHIMAHI_MAX_BINS} bins of {bin_s:g} s"
+    rows.check(ms > longest_ms, f"{too_long} would not fit in memory once per link")
     n_bins = math.ceil(period_ms / bin_ms)
     starts_ms = np.arange(n_bins) * bin_ms
     widths_s = np.diff(np.append(starts_ms, period_ms)) / 1000.0
@@ -116,7 +120,15 @@ def _from_samples(rows: _Rows) -> Trace:
     rows.check(mbps < 0, "throughput must be >= 0 Mbit/s")
     times = times - times[0]
     duration = times[-1] + float(np.median(np.diff(times)))
+    _check_bytes_fit(rows, mbps, duration)
     return Trace(times, mbps, duration, rows.path.name)
+
+
+def _check_bytes_fit(rows: _Rows, mbps: np.ndarray, duration: float) -> None:
+    """Refuse a value so large that the bytes it carries over one loop overflow a float: every integral
+    of the trace (its mean, the rescale to a link's bandwidth) would be inf or NaN."""
+    most = np.finfo(np.float64).max / (BYTES_PER_MBIT * duration)
+    rows.check(mbps > most, f"throughput above {most:.3g} Mbit/s: its bytes over the trace overflow")
 
 
 def load_pensieve(path: str | os.PathLike) -> Trace:

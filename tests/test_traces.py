@@ -106,6 +106,8 @@ def test_load_trace_detects_format(tmp_path: Path, name: str, text: str, loader)
         ("0 1\n\n0 2\n", 3, "strictly increasing"),
         ("0 1\n1 -2\n", 2, ">= 0"),
         ("0 1\n1 nan\n", 2, "not finite"),
+        ("0 1\n5 1e308\n10 3\n", 2, "overflow"),  # finite, but its bytes over the loop are not
+        ("0\n5\n99999999999\n", 3, "bins of 0.1 s"),  # three years of 0.1 s bins: refused, not built
         ("0 1\n", None, "at least 2 samples"),
         ("time,mbps\n0,1\n", 1, "time_s,mbps"),
         ("\ntime_s,mbps\n0,1\n1\n", 4, "expected 2 columns, got 1"),
