@@ -137,10 +137,14 @@ class NetworkState:
             else:
                 trace = source.sample(link_rng_i)
                 if dynamics.scale_to_spec:
-                    mean = trace.mean_mbps(0.0, trace.duration)
-                    if mean <= 0:
-                        raise NetworkError(f"link {link.a}-{link.b}: trace {trace.name!r} has mean 0 Mbit/s")
-                    trace = trace.scaled(link.mbps / mean)
+                    mean = float(trace.mean_mbps(0.0, trace.duration))
+                    factor = link.mbps / mean if mean > 0 else math.inf
+                    if not math.isfinite(factor):  # mean 0, or so small (subnormal) that the factor overflows
+                        raise NetworkError(
+                            f"link {link.a}-{link.b}: trace {trace.name!r} has mean {mean:g} Mbit/s, "
+                            f"too small to rescale to the link's {link.mbps:g}"
+                        )
+                    trace = trace.scaled(factor)
             if dynamics.trace_cap_mbps is not None:
                 trace = trace.capped(dynamics.trace_cap_mbps)
             traces[key] = trace

@@ -331,6 +331,14 @@ def test_relative_trace_paths_resolve_against_base_dir(tmp_path):
     assert again.links.default.spec == config.links.default.spec
 
 
+@pytest.mark.parametrize("mbps", ["0", "1e-320"])
+def test_a_trace_too_thin_to_rescale_to_its_link_is_a_network_error(tmp_path, mbps):
+    (tmp_path / "thin.log").write_text(f"0 {mbps}\n5 0\n")
+    config = DynamicsConfig.parse({"links": {"default": str(tmp_path / "thin.log")}})
+    with pytest.raises(NetworkError, match="thin.log.*too small to rescale"):
+        NetworkState.sample(_line_spec(), config)
+
+
 def test_recorded_norway_traces_drive_the_links():
     folder = SHARED / "traces" / "pensieve_norway_hsdpa"
     if not folder.is_dir():
