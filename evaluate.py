@@ -44,7 +44,7 @@ from rich.progress import Progress
 from agents import make_planner
 from cli import flags
 from cli.errors import INTERRUPTED_EXIT, reporting_user_errors
-from cli.output import script_console, write_json
+from cli.output import script_console, write_json, writing
 from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
@@ -143,7 +143,9 @@ def comparison_report(
         **emulation,
     )
     if args.plots:
-        for path in plot(summary, records, Path(args.plots)):
+        with writing(Path(args.plots)):
+            paths = plot(summary, records, Path(args.plots))
+        for path in paths:
             console.print(f"wrote {path}")
     return report
 

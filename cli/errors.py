@@ -11,6 +11,7 @@ from rich.console import Console
 from agents import PlannerError
 from agents.ppo import PolicyFileError
 from agents.staged_policy import StagedPolicyError
+from cli.output import OutputError
 from cli.scenarios import ScenarioError
 from env.profiles import ProfileError
 from env.snapshot import NetworkError
@@ -34,6 +35,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ScenarioError,
     PolicyFileError,
     StagedPolicyError,
+    OutputError,
 )
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # what a shell reports for a process ended by Ctrl-C

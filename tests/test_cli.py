@@ -185,6 +185,21 @@ def test_output_paths_of_the_wrong_kind_are_refused_before_any_work(tmp_path, ca
     assert "a parent of it is a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output", ["--json", "--plots"])
+def test_an_output_the_system_refuses_is_one_line_after_the_table(tmp_path, monkeypatch, capsys, output):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(evaluate, "plot", full_disk)
+    where = tmp_path / "out"
+    argv = ["compare", "--cluster", str(TINY3), "--model", "tiny", "--agents", "local", "--requests", "1"]
+    assert evaluate.main([*argv, output, str(where)]) == 2
+    printed = capsys.readouterr().out
+    assert "local" in printed  # the table came first
+    assert f"error: cannot write {where}: No space left on device" in printed.replace("\n", "")
+
+
 def test_agent_lists_drop_blanks_around_names():
     args = deploy.parse(["--cluster", str(TINY3), "--agents", "optimal, disnet ,local,"])
     assert args.agents == "optimal,disnet,local"
