@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from agents.base import Decision, Planner
-from agents.polish import polish
+from agents.policy_planner import PolicyPlanner
 from env.actions import action_mask, single_device_shape
 from env.completion import complete
 from env.cost_model import CostModel, Objective
@@ -60,7 +60,7 @@ from env.partition_env import MicroSplitEnv
 from env.shapes import Shape
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
-from runtime.plan import Plan, PlanError
+from runtime.plan import PlanError
 from runtime.spec import ClusterSpec
 
 POLICY_FORMAT = "disnet-ppo/1"
@@ -147,21 +147,13 @@ def open_policy(path: str | Path, cost_model: CostModel | None = None, **options
     return StagedPlanner(path, cost_model, **options)
 
 
-class PPOPlanner(Planner):
+class PPOPlanner(PolicyPlanner):
     """A trained MicroSplit policy behind the Planner interface (module docstring)."""
-
-    name = "ppo"
 
     def __init__(
         self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1, polish: int = 0
     ) -> None:
-        super().__init__(cost_model)
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
-        if not (isinstance(polish, int) and polish >= 0):
-            raise ValueError(f"polish must be an integer >= 0 (plans scored), not {polish!r}")
-        self.top_k, self.polish = top_k, polish
-        self.path = Path(path)
+        super().__init__(path, cost_model, top_k, polish)
         state, self.meta = load_policy(self.path)
         self.shapes = [Shape.from_list(s) for s in self.meta.shapes]
         self._layers = _actor_layers(state, self.path)
@@ -170,13 +162,9 @@ class PPOPlanner(Planner):
         self._masks: dict[tuple[int, int], np.ndarray] = {}
         self.fallbacks = 0
 
-    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        """The policy's plan for ``snapshot`` (``objective`` is the one it was trained for; see
-        ``self.meta.objective``). Falls back to the single best device when the policy cannot answer."""
-        return self.decide(snapshot, graph, objective).plan
-
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
-        """``plan``'s answer, with the reason when it is the single-device fallback."""
+        """The policy's plan for ``snapshot`` (``objective`` is the one it was trained for; see
+        ``self.meta.objective``), or the single best device, with the reason, when it cannot answer."""
         view = net_view(snapshot)
         try:
             plans = [
@@ -187,17 +175,12 @@ class PPOPlanner(Planner):
             self.fallbacks += 1
             single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy cannot plan here ({exc}): single best device")
-        if self.polish:
-            model = self.cost_model(graph, snapshot.spec)
-            return Decision(polish(model, snapshot, graph, objective, plans, self.polish))
-        if len(plans) == 1:
-            return Decision(plans[0])
-        return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
+        return self.choose(plans, snapshot, graph, objective)
 
     def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
         """Why this policy cannot plan ``graph`` on ``spec`` (None if it can)."""
-        if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
-            return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
+        if (problem := self.trained_for(graph)) is not None:
+            return problem
         if spec is not None and len(spec.devices) > self.meta.max_devices:
             return (
                 f"policy {self.path.name} sees at most {self.meta.max_devices} devices, "
@@ -212,8 +195,8 @@ class PPOPlanner(Planner):
     def ranked(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> list[int]:
         """The valid actions, most likely first (action 0, the single device, is always among them);
         ValueError for a graph the policy was not trained for."""
-        if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
-            raise ValueError(f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}")
+        if (problem := self.trained_for(graph)) is not None:
+            raise ValueError(problem)
         view = view or net_view(snapshot)
         obs = self._observer(graph).encode(snapshot, view)
         logits = self.logits(obs)
@@ -242,9 +225,6 @@ class PPOPlanner(Planner):
         if mask is None:
             mask = self._masks[key] = action_mask(graph, view, self.shapes, self.meta.n_actions)
         return mask
-
-    def __repr__(self) -> str:
-        return f"PPOPlanner({str(self.path)!r}, top_k={self.top_k}, polish={self.polish})"
 
 
 def _actor_layers(state: dict[str, torch.Tensor], path: Path) -> list[tuple[np.ndarray, np.ndarray]]:

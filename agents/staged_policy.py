@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.base import Decision, Planner, PlannerError
+from agents.base import Decision, PlannerError
 from agents.device_set import DeviceSetNet
-from agents.polish import polish
+from agents.policy_planner import PolicyPlanner
 from agents.ppo import save_policy
 from env.actions import single_device_shape
 from env.completion import complete
@@ -42,7 +42,7 @@ from env.shapes import Shape
 from env.snapshot import Snapshot
 from env.staged_env import PartialPlan, StageActions, observe
 from runtime.graph import LayerGraph
-from runtime.plan import Plan, PlanError
+from runtime.plan import PlanError
 from runtime.spec import ClusterSpec
 
 STAGED_FORMAT = "disnet-staged/1"
@@ -91,20 +91,13 @@ def load_staged(path: str | Path) -> tuple[dict[str, torch.Tensor], StagedMeta]:
         raise StagedPolicyError(f"{path}: not a disnet staged policy ({type(exc).__name__}: {exc})") from None
 
 
-class StagedPlanner(Planner):
+class StagedPlanner(PolicyPlanner):
     """A trained StagedSplit policy behind the Planner interface (module docstring)."""
-
-    name = "ppo"
 
     def __init__(
         self, path: str | Path, cost_model: CostModel | None = None, top_k: int = 1, polish: int = 0
     ) -> None:
-        super().__init__(cost_model)
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, not {top_k!r}")
-        if not (isinstance(polish, int) and polish >= 0):
-            raise ValueError(f"polish must be an integer >= 0 (plans scored), not {polish!r}")
-        self.path, self.top_k, self.polish = Path(path), top_k, polish
+        super().__init__(path, cost_model, top_k, polish)
         state, self.meta = load_staged(self.path)
         try:
             self.net = DeviceSetNet(state, self.meta.activation)
@@ -114,12 +107,7 @@ class StagedPlanner(Planner):
 
     def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
         """Why this policy cannot plan ``graph`` (None if it can; any cluster fits)."""
-        if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
-            return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
-        return None
-
-    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        return self.decide(snapshot, graph, objective).plan
+        return self.trained_for(graph)
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         problem = self.fits(graph)
@@ -136,11 +124,7 @@ class StagedPlanner(Planner):
         except (ValueError, PlanError) as exc:
             single = complete(graph, view, single_device_shape(graph))
             return Decision(single, fallback=f"policy's plan is invalid ({exc}): single best device")
-        if self.polish:
-            return Decision(polish(model, snapshot, graph, objective, plans, self.polish))
-        if len(plans) == 1:
-            return Decision(plans[0])
-        return Decision(min(plans, key=lambda plan: self.score(plan, snapshot, graph, objective)))
+        return self.choose(plans, snapshot, graph, objective)
 
     def shapes(self, snapshot: Snapshot, graph: LayerGraph, view: NetView | None = None) -> list[Shape]:
         """The greedy shape, then (``top_k``) greedy continuations of the next most likely first stages."""
@@ -193,6 +177,3 @@ class StagedPlanner(Planner):
             actions = StageActions.of(graph, self.meta.max_factor, self.meta.max_stages)
             self._actions[id(graph)] = actions
         return actions
-
-    def __repr__(self) -> str:
-        return f"StagedPlanner({str(self.path)!r}, top_k={self.top_k}, polish={self.polish})"
