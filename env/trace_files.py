@@ -25,8 +25,9 @@ CSV_HEADER = "time_s,mbps"
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The file's lines, without a byte-order mark an editor on Windows may have put first."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise TraceError(f"{path}: cannot read trace file ({e})") from e
 

@@ -126,6 +126,14 @@ def test_bad_file_error_names_file_and_line(
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["0\n3\n7\n10\n", "0\t1.5\n1\t2.5\n", "time_s,mbps\n0,1\n1,2\n"])
+def test_a_byte_order_mark_and_crlf_endings_load_as_the_plain_file(tmp_path: Path, text: str) -> None:
+    plain = load_trace(_write(tmp_path, "plain", text))
+    windows = tmp_path / "windows"
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    np.testing.assert_array_equal(load_trace(windows).mbps, plain.mbps)
+
+
 def test_missing_file_is_a_trace_error(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="missing.log"):
         load_trace(tmp_path / "missing.log")
