@@ -129,25 +129,50 @@ class PlanSearch:
         Moves are tried kind by kind in ``order`` (module docstring), in a seeded random order within a
         kind.
         """
-        pool = [d for d in usable(self.snapshot) if self.confine_to is None or d in self.confine_to]
-        evaluated = self.evaluations
+        limit = self.evaluations + budget
         for plan in self.ranked()[:starts]:
-            current, current_score = plan, self.scores[plan]
-            improved = True
-            while improved and self.evaluations - evaluated < budget:
-                improved = False
-                moves = self._moves(current, pool)
-                for kind in (moves[name] for name in order):
-                    for i in rng.permutation(len(kind)):
-                        if self.evaluations - evaluated >= budget:
-                            return
-                        candidate = Plan.build(current.source, current.sink, kind[i])
-                        score = self.consider(candidate)
-                        if score < current_score - 1e-12:
-                            current, current_score, improved = candidate, score, True
-                            break
-                    if improved:
+            self.descend(plan, limit, rng, order)
+            if self.evaluations >= limit:
+                return
+
+    def descend(
+        self, plan: Plan, limit: int, rng: np.random.Generator, order: tuple[str, ...] = SHARES_FIRST
+    ) -> Plan:
+        """First-improvement descent from ``plan`` until no move improves it or the search has scored
+        ``limit`` plans in all; the plan it ends on."""
+        pool = self._pool()
+        current, current_score = plan, self.consider(plan)
+        improved = True
+        while improved and self.evaluations < limit:
+            improved = False
+            moves = self._moves(current, pool)
+            for kind in (moves[name] for name in order):
+                for i in rng.permutation(len(kind)):
+                    if self.evaluations >= limit:
+                        return current
+                    candidate = Plan.build(current.source, current.sink, kind[i])
+                    score = self.consider(candidate)
+                    if score < current_score - 1e-12:
+                        current, current_score, improved = candidate, score, True
                         break
+                if improved:
+                    break
+        return current
+
+    def kick(self, plan: Plan, moves: int, rng: np.random.Generator) -> Plan:
+        """``plan`` after ``moves`` random local changes, each kept only if the result is feasible: the
+        perturbation of an iterated local search, to leave a descent's local optimum."""
+        pool = self._pool()
+        for _ in range(moves):
+            options = [stages for kind in self._moves(plan, pool).values() for stages in kind]
+            candidate = Plan.build(plan.source, plan.sink, options[rng.integers(len(options))])
+            if math.isfinite(self.consider(candidate)):
+                plan = candidate
+        return plan
+
+    def _pool(self) -> list[str]:
+        """The devices moves may add or swap in."""
+        return [d for d in usable(self.snapshot) if self.confine_to is None or d in self.confine_to]
 
     def _moves(self, plan: Plan, pool: list[str]) -> dict[str, list[list[tuple[int, int, dict[str, float]]]]]:
         """Stage lists one local change away from ``plan``, by kind: share scaling, band order swaps,
