@@ -126,7 +126,7 @@ def comparison_report(
     args: argparse.Namespace, cluster: str, records, emulation: dict, requests: int
 ) -> dict:
     """Print the comparison's table (and plots) of ``requests`` requests; its JSON report."""
-    summary = summarize(records)
+    summary = summarize(records, Objective(args.objective, args.energy_weight))
     cap = f", cap {args.spec_cap_mbps:g} Mbit/s" if args.spec_cap_mbps else ""
     print_summary(summary, console, f"{args.model} on {cluster}{cap}, {args.backend}, {requests} requests")
     report = report_json(

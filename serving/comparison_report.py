@@ -12,16 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import planner_labels
+from env.cost_model import Objective
 from serving.evaluation import CLAIRVOYANT, RequestRecord
 
 
-def summarize(records: list[RequestRecord]) -> dict[str, dict]:
+def summarize(records: list[RequestRecord], objective: Objective | None = None) -> dict[str, dict]:
     """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan;
     ``fallbacks`` (requests answered with a fallback plan), ``failed_requests``, ``bound_gap_median``
     and ``bound_gap_p95`` (None when the planner proved no bound; each optimiser's gap is against a bound
     on its own objective: the snapshot's for ``snapshot-optimal``, the robust price for ``optimal``), and
-    ``regret_mean`` when the clairvoyant is among the agents (None otherwise)."""
-    regret = _regrets(records)
+    ``regret_mean`` on ``objective`` (the one the agents planned for; latency by default) when the
+    clairvoyant is among the agents (None otherwise)."""
+    regret = _regrets(records, objective or Objective())
     summary = {}
     for agent in dict.fromkeys(r.agent for r in records):
         mine = [r for r in records if r.agent == agent]
@@ -65,13 +67,15 @@ def _requests(records: list[RequestRecord]) -> list[list[RequestRecord]]:
     return out
 
 
-def _regrets(records: list[RequestRecord]) -> dict[int, float]:
-    """Per record (by id): its latency over the clairvoyant's on the same request, minus 1."""
+def _regrets(records: list[RequestRecord], objective: Objective) -> dict[int, float]:
+    """Per record (by id): its score on ``objective`` over the clairvoyant's on the same request, minus 1.
+    On the objective the clairvoyant minimised: against its energy, say, plans that spend more energy
+    would have a lower latency and a negative regret."""
     out: dict[int, float] = {}
     for request in _requests(records):
-        ceiling = next((r.latency_s for r in request if r.agent == CLAIRVOYANT), None)
+        ceiling = next((objective.score(r) for r in request if r.agent == CLAIRVOYANT), None)
         if ceiling is not None:
-            out.update((id(r), r.latency_s / ceiling - 1.0) for r in request)
+            out.update((id(r), objective.score(r) / ceiling - 1.0) for r in request)
     return out
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 import evaluate
 from agents import PlannerError
 from agents.baselines import DeepSlicing
+from env.cost_model import Objective
 from serving.comparison_report import print_summary, summarize
 from serving.evaluation import RequestRecord, SimExecutor
 
@@ -86,6 +87,26 @@ def test_summaries_count_fallbacks_and_match_regret_to_the_same_request_of_the_s
     assert summary["ppo"]["regret_mean"] == (0.5 + 0.0) / 2
     assert summary["optimal"]["regret_mean"] == (0.2 + 0.5) / 2
     assert summary["optimal"]["bound_gap_median"] == 0.2 and summary["ppo"]["bound_gap_median"] is None
+
+
+def test_regret_is_on_the_objective_the_clairvoyant_minimised():
+    records = [
+        RequestRecord("clairvoyant", 0, 0.0, 2.0, 1.0, 0.0, None, "{}"),
+        RequestRecord("ppo", 0, 0.0, 1.0, 3.0, 0.0, None, "{}"),  # faster, on three times the energy
+    ]
+    assert summarize(records)["ppo"]["regret_mean"] == -0.5
+    assert summarize(records, Objective("energy"))["ppo"]["regret_mean"] == 2.0
+    assert summarize(records, Objective("weighted", 1.0))["ppo"]["regret_mean"] == 4.0 / 3.0 - 1.0
+
+
+def test_sim_compare_on_energy_reports_regret_on_energy(tmp_path):
+    code, report = run(
+        tmp_path, "--agents", "clairvoyant,deepslicing", "--requests", "2", "--objective", "energy"
+    )
+    assert code == 0
+    energy = {(r["agent"], r["index"]): r["energy_j"] for r in report["records"]}
+    expected = sum(energy[("deepslicing", i)] / energy[("clairvoyant", i)] - 1 for i in range(2)) / 2
+    assert report["agents"]["deepslicing"]["regret_mean"] == expected >= 0
 
 
 def test_live_compare_checks_every_output_and_reports_fidelity(tmp_path):
