@@ -99,7 +99,7 @@ def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = Tru
     """What is run where: the cluster, the model and the seed of everything random."""
     parser.add_argument("--cluster", required=cluster_required, help="cluster YAML or disnet-mesh/1 JSON")
     parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=whole_number, default=0, help="seeds numpy's generators: >= 0")
 
 
 def add_agents(

@@ -150,6 +150,9 @@ def test_shared_flags_reject_bad_numbers_in_every_script(capsys):
     with pytest.raises(SystemExit):
         deploy.parse(["--cluster", str(TINY3), "--energy-weight", "-1", "--objective", "weighted"])
     assert "must be a number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # numpy's generators take no negative seed (a world to draw needs one)
+        evaluate.main(["compare", "--cluster", str(TINY3), "--seed", "-1", "--traces", "synthetic"])
+    assert "--seed: must be >= 0, not -1" in capsys.readouterr().err
 
 
 def test_each_speed_bench_refuses_the_other_kind_of_policy_in_one_line(capsys):
