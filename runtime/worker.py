@@ -27,10 +27,10 @@ back to the controller that deployed the plan.
 Cancelling: a DEPLOY message may retire whole plans and cancel single attempts (``cancel``: [[plan,
 request], ...], an attempt the controller restarted elsewhere). Either way the worker drops the
 attempt's state, its queued computations and sends, cuts short the emulated compute or transfer it is in
-the middle of, and silently drops its bands still on their way in: the abandoned attempt stops using
-the device's compute and radio at once. The compute a dropped attempt did here (up to now for a computation
-it cuts short) is reported with the DEPLOY's answer (PROGRESS, ``ev: compute``), so that its request's
-energy includes it.
+the middle of, lets go of its bands held for their emulated arrival, and silently drops those still on
+their way in: the abandoned attempt stops using the device's compute, radio and buffers at once. The
+compute a dropped attempt did here (up to now for a computation it cuts short) is reported with the
+DEPLOY's answer (PROGRESS, ``ev: compute``), so that its request's energy includes it.
 
 Anything malformed (bad frames, wrong version, unknown plan or request, a plan naming an unknown
 device) gets an ERROR reply or a log line (``runtime/inbound.py`` checks every message before it is
@@ -311,6 +311,7 @@ class Worker:
             self.flow.on_input(msg, sender)
         elif kind == Kind.DEPLOY:
             self.control.on_deploy(msg, sender)
+            self._drop_dead_bands()
         elif kind == Kind.CONFIG:
             self.control.on_config(msg, sender)
         elif kind == Kind.SHUTDOWN:
@@ -335,6 +336,13 @@ class Worker:
             "busy_s": dict(self.meter.seconds),
             "energy_j": self.meter.joules,
         }
+
+    def _drop_dead_bands(self) -> None:
+        """Let go of the held bands of attempts a DEPLOY just cancelled or whose plans it retired: they
+        would be dropped only at their emulated arrival, which a collapsed link puts seconds or minutes
+        away, their bytes counted against their sender's budget until then."""
+        self._held = [(at, n, band) for at, n, band in self._held if self.state.live(band.dep, band.rid)]
+        heapq.heapify(self._held)
 
     def _release_held(self) -> None:
         now = time.time()

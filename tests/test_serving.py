@@ -17,13 +17,14 @@ from agents import make_planner
 from agents.base import CutOff, Planner
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
+from env.traces import step_drop
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import InFlight
 from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
 from runtime.schedule import Trace
-from runtime.spec import load_cluster
+from runtime.spec import load_cluster, parse_cluster
 from serving.heap import setup_frozen
 from serving.loop import ServeOptions, serve
 from serving.metrics import MetricsWriter
@@ -222,12 +223,17 @@ def test_the_backlog_counts_arrivals_not_yet_started_and_weighs_the_gain():
 
 
 class AvoidSlowLink(Planner):
-    """Everything on d1 (the input crosses d0-d1) while that link looks fast, else everything on d0."""
+    """Everything on d1 (the input crosses d0-d1) while that link looks faster than ``floor_mbps``, else
+    everything on d0."""
 
     name = "avoid-slow-link"
 
+    def __init__(self, floor_mbps: float = 5.0):
+        super().__init__()
+        self.floor_mbps = floor_mbps
+
     def plan(self, snapshot, graph, objective):
-        device = "d1" if snapshot.link_mbps[("d0", "d1")] > 5 else "d0"
+        device = "d1" if snapshot.link_mbps[("d0", "d1")] > self.floor_mbps else "d0"
         return Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment(device, 1.0),)),))
 
 
@@ -266,6 +272,54 @@ def test_a_request_stuck_on_a_collapsed_link_is_rescued_and_counted_once(setup):
     assert 0.25 < rescued.latency_s < 1.75
     on_d0 = Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment("d0", 1.0),)),)).to_json()
     assert all(r.plan == on_d0 for r in records[records.index(rescued) :])  # on d0 from then on
+
+
+def test_a_request_caught_mid_transfer_by_a_collapse_is_rescued_once_and_leaves_the_workers_clean(setup):
+    """d0-d1 carries 0.08 Mbit/s (the 12 kB input crosses it in 1.2 s) and falls to 0.004 Mbit/s 0.5 s
+    into serving. The first request's input leaves d0 some 0.02 s in; any start before the drop keeps it
+    on the air then, under half of it through, the rest needing over 14 s (asserted, not assumed). The
+    crawl shows the collapse, the plan moves to d0 and the request restarts there: it comes back once,
+    exact and counted once, the requests after it run on d0, and no worker keeps anything of the
+    abandoned attempt (its state, its plan, its band, d0's radio)."""
+    _, model, graph = setup
+    t_drop, input_bytes = 0.5, 3 * 32 * 32 * 4  # tiny's input, float32
+    layout = load_cluster(CONFIGS / "tiny3.yaml").to_dict()
+    for link in layout["links"]:
+        if {link["a"], link["b"]} == {"d0", "d1"}:
+            link["mbps"] = 0.08  # what planners believe before anything is measured: the link as it is
+    spec = parse_cluster(layout, origin="tiny3, d0-d1 at 0.08 Mbit/s")
+    collapse = step_drop(0.08, 0.004, t_drop, drop_len=3000.0, duration=3600.0)
+    decide = Decider(AvoidSlowLink(floor_mbps=0.04), graph, Objective())
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as cluster:
+        ctl = cluster.controller
+        options = ServeOptions(requests=3, restart_clock=True)
+        report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
+        # (start, end) on the trace's clock and bytes of every piece d0 sent d1 while serving
+        pieces = [
+            ((end - seconds - ctl.epoch) / ctl.dilation, (end - ctl.epoch) / ctl.dilation, n)
+            for end, a, b, n, seconds in ctl.link_samples
+            if (a, b) == ("d0", "d1")
+        ]
+        status = {d: s.stats for d, s in ctl.ping().items()}
+        in_force = {d: [dep.plan_id] if (dep := ctl.deployment_of(d)) else [] for d in spec.devices}
+        on_air = ctl.transfers_in_progress()
+    summary = report.summary()
+    assert summary["completed"] == 3 and summary["lost"] == 0 and summary["duplicated"] == 0, summary
+    assert summary["outputs_match"] and summary["rescued"] == 1 and len({r.rid for r in records}) == 3
+    on_d0 = Plan("d0", "d2", (Stage(0, len(graph.units), (Assignment("d0", 1.0),)),)).to_json()
+    first, *after = records
+    assert (first.rescues, first.replanned, first.plan) == (1, True, on_d0), [served(r) for r in records]
+    assert [(r.rescues, r.plan) for r in after] == [(0, on_d0)] * 2, [served(r) for r in records]
+    # it started before the drop (its end less its latency), its input was on the air across the drop
+    # and never got through (the only transfer d0-d1 saw), and it came back long before that would have
+    assert first.time_s - first.latency_s < t_drop
+    assert pieces and pieces[0][0] < t_drop < pieces[-1][1] and sum(n for *_, n in pieces) < input_bytes
+    assert first.latency_s < 5.0 and all(r.latency_s < 1.0 for r in after)
+    # the workers hold nothing of the abandoned attempt: d1 none of its plan, nor its band
+    assert not on_air and {d: s["plans"] for d, s in status.items()} == in_force and in_force["d1"] == []
+    held = {d: (s["open_requests"], s["buffered_bytes"]) for d, s in status.items()}
+    assert held == dict.fromkeys(spec.devices, (0, 0)), held  # (requests, bytes) held on each
 
 
 def test_runs_in_turn_on_one_cluster_each_plan_first_on_what_the_first_one_knew(setup):
