@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,19 @@ def test_polish_improves_on_the_policys_plan_within_its_budget_and_is_repeatable
         )
     assert min(gains) >= 0.0, "the polish never returns a plan the cost model scores worse"
     assert max(gains) > 0.0, "and it finds something the completion missed"
+
+
+def test_a_fixed_slot_file_holding_other_weights_is_an_error_not_a_fallback_each_request(tmp_path):
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as out:  # the fixed-slot policy's description, the staged one's weights
+        out.writestr(
+            "disnet.json", zipfile.ZipFile(REPO / "agents/pretrained/vgg16_mesh.zip").read("disnet.json")
+        )
+        out.writestr(
+            "policy.pth", zipfile.ZipFile(REPO / "agents/pretrained/vgg16_any.zip").read("policy.pth")
+        )
+    with pytest.raises(PlannerError, match="mixed.zip: its weights do not fit vgg16_bn"):
+        make_planner(f"ppo:{mixed}", graph=model_graph("vgg16_bn"))
 
 
 def test_bad_policy_files_are_refused(tmp_path):

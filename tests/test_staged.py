@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -229,6 +230,17 @@ def test_policy_for_another_model_is_an_error(policy):
     assert (make_planner(f"ppo-top3-polish50:{path}").polish, make_planner(f"ppo:{path}").polish) == (50, 0)
     with pytest.raises(PlannerError, match="polish"):
         make_planner(f"ppo:{path}", polish=-1)
+
+
+def test_a_policy_file_holding_another_models_weights_is_an_error(tmp_path):
+    pretrained = Path(__file__).resolve().parents[1] / "agents" / "pretrained"
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as out:  # VGG-16's description, ResNet-18's weights
+        out.writestr("disnet.json", zipfile.ZipFile(pretrained / "vgg16_any.zip").read("disnet.json"))
+        out.writestr("policy.pth", zipfile.ZipFile(pretrained / "resnet18_any.zip").read("policy.pth"))
+    vgg, spec = model_graph("vgg16_bn"), parse_cluster(generate_mesh(5, 1))
+    with pytest.raises(PlannerError, match="mixed.zip: its weights do not fit vgg16_bn"):
+        make_planner(f"ppo-top3-polish:{mixed}", graph=vgg, spec=spec)
 
 
 def test_policy_file_with_an_unknown_completion_is_an_error(policy, tmp_path):
