@@ -39,6 +39,8 @@ def generate_mesh(n_devices: int, seed: int, n_links: int | None = None) -> dict
     """A connected random mesh of the DISNET family as a ``disnet-mesh/1`` document (same seed, same mesh)."""
     if not isinstance(n_devices, int) or n_devices < 2:
         raise ValueError(f"a mesh needs at least 2 devices, not {n_devices!r}")
+    if seed < 0:  # numpy's generators refuse it, in words that name no seed
+        raise ValueError(f"a mesh seed must be >= 0, not {seed}")
     most = n_devices * (n_devices - 1) // 2
     m = default_link_count(n_devices) if n_links is None else n_links
     if not (n_devices - 1 <= m <= most):

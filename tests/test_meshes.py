@@ -2,6 +2,7 @@
 
 import pytest
 
+from env import meshes
 from env.meshes import EVAL_SEED_BASE, POWER_CLASSES_W, default_link_count, generate_mesh, mesh_spec
 
 
@@ -26,3 +27,9 @@ def test_same_seed_same_mesh_other_seed_other_mesh():
 def test_impossible_meshes_are_refused(n, m):
     with pytest.raises(ValueError, match="device|links"):
         generate_mesh(n, 0, m)
+
+
+def test_a_negative_seed_is_refused_in_words_that_name_it(capsys):
+    with pytest.raises(SystemExit):
+        meshes.main(["--devices", "5", "--seed", "-1"])
+    assert "a mesh seed must be >= 0, not -1" in capsys.readouterr().err
