@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.base import Decision, Planner
+from agents.base import Decision, Planner, fits_memory, within_memory
 from agents.polish import polish
 from env.cost_model import CostModel, Objective
 from env.snapshot import Snapshot
@@ -44,7 +44,12 @@ class PolicyPlanner(Planner):
         self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective
     ) -> Decision:
         """The answer from the policy's valid plans, most likely first: the polish's, or the best of
-        them on the snapshot."""
+        them on the snapshot; of those that fit the devices' memory (a policy learns nothing of it), and
+        when none does, a PlannerError naming the device the first overfills, never an impossible plan."""
+        fitting = [plan for plan in plans if fits_memory(plan, graph, snapshot.spec)]
+        if not fitting:  # raises, naming the device the first plan overfills
+            within_memory(plans[0], graph, snapshot.spec, f"policy {self.path.name}")
+        plans = fitting
         if self.polish:
             model = self.cost_model(graph, snapshot.spec)
             return Decision(polish(model, snapshot, graph, objective, plans, self.polish))

@@ -243,6 +243,20 @@ def test_a_policy_file_holding_another_models_weights_is_an_error(tmp_path):
         make_planner(f"ppo-top3-polish:{mixed}", graph=vgg, spec=spec)
 
 
+def test_a_policy_plan_that_overfills_a_devices_memory_is_an_error_never_an_impossible_plan():
+    doc, vgg = generate_mesh(8, 9008), model_graph("vgg16_bn")
+    planner = make_planner(
+        f"ppo-top3-polish:{Path(__file__).resolve().parents[1]}/agents/pretrained/vgg16_any.zip"
+    )
+    for device in doc["devices"].values():  # VGG-16's 553 MB of weights on 450 MB devices
+        device["memory_mb"] = 450
+    with pytest.raises(PlannerError, match="policy vgg16_any.zip cannot serve this cluster: its rule puts"):
+        planner.decide(_snapshot(doc), vgg, Objective())
+    for device in doc["devices"].values():
+        device["memory_mb"] = 600
+    assert planner.decide(_snapshot(doc), vgg, Objective()).fallback is None
+
+
 def test_policy_file_with_an_unknown_completion_is_an_error(policy, tmp_path):
     path, model, _ = policy
     odd = save_staged(tmp_path / "odd.zip", model.policy, replace(load_staged(path)[1], completion="guess"))
