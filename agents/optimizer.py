@@ -20,7 +20,9 @@ distinct plans can be fewer, the completion clamps and drops devices).
    latency soundly, since a later stage's transfer can queue ahead of an earlier one on a relay radio.
 3. *Otherwise*, steepest descent over shapes (``env.shapes.search_shape``: change a factor by one,
    add, remove or move a cut) from the best of the structured shapes (one stage k ways; a stage per
-   resolution level, k ways) and the shapes of the seed plans.
+   resolution level, k ways) and the shapes of the seed plans. If none of them fits memory (the flat
+   layers in one stage can outweigh every device: VGG-16's are 494 MB), a stage per group, one device
+   each, is tried before the local search below starts from it.
 4. *Mesh-path seeds* (agents/mesh_paths.py): the best plan so far with its row-split stages on the
    devices of a simple mesh path, in path order, shares by speed, for every path of about as many
    devices as its widest stage (``mesh_paths.PATH_WIDTH`` fewer to as many more; at most ``path_seeds`` paths, 0
@@ -190,6 +192,9 @@ class OptimalPlanner(Planner):
             starts = structured_shapes(graph, len(graph.groups), n)
             starts += [_clamped(Shape.of_plan(plan), graph, n) for plan in seeds]
             search_shape(graph, score, starts, len(graph.groups), n)
+            if search.best is None:  # every shape searched overfills a device: a stage per group may not
+                finest = Shape(tuple(graph.cut_points), (1,) * len(graph.groups))
+                search.consider(complete(graph, view, finest, model.profile))
             refine_budget -= search.evaluations - after_seeds
         if self.path_seeds and search.best is not None:
             for plan in path_layouts(graph, snapshot, search.best, devices, self.path_seeds, self.seed):

@@ -17,6 +17,7 @@ from agents import PLANNERS, DisnetPlanner, MoDNN, OptimalPlanner, PlannerError,
 from agents.base import drafts, fits_memory, memory_use
 from env.completion import complete
 from env.cost_model import CostModel, Objective
+from env.meshes import generate_mesh
 from env.net_view import net_view
 from env.network import NetworkState
 from env.shapes import Shape
@@ -199,6 +200,21 @@ def test_a_scheme_whose_rule_overfills_a_device_says_so_instead_of_planning_the_
     for name in (p for p in PLANNERS if p not in ("local", "modnn")):
         plan = make_planner(name).plan(snap, tiny, LATENCY)
         assert fits_memory(plan, tiny, spec), (name, plan.describe(), memory_use(drafts(plan), tiny))
+
+
+def test_the_optimisers_find_a_plan_where_every_coarse_stage_overfills_memory():
+    """420 MB devices: VGG-16's flat layers in one stage (494 MB) fit on none, so every structured shape
+    and every seed overfills a device; a stage per group fits (the largest group, 411 MB, alone), and the
+    optimisers must find such a plan instead of reporting that none fits."""
+    graph = LayerGraph.from_model(models.skeleton("vgg16_bn"), models.input_shape("vgg16_bn"), "vgg16_bn")
+    doc = generate_mesh(4, 9001)
+    for device in doc["devices"].values():
+        device["memory_mb"] = 420
+    spec = parse_cluster(doc)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    for name in ("snapshot-optimal", "optimal"):
+        plan = make_planner(name, graph=graph, spec=spec).plan(snap, graph, LATENCY)
+        assert fits_memory(plan, graph, spec), (name, memory_use(drafts(plan), graph))
 
 
 def test_energy_objective_trades_latency_for_energy(tiny):
