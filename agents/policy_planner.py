@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from agents.base import Decision, Planner, fits_memory, within_memory
 from agents.polish import polish
 from env.cost_model import CostModel, Objective
@@ -30,6 +32,7 @@ class PolicyPlanner(Planner):
         if not (isinstance(polish, int) and polish >= 0):
             raise ValueError(f"polish must be an integer >= 0 (plans scored), not {polish!r}")
         self.path, self.top_k, self.polish = Path(path), top_k, polish
+        self._misfits: dict[int, str | None] = {}  # misfit's answer per graph (by id, as the observers)
 
     def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
         return self.decide(snapshot, graph, objective).plan
@@ -39,6 +42,29 @@ class PolicyPlanner(Planner):
         if len(graph.units) != self.meta.n_units or list(graph.cut_points) != self.meta.cut_points:
             return f"policy {self.path.name} was trained for {self.meta.model}, not {graph.name}"
         return None
+
+    def misfit(self, graph: LayerGraph) -> str | None:
+        """``trained_for``'s answer, or why the file's weights do not fit ``graph``'s observations and
+        actions (None if they do): one forward pass over a blank observation, once per graph, so that
+        another policy's weights under this one's description fail before a run, not at every decision."""
+        key = id(graph)
+        if key not in self._misfits:
+            self._misfits[key] = self.trained_for(graph) or self._weights_misfit(graph)
+        return self._misfits[key]
+
+    def _weights_misfit(self, graph: LayerGraph) -> str | None:
+        try:
+            logits, n_actions = self.blank_logits(graph)
+        except ValueError:
+            logits, n_actions = None, 0
+        if logits is None or logits.shape != (n_actions,):
+            return f"policy {self.path.name}: its weights do not fit {graph.name}'s observations and actions"
+        return None
+
+    def blank_logits(self, graph: LayerGraph) -> tuple[np.ndarray, int]:
+        """The action logits for an all-zero observation of ``graph``, and how many actions there are
+        (a ValueError where the weights' shapes do not match the observation)."""
+        raise NotImplementedError
 
     def choose(
         self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective

@@ -179,7 +179,7 @@ class PPOPlanner(PolicyPlanner):
 
     def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
         """Why this policy cannot plan ``graph`` on ``spec`` (None if it can)."""
-        if (problem := self.trained_for(graph) or self._misfit(graph)) is not None:
+        if (problem := self.misfit(graph)) is not None:
             return problem
         if spec is not None and len(spec.devices) > self.meta.max_devices:
             return (
@@ -188,17 +188,8 @@ class PPOPlanner(PolicyPlanner):
             )
         return None
 
-    def _misfit(self, graph: LayerGraph) -> str | None:
-        """Why the file's weights cannot score its actions on ``graph`` (None if they can), from one pass
-        over a blank observation: another policy's weights under this one's description fail before the
-        run, not as a fallback at every decision."""
-        try:
-            logits = self.logits(np.zeros(self._observer(graph).size))
-        except ValueError:
-            logits = None
-        if logits is None or logits.shape != (self.meta.n_actions,):
-            return f"policy {self.path.name}: its weights do not fit {graph.name}'s observations and actions"
-        return None
+    def blank_logits(self, graph: LayerGraph) -> tuple[np.ndarray, int]:
+        return self.logits(np.zeros(self._observer(graph).size)), self.meta.n_actions
 
     def act(self, snapshot: Snapshot, graph: LayerGraph, view=None) -> int:
         """The policy's deterministic action (index into ``self.shapes``); ValueError for a foreign graph."""

@@ -107,20 +107,11 @@ class StagedPlanner(PolicyPlanner):
 
     def fits(self, graph: LayerGraph, spec: ClusterSpec | None = None) -> str | None:
         """Why this policy cannot plan ``graph`` (None if it can; any cluster fits)."""
-        return self.trained_for(graph) or self._misfit(graph)
+        return self.misfit(graph)
 
-    def _misfit(self, graph: LayerGraph) -> str | None:
-        """Why the file's weights cannot score ``graph``'s stage actions (None if they can), from one pass
-        over a blank observation: another model's weights under this model's name fail before the run,
-        not in a matrix product at the first decision."""
+    def blank_logits(self, graph: LayerGraph) -> tuple[np.ndarray, int]:
         actions = self._actions_for(graph)
-        try:
-            logits = self.net.logits(np.zeros((1, TOKEN_FEATURES)), np.zeros(context_size(actions)))
-        except ValueError:
-            logits = None
-        if logits is None or logits.shape != (actions.n,):
-            return f"policy {self.path.name}: its weights do not fit {graph.name}'s observations and actions"
-        return None
+        return self.net.logits(np.zeros((1, TOKEN_FEATURES)), np.zeros(context_size(actions))), actions.n
 
     def decide(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Decision:
         problem = self.fits(graph)
