@@ -104,9 +104,11 @@ class Radio:
         sockets: dict[str, tuple[str, zmq.Socket]] = {}
         while (job := self._queue.get()) is not None:
             air = self._state(job.plan_id)
-            if air.dep is None or not self._live(air.dep, job.rid):
-                continue
-            self._carry(job, air, sockets)
+            if air.dep is not None and self._live(air.dep, job.rid):
+                self._carry(job, air, sockets)
+            # let go of the band before waiting for the next hop: a relay's counts against its sender's
+            # budget while alive, and a plan rescued off this device never queues another
+            del job
         for _, sock in sockets.values():
             sock.close(linger=0)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 
 from runtime.auth import Sender
-from runtime.deployment import Deployment, Send
+from runtime.deployment import Deployment, Send, TaskSpec
 from runtime.emulation import EnergyMeter, paced
 from runtime.executor import assemble, compute_band, take_rows
 from runtime.halo import Rows
@@ -27,7 +27,7 @@ from runtime.limits import ByteBudget, Limits
 from runtime.radio import Hop, Radio
 from runtime.transport import Header, Kind, Message
 from runtime.weights import WeightStore
-from runtime.worker_state import WorkerState
+from runtime.worker_state import Piece, WorkerState
 
 log = logging.getLogger("runtime.worker")
 
@@ -120,49 +120,50 @@ class RequestFlow:
     def compute_loop(self) -> None:
         torch.set_num_threads(1)
         while (item := self.tasks.get()) is not None:
-            dep, rid, task, pieces, ready = item
-            emulation = self.state.emulation()
-            if not self.state.live(dep, rid):
-                continue
+            self._compute(*item)
+            del item  # let go of its input before waiting for the next task (``_compute``)
+
+    def _compute(self, dep: Deployment, rid: int, task: TaskSpec, pieces: list[Piece], ready: float) -> None:
+        """Run one ready task and hand its output on. What it received (the bands in ``pieces``) counts
+        against their senders' budgets while alive: it is let go of on return, not kept until the next
+        task, which a plan rescued off this device never sends."""
+        emulation = self.state.emulation()
+        if not self.state.live(dep, rid):
+            return
+        try:
+            units = range(task.start, task.end)
+            graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape, units)
+
+            def run():
+                band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
+                return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
+
+            work_s = None
+            if emulation is not None:
+                work_s = emulation.band_work(graph, task.start, task.end, task.out_rows)
+            with self.state.computing(dep, rid):
+                out, p = paced(run, emulation, abort=lambda: not self.state.live(dep, rid), work_s=work_s)
+        except Exception as exc:  # a bad band or a broken model: report, keep serving
+            log.exception("%s: task of stage %d failed", self.device, task.stage)
+            self.state.fail(dep, rid)
+            owner = self.state.owner_of(dep.plan_id)
+            self.error(owner, rid, f"compute failed: {exc!r}", "band", plan=dep.plan_id)
+            return
+        self.computed += 1
+        self.meter.add("compute", p.end - p.start)
+        if not self.state.live(dep, rid):
+            return  # cancelled while it computed (and reported as such): the output is not wanted
+        event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
+        event |= {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops}
+        if p.nominal_s is not None:  # what the band takes at the device's nominal speed (telemetry)
+            event["nominal"] = p.nominal_s
+        self.record(dep, rid, event)
+        for s in task.sends:
             try:
-                units = range(task.start, task.end)
-                graph = self.weights.prepare(dep.model, dep.seed, dep.input_shape, units)
-
-                def run(task=task, pieces=pieces, graph=graph):
-                    band = assemble([(r, t) for _, r, t in pieces], task.in_rows)
-                    return compute_band(graph, task.start, task.end, band, task.in_rows, task.out_rows)
-
-                work_s = None
-                if emulation is not None:
-                    work_s = emulation.band_work(graph, task.start, task.end, task.out_rows)
-                with self.state.computing(dep, rid):
-                    out, p = paced(
-                        run,
-                        emulation,
-                        abort=lambda dep=dep, rid=rid: not self.state.live(dep, rid),
-                        work_s=work_s,
-                    )
-            except Exception as exc:  # a bad band or a broken model: report, keep serving
-                log.exception("%s: task of stage %d failed", self.device, task.stage)
-                self.state.fail(dep, rid)
+                self._send(dep, rid, s, take_rows(out, task.out_rows, s.rows), p.end)
+            except ValueError as exc:
                 owner = self.state.owner_of(dep.plan_id)
-                self.error(owner, rid, f"compute failed: {exc!r}", "band", plan=dep.plan_id)
-                continue
-            self.computed += 1
-            self.meter.add("compute", p.end - p.start)
-            if not self.state.live(dep, rid):
-                continue  # cancelled while it computed (and reported as such): the output is not wanted
-            event = {"ev": "compute", "stage": task.stage, "ready": ready, "start": p.start, "end": p.end}
-            event |= {"cpu": p.cpu_s, "target": p.target_s, "flops": task.flops}
-            if p.nominal_s is not None:  # what the band takes at the device's nominal speed (telemetry)
-                event["nominal"] = p.nominal_s
-            self.record(dep, rid, event)
-            for s in task.sends:
-                try:
-                    self._send(dep, rid, s, take_rows(out, task.out_rows, s.rows), p.end)
-                except ValueError as exc:
-                    owner = self.state.owner_of(dep.plan_id)
-                    self.error(owner, rid, f"local hand-over failed: {exc}", plan=dep.plan_id)
+                self.error(owner, rid, f"local hand-over failed: {exc}", plan=dep.plan_id)
 
     def stop(self) -> None:
         self.tasks.put(None)
