@@ -35,7 +35,7 @@ class PendingRequest:
     rescues: int = 0
     sent: float = 0.0
     first_sent: float = 0.0
-    radio_done: int = 0  # first-hop bytes the current attempt's transfers have carried so far
+    radio_done: int = 0  # bytes the current attempt's transfers have carried so far, every hop
     abandoned: list[int] = field(default_factory=list)  # wire ids of its abandoned attempts
     abandoned_j: float = 0.0  # their energy: radio (transfers reported) and compute (as workers drop them)
     output: torch.Tensor | None = None
@@ -98,12 +98,13 @@ class Attempts:
 
     def on_transfer(self, wire: int, plan_id: Any, report: TransferReport) -> None:
         """A transfer of attempt ``wire`` (of plan ``plan_id``) carried bytes or ended: progress of its
-        request when it is a first hop of the current attempt, the radio time of an abandoned one."""
+        request when it is the current attempt (on any hop: each counts in ``radio_bytes``), the radio time
+        of an abandoned one."""
         if report.radio_s is not None and (old := self._abandoned.get(wire)) is not None:
             power = self.spec.devices[report.a].power.transmit_w + self.spec.devices[report.b].power.receive_w
             old.abandoned_j += report.radio_s * power
         p = self._by_wire.get(wire)
-        if report.carried and p is not None and plan_id == p.plan_id and report.first_hop:
+        if report.carried and p is not None and plan_id == p.plan_id:
             p.radio_done += report.carried
 
     def charge_compute(self, dev: str, wire: int, start: Any, end: Any) -> None:

@@ -32,7 +32,7 @@ class DeployedPlan:
     plan_id: int
     plan: Plan
     parts: dict[str, Deployment]
-    radio_bytes: int = 0  # bytes a request sends over radios (first hops): what ``progress`` counts
+    radio_bytes: int = 0  # bytes a request sends over radios, each hop of a route: what ``progress`` counts
 
 
 class DeployFailed(Exception):
@@ -80,11 +80,17 @@ class DeployedPlans:
             # rid = plan id, so a refusal can be told apart from one of an older deployment that a
             # restarted worker may receive first (messages queued for it while it was down)
             self.workers.send(d, Header(Kind.DEPLOY, plan_id, {"deploy": dep.to_meta(), "retire": []}))
-        self._await_confirmations(DeployedPlan(plan_id, plan, parts))
-        radio = sum(t.nbytes for t in layout(self.graph, plan).transfers if t.src != t.dst)
-        self.by_id[plan_id] = DeployedPlan(plan_id, plan, parts, radio)
+        deployed = DeployedPlan(plan_id, plan, parts, self._radio_bytes(plan))  # on the routes just taken
+        self._await_confirmations(deployed)
+        self.by_id[plan_id] = deployed
         previous, self.current[lane] = self.current.get(lane), plan_id
         self.retire_unused(previous)
+
+    def _radio_bytes(self, plan: Plan) -> int:
+        """Bytes a request on ``plan`` sends over radios, once per hop: a band relayed on is sent again,
+        and a request whose band is stuck on its last hop is not nearly done."""
+        transfers = layout(self.graph, plan).transfers
+        return sum(t.nbytes * (len(self._route(t.src, t.dst)) - 1) for t in transfers)
 
     def _route(self, a: str, b: str) -> list[str]:
         """Route between two live devices, avoiding devices that are down."""

@@ -52,7 +52,7 @@ class InFlight:
     plan: Plan
     current: bool  # its plan is the plan in force
     elapsed_s: float  # since its current attempt was sent
-    progress: float  # fraction of the attempt's radio bytes (first hops) already delivered, 0..1
+    progress: float  # fraction of the attempt's radio bytes (every hop) already carried, 0..1
     rescues: int
     lane: str = DEFAULT_LANE
 

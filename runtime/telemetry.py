@@ -42,7 +42,6 @@ class TransferReport:
     a: str
     b: str
     carried: int  # bytes carried since the transfer's previous report (0: nothing new)
-    first_hop: bool  # the transfer leaves the device that sends the band: progress of its attempt
     radio_s: float | None = None  # its radio time, once it ended or was cut short
 
 
@@ -111,7 +110,7 @@ class Telemetry:
         if ev == "tick":
             air, sent, at = self._in_transit.get(key), meta["sent"], meta["at"]
             if air is not None and type(sent) is int and type(at) is float and sent <= nbytes:
-                return TransferReport(a, b, self._carried(air, sent, at), air.a == src)
+                return TransferReport(a, b, self._carried(air, sent, at))
             return None
         # (a start forgotten under a flood of transfers: the whole transfer is one piece)
         air = self._in_transit.pop(key, None) or _OnAir(a, b, nbytes, start, start)
@@ -119,7 +118,7 @@ class Telemetry:
         if type(end) is not float or not start <= end:
             return None
         carried = self._carried(air, nbytes, end) if ev == "end" else 0
-        return TransferReport(a, b, carried, air.a == src, end - start)
+        return TransferReport(a, b, carried, end - start)
 
     def _carried(self, air: _OnAir, upto: int, at: float) -> int:
         """``air`` has carried ``upto`` bytes by ``at``: what it carried since its last report is a link
