@@ -1,0 +1,251 @@
+"""Rescues of requests caught in flight by a collapse, beyond a request's input on a direct link: a band
+between two stages, a band on a multi-hop route (on either hop), and a request rescued twice.
+
+A scripted planner chooses the plans and every rescue lands on d0, the source. The collapsed link starts
+slow enough that the caught band is on the air for over a second from its first byte, and the collapse
+comes well inside that time: any start the host's load allows puts it in flight at the drop, and each
+test asserts this from the controller's transfer log (the first transfer each way on each link), not
+assumes it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.base import Planner
+from env.cost_model import Objective
+from env.snapshot import link_key
+from env.traces import step_drop
+from runtime import models
+from runtime.cluster import LocalCluster
+from runtime.controller import Controller
+from runtime.graph import LayerGraph
+from runtime.plan import Assignment, Plan, Stage
+from runtime.spec import ClusterSpec, load_cluster, parse_cluster
+from serving.loop import ServeOptions, serve
+from serving.policies import Decider
+from serving.records import RequestLog
+from serving.rules import MAX_RESCUES
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
+INPUT_BYTES, OUTPUT_BYTES = 3 * 32 * 32 * 4, 10 * 4  # tiny's input and output, float32
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return LayerGraph.from_model(models.build("tiny", seed=0), models.input_shape("tiny"), "tiny")
+
+
+def cluster(links: dict[str, float], sink: str = "d0") -> ClusterSpec:
+    """tiny3 with only ``links`` ("d0-d1": Mbit/s) at those rates (what planners believe before anything
+    is measured), and ``sink``: by default d0, the source, a camera offloading its own inference."""
+    layout = load_cluster(CONFIGS / "tiny3.yaml").to_dict()
+    layout["sink"] = sink
+    layout["links"] = [
+        link | {"mbps": links[name]}
+        for link in layout["links"]
+        if (name := f"{link['a']}-{link['b']}") in links
+    ]
+    return parse_cluster(layout, origin=f"tiny3 with sink {sink} and links {links}")
+
+
+def chain(graph: LayerGraph, *stages: tuple[str, int], sink: str = "d0") -> Plan:
+    """Stages of one device each, ``(device, end unit)`` in order, from d0 to ``sink``."""
+    starts = [0] + [end for _, end in stages[:-1]]
+    return Plan(
+        "d0",
+        sink,
+        tuple(
+            Stage(start, end, (Assignment(device, 1.0),))
+            for start, (device, end) in zip(starts, stages, strict=True)
+        ),
+    )
+
+
+class Scripted(Planner):
+    """The first of ``choices`` ``(plan, links)`` whose links all look faster than ``floor_mbps`` (the
+    last one's links should be none: the plan when every other is cut)."""
+
+    name = "scripted"
+
+    def __init__(self, choices: list[tuple[Plan, tuple[str, ...]]], floor_mbps: float):
+        super().__init__()
+        self.choices, self.floor_mbps = choices, floor_mbps
+
+    def plan(self, snapshot, graph, objective):
+        def up(link: str) -> bool:
+            return snapshot.link_mbps[link_key(*link.split("-"))] > self.floor_mbps
+
+        return next(plan for plan, links in self.choices if all(map(up, links)))
+
+
+def pieces(ctl: Controller, a: str, b: str) -> list[tuple[float, float, int]]:
+    """``(start, end)`` on the traces' clock and bytes of every piece of every transfer from a to b."""
+    return [
+        ((end - seconds - ctl.epoch) / ctl.dilation, (end - ctl.epoch) / ctl.dilation, n)
+        for end, x, y, n, seconds in ctl.link_samples
+        if (x, y) == (a, b)
+    ]
+
+
+def first_transfer(log: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """The pieces of the first transfer in a link's log: each piece of a transfer starts where the one
+    before it ended (the next transfer starts after it was cut or ended, never exactly then)."""
+    transfer = log[:1]
+    for piece in log[1:]:
+        if not math.isclose(piece[0], transfer[-1][1], abs_tol=1e-5):
+            break
+        transfer.append(piece)
+    return transfer
+
+
+def caught(log: list[tuple[float, float, int]], t_drop: float, nbytes: int) -> bool:
+    """Whether a transfer (its pieces) of a band of ``nbytes`` was on the air across ``t_drop`` and cut
+    before it got through."""
+    return bool(log) and log[0][0] < t_drop < log[-1][1] and sum(n for *_, n in log) < nbytes
+
+
+def leftovers(ctl: Controller, spec: ClusterSpec) -> dict[str, tuple]:
+    """Per worker, what it holds once serving is done beyond the plan in force: its open requests, its
+    received bytes still alive (a band held for its arrival, a hop queued on its radio or on the air,
+    a task's input) and its plans other than the plan in force; then the transfers still on the air."""
+    status = {d: s.stats for d, s in ctl.ping().items()}
+    in_force = {d: [dep.plan_id] if (dep := ctl.deployment_of(d)) else [] for d in spec.devices}
+    held = {
+        d: (s["open_requests"], s["buffered_bytes"], sorted(set(s["plans"]) - set(in_force[d])))
+        for d, s in status.items()
+    }
+    return held | {"on the air": ctl.transfers_in_progress()}
+
+
+CLEAN = {"d0": (0, 0, []), "d1": (0, 0, []), "d2": (0, 0, []), "on the air": []}
+
+
+def served(records: list[RequestLog]) -> list[tuple]:
+    """The requests' logs, a line each: index, end, latency, rescues, the devices of its plan."""
+    return [
+        (
+            r.index,
+            round(r.time_s, 3),
+            round(r.latency_s, 3),
+            r.rescues,
+            sorted(Plan.from_json(r.plan).devices),
+        )
+        for r in records
+    ]
+
+
+def run(spec: ClusterSpec, schedules: dict, planner: Scripted, graph: LayerGraph, requests: int = 3):
+    """Serve ``requests`` requests (the traces' clock restarted with the first); their records, the
+    run's summary, the first transfer each way on each link and the leftovers, read from the controller
+    once it is done."""
+    model = models.build("tiny", seed=0)
+    records: list[RequestLog] = []
+    with LocalCluster(spec, model="tiny", link_schedules=schedules) as cluster:
+        ctl = cluster.controller
+        options = ServeOptions(requests=requests, restart_clock=True)
+        decide = Decider(planner, graph, Objective())
+        report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
+        logs = {
+            (a, b): first_transfer(pieces(ctl, a, b)) for a in spec.devices for b in spec.devices if a != b
+        }
+        left = leftovers(ctl, spec)
+    return records, report.summary(), logs, left
+
+
+def assert_rescued_once(records, summary, on_d0: Plan, rescues: int = 1) -> RequestLog:
+    """The first request came back rescued ``rescues`` times, the others ran on d0; every output exact,
+    nothing lost or repeated, the rescued request counted once; returns the first request's record."""
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"], summary
+    assert summary["rescued"] == 1 and len({r.rid for r in records}) == len(records), served(records)
+    first, *after = records
+    assert (first.rescues, first.plan) == (rescues, on_d0.to_json()), served(records)
+    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in after), served(records)
+    return first
+
+
+def test_a_band_between_two_stages_caught_by_a_collapse_is_rescued_once_and_leaves_the_workers_clean(
+    graph,
+):
+    """The first stage (units 0-6) on d1, the second on d2: the 8 kB tensor between them crosses d1-d2, at
+    0.04 Mbit/s (1.6 s) until 0.8 s in, then 0.002. It leaves d1 once d1 has the input and has computed
+    its stage (a few tens of ms in), so it is on the air at the drop, under half of it through, the rest
+    needing over 15 s. The crawl shows the collapse and the request restarts on d0: it comes back once,
+    exact, counted once, long before the band would have arrived; no worker keeps anything of it (d1 its
+    radio's band, d2 the band held for its arrival, either the retired plan)."""
+    t_drop, between = 0.8, 32 * 8 * 8 * 4  # the pool's output, float32
+    spec = cluster({"d0-d1": 50.0, "d0-d2": 50.0, "d1-d2": 0.04})
+    staged, on_d0 = chain(graph, ("d1", 7), ("d2", len(graph.units))), chain(graph, ("d0", len(graph.units)))
+    planner = Scripted([(staged, ("d1-d2",)), (on_d0, ())], floor_mbps=0.01)
+    collapse = step_drop(0.04, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
+    records, summary, logs, left = run(spec, {("d1", "d2"): collapse}, planner, graph)
+    first = assert_rescued_once(records, summary, on_d0)
+    # its input got through to d1, which computed the first stage and sent its output: caught at the drop
+    assert sum(n for *_, n in logs["d0", "d1"]) == INPUT_BYTES
+    assert first.time_s - first.latency_s < t_drop and caught(logs["d1", "d2"], t_drop, between), logs
+    assert first.latency_s < 6.0 and all(r.latency_s < 1.0 for r in records[1:]), served(records)
+    assert left == CLEAN
+
+
+@pytest.mark.parametrize(
+    "collapsed",
+    [pytest.param("d1-d2", id="on the relay's radio"), pytest.param("d0-d1", id="on its way to the relay")],
+)
+def test_a_band_on_a_multi_hop_route_caught_by_a_collapse_is_rescued_once_and_leaves_the_relay_clean(
+    graph, collapsed
+):
+    """A chain d0 - d1 - d2, the sink beyond the relay: computed on d2, the input crosses d1, which stores
+    and forwards it. The collapsed hop carries 0.08 Mbit/s (the 12 kB input crosses it in 1.2 s), the
+    other 50, and it falls to 0.004 Mbit/s 0.5 s in, with the input on it: on the relay's radio, the
+    first hop all through (a request whose only band is on its last hop is far from done: its progress
+    counts every hop), or on d0's radio, the relay holding what it received until its emulated arrival.
+    Either way the request restarts on d0 (its 40 B output crosses the collapsed hop in 0.08 s): once,
+    exact, counted once, and the relay keeps nothing of the abandoned attempt: no band held, none queued
+    or on its radio, no plan."""
+    t_drop = 0.5
+    spec = cluster({"d0-d1": 50.0, "d1-d2": 50.0} | {collapsed: 0.08}, sink="d2")
+    assert spec.route("d0", "d2") == ["d0", "d1", "d2"]
+    n = len(graph.units)
+    on_d2, on_d0 = chain(graph, ("d2", n), sink="d2"), chain(graph, ("d0", n), sink="d2")
+    planner = Scripted([(on_d2, ("d0-d1", "d1-d2")), (on_d0, ())], floor_mbps=0.04)
+    collapse = step_drop(0.08, 0.004, t_drop, drop_len=3000.0, duration=3600.0)
+    link = tuple(collapsed.split("-"))
+    records, summary, logs, left = run(spec, {link: collapse}, planner, graph)
+    first = assert_rescued_once(records, summary, on_d0)
+    assert first.time_s - first.latency_s < t_drop and caught(logs[link], t_drop, INPUT_BYTES), logs
+    if link == ("d1", "d2"):  # the relay had received the whole input when its hop fell
+        assert sum(n for *_, n in logs["d0", "d1"]) == INPUT_BYTES, logs
+    else:  # none of it went on: the second hop first carried the rescued attempt's output
+        assert sum(n for *_, n in logs["d1", "d2"]) == OUTPUT_BYTES, logs
+    assert first.latency_s < 5.0 and all(r.latency_s < 1.0 for r in records[1:]), served(records)
+    assert left == CLEAN
+
+
+def test_a_request_rescued_as_often_as_allowed_completes_exact_and_is_counted_once(graph):
+    """Three plans in order of preference: on d1 (the input crosses d0-d1), on d2 (d0-d2), on d0. d0-d1
+    carries 0.08 Mbit/s (1.2 s for the input) and falls to 0.001 0.5 s in: the first attempt is caught
+    and rescued onto d2. d0-d2 is believed at 2 Mbit/s but carries 0.012 (8 s for the input), above the
+    planner's floor, so the second attempt stays on it, crawling, until d0-d2 falls too, to 0.0005, 5 s
+    in: whenever the first rescue came (it is asserted before 5 s), the second attempt's input is then on
+    the air, and it is rescued onto d0. That is ``MAX_RESCUES``: the request still completes, exact, and
+    counts once among the rescued; the requests after it run on d0 and no worker keeps anything."""
+    t_first, t_second = 0.5, 5.0
+    spec = cluster({"d0-d1": 0.08, "d0-d2": 2.0, "d1-d2": 50.0})
+    n = len(graph.units)
+    on_d1, on_d2, on_d0 = (chain(graph, (d, n)) for d in ("d1", "d2", "d0"))
+    planner = Scripted([(on_d1, ("d0-d1",)), (on_d2, ("d0-d2",)), (on_d0, ())], floor_mbps=0.004)
+    schedules = {
+        ("d0", "d1"): step_drop(0.08, 0.001, t_first, drop_len=3000.0, duration=3600.0),
+        ("d0", "d2"): step_drop(0.012, 0.0005, t_second, drop_len=3000.0, duration=3600.0),
+    }
+    records, summary, logs, left = run(spec, schedules, planner, graph)
+    first = assert_rescued_once(records, summary, on_d0, rescues=MAX_RESCUES)
+    assert first.time_s - first.latency_s < t_first and caught(logs["d0", "d1"], t_first, INPUT_BYTES), logs
+    assert caught(logs["d0", "d2"], t_second, INPUT_BYTES), logs
+    assert first.latency_s < t_second + 4.0 and all(r.latency_s < 1.0 for r in records[1:]), served(records)
+    assert left == CLEAN
