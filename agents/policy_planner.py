@@ -3,6 +3,7 @@ one for any cluster): the options that turn a policy's plans into one answer, an
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,10 @@ class PolicyPlanner(Planner):
             return f"policy {self.path.name}: its weights do not fit {graph.name}'s observations and actions"
         return None
 
+    @abc.abstractmethod
     def blank_logits(self, graph: LayerGraph) -> tuple[np.ndarray, int]:
         """The action logits for an all-zero observation of ``graph``, and how many actions there are
         (a ValueError where the weights' shapes do not match the observation)."""
-        raise NotImplementedError
 
     def choose(
         self, plans: list[Plan], snapshot: Snapshot, graph: LayerGraph, objective: Objective
