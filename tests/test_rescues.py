@@ -1,11 +1,13 @@
 """Rescues of requests caught in flight by a collapse, beyond a request's input on a direct link: a band
-between two stages, a band on a multi-hop route (on either hop), and a request rescued twice.
+between two stages, a band on a multi-hop route (on either hop), a request rescued twice, and one caught
+a third time once it has been rescued as often as allowed.
 
 A scripted planner chooses the plans and every rescue lands on d0, the source. The collapsed link starts
 slow enough that the caught band is on the air for over a second from its first byte, and the collapse
 comes well inside that time: any start the host's load allows puts it in flight at the drop, and each
 test asserts this from the controller's transfer log (the first transfer each way on each link), not
-assumes it.
+assumes it. A request already rescued ``MAX_RESCUES`` times and caught again is not rescued: it waits
+the collapse out on its plan.
 """
 
 from __future__ import annotations
@@ -69,19 +71,23 @@ def chain(graph: LayerGraph, *stages: tuple[str, int], sink: str = "d0") -> Plan
 
 class Scripted(Planner):
     """The first of ``choices`` ``(plan, links)`` whose links all look faster than ``floor_mbps`` (the
-    last one's links should be none: the plan when every other is cut)."""
+    last one's links should be none: the plan when every other is cut); ``chosen`` keeps each plan it
+    made with its view's time on the traces' clock."""
 
     name = "scripted"
 
     def __init__(self, choices: list[tuple[Plan, tuple[str, ...]]], floor_mbps: float):
         super().__init__()
         self.choices, self.floor_mbps = choices, floor_mbps
+        self.chosen: list[tuple[float, Plan]] = []
 
     def plan(self, snapshot, graph, objective):
         def up(link: str) -> bool:
             return snapshot.link_mbps[link_key(*link.split("-"))] > self.floor_mbps
 
-        return next(plan for plan, links in self.choices if all(map(up, links)))
+        plan = next(plan for plan, links in self.choices if all(map(up, links)))
+        self.chosen.append((snapshot.time, plan))
+        return plan
 
 
 def pieces(ctl: Controller, a: str, b: str) -> list[tuple[float, float, int]]:
@@ -102,6 +108,15 @@ def first_transfer(log: list[tuple[float, float, int]]) -> list[tuple[float, flo
             break
         transfer.append(piece)
     return transfer
+
+
+def transfers(log: list[tuple[float, float, int]]) -> list[list[tuple[float, float, int]]]:
+    """Every transfer in a link's log, in order, each its pieces (split as ``first_transfer`` splits)."""
+    out = []
+    while log:
+        out.append(first_transfer(log))
+        log = log[len(out[-1]) :]
+    return out
 
 
 def caught(log: list[tuple[float, float, int]], t_drop: float, nbytes: int) -> bool:
@@ -140,10 +155,17 @@ def served(records: list[RequestLog]) -> list[tuple]:
     ]
 
 
-def run(spec: ClusterSpec, schedules: dict, planner: Scripted, graph: LayerGraph, requests: int = 3):
+def run(
+    spec: ClusterSpec,
+    schedules: dict,
+    planner: Scripted,
+    graph: LayerGraph,
+    requests: int = 3,
+    keep=first_transfer,
+):
     """Serve ``requests`` requests (the traces' clock restarted with the first); their records, the
-    run's summary, the first transfer each way on each link and the leftovers, read from the controller
-    once it is done."""
+    run's summary, what ``keep`` keeps of each link's log each way (its first transfer) and the
+    leftovers, read from the controller once it is done."""
     model = models.build("tiny", seed=0)
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny", link_schedules=schedules) as cluster:
@@ -151,9 +173,7 @@ def run(spec: ClusterSpec, schedules: dict, planner: Scripted, graph: LayerGraph
         options = ServeOptions(requests=requests, restart_clock=True)
         decide = Decider(planner, graph, Objective())
         report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
-        logs = {
-            (a, b): first_transfer(pieces(ctl, a, b)) for a in spec.devices for b in spec.devices if a != b
-        }
+        logs = {(a, b): keep(pieces(ctl, a, b)) for a in spec.devices for b in spec.devices if a != b}
         left = leftovers(ctl, spec)
     return records, report.summary(), logs, left
 
@@ -248,4 +268,50 @@ def test_a_request_rescued_as_often_as_allowed_completes_exact_and_is_counted_on
     assert first.time_s - first.latency_s < t_first and caught(logs["d0", "d1"], t_first, INPUT_BYTES), logs
     assert caught(logs["d0", "d2"], t_second, INPUT_BYTES), logs
     assert first.latency_s < t_second + 4.0 and all(r.latency_s < 1.0 for r in records[1:]), served(records)
+    assert left == CLEAN
+
+
+def test_a_request_caught_again_once_rescued_as_often_as_allowed_waits_the_collapse_out_on_its_plan(graph):
+    """Plans in order of preference: d1 then d2 (the input crosses d0-d1 at 0.25 Mbit/s: 0.4 s), d0 for
+    units 0-2 then d1 (its 64 kB output crosses d0-d1: 2.1 s), on d2 (the input crosses d0-d2, believed at
+    50 Mbit/s and silent until then), on d0. The 8 kB band between d1 and d2 crawls at 0.04 (1.6 s) and
+    d1-d2 falls to 0.002 1 s in, with it on the air: the first attempt is rescued onto d0-d1's plan (some
+    0.9 s after the drop), whose 64 kB band is on the air when d0-d1 falls to 0.0005 3.2 s in: it is
+    rescued onto d2 (some 0.8 s after that drop), the second time, ``MAX_RESCUES``. Its input crosses
+    d0-d2 at 0.05 (2 s), and d0-d2 falls to 0.0005 5.3 s in, for 2 s: the planner sees it and makes the
+    plan on d0 while the request runs, but the request is not rescued a third time. Its input crawls
+    through the collapse and gets through after it, on the same transfer; the request completes on d2,
+    exact, counted once, and no worker keeps anything. Each drop's band is asserted in flight at it from
+    the transfer log (a rescue up to some 1.2 s later than usual still leaves it so)."""
+    (t_first, t_second, t_third), drop_len = (1.0, 3.2, 5.3), 2.0
+    spec = cluster({"d0-d1": 0.25, "d0-d2": 50.0, "d1-d2": 0.04})
+    n, between, conv1 = len(graph.units), 32 * 8 * 8 * 4, 16 * 32 * 32 * 4  # the pool's, conv1's output
+    staged, via_d1 = chain(graph, ("d1", 7), ("d2", n)), chain(graph, ("d0", 3), ("d1", n))
+    on_d2, on_d0 = chain(graph, ("d2", n)), chain(graph, ("d0", n))
+    choices = [(staged, ("d1-d2",)), (via_d1, ("d0-d1",)), (on_d2, ("d0-d2",)), (on_d0, ())]
+    planner = Scripted(choices, floor_mbps=0.004)
+    schedules = {
+        ("d1", "d2"): step_drop(0.04, 0.002, t_first, drop_len=3000.0, duration=3600.0),
+        ("d0", "d1"): step_drop(0.25, 0.0005, t_second, drop_len=3000.0, duration=3600.0),
+        ("d0", "d2"): step_drop(0.05, 0.0005, t_third, drop_len=drop_len, duration=3600.0),
+    }
+    records, summary, logs, left = run(spec, schedules, planner, graph, requests=1, keep=transfers)
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"], summary
+    assert summary["rescued"] == 1 and len(records) == 1, served(records)
+    (first,) = records
+    assert (first.rescues, first.plan) == (MAX_RESCUES, on_d2.to_json()), served(records)
+    # d0 -> d1 carried the first attempt's input, whole, then the second attempt's band, caught at its drop
+    assert first.time_s - first.latency_s < t_first and len(logs["d0", "d1"]) == 2, logs
+    (inputs, band), (crawl,) = logs["d0", "d1"], logs["d1", "d2"]
+    assert sum(n for *_, n in inputs) == INPUT_BYTES and caught(crawl, t_first, between), logs
+    assert caught(band, t_second, conv1), logs
+    # the third attempt's input: on the air at the third drop, short of its end, through after the collapse
+    (third,), (output,) = logs["d0", "d2"], logs["d2", "d0"]
+    assert third[0][0] < t_third < t_third + drop_len < third[-1][1], logs
+    assert sum(n for start, _, n in third if start < t_third) < INPUT_BYTES, logs
+    assert sum(n for *_, n in third) == INPUT_BYTES and sum(n for *_, n in output) == OUTPUT_BYTES, logs
+    # the planner saw the collapse while the request ran: the plan on d0, made and not rescued onto
+    made = [(round(t, 2), [plan for plan, _ in choices].index(p)) for t, p in planner.chosen]
+    assert any(t_third < t < first.time_s and p == on_d0 for t, p in planner.chosen), made
+    assert first.latency_s < t_third + drop_len + 3.0, served(records)
     assert left == CLEAN
