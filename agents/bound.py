@@ -93,6 +93,7 @@ from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
+SLOWEST = 1e-4  # the bound sees no device or link slower than this share of the fastest (_instance)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,12 @@ class _Instance:
 
 
 def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
+    """The snapshot's devices and arcs, each device's speed and each link's rate raised to at least
+    ``SLOWEST`` of the fastest's: a plan's cost only falls when something runs faster (the cost model's
+    replay keeps each device's and radio's order), so a bound on the faster instance holds for the
+    snapshot's, and its LPs stay well scaled (HiGHS ran for minutes on a device or link 1e-5 of the rest).
+    What this gives away is a device or link so slow that it hardly counts: its raised speed is still
+    ``SLOWEST`` of the fastest's."""
     spec = snapshot.spec
     names = spec.device_ids
     index = {d: i for i, d in enumerate(names)}
@@ -118,12 +125,15 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
     nominal = np.array([spec.devices[d].gflops for d in names])
     per_gflops = 1e9 if profile is None else 1.0 / profile.reference_gflops
     rate = nominal * per_gflops * np.array([snapshot.speed[d] for d in names]) * up
+    rate = np.where(rate > 0, np.maximum(rate, SLOWEST * rate.max()), 0.0)
+    carried = [mbps for mbps in snapshot.rates.link_mbps if mbps > 0]
+    floor_mbps = SLOWEST * max(carried, default=0.0)
     arcs, spb, latency = [], [], []
     for link, mbps in zip(spec.links, snapshot.rates.link_mbps, strict=True):
         if mbps > 0:
             a, b = index[link.a], index[link.b]
             arcs += [(a, b), (b, a)]
-            spb += [BITS / (mbps * 1e6)] * 2
+            spb += [BITS / (max(mbps, floor_mbps) * 1e6)] * 2
             latency += [link.latency_s] * 2
     return _Instance(
         names,

@@ -126,6 +126,29 @@ def test_bound_holds_on_vgg16_for_the_optimiser_and_the_single_device_plans():
     assert lower_bound(snap, graph, OBJECTIVES[0], model) == chain_bound(snap, graph, model) > without_chains
 
 
+@pytest.mark.parametrize("crawling", ["device", "link"])
+def test_a_crawling_device_or_link_leaves_the_bound_whole(crawling):
+    """A device or link a billionth as fast as the rest (a board throttled to a halt, a link the monitor
+    still measures in an outage) pulled the certified bound to about 0 (or, 1e-5 as fast, stalled HiGHS
+    for minutes). Slowing something can only raise the minimum, so the bound with it crawling must stay
+    at the bound with it merely slow (the certificate's rounding aside), and below every plan's cost."""
+    snap = world(6, 1_000_001, 15.0, np.random.default_rng(3))
+    model = CostModel(TINY, snap.spec)
+    helper = next(d for d in snap.spec.device_ids if d != snap.source)
+    link = next(iter(snap.link_mbps))
+
+    def slowed(factor: float):
+        if crawling == "device":
+            return replace(snap, speed=snap.speed | {helper: factor})
+        return replace(snap, link_mbps=snap.link_mbps | {link: snap.link_mbps[link] * factor})
+
+    for objective in OBJECTIVES:
+        slow, crawl = (lower_bound(slowed(f), TINY, objective, model) for f in (1e-3, 1e-9))
+        assert crawl >= 0.95 * slow > 0, objective
+        plan = OptimalPlanner(model).plan(slowed(1e-9), TINY, objective)
+        assert crawl <= objective.score(model.predict(plan, slowed(1e-9))), objective
+
+
 def test_chains_need_rows_that_keep_their_place():
     """A 1x1 convolution of stride 2 reads only even rows: a band of its output may need no input row in
     its own fraction of the height, so no chain follows one fraction through the plan and the chain bound
