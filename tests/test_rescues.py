@@ -1,6 +1,9 @@
 """Rescues of requests caught in flight by a collapse, beyond a request's input on a direct link: a band
-between two stages, a band on a multi-hop route (on either hop), a request rescued twice, and one caught
-a third time once it has been rescued as often as allowed.
+between two stages, a band on a multi-hop route (on either hop), a request rescued twice, one caught
+a third time once it has been rescued as often as allowed, and several requests caught at once (a
+window of three: bands on the air both ways on the collapsing link, or queued on a relay's radio behind
+one on the air). Multi-stream serving (serving/streams.py) has no rescue: its frames caught by a
+collapse under one lane's plan wait it out on their plan.
 
 A scripted planner chooses the plans and every rescue lands on d0, the source. The collapsed link starts
 slow enough that the caught band is on the air for over a second from its first byte, and the collapse
@@ -27,11 +30,13 @@ from runtime.cluster import LocalCluster
 from runtime.controller import Controller
 from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
+from runtime.results import DEFAULT_LANE
 from runtime.spec import ClusterSpec, load_cluster, parse_cluster
 from serving.loop import ServeOptions, serve
 from serving.policies import Decider
 from serving.records import RequestLog
 from serving.rules import MAX_RESCUES
+from serving.streams import StreamSpec, serve_streams
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 INPUT_BYTES, OUTPUT_BYTES = 3 * 32 * 32 * 4, 10 * 4  # tiny's input and output, float32
@@ -125,12 +130,17 @@ def caught(log: list[tuple[float, float, int]], t_drop: float, nbytes: int) -> b
     return bool(log) and log[0][0] < t_drop < log[-1][1] and sum(n for *_, n in log) < nbytes
 
 
-def leftovers(ctl: Controller, spec: ClusterSpec) -> dict[str, tuple]:
-    """Per worker, what it holds once serving is done beyond the plan in force: its open requests, its
-    received bytes still alive (a band held for its arrival, a hop queued on its radio or on the air,
-    a task's input) and its plans other than the plan in force; then the transfers still on the air."""
+def leftovers(
+    ctl: Controller, spec: ClusterSpec, lanes: tuple[str, ...] = (DEFAULT_LANE,)
+) -> dict[str, tuple]:
+    """Per worker, what it holds once serving is done beyond the plans in force (of ``lanes``): its open
+    requests, its received bytes still alive (a band held for its arrival, a hop queued on its radio or
+    on the air, a task's input) and its plans other than those in force; then the transfers still on
+    the air."""
     status = {d: s.stats for d, s in ctl.ping().items()}
-    in_force = {d: [dep.plan_id] if (dep := ctl.deployment_of(d)) else [] for d in spec.devices}
+    in_force = {
+        d: [dep.plan_id for lane in lanes if (dep := ctl.deployment_of(d, lane))] for d in spec.devices
+    }
     held = {
         d: (s["open_requests"], s["buffered_bytes"], sorted(set(s["plans"]) - set(in_force[d])))
         for d, s in status.items()
@@ -162,15 +172,16 @@ def run(
     graph: LayerGraph,
     requests: int = 3,
     keep=first_transfer,
+    window: int = 1,
 ):
-    """Serve ``requests`` requests (the traces' clock restarted with the first); their records, the
-    run's summary, what ``keep`` keeps of each link's log each way (its first transfer) and the
-    leftovers, read from the controller once it is done."""
+    """Serve ``requests`` requests, ``window`` at a time (the traces' clock restarted with the first);
+    their records, the run's summary, what ``keep`` keeps of each link's log each way (its first
+    transfer) and the leftovers, read from the controller once it is done."""
     model = models.build("tiny", seed=0)
     records: list[RequestLog] = []
     with LocalCluster(spec, model="tiny", link_schedules=schedules) as cluster:
         ctl = cluster.controller
-        options = ServeOptions(requests=requests, restart_clock=True)
+        options = ServeOptions(requests=requests, restart_clock=True, window=window)
         decide = Decider(planner, graph, Objective())
         report = serve(cluster, model, decide, options, agent="rescue", on_result=records.append)
         logs = {(a, b): keep(pieces(ctl, a, b)) for a in spec.devices for b in spec.devices if a != b}
@@ -314,4 +325,128 @@ def test_a_request_caught_again_once_rescued_as_often_as_allowed_waits_the_colla
     made = [(round(t, 2), [plan for plan, _ in choices].index(p)) for t, p in planner.chosen]
     assert any(t_third < t < first.time_s and p == on_d0 for t, p in planner.chosen), made
     assert first.latency_s < t_third + drop_len + 3.0, served(records)
+    assert left == CLEAN
+
+
+def test_requests_in_flight_together_when_a_link_collapses_are_each_rescued_once_and_none_repeated(graph):
+    """Three requests enter at once (a window of three: they arrive faster than one completes) on a plan
+    that computes units 0-2 on d1 and the rest on d0, the sink: each input crosses d0 -> d1 (12 kB) and
+    conv1's 64 kB output crosses back, both on d0-d1 at 0.08 Mbit/s until 2 s in, then 0.002. d0's radio
+    sends one hop at a time: the first input is through at some 1.2 s, then the second input goes on the
+    air behind it, the third queued behind that, while d1 sends the first request's band back on its own
+    radio. At the drop two of them have a band on the air on the collapsing link, one each way (neither
+    near its end, however late the host lets them start), and the third has its whole input still to
+    cross it. All three are caught: each is rescued onto d0, once; the five requests come back once each,
+    exact, the last two run on d0 from the start, and no worker keeps anything."""
+    t_drop, n = 2.0, len(graph.units)
+    conv1 = 16 * 32 * 32 * 4  # conv1's output, float32
+    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
+    staged, on_d0 = chain(graph, ("d1", 3), ("d0", n)), chain(graph, ("d0", n))
+    planner = Scripted([(staged, ("d0-d1",)), (on_d0, ())], floor_mbps=0.02)
+    collapse = step_drop(0.08, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
+    records, summary, logs, left = run(
+        spec, {("d0", "d1"): collapse}, planner, graph, requests=5, window=3, keep=transfers
+    )
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"], summary
+    assert len({r.rid for r in records}) == len(records) == 5, served(records)
+    # d0 -> d1: the first input, whole, before the drop; the second on the air at the drop and cut; any
+    # later transfer (the third input, if the radio took it up before its cancel came) started after it
+    first_input, second_input, *later = logs["d0", "d1"]
+    assert sum(n for *_, n in first_input) == INPUT_BYTES and first_input[-1][1] < t_drop, logs
+    assert caught(second_input, t_drop, INPUT_BYTES), logs
+    assert all(t[0][0] > t_drop and sum(n for *_, n in t) < INPUT_BYTES for t in later), logs
+    # d1 -> d0: the first request's band, on the air at the drop and cut (the others never got theirs)
+    (band,) = logs["d1", "d0"]
+    assert caught(band, t_drop, conv1), logs
+    # the three were all in flight at the drop (entered before it), and each was caught and rescued once
+    in_flight = [r for r in records if r.time_s - r.latency_s < t_drop]
+    assert [r.index for r in in_flight] == [0, 1, 2], served(records)
+    assert summary["rescued"] == len(in_flight), (summary, served(records))
+    assert all((r.rescues, r.plan) == (1, on_d0.to_json()) for r in in_flight), served(records)
+    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in records[3:]), served(records)
+    assert all(r.latency_s < t_drop + 4.0 for r in in_flight), served(records)
+    assert left == CLEAN
+
+
+def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_no_frame(graph):
+    """Multi-stream serving (serving/streams.py) has no rescue: no watcher re-plans a lane while its frames
+    run, and a lane is re-planned only when a worker of its plan dies. Two cameras, each a lane: "door"
+    on d0 computes units 0-6 on d1 and the rest on d0 (its input crosses d0 -> d1, the pool's 8 kB output
+    crosses back), "yard" on d2 computes on d2 and sends its output to d0, both at one frame a second.
+    d0-d1 carries 0.08 Mbit/s and falls to 0.002 at 1.9 s for 1.5 s: door's first band (from some 1.25 s)
+    and its second input (queued on d0's radio behind the first, from some 1.23 s) are then both on the
+    air on it, one each way. Both crawl through the collapse on their transfer and get through after it,
+    whole; every frame of both streams comes back once, on its first attempt, exact, door's plan is
+    still in force, yard's frames never wait for door's link, and no worker keeps anything."""
+    t_drop, drop_len, frames, n = 1.9, 1.5, 3, len(graph.units)
+    between = 32 * 8 * 8 * 4  # the pool's output, float32
+    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
+    door = StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
+    yard = StreamSpec(name="yard", source="d2", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
+    staged = chain(graph, ("d1", 7), ("d0", n))
+    on_d2 = Plan("d2", "d0", (Stage(0, n, (Assignment("d2", 1.0),)),))
+    collapse = step_drop(0.08, 0.002, t_drop, drop_len=drop_len, duration=3600.0)
+    model = models.build("tiny", seed=0)
+    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as local:
+        ctl = local.controller
+        ctl.restart_clock()  # the traces' t=0: the run starts right after (deploying two plans)
+        run = serve_streams(
+            ctl, [door, yard], [staged, on_d2], [1.0, 1.0], frames, lambda x: model(x).detach()
+        )
+        logs = {(a, b): transfers(pieces(ctl, a, b)) for a, b in (("d0", "d1"), ("d1", "d0"))}
+        in_force = ctl.plan_of("door")
+        left = leftovers(ctl, spec, lanes=("door", "yard"))
+    for r in run.reports:
+        assert (r.sent, r.completed, r.lost, r.wrong) == (frames, frames, 0, 0), r
+    assert len(run.frames) == 2 * frames and all(f.attempts == 1 for f in run.frames), run.frames
+    assert in_force == staged and run.events == [], run.events
+    # each input and each band crossed d0-d1 once, whole: nothing was cut, nothing sent again
+    inputs, bands = logs["d0", "d1"], logs["d1", "d0"]
+    assert [sum(n for *_, n in t) for t in inputs] == [INPUT_BYTES] * frames, logs
+    assert [sum(n for *_, n in t) for t in bands] == [between] * frames, logs
+    # the first frame's band and the second's input on the air at the drop, through after the collapse
+    first_input, second_input, _ = inputs
+    assert first_input[-1][1] < t_drop, logs
+    for caught_band in (bands[0], second_input):
+        assert caught_band[0][0] < t_drop and caught_band[-1][1] > t_drop + drop_len, logs
+    waited = [f for f in run.frames if f.stream == "door" and f.index < 2]
+    assert all(f.latency_s > drop_len for f in waited), run.frames
+    assert all(f.latency_s < 1.0 for f in run.frames if f.stream == "yard"), run.frames
+    assert left == CLEAN
+
+
+def test_requests_queued_on_a_relays_radio_behind_one_caught_by_a_collapse_are_all_rescued_once(graph):
+    """A chain d0 - d1 - d2, the sink beyond the relay, three requests entering at once on a plan that
+    computes on d2: their inputs cross d0-d1 (50 Mbit/s) in milliseconds and wait on the relay's radio,
+    which sends them on one at a time over d1-d2 at 0.08 Mbit/s (1.2 s each). d1-d2 falls to 0.002
+    0.8 s in: the first input is on the air, the other two held by the relay for the collapsing link.
+    All three are caught and rescued onto d0 once each; the relay lets go of the two it held (none of
+    them whole over d1-d2: the rescue cancels them), the five requests come back once each, exact (each
+    output crossing the relay once), and no worker keeps anything."""
+    t_drop, n = 0.8, len(graph.units)
+    spec = cluster({"d0-d1": 50.0, "d1-d2": 0.08}, sink="d2")
+    assert spec.route("d0", "d2") == ["d0", "d1", "d2"]
+    on_d2, on_d0 = chain(graph, ("d2", n), sink="d2"), chain(graph, ("d0", n), sink="d2")
+    planner = Scripted([(on_d2, ("d0-d1", "d1-d2")), (on_d0, ())], floor_mbps=0.02)
+    collapse = step_drop(0.08, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
+    records, summary, logs, left = run(
+        spec, {("d1", "d2"): collapse}, planner, graph, requests=5, window=3, keep=transfers
+    )
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["outputs_match"], summary
+    assert len({r.rid for r in records}) == len(records) == 5, served(records)
+    # the three inputs reached the relay, whole, before the drop; only the first went on from there
+    inputs, outputs = logs["d0", "d1"][:3], logs["d0", "d1"][3:]
+    assert all(sum(n for *_, n in t) == INPUT_BYTES and t[-1][1] < t_drop for t in inputs), logs
+    first, *later = logs["d1", "d2"]
+    assert caught(first, t_drop, INPUT_BYTES), logs
+    assert all(t[0][0] > t_drop and sum(n for *_, n in t) < INPUT_BYTES for t in later), logs
+    # after the rescue: each request's output from d0, once over each hop
+    assert [sum(n for *_, n in t) for t in outputs] == [OUTPUT_BYTES] * 5, logs
+    assert sum(sum(n for *_, n in t) == OUTPUT_BYTES for t in later) == 5, logs
+    in_flight = [r for r in records if r.time_s - r.latency_s < t_drop]
+    assert [r.index for r in in_flight] == [0, 1, 2], served(records)
+    assert summary["rescued"] == len(in_flight), (summary, served(records))
+    assert all((r.rescues, r.plan) == (1, on_d0.to_json()) for r in in_flight), served(records)
+    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in records[3:]), served(records)
+    assert all(r.latency_s < t_drop + 4.0 for r in in_flight), served(records)
     assert left == CLEAN
