@@ -200,6 +200,17 @@ def assert_rescued_once(records, summary, on_d0: Plan, rescues: int = 1) -> Requ
     return first
 
 
+def assert_the_first_three_rescued_once(records, summary, on_d0: Plan, t_drop: float) -> None:
+    """The three requests in flight at the drop (entered before it) were each rescued once onto d0 and
+    finished soon after; the two after them ran on d0 from the start."""
+    in_flight = [r for r in records if r.time_s - r.latency_s < t_drop]
+    assert [r.index for r in in_flight] == [0, 1, 2], served(records)
+    assert summary["rescued"] == len(in_flight), (summary, served(records))
+    assert all((r.rescues, r.plan) == (1, on_d0.to_json()) for r in in_flight), served(records)
+    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in records[3:]), served(records)
+    assert all(r.latency_s < t_drop + 4.0 for r in in_flight), served(records)
+
+
 def test_a_band_between_two_stages_caught_by_a_collapse_is_rescued_once_and_leaves_the_workers_clean(
     graph,
 ):
@@ -359,12 +370,7 @@ def test_requests_in_flight_together_when_a_link_collapses_are_each_rescued_once
     (band,) = logs["d1", "d0"]
     assert caught(band, t_drop, conv1), logs
     # the three were all in flight at the drop (entered before it), and each was caught and rescued once
-    in_flight = [r for r in records if r.time_s - r.latency_s < t_drop]
-    assert [r.index for r in in_flight] == [0, 1, 2], served(records)
-    assert summary["rescued"] == len(in_flight), (summary, served(records))
-    assert all((r.rescues, r.plan) == (1, on_d0.to_json()) for r in in_flight), served(records)
-    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in records[3:]), served(records)
-    assert all(r.latency_s < t_drop + 4.0 for r in in_flight), served(records)
+    assert_the_first_three_rescued_once(records, summary, on_d0, t_drop)
     assert left == CLEAN
 
 
@@ -443,10 +449,5 @@ def test_requests_queued_on_a_relays_radio_behind_one_caught_by_a_collapse_are_a
     # after the rescue: each request's output from d0, once over each hop
     assert [sum(n for *_, n in t) for t in outputs] == [OUTPUT_BYTES] * 5, logs
     assert sum(sum(n for *_, n in t) == OUTPUT_BYTES for t in later) == 5, logs
-    in_flight = [r for r in records if r.time_s - r.latency_s < t_drop]
-    assert [r.index for r in in_flight] == [0, 1, 2], served(records)
-    assert summary["rescued"] == len(in_flight), (summary, served(records))
-    assert all((r.rescues, r.plan) == (1, on_d0.to_json()) for r in in_flight), served(records)
-    assert all((r.rescues, r.plan) == (0, on_d0.to_json()) for r in records[3:]), served(records)
-    assert all(r.latency_s < t_drop + 4.0 for r in in_flight), served(records)
+    assert_the_first_three_rescued_once(records, summary, on_d0, t_drop)
     assert left == CLEAN
