@@ -116,7 +116,10 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
     replay keeps each device's and radio's order), so a bound on the faster instance holds for the
     snapshot's, and its LPs stay well scaled (HiGHS ran for minutes on a device or link 1e-5 of the rest).
     What this gives away is a device or link so slow that it hardly counts: its raised speed is still
-    ``SLOWEST`` of the fastest's."""
+    ``SLOWEST`` of the fastest's. A device's floor is taken from the median device (the upper one), not the
+    fastest: with one device 1e12 times the rest the fastest's floor raised every other device 1e8-fold,
+    so the bound priced them as free and fell to 1/150-1/500 of the cost (a fast outlier's own tiny
+    coefficients do not stall HiGHS; only slow ones blow up the LP's unit)."""
     spec = snapshot.spec
     names = spec.device_ids
     index = {d: i for i, d in enumerate(names)}
@@ -125,7 +128,9 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
     nominal = np.array([spec.devices[d].gflops for d in names])
     per_gflops = 1e9 if profile is None else 1.0 / profile.reference_gflops
     rate = nominal * per_gflops * np.array([snapshot.speed[d] for d in names]) * up
-    rate = np.where(rate > 0, np.maximum(rate, SLOWEST * rate.max()), 0.0)
+    positive = np.sort(rate[rate > 0])
+    median = positive[positive.size // 2] if positive.size else 0.0
+    rate = np.where(rate > 0, np.maximum(rate, SLOWEST * median), 0.0)
     carried = [mbps for mbps in snapshot.rates.link_mbps if mbps > 0]
     floor_mbps = SLOWEST * max(carried, default=0.0)
     arcs, spb, latency = [], [], []

@@ -149,6 +149,25 @@ def test_a_crawling_device_or_link_leaves_the_bound_whole(crawling):
         assert crawl <= objective.score(model.predict(plan, slowed(1e-9))), objective
 
 
+def test_a_racing_device_leaves_the_bound_whole():
+    """One device 1e12 times as fast as the rest (a typo'd or GPU-backed entry) raised every other device
+    to 1e-4 of it in the relaxation, pricing their compute as free: the bound fell to 1/150-1/500 of the
+    optimiser's cost. Past being 10x as fast the helper's own compute is already nearly free, so the bound
+    must stay near the bound at 10x, and below every plan's cost."""
+    snap = world(6, 1_000_001, 15.0, np.random.default_rng(3))
+    model = CostModel(TINY, snap.spec)
+    helper = next(d for d in snap.spec.device_ids if d != snap.source)
+
+    def racing(factor: float):
+        return replace(snap, speed=snap.speed | {helper: snap.speed[helper] * factor})
+
+    for objective in OBJECTIVES:
+        fast, racing_bound = (lower_bound(racing(f), TINY, objective, model) for f in (10.0, 1e12))
+        assert racing_bound >= 0.5 * fast > 0, objective
+        plan = OptimalPlanner(model).plan(racing(1e12), TINY, objective)
+        assert racing_bound <= objective.score(model.predict(plan, racing(1e12))), objective
+
+
 def test_chains_need_rows_that_keep_their_place():
     """A 1x1 convolution of stride 2 reads only even rows: a band of its output may need no input row in
     its own fraction of the height, so no chain follows one fraction through the plan and the chain bound
