@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -93,7 +93,7 @@ from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
-SLOWEST = 1e-4  # the bound sees no device or link slower than this share of the fastest (_instance)
+SLOWEST = 1e-4  # what the bound raises crawling devices and links to (_instance)
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,21 @@ class _Instance:
     sink: int
 
 
-def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
-    """The snapshot's devices and arcs, each device's speed and each link's rate raised to at least
-    ``SLOWEST`` of the fastest's: a plan's cost only falls when something runs faster (the cost model's
-    replay keeps each device's and radio's order), so a bound on the faster instance holds for the
-    snapshot's, and its LPs stay well scaled (HiGHS ran for minutes on a device or link 1e-5 of the rest).
-    What this gives away is a device or link so slow that it hardly counts: its raised speed is still
-    ``SLOWEST`` of the fastest's. A device's floor is taken from the median device (the upper one), not the
-    fastest: with one device 1e12 times the rest the fastest's floor raised every other device 1e8-fold,
-    so the bound priced them as free and fell to 1/150-1/500 of the cost (a fast outlier's own tiny
-    coefficients do not stall HiGHS; only slow ones blow up the LP's unit)."""
+def _instance(snapshot: Snapshot, model: CostModel, facts: GroupFacts) -> _Instance:
+    """The snapshot's devices and arcs as the relaxation sees them, crawling devices and links raised.
+
+    A plan's cost only falls when something runs faster (the cost model's replay keeps each device's and
+    radio's order), so a bound on a faster instance holds for the snapshot's; raising what crawls keeps
+    the LPs well scaled (HiGHS ran for minutes on a device or link 1e-5 of the rest, and its certificate
+    from inexact duals degrades before that). What is raised must not matter, or the bound falls with it:
+
+    - a device, to the speed at which it would compute the whole model alone in ``1 / SLOWEST`` times the
+      best single-device latency (``_single_device_latency``, memory aside): a device raised there does at
+      most ``SLOWEST`` of the model in the time any better plan takes. A floor from the fastest device
+      instead raised every other device 1e8-fold beside one 1e12 times the rest, and one from the median
+      device left a majority of crawling devices unraised (the bound fell to 0.002 s);
+    - a link, to ``SLOWEST`` of the median link's rate.
+    """
     spec = snapshot.spec
     names = spec.device_ids
     index = {d: i for i, d in enumerate(names)}
@@ -128,19 +133,17 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
     nominal = np.array([spec.devices[d].gflops for d in names])
     per_gflops = 1e9 if profile is None else 1.0 / profile.reference_gflops
     rate = nominal * per_gflops * np.array([snapshot.speed[d] for d in names]) * up
-    positive = np.sort(rate[rate > 0])
-    median = positive[positive.size // 2] if positive.size else 0.0
-    rate = np.where(rate > 0, np.maximum(rate, SLOWEST * median), 0.0)
-    carried = [mbps for mbps in snapshot.rates.link_mbps if mbps > 0]
-    floor_mbps = SLOWEST * max(carried, default=0.0)
+    link_mbps = np.asarray(snapshot.rates.link_mbps, dtype=np.float64)
+    carried = np.sort(link_mbps[link_mbps > 0])
+    floor_mbps = SLOWEST * carried[carried.size // 2] if carried.size else 0.0
     arcs, spb, latency = [], [], []
-    for link, mbps in zip(spec.links, snapshot.rates.link_mbps, strict=True):
+    for link, mbps in zip(spec.links, link_mbps, strict=True):
         if mbps > 0:
             a, b = index[link.a], index[link.b]
             arcs += [(a, b), (b, a)]
             spb += [BITS / (max(mbps, floor_mbps) * 1e6)] * 2
             latency += [link.latency_s] * 2
-    return _Instance(
+    inst = _Instance(
         names,
         rate > 0,
         rate,
@@ -150,12 +153,25 @@ def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
         index[snapshot.source],
         index[snapshot.sink],
     )
+    floor = SLOWEST * float(facts.work.sum()) / _single_device_latency(inst, facts)
+    return replace(inst, work_rate=np.where(rate > 0, np.maximum(rate, floor), 0.0))
+
+
+def _single_device_latency(inst: _Instance, facts: GroupFacts) -> float:
+    """The least, over devices that compute, of the model's work at the device's speed plus the image's and
+    the output's seconds over the least routes to and from it (memory aside; infinite if none is reached):
+    the scale of a good plan's latency."""
+    spb = _least_routes(inst, inst.arc_spb)
+    with np.errstate(divide="ignore"):
+        alone = float(facts.work.sum()) / inst.work_rate
+    alone = alone + facts.nbytes[0] * spb[inst.source] + facts.nbytes[-1] * spb[:, inst.sink]
+    return float(np.min(alone[inst.can_compute], initial=np.inf))
 
 
 def check_servable(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> None:
     """Raise ``PlannerError`` naming why no plan can serve this snapshot, if none can."""
-    inst = _instance(snapshot, model)
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
+    inst = _instance(snapshot, model, facts)
     spec = snapshot.spec
     memory = [spec.devices[d].memory_mb for d in inst.devices]
     for (start, end), nbytes in zip(graph.groups, facts.param_bytes, strict=True):
@@ -210,7 +226,7 @@ def lower_bound(
     """
     check_servable(snapshot, graph, model)
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    inst = _instance(snapshot, model)
+    inst = _instance(snapshot, model, facts)
     latency = energy = 0.0
     if objective.kind in ("latency", "weighted"):
         latency = max(_solve(_Relaxation(inst, facts, release=release), "latency"), _propagation_floor(inst))
@@ -228,7 +244,7 @@ def lower_bound(
 def chain_bound(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> float:
     """The latency bound of agents/chain_bound.py alone, for this snapshot."""
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    return _chain_bound(snapshot, _instance(snapshot, model), facts, graph)
+    return _chain_bound(snapshot, _instance(snapshot, model, facts), facts, graph)
 
 
 def _chain_bound(snapshot: Snapshot, inst: _Instance, facts: GroupFacts, graph: LayerGraph) -> float:
