@@ -133,7 +133,7 @@ def test_a_crawling_device_or_link_leaves_the_bound_whole(crawling):
     for minutes), and so did most devices crawling under a floor taken from the median device. Slowing
     something can only raise the minimum, so the bound with it crawling must stay
     near the bound with it merely slow, and below every plan's cost. Near: the LP's certificate (from
-    inexact duals) gives away a few percent on a link 1e4 times slower than the median (6% here)."""
+    inexact duals) gives away a few percent where a link crawls."""
     snap = world(9, 1_000_001, 15.0, np.random.default_rng(3))
     model = CostModel(TINY, snap.spec)
     helpers = [d for d in snap.spec.device_ids if d != snap.source]
