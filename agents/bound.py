@@ -93,7 +93,7 @@ from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 
 BITS = 8.0
-SLOWEST = 1e-3  # what the bound raises crawling devices and links to (_instance)
+SLOWEST = 1e-4  # what the bound raises crawling devices and links to (_instance)
 
 
 @dataclass(frozen=True)

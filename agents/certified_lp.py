@@ -9,6 +9,9 @@ from scipy.optimize import linprog
 from agents.base import PlannerError
 
 ROUNDING = 1e-9  # relative: what float rounding in evaluating the certified minimum may add to it
+# HiGHS's feasibility tolerances, 100x below its defaults: the certificate is only as good as the duals,
+# and with a crawling link (1e-4 of the median) the defaults' duals certified an energy bound of 0
+TOLERANCES = {"primal_feasibility_tolerance": 1e-9, "dual_feasibility_tolerance": 1e-9}
 
 
 def certified_minimum(
@@ -23,7 +26,7 @@ def certified_minimum(
     twice its optimum: solutions above that are above the bound anyway. ``what`` names the LP in the
     ``PlannerError`` raised if it does not solve.
     """
-    result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs", options=TOLERANCES)
     if result.status != 0:
         raise PlannerError(f"the {what} bound's LP did not solve: {result.message}")
     y = np.minimum(result.ineqlin.marginals, 0.0)
