@@ -132,8 +132,8 @@ def test_a_crawling_device_or_link_leaves_the_bound_whole(crawling):
     still measures in an outage) pulled the certified bound to about 0 (or, 1e-5 as fast, stalled HiGHS
     for minutes), and so did most devices crawling under a floor taken from the median device. Slowing
     something can only raise the minimum, so the bound with it crawling must stay
-    near the bound with it merely slow, and below every plan's cost. Near: the LP's certificate (from
-    inexact duals) gives away a few percent where a link crawls."""
+    at the bound with it merely slow (to the certificate's rounding: it gave an energy bound of 0 beside a
+    crawling link at HiGHS's default tolerances), and below every plan's cost."""
     snap = world(9, 1_000_001, 15.0, np.random.default_rng(3))
     model = CostModel(TINY, snap.spec)
     helpers = [d for d in snap.spec.device_ids if d != snap.source]
@@ -147,7 +147,7 @@ def test_a_crawling_device_or_link_leaves_the_bound_whole(crawling):
 
     for objective in OBJECTIVES:
         slow, crawl = (lower_bound(slowed(f), TINY, objective, model) for f in (1e-3, 1e-9))
-        assert crawl >= 0.9 * slow > 0, objective
+        assert crawl >= 0.999 * slow > 0, objective
         plan = OptimalPlanner(model).plan(slowed(1e-9), TINY, objective)
         assert crawl <= objective.score(model.predict(plan, slowed(1e-9))), objective
 
