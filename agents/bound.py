@@ -110,8 +110,37 @@ class _Instance:
     sink: int
 
 
-def _instance(snapshot: Snapshot, model: CostModel, facts: GroupFacts) -> _Instance:
-    """The snapshot's devices and arcs as the relaxation sees them, crawling devices and links raised.
+def _instance(snapshot: Snapshot, model: CostModel) -> _Instance:
+    """The snapshot's devices and arcs at their measured speeds and rates."""
+    spec = snapshot.spec
+    names = spec.device_ids
+    index = {d: i for i, d in enumerate(names)}
+    up = np.array([d in snapshot.available for d in names])
+    profile = model.profile
+    nominal = np.array([spec.devices[d].gflops for d in names])
+    per_gflops = 1e9 if profile is None else 1.0 / profile.reference_gflops
+    rate = nominal * per_gflops * np.array([snapshot.speed[d] for d in names]) * up
+    arcs, spb, latency = [], [], []
+    for link, mbps in zip(spec.links, snapshot.rates.link_mbps, strict=True):
+        if mbps > 0:
+            a, b = index[link.a], index[link.b]
+            arcs += [(a, b), (b, a)]
+            spb += [BITS / (mbps * 1e6)] * 2
+            latency += [link.latency_s] * 2
+    return _Instance(
+        names,
+        rate > 0,
+        rate,
+        arcs,
+        np.array(spb),
+        np.array(latency),
+        index[snapshot.source],
+        index[snapshot.sink],
+    )
+
+
+def _raised(inst: _Instance, facts: GroupFacts) -> _Instance:
+    """``inst`` as the relaxations see it: crawling devices and links raised.
 
     A plan's cost only falls when something runs faster (the cost model's replay keeps each device's and
     radio's order), so a bound on a faster instance holds for the snapshot's; raising what crawls keeps
@@ -123,38 +152,14 @@ def _instance(snapshot: Snapshot, model: CostModel, facts: GroupFacts) -> _Insta
       most ``SLOWEST`` of the model in the time any better plan takes. A floor from the fastest device
       instead raised every other device 1e8-fold beside one 1e12 times the rest, and one from the median
       device left a majority of crawling devices unraised (the bound fell to 0.002 s);
-    - a link, to ``SLOWEST`` of the median link's rate.
+    - a link, to ``SLOWEST`` of the median link's rate (every link is two arcs of the same seconds per
+      byte, so the arcs' median is the links').
     """
-    spec = snapshot.spec
-    names = spec.device_ids
-    index = {d: i for i, d in enumerate(names)}
-    up = np.array([d in snapshot.available for d in names])
-    profile = model.profile
-    nominal = np.array([spec.devices[d].gflops for d in names])
-    per_gflops = 1e9 if profile is None else 1.0 / profile.reference_gflops
-    rate = nominal * per_gflops * np.array([snapshot.speed[d] for d in names]) * up
-    link_mbps = np.asarray(snapshot.rates.link_mbps, dtype=np.float64)
-    carried = np.sort(link_mbps[link_mbps > 0])
-    floor_mbps = SLOWEST * carried[carried.size // 2] if carried.size else 0.0
-    arcs, spb, latency = [], [], []
-    for link, mbps in zip(spec.links, link_mbps, strict=True):
-        if mbps > 0:
-            a, b = index[link.a], index[link.b]
-            arcs += [(a, b), (b, a)]
-            spb += [BITS / (max(mbps, floor_mbps) * 1e6)] * 2
-            latency += [link.latency_s] * 2
-    inst = _Instance(
-        names,
-        rate > 0,
-        rate,
-        arcs,
-        np.array(spb),
-        np.array(latency),
-        index[snapshot.source],
-        index[snapshot.sink],
-    )
+    if inst.arc_spb.size:
+        slowest_spb = np.sort(inst.arc_spb)[(inst.arc_spb.size - 1) // 2] / SLOWEST  # the median rate's
+        inst = replace(inst, arc_spb=np.minimum(inst.arc_spb, slowest_spb))
     floor = SLOWEST * float(facts.work.sum()) / _single_device_latency(inst, facts)
-    return replace(inst, work_rate=np.where(rate > 0, np.maximum(rate, floor), 0.0))
+    return replace(inst, work_rate=np.where(inst.can_compute, np.maximum(inst.work_rate, floor), 0.0))
 
 
 def _single_device_latency(inst: _Instance, facts: GroupFacts) -> float:
@@ -171,7 +176,7 @@ def _single_device_latency(inst: _Instance, facts: GroupFacts) -> float:
 def check_servable(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> None:
     """Raise ``PlannerError`` naming why no plan can serve this snapshot, if none can."""
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    inst = _instance(snapshot, model, facts)
+    inst = _instance(snapshot, model)
     spec = snapshot.spec
     memory = [spec.devices[d].memory_mb for d in inst.devices]
     for (start, end), nbytes in zip(graph.groups, facts.param_bytes, strict=True):
@@ -226,7 +231,7 @@ def lower_bound(
     """
     check_servable(snapshot, graph, model)
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    inst = _instance(snapshot, model, facts)
+    inst = _raised(_instance(snapshot, model), facts)
     latency = energy = 0.0
     if objective.kind in ("latency", "weighted"):
         latency = max(_solve(_Relaxation(inst, facts, release=release), "latency"), _propagation_floor(inst))
@@ -244,7 +249,7 @@ def lower_bound(
 def chain_bound(snapshot: Snapshot, graph: LayerGraph, model: CostModel) -> float:
     """The latency bound of agents/chain_bound.py alone, for this snapshot."""
     facts = group_facts(graph, None if model.profile is None else model.profile.unit_seconds)
-    return _chain_bound(snapshot, _instance(snapshot, model, facts), facts, graph)
+    return _chain_bound(snapshot, _raised(_instance(snapshot, model), facts), facts, graph)
 
 
 def _chain_bound(snapshot: Snapshot, inst: _Instance, facts: GroupFacts, graph: LayerGraph) -> float:
