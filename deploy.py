@@ -8,6 +8,7 @@
       [--network emulated|kernel]
   python deploy.py --demo
   python deploy.py --cluster CONFIG --streams STREAMS.yaml [--chaos] [--dilation D] [--json OUT]  (cameras)
+      [--traces DIR|FILE|synthetic ... | --scenario NAME|FILE | --collapse [--collapse-at S]] [--static]
 
 By default the cluster is a local emulated one (one worker process per device; links follow the traces).
 Closed loop by default (the next request enters when the cluster has room); ``--arrival-every S`` or
@@ -31,9 +32,11 @@ emulated devices are paced by the profile (this host's profile with ``--cost flo
 profile's seconds for it (``--pacing cpu``: the CPU time its real computation took). Each run reports
 every device's emulation fidelity (achieved over nominal compute speed, runtime/fidelity.py;
 ``fidelity_min`` in the JSON): below 0.95 the host could not keep up. Serving with a planner runs
-undilated (D = 1): the live view's telemetry is read at wall-clock rates. ``--streams`` alone runs with a
-time dilation (runtime/emulation.py; automatic for this host, ``--dilation D`` to force): every time it
-reports is the emulated cluster's (serving/streams.py), and the JSON records ``dilation`` too.
+undilated (D = 1): a planner's decision takes wall time, which a dilated run would shrink D x.
+``--streams`` runs with a time dilation (runtime/emulation.py; automatic for this host, ``--dilation D``
+to force): every time it reports is the emulated cluster's (serving/streams.py), and the JSON records
+``dilation`` too. Its streams are re-planned lane by lane as the links move (``--static``: never, unless
+a worker dies); the links follow ``--traces`` or a scenario's dynamics as with a planner.
 """
 
 from __future__ import annotations
@@ -273,13 +276,6 @@ NOT_FOR_STREAMS = (
     "duration",
     "arrival_every",
     "fps",
-    "traces",
-    "trace_mode",
-    "trace_cap_mbps",
-    "collapse_at",
-    "static",
-    "replan_every",
-    "replan_margin",
     "window",
     "objective",
     "energy_weight",
@@ -309,7 +305,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if ignored:
             parser.error(
                 f"{', '.join(ignored)}: not for --streams (the streams file names the model and each stream's "
-                "rate; its cluster runs emulated links at their spec rates, planned by the robust optimiser)"
+                "rate; each lane is planned and re-planned by the robust optimiser)"
             )
     if args.trace_mode == "replay" and not (args.traces and Path(args.traces).is_file()):
         parser.error("--trace-mode replay needs --traces FILE: one recorded trace file (not a folder)")
@@ -353,12 +349,20 @@ def serve_agents(args: argparse.Namespace, spec: ClusterSpec) -> list[dict]:
 def serve_streams_file(args: argparse.Namespace, spec: ClusterSpec) -> int:
     """``--streams``: several cameras on one mesh; 0 if no frame was lost or wrong."""
     streams = load_streams(args.streams, spec.device_ids)
+    links = None
+    if args.dynamics is not None or args.traces:
+        world = world_for(spec, args)
+        links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     run = deploy_streams(
         spec,
         streams,
         seed=args.seed,
         chaos=args.chaos,
         dilation=args.dilation,
+        links=links,
+        static=args.static,
+        replan_every=args.replan_every,
+        replan_margin=args.replan_margin,
         cost_model=args.cost,
         profile_file=args.profile,
         pacing_mode=args.pacing,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -84,6 +84,35 @@ def plan_independently(
     """Each stream's plan chosen alone by ``planner``, and the equal rate they sustain together."""
     plans = tuple(planner.plan(stream_snapshot(snapshot, d), graph, LATENCY) for d in demands)
     return StreamsPlan(plans, contention.equal_rate(plans, [d.slo_s for d in demands], snapshot))
+
+
+class LanePlanner(Planner):
+    """One stream's planner once the streams are served: it keeps to the devices the stream was planned on
+    (its ``lane``) that are up, when ``planner`` can plan there and they hold the stream's source, so the
+    other streams keep their devices (spreading over every device, as a stream planned alone would, loads
+    the others' devices and radios with work their plans never priced); otherwise it plans over every
+    device up. Used when a worker dies and when conditions move (serving/streams.py)."""
+
+    name = "lane"
+
+    def __init__(self, planner: Planner, lane: Collection[str] = ()):
+        super().__init__()
+        self.planner, self.lane = planner, frozenset(lane)
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        kept = self.lane & snapshot.available
+        if kept and kept != snapshot.available and snapshot.source in kept:
+            try:
+                return self.planner.plan(replace(snapshot, available=kept), graph, objective)
+            except PlannerError:
+                pass  # the lane's devices up cannot serve it: every device up may
+        return self.planner.plan(snapshot, graph, objective)
+
+    def cost_model(self, graph: LayerGraph, spec) -> CostModel:
+        return self.planner.cost_model(graph, spec)
+
+    def __repr__(self) -> str:
+        return f"LanePlanner({self.planner!r}, {sorted(self.lane)})"
 
 
 class Period:

@@ -215,14 +215,22 @@ class LiveView:
         self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
-        self._started = time.time()
+        self._started = self._clock()
         self._outages: list[Outage] = []  # those that ended within the failure window, or not yet
         self._failures_folded = 0  # entries of controller.failures already in _outages
+
+    def _clock(self) -> float:
+        """Wall time over the emulation's dilation: every time and radio second the telemetry reports is
+        wall time, which runs D x the emulated cluster's (runtime/emulation.py), so the view reads them on
+        this clock and measures the rates and speeds of the cluster it emulates."""
+        return time.time() / self.controller.dilation
 
     def _update_links(self, since: float, wall: float) -> None:
         fresh: dict[tuple[str, str], list[LinkSample]] = {}
         pieces = []  # the same samples with their direction: (end, sender, receiver, bytes, seconds)
+        d = self.controller.dilation
         for end, a, b, nbytes, seconds in self.controller.link_samples:
+            end, seconds = end / d, seconds / d
             key = link_key(a, b)
             if end > max(since, self._bounded.get(key, since)) and seconds > 0 and nbytes > 0:
                 fresh.setdefault(key, []).append((end, nbytes, seconds))
@@ -237,7 +245,7 @@ class LiveView:
         fresh = {key: fresh[key] for key in held}
         # overdue against what was believed before this fold: a crawling transfer whose ticks already
         # measured its link is still a stuck transfer, evidence enough for the silent links to follow
-        on_air = self.controller.transfers_in_progress()
+        on_air = [(a, b, n, start / d) for a, b, n, start in self.controller.transfers_in_progress()]
         overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
         crawling = {
             key: since
@@ -360,7 +368,8 @@ class LiveView:
     def _failure_evidence(self, wall: float) -> tuple[float, dict[str, int], dict[str, float]]:
         """The window, and per device its failures and seconds up in it (module docstring)."""
         failures = self.controller.failures
-        self._outages += [Outage(d, when) for when, d in failures[self._failures_folded :]]
+        d = self.controller.dilation
+        self._outages += [Outage(device, when / d) for when, device in failures[self._failures_folded :]]
         self._failures_folded = len(failures)
         up = self.controller.available
         for outage in self._outages:
@@ -377,7 +386,7 @@ class LiveView:
 
     def snapshot(self) -> Snapshot:
         """What the cluster has measured up to now."""
-        wall = time.time()
+        wall = self._clock()
         since = min(self._folded, wall - self.window_s)
         self._update_links(since, wall)
         self._update_speed()

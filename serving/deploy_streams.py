@@ -4,16 +4,21 @@ On a local emulated cluster of the ``--cluster`` spec: plans every stream with t
 jointly or independently (the file's ``planning``), serves each stream at its ``fps`` (or, without one,
 at the equal rate the plan predicts), checks every output against the unsplit model and writes the
 per-stream table, JSON (``--json``), TensorBoard scalars and a plot over time (under ``--out``).
-``--chaos`` kills a worker that a stream's plan uses (no stream's source or sink) halfway through. The
-cluster runs with a time dilation (``--dilation``, default automatic for this host) so that the host can
-emulate it faithfully; every time reported is the emulated cluster's, and the emulation's fidelity per
-device is printed and written to the JSON with the dilation.
+The links follow the spec's rates, or the traces or scenario given (``--traces``, ``--collapse``), and
+each stream's lane is re-planned as they move (serving/streams.py, ``Adaptation``: the robust optimiser
+kept to the lane's devices, frames caught by a collapse rescued); ``--static`` keeps every lane's plan
+unless a worker of it dies, the reference an adaptive run is measured against. ``--chaos`` kills a
+worker that a stream's plan uses (no stream's source or sink) halfway through. The cluster runs with a
+time dilation (``--dilation``, default automatic for this host) so that the host can emulate it
+faithfully; every time reported is the emulated cluster's (a re-plan's decision too takes 1 / D of its
+wall time), and the emulation's fidelity per device is printed and written to the JSON with the
+dilation.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -27,12 +32,14 @@ from env.profiles import host_profile, pacing, resolve_profile
 from env.snapshot import Snapshot
 from runtime import models
 from runtime.cluster import LocalCluster
+from runtime.emulation import ScheduleLike
 from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
 from serving.stream_output import plot, print_table, write_tensorboard
 from serving.streams import (
+    Adaptation,
     Chaos,
     StreamsFile,
     StreamsFileError,
@@ -59,6 +66,10 @@ def deploy_streams(
     seed: int,
     chaos: bool,
     dilation: float | None,
+    links: Mapping[tuple[str, str], ScheduleLike] | None = None,
+    static: bool = False,
+    replan_every: int = Adaptation.replan_every,
+    replan_margin: float | None = Adaptation.margin,
     cost_model: str = "profile",
     profile_file: str | Path | None = None,
     pacing_mode: str = "profile",
@@ -68,7 +79,9 @@ def deploy_streams(
 ) -> StreamsRun:
     """Plan the streams on ``spec`` (on this host's profile of the model, or ``profile_file``; FLOPs alone
     for ``cost_model="flops"``), serve them on a local emulated cluster dilated ``dilation`` times (None:
-    automatic) and paced by the profile (``pacing_mode``, env/profiles.py), and write their reports."""
+    automatic), its links following ``links`` (None: the spec's rates) and paced by the profile
+    (``pacing_mode``, env/profiles.py), re-planned as conditions move unless ``static`` (``Adaptation``'s
+    ``replan_every`` and ``margin``), and write their reports."""
     name = streams.streams[0].model
     model = models.build(name, seed=seed)
     graph = LayerGraph.from_model(model, models.input_shape(name), name)
@@ -88,9 +101,16 @@ def deploy_streams(
         for s, p in zip(streams.streams, planned.plans, strict=True)
     }
     paced = pacing(profile or host_profile(graph, same_host=True, say=console.print), pacing_mode)
-    with LocalCluster(spec, model=name, seed=seed, dilation=dilation, **paced) as cluster:
+    adaptation = (
+        None if static else Adaptation(planner, graph, margin=replan_margin, replan_every=replan_every)
+    )
+    with LocalCluster(
+        spec, model=name, seed=seed, dilation=dilation, link_schedules=links, **paced
+    ) as cluster:
         console.print(f"emulation: time dilation {cluster.dilation:g}")
         events = _chaos(cluster, streams, planned.plans, fps, console) if chaos else []
+        if links is not None:
+            cluster.controller.restart_clock()  # the links' schedules start with the first frame
         run = serve_streams(
             cluster.controller,
             streams.streams,
@@ -99,6 +119,7 @@ def deploy_streams(
             streams.frames,
             model,
             replanners=replanners,
+            adaptation=adaptation,
             chaos=events,
             seed=seed,
         )
@@ -106,7 +127,8 @@ def deploy_streams(
             cluster.controller.fidelity.per_device(), cluster.dilation, cluster.pacing
         )
     print_fidelity(emulation["fidelity"], emulation["dilation"], emulation["pacing"], console)
-    title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly"
+    kept = "kept static" if static else "re-planned as conditions move"
+    title = f"{len(streams.streams)} stream(s) of {name} on {spec.name}, planned {streams.planning}ly, {kept}"
     _write(run, streams, planned, emulation, title, out_dir, json_path, console)
     return run
 

@@ -26,6 +26,7 @@ from env.snapshot import Snapshot
 from runtime.controller import Controller, InFlight
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, PlanError
+from runtime.results import DEFAULT_LANE
 from serving.rules import MAX_RESCUES, moved, settled, worth_restarting, worth_swapping
 
 log = logging.getLogger("serving.policies")
@@ -61,9 +62,11 @@ class PlanningThread:
     decision runs on this one thread, the synchronous ones too (``now``), so the planner is never called
     twice at once."""
 
-    def __init__(self, decide: Decider, wait_s: float):
+    def __init__(self, decide: Decider, wait_s: float, thread: ThreadPoolExecutor | None = None):
         self.decide, self.wait_s = decide, wait_s
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        # several lanes' planning threads may share one (their planners share caches): its owner closes it
+        self._own = thread is None
+        self._thread = thread or ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
         self._running: Future | None = None  # the plan being made, if any
         self._done: Future | None = None  # a finished plan nobody has taken yet
         self._closed = False
@@ -105,7 +108,8 @@ class PlanningThread:
 
     def close(self) -> None:
         self._closed = True
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        if self._own:
+            self._thread.shutdown(wait=False, cancel_futures=True)
 
     def _settle(self) -> None:
         if self._running is not None and self._running.done():
@@ -118,8 +122,8 @@ class ReplanPolicy(Protocol):
     decide: Decider  # every plan comes from it (its ``fallbacks`` count the planner's failures)
     replans: int  # plans it swapped in
 
-    def start(self) -> None:
-        """Deploy the first plan."""
+    def start(self, plan: Plan | None = None) -> None:
+        """Deploy the first plan (``plan``, or one of its own)."""
 
     def for_devices(self, available: frozenset[str]) -> Plan:
         """A plan over ``available``: the controller's replanner when a worker dies."""
@@ -137,14 +141,14 @@ class ReplanPolicy(Protocol):
 
 class Static:
     """Plans once at the start, and again only when a worker dies: the reference an adaptive run is
-    measured against."""
+    measured against. It keeps the plan of one ``lane`` of the controller (a camera's, serving/streams.py)."""
 
-    def __init__(self, controller: Controller, decide: Decider, observe: Observe):
-        self.controller, self.decide, self.observe = controller, decide, observe
+    def __init__(self, controller: Controller, decide: Decider, observe: Observe, lane: str = DEFAULT_LANE):
+        self.controller, self.decide, self.observe, self.lane = controller, decide, observe, lane
         self.replans = 0
 
-    def start(self) -> None:
-        self.controller.deploy(self.decide(self.observe()))
+    def start(self, plan: Plan | None = None) -> None:
+        self.controller.deploy(plan or self.decide(self.observe()), lane=self.lane)
         self.cost_model()  # built once the plan is deployed (the workers warm up meanwhile), then cached
 
     def cost_model(self) -> CostModel:
@@ -181,18 +185,20 @@ class Adaptive(Static):
         threshold: float,
         margin: float | None,
         plan_wait_s: float,
+        lane: str = DEFAULT_LANE,
+        thread: ThreadPoolExecutor | None = None,
     ):
-        super().__init__(controller, decide, observe)
+        super().__init__(controller, decide, observe, lane)
         self.threshold, self.margin = threshold, margin
-        self.planning = PlanningThread(decide, plan_wait_s)
+        self.planning = PlanningThread(decide, plan_wait_s, thread)
         self.swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps
         self._swapped_mid_request = False
 
-    def start(self) -> None:
+    def start(self, plan: Plan | None = None) -> None:
         self.made_on = self.watched_on = self.observe()
-        self.controller.deploy(self.planning.now(self.made_on))
+        self.controller.deploy(plan or self.planning.now(self.made_on), lane=self.lane)
         self.cost = self.cost_model()
-        self.cost.latency(self.controller.plan, self.made_on)  # loads its compiled kernels now (~0.6 s)
+        self.cost.latency(self.in_force, self.made_on)  # loads its compiled kernels now (~0.6 s)
 
     def for_devices(self, available: frozenset[str]) -> Plan:
         return self.planning.now(replace(self.observe(), available=frozenset(available)))
@@ -201,7 +207,7 @@ class Adaptive(Static):
         """Ask for a plan when due or when conditions moved; swap in the latest finished one if it pays.
         A plan still being made is taken up after a later request (a slow planner never stalls serving)."""
         now = self.observe()
-        if (due or moved(self.controller.plan, self.made_on, now, self.threshold)) and self.planning.ask(now):
+        if (due or moved(self.in_force, self.made_on, now, self.threshold)) and self.planning.ask(now):
             self.made_on = self.watched_on = now
         plan = self.planning.finished()
         if plan is None:
@@ -216,13 +222,17 @@ class Adaptive(Static):
     def close(self) -> None:
         self.planning.close()
 
+    @property
+    def in_force(self) -> Plan:
+        return self.controller.plan_of(self.lane)
+
     def replan_if_moved(self, now: Snapshot) -> Plan | None:
         """While requests run: asks for a plan when conditions moved since the view the last plan was asked
         on; the latest finished plan, if any (it stays for ``after_request`` unless ``swap_mid_request``
         swaps it in). A move seen while a plan is being made is asked for once that plan is done: just
         after a collapse the first plan is made on a half-formed view, and the settled view that follows
         must not count as seen."""
-        if moved(self.controller.plan, self.watched_on, now, self.threshold) and self.planning.ask(now):
+        if moved(self.in_force, self.watched_on, now, self.threshold) and self.planning.ask(now):
             self.watched_on = now
         return self.planning.finished()
 
@@ -235,7 +245,7 @@ class Adaptive(Static):
     def _swap_in(self, plan: Plan, now: Snapshot, backlog: int = 0) -> bool:
         """Deploy ``plan`` if it is not the plan in force and pays for the swap (``backlog`` requests
         waiting gain from it too); whether it was."""
-        in_force = self.controller.plan
+        in_force = self.in_force
         if plan == in_force:
             return False
         swap_s = float(np.mean(self.swaps or [0.0]))
@@ -252,7 +262,7 @@ class Adaptive(Static):
         )
         started = time.perf_counter()
         try:
-            self.controller.deploy(plan)
+            self.controller.deploy(plan, lane=self.lane)
         except PlanError as exc:  # a device it needs went down since it was made (made in the background)
             log.warning("not swapped in: %s", exc)
             return False
@@ -283,11 +293,15 @@ class Rescue:
         if not settled(seen, now):
             return
         plan = keeper.replan_if_moved(now)
-        if plan is not None and any(self._worth(r, plan, now) for r in controller.in_flight()):
+        if plan is not None and any(self._worth(r, plan, now) for r in self._running()):
             keeper.swap_mid_request(plan, now)
-        for running in controller.in_flight():
-            if not running.current and self._worth(running, controller.plan, now):
+        for running in self._running():
+            if not running.current and self._worth(running, keeper.in_force, now):
                 controller.restart(running.rid)
+
+    def _running(self) -> list[InFlight]:
+        """The requests of the keeper's lane in flight."""
+        return [r for r in self.keeper.controller.in_flight() if r.lane == self.keeper.lane]
 
     def _worth(self, running: InFlight, plan: Plan, now: Snapshot) -> bool:
         return running.rescues < MAX_RESCUES and worth_restarting(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -35,16 +36,21 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agents.base import Planner, PlannerError
-from agents.streams import LATENCY, Demand, JointPlanner, StreamsPlan, plan_independently
+from agents.base import Planner
+from agents.streams import LATENCY, Demand, JointPlanner, LanePlanner, StreamsPlan, plan_independently
 from env.contention import Contention
 from env.cost_model import CostModel
 from env.snapshot import Snapshot
+from env.telemetry import LiveView
 from runtime.config import describe_validation_error
 from runtime.controller import Controller, ControllerError, Replanner, Result
 from runtime.exactness import Reference, matches, reference_pool
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
+from serving.gil import prompt_switches
+from serving.heap import setup_frozen
+from serving.loop import ServeOptions
+from serving.policies import Adaptive, Decider, Rescue
 
 FORMAT = "disnet-streams/1"
 
@@ -195,6 +201,25 @@ def report(stream: StreamSpec, fps: float, sent: int, frames: Sequence[Frame]) -
 Chaos = tuple[float, Callable[[], None], str]  # (emulated seconds into the run, action, description)
 
 
+@dataclass(frozen=True)
+class Adaptation:
+    """How ``serve_streams`` re-plans each lane as conditions move, as serving one stream does
+    (serving/loop.py): after every frame of a lane when ``replan_every`` of them came back or a link,
+    a device's speed or the devices up that the lane's plan depends on moved by more than ``threshold``
+    (relative), and while frames run, restarting one whose plan conditions collapsed under
+    (``rescue_margin``; None: never). Each lane plans with ``planner`` kept to its own devices
+    (``LanePlanner``), on the cluster's live view as the stream sees it, in the background (plans are
+    taken up when done: a frame never waits for one, the other streams' arrivals keep their times), on
+    one thread for every lane, and a new plan replaces the lane's when it gains ``margin`` of its score."""
+
+    planner: Planner
+    graph: LayerGraph
+    threshold: float = ServeOptions.threshold
+    margin: float | None = ServeOptions.replan_margin
+    rescue_margin: float | None = ServeOptions.rescue_margin
+    replan_every: int = ServeOptions.replan_every
+
+
 def serve_streams(
     ctl: Controller,
     streams: Sequence[StreamSpec],
@@ -204,6 +229,7 @@ def serve_streams(
     reference: Reference,
     *,
     replanners: Mapping[str, Replanner] | None = None,
+    adaptation: Adaptation | None = None,
     chaos: Sequence[Chaos] = (),
     seed: int = 0,
     input_pool: int = 4,
@@ -216,26 +242,96 @@ def serve_streams(
     worker) run at their time. After the last arrival the run waits up to ``drain_s`` (default: 4 x the
     largest finite SLO + 30 s; with no finite SLO, the arrivals' span stands in for it) for the frames
     still out; those that never come back are lost. Rates and times are in the controller's emulated time
-    (``ctl.now()``: wall time / its dilation).
+    (``ctl.now()``: wall time / its dilation). Without an ``adaptation`` a lane is re-planned only when a
+    worker of its plan dies (by its ``replanners`` entry; the controller's fallback without one); with
+    one, as the ``Adaptation`` says (every lane).
     """
     if not (len(streams) == len(plans) == len(fps)):
         raise ValueError("one plan and one rate per stream")
     pool = reference_pool(reference, ctl.input_shape, input_pool, seed)
+    lanes = _Lanes(ctl, streams, plans, adaptation)
     for s, plan in zip(streams, plans, strict=True):
-        ctl.deploy(plan, lane=s.name)
-        if replanners and s.name in replanners:
-            ctl.attach(replanners[s.name], lane=s.name)
+        lanes.start(s, plan, (replanners or {}).get(s.name))
     slos = [s.slo_s for s in streams if math.isfinite(s.slo_s)]
     longest = max(slos) if slos else frames / min(fps)  # no SLO at all: as long as the arrivals last
     drain = drain_s if drain_s is not None else 4 * longest + 30.0
-    loop = _OpenLoop(ctl, streams, pool, on_frame)
-    loop.run(arrivals(fps, frames), chaos, drain)
+    loop = _OpenLoop(ctl, streams, pool, on_frame, lanes)
+    try:
+        with setup_frozen(), prompt_switches():  # a lane's planning must not stall the others' frames
+            loop.run(arrivals(fps, frames), chaos, drain)
+    finally:
+        lanes.close()
     # frames never sent (a run stopped early) count as sent and lost
     reports = [
         report(s, fps[i], frames, [f for f in loop.served if f.stream == s.name])
         for i, s in enumerate(streams)
     ]
     return StreamsRun(reports, loop.served, loop.events)
+
+
+class _Lanes:
+    """Each stream's lane of the controller and what keeps its plan: a replanner for dead workers, or
+    with an ``Adaptation`` an ``Adaptive`` keeper per lane (and their ``Rescue`` watchers, called
+    together while frames run)."""
+
+    def __init__(
+        self, ctl: Controller, streams: Sequence[StreamSpec], plans: Sequence[Plan], adapt: Adaptation | None
+    ):
+        self.ctl, self.adapt = ctl, adapt
+        self.keepers: dict[str, Adaptive] = {}
+        self.rescues: list[Rescue] = []
+        self.done: dict[str, int] = {}  # frames back per lane
+        if adapt is None:
+            return
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        live = LiveView(ctl.spec, ctl)
+        for s, plan in zip(streams, plans, strict=True):
+            decide = Decider(LanePlanner(adapt.planner, plan.devices), adapt.graph, LATENCY)
+            keeper = Adaptive(
+                ctl,
+                decide,
+                lambda s=s: lane_view(live.snapshot(), s),
+                adapt.threshold,
+                adapt.margin,
+                plan_wait_s=0.0,
+                lane=s.name,
+                thread=self.thread,
+            )
+            self.keepers[s.name] = keeper
+            if adapt.rescue_margin is not None:
+                self.rescues.append(Rescue(keeper, adapt.rescue_margin))
+
+    def start(self, stream: StreamSpec, plan: Plan, replan: Replanner | None) -> None:
+        """Deploy ``plan`` on the stream's lane and attach what keeps it."""
+        keeper = self.keepers.get(stream.name)
+        if keeper is not None:
+            keeper.start(plan)
+            replan = keeper.for_devices
+        else:
+            self.ctl.deploy(plan, lane=stream.name)
+        self.ctl.attach(replan, self._watch if self.rescues else None, lane=stream.name)
+
+    def _watch(self) -> None:
+        for rescue in self.rescues:
+            rescue()
+
+    def after_frame(self, stream: str) -> bool:
+        """A frame of ``stream`` came back: whether its lane's plan was replaced since the last one."""
+        keeper = self.keepers.get(stream)
+        if keeper is None:
+            return False
+        self.done[stream] = done = self.done.get(stream, 0) + 1
+        mid_frame = keeper.changed_mid_request()
+        return keeper.after_request(due=done % self.adapt.replan_every == 0) or mid_frame
+
+    def close(self) -> None:
+        """The watchers leave (the cluster may serve another run) and the planning stops."""
+        if not self.keepers:
+            return
+        for name, keeper in self.keepers.items():
+            self.ctl.attach(keeper.for_devices, None, lane=name)
+            keeper.close()
+        self.thread.shutdown(wait=False, cancel_futures=True)
 
 
 def arrivals(fps: Sequence[float], frames: int) -> list[tuple[float, int, int]]:
@@ -255,8 +351,9 @@ class _OpenLoop:
         streams: Sequence[StreamSpec],
         pool: Sequence[tuple[torch.Tensor, torch.Tensor]],
         on_frame: Callable[[Frame], None] | None,
+        lanes: _Lanes,
     ):
-        self.ctl, self.streams, self.pool, self.on_frame = ctl, streams, pool, on_frame
+        self.ctl, self.streams, self.pool, self.on_frame, self.lanes = ctl, streams, pool, on_frame, lanes
         self.out: dict[int, tuple[int, int, float]] = {}  # rid -> (stream, frame, arrival)
         self.served: list[Frame] = []
         self.events: list[tuple[float, str]] = []
@@ -292,7 +389,12 @@ class _OpenLoop:
             i, k, arrival = self.out.pop(r.rid)
             expected = self.pool[k % len(self.pool)][1]
             done_s = _done_at(self.ctl, r) - start
-            self.served.append(_frame(self.streams[i].name, k, arrival, done_s, r, expected))
+            name = self.streams[i].name
+            self.served.append(_frame(name, k, arrival, done_s, r, expected))
+            if self.lanes.after_frame(name):
+                self.events.append(
+                    (self.ctl.now() - start, f"{name}: re-planned ({self.ctl.plan_of(name).describe()})")
+                )
             if self.on_frame is not None:
                 self.on_frame(self.served[-1])
 
@@ -333,6 +435,16 @@ def plan_streams(
     raise ValueError(f"planning must be joint or independent, not {planning!r}")
 
 
+def lane_view(snapshot: Snapshot, stream: StreamSpec) -> Snapshot:
+    """``snapshot`` as ``stream`` sees it: its own source and sink, each replaced by the fastest device up
+    when it is down."""
+    up = snapshot.available
+    fastest = max(sorted(up), key=lambda d: snapshot.spec.devices[d].gflops)
+    source = stream.source if stream.source in up else fastest
+    sink = stream.sink if stream.sink in up else fastest
+    return replace(snapshot, source=source, sink=sink)
+
+
 def replanner(
     stream: StreamSpec,
     planner: Planner,
@@ -340,24 +452,12 @@ def replanner(
     graph: LayerGraph,
     lane: Collection[str] = (),
 ) -> Replanner:
-    """The plan for ``stream`` when a worker of its plan dies: what the controller asks for. ``lane`` is
-    the devices the stream was planned on: the new plan keeps to those still up when the planner can
-    plan there, so the other streams keep their devices (spreading over every device, as a stream
-    planned alone would, loads the others' devices and radios with work their plans never priced);
-    otherwise it is planned over every device up. A source or sink that is down is replaced by the
-    fastest device up."""
+    """The plan for ``stream`` when a worker of its plan dies, on ``snapshot``'s rates: what the controller
+    asks for. ``lane`` is the devices the stream was planned on (``LanePlanner``)."""
+    kept = LanePlanner(planner, lane)
 
     def replan(available: frozenset[str]) -> Plan:
-        fastest = max(sorted(available), key=lambda d: snapshot.spec.devices[d].gflops)
-        source = stream.source if stream.source in available else fastest
-        sink = stream.sink if stream.sink in available else fastest
-        view = replace(snapshot, available=frozenset(available), source=source, sink=sink)
-        kept = frozenset(lane) & available
-        if kept and kept != available and source in kept:
-            try:
-                return planner.plan(replace(view, available=kept), graph, LATENCY)
-            except PlannerError:
-                pass  # the lane's devices up cannot serve it: every device up may
-        return planner.plan(view, graph, LATENCY)
+        view = lane_view(replace(snapshot, available=frozenset(available)), stream)
+        return kept.plan(view, graph, LATENCY)
 
     return replan

@@ -360,8 +360,11 @@ def test_deploy_refuses_what_it_cannot_do_before_a_worker_starts(monkeypatch, tm
     assert deploy.main(argv) == 2
     assert "--chaos: cluster 'line4' has no device to kill" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--network", "kernel", "--static"])
-    assert "--static, --network: not for --streams" in capsys.readouterr().err
+        deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--network", "kernel", "--window", "2"])
+    assert "--window, --network: not for --streams" in capsys.readouterr().err
+    # the links' dynamics and how lanes are re-planned are the streams' too
+    args = deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--collapse", "--static"])
+    assert args.static and args.dynamics is not None
 
 
 def test_chaos_never_kills_a_relay_on_every_path_from_the_source_to_the_sink():

@@ -2,8 +2,9 @@
 between two stages, a band on a multi-hop route (on either hop), a request rescued twice, one caught
 a third time once it has been rescued as often as allowed, and several requests caught at once (a
 window of three: bands on the air both ways on the collapsing link, or queued on a relay's radio behind
-one on the air). Multi-stream serving (serving/streams.py) has no rescue: its frames caught by a
-collapse under one lane's plan wait it out on their plan.
+one on the air). Multi-stream serving (serving/streams.py) without an ``Adaptation`` has no rescue: its
+frames caught by a collapse under one lane's plan wait it out on their plan; with one, the lane whose link
+collapsed is re-planned and its frames on the air are rescued, and the other lane is left alone.
 
 A scripted planner chooses the plans and every rescue lands on d0, the source. The collapsed link starts
 slow enough that the caught band is on the air for over a second from its first byte, and the collapse
@@ -36,7 +37,7 @@ from serving.loop import ServeOptions, serve
 from serving.policies import Decider
 from serving.records import RequestLog
 from serving.rules import MAX_RESCUES
-from serving.streams import StreamSpec, serve_streams
+from serving.streams import Adaptation, StreamSpec, serve_streams
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 INPUT_BYTES, OUTPUT_BYTES = 3 * 32 * 32 * 4, 10 * 4  # tiny's input and output, float32
@@ -375,8 +376,8 @@ def test_requests_in_flight_together_when_a_link_collapses_are_each_rescued_once
 
 
 def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_no_frame(graph):
-    """Multi-stream serving (serving/streams.py) has no rescue: no watcher re-plans a lane while its frames
-    run, and a lane is re-planned only when a worker of its plan dies. Two cameras, each a lane: "door"
+    """Multi-stream serving (serving/streams.py) without an ``Adaptation`` has no rescue: no watcher
+    re-plans a lane while its frames run, and a lane is re-planned only when a worker of its plan dies. Two cameras, each a lane: "door"
     on d0 computes units 0-6 on d1 and the rest on d0 (its input crosses d0 -> d1, the pool's 8 kB output
     crosses back), "yard" on d2 computes on d2 and sends its output to d0, both at one frame a second.
     d0-d1 carries 0.08 Mbit/s and falls to 0.002 at 1.9 s for 1.5 s: door's first band (from some 1.25 s)
@@ -418,6 +419,70 @@ def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_
     waited = [f for f in run.frames if f.stream == "door" and f.index < 2]
     assert all(f.latency_s > drop_len for f in waited), run.frames
     assert all(f.latency_s < 1.0 for f in run.frames if f.stream == "yard"), run.frames
+    assert left == CLEAN
+
+
+class ByStream(Planner):
+    """Each stream's scripted planner, told apart by the source the stream's view names."""
+
+    name = "by-stream"
+
+    def __init__(self, by_source: dict[str, Scripted]):
+        super().__init__()
+        self.by_source = by_source
+
+    def plan(self, snapshot, graph, objective):
+        return self.by_source[snapshot.source].plan(snapshot, graph, objective)
+
+
+def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_and_leave_the_other(graph):
+    """The two cameras of the test above, served with an ``Adaptation``, and d0-d1 collapsing for good.
+    Door's lane is re-planned onto d0 as soon as the live view sees the collapse (its planner keeps the
+    staged plan while d0-d1 looks faster than 0.02 Mbit/s), once, within 2 s (0.4-0.5 s on a quiet
+    host). The frames sent on the staged plan until then (its first band and its second input on the
+    air at the drop, 12 s and 48 s from there at 0.002 Mbit/s, and the third frame's input if it came
+    before the re-plan) are rescued onto d0 once each and come back within seconds, as do the frames
+    after them; yard's lane is never re-planned and its frames never wait. Every frame comes back once,
+    exact, and no worker keeps anything."""
+    t_drop, frames, n = 1.9, 4, len(graph.units)
+    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
+    door = StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
+    yard = StreamSpec(name="yard", source="d2", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
+    staged, on_d0 = chain(graph, ("d1", 7), ("d0", n)), chain(graph, ("d0", n))
+    on_d2 = Plan("d2", "d0", (Stage(0, n, (Assignment("d2", 1.0),)),))
+    planner = ByStream(
+        {"d0": Scripted([(staged, ("d0-d1",)), (on_d0, ())], 0.02), "d2": Scripted([(on_d2, ())], 0.02)}
+    )
+    collapse = step_drop(0.08, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
+    model = models.build("tiny", seed=0)
+    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as local:
+        ctl = local.controller
+        ctl.restart_clock()
+        run = serve_streams(
+            ctl,
+            [door, yard],
+            [staged, on_d2],
+            [1.0, 1.0],
+            frames,
+            lambda x: model(x).detach(),
+            adaptation=Adaptation(planner, graph),
+        )
+        in_force = {lane: ctl.plan_of(lane) for lane in ("door", "yard")}
+        left = leftovers(ctl, spec, lanes=("door", "yard"))
+    for r in run.reports:
+        assert (r.sent, r.completed, r.lost, r.wrong) == (frames, frames, 0, 0), r
+    assert len(run.frames) == 2 * frames, run.frames
+    assert in_force == {"door": on_d0, "yard": on_d2}, in_force
+    assert [e for _, e in run.events] == [f"door: re-planned ({on_d0.describe()})"], run.events
+    door_frames = [f for f in run.frames if f.stream == "door"]
+    # the frames sent on the staged plan before it was replaced (the first band and the second input on
+    # the air at the drop, the third frame's input on it just after) were each rescued once, the rest not
+    replanned_at = run.events[0][0]
+    assert replanned_at < t_drop + 2.0, run.events
+    assert [f.attempts for f in door_frames] == [1 + (f.arrival_s < replanned_at) for f in door_frames]
+    assert sum(f.attempts > 1 for f in door_frames) >= 2, run.frames
+    assert all(f.latency_s < 6.0 for f in door_frames), run.frames
+    assert all(f.latency_s < 1.0 and f.attempts == 1 for f in run.frames if f.stream == "yard"), run.frames
     assert left == CLEAN
 
 

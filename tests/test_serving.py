@@ -149,7 +149,7 @@ def test_a_move_seen_while_a_slow_plan_is_made_is_asked_for_once_it_is_done(setu
             time.sleep(0.01)
         keeper.planning.take()
 
-    controller = type("Ctl", (), {"plan": plan})()
+    controller = type("Ctl", (), {"plan_of": lambda self, lane: plan})()
     keeper = Adaptive(controller, decide, lambda: before, threshold=0.5, margin=None, plan_wait_s=0.0)
     keeper.watched_on = before
     try:

@@ -25,6 +25,7 @@ class Telemetry:
         self.available = frozenset(SPEC.devices)
         self.failures: list[tuple[float, str]] = []  # (wall time, device) found down by heartbeats
         self.clock = 12.5
+        self.dilation = 1.0  # wall seconds per emulated second
 
     def transfer(self, a: str, b: str, mbps: float, seconds: float = 0.5, ago: float = 0.0) -> None:
         self.link_samples.append((time.time() - ago, a, b, int(mbps * 1e6 / 8 * seconds), seconds))
@@ -44,6 +45,23 @@ def test_before_any_measurement_the_spec_is_the_guess():
     snap = LiveView(SPEC, Telemetry()).snapshot()
     assert snap.link_mbps == {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     assert set(snap.speed.values()) == {1.0} and snap.time == 12.5
+
+
+def test_under_a_time_dilation_the_view_measures_the_emulated_cluster():
+    """A cluster emulated 4x slower carries a quarter of each link's rate in wall time: 8-4 at 20 Mbit/s
+    sends 0.5 emulated s of bytes in 2 wall s. The view reads 20, not 5. A transfer on 6-8 (spec 17) on
+    the air for 1.2 wall s, 0.3 emulated s, with bytes for 0.025 emulated s is overdue, and bounds 6-8 at
+    its bytes over 0.3 s, not over 1.2 s; being stuck, it takes the silent links down with it."""
+    tel = Telemetry()
+    tel.dilation = 4.0
+    view = LiveView(SPEC, tel)
+    tel.link_samples.append((time.time(), "8", "4", int(20e6 / 8 * 0.5), 2.0))
+    nbytes = int(17e6 / 8 * 0.3 / 12)
+    tel.started("6", "8", nbytes, ago=1.2)
+    snap = view.snapshot()
+    assert snap.link_mbps[link_key("8", "4")] == pytest.approx(20.0)
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(nbytes * 8 / 1e6 / 0.3, rel=0.01)
+    assert snap.link_mbps[link_key("0", "9")] < 26  # the stuck transfer moves the silent links
 
 
 def test_silent_links_keep_their_estimate_while_the_measured_ones_hold():
