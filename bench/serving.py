@@ -19,6 +19,17 @@
             cost model. Shows how far a
             policy's collapse plans are from the optimiser's (``ppo-topK:PATH`` with K = the number of
             actions is the best its action list holds), without a live run's noise.
+  streams   two cameras (devices 8 and 1 of mesh0, the sink 4), ``--fps`` each, open loop, while one
+            helper's radio fades (``--world fade``, the default: every link of the helper with the largest
+            share of both plans falls from its spec rate to ``--fade-mbps``, 0.2, at ``--drop-at`` for
+            ``--drop-len`` s; a board moved behind a wall) or through the collapse above (``--world
+            collapse``). Each stream is planned alone by the robust optimiser on the links before the
+            drop, then served with its lane kept on that plan (static: re-planned only if a worker dies)
+            and re-planned lane by lane as the links move (adaptive: serving/streams.py, ``Adaptation``),
+            side by side on fresh clusters under the same trace, each at the dilation automatic for this
+            host. Prints per run and stream p50 and p95 latency (from each frame's arrival), SLO misses,
+            lost and wrong frames, re-plans and the lowest emulation fidelity, and each stream's adaptive
+            p50 and p95 over its static ones.
   chaos     N requests of the tiny model on the 10-device mesh while 3 workers are killed and restarted;
             prints completed / lost / duplicated (target: 0 lost).
   soak      serves the tiny model for --minutes and prints controller and worker RSS at the start
@@ -27,6 +38,8 @@
 Rerun: python -m bench.serving collapse [--agents optimal,ppo:PATH] [--loops closed,open] [--oracle]
                                         [--network kernel] [--out DIR]
        | plans [--agents optimal,ppo:PATH,ppo-top40:PATH] | chaos [--requests 1000] | soak [--minutes 30]
+       | streams [--world fade|collapse] [--fade-mbps 0.2] [--fps 0.2] [--frames 14] [--slo 10]
+                 [--drop-at 15] [--drop-len 30]
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+import torch
 from rich.table import Table
 
 from agents import make_planner, planner_label
@@ -59,6 +73,7 @@ from serving.loop import ServeOptions, serve
 from serving.metrics import MetricsWriter
 from serving.policies import Decider
 from serving.records import RequestLog
+from serving.streams import Adaptation, StreamSpec, plan_streams, replanner, serve_streams
 
 ROOT = Path(__file__).resolve().parents[1]
 MESH0 = ROOT / "configs" / "clusters" / "mesh0.yaml"
@@ -264,6 +279,150 @@ def in_collapse(records, drop_at: float, drop_len: float) -> int:
     return sum(1 for r in records if r.time_s > drop_at and r.time_s - r.response_s < drop_at + drop_len)
 
 
+CAMERAS = ("8", "1")  # mesh0's source and a device three hops from the sink, as in bench.streams
+
+
+def streams(args) -> None:
+    spec, model, graph = setup("vgg16_bn")
+    cost, paced = profiled(graph, spec)
+    planner = make_planner("optimal", graph=graph, spec=spec, cost_model=cost)
+    cameras = [
+        StreamSpec(
+            name=f"camera {d}", source=d, sink=spec.sink, model="vgg16_bn", fps=args.fps, slo_s=args.slo
+        )
+        for d in CAMERAS
+    ]
+    if args.world == "collapse":
+        world = collapse_world(spec, args.drop_at, args.drop_len)
+        before = world.snapshot(0.0, window_s=1.0)  # the links before the drop
+    else:
+        before = NetworkState.static(spec).snapshot(0.0)
+    planned = plan_streams(cameras, "independent", planner, cost, before, graph)
+    for s, p in zip(cameras, planned.plans, strict=True):
+        console.print(f"{s.name}: {p.describe()} ({cost.latency(p, before):.2f} s predicted before the drop)")
+    if args.world == "fade":
+        helper = busiest_helper(planned.plans)
+        world = fade_world(spec, helper, args.fade_mbps, args.drop_at, args.drop_len)
+        what = f"every link of device {helper} falls to {args.fade_mbps:g} Mbit/s"
+    else:
+        what = "every link falls from 20 to 2 Mbit/s"
+    links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
+    console.print(
+        f"{what} at t={args.drop_at:g} s for {args.drop_len:g} s; {args.frames} frames per camera at "
+        f"{args.fps:g} frames/s"
+    )
+    runs = {}
+    for mode in ("static", "adaptive"):
+        with LocalCluster(spec, model="vgg16_bn", link_schedules=links, dilation=None, **paced) as cluster:
+            ctl = cluster.controller
+            warm_lanes(ctl, cameras, planned.plans)
+            ctl.restart_clock()  # t=0 of the trace at the first frame
+            run = serve_streams(
+                ctl,
+                cameras,
+                planned.plans,
+                [args.fps] * len(cameras),
+                args.frames,
+                model,
+                replanners={
+                    s.name: replanner(s, planner, before, graph, p.devices)
+                    for s, p in zip(cameras, planned.plans, strict=True)
+                },
+                adaptation=Adaptation(planner, graph) if mode == "adaptive" else None,
+            )
+            fidelity = min(ctl.fidelity.per_device().values(), default=float("nan"))
+            runs[mode] = (run, fidelity, cluster.dilation)
+        for at, what in run.events:
+            console.print(f"  {mode} at {at:.1f} s: {what}")
+    console.print(streams_table(runs))
+
+
+def busiest_helper(plans) -> str:
+    """The device, no plan's source or sink, with the largest share of the plans' work (shares summed
+    over each plan's stages, weighted by their units)."""
+    ends = {p.source for p in plans} | {p.sink for p in plans}
+    load: dict[str, float] = {}
+    for p in plans:
+        for st in p.stages:
+            total = sum(a.share for a in st.assignments)
+            for a in st.assignments:
+                load[a.device] = load.get(a.device, 0.0) + (st.end - st.start) * a.share / total
+    return max((d for d in load if d not in ends), key=lambda d: (load[d], d))
+
+
+def fade_world(spec, device: str, mbps: float, drop_at: float, drop_len: float) -> NetworkState:
+    """Every link of ``device`` falling from its spec rate to ``mbps`` at ``drop_at`` for ``drop_len`` s;
+    the other links at their spec rates."""
+    fading = {
+        f"{link.a}-{link.b}": {
+            "kind": "step_drop",
+            "high": link.mbps,
+            "low": mbps,
+            "t_drop": drop_at,
+            "drop_len": drop_len,
+            "duration": 3600.0,
+        }
+        for link in spec.links
+        if device in (link.a, link.b)
+    }
+    dynamics = {"links": {"per_link": fading}, "scale_to_spec": False}
+    return build_world(spec, dynamics, seed=0, origin=f"device {device}'s radio fading")
+
+
+def warm_lanes(ctl: Controller, cameras, plans) -> None:
+    """One frame per camera on its plan, waited for: the workers' first bands are not part of a run."""
+    x = torch.zeros(ctl.input_shape)
+    out = {
+        ctl.submit(x, lane=s.name) for s, p in zip(cameras, plans, strict=True) if ctl.deploy(p, lane=s.name)
+    }
+    while out:
+        out -= {r.rid for r in ctl.collect(0.1)}
+
+
+def streams_table(runs: dict) -> Table:
+    """Per run and camera its latency figures, and the adaptive run's over the static one's."""
+    table = Table(title="cameras through the drop: static and adaptive lanes (latency from each arrival)")
+    for column in (
+        "lanes",
+        "camera",
+        "p50 s",
+        "p95 s",
+        "SLO misses",
+        "lost",
+        "wrong",
+        "re-plans",
+        "fidelity min",
+    ):
+        table.add_column(column)
+    table.add_column("p50 / static", style="bold")
+    table.add_column("p95 / static", style="bold")
+    static = {r.name: r for r in runs["static"][0].reports}
+    for mode, (run, fidelity, dilation) in runs.items():
+        for r in run.reports:
+            replans = sum(what.startswith(f"{r.name}:") for _, what in run.events)
+            ratios = (
+                ("-", "-")
+                if mode == "static"
+                else (
+                    f"{r.p50_s / static[r.name].p50_s:.2f}",
+                    f"{r.p95_s / static[r.name].p95_s:.2f}",
+                )
+            )
+            table.add_row(
+                f"{mode} (D {dilation:g})",
+                r.name,
+                f"{r.p50_s:.2f}",
+                f"{r.p95_s:.2f}",
+                str(r.slo_misses),
+                str(r.lost),
+                str(r.wrong),
+                str(replans),
+                f"{fidelity:.3f}",
+                *ratios,
+            )
+    return table
+
+
 def chaos(args) -> None:
     spec, model, graph = setup("tiny")
     decide = Decider(make_planner("deepslicing", graph=graph, spec=spec), graph, Objective())
@@ -330,13 +489,23 @@ def main() -> None:
     p = sub.add_parser("plans")
     flags.add_agents(p, f"optimal,ppo:{policy},ppo-top40:{policy}", help="comma-separated planners")
     p.add_argument("--drop-at", type=float, default=40.0)
+    t = sub.add_parser("streams")
+    t.add_argument("--world", choices=("fade", "collapse"), default="fade", help="what the links do")
+    t.add_argument("--fade-mbps", type=flags.positive, default=0.2, help="fade: the helper's links' rate")
+    t.add_argument("--fps", type=flags.positive, default=0.2, help="frames per second per camera")
+    t.add_argument("--frames", type=flags.at_least_one, default=14, help="frames per camera")
+    t.add_argument("--slo", type=flags.positive, default=10.0, help="p95 latency SLO in s")
+    t.add_argument("--drop-at", type=float, default=15.0)
+    t.add_argument("--drop-len", type=float, default=30.0, help="seconds the collapse lasts")
     k = sub.add_parser("chaos")
     k.add_argument("--requests", type=flags.at_least_one, default=1000)
     s = sub.add_parser("soak")
     s.add_argument("--minutes", type=flags.positive, default=5.0)
     args = parser.parse_args()
     try:
-        {"collapse": collapse, "plans": plans, "chaos": chaos, "soak": soak}[args.command](args)
+        {"collapse": collapse, "plans": plans, "streams": streams, "chaos": chaos, "soak": soak}[
+            args.command
+        ](args)
     except USER_ERRORS as exc:  # e.g. a misspelt --agents name or a policy file that is not one
         raise SystemExit(f"error: {exc}") from None
 
