@@ -68,7 +68,6 @@ def deploy_streams(
     dilation: float | None,
     links: Mapping[tuple[str, str], ScheduleLike] | None = None,
     static: bool = False,
-    replan_every: int = Adaptation.replan_every,
     replan_margin: float | None = Adaptation.margin,
     cost_model: str = "profile",
     profile_file: str | Path | None = None,
@@ -80,8 +79,8 @@ def deploy_streams(
     """Plan the streams on ``spec`` (on this host's profile of the model, or ``profile_file``; FLOPs alone
     for ``cost_model="flops"``), serve them on a local emulated cluster dilated ``dilation`` times (None:
     automatic), its links following ``links`` (None: the spec's rates) and paced by the profile
-    (``pacing_mode``, env/profiles.py), re-planned as conditions move unless ``static`` (``Adaptation``'s
-    ``replan_every`` and ``margin``), and write their reports."""
+    (``pacing_mode``, env/profiles.py), re-planned as conditions move unless ``static`` (a new plan must gain
+    ``replan_margin``), and write their reports."""
     name = streams.streams[0].model
     model = models.build(name, seed=seed)
     graph = LayerGraph.from_model(model, models.input_shape(name), name)
@@ -101,9 +100,7 @@ def deploy_streams(
         for s, p in zip(streams.streams, planned.plans, strict=True)
     }
     paced = pacing(profile or host_profile(graph, same_host=True, say=console.print), pacing_mode)
-    adaptation = (
-        None if static else Adaptation(planner, graph, margin=replan_margin, replan_every=replan_every)
-    )
+    adaptation = None if static else Adaptation(planner, graph, margin=replan_margin)
     with LocalCluster(
         spec, model=name, seed=seed, dilation=dilation, link_schedules=links, **paced
     ) as cluster:

@@ -204,9 +204,11 @@ Chaos = tuple[float, Callable[[], None], str]  # (emulated seconds into the run,
 @dataclass(frozen=True)
 class Adaptation:
     """How ``serve_streams`` re-plans each lane as conditions move, as serving one stream does
-    (serving/loop.py): after every frame of a lane when ``replan_every`` of them came back or a link,
-    a device's speed or the devices up that the lane's plan depends on moved by more than ``threshold``
-    (relative), and while frames run, restarting one whose plan conditions collapsed under
+    (serving/loop.py): after a frame of a lane when a link, a device's speed or the devices up that the
+    lane's plan depends on moved by more than ``threshold`` (relative) or, with ``replan_every``, every
+    that many frames of it (None, the default: a lane's frames come many times faster than one request
+    after another, and each plan takes the robust optimiser seconds of CPU that the host's emulated
+    devices share), and while frames run, restarting one whose plan conditions collapsed under
     (``rescue_margin``; None: never). Each lane plans with ``planner`` kept to its own devices
     (``LanePlanner``), on the cluster's live view as the stream sees it, in the background (plans are
     taken up when done: a frame never waits for one, the other streams' arrivals keep their times), on
@@ -217,7 +219,7 @@ class Adaptation:
     threshold: float = ServeOptions.threshold
     margin: float | None = ServeOptions.replan_margin
     rescue_margin: float | None = ServeOptions.rescue_margin
-    replan_every: int = ServeOptions.replan_every
+    replan_every: int | None = None
 
 
 def serve_streams(
@@ -322,7 +324,8 @@ class _Lanes:
             return False
         self.done[stream] = done = self.done.get(stream, 0) + 1
         mid_frame = keeper.changed_mid_request()
-        return keeper.after_request(due=done % self.adapt.replan_every == 0) or mid_frame
+        every = self.adapt.replan_every
+        return keeper.after_request(due=every is not None and done % every == 0) or mid_frame
 
     def close(self) -> None:
         """The watchers leave (the cluster may serve another run) and the planning stops."""

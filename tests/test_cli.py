@@ -360,8 +360,21 @@ def test_deploy_refuses_what_it_cannot_do_before_a_worker_starts(monkeypatch, tm
     assert deploy.main(argv) == 2
     assert "--chaos: cluster 'line4' has no device to kill" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--network", "kernel", "--window", "2"])
-    assert "--window, --network: not for --streams" in capsys.readouterr().err
+        deploy.parse(
+            [
+                "--cluster",
+                str(TINY3),
+                "--streams",
+                "s.yaml",
+                "--network",
+                "kernel",
+                "--window",
+                "2",
+                "--replan-every",
+                "5",
+            ]
+        )
+    assert "--replan-every, --window, --network: not for --streams" in capsys.readouterr().err
     # the links' dynamics and how lanes are re-planned are the streams' too
     args = deploy.parse(["--cluster", str(TINY3), "--streams", "s.yaml", "--collapse", "--static"])
     assert args.static and args.dynamics is not None
