@@ -435,15 +435,19 @@ class ByStream(Planner):
         return self.by_source[snapshot.source].plan(snapshot, graph, objective)
 
 
-def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_and_leave_the_other(graph):
+@pytest.mark.parametrize("dilation", [1.0, 2.0])
+def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_and_leave_the_other(
+    graph, dilation
+):
     """The two cameras of the test above, served with an ``Adaptation``, and d0-d1 collapsing for good.
     Door's lane is re-planned onto d0 as soon as the live view sees the collapse (its planner keeps the
     staged plan while d0-d1 looks faster than 0.02 Mbit/s), once, within 2 s (0.4-0.5 s on a quiet
     host). The frames sent on the staged plan until then (its first band and its second input on the
     air at the drop, 12 s and 48 s from there at 0.002 Mbit/s, and the third frame's input if it came
-    before the re-plan) are rescued onto d0 once each and come back within seconds, as do the frames
-    after them; yard's lane is never re-planned and its frames never wait. Every frame comes back once,
-    exact, and no worker keeps anything."""
+    before the swap) are rescued onto d0 once each and come back within seconds, as do the frames after
+    them; yard's lane is never re-planned and its frames never wait. Every frame comes back once,
+    exact, and no worker keeps anything. The same on a cluster emulated twice as slow (``deploy.py
+    --streams`` dilates): the live view reads its telemetry on the emulated clock."""
     t_drop, frames, n = 1.9, 4, len(graph.units)
     spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
     door = StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
@@ -455,7 +459,8 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
     )
     collapse = step_drop(0.08, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
     model = models.build("tiny", seed=0)
-    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as local:
+    schedules = {("d0", "d1"): collapse}
+    with LocalCluster(spec, model="tiny", link_schedules=schedules, dilation=dilation) as local:
         ctl = local.controller
         ctl.restart_clock()
         run = serve_streams(
@@ -474,13 +479,13 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
     assert len(run.frames) == 2 * frames, run.frames
     assert in_force == {"door": on_d0, "yard": on_d2}, in_force
     assert [e for _, e in run.events] == [f"door: re-planned ({on_d0.describe()})"], run.events
-    door_frames = [f for f in run.frames if f.stream == "door"]
-    # the frames sent on the staged plan before it was replaced (the first band and the second input on
-    # the air at the drop, the third frame's input on it just after) were each rescued once, the rest not
-    replanned_at = run.events[0][0]
-    assert replanned_at < t_drop + 2.0, run.events
-    assert [f.attempts for f in door_frames] == [1 + (f.arrival_s < replanned_at) for f in door_frames]
-    assert sum(f.attempts > 1 for f in door_frames) >= 2, run.frames
+    door_frames = sorted((f for f in run.frames if f.stream == "door"), key=lambda f: f.index)
+    # the first band and the second input on the air at the drop were rescued once each; the third
+    # frame's input too if it was sent before the swap (it arrives 0.1 s after the drop); the last frame
+    # ran on d0 from the start
+    assert run.events[0][0] < t_drop + 2.0, run.events
+    attempts = [f.attempts for f in door_frames]
+    assert attempts[:2] == [2, 2] and attempts[2] in (1, 2) and attempts[3] == 1, run.frames
     assert all(f.latency_s < 6.0 for f in door_frames), run.frames
     assert all(f.latency_s < 1.0 and f.attempts == 1 for f in run.frames if f.stream == "yard"), run.frames
     assert left == CLEAN

@@ -19,14 +19,16 @@ import torch
 
 from agents import make_planner
 from agents.streams import Demand, JointPlanner, plan_independently
+from bench import serving as serving_bench
 from bench import streams as streams_bench
 from env.contention import Arrival, Contention
 from env.cost_model import CostModel
 from env.network import NetworkState
+from env.snapshot import link_key
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
-from runtime.plan import Plan
+from runtime.plan import Assignment, Plan, Stage
 from runtime.spec import parse_cluster
 from serving.streams import (
     Frame,
@@ -471,3 +473,23 @@ def test_the_streams_bench_searches_each_figures_rate_up_as_well_as_down():
     assert step([(1.0, False), (0.85, False)]) == pytest.approx(0.7225)
     assert step([(1.0, True), (1.15, False)]) == pytest.approx(1.075)
     assert step([(1.0, False), (0.85, True), (0.925, False)]) == pytest.approx(0.8875)
+
+
+def test_the_fade_of_bench_serving_streams_drops_the_busiest_helpers_links_only():
+    """``bench.serving streams``: the helper with the largest share of both cameras' plans (not a camera,
+    not the sink) fades; its links fall to the fade's rate for its length, the other links keep theirs."""
+    mesh = MESH4
+    front = Plan("a", "d", (Stage(0, 3, (Assignment("b", 3.0), Assignment("c", 1.0))),))
+    back = Plan("b", "d", (Stage(0, 2, (Assignment("c", 1.0),)), Stage(2, 3, (Assignment("b", 1.0),))))
+    assert (
+        serving_bench.busiest_helper([front, back]) == "c"
+    )  # b is a camera: its larger share does not count
+    world = serving_bench.fade_world(mesh, "c", 0.2, drop_at=5.0, drop_len=10.0)
+    for t, faded in ((2.0, False), (8.0, True), (20.0, False)):
+        rates = world.snapshot(t, window_s=0.5).link_mbps
+        for link in mesh.links:
+            of_c = "c" in (link.a, link.b)
+            assert rates[link_key(link.a, link.b)] == pytest.approx(0.2 if faded and of_c else link.mbps), (
+                t,
+                link,
+            )
