@@ -12,8 +12,9 @@ device, model, frame rate and p95 latency SLO::
 
 ``serve_streams`` runs them open loop: frame ``k`` of a stream arrives at ``phase + k / fps`` whether or
 not the cluster keeps up, and its latency counts from its arrival. Each stream is a lane of the controller
-(runtime/controller.py): its own plan, its own replanner when a worker dies, and its requests never move
-to another stream's plan. Every output is checked against the unsplit model; the report gives per stream
+(runtime/controller.py): its own plan, its own replanner when a worker dies, with an ``Adaptation`` its
+own re-plans and rescues as the links move (the single-stream loop's policies, kept to the stream's
+devices), and its requests never move to another stream's plan. Every output is checked against the unsplit model; the report gives per stream
 the frames per second sustained, p50 / p95 latency, SLO misses, lost frames and wrong outputs.
 
 Every time is the emulated cluster's, as the controller reports it: under a time dilation D
