@@ -95,9 +95,12 @@ def deploy_streams(
             "a stream without fps cannot be served: the planned rate is 0 (an SLO is too tight); "
             "give it an fps or a looser slo_s"
         )
+    # static lanes are re-planned only when a worker dies, on the rates they were planned on; adaptive
+    # lanes re-plan on the live view then too
     replanners = {
         s.name: replanner(s, planner, snapshot, graph, p.devices)
         for s, p in zip(streams.streams, planned.plans, strict=True)
+        if static
     }
     paced = pacing(profile or host_profile(graph, same_host=True, say=console.print), pacing_mode)
     adaptation = None if static else Adaptation(planner, graph, margin=replan_margin)
