@@ -192,6 +192,7 @@ class Adaptive(Static):
         self.threshold, self.margin = threshold, margin
         self.planning = PlanningThread(decide, plan_wait_s, thread)
         self.swaps: deque[float] = deque(maxlen=5)  # seconds of the latest hot swaps
+        self.swapped: list[tuple[float, Plan]] = []  # (controller time, plan) of every plan swapped in
         self._swapped_mid_request = False
 
     def start(self, plan: Plan | None = None) -> None:
@@ -267,6 +268,7 @@ class Adaptive(Static):
             log.warning("not swapped in: %s", exc)
             return False
         self.swaps.append(time.perf_counter() - started)
+        self.swapped.append((self.controller.now(), plan))
         self.replans += 1
         return True
 

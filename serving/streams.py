@@ -269,7 +269,7 @@ def serve_streams(
         report(s, fps[i], frames, [f for f in loop.served if f.stream == s.name])
         for i, s in enumerate(streams)
     ]
-    return StreamsRun(reports, loop.served, loop.events)
+    return StreamsRun(reports, loop.served, sorted(loop.events))  # a swap is told after its frame
 
 
 class _Lanes:
@@ -284,6 +284,7 @@ class _Lanes:
         self.keepers: dict[str, Adaptive] = {}
         self.rescues: list[Rescue] = []
         self.done: dict[str, int] = {}  # frames back per lane
+        self.told: dict[str, int] = {}  # swaps per lane already handed out by ``after_frame``
         if adapt is None:
             return
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
@@ -318,15 +319,17 @@ class _Lanes:
         for rescue in self.rescues:
             rescue()
 
-    def after_frame(self, stream: str) -> bool:
-        """A frame of ``stream`` came back: whether its lane's plan was replaced since the last one."""
+    def after_frame(self, stream: str) -> list[tuple[float, Plan]]:
+        """A frame of ``stream`` came back: (controller time, plan) of every plan its lane swapped in since
+        the last one (mid-frame, by a rescue, or now)."""
         keeper = self.keepers.get(stream)
         if keeper is None:
-            return False
+            return []
         self.done[stream] = done = self.done.get(stream, 0) + 1
-        mid_frame = keeper.changed_mid_request()
         every = self.adapt.replan_every
-        return keeper.after_request(due=every is not None and done % every == 0) or mid_frame
+        keeper.after_request(due=every is not None and done % every == 0)
+        told, self.told[stream] = self.told.get(stream, 0), len(keeper.swapped)
+        return keeper.swapped[told:]
 
     def close(self) -> None:
         """The watchers leave (the cluster may serve another run) and the planning stops."""
@@ -395,10 +398,8 @@ class _OpenLoop:
             done_s = _done_at(self.ctl, r) - start
             name = self.streams[i].name
             self.served.append(_frame(name, k, arrival, done_s, r, expected))
-            if self.lanes.after_frame(name):
-                self.events.append(
-                    (self.ctl.now() - start, f"{name}: re-planned ({self.ctl.plan_of(name).describe()})")
-                )
+            for at, plan in self.lanes.after_frame(name):
+                self.events.append((at - start, f"{name}: re-planned ({plan.describe()})"))
             if self.on_frame is not None:
                 self.on_frame(self.served[-1])
 

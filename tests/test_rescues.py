@@ -441,7 +441,7 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
 ):
     """The two cameras of the test above, served with an ``Adaptation``, and d0-d1 collapsing for good.
     Door's lane is re-planned onto d0 as soon as the live view sees the collapse (its planner keeps the
-    staged plan while d0-d1 looks faster than 0.02 Mbit/s), once, within 2 s (0.4-0.5 s on a quiet
+    staged plan while d0-d1 looks faster than 0.02 Mbit/s), once, within 2 s (tenths of a second on a quiet
     host). The frames sent on the staged plan until then (its first band and its second input on the
     air at the drop, 12 s and 48 s from there at 0.002 Mbit/s, and the third frame's input if it came
     before the swap) are rescued onto d0 once each and come back within seconds, as do the frames after
