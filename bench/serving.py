@@ -316,7 +316,6 @@ def streams(args) -> None:
         with LocalCluster(spec, model="vgg16_bn", link_schedules=links, dilation=None, **paced) as cluster:
             ctl = cluster.controller
             warm_lanes(ctl, cameras, planned.plans)
-            ctl.restart_clock()  # t=0 of the trace at the first frame
             run = serve_streams(
                 ctl,
                 cameras,
@@ -329,6 +328,7 @@ def streams(args) -> None:
                     for s, p in zip(cameras, planned.plans, strict=True)
                 },
                 adaptation=Adaptation(planner, graph) if mode == "adaptive" else None,
+                restart_clock=True,  # t=0 of the trace at the first frame
             )
             fidelity = min(ctl.fidelity.per_device().values(), default=float("nan"))
             runs[mode] = (run, fidelity, cluster.dilation)

@@ -109,8 +109,6 @@ def deploy_streams(
     ) as cluster:
         console.print(f"emulation: time dilation {cluster.dilation:g}")
         events = _chaos(cluster, streams, planned.plans, fps, console) if chaos else []
-        if links is not None:
-            cluster.controller.restart_clock()  # the links' schedules start with the first frame
         run = serve_streams(
             cluster.controller,
             streams.streams,
@@ -122,6 +120,7 @@ def deploy_streams(
             adaptation=adaptation,
             chaos=events,
             seed=seed,
+            restart_clock=links is not None,  # the links' schedules start with the first frame
         )
         emulation = fidelity_fields(
             cluster.controller.fidelity.per_device(), cluster.dilation, cluster.pacing

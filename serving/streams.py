@@ -238,6 +238,7 @@ def serve_streams(
     input_pool: int = 4,
     drain_s: float | None = None,
     on_frame: Callable[[Frame], None] | None = None,
+    restart_clock: bool = False,
 ) -> StreamsRun:
     """Serve ``frames`` frames of each stream open loop, stream ``i`` on ``plans[i]`` at ``fps[i]``.
 
@@ -247,7 +248,8 @@ def serve_streams(
     still out; those that never come back are lost. Rates and times are in the controller's emulated time
     (``ctl.now()``: wall time / its dilation). Without an ``adaptation`` a lane is re-planned only when a
     worker of its plan dies (by its ``replanners`` entry; the controller's fallback without one); with
-    one, as the ``Adaptation`` says (every lane).
+    one, as the ``Adaptation`` says (every lane). ``restart_clock``: the links' and speeds' schedules
+    start again at t=0 as the first frame is due, once everything is set up (``Controller.restart_clock``).
     """
     if not (len(streams) == len(plans) == len(fps)):
         raise ValueError("one plan and one rate per stream")
@@ -261,6 +263,8 @@ def serve_streams(
     loop = _OpenLoop(ctl, streams, pool, on_frame, lanes)
     try:
         with setup_frozen(), prompt_switches():  # a lane's planning must not stall the others' frames
+            if restart_clock:
+                ctl.restart_clock()
             loop.run(arrivals(fps, frames), chaos, drain)
     finally:
         lanes.close()

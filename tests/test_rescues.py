@@ -396,9 +396,14 @@ def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_
     model = models.build("tiny", seed=0)
     with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as local:
         ctl = local.controller
-        ctl.restart_clock()  # the traces' t=0: the run starts right after (deploying two plans)
         run = serve_streams(
-            ctl, [door, yard], [staged, on_d2], [1.0, 1.0], frames, lambda x: model(x).detach()
+            ctl,
+            [door, yard],
+            [staged, on_d2],
+            [1.0, 1.0],
+            frames,
+            lambda x: model(x).detach(),
+            restart_clock=True,  # the traces' t=0 as the first frame is due
         )
         logs = {(a, b): transfers(pieces(ctl, a, b)) for a, b in (("d0", "d1"), ("d1", "d0"))}
         in_force = ctl.plan_of("door")
@@ -462,7 +467,6 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
     schedules = {("d0", "d1"): collapse}
     with LocalCluster(spec, model="tiny", link_schedules=schedules, dilation=dilation) as local:
         ctl = local.controller
-        ctl.restart_clock()
         run = serve_streams(
             ctl,
             [door, yard],
@@ -471,6 +475,7 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
             frames,
             lambda x: model(x).detach(),
             adaptation=Adaptation(planner, graph),
+            restart_clock=True,
         )
         in_force = {lane: ctl.plan_of(lane) for lane in ("door", "yard")}
         left = leftovers(ctl, spec, lanes=("door", "yard"))
