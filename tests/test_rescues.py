@@ -375,6 +375,41 @@ def test_requests_in_flight_together_when_a_link_collapses_are_each_rescued_once
     assert left == CLEAN
 
 
+CAMERAS = (
+    StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0),
+    StreamSpec(name="yard", source="d2", sink="d0", model="tiny", fps=1.0, slo_s=10.0),
+)
+
+
+def camera_plans(graph: LayerGraph) -> tuple[Plan, Plan]:
+    """Door's plan, units 0-6 on d1 and the rest on d0 (its input crosses d0 -> d1, the pool's output
+    crosses back), and yard's, all on d2 with its output sent to d0."""
+    n = len(graph.units)
+    return chain(graph, ("d1", 7), ("d0", n)), Plan("d2", "d0", (Stage(0, n, (Assignment("d2", 1.0),)),))
+
+
+def serve_cameras(graph, collapse, frames: int, read, dilation: float = 1.0, **options):
+    """Door and yard at one frame a second on ``camera_plans``, d0-d1 at 0.08 Mbit/s following
+    ``collapse`` from the first frame, on a cluster dilated ``dilation`` times: the run and what
+    ``read(controller)`` reads once it is done."""
+    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
+    model = models.build("tiny", seed=0)
+    schedules = {("d0", "d1"): collapse}
+    with LocalCluster(spec, model="tiny", link_schedules=schedules, dilation=dilation) as local:
+        ctl = local.controller
+        run = serve_streams(
+            ctl,
+            CAMERAS,
+            camera_plans(graph),
+            [1.0, 1.0],
+            frames,
+            lambda x: model(x).detach(),
+            restart_clock=True,  # the traces' t=0 as the first frame is due
+            **options,
+        )
+        return run, read(ctl)
+
+
 def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_no_frame(graph):
     """Multi-stream serving (serving/streams.py) without an ``Adaptation`` has no rescue: no watcher
     re-plans a lane while its frames run, and a lane is re-planned only when a worker of its plan dies. Two cameras, each a lane: "door"
@@ -385,29 +420,16 @@ def test_streams_caught_by_a_collapse_under_one_lanes_plan_wait_it_out_and_lose_
     air on it, one each way. Both crawl through the collapse on their transfer and get through after it,
     whole; every frame of both streams comes back once, on its first attempt, exact, door's plan is
     still in force, yard's frames never wait for door's link, and no worker keeps anything."""
-    t_drop, drop_len, frames, n = 1.9, 1.5, 3, len(graph.units)
+    t_drop, drop_len, frames = 1.9, 1.5, 3
     between = 32 * 8 * 8 * 4  # the pool's output, float32
-    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
-    door = StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
-    yard = StreamSpec(name="yard", source="d2", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
-    staged = chain(graph, ("d1", 7), ("d0", n))
-    on_d2 = Plan("d2", "d0", (Stage(0, n, (Assignment("d2", 1.0),)),))
+    staged, _ = camera_plans(graph)
     collapse = step_drop(0.08, 0.002, t_drop, drop_len=drop_len, duration=3600.0)
-    model = models.build("tiny", seed=0)
-    with LocalCluster(spec, model="tiny", link_schedules={("d0", "d1"): collapse}) as local:
-        ctl = local.controller
-        run = serve_streams(
-            ctl,
-            [door, yard],
-            [staged, on_d2],
-            [1.0, 1.0],
-            frames,
-            lambda x: model(x).detach(),
-            restart_clock=True,  # the traces' t=0 as the first frame is due
-        )
+
+    def read(ctl):
         logs = {(a, b): transfers(pieces(ctl, a, b)) for a, b in (("d0", "d1"), ("d1", "d0"))}
-        in_force = ctl.plan_of("door")
-        left = leftovers(ctl, spec, lanes=("door", "yard"))
+        return logs, ctl.plan_of("door"), leftovers(ctl, ctl.spec, lanes=("door", "yard"))
+
+    run, (logs, in_force, left) = serve_cameras(graph, collapse, frames, read)
     for r in run.reports:
         assert (r.sent, r.completed, r.lost, r.wrong) == (frames, frames, 0, 0), r
     assert len(run.frames) == 2 * frames and all(f.attempts == 1 for f in run.frames), run.frames
@@ -454,31 +476,20 @@ def test_adaptive_streams_move_the_lane_whose_link_collapses_rescue_its_frames_a
     exact, and no worker keeps anything. The same on a cluster emulated twice as slow (``deploy.py
     --streams`` dilates): the live view reads its telemetry on the emulated clock."""
     t_drop, frames, n = 1.9, 4, len(graph.units)
-    spec = cluster({"d0-d1": 0.08, "d0-d2": 50.0, "d1-d2": 50.0})
-    door = StreamSpec(name="door", source="d0", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
-    yard = StreamSpec(name="yard", source="d2", sink="d0", model="tiny", fps=1.0, slo_s=10.0)
-    staged, on_d0 = chain(graph, ("d1", 7), ("d0", n)), chain(graph, ("d0", n))
-    on_d2 = Plan("d2", "d0", (Stage(0, n, (Assignment("d2", 1.0),)),))
+    staged, on_d2 = camera_plans(graph)
+    on_d0 = chain(graph, ("d0", n))
     planner = ByStream(
         {"d0": Scripted([(staged, ("d0-d1",)), (on_d0, ())], 0.02), "d2": Scripted([(on_d2, ())], 0.02)}
     )
     collapse = step_drop(0.08, 0.002, t_drop, drop_len=3000.0, duration=3600.0)
-    model = models.build("tiny", seed=0)
-    schedules = {("d0", "d1"): collapse}
-    with LocalCluster(spec, model="tiny", link_schedules=schedules, dilation=dilation) as local:
-        ctl = local.controller
-        run = serve_streams(
-            ctl,
-            [door, yard],
-            [staged, on_d2],
-            [1.0, 1.0],
-            frames,
-            lambda x: model(x).detach(),
-            adaptation=Adaptation(planner, graph),
-            restart_clock=True,
-        )
+
+    def read(ctl):
         in_force = {lane: ctl.plan_of(lane) for lane in ("door", "yard")}
-        left = leftovers(ctl, spec, lanes=("door", "yard"))
+        return in_force, leftovers(ctl, ctl.spec, lanes=("door", "yard"))
+
+    run, (in_force, left) = serve_cameras(
+        graph, collapse, frames, read, dilation, adaptation=Adaptation(planner, graph)
+    )
     for r in run.reports:
         assert (r.sent, r.completed, r.lost, r.wrong) == (frames, frames, 0, 0), r
     assert len(run.frames) == 2 * frames, run.frames
