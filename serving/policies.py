@@ -145,7 +145,6 @@ class Static:
 
     def __init__(self, controller: Controller, decide: Decider, observe: Observe, lane: str = DEFAULT_LANE):
         self.controller, self.decide, self.observe, self.lane = controller, decide, observe, lane
-        self.replans = 0
 
     def start(self, plan: Plan | None = None) -> None:
         self.controller.deploy(plan or self.decide(self.observe()), lane=self.lane)
@@ -154,6 +153,10 @@ class Static:
     def cost_model(self) -> CostModel:
         """The planner's cost model of this cluster, which the replan and rescue rules price on."""
         return self.decide.planner.cost_model(self.decide.graph, self.controller.spec)
+
+    @property
+    def replans(self) -> int:
+        return 0  # never swaps a plan in (a dead worker's replacement is the controller's replan)
 
     def for_devices(self, available: frozenset[str]) -> Plan:
         return self.decide(replace(self.observe(), available=frozenset(available)))
@@ -224,6 +227,10 @@ class Adaptive(Static):
         self.planning.close()
 
     @property
+    def replans(self) -> int:
+        return len(self.swapped)  # plans it swapped in
+
+    @property
     def in_force(self) -> Plan:
         return self.controller.plan_of(self.lane)
 
@@ -269,7 +276,6 @@ class Adaptive(Static):
             return False
         self.swaps.append(time.perf_counter() - started)
         self.swapped.append((self.controller.now(), plan))
-        self.replans += 1
         return True
 
 

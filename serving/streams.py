@@ -206,10 +206,9 @@ Chaos = tuple[float, Callable[[], None], str]  # (emulated seconds into the run,
 class Adaptation:
     """How ``serve_streams`` re-plans each lane as conditions move, as serving one stream does
     (serving/loop.py): after a frame of a lane when a link, a device's speed or the devices up that the
-    lane's plan depends on moved by more than ``threshold`` (relative) or, with ``replan_every``, every
-    that many frames of it (None, the default: a lane's frames come many times faster than one request
-    after another, and each plan takes the robust optimiser seconds of CPU that the host's emulated
-    devices share), and while frames run, restarting one whose plan conditions collapsed under
+    lane's plan depends on moved by more than ``threshold`` (relative), never merely every N frames (a
+    lane's frames come many times faster than one request after another, and each plan takes the robust
+    optimiser seconds of CPU that the host's emulated devices share), and while frames run, restarting one whose plan conditions collapsed under
     (``rescue_margin``; None: never). Each lane plans with ``planner`` kept to its own devices
     (``LanePlanner``), on the cluster's live view as the stream sees it, in the background (plans are
     taken up when done: a frame never waits for one, the other streams' arrivals keep their times), on
@@ -220,7 +219,6 @@ class Adaptation:
     threshold: float = ServeOptions.threshold
     margin: float | None = ServeOptions.replan_margin
     rescue_margin: float | None = ServeOptions.rescue_margin
-    replan_every: int | None = None
 
 
 def serve_streams(
@@ -284,10 +282,9 @@ class _Lanes:
     def __init__(
         self, ctl: Controller, streams: Sequence[StreamSpec], plans: Sequence[Plan], adapt: Adaptation | None
     ):
-        self.ctl, self.adapt = ctl, adapt
+        self.ctl = ctl
         self.keepers: dict[str, Adaptive] = {}
         self.rescues: list[Rescue] = []
-        self.done: dict[str, int] = {}  # frames back per lane
         self.told: dict[str, int] = {}  # swaps per lane already handed out by ``after_frame``
         if adapt is None:
             return
@@ -329,9 +326,7 @@ class _Lanes:
         keeper = self.keepers.get(stream)
         if keeper is None:
             return []
-        self.done[stream] = done = self.done.get(stream, 0) + 1
-        every = self.adapt.replan_every
-        keeper.after_request(due=every is not None and done % every == 0)
+        keeper.after_request(due=False)
         told, self.told[stream] = self.told.get(stream, 0), len(keeper.swapped)
         return keeper.swapped[told:]
 
