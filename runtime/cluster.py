@@ -21,7 +21,9 @@ D in force, which anything else that shapes the emulated network (e.g. kernel ``
 
 Teardown leaves no process behind: workers are asked to exit, then their process groups are killed;
 an ``atexit`` hook does the same if the program ends without closing the cluster, and a worker exits
-by itself when its parent process dies (even on SIGKILL of the parent).
+by itself when its parent process dies (even on SIGKILL of the parent). A killed program cannot remove
+its temporary directory (the checkpoint, hundreds of MB for VGG-16, and the workers' logs), so each one
+names its owner, and the next cluster started on the host removes those whose owner is gone.
 
 By hand: ``python -m runtime.cluster up configs/clusters/tiny3.yaml`` runs a cluster until Ctrl-C.
 """
@@ -33,6 +35,7 @@ import atexit
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from runtime import models
@@ -60,6 +64,8 @@ from runtime.spec import ClusterSpec, SpecError, load_cluster
 log = logging.getLogger("runtime.cluster")
 
 NETWORKS = ("emulated", "kernel")  # who shapes the links: the workers' radio timers, or the Linux kernel
+WORKDIR_PREFIX = "disnet-cluster-"
+OWNER_FILE = "owner"  # in each workdir: the pid and start time of the process that made it
 _LIVE: dict[int, subprocess.Popen] = {}  # every worker process started here and not yet reaped
 
 
@@ -79,6 +85,37 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _kill_all() -> None:
     for proc in list(_LIVE.values()):
         _kill_group(proc)
+
+
+def _owner_stamp(pid: int) -> str:
+    """``pid`` with its start time: a later process that reuses the pid is not the owner."""
+    return f"{pid} {psutil.Process(pid).create_time():.3f}"
+
+
+def _owner_alive(stamp: str) -> bool:
+    pid = int(stamp.split()[0])
+    try:
+        return _owner_stamp(pid) == stamp
+    except psutil.Error:
+        return False
+
+
+def remove_orphaned_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove the work directories under ``root`` (the system's temporary directory) whose owner
+    process has died without removing them (killed); return them. A directory that names no owner
+    (or is not ours to read) is left alone."""
+    removed = []
+    for workdir in Path(root or tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            stamp = (workdir / OWNER_FILE).read_text()
+            if _owner_alive(stamp):
+                continue
+            shutil.rmtree(workdir)
+        except (OSError, ValueError, IndexError):
+            continue
+        log.info("removed %s, left by a cluster whose program was killed", workdir)
+        removed.append(workdir)
+    return removed
 
 
 class ClusterError(RuntimeError):
@@ -154,7 +191,9 @@ class LocalCluster:
 
     def start(self) -> Controller:
         """Export the model, start every worker, wait until all answer, and connect a controller."""
-        self._tmp = tempfile.TemporaryDirectory(prefix="disnet-cluster-")
+        remove_orphaned_workdirs()
+        self._tmp = tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX)
+        (self.workdir / OWNER_FILE).write_text(_owner_stamp(os.getpid()))
         try:
             self.checkpoint = models.export_checkpoint(
                 self.model, self.workdir / f"{self.model}.pt", seed=self.seed
@@ -282,25 +321,27 @@ class LocalCluster:
     def close(self) -> None:
         """Stop every worker (politely, then by force) and remove the temporary files (in kernel network
         mode the namespaces, veths and qdiscs go with the workers)."""
-        if self.kernel is not None:
-            self.kernel.close()
-        if self.controller is not None:
-            try:
-                self.controller.shutdown_workers()
-            finally:
-                self.controller.close()
-                self.controller = None
-        deadline = time.time() + 2.0
-        for proc in self.processes.values():
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(proc)
-        self.processes.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        try:
+            if self.kernel is not None:
+                self.kernel.close()
+            if self.controller is not None:
+                try:
+                    self.controller.shutdown_workers()
+                finally:
+                    self.controller.close()
+                    self.controller = None
+        finally:  # whatever failed above, the workers and the files go
+            deadline = time.time() + 2.0
+            for proc in self.processes.values():
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    pass
+                _kill_group(proc)
+            self.processes.clear()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
 
 
 def _even_plan(spec: ClusterSpec, graph) -> Plan:

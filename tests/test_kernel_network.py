@@ -22,7 +22,7 @@ import torch
 import zmq
 
 from runtime import models
-from runtime.cluster import LocalCluster
+from runtime.cluster import LocalCluster, remove_orphaned_workdirs
 from runtime.emulation import EnergyMeter
 from runtime.kernel_network import (
     LINK_NET,
@@ -201,8 +201,10 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
             start_new_session=True,
         )
     try:
-        pids = []
+        pids, workdir = [], None
         for line in proc.stdout:
+            if " logs in " in line:
+                workdir = Path(line.rsplit(" logs in ", 1)[1].strip())
             if " pid " in line:
                 pids.append(int(line.rsplit(" pid ", 1)[1]))
             if line.startswith("Ctrl-C"):
@@ -223,6 +225,11 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
             proc.wait()
     assert _await_gone(inodes) == []
     assert not [p for p in pids if _running(p)]
+    if stop == signal.SIGINT:
+        assert not workdir.exists()
+    else:  # a killed program cannot remove its files: the next cluster started here does
+        assert workdir.exists() and workdir in remove_orphaned_workdirs(workdir.parent)
+        assert not workdir.exists()
 
 
 class _Counter:

@@ -10,6 +10,9 @@ import dataclasses
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +21,14 @@ import torch
 
 from env.profiles import host_profile, read_profile
 from runtime import models
-from runtime.cluster import LocalCluster
+from runtime.cluster import (
+    OWNER_FILE,
+    WORKDIR_PREFIX,
+    LocalCluster,
+    _owner_alive,
+    _owner_stamp,
+    remove_orphaned_workdirs,
+)
 from runtime.controller import Controller
 from runtime.emulation import energy_j
 from runtime.layout import layout
@@ -434,3 +444,19 @@ def test_second_controller_with_another_input_size_shares_the_workers(ctl, clust
     ctl.deploy(Plan.build("a", "f", [(0, n, {"c": 1})]))
     x = _inputs(1)[0]
     _assert_close(ctl.infer(x).output, reference(x))
+
+
+def test_a_killed_programs_workdir_is_removed_by_the_next_cluster_and_no_other(tmp_path, cluster):
+    """A SIGKILLed program leaves its checkpoint and logs behind; only a directory whose owner is gone goes."""
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_stamp = _owner_stamp(dead.pid)
+    dead.kill()
+    dead.wait()
+    owners = {"orphan": dead_stamp, "ours": _owner_stamp(os.getpid()), "unnamed": None}
+    for name, stamp in owners.items():
+        (tmp_path / f"{WORKDIR_PREFIX}{name}").mkdir()
+        if stamp is not None:
+            (tmp_path / f"{WORKDIR_PREFIX}{name}" / OWNER_FILE).write_text(stamp)
+    assert remove_orphaned_workdirs(tmp_path) == [tmp_path / f"{WORKDIR_PREFIX}orphan"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORKDIR_PREFIX}ours", f"{WORKDIR_PREFIX}unnamed"]
+    assert _owner_alive((cluster.workdir / OWNER_FILE).read_text())  # a running cluster names its owner
