@@ -139,9 +139,19 @@ def test_the_best_disjoint_grouping_is_the_best_of_every_grouping_priced_togethe
     pricing every assignment together finds, on groups that share no device but the sink."""
     planner = make_planner("optimal", graph=GRAPH, spec=MESH6, cost_model=cost, max_evaluations=20)
     joint = JointPlanner(planner, cost, rounds=1, budget=10)
+    planned = {}  # each group's plans, made once: the yardstick and the enumeration below ask the same
+    group_plans = joint.group_plans
+
+    def plan_once(snapshot, graph, demand, group):
+        if (demand, tuple(group)) not in planned:
+            planned[demand, tuple(group)] = group_plans(snapshot, graph, demand, group)
+        return planned[demand, tuple(group)]
+
+    joint.group_plans = plan_once
     contention = Contention(cost)
     demands = [Demand("a", "f", 10.0), Demand("e", "f", 10.0)]
     best = best_disjoint_grouping(joint, snapshot, GRAPH, demands)
+    assert len(planned) == 32  # every grouping of b, c, d, f between the two streams
     every = []
     for assignment in itertools.product(range(2), repeat=4):
         groups = [
