@@ -3,15 +3,17 @@
 The worlds: unseen meshes x held-out recorded traces, with and without failures.
 
 Cases: one mesh of the DISNET generator family per size (env/meshes.py, seeds from ``EVAL_SEED_BASE``
-up, which no training config uses), crossed with the recorded trace sets held out from training
-(``pensieve_fcc`` and ``mahimahi`` of ../shared/traces; training uses norway and oboe), the bandwidth
-caps and failures off / on. Each link follows a trace of the set scaled to its (capped) spec bandwidth,
+up, which no training config uses), crossed with the recorded trace sets held out from training, the
+bandwidth caps and failures off / on. The trace sets are the folders of trace files in ``--traces-dir``
+(default ../shared/traces; a folder of trace files is one set itself) that no config in configs/train
+reads (env/trace_sets.py): of ../shared/traces, ``pensieve_fcc`` and ``mahimahi``, as training reads
+norway and oboe; of a user's own folder, every set in it. Each link follows a trace of the set scaled to its (capped) spec bandwidth,
 every device's speed wanders between 0.5 and 1 of nominal, and with failures every device but the source
 and sink fails 0.3 times a minute for 20 s on average (the held-out config's rates). Requests every 5 s
 from t = 60 s (the monitors have a minute of evidence); the sim executor prices them on the world with
 the env's failure rule (a request that loses a device is retried on the best single device, and pays
-for both). Without ../shared (or with ``--traces-dir`` elsewhere) two synthetic sets stand in: a random
-walk and a Markov chain with outages. Planners plan and the world prices on the FLOPs cost model by
+for both). Without ../shared two synthetic sets stand in (said so): a random walk and a Markov chain with
+outages; a ``--traces-dir`` with no held-out set is an error. Planners plan and the world prices on the FLOPs cost model by
 default, so the figures hold on any host; ``--cost profile`` uses this host's profile instead, as live
 serving does (the shipped policies were trained on it: a model whose layers run far from their FLOPs, such
 as MobileNet's depthwise convolutions, is planned differently on each).
@@ -24,6 +26,7 @@ Rerun (figures in the README were taken on a shared 2-core machine):
     python -m bench.generalization [--json out/generalization.json]   # 48 cases
     python -m bench.generalization --agents optimal,ppo:agents/pretrained/vgg16_mesh.zip --sizes 10,15
     python -m bench.generalization --model resnet18 --cost profile --agents optimal,ppo:agents/pretrained/resnet18_any.zip
+    python -m bench.generalization --traces-dir my-recordings/ --sizes 10      # your own trace sets
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ from env.dynamics import DynamicsConfig
 from env.meshes import EVAL_SEED_BASE, mesh_spec
 from env.network import NetworkState
 from env.profiles import resolve_profile
+from env.trace_files import load_trace_dir
+from env.trace_sets import held_out_sets, training_trace_paths
+from env.traces import TraceError
 from runtime import models
 from runtime.graph import LayerGraph
 from serving.comparison_report import summarize
@@ -52,7 +58,7 @@ from serving.evaluation import CLAIRVOYANT, SimExecutor, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"
-HELD_OUT = ("pensieve_fcc", "mahimahi")  # never in a training config (configs/train/vgg16_mesh.yaml)
+TRAIN_CONFIGS = ROOT / "configs" / "train"
 SYNTHETIC = {
     "synthetic-walk": {"kind": "random_walk", "mean": 30, "sigma": 6, "lo": 1, "hi": 80},
     "synthetic-outages": {
@@ -81,16 +87,21 @@ START_S, GAP_S, HORIZON_S = 60.0, 5.0, 600.0
 console = script_console()
 
 
-def trace_sets(traces_dir: Path | None) -> dict[str, dict]:
-    """The held-out recorded sets found in ``traces_dir`` as trace specs; the synthetic sets without it."""
-    found = {}
-    if traces_dir is not None:
-        found = {
-            name: {"kind": "dir", "path": str(traces_dir / name)}
-            for name in HELD_OUT
-            if (traces_dir / name).is_dir()
-        }
-    return found or dict(SYNTHETIC)
+def trace_sets(traces_dir: Path | None, say=console.print) -> dict[str, dict]:
+    """The recorded sets of ``traces_dir`` that no training config reads, as trace specs (the sets
+    training reads named as left out); without the folder, the synthetic sets (said so). UserError if a
+    folder holds no held-out set or a file of one is not a trace (checked now, not cases later)."""
+    if traces_dir is None:
+        say("[yellow]no recorded traces (../shared/traces is absent): synthetic traces stand in")
+        return dict(SYNTHETIC)
+    held_out, left_out = held_out_sets(traces_dir, training_trace_paths(TRAIN_CONFIGS))
+    for name, config in left_out.items():
+        say(f"trace set {name}: left out, configs/train/{config} trains on it")
+    if not held_out:
+        raise TraceError(f"{traces_dir}: no folder of trace files that training does not read")
+    for path in held_out.values():
+        load_trace_dir(path)
+    return {name: {"kind": "dir", "path": str(path)} for name, path in held_out.items()}
 
 
 def world_for(spec, links: dict, failures: bool, seed: int) -> NetworkState:
@@ -249,12 +260,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Every case, its tables and the verdict (and the JSON)."""
-    traces_dir = args.traces_dir or SHARED_TRACES
-    sets = trace_sets(traces_dir if traces_dir.is_dir() else None)
+    traces_dir = args.traces_dir or (SHARED_TRACES if SHARED_TRACES.is_dir() else None)
+    sets = trace_sets(traces_dir)
     if args.quick:
         sets = dict(list(sets.items())[:1])
-    if not set(sets) & set(HELD_OUT):
-        console.print(f"[yellow]no held-out trace sets in {traces_dir}: synthetic traces stand in")
     for name in args.agents:  # a bad name fails now, not after the first cases
         make_planner(name)
     graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)

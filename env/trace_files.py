@@ -168,12 +168,17 @@ def load_trace(path: str | os.PathLike, bin_s: float = 0.1) -> Trace:
     )
 
 
+def trace_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` a trace set is made of: every file but README* and hidden ones, by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(("README", ".")))
+
+
 def load_trace_dir(path: str | os.PathLike, bin_s: float = 0.1) -> list[Trace]:
-    """Every trace file of a folder (sorted by name; README* and hidden files skipped)."""
+    """Every trace file of a folder (``trace_files``)."""
     path = Path(path)
     if not path.is_dir():
         raise TraceError(f"{path}: not a directory")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(("README", ".")))
+    files = trace_files(path)
     if not files:
         raise TraceError(f"{path}: no trace files")
     return [load_trace(p, bin_s) for p in files]

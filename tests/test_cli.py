@@ -18,6 +18,7 @@ from bench import generalization, microsplit, staged
 from bench import streams as streams_bench
 from bench.serving import collapse_world
 from cli.scenarios import SCENARIOS, ScenarioError, load_scenario, parse_with_scenario
+from env.trace_sets import held_out_sets, trained_on, training_trace_paths
 from runtime.spec import load_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -440,7 +441,39 @@ def test_a_planner_error_in_the_generalization_bench_names_the_case(tmp_path, ca
         return plan(self, snapshot, graph, objective)
 
     monkeypatch.setattr(DeepSlicing, "plan", fails_on_the_second_request)
-    argv = ["--quick", "--model", "tiny", "--agents", "local,deepslicing", "--traces-dir", str(tmp_path)]
+    recordings = tmp_path / "my-recordings"  # a user's own folder of traces: one set
+    recordings.mkdir()
+    (recordings / "drive.log").write_text("".join(f"{t} {8 + t % 3}\n" for t in range(0, 400, 5)))
+    argv = ["--quick", "--model", "tiny", "--agents", "local,deepslicing", "--traces-dir", str(recordings)]
     assert generalization.main(argv) != 0
-    expected = f"case n6 synthetic-walk 15M: deepslicing, request 1 (t = {second:g} s): deepslicing: a bug"
+    expected = f"case n6 my-recordings 15M: deepslicing, request 1 (t = {second:g} s): deepslicing: a bug"
     assert expected in capsys.readouterr().out
+
+
+def test_the_generalization_bench_takes_a_users_trace_sets_and_leaves_out_what_training_reads(
+    tmp_path, capsys
+):
+    """Sets are found by what the training configs read, not by name: the bench's default folder keeps
+    FCC and Mahimahi (training reads Norway and Oboe), a user's folder gives every set in it, and a
+    folder with none, or with a file that is not a trace, is an error before any case runs."""
+    used = training_trace_paths(generalization.TRAIN_CONFIGS)
+    assert {p.name for p in used} >= {"oboe", "pensieve_norway_hsdpa"}
+    assert not {p.name for p in used} & {"pensieve_fcc", "mahimahi"}  # a compare section is not training
+    shared = generalization.SHARED_TRACES  # resolved even where ../shared is absent
+    assert trained_on(shared / "oboe" / "any-file", used) and trained_on(shared, used)
+    assert trained_on(shared / "mahimahi", used) is None
+    mine = tmp_path / "mine"
+    for name, text in (("puffer", "0 5.5\n1 6.0\n"), ("lte", "time_s,mbps\n0,3\n1,4\n"), ("empty", None)):
+        (mine / name).mkdir(parents=True)
+        if text is not None:
+            (mine / name / "a.txt").write_text(text)
+    assert set(generalization.trace_sets(mine)) == {"lte", "puffer"}
+    trained = mine / "lte"
+    assert held_out_sets(mine, {trained.resolve(): "my.yaml"}) == (
+        {"puffer": mine / "puffer"},
+        {"lte": "my.yaml"},
+    )
+    (mine / "puffer" / "notes.md").write_text("recorded on a train\n")
+    for folder, message in ((mine / "empty", "no folder of trace files"), (mine, "notes.md:1")):
+        assert generalization.main(["--quick", "--agents", "local", "--traces-dir", str(folder)]) == 2
+        assert message in capsys.readouterr().out
