@@ -303,6 +303,7 @@ def test_a_bad_option_in_a_scenario_is_a_usage_error_naming_the_file_and_the_fie
 def test_the_generalization_bench_refuses_bad_options_and_never_claims_an_unchecked_target(tmp_path, capsys):
     for argv, message in (
         (["--requests", "0"], "--requests: must be >= 1, not 0"),
+        (["--sizes", "10,1"], "--sizes: a mesh needs at least 2 devices"),
         (["--traces-dir", str(tmp_path / "none")], "is not a folder"),
         (["--agents", "optimal, nosuch"], None),  # parses; the name fails before the first case
     ):
