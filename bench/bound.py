@@ -206,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead, meshes of the DISNET generator family with these device counts (comma separated), "
         "at evaluation seeds (EVAL_SEED_BASE + n): needs no scenario files",
     )
-    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES, help="the zoo model")
+    parser.add_argument("--model", default="vgg16_bn", type=models.model_argument, help=models.MODEL_HELP)
     parser.add_argument("--energy", action="store_true", help="also the energy objective")
     parser.add_argument(
         "--restarts", type=int, default=0, help="also local searches from this many random plans per row"

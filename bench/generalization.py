@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--traces-dir", type=Path, default=None, help="folder of the trace sets (default: ../shared/traces)"
     )
-    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    parser.add_argument("--model", default="vgg16_bn", type=models.model_argument, help=models.MODEL_HELP)
     flags.add_cost_model(parser, default="flops")
     flags.add_json(parser, help="write the cases and summary here")
     args = parser.parse_args(argv)

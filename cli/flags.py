@@ -98,7 +98,7 @@ def share_or_off(text: str) -> float | None:
 def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = True) -> None:
     """What is run where: the cluster, the model and the seed of everything random."""
     parser.add_argument("--cluster", required=cluster_required, help="cluster YAML or disnet-mesh/1 JSON")
-    parser.add_argument("--model", default="vgg16_bn", choices=models.MODEL_NAMES)
+    parser.add_argument("--model", default="vgg16_bn", type=models.model_argument, help=models.MODEL_HELP)
     parser.add_argument("--seed", type=whole_number, default=0, help="seeds numpy's generators: >= 0")
 
 

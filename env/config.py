@@ -104,9 +104,8 @@ class EnvConfig(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _zoo_model(cls, model: str) -> str:
-        if model not in models.MODEL_NAMES:
-            raise ValueError(f"unknown model {model!r}; valid names: {', '.join(models.MODEL_NAMES)}")
+    def _known_model(cls, model: str) -> str:
+        models.input_shape(model)  # a zoo name or an importable model of the user's, else ModelError
         return model
 
     @model_validator(mode="after")

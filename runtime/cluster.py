@@ -259,6 +259,11 @@ class LocalCluster:
         if self.curve_keys is not None:
             cmd += ["--curve-keys", str(self.curve_keys)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        if models.is_user_model(self.model):  # the worker may import it, from where we did
+            cmd += ["--allow-model", self.model]
+            root = models.import_root(self.model)
+            if root is not None:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(root), env.get("PYTHONPATH"))))
         with open(self.workdir / f"worker-{device}.log", "ab") as logfile:
             proc = subprocess.Popen(
                 cmd,
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start one worker per device and keep them running until Ctrl-C")
     up.add_argument("config", type=Path, help="cluster file (disnet-cluster/1 YAML or disnet-mesh/1 JSON)")
-    up.add_argument("--model", default="tiny", choices=models.MODEL_NAMES)
+    up.add_argument("--model", default="tiny", type=models.model_argument, help=models.MODEL_HELP)
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--no-emulate", action="store_true", help="no pacing and no link shaping")
     up.add_argument(

@@ -8,12 +8,22 @@ units on received or sliced buffers, which must never be mutated behind the call
 
 ``layers(model)`` is what the graph builder and the executor consume: the model as named layers (the
 protocol of runtime/zoo/base.py), each checked to be of a kind the runtime can split.
+
+**Your own model.** Wherever a model is named, ``package.module:Class`` names a ``ZooModel`` subclass
+of yours (importable: installed, or on ``PYTHONPATH``) with a class attribute ``input_shape = (C, H, W)``
+(and optionally ``linear_std`` and ``conv_mode``, its init scales as ``_Spec`` has them). A worker
+imports one only when started with ``--allow-model`` naming it (a controller cannot make a device run
+code it was not given); ``LocalCluster`` does that for the cluster's model.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -83,10 +93,68 @@ MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
 
 
 def _spec(name: str) -> _Spec:
-    try:
+    if name in _ZOO:
         return _ZOO[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
+    if ":" in name:
+        return _user_spec(name)
+    raise ModelError(
+        f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}, or your own ZooModel subclass "
+        "as package.module:Class"
+    )
+
+
+@cache
+def _user_spec(name: str) -> _Spec:
+    """The spec of a user's model ``package.module:Class`` (see the module docstring)."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # whatever a user's module raises on import is their input's fault
+        raise ModelError(
+            f"model {name!r}: cannot import {module_name} ({type(exc).__name__}: {exc})"
+        ) from None
+    cls = getattr(module, attribute, None)
+    if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
+        raise ModelError(f"model {name!r}: {module_name} has no ZooModel subclass {attribute}")
+    shape = getattr(cls, "input_shape", None)
+    if not (
+        isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(n, int) and n > 0 for n in shape)
+    ):
+        raise ModelError(
+            f"model {name!r}: its class needs input_shape = (C, H, W), positive ints; got {shape!r}"
+        )
+    return _Spec(cls, shape, getattr(cls, "linear_std", None), getattr(cls, "conv_mode", "fan_out"))
+
+
+def is_user_model(name: str) -> bool:
+    """Whether ``name`` is an import path of a user's model rather than a zoo name."""
+    return name not in _ZOO
+
+
+def import_root(name: str) -> Path | None:
+    """The folder a user's model is imported from (what a worker process needs on its path); None for
+    a zoo model or a module without a file."""
+    if not is_user_model(name):
+        return None
+    _spec(name)  # imports it, or says why not
+    module_name = name.partition(":")[0]
+    file = getattr(sys.modules[module_name], "__file__", None)
+    if file is None:
+        return None
+    depth = module_name.count(".") + (1 if Path(file).name == "__init__.py" else 0)
+    return Path(file).resolve().parents[depth]
+
+
+def model_argument(name: str) -> str:
+    """``--model``'s type: a zoo name or an importable user model, else the reason as a usage error."""
+    try:
+        _spec(name)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+MODEL_HELP = f"{', '.join(MODEL_NAMES)}, or your own ZooModel subclass as package.module:Class"
 
 
 def input_shape(name: str) -> tuple[int, int, int]:

@@ -62,8 +62,11 @@ def profile_dir() -> Path:
 
 def profile_path(model: str, host: str | None = None) -> Path:
     """Where the profile of ``model`` on ``host`` (default: this machine) is cached."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in host or this_host())
-    return profile_dir() / f"{model}@{safe}.json"
+
+    def safe(name: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+    return profile_dir() / f"{safe(model)}@{safe(host or this_host())}.json"
 
 
 def write_profile(record: dict, path: Path) -> None:
@@ -154,7 +157,7 @@ def _local_spec() -> ClusterSpec:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtime.profiler", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", choices=models.MODEL_NAMES)
+    parser.add_argument("--model", default="tiny", type=models.model_argument, help=models.MODEL_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(

@@ -42,8 +42,15 @@ class WeightStore:
     device's memory. An entry evicted is rebuilt on demand.
     """
 
-    def __init__(self, model_file: Path | None, limits: Limits, in_use: Callable[[], set[tuple]] = set):
+    def __init__(
+        self,
+        model_file: Path | None,
+        limits: Limits,
+        in_use: Callable[[], set[tuple]] = set,
+        allowed_models: frozenset[str] = frozenset(),
+    ):
         self.model_file = model_file
+        self.allowed_models = allowed_models  # the user's models (import paths) this worker may import
         self.limits = limits
         self.in_use = in_use
         self._checkpoint: dict[str, torch.Tensor] | None = None
@@ -52,6 +59,11 @@ class WeightStore:
 
     def prepare(self, name: str, seed: int, shape: tuple[int, ...], units: Iterable[int] = ()) -> LayerGraph:
         """The graph of the model for this input shape, with the weights of ``units`` loaded."""
+        if models.is_user_model(name) and name not in self.allowed_models:
+            raise models.ModelError(
+                f"model {name!r} is not in the zoo, and this worker imports a model of yours only when "
+                f"started with --allow-model {name}"
+            )
         key = self.key(name, seed, shape)
         with self._lock:
             model = self._models.get(key)

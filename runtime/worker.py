@@ -1,7 +1,7 @@
 """A worker: one device of the cluster, running its share of every deployed plan.
 
 ``python -m runtime.worker --bind tcp://HOST:PORT [--bind ...] --device-id ID [--model-file F]
-[--curve-keys DIR | --insecure]``
+[--curve-keys DIR | --insecure] [--allow-model package.module:Class ...]``
 
 The worker binds one ROUTER socket. The controller (a DEALER) configures it (peers' addresses,
 emulation, power profile), deploys plans to it and hands the input image to the source; peers (DEALERs
@@ -101,6 +101,7 @@ class Worker:
         insecure: bool = False,
         parent_pid: int | None = None,
         limits: Limits | None = None,
+        allowed_models: frozenset[str] = frozenset(),
     ):
         binds = [bind] if isinstance(bind, str) else list(bind)
         for endpoint in binds:
@@ -113,7 +114,7 @@ class Worker:
         self.insecure = insecure
         self.access = Access(None if curve_keys is None else authorized_keys(curve_keys), controller_key)
         self.state = WorkerState(limits)
-        self.weights = WeightStore(model_file, limits, self._models_in_use)
+        self.weights = WeightStore(model_file, limits, self._models_in_use, allowed_models)
         self.budget = ByteBudget(limits.peer_budget_bytes, limits.total_budget_bytes)
         self.ctx = zmq.Context()
         self._auth = None
@@ -408,6 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="serve a non-loopback endpoint without CURVE: anyone who reaches it controls the worker",
     )
+    parser.add_argument(
+        "--allow-model",
+        action="append",
+        default=[],
+        type=models.model_argument,
+        help="a model of yours (package.module:Class) this worker may import and run; repeat for more",
+    )
     parser.add_argument("--parent-pid", type=int, help="exit when this process is no longer the parent")
     parser.add_argument("--log-level", default="WARNING")
     add_limit_arguments(parser)
@@ -429,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
             insecure=args.insecure,
             parent_pid=args.parent_pid,
             limits=limits_from_arguments(args),
+            allowed_models=frozenset(args.allow_model),
         )
     except (zmq.ZMQError, OSError, ValueError) as exc:  # a bad endpoint, a missing key, an insecure bind
         parser.exit(2, f"worker: error: cannot serve on {' '.join(args.bind)}: {exc}\n")

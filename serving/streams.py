@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.base import Planner
 from agents.streams import LATENCY, Demand, JointPlanner, LanePlanner, StreamsPlan, plan_independently
@@ -43,6 +43,7 @@ from env.contention import Contention
 from env.cost_model import CostModel
 from env.snapshot import Snapshot
 from env.telemetry import LiveView
+from runtime import models
 from runtime.config import describe_validation_error
 from runtime.controller import Controller, ControllerError, Replanner, Result
 from runtime.exactness import Reference, matches, reference_pool
@@ -70,6 +71,12 @@ class StreamSpec(BaseModel):
     model: str
     fps: float | None = Field(default=None, gt=0)  # None: the rate the planner finds for all streams
     slo_s: float = Field(gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        models.input_shape(model)  # a zoo name or an importable model of the user's, else ModelError
+        return model
 
 
 class StreamsFile(BaseModel):

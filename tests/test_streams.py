@@ -223,6 +223,7 @@ def test_streams_file_errors_name_the_file_and_the_field(tmp_path):
         "streams:\n  - {name: a, source: a, sink: d, model: tiny, fps: -1, slo_s: 1}\n": "streams.0.fps",
         "streams:\n  - {name: a, source: z, sink: d, model: tiny, slo_s: 1}\n": "streams.0.source",
         "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1, colour: red}\n": "colour",
+        "streams:\n  - {name: a, source: a, sink: d, model: vgg17, slo_s: 1}\n": "streams.0.model: .*unknown model",
         "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1}\n"
         "  - {name: a, source: b, sink: d, model: tiny, slo_s: 1}\n": "unique",
         "streams:\n  - {name: a, source: a, sink: d, model: tiny, slo_s: 1}\n"
