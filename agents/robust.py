@@ -17,7 +17,9 @@ device keeps failing. This planner prices both from the snapshot alone (never th
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
   devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
-  on the best single device, so that probability is charged the retry's objective.
+  on the best single device, so that probability is charged the retry's objective, priced over the
+  same scenarios as every plan (the single device's image and output cross the same wandering links:
+  priced on the snapshot's rates alone, the retry looked a third of what it cost where links fade).
 
 Search: candidates are the snapshot optimiser's plans on the snapshot, on a *harmonic* view (each
 link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
@@ -171,13 +173,19 @@ class RobustSearch(PlanSearch):
             self.weights = np.append(self.weights * (1.0 - persistence), persistence)
         self.rates, self.retry = rates, retry
 
-    def price(self, plan: Plan) -> float:
+    def expected(self, plan: Plan) -> tuple[float, float]:
+        """``plan``'s objective and latency, each its mean over the scenarios."""
         costs = [self.model.cost(plan, conditions, t0) for conditions, t0 in self.scenarios]
-        expected = float(self.weights @ [self.objective.score(c) for c in costs])
+        return (
+            float(self.weights @ [self.objective.score(c) for c in costs]),
+            float(self.weights @ [c.latency_s for c in costs]),
+        )
+
+    def price(self, plan: Plan) -> float:
+        expected, latency = self.expected(plan)
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
         if hazard == 0:
             return expected
-        latency = float(self.weights @ [c.latency_s for c in costs])
         return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
 
 
@@ -190,11 +198,15 @@ def robust_search(
     persistence: float = PERSISTENCE,
 ) -> RobustSearch:
     """A search that prices plans as the robust optimiser does: each device's failure rate from the
-    snapshot's evidence, a failed request retried on the single best device."""
-    rates = failure_rates(snapshot, prior_s)
-    retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
-    retry = objective.score(model.cost(retry_plan, snapshot, snapshot.time))
-    return RobustSearch(model, snapshot, graph, objective, rates, retry, persistence)
+    snapshot's evidence, a failed request retried on the single best device (its price, as every
+    plan's, a mean over the scenarios)."""
+    search = RobustSearch(
+        model, snapshot, graph, objective, failure_rates(snapshot, prior_s), 0.0, persistence
+    )
+    if any(search.rates.values()):
+        retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
+        search.retry = search.expected(retry_plan)[0]
+    return search
 
 
 class RobustPlanner(Planner):

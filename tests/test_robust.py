@@ -21,7 +21,9 @@ from agents.robust import (
     robust_search,
 )
 from env.cost_model import CostModel, Objective
+from env.net_view import net_view
 from env.network import NetworkState
+from env.simulator import reference_plan
 from env.snapshot import link_key
 from env.traces import constant, step_drop
 from runtime import models
@@ -93,6 +95,23 @@ def test_failure_rates_come_from_the_evidence_shrunk_towards_the_pool():
     pooled = 3 / (3 * 300.0 + 240.0)
     assert rates["h1"] == pytest.approx((3 + pooled * 60) / 300.0)
     assert rates["h2"] == pytest.approx(pooled * 60 / 360.0) and rates["h1"] > 5 * rates["h2"]
+
+
+def test_a_failures_retry_is_priced_over_the_history_like_every_plan(tiny):
+    """The single device's image and output cross the same wandering links as any plan: a retry priced
+    on the snapshot's rates alone looked far cheaper than it was where links fade."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(300.0)
+    fading = (10.0, 10.0, 0.1, 0.1) * 2  # windowed mean 10: what the snapshot says
+    snap = replace(snap, link_history=dict.fromkeys(snap.link_mbps, fading))
+    assert robust_search(model, snap, tiny, LATENCY).retry == 0.0  # nothing failed: no risk to price
+    flaky = replace(snap, failures={"h1": 2}, uptime_s=dict.fromkeys(spec.devices, 300.0))
+    search = robust_search(model, flaky, tiny, LATENCY)
+    retry_plan = reference_plan(tiny, net_view(flaky)).plan
+    over_history = search.expected(retry_plan)[0]
+    assert search.retry == pytest.approx(over_history)
+    assert over_history > 1.05 * model.latency(retry_plan, flaky, flaky.time)  # the snapshot alone: less
 
 
 def test_the_robust_optimiser_avoids_a_device_that_keeps_failing(tiny):
