@@ -153,7 +153,8 @@ PERSISTENCE = 0.25  # the weight of the scenario in which the last second persis
 
 class RobustSearch(PlanSearch):
     """A plan search whose price is the expected objective over history scenarios plus the failure risk's
-    expected retry."""
+    expected retry: each device fails at its ``rates``, and a failed request is retried on the single
+    best device, its objective (as every plan's) a mean over the scenarios."""
 
     def __init__(
         self,
@@ -162,7 +163,6 @@ class RobustSearch(PlanSearch):
         graph: LayerGraph,
         objective: Objective,
         rates: dict[str, float],
-        retry: float,
         persistence: float = 0.0,
     ):
         super().__init__(model, snapshot, graph, objective)
@@ -171,7 +171,10 @@ class RobustSearch(PlanSearch):
         if persistence > 0 and len(self.scenarios) > 1:
             self.scenarios.append(persistence_scenario(snapshot))
             self.weights = np.append(self.weights * (1.0 - persistence), persistence)
-        self.rates, self.retry = rates, retry
+        self.rates, self.retry = rates, 0.0
+        if any(rates.values()):
+            retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
+            self.retry = self.expected(retry_plan)[0]
 
     def expected(self, plan: Plan) -> tuple[float, float]:
         """``plan``'s objective and latency, each its mean over the scenarios."""
@@ -197,16 +200,9 @@ def robust_search(
     prior_s: float = PRIOR_S,
     persistence: float = PERSISTENCE,
 ) -> RobustSearch:
-    """A search that prices plans as the robust optimiser does: each device's failure rate from the
-    snapshot's evidence, a failed request retried on the single best device (its price, as every
-    plan's, a mean over the scenarios)."""
-    search = RobustSearch(
-        model, snapshot, graph, objective, failure_rates(snapshot, prior_s), 0.0, persistence
-    )
-    if any(search.rates.values()):
-        retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
-        search.retry = search.expected(retry_plan)[0]
-    return search
+    """A search that prices plans as the robust optimiser does, each device's failure rate from the
+    snapshot's evidence."""
+    return RobustSearch(model, snapshot, graph, objective, failure_rates(snapshot, prior_s), persistence)
 
 
 class RobustPlanner(Planner):
