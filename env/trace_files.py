@@ -1,4 +1,5 @@
-"""Trace files: Mahimahi packet-delivery traces, Pensieve/Oboe `time mbps` logs and `time_s,mbps` CSV.
+"""Trace files: Mahimahi packet-delivery traces, Pensieve/Oboe `time mbps` logs and `time_s,mbps` CSV
+(with that header or none).
 
 Each loader returns a `Trace` (runtime/schedule.py) and names the file and line of anything it cannot
 use; `load_trace` detects the format from the first non-blank line, `load_trace_dir` loads a folder.
@@ -138,14 +139,25 @@ def load_pensieve(path: str | os.PathLike) -> Trace:
     return _from_samples(_parse_rows(path, _read_lines(path), 1, 2, None))
 
 
+def _numbers(line: str) -> bool:
+    try:
+        [float(x) for x in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
 def load_csv(path: str | os.PathLike) -> Trace:
-    """CSV with header `time_s,mbps`; same semantics as `load_pensieve`."""
+    """CSV of ``seconds,Mbit/s`` rows, with the header `time_s,mbps` or none (the units of Pensieve's
+    logs); same semantics as `load_pensieve`. Any other header is an error: its units are unknown."""
     path = Path(path)
     lines = _read_lines(path)
-    body_start = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
-    if body_start == len(lines) or lines[body_start].replace(" ", "") != CSV_HEADER:
-        raise TraceError(f"{path}:{body_start + 1}: CSV trace needs the header '{CSV_HEADER}'")
-    return _from_samples(_parse_rows(path, lines[body_start + 1 :], body_start + 2, 2, ","))
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+    if first < len(lines) and _numbers(lines[first]):
+        return _from_samples(_parse_rows(path, lines[first:], first + 1, 2, ","))
+    if first == len(lines) or lines[first].replace(" ", "") != CSV_HEADER:
+        raise TraceError(f"{path}:{first + 1}: CSV trace needs the header '{CSV_HEADER}' or none")
+    return _from_samples(_parse_rows(path, lines[first + 1 :], first + 2, 2, ","))
 
 
 def load_trace(path: str | os.PathLike, bin_s: float = 0.1) -> Trace:

@@ -71,9 +71,10 @@ def test_pensieve_starts_at_zero_and_last_sample_lasts_median_spacing(tmp_path: 
     assert trace.duration == pytest.approx(5.0)  # spacings 1, 2, 1 -> median 1
 
 
-def test_csv_with_header(tmp_path: Path) -> None:
-    path = _write(tmp_path, "t.csv", "time_s, mbps\n0,5\n2,10\n")
-    trace = load_csv(path)
+@pytest.mark.parametrize("header", ["time_s, mbps\n", ""])
+def test_csv_with_its_header_or_none(tmp_path: Path, header: str) -> None:
+    path = _write(tmp_path, "t.csv", header + "0,5\n2,10\n")
+    trace = load_trace(path)
     np.testing.assert_allclose(trace.times, [0.0, 2.0])
     np.testing.assert_allclose(trace.mbps, [5.0, 10.0])
     assert trace.duration == pytest.approx(4.0)
@@ -109,7 +110,8 @@ def test_load_trace_detects_format(tmp_path: Path, name: str, text: str, loader)
         ("0 1\n5 1e308\n10 3\n", 2, "overflow"),  # finite, but its bytes over the loop are not
         ("0\n5\n99999999999\n", 3, "bins of 0.1 s"),  # three years of 0.1 s bins: refused, not built
         ("0 1\n", None, "at least 2 samples"),
-        ("time,mbps\n0,1\n", 1, "time_s,mbps"),
+        ("time,mbps\n0,1\n", 1, "needs the header 'time_s,mbps' or none"),  # other units: unknown
+        ("0,1\n1,x\n", 2, "not a number: 'x'"),
         ("\ntime_s,mbps\n0,1\n1\n", 4, "expected 2 columns, got 1"),
         ("1 2 3\n", 1, "unrecognised trace format"),
         ("\n\n", None, "no data"),
