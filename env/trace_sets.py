@@ -42,9 +42,11 @@ def training_trace_paths(config_dir: Path) -> dict[Path, str]:
 
 
 def recorded_sets(folder: Path) -> dict[str, Path]:
-    """The trace sets in ``folder``: each subfolder holding trace files, by its name, and the folder
-    itself (by its name) when it holds trace files directly."""
-    sets = {sub.name: sub for sub in sorted(folder.iterdir()) if sub.is_dir() and trace_files(sub)}
+    """The trace sets in ``folder``: each subfolder holding trace files, by its name (hidden ones
+    skipped, as a ``.git`` is no set), and the folder itself (by its name) when it holds trace files
+    directly."""
+    subfolders = (sub for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith("."))
+    sets = {sub.name: sub for sub in subfolders if trace_files(sub)}
     if trace_files(folder):
         sets[folder.name] = folder
     return sets

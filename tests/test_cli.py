@@ -468,6 +468,8 @@ def test_the_generalization_bench_takes_a_users_trace_sets_and_leaves_out_what_t
         (mine / name).mkdir(parents=True)
         if text is not None:
             (mine / name / "a.txt").write_text(text)
+    (mine / ".git").mkdir()
+    (mine / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     assert set(generalization.trace_sets(mine)) == {"lte", "puffer"}
     trained = mine / "lte"
     assert held_out_sets(mine, {trained.resolve(): "my.yaml"}) == (
