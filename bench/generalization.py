@@ -7,14 +7,15 @@ up, which no training config uses), crossed with the recorded trace sets held ou
 bandwidth caps and failures off / on. The trace sets are the folders of trace files in ``--traces-dir``
 (default ../shared/traces; a folder of trace files is one set itself) that no config in configs/train
 reads (env/trace_sets.py): of ../shared/traces, ``pensieve_fcc`` and ``mahimahi``, as training reads
-norway and oboe; of a user's own folder, every set in it. Each link follows a trace of the set scaled to its (capped) spec bandwidth,
-every device's speed wanders between 0.5 and 1 of nominal, and with failures every device but the source
-and sink fails 0.3 times a minute for 20 s on average (the held-out config's rates). Requests every 5 s
-from t = 60 s (the monitors have a minute of evidence); the sim executor prices them on the world with
-the env's failure rule (a request that loses a device is retried on the best single device, and pays
-for both). Without ../shared two synthetic sets stand in (said so): a random walk and a Markov chain with
-outages; a ``--traces-dir`` with no held-out set is an error. Planners plan and the world prices on the FLOPs cost model by
-default, so the figures hold on any host; ``--cost profile`` uses this host's profile instead, as live
+norway and oboe; of a user's own folder, every set in it. Each link follows a trace of the set scaled
+to its (capped) spec bandwidth, every device's speed wanders between 0.5 and 1 of nominal, and with
+failures every device but the source and sink fails 0.3 times a minute for 20 s on average (the
+held-out config's rates). Requests every 5 s from t = 60 s (the monitors have a minute of evidence);
+the sim executor prices them on the world with the env's failure rule (a request that loses a device is
+retried on the best single device, and pays for both). Without ../shared two synthetic sets stand in
+(said so): a random walk and a Markov chain with outages; a ``--traces-dir`` with no held-out set is an
+error. Planners plan and the world prices on the FLOPs cost model by default, so the figures hold on
+any host; ``--cost profile`` uses this host's profile instead, as live
 serving does (the shipped policies were trained on it: a model whose layers run far from their FLOPs, such
 as MobileNet's depthwise convolutions, is planned differently on each).
 
@@ -89,8 +90,8 @@ console = script_console()
 
 def trace_sets(traces_dir: Path | None, say=console.print) -> dict[str, dict]:
     """The recorded sets of ``traces_dir`` that no training config reads, as trace specs (the sets
-    training reads named as left out); without the folder, the synthetic sets (said so). UserError if a
-    folder holds no held-out set or a file of one is not a trace (checked now, not cases later)."""
+    training reads named as left out); without the folder, the synthetic sets (said so). TraceError if
+    the folder holds no held-out set or a file of one is not a trace (checked now, not cases later)."""
     if traces_dir is None:
         say("[yellow]no recorded traces (../shared/traces is absent): synthetic traces stand in")
         return dict(SYNTHETIC)
