@@ -127,8 +127,9 @@ def _user_spec(name: str) -> _Spec:
 
 
 def is_user_model(name: str) -> bool:
-    """Whether ``name`` is an import path of a user's model rather than a zoo name."""
-    return name not in _ZOO
+    """Whether ``name`` has the form of a user's model (``package.module:Class``; no zoo name has a
+    colon), so a misspelt zoo name is reported as unknown, not as a model a worker may not import."""
+    return ":" in name
 
 
 def import_root(name: str) -> Path | None:

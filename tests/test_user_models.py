@@ -41,6 +41,8 @@ def test_a_users_model_is_named_by_its_import_path_and_bad_ones_say_why():
 def test_a_worker_runs_a_users_model_only_when_started_to():
     with pytest.raises(models.ModelError, match=f"started with --allow-model {MODEL}"):
         WeightStore(None, Limits()).prepare(MODEL, 0, models.input_shape(MODEL))
+    with pytest.raises(models.ModelError, match="unknown model 'vgg17'"):
+        WeightStore(None, Limits()).prepare("vgg17", 0, (3, 224, 224))
     store = WeightStore(None, Limits(), allowed_models=frozenset({MODEL}))
     assert store.prepare(MODEL, 0, models.input_shape(MODEL)).name == MODEL
 
