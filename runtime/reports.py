@@ -64,13 +64,16 @@ class WorkerReports:
             p = self._attempt_of(dev, msg)
             if p is not None and p.output is None:
                 self._accept_result(dev, p, msg)
+        elif kind == Kind.PROGRESS and self.telemetry.on_air(dev, meta.get("id")):
+            # the rest of a transfer this device reported starting: it may end after its request's
+            # result arrived from the sink and its plan was retired, and must still be heard ending
+            self._on_transfer(dev, msg.header.rid, meta)
         elif kind in (Kind.PROGRESS, Kind.TELEMETRY, Kind.ERROR) and not self._in_plans(dev, msg):
             log.warning("dropped a %s from worker %s, which has no part in its plan", kind.value, dev)
         elif kind == Kind.PROGRESS and meta.get("ev") == "compute":
             self.attempts.charge_compute(dev, msg.header.rid, meta.get("start"), meta.get("end"))
         elif kind == Kind.PROGRESS:
-            if (report := self.telemetry.progress(dev, meta)) is not None:
-                self.attempts.on_transfer(msg.header.rid, meta.get("plan"), report)
+            self._on_transfer(dev, msg.header.rid, meta)
         elif kind == Kind.TELEMETRY:
             self._on_telemetry(dev, msg.header.rid, meta)
         elif kind == Kind.ERROR and meta.get("kind") == "config" and peer.configuring:
@@ -89,6 +92,10 @@ class WorkerReports:
             events = [on_controller_clock(e, clock) if isinstance(e, dict) else e for e in meta["events"]]
             return meta | {"events": events}
         return meta
+
+    def _on_transfer(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
+        if (report := self.telemetry.progress(dev, meta)) is not None:
+            self.attempts.on_transfer(wire, meta.get("plan"), report)
 
     def _on_telemetry(self, dev: str, wire: int, meta: dict[str, Any]) -> None:
         p = self.attempts.current(wire)

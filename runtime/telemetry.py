@@ -62,6 +62,10 @@ class Telemetry:
         nor through (every byte carried, its end awaits only the receiver's acknowledgement)."""
         return [(t.a, t.b, t.nbytes, t.start) for t in self._in_transit.values() if t.carried < t.nbytes]
 
+    def on_air(self, device: str, transfer: Any) -> bool:
+        """Whether ``device`` reported transfer ``transfer`` started and not yet ended."""
+        return (device, transfer) in self._in_transit
+
     def clear(self) -> None:
         """Forget everything measured (its times refer to a clock that was restarted)."""
         self.link_samples.clear()
