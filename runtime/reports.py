@@ -3,7 +3,9 @@ acknowledgements, results, transfer progress, telemetry and errors.
 
 Only reports about the current attempt of an awaited request count, and only from a device with a part
 in that attempt's plan (an output only from the plan's sink, with the model's output shape and dtype);
-every time a worker stamped is moved onto the controller's clock as it arrives. A malformed report is
+but the rest of a transfer a device reported starting is heard whatever became of its request (the
+sender's report of its end can come after the sink's result, once the plan is retired). Every time a
+worker stamped is moved onto the controller's clock as it arrives. A malformed report is
 logged and ignored: it never stops the controller.
 """
 

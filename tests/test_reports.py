@@ -26,7 +26,9 @@ def reports():
     """WorkerReports over plan 7 (d1 sends to d2) and no awaited request."""
     workers = SimpleNamespace(peers={d: SimpleNamespace(clock=ClockOffset()) for d in SPEC.devices})
     deployed = SimpleNamespace(by_id={PLAN_ID: SimpleNamespace(parts={"d1": None, "d2": None})})
-    return WorkerReports(None, workers, deployed, Attempts(SPEC), Telemetry(SPEC), reconfigure=print)
+    return WorkerReports(
+        None, workers, deployed, Attempts(SPEC), Telemetry(SPEC), reconfigure=lambda device: None
+    )
 
 
 def _progress(ev: str, device: str = "d1", **extra) -> Message:
