@@ -48,8 +48,8 @@ SEARCH_EVALUATIONS = 2000  # the snapshot optimiser's budget here (400 online): 
 
 class ForesightSearch(PlanSearch):
     """A plan search priced on the world: a plan's objective on the traces from the snapshot's time, as
-    an evaluation charges it (``charged_in_world``: a plan that loses a device is retried on the
-    reference plan, paid on top). It may use any device, since a failure is in the price."""
+    an evaluation charges it (``charged_in_world``: a plan that loses a device is restarted on the
+    reference plan once the failure is found, paid on top). It may use any device, since a failure is in the price."""
 
     def __init__(
         self,

@@ -16,10 +16,13 @@ device keeps failing. This planner prices both from the snapshot alone (never th
 - **failure risk**: each device fails at a rate estimated from its evidence (failures seen over
   seconds seen up, shrunk towards the cluster's pooled rate by ``prior_s`` seconds of it, so one
   quiet device is not trusted more than the cluster's record allows). A plan of latency L touching
-  devices D fails with probability 1 - exp(-L * sum of their rates), and a failed request is retried
-  on the best single device, so that probability is charged the retry's objective, priced over the
-  same scenarios as every plan (the single device's image and output cross the same wandering links:
-  priced on the snapshot's rates alone, the retry looked a third of what it cost where links fade).
+  devices D fails with probability 1 - exp(-L * sum of their rates); a failed attempt ends when the
+  failure is found (``DEAD_AFTER_S`` after it, as the controller's heartbeats find it) and the request
+  is retried on the best single device (env/simulator.py's rule). So with that probability the plan is
+  charged the share of its objective that runs before a failure on average (``ran_before_failing``),
+  the wait and the retry's objective, priced over the same scenarios as every plan (the single
+  device's image and output cross the same wandering links: priced on the snapshot's rates alone, the
+  retry looked a third of what it cost where links fade).
 
 Search: candidates are the snapshot optimiser's plans on the snapshot, on a *harmonic* view (each
 link at the harmonic mean of its history's two-second means, about the rate at which a transfer's
@@ -44,12 +47,13 @@ from agents.base import CutOff, Decision, Planner, PlannerError
 from agents.bound import lower_bound
 from agents.local_search import BLOCKED, PlanSearch
 from agents.optimizer import OptimalPlanner, seed_plans
-from env.cost_model import CostModel, Objective
+from env.cost_model import Cost, CostModel, Objective
 from env.net_view import net_view
 from env.network import NetworkState
 from env.simulator import reference_plan
 from env.snapshot import Snapshot, link_key
 from env.traces import Trace, constant
+from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
@@ -152,9 +156,10 @@ PERSISTENCE = 0.25  # the weight of the scenario in which the last second persis
 
 
 class RobustSearch(PlanSearch):
-    """A plan search whose price is the expected objective over history scenarios plus the failure risk's
-    expected retry: each device fails at its ``rates``, and a failed request is retried on the single
-    best device, its objective (as every plan's) a mean over the scenarios."""
+    """A plan search whose price is the expected objective over history scenarios with the failure risk:
+    each device fails at its ``rates``, and a failed attempt is cut short and retried on the single best
+    device once the failure is found, the retry's objective (as every plan's) a mean over the scenarios
+    (module docstring)."""
 
     def __init__(
         self,
@@ -174,7 +179,8 @@ class RobustSearch(PlanSearch):
         self.rates, self.retry = rates, 0.0
         if any(rates.values()):
             retry_plan = reference_plan(graph, net_view(snapshot)).plan  # what a failed request is retried on
-            self.retry = self.expected(retry_plan)[0]
+            # the retry starts once the failure is found (env/simulator.py's rule, the controller's)
+            self.retry = self.expected(retry_plan)[0] + objective.score(Cost(DEAD_AFTER_S, 0.0))
 
     def expected(self, plan: Plan) -> tuple[float, float]:
         """``plan``'s objective and latency, each its mean over the scenarios."""
@@ -187,9 +193,19 @@ class RobustSearch(PlanSearch):
     def price(self, plan: Plan) -> float:
         expected, latency = self.expected(plan)
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
-        if hazard == 0:
+        if hazard == 0 or latency <= 0:
             return expected
-        return expected + (1.0 - math.exp(-hazard * latency)) * self.retry
+        fails = -math.expm1(-hazard * latency)
+        return expected - fails * (1.0 - ran_before_failing(hazard, latency)) * expected + fails * self.retry
+
+
+def ran_before_failing(hazard: float, latency: float) -> float:
+    """The share of an attempt of ``latency`` seconds that runs, on average, before it fails, given that
+    it fails (devices failing at ``hazard`` per second in all): E[T | T < L] / L for T exponential."""
+    x = hazard * latency
+    if x < 1e-6:
+        return 0.5  # failures spread evenly over a short attempt
+    return 1.0 / x - 1.0 / math.expm1(x)
 
 
 def robust_search(

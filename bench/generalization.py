@@ -12,7 +12,8 @@ to its (capped) spec bandwidth, every device's speed wanders between 0.5 and 1 o
 failures every device but the source and sink fails 0.3 times a minute for 20 s on average (the
 held-out config's rates). Requests every 5 s from t = 60 s (the monitors have a minute of evidence);
 the sim executor prices them on the world with the env's failure rule (a request that loses a device is
-retried on the best single device, and pays for both). Without ../shared two synthetic sets stand in
+restarted on the best single device once the failure is found, as the live controller does, and pays
+for the attempt up to then and the retry). Without ../shared two synthetic sets stand in
 (said so): a random walk and a Markov chain with outages; a ``--traces-dir`` with no held-out set is an
 error. Planners plan and the world prices on the FLOPs cost model by default, so the figures hold on
 any host; ``--cost profile`` uses this host's profile instead, as live

@@ -196,7 +196,14 @@ class NetworkState:
 
     def down_during(self, devices: Iterable[str], t0: float, t1: float) -> bool:
         """Whether one of ``devices`` is down at some moment of [t0, t1]."""
-        return any(start <= t1 and end > t0 for d in devices for start, end in self._down[d])
+        return self.first_down(devices, t0, t1) is not None
+
+    def first_down(self, devices: Iterable[str], t0: float, t1: float) -> float | None:
+        """The first moment of [t0, t1] at which one of ``devices`` is down (None: they are up throughout)."""
+        moments = [
+            max(start, t0) for d in devices for start, end in self._down[d] if start <= t1 and end > t0
+        ]
+        return min(moments, default=None)
 
     def failure_evidence(self, t: float, window_s: float) -> tuple[dict[str, int], dict[str, float]]:
         """Per device, the failures that began in (t - window_s, t] and the seconds it was up in

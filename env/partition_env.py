@@ -26,8 +26,9 @@ energy or weighted) and the reference is the best single-device plan (the comple
 snapshot) run under the same conditions at the same ``t``. The ratio keeps the scale near 1 for any
 model or cluster; a policy that beats offloading to the best device earns more than -1.
 
-**Failures**: a request during which a device it touches goes down is retried on the reference plan and
-charged both (``info["failed"] = True``; env/simulator.py).
+**Failures**: a request during which a device it touches goes down is restarted on the reference plan
+once the failure is found, and charged the attempt up to then plus the retry (``info["failed"] = True``;
+env/simulator.py).
 
 **Info** per step: ``latency_s``, ``energy_j`` (what the request cost), ``reference_latency_s``,
 ``reference_energy_j``, ``plan`` (the request's plan as ``PlanArrays``; its ``.plan`` is the ``Plan``,

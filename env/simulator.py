@@ -12,8 +12,11 @@ the whole model on the best single device. Rewards are measured against it and a
 retried on it.
 
 **Failures**: a request fails when a device it touches (computing, source, sink or relay) is down at any
-moment of ``[t, t + latency]``; it is then retried on the reference plan, so it is charged the failed
-attempt's latency and energy plus the reference's (``charge``).
+moment of ``[t, t + latency]``. As the live controller does, it is restarted once heartbeats find that
+device down (``DEAD_AFTER_S`` after the first such moment), on the reference plan of that moment: it is
+charged the attempt up to the restart (its energy in proportion to the time it ran) plus the reference's
+cost from then (``charge``). Charging the whole attempt and a retry priced at the start, as before,
+overcharged a long attempt that lost a device early (docs/benchmarks.md, thirty-sixth round).
 
 **Backends** execute requests (env/backends.py): ``sim`` predicts each with the cost model in the world;
 ``live`` runs it on a local cluster through the runtime and measures it. ``serve`` runs one request on
@@ -40,6 +43,7 @@ from env.plan_arrays import PlanArrays
 from env.profiles import ProfileError, resolve_profile
 from env.shapes import Shape
 from env.snapshot import Snapshot
+from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
@@ -62,17 +66,30 @@ def charge(outcome: Outcome, reference: Cost | Prediction) -> Outcome:
     )
 
 
+def attempt_in_world(
+    cost_model: CostModel, world: NetworkState, plan: Plan | PlanArrays, t: float, cost: Cost
+) -> Outcome:
+    """The attempt of ``plan`` started at ``t`` (``cost``: what it costs in ``world`` run to the end):
+    whole when no device it touches is down during it; else ``failed``, ended by the restart
+    ``DEAD_AFTER_S`` after the first moment one is down, its energy in proportion to the time it ran."""
+    down = world.first_down(cost_model.skeleton(plan).devices, t, t + cost.latency_s)
+    if down is None:
+        return Outcome(cost.latency_s, cost.energy_j)
+    ran = down - t
+    share = ran / cost.latency_s if cost.latency_s > 0 else 1.0
+    return Outcome(ran + DEAD_AFTER_S, cost.energy_j * share, failed=True)
+
+
 def charged_in_world(cost_model: CostModel, world: NetworkState, plan: Plan, t: float) -> Outcome:
-    """What ``plan`` started at ``t`` costs in ``world`` in all, by the env's failure rule: it fails when
-    a device it touches (relays included) is down at some moment of it, and is then retried on the
-    reference plan of the snapshot at ``t``, paid on top (``charge``)."""
-    cost = cost_model.cost(plan, world, t)
-    failed = world.down_during(cost_model.skeleton(plan).devices, t, t + cost.latency_s)
-    outcome = Outcome(cost.latency_s, cost.energy_j, failed=failed)
-    if not failed:
-        return outcome
-    retry = reference_plan(cost_model.graph, net_view(world.snapshot(t))).plan
-    return charge(outcome, cost_model.cost(retry, world, t))
+    """What ``plan`` started at ``t`` costs in ``world`` in all, by the failure rule (module docstring):
+    a failed attempt up to its restart, then the reference plan of the snapshot at the restart, paid on
+    top (``charge``)."""
+    attempt = attempt_in_world(cost_model, world, plan, t, cost_model.cost(plan, world, t))
+    if not attempt.failed:
+        return attempt
+    restart = t + attempt.latency_s
+    retry = reference_plan(cost_model.graph, net_view(world.snapshot(restart))).plan
+    return charge(attempt, cost_model.cost(retry, world, restart))
 
 
 @dataclass(frozen=True)
@@ -195,15 +212,10 @@ class Simulator:
         self._costs[id(plan)] = (plan, t, cost)
         return cost
 
-    def touches_outage(self, plan: Plan | PlanArrays, t0: float, t1: float) -> bool:
-        """Whether a device the plan uses (relays included) is down at some moment of [t0, t1]."""
-        return self.world.down_during(self.cost_model.skeleton(plan).devices, t0, t1)
-
     def predicted_outcome(self, plan: Plan | PlanArrays, t: float) -> Outcome:
-        """The cost model's prediction of a request in the world at ``t``, failure check included."""
-        cost = self.world_cost(plan, t)
-        failed = self.touches_outage(plan, t, t + cost.latency_s)
-        return Outcome(cost.latency_s, cost.energy_j, failed=failed)
+        """The cost model's prediction of a request's attempt in the world at ``t``, cut short where it
+        fails (``attempt_in_world``)."""
+        return attempt_in_world(self.cost_model, self.world, plan, t, self.world_cost(plan, t))
 
     def serve(self, plan: PlanArrays, gap_s: float) -> ServedRequest:
         """Run one request with ``plan`` now on the backend, price it, and move the clock to the next
@@ -211,7 +223,10 @@ class Simulator:
         t = self.time
         outcome = self.backend.run(self, plan, t)
         reference = self.world_cost(self.reference_plan(), t)
-        charged = charge(outcome, reference)
+        charged = outcome
+        if outcome.failed:  # restarted on the reference plan of the moment it was restarted
+            restart = t + outcome.latency_s
+            charged = charge(outcome, self.world_cost(self.reference_plan(restart), restart))
         self.time = self.backend.advance(self, t + charged.latency_s + gap_s)
         self.look()
         return ServedRequest(t, outcome, charged, reference)

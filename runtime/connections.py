@@ -25,6 +25,8 @@ from runtime.transport import Header, Kind, Message, ProtocolError, recv, send
 
 log = logging.getLogger("runtime.controller")
 
+DEAD_AFTER_S = 2.0  # a worker silent this long is marked down (the default): what finding a failure takes
+
 
 @dataclass(frozen=True)
 class WorkerStatus:

@@ -67,7 +67,7 @@ import torch
 from runtime import models
 from runtime.attempts import Attempts, PendingRequest
 from runtime.configuring import WorkerConfiguration
-from runtime.connections import WorkerConnections, WorkerStatus
+from runtime.connections import DEAD_AFTER_S, WorkerConnections, WorkerStatus
 from runtime.deployed import DeployedPlan, DeployedPlans, DeployFailed, Unroutable
 from runtime.deployment import Deployment
 from runtime.emulation import Emulation
@@ -103,7 +103,7 @@ class Controller:
         curve_keys: str | Path | None = None,
         curve_name: str = "controller",
         heartbeat_s: float = 0.2,
-        dead_after_s: float = 2.0,
+        dead_after_s: float = DEAD_AFTER_S,
         request_timeout_s: float = 120.0,
         connect_timeout_s: float = 60.0,
         max_attempts: int = 4,

@@ -64,7 +64,8 @@ SnapshotAt = Callable[[int], Snapshot]  # request index -> what the planners may
 class SimExecutor:
     """Requests priced by the cost model in the trace-driven world, with the env's failure rule: a
     request fails when a device its plan touches (relays included) is down at some moment of it, and is
-    then retried on the best single device of the snapshot, which it pays for on top of the failed attempt."""
+    restarted once the failure is found on the best single device of that moment, which it pays for on
+    top of the attempt up to then (env/simulator.py)."""
 
     def __init__(self, cost_model: CostModel, world: NetworkState):
         self.cost_model, self.world = cost_model, world

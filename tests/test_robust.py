@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from agents.robust import (
     history_scenarios,
     latest_view,
     persistence_scenario,
+    ran_before_failing,
     robust_search,
 )
 from env.cost_model import CostModel, Objective
@@ -27,6 +29,7 @@ from env.simulator import reference_plan
 from env.snapshot import link_key
 from env.traces import constant, step_drop
 from runtime import models
+from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
 from runtime.spec import parse_cluster
 from serving.evaluation import SimExecutor, decide_or_wait
@@ -110,7 +113,7 @@ def test_a_failures_retry_is_priced_over_the_history_like_every_plan(tiny):
     search = robust_search(model, flaky, tiny, LATENCY)
     retry_plan = reference_plan(tiny, net_view(flaky)).plan
     over_history = search.expected(retry_plan)[0]
-    assert search.retry == pytest.approx(over_history)
+    assert search.retry == pytest.approx(over_history + DEAD_AFTER_S)  # it starts once the failure is found
     assert over_history > 1.05 * model.latency(retry_plan, flaky, flaky.time)  # the snapshot alone: less
 
 
@@ -219,7 +222,11 @@ def test_the_clairvoyant_sees_a_device_about_to_fail(tiny):
         make_planner("clairvoyant")
 
 
-def test_a_request_that_loses_a_device_pays_for_its_retry_on_the_best_single_device(tiny):
+def test_a_request_that_loses_a_device_is_restarted_when_the_failure_is_found(tiny):
+    """h1 fails 0.2 s into the request. As the controller's heartbeats would, the sim finds it down
+    ``DEAD_AFTER_S`` later and restarts the request on the best single device of that moment: the request
+    pays the attempt up to then (its energy in proportion) and the retry from then, not the whole attempt
+    and a retry priced at its start."""
     spec = slow_star()
     model = CostModel(tiny, spec)
     world = NetworkState(
@@ -230,12 +237,23 @@ def test_a_request_that_loses_a_device_pays_for_its_retry_on_the_best_single_dev
     attempt = model.cost(plan, world, 0.0)
     assert attempt.latency_s > 0.2  # still running when h1 fails
     outcome = SimExecutor(model, world)("a", 0, 0.0, plan)
-    single = min(
-        model.latency(make_planner("local").plan(world.snapshot(0.0), tiny, LATENCY), world, 0.0), 1e9
-    )
-    assert outcome.failed and outcome.latency_s > attempt.latency_s
-    assert outcome.latency_s - attempt.latency_s <= single + 1e-9  # the best single device, at most local
+    restart = 0.2 + DEAD_AFTER_S
+    retry_plan = reference_plan(tiny, net_view(world.snapshot(restart))).plan
+    assert "h1" not in used(model, retry_plan)  # the snapshot at the restart knows h1 is down
+    retry = model.cost(retry_plan, world, restart)
+    assert outcome.failed and outcome.latency_s == pytest.approx(restart + retry.latency_s)
+    assert outcome.energy_j == pytest.approx(attempt.energy_j * 0.2 / attempt.latency_s + retry.energy_j)
     assert not SimExecutor(model, world)("a", 0, 10.0, plan).failed  # h1 is back
+
+
+@pytest.mark.parametrize("hazard, latency", [(0.01, 3.0), (0.2, 30.0), (2.0, 5.0), (1e-9, 2.0)])
+def test_the_share_of_an_attempt_run_before_it_fails_is_the_exponentials_conditional_mean(hazard, latency):
+    """E[T | T < L] / L for failures at ``hazard`` per second, by numerical integration: half of a short
+    attempt, less of a long one (failures come early)."""
+    t = np.linspace(0.0, latency, 200_001)
+    density = hazard * np.exp(-hazard * t)
+    expected = np.trapezoid(t * density, t) / np.trapezoid(density, t) / latency
+    assert ran_before_failing(hazard, latency) == pytest.approx(expected, rel=1e-6)
 
 
 def test_an_outage_that_cuts_the_sink_off_now_is_waited_out_not_an_error(tiny):
