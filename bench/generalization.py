@@ -29,6 +29,7 @@ Rerun (figures in the README were taken on a shared 2-core machine):
     python -m bench.generalization --agents optimal,ppo:agents/pretrained/vgg16_mesh.zip --sizes 10,15
     python -m bench.generalization --model resnet18 --cost profile --agents optimal,ppo:agents/pretrained/resnet18_any.zip
     python -m bench.generalization --traces-dir my-recordings/ --sizes 10      # your own trace sets
+    python -m bench.generalization --failures on --caps 25 --requests 60       # the failure cases only
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ DEFAULT_AGENTS = ",".join((OPTIMISER, "snapshot-optimal", *BASELINES))
 LOAD = {"kind": "random_walk", "lo": 0.5, "hi": 1.0, "sigma": 0.05}
 FAILURES = {"rate_per_min": 0.3, "mean_downtime_s": 20}
 START_S, GAP_S, HORIZON_S = 60.0, 5.0, 600.0
+FAILURE_CASES = {"off": [False], "on": [True], "both": [False, True]}  # --failures
 console = script_console()
 
 
@@ -231,6 +233,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--caps", default=None, help="bandwidth caps in Mbit/s (default 10,15,25)")
     parser.add_argument(
+        "--failures",
+        choices=sorted(FAILURE_CASES),
+        default="both",
+        help="cases without device failures, with them, or both (default)",
+    )
+    parser.add_argument(
         "--requests", type=flags.at_least_one, default=None, help="requests per case (default 6)"
     )
     parser.add_argument(
@@ -272,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         make_planner(name)
     graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)
     profile = resolve_profile(graph, args.cost, say=console.print)
-    todo = cases(args.sizes, list(sets), args.caps, [False, True])
+    todo = cases(args.sizes, list(sets), args.caps, FAILURE_CASES[args.failures])
     results = []
     for i, case in enumerate(todo):
         console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")

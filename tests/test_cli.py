@@ -305,6 +305,7 @@ def test_the_generalization_bench_refuses_bad_options_and_never_claims_an_unchec
         (["--requests", "0"], "--requests: must be >= 1, not 0"),
         (["--sizes", "10,1"], "--sizes: a mesh needs at least 2 devices"),
         (["--traces-dir", str(tmp_path / "none")], "is not a folder"),
+        (["--failures", "sometimes"], "invalid choice: 'sometimes'"),
         (["--agents", "optimal, nosuch"], None),  # parses; the name fails before the first case
     ):
         if message is None:
@@ -446,8 +447,8 @@ def test_a_planner_error_in_the_generalization_bench_names_the_case(tmp_path, ca
     recordings.mkdir()
     (recordings / "drive.log").write_text("".join(f"{t} {8 + t % 3}\n" for t in range(0, 400, 5)))
     argv = ["--quick", "--model", "tiny", "--agents", "local,deepslicing", "--traces-dir", str(recordings)]
-    assert generalization.main(argv) != 0
-    expected = f"case n6 my-recordings 15M: deepslicing, request 1 (t = {second:g} s): deepslicing: a bug"
+    assert generalization.main([*argv, "--failures", "on"]) != 0  # the failure cases only: F first
+    expected = f"case n6 my-recordings 15M F: deepslicing, request 1 (t = {second:g} s): deepslicing: a bug"
     assert expected in capsys.readouterr().out
 
 
