@@ -193,7 +193,7 @@ class RobustSearch(PlanSearch):
     def price(self, plan: Plan) -> float:
         expected, latency = self.expected(plan)
         hazard = sum(self.rates[d] for d in self.model.skeleton(plan).devices)
-        if hazard == 0 or latency <= 0:
+        if hazard == 0 or latency <= 0 or not math.isfinite(expected):
             return expected
         fails = -math.expm1(-hazard * latency)
         return expected - fails * (1.0 - ran_before_failing(hazard, latency)) * expected + fails * self.retry
@@ -205,6 +205,8 @@ def ran_before_failing(hazard: float, latency: float) -> float:
     x = hazard * latency
     if x < 1e-6:
         return 0.5  # failures spread evenly over a short attempt
+    if x > 700.0:
+        return 1.0 / x  # 1 / (e^x - 1) is below any float's precision next to it (and e^x overflows)
     return 1.0 / x - 1.0 / math.expm1(x)
 
 

@@ -3,6 +3,7 @@ evidence, the clairvoyant plans on the world's true future, and the sim executor
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -31,6 +32,7 @@ from env.traces import constant, step_drop
 from runtime import models
 from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
+from runtime.plan import Plan
 from runtime.spec import parse_cluster
 from serving.evaluation import SimExecutor, decide_or_wait
 
@@ -254,6 +256,25 @@ def test_the_share_of_an_attempt_run_before_it_fails_is_the_exponentials_conditi
     density = hazard * np.exp(-hazard * t)
     expected = np.trapezoid(t * density, t) / np.trapezoid(density, t) / latency
     assert ran_before_failing(hazard, latency) == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_attempt_far_longer_than_the_time_between_failures_fails_almost_at_once(tiny):
+    """A plan through a link dark for its whole history takes ages at ``FLOOR_MBPS``: with failures in
+    the evidence its price must stay a number (e^x overflows a float from x = 710)."""
+    assert ran_before_failing(1.0, 1e6) == pytest.approx(1e-6)
+    assert ran_before_failing(0.5, math.inf) == 0.0
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    snap = NetworkState.static(spec).snapshot(300.0)
+    history = dict.fromkeys(snap.link_mbps, (10.0, 9.0) * 4) | {link_key("s", "h1"): (0.0,) * 8}
+    flaky = replace(
+        snap, link_history=history, failures={"h1": 20}, uptime_s=dict.fromkeys(spec.devices, 300.0)
+    )
+    search = robust_search(model, flaky, tiny, LATENCY)
+    through_the_dark = Plan.build("s", "k", [(0, len(tiny.units), {"h1": 1.0})])
+    expected, latency = search.expected(through_the_dark)
+    assert latency * failure_rates(flaky, 60.0)["h1"] > 710.0
+    assert math.isfinite(search.price(through_the_dark)) and search.price(through_the_dark) > search.retry
 
 
 def test_an_outage_that_cuts_the_sink_off_now_is_waited_out_not_an_error(tiny):
