@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -190,11 +192,16 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
     )
     errors = tmp_path / "stderr.txt"
     command = [sys.executable, "-X", "faulthandler", "-m", "runtime.cluster", "up", str(config)]
+    # its work folder in a parent of its own: a cluster started meanwhile by another program on this host
+    # removes the orphans in the temp folder, as it should, before this test has looked at this one
+    # (a short path: the folder holds the workers' unix sockets)
+    workdirs = Path(tempfile.mkdtemp(prefix="dn-"))
     with errors.open("w") as stderr:  # the child keeps its own copy of the file
         # -X faulthandler: SIGABRT makes it print every thread's stack (below)
         proc = subprocess.Popen(
             [*command, "--network", "kernel"],
             cwd=ROOT,
+            env=os.environ | {"TMPDIR": str(workdirs)},
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -223,13 +230,17 @@ def test_nothing_is_left_when_the_controller_dies_or_is_interrupted(tmp_path, st
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert _await_gone(inodes) == []
-    assert not [p for p in pids if _running(p)]
-    if stop == signal.SIGINT:
-        assert not workdir.exists()
-    else:  # a killed program cannot remove its files: the next cluster started here does
-        assert workdir.exists() and workdir in remove_orphaned_workdirs(workdir.parent)
-        assert not workdir.exists()
+    try:
+        assert _await_gone(inodes) == []
+        assert not [p for p in pids if _running(p)]
+        assert workdir.parent == workdirs
+        if stop == signal.SIGINT:
+            assert not workdir.exists()
+        else:  # a killed program cannot remove its files: the next cluster started here does
+            assert workdir.exists() and workdir in remove_orphaned_workdirs(workdirs)
+            assert not workdir.exists()
+    finally:
+        shutil.rmtree(workdirs, ignore_errors=True)
 
 
 class _Counter:
