@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import deploy
@@ -319,6 +320,27 @@ def test_the_generalization_bench_refuses_bad_options_and_never_claims_an_unchec
     assert generalization.verdict(["optimal", "ppo:x.zip"], []) == "not checked (no baseline was run)"
     assert generalization.verdict(["optimal", "local"], []) == "met in every case"
     assert generalization.verdict(["optimal", "local"], miss).startswith("missed in 1: n10 mahimahi")
+
+
+def test_a_cases_ratio_to_the_optimiser_comes_with_the_interval_its_requests_allow():
+    """60 requests of about 2 s: one request through a long outage (80 s) makes the ratio 1.65, but draws
+    of the same requests without it are near 1, so the interval reaches down there; a steady 5% lead is
+    a narrow interval around 1.05."""
+    rng = np.random.default_rng(1)
+    reference = rng.uniform(1.5, 2.5, 60)
+    steady = reference * 1.05
+    unlucky = reference.copy()
+    unlucky[10] = 80.0
+    assert generalization.ratio_interval(reference, reference) == [1.0, 1.0]
+    lo, hi = generalization.ratio_interval(steady, reference)
+    assert lo == pytest.approx(1.05) and hi == pytest.approx(1.05)
+    lo, hi = generalization.ratio_interval(unlucky, reference)
+    point = unlucky.mean() / reference.mean()
+    assert lo < 1.03 < 1.5 < point < hi
+    assert generalization.ratio_interval(unlucky, reference) == [lo, hi]  # the same draws every run
+    noisy = reference * rng.uniform(0.9, 1.2, 60)
+    lo, hi = generalization.ratio_interval(noisy, reference)
+    assert lo < noisy.mean() / reference.mean() < hi and hi - lo < 0.1
 
 
 @pytest.mark.parametrize(
