@@ -62,7 +62,7 @@ from agents.mesh_paths import path_layouts
 from agents.plan_space import full_plan_space, plan_space_size
 from env.completion import complete
 from env.cost_model import CostModel, Objective
-from env.net_view import net_view
+from env.net_view import NetView, net_view
 from env.shapes import Shape, search_shape, structured_shapes
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
@@ -119,6 +119,21 @@ def seed_plans(planners: Sequence[Planner], snapshot: Snapshot, graph: LayerGrap
         except PlannerError:
             continue
     return plans
+
+
+def shape_descent(search: PlanSearch, view: NetView, starts: list[Shape], budget: int) -> None:
+    """A steepest descent over shapes (cut points and split factors) from the best of ``starts``, each
+    shape completed on ``view`` (the completion places devices and shares) and scored by ``search``,
+    until it has scored ``budget`` more plans."""
+    end = search.evaluations + budget
+    graph = search.graph
+
+    def score(shape: Shape) -> float:
+        """A shape's objective; infinite once the budget is spent, which ends the descent."""
+        plan = complete(graph, view, shape, search.model.profile)
+        return search.consider(plan) if search.evaluations < end else search.scores.get(plan, math.inf)
+
+    search_shape(graph, score, starts, len(graph.groups), view.n_usable)
 
 
 class OptimalPlanner(Planner):
@@ -178,20 +193,9 @@ class OptimalPlanner(Planner):
                 search.consider(complete(graph, view, shape, model.profile))
         else:
             after_seeds = search.evaluations
-            budget = after_seeds + int(self.max_evaluations * self.SHAPE_SHARE)
-
-            def score(shape: Shape) -> float:
-                """A shape's objective; infinite once the budget is spent, which ends the descent."""
-                plan = complete(graph, view, shape, model.profile)
-                return (
-                    search.consider(plan)
-                    if search.evaluations < budget
-                    else search.scores.get(plan, math.inf)
-                )
-
             starts = structured_shapes(graph, len(graph.groups), n)
-            starts += [_clamped(Shape.of_plan(plan), graph, n) for plan in seeds]
-            search_shape(graph, score, starts, len(graph.groups), n)
+            starts += [Shape.of_plan(plan).clamped(graph, n) for plan in seeds]
+            shape_descent(search, view, starts, int(self.max_evaluations * self.SHAPE_SHARE))
             if search.best is None:  # every shape searched overfills a device: a stage per group may not
                 finest = Shape(tuple(graph.cut_points), (1,) * len(graph.groups))
                 search.consider(complete(graph, view, finest, model.profile))
@@ -237,9 +241,3 @@ class OptimalPlanner(Planner):
         return Decision(
             plan, fallback=BLOCKED if stats.blocked else None, score=stats.score, bound=stats.bound
         )
-
-
-def _clamped(shape: Shape, graph: LayerGraph, n_devices: int) -> Shape:
-    """The shape with every factor within what the devices and the stage's rows allow."""
-    factors = tuple(max(1, min(k, n_devices, graph.extent(e))) for (_, e, k) in shape.stages)
-    return Shape(shape.bounds, factors)

@@ -1,11 +1,16 @@
 """The polish of a policy's plans: the cost model checks and improves what the policy chose.
 
-A policy decides in milliseconds from what it learned; the cost model can check its answer in tens. The
-best of the policy's plans (its top k) is laid along every mesh path through the devices those plans
-compute on or relay through (agents/mesh_paths.py: neighbouring bands one hop apart, which the
-completion's cheapest insertion does not always find), then improved by a local search (agents/
-local_search.py) confined to the same devices: the policy's judgement of whom to trust stays. The
-search is two descents from the same plans (``ORDERS``), one tuning shares first and one splitting stages
+A policy decides in milliseconds from what it learned; the cost model can check its answer in tens. From
+the shapes of the policy's plans (its top k: their cut points and split factors) a descent over shapes
+(agents/optimizer.py ``shape_descent``, ``SHAPE_BUDGET`` plans) moves one cut or factor at a time, the
+completion placing devices and shares over the devices those plans compute on or relay through; the
+best plan so far is laid along every mesh path through the same devices (agents/mesh_paths.py:
+neighbouring bands one hop apart, which the completion's cheapest insertion does not always find), then
+improved by a local search (agents/local_search.py) confined to them: the policy's judgement of whom
+to trust stays. The shape descent took the polished policy from 45.18 s to 42.22 s in sum over the
+16 cases of mesh sizes 7 to 13 (25 Mbit/s, 20 requests a case) and from 30.06 s to 26.80 s over the 8
+of sizes 17 and 19, at about 0.15 s more a decision (docs/benchmarks.md, thirty-seventh round). The
+local search is two descents from the same plans (``ORDERS``), one tuning shares first and one splitting stages
 and moving cuts first: a descent spends nearly all of a small budget on the kinds of move it tries
 first, and which kind pays depends on the policy's plan. VGG-16's often have fewer stages than pays (on
 a 7-device mesh, five stages where the optimiser's plans have nine), ResNet-18's rarely; each order alone
@@ -30,18 +35,24 @@ twenty-seventh round).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from agents.base import usable
 from agents.local_search import SHARES_FIRST, STRUCTURE_FIRST, PlanSearch
 from agents.mesh_paths import path_layouts
+from agents.optimizer import shape_descent
 from agents.robust import distinct, harmonic_view, latest_view, robust_search, without_failed
 from env.cost_model import CostModel, Objective
+from env.net_view import net_view
+from env.shapes import Shape
 from env.snapshot import Snapshot
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
 POLISH_SEED = 0  # a polish's move order: fixed, so equal snapshots give equal plans
+SHAPE_BUDGET = 150  # plans a polish's shape descent scores on each view
 POLISH_PATHS = 400  # mesh-path layouts a polish tries, as the optimiser's path seeds
 ROBUST_PICK = 30  # the snapshot's best plans the robust price chooses among
 VIEW_PICK = 10  # and each history view's best
@@ -56,8 +67,8 @@ def polish(
     plans: list[Plan],
     budget: int,
 ) -> Plan:
-    """The policy's ``plans`` searched on each of ``polish_views`` (mesh-path layouts, then a local search
-    of at most ``budget`` scores in each of ``ORDERS``, on the devices they touch), and the best under the
+    """The policy's ``plans`` searched on each of ``polish_views`` (a shape descent, mesh-path layouts, then
+    a local search of at most ``budget`` scores in each of ``ORDERS``, on the devices they touch), and the best under the
     robust price of each search's best (module docstring); the first of ``plans`` when none fits memory,
     as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
@@ -87,10 +98,13 @@ def _searches(
     touched: set[str],
 ) -> list[list[Plan]]:
     """Per descent of ``ORDERS`` on ``view``, every plan it found feasible, best first by ``view``'s
-    price; the policy's plans and their mesh-path layouts are scored once, for both."""
+    price; the policy's plans, the shape descent's and the mesh-path layouts are scored once, for both."""
     seeded = PlanSearch(model, view, graph, objective, confine_to=touched)
     for plan in plans:
         seeded.consider(plan)
+    confined = net_view(replace(view, available=view.available & touched))
+    starts = [Shape.of_plan(plan).clamped(graph, confined.n_usable) for plan in plans]
+    shape_descent(seeded, confined, starts, SHAPE_BUDGET)
     if seeded.best is None:
         return []
     devices = [d for d in usable(view) if d in touched]

@@ -47,6 +47,11 @@ class Shape:
         cuts = set(graph.cut_points)
         return self.bounds[0] == 0 and self.bounds[-1] == len(graph.units) and cuts.issuperset(self.bounds)
 
+    def clamped(self, graph: LayerGraph, n_devices: int) -> Shape:
+        """The shape with every factor within what ``n_devices`` and each stage's rows allow."""
+        factors = tuple(max(1, min(k, n_devices, graph.extent(e))) for (_, e, k) in self.stages)
+        return Shape(self.bounds, factors)
+
     def to_list(self) -> list[list[int]]:
         return [list(self.bounds), list(self.factors)]
 

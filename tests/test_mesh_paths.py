@@ -146,7 +146,8 @@ def test_a_descent_tries_the_kinds_of_move_in_the_order_it_is_given(tiny, order,
 def test_a_polish_keeps_the_better_of_its_two_descents(tiny, monkeypatch):
     """A one-stage plan over the whole model: with a budget of 5, the descent that splits stages first
     beats the one that tunes shares first, and the polish, which runs both, returns what the better one
-    would (the robust price judges both)."""
+    would (the robust price judges both). Without the shape descent, which would find the split itself."""
+    monkeypatch.setattr(polish_module, "SHAPE_BUDGET", 0)
     spec = line_spec(0.002, 1.0)
     snap = NetworkState.static(spec).snapshot(0.0)
     model = CostModel(tiny, spec)
@@ -160,3 +161,19 @@ def test_a_polish_keeps_the_better_of_its_two_descents(tiny, monkeypatch):
     shares, structure = polished_price((SHARES_FIRST,)), polished_price((STRUCTURE_FIRST,))
     assert structure < shares
     assert polished_price((SHARES_FIRST, STRUCTURE_FIRST)) == structure
+
+
+def test_a_polish_descends_over_shapes_from_the_policys_on_the_devices_it_chose(tiny, monkeypatch):
+    """A one-stage plan over s, b, c: with no local search (budget 0), the shape descent alone moves its
+    cuts and factors (the completion placing bands over s, b and c only) to a plan the robust price
+    rates better; without it, the polish keeps the policy's one stage."""
+    spec = line_spec(0.002, 1.0)
+    snap = NetworkState.static(spec).snapshot(0.0)
+    model = CostModel(tiny, spec)
+    start = Plan.build("s", "s", [(0, len(tiny.units), {"s": 1.0, "b": 1.0, "c": 1.0})])
+    judge = robust_search(model, snap, tiny, Objective())
+    descended = polish(model, snap, tiny, Objective(), [start], budget=0)
+    assert len(descended.stages) > 1 and judge.price(descended) < judge.price(start)
+    assert set(model.skeleton(descended).devices) <= {"s", "b", "c"}
+    monkeypatch.setattr(polish_module, "SHAPE_BUDGET", 0)
+    assert len(polish(model, snap, tiny, Objective(), [start], budget=0).stages) == 1
