@@ -26,7 +26,7 @@ from runtime.spec import ClusterSpec
 POLICY_NAME = re.compile(
     r"ppo(?:-top(?P<k>[1-9][0-9]*))?(?P<polished>-polish(?P<polish>[1-9][0-9]*)?)?:(?P<path>.+)"
 )
-DEFAULT_POLISH = 200  # plans scored by ``ppo-polish:PATH``'s each local search: ~0.7 s for VGG-16 in all
+DEFAULT_POLISH = 200  # plans scored by ``ppo-polish:PATH``'s each local search: 0.55-0.9 s for VGG-16 in all
 PLANNERS: dict[str, Callable[..., Planner]] = {
     "optimal": RobustPlanner,
     "snapshot-optimal": OptimalPlanner,

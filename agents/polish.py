@@ -9,7 +9,8 @@ neighbouring bands one hop apart, which the completion's cheapest insertion does
 improved by a local search (agents/local_search.py) confined to them: the policy's judgement of whom
 to trust stays. The shape descent took the polished policy from 45.18 s to 42.22 s in sum over the
 16 cases of mesh sizes 7 to 13 (25 Mbit/s, 20 requests a case) and from 30.06 s to 26.80 s over the 8
-of sizes 17 and 19, at about 0.15 s more a decision (docs/benchmarks.md, thirty-seventh round). The
+of sizes 17 and 19; a decision takes 0.55-0.89 s in the median at 10, 20 and 32 devices, against
+0.55-0.86 s without it (docs/benchmarks.md, thirty-seventh round). The
 local search is two descents from the same plans (``ORDERS``), one tuning shares first and one splitting stages
 and moving cuts first: a descent spends nearly all of a small budget on the kinds of move it tries
 first, and which kind pays depends on the policy's plan. VGG-16's often have fewer stages than pays (on
