@@ -10,10 +10,10 @@ improved by a local search (agents/local_search.py) confined to them: the policy
 to trust stays. The shape descent took the polished policy from 45.18 s to 42.22 s in sum over the
 16 cases of mesh sizes 7 to 13 (25 Mbit/s, 20 requests a case) and from 30.06 s to 26.80 s over the 8
 of sizes 17 and 19; a decision takes 0.55-0.89 s in the median at 10, 20 and 32 devices, against
-0.55-0.86 s without it (docs/benchmarks.md, thirty-seventh round). The
-local search is two descents from the same plans (``ORDERS``), one tuning shares first and one splitting stages
-and moving cuts first: a descent spends nearly all of a small budget on the kinds of move it tries
-first, and which kind pays depends on the policy's plan. VGG-16's often have fewer stages than pays (on
+0.55-0.86 s without it (docs/benchmarks.md, thirty-seventh round). The local search is two descents
+from the same plans (``ORDERS``), one tuning shares first and one splitting stages and moving cuts
+first: a descent spends nearly all of a small budget on the kinds of move it tries first, and which
+kind pays depends on the policy's plan. VGG-16's often have fewer stages than pays (on
 a 7-device mesh, five stages where the optimiser's plans have nine), ResNet-18's rarely; each order alone
 lost on one of the two (docs/benchmarks.md, twenty-eighth round). Both run on each of ``polish_views``:
 the snapshot (one moment's rates), the latest second (agents/robust.py: a link that has just gone dark,
@@ -68,10 +68,10 @@ def polish(
     plans: list[Plan],
     budget: int,
 ) -> Plan:
-    """The policy's ``plans`` searched on each of ``polish_views`` (a shape descent, mesh-path layouts, then
-    a local search of at most ``budget`` scores in each of ``ORDERS``, on the devices they touch), and the best under the
-    robust price of each search's best (module docstring); the first of ``plans`` when none fits memory,
-    as without a polish."""
+    """The policy's ``plans`` searched on each of ``polish_views`` (a shape descent, mesh-path layouts,
+    then a local search of at most ``budget`` scores in each of ``ORDERS``, on the devices they touch),
+    and the best under the robust price of each search's best (module docstring); the first of
+    ``plans`` when none fits memory, as without a polish."""
     touched = set().union(*(model.skeleton(plan).devices for plan in plans))
     judge = robust_search(model, snapshot, graph, objective)
     views = polish_views(snapshot)

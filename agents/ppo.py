@@ -24,10 +24,11 @@ the risk the policy learned (a device that may leave mid-request).
 ``polish=N`` (``ppo-polish:PATH``, N = 200; ``ppo-polishN:PATH``; the staged policy takes it too) keeps the
 policy's choice of devices and lets searches on the cost model (agents/polish.py: a descent over the
 shapes of its plans, then two local searches of at most N plans scored each, on the snapshot and on
-the latest second, the robust price choosing among the best of each; 0.55-0.9 s in the median for VGG-16
-on 10-32 devices on this host) improve it beyond what the policy's shapes and the analytic completion express: cut points and
-split factors, shares, band order, a device dropped from a stage or moved between stages. The completion prices transfers without contention on a device's radio, so when every link
-collapses it spreads stages over more devices than pays; the polish takes the surplus back. It never
+the latest second, the robust price choosing among the best of each; 0.55-0.9 s in the median for
+VGG-16 on 10-32 devices on this host) improve it beyond what the policy's shapes and the analytic
+completion express: cut points and split factors, shares, band order, a device dropped from a stage
+or moved between stages. The completion prices transfers without contention on a device's radio, so
+when every link collapses it spreads stages over more devices than pays; the polish takes the surplus back. It never
 computes on or relays through a device the policy's plan does not touch: which devices to trust is the
 part of the decision where the policy knows what the cost model cannot (devices that may leave
 mid-request).

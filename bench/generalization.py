@@ -91,11 +91,8 @@ DEFAULT_AGENTS = ",".join((OPTIMISER, "snapshot-optimal", *BASELINES))
 LOAD = {"kind": "random_walk", "lo": 0.5, "hi": 1.0, "sigma": 0.05}
 FAILURES = {"rate_per_min": 0.3, "mean_downtime_s": 20}
 START_S, GAP_S, HORIZON_S = 60.0, 5.0, 600.0
-INTERVAL, BOOTSTRAP_DRAWS, BOOTSTRAP_SEED = (
-    0.9,
-    2000,
-    0,
-)  # each case's ratios to the optimiser: their interval
+INTERVAL = 0.9  # the coverage of each ratio's interval over draws of its case's requests
+BOOTSTRAP_DRAWS, BOOTSTRAP_SEED = 2000, 0  # fixed draws: the same interval for the same requests
 FAILURE_CASES = {"off": [False], "on": [True], "both": [False, True]}  # --failures
 console = script_console()
 
