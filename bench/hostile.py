@@ -32,7 +32,7 @@ from runtime.cluster import LocalCluster
 from runtime.exactness import matches
 from runtime.plan import Plan
 from runtime.security import generate_keypairs, public_key, secure_client
-from runtime.spec import parse_cluster
+from runtime.spec import complete_cluster
 from runtime.transport import Header, Kind, MiB, encode, recv, send
 
 torch.set_num_threads(1)
@@ -41,19 +41,7 @@ PLAN = Plan.build("s0", "s1", [(0, 6, {"s0": 1, "s1": 1}), (6, 14, {"s1": 1})])
 
 
 def _spec(devices):
-    return parse_cluster(
-        {
-            "format": "disnet-cluster/1",
-            "name": "hostile",
-            "source": devices[0],
-            "sink": devices[-1],
-            "devices": [
-                {"id": d, "gflops": 10, "power": {"compute": 1, "transmit": 1, "receive": 1, "idle": 0.1}}
-                for d in devices
-            ],
-            "links": [{"a": x, "b": y, "mbps": 50} for i, x in enumerate(devices) for y in devices[i + 1 :]],
-        }
-    )
+    return complete_cluster("hostile", dict.fromkeys(devices, 10), 50)
 
 
 class _Watch:

@@ -38,7 +38,7 @@ from runtime.executor import run_plan
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.profiler import profile_units
-from runtime.spec import ClusterSpec, parse_cluster
+from runtime.spec import ClusterSpec, complete_cluster
 from runtime.transport import Header, Kind, MiB, recv, send
 from runtime.worker import keep_freed_memory
 
@@ -46,23 +46,7 @@ torch.set_num_threads(1)
 
 
 def _mesh(ids: list[str], gflops: list[float], mbps: float = 1000.0) -> ClusterSpec:
-    return parse_cluster(
-        {
-            "format": "disnet-cluster/1",
-            "name": "bench",
-            "source": ids[0],
-            "sink": ids[-1],
-            "devices": [
-                {"id": d, "gflops": g, "power": {"compute": 2, "transmit": 1, "receive": 1, "idle": 0.2}}
-                for d, g in zip(ids, gflops, strict=True)
-            ],
-            "links": [
-                {"a": a, "b": b, "mbps": mbps, "latency_ms": 1}
-                for i, a in enumerate(ids)
-                for b in ids[i + 1 :]
-            ],
-        }
-    )
+    return complete_cluster("bench", dict(zip(ids, gflops, strict=True)), mbps)
 
 
 # ---- 1. transport --------------------------------------------------------------------------------

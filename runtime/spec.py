@@ -52,6 +52,7 @@ MESH_FORMAT = "disnet-mesh/1"
 log = logging.getLogger(__name__)
 CLUSTER_FORMAT = "disnet-cluster/1"
 DEFAULT_LATENCY_S = 1e-3
+COMPLETE_CLUSTER_POWER = {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2}  # watts
 
 
 class SpecError(ValueError):
@@ -333,6 +334,26 @@ def parse_cluster(
     if bandwidth_cap is not None:
         spec = spec.with_bandwidth_cap(bandwidth_cap)
     return spec
+
+
+def complete_cluster(
+    name: str, gflops: dict[str, float], mbps: float, *, source: str | None = None, sink: str | None = None
+) -> ClusterSpec:
+    """Devices of the given speeds (GFLOP/s, in order), every pair joined by a link of ``mbps``; source
+    and sink the first and last device unless named. The least a cluster needs, for tests and benches
+    of the runtime where the topology is not what they study."""
+    ids = list(gflops)
+    return parse_cluster(
+        {
+            "format": CLUSTER_FORMAT,
+            "name": name,
+            "source": source or ids[0],
+            "sink": sink or ids[-1],
+            "devices": [{"id": d, "gflops": g, "power": COMPLETE_CLUSTER_POWER} for d, g in gflops.items()],
+            "links": [{"a": a, "b": b, "mbps": mbps} for i, a in enumerate(ids) for b in ids[i + 1 :]],
+        },
+        origin=name,
+    )
 
 
 def _read(path: Path) -> Any:

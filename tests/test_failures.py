@@ -18,24 +18,11 @@ from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import fallback_plan
 from runtime.plan import Plan
-from runtime.spec import parse_cluster
+from runtime.spec import complete_cluster
 
 torch.set_num_threads(1)
 MODEL, SEED, N_UNITS = "tiny", 1, 14
-MESH4 = parse_cluster(
-    {
-        "format": "disnet-cluster/1",
-        "name": "mesh4",
-        "source": "a",
-        "sink": "d",
-        "devices": [
-            {"id": d, "gflops": 20, "power": {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2}}
-            for d in "abcd"
-        ],
-        "links": [{"a": x, "b": y, "mbps": 40} for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]],
-    },
-    origin="mesh4",
-)
+MESH4 = complete_cluster("mesh4", dict.fromkeys("abcd", 20), 40)
 
 
 def _plan(available: frozenset[str], source: str = "a", sink: str = "d") -> Plan:

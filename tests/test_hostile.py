@@ -30,7 +30,7 @@ from runtime.graph import LayerGraph
 from runtime.limits import ByteBudget, Limits, builds_to_evict, weight_bytes
 from runtime.plan import Plan
 from runtime.security import KeyFileError, generate_keypairs, public_key, secure_client
-from runtime.spec import ClusterSpec, parse_cluster
+from runtime.spec import ClusterSpec, complete_cluster
 from runtime.transport import Header, Kind, encode, recv, send
 from runtime.weights import WeightStore
 from runtime.worker import Worker
@@ -43,19 +43,7 @@ MiB = 2**20
 
 
 def _spec(devices: list[str], source: str | None = None, sink: str | None = None) -> ClusterSpec:
-    return parse_cluster(
-        {
-            "format": "disnet-cluster/1",
-            "name": "hostile",
-            "source": source or devices[0],
-            "sink": sink or devices[-1],
-            "devices": [
-                {"id": d, "gflops": 10, "power": {"compute": 1, "transmit": 1, "receive": 1, "idle": 0.1}}
-                for d in devices
-            ],
-            "links": [{"a": x, "b": y, "mbps": 50} for i, x in enumerate(devices) for y in devices[i + 1 :]],
-        }
-    )
+    return complete_cluster("hostile", dict.fromkeys(devices, 10), 50, source=source, sink=sink)
 
 
 PLAN = Plan.build("s0", "s1", [(0, 6, {"s0": 1, "s1": 1}), (6, N_UNITS, {"s1": 1})])

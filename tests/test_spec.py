@@ -18,6 +18,7 @@ from runtime.spec import (
     Link,
     PowerProfile,
     SpecError,
+    complete_cluster,
     load_cluster,
 )
 
@@ -95,6 +96,19 @@ def test_gflops_per_rate_scales_compute_rate(scenarios: Path, path: Path | str) 
     scaled = load_cluster(path, gflops_per_rate=2.5)
     for dev_id, device in base.devices.items():
         assert scaled.devices[dev_id].gflops == pytest.approx(2.5 * device.gflops)
+
+
+def test_a_complete_cluster_links_every_pair_directly_from_its_first_device_to_its_last() -> None:
+    spec = complete_cluster("k4", {"a": 1, "b": 2, "c": 3, "d": 4}, 40)
+    assert (spec.name, spec.source, spec.sink) == ("k4", "a", "d")
+    assert {d: spec.devices[d].gflops for d in spec.device_ids} == {"a": 1, "b": 2, "c": 3, "d": 4}
+    assert sorted(tuple(sorted((ln.a, ln.b))) for ln in spec.links) == sorted(
+        (x, y) for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]
+    )
+    assert all(ln.mbps == 40 for ln in spec.links)
+    assert all(spec.route(x, y) == [x, y] for x in "abcd" for y in "abcd" if x != y)
+    named = complete_cluster("k4", {"a": 1, "b": 1}, 40, source="b", sink="b")
+    assert (named.source, named.sink) == ("b", "b")
 
 
 def test_file_gflops_per_rate_applies_only_to_compute_rate_devices(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
-from runtime.spec import parse_cluster
+from runtime.spec import complete_cluster
 from serving.streams import (
     Frame,
     StreamsFileError,
@@ -43,20 +43,7 @@ from serving.streams import (
 
 torch.set_num_threads(1)
 MODEL, SEED, N_UNITS = "tiny", 1, 14
-MESH4 = parse_cluster(
-    {
-        "format": "disnet-cluster/1",
-        "name": "mesh4",
-        "source": "a",
-        "sink": "d",
-        "devices": [
-            {"id": d, "gflops": g, "power": {"compute": 2.0, "transmit": 1.0, "receive": 1.0, "idle": 0.2}}
-            for d, g in zip("abcd", (1, 1, 1, 2), strict=True)
-        ],
-        "links": [{"a": x, "b": y, "mbps": 40} for i, x in enumerate("abcd") for y in "abcd"[i + 1 :]],
-    },
-    origin="mesh4",
-)
+MESH4 = complete_cluster("mesh4", {"a": 1, "b": 1, "c": 1, "d": 2}, 40)
 GRAPH = LayerGraph.from_model(models.skeleton(MODEL), models.input_shape(MODEL), MODEL)
 
 

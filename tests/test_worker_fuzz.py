@@ -26,7 +26,7 @@ from runtime.cluster import LocalCluster
 from runtime.controller import Controller
 from runtime.plan import Plan
 from runtime.security import generate_keypairs
-from runtime.spec import ClusterSpec, parse_cluster
+from runtime.spec import ClusterSpec, complete_cluster
 from runtime.transport import PROTOCOL_VERSION, Header, Kind, encode, recv, send
 
 torch.set_num_threads(1)
@@ -35,19 +35,7 @@ LIMIT = 1 << 20  # the fuzzed worker's message size limit
 
 
 def _spec(devices: list[str]) -> ClusterSpec:
-    return parse_cluster(
-        {
-            "format": "disnet-cluster/1",
-            "name": "fuzz",
-            "source": devices[0],
-            "sink": devices[-1],
-            "devices": [
-                {"id": d, "gflops": 10, "power": {"compute": 1, "transmit": 1, "receive": 1, "idle": 0.1}}
-                for d in devices
-            ],
-            "links": [{"a": x, "b": y, "mbps": 50} for i, x in enumerate(devices) for y in devices[i + 1 :]],
-        }
-    )
+    return complete_cluster("fuzz", dict.fromkeys(devices, 10), 50)
 
 
 @pytest.fixture(scope="module")
