@@ -56,7 +56,7 @@ from runtime.plan import random_plan
 from runtime.spec import load_cluster
 from serving.calibration import calibration_report, print_calibration
 from serving.comparison_report import plot, print_summary, report_json, summarize
-from serving.evaluation import ComparisonInterrupted, SimExecutor, live_session, run_comparison
+from serving.evaluation import ComparisonInterrupted, SimExecutor, live_session, rescuers, run_comparison
 
 console = script_console()
 
@@ -110,7 +110,9 @@ def compare(args: argparse.Namespace) -> dict:
                 records = run(session.snapshot_at, session.execute)
                 emulation = fidelity_report(session)
         else:
-            records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), SimExecutor(cost, world))
+            rescue = rescuers(planners, graph, objective) if args.rescue else None
+            execute = SimExecutor(cost, world, rescue)
+            records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), execute)
     except ComparisonInterrupted as stop:
         if not stop.requests:
             raise
@@ -254,6 +256,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         default=0.0,
         help="failures per minute of every device but the source and sink (sim; 20 s down on average)",
     )
+    flags.add_rescue(c)
     flags.add_objective(c)
     flags.add_cost_model(c)
     c.add_argument(
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dilation and --pacing are for the live backend (the sim emulates no cluster)")
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
+    if args.command == "compare" and args.rescue and args.backend == "live":
+        parser.error("--rescue is for the sim backend (the live backend runs each request to its end)")
 
     def work() -> int:
         report = compare(args) if args.command == "compare" else calibrate(args)

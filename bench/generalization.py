@@ -61,7 +61,7 @@ from env.traces import TraceError
 from runtime import models
 from runtime.graph import LayerGraph
 from serving.comparison_report import summarize
-from serving.evaluation import CLAIRVOYANT, SimExecutor, run_comparison
+from serving.evaluation import CLAIRVOYANT, SimExecutor, rescuers, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = ROOT.parent / "shared" / "traces"
@@ -136,22 +136,20 @@ def run_case(
     requests: int,
     links: dict,
     profile: Profile | None = None,
+    rescue: bool = False,
 ) -> dict:
     """Every agent (and the clairvoyant) on the same requests of one case, planned and priced on the
     cost model of ``profile`` (FLOPs without one); per agent the summary and its mean latency over the
-    clairvoyant's and the optimiser's."""
+    clairvoyant's and the optimiser's. ``rescue``: requests served as adaptive serving serves them
+    (serving/world_rescue.py)."""
     spec = mesh_spec(case["devices"], case["mesh_seed"], bandwidth_cap=case["cap_mbps"])
     world = world_for(spec, links, case["failures"], case["mesh_seed"] + 7)
     cost = CostModel(graph, spec, profile)
     planners = {CLAIRVOYANT: make_planner(CLAIRVOYANT, cost_model=cost, world=world)}
     planners |= {label: make_planner(name, cost_model=cost) for name, label in planner_labels(agents).items()}
+    execute = SimExecutor(cost, world, rescuers(planners, graph, Objective()) if rescue else None)
     records = run_comparison(
-        planners,
-        lambda i: world.snapshot(START_S + i * GAP_S),
-        requests,
-        graph,
-        Objective(),
-        SimExecutor(cost, world),
+        planners, lambda i: world.snapshot(START_S + i * GAP_S), requests, graph, Objective(), execute
     )
     summary = summarize(records)
     ceiling = summary[CLAIRVOYANT]["latency_mean_s"]
@@ -166,6 +164,7 @@ def run_case(
                 "regret_mean",
                 "fallbacks",
                 "failed_requests",
+                "rescues",
                 "decision_time_mean_s",
                 "bound_gap_median",
             )
@@ -280,6 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--traces-dir", type=Path, default=None, help="folder of the trace sets (default: ../shared/traces)"
     )
     parser.add_argument("--model", default="vgg16_bn", type=models.model_argument, help=models.MODEL_HELP)
+    flags.add_rescue(parser)
     flags.add_cost_model(parser, default="flops")
     flags.add_json(parser, help="write the cases and summary here")
     args = parser.parse_args(argv)
@@ -320,7 +320,9 @@ def run(args: argparse.Namespace) -> int:
     for i, case in enumerate(todo):
         console.print(f"case {i + 1}/{len(todo)}: {case_label(case)}")
         try:
-            results.append(run_case(graph, args.agents, case, args.requests, sets[case["traces"]], profile))
+            results.append(
+                run_case(graph, args.agents, case, args.requests, sets[case["traces"]], profile, args.rescue)
+            )
         except PlannerError as exc:
             raise PlannerError(f"case {case_label(case)}: {exc}") from exc
     console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")

@@ -121,6 +121,15 @@ def add_requests(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--requests", type=at_least_one, default=default, help="requests per planner")
 
 
+def add_rescue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rescue",
+        action="store_true",
+        help="serve each request as adaptive serving does: restarted on its planner's newer plan when "
+        "conditions collapse under it (sim; the clairvoyant is never rescued)",
+    )
+
+
 def add_links(parser: argparse.ArgumentParser, *, replay: bool = False) -> None:
     """The links: the spec's bandwidth cap and the traces they follow (``replay``: also --trace-mode and
     the replayed trace's cap)."""

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Outcome:
     """What one request cost, as a backend measured or predicted it; ``outputs_match`` is None when no
-    output was computed (predicted); ``failed`` when a device the plan touched went down during it."""
+    output was computed (predicted); ``failed`` when a device the plan touched went down during it;
+    ``rescues``: how many times it was restarted on a newer plan when conditions collapsed under it."""
 
     latency_s: float
     energy_j: float
     outputs_match: bool | None = None
     failed: bool = False
+    rescues: int = 0
 
 
 class SimBackend:

@@ -265,11 +265,14 @@ def replay(
     idle_w,
     out,
     finishes,
+    carried_at,
+    carried,
 ):
     """Discrete-event replay (env/cost_model.py's module docstring) of requests whose sources hold their
     inputs at ``starts``. Fills ``out`` rows compute, send, recv, idle and energy seconds/joules per device (idle and energy for
-    the participating ``devices`` only, over the span from the first start to the last finish) and
-    ``finishes`` (the time each request's sink holds its whole output; NaN if it never does), and returns
+    the participating ``devices`` only, over the span from the first start to the last finish),
+    ``finishes`` (the time each request's sink holds its whole output; NaN if it never does) and
+    ``carried`` (the radio bytes every hop had carried by ``carried_at``, and all of them), and returns
     the total energy.
 
     Request ``k``'s source is CSR row ``n_tasks + k`` and its sink is task ``-1 - k``. Events are
@@ -357,6 +360,19 @@ def replay(
                 l_times, l_rate, l_cum, lo, hi, dur, l_period[link], l_max_rate[link], nbytes, start, r0, c0
             )
         radio_free[src] = start + airtime
+        carried[1] += nbytes
+        if start + airtime <= carried_at:
+            carried[0] += nbytes
+        elif start < carried_at:  # on the air at carried_at: what the link carried since it began
+            if constant:
+                so_far = (carried_at - start) * link_mbps[link] * BYTES_PER_MBIT
+            else:
+                k0, _, c0 = locate(l_times, l_rate, l_cum, l_lo[link], l_hi[link], l_duration[link], start)
+                k1, _, c1 = locate(
+                    l_times, l_rate, l_cum, l_lo[link], l_hi[link], l_duration[link], carried_at
+                )
+                so_far = (k1 - k0) * l_period[link] + c1 - c0
+            carried[0] += so_far if so_far < nbytes else nbytes
         out[1, src] += airtime
         out[2, dst] += airtime
         arrival = start + airtime + hop_latency[b]

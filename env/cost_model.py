@@ -317,10 +317,13 @@ class CostModel:
             raise RuntimeError("cost model: the sink never received the whole output")
         return sk, finishes[0] - t0, energy, out
 
-    def replay(self, sk: Skeleton, conditions, starts: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    def replay(
+        self, sk: Skeleton, conditions, starts: np.ndarray, carried: np.ndarray | None = None, at: float = 0.0
+    ) -> tuple[np.ndarray, float, np.ndarray]:
         """Replay a skeleton whose requests' sources hold their inputs at ``starts`` (one request for a
         plan's skeleton, several for one merged by ``env.contention``, sharing devices and radios):
-        (each request's finish time, NaN if its sink never completes; energy; per-device rows)."""
+        (each request's finish time, NaN if its sink never completes; energy; per-device rows). With
+        ``carried`` (two zeros), it is filled with the radio bytes carried by ``at`` and all of them."""
         rates: Rates = conditions.rates
         spec = conditions.spec
         if spec is not self._checked_spec:
@@ -369,6 +372,8 @@ class CostModel:
             *self._power,
             out,
             finishes,
+            float(at),
+            np.zeros(2) if carried is None else carried,
         )
         return finishes, energy, out
 
@@ -387,3 +392,10 @@ class CostModel:
 
     def latency(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> float:
         return self._run(plan, conditions, t0)[1]
+
+    def progress(self, plan: Plan | PlanArrays, conditions, t0: float, at: float) -> float:
+        """The share of its radio bytes (every hop) a request started at ``t0`` has carried by ``at``: what
+        the controller's transfer reports tell a watcher (1.0 for a plan that sends nothing)."""
+        carried = np.zeros(2)
+        self.replay(self.skeleton(plan), conditions, np.array([float(t0)]), carried, at)
+        return float(carried[0] / carried[1]) if carried[1] > 0 else 1.0

@@ -18,7 +18,8 @@ from serving.evaluation import CLAIRVOYANT, RequestRecord
 
 def summarize(records: list[RequestRecord], objective: Objective | None = None) -> dict[str, dict]:
     """Per agent: mean/p50/p95 latency, mean energy, mean decision time, output check, first plan;
-    ``fallbacks`` (requests answered with a fallback plan), ``failed_requests``, ``bound_gap_median``
+    ``fallbacks`` (requests answered with a fallback plan), ``failed_requests``, ``rescues`` (restarts
+    on a newer plan mid-request, serving/world_rescue.py), ``bound_gap_median``
     and ``bound_gap_p95`` (None when the planner proved no bound; each optimiser's gap is against a bound
     on its own objective: the snapshot's for ``snapshot-optimal``, the robust price for ``optimal``), and
     ``regret_mean`` on ``objective`` (the one the agents planned for; latency by default) when the
@@ -41,6 +42,7 @@ def summarize(records: list[RequestRecord], objective: Objective | None = None) 
             "outputs_match": all(checks) if checks else None,
             "fallbacks": sum(r.fallback is not None for r in mine),
             "failed_requests": sum(r.failed for r in mine),
+            "rescues": sum(r.rescues for r in mine),
             "regret_mean": float(np.mean(regrets)) if regrets else None,
             "bound_gap_median": float(np.median(gaps)) if gaps else None,
             "bound_gap_p95": float(np.percentile(gaps, 95)) if gaps else None,
@@ -87,7 +89,7 @@ def ratios(summary: dict[str, dict], key: str) -> dict[str, dict[str, float]]:
 def print_summary(summary: dict[str, dict], console: Console, title: str) -> None:
     table = Table(title=title)
     columns = ("agent", "lat mean s", "p50 s", "p95 s", "regret", "energy J", "decide ms", "fallbacks")
-    for col in (*columns, "failed", "bound gap", "outputs"):
+    for col in (*columns, "failed", "rescued", "bound gap", "outputs"):
         if col == "agent":  # the whole name, folded if need be: two policies must not look alike
             table.add_column(col, justify="left", overflow="fold", min_width=12)
         else:
@@ -107,6 +109,7 @@ def print_summary(summary: dict[str, dict], console: Console, title: str) -> Non
             f"{s['decision_time_mean_s'] * 1e3:.2f}",
             f"{s['fallbacks']}/{s['requests']}",
             f"{s['failed_requests']}",
+            f"{s['rescues']}",
             "-" if gap is None else f"{gap:.1%}",
             match,
         )

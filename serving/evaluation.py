@@ -38,6 +38,7 @@ from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
 from runtime.plan import Plan
 from serving.heap import setup_frozen
+from serving.world_rescue import SERVING_RULE, Replan, RescueRule, served_in_world
 
 CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
 
@@ -55,6 +56,7 @@ class RequestRecord:
     fallback: str | None = None  # why the planner fell back (Decision.fallback), None when it planned
     bound_gap: float | None = None  # Decision.gap: predicted objective over the certified bound, minus 1
     failed: bool = False
+    rescues: int = 0  # restarts on a newer plan when conditions collapsed mid-request
 
 
 Executor = Callable[[str, int, float, Plan], Outcome]  # (agent, request index, time, plan) -> outcome
@@ -65,13 +67,52 @@ class SimExecutor:
     """Requests priced by the cost model in the trace-driven world, with the env's failure rule: a
     request fails when a device its plan touches (relays included) is down at some moment of it, and is
     restarted once the failure is found on the best single device of that moment, which it pays for on
-    top of the attempt up to then (env/simulator.py)."""
+    top of the attempt up to then (env/simulator.py).
 
-    def __init__(self, cost_model: CostModel, world: NetworkState):
+    With ``rescuers`` (agent name -> its planner's plan for a view), those agents' requests are also
+    served as adaptive serving serves them: restarted on a newer plan when conditions collapse under them
+    (serving/world_rescue.py). The clairvoyant is never rescued: it planned on what was coming."""
+
+    def __init__(
+        self,
+        cost_model: CostModel,
+        world: NetworkState,
+        rescuers: dict[str, Replan] | None = None,
+        rule: RescueRule = SERVING_RULE,
+    ):
         self.cost_model, self.world = cost_model, world
+        self.rescuers, self.rule = rescuers or {}, rule
+        self._views: dict[float, Snapshot] = {}  # one request's watched moments, shared by its agents
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
-        return charged_in_world(self.cost_model, self.world, plan, t)
+        replan = self.rescuers.get(agent)
+        if replan is None:
+            return charged_in_world(self.cost_model, self.world, plan, t)
+        if self._views and min(self._views) < t:
+            self._views.clear()
+        return served_in_world(self.cost_model, self.world, plan, t, replan, self.rule, self._view_at)
+
+    def _view_at(self, w: float) -> Snapshot:
+        view = self._views.get(w)
+        if view is None:
+            view = self._views[w] = self.world.snapshot(w)
+        return view
+
+
+def rescuers(planners: dict, graph, objective) -> dict[str, Replan]:
+    """Each planner but the clairvoyant as a rescue's replanner: its plan for a view, None when it finds
+    the view cut off (serving keeps the plan in force then)."""
+
+    def replan_with(planner) -> Replan:
+        def replan(view: Snapshot) -> Plan | None:
+            try:
+                return planner.decide(view, graph, objective).plan
+            except CutOff:
+                return None
+
+        return replan
+
+    return {name: replan_with(p) for name, p in planners.items() if name != CLAIRVOYANT}
 
 
 class ComparisonInterrupted(KeyboardInterrupt):
@@ -144,6 +185,7 @@ def _plan_and_run(
         decision.fallback,
         decision.gap,
         outcome.failed,
+        outcome.rescues,
     )
     return record, decision.plan
 

@@ -10,10 +10,12 @@ import pytest
 
 from env.cost_model import CostModel, Objective, Profile
 from env.network import NetworkState
+from env.snapshot import link_key
+from env.traces import constant, step_drop
 from runtime import models
 from runtime.graph import LayerGraph
 from runtime.plan import Plan, random_plan
-from runtime.spec import load_cluster
+from runtime.spec import complete_cluster, load_cluster
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "clusters"
 
@@ -265,3 +267,23 @@ def test_compiled_replay_matches_a_plain_replay_of_the_layout(graph, cluster):
                     p.device_time[d].send_s,
                     p.device_time[d].recv_s,
                 ) == pytest.approx((c, s, r), rel=1e-12, abs=1e-15)
+
+
+def test_progress_is_the_share_of_radio_bytes_carried_so_far(graph):
+    """s sends the input to h1, which computes everything and sends the output to the sink k: half-way
+    through the input's airtime the request has carried half the input's bytes; when the link goes dark
+    at that moment, it has carried no more a second later; once done, all of them."""
+    spec = complete_cluster("line", {"s": 0.001, "h1": 0.001, "k": 0.001}, 10)
+    model = CostModel(graph, spec)
+    plan = Plan.build("s", "k", [(0, len(graph.units), {"h1": 1.0})])
+    hops = model.skeleton(plan).link_bytes(tuple(spec.devices))
+    share_in = hops["s", "h1"] / sum(hops.values())
+    half = airtime(hops["s", "h1"], mbps=10) / 2
+    steady = NetworkState.static(spec)
+    assert model.progress(plan, steady, 1.0, 1.0) == 0.0
+    assert model.progress(plan, steady, 1.0, 1.0 + half) == pytest.approx(share_in / 2)
+    assert model.progress(plan, steady, 1.0, 1.0 + model.latency(plan, steady, 1.0)) == pytest.approx(1.0)
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    links[link_key("s", "h1")] = step_drop(10.0, 0.0, 1.0 + half, 50.0, 100.0)
+    dark = NetworkState(spec, links)
+    assert model.progress(plan, dark, 1.0, 2.0 + half) == pytest.approx(share_in / 2)

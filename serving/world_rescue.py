@@ -1,0 +1,119 @@
+"""Adaptive serving's rescue replayed in the trace-driven world, so the sim prices a request the way
+serving runs it when conditions collapse in the middle of it.
+
+Serving watches a running request (serving/policies.py, ``Rescue``): every ``watch_every_s`` it reads
+its view; once the view is ``settled`` and conditions that matter to the plan in force ``moved`` by more
+than ``threshold``, it asks the planner for a new plan, and restarts the request on it when
+``worth_restarting``, at most ``MAX_RESCUES`` times. Without it, a request that meets an outage in the
+world waits the outage out (80 s for one VGG-16 request on a Mahimahi recording, docs/benchmarks.md,
+thirty-seventh round), which no deployment of disnet does.
+
+The watcher reads the request's progress as the controller's transfer reports give it: the share of
+its radio bytes (every hop) carried so far, from the cost model's replay of the attempt in the world
+(``CostModel.progress``). What it knows of the links differs from serving's: it sees the world's
+snapshot at each moment, the one view every decision gets (time-weighted means over the last seconds),
+while serving's live view also bounds a link by a transfer still on the air, so it sees a dark link
+sooner: the world rescues later than serving would, never sooner.
+
+An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion; a device
+failure during an attempt follows the failure rule (env/simulator.py: the restart on the reference plan
+once heartbeats find the device down), and the retry is not watched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from env.backends import Outcome
+from env.cost_model import CostModel
+from env.network import NetworkState
+from env.simulator import charged_in_world
+from env.snapshot import Snapshot
+from runtime.plan import Plan
+from runtime.results import InFlight
+from serving.rules import MAX_RESCUES, moved, settled, worth_restarting
+
+# the planner's plan for a view (None: it found no plan, and the plan in force stays)
+Replan = Callable[[Snapshot], Plan | None]
+
+
+@dataclass(frozen=True)
+class RescueRule:
+    """Serving's defaults (serving/loop.py ``ServeOptions``, the controller's watcher period)."""
+
+    watch_every_s: float = 0.2
+    threshold: float = 0.5
+    margin: float = 1.2
+
+
+SERVING_RULE = RescueRule()
+
+
+def served_in_world(
+    cost_model: CostModel,
+    world: NetworkState,
+    plan: Plan,
+    t: float,
+    replan: Replan,
+    rule: RescueRule = SERVING_RULE,
+    view_at: Callable[[float], Snapshot] | None = None,
+) -> Outcome:
+    """What ``plan``, decided at ``t`` on the world's snapshot of ``t``, costs when served with rescues
+    (module docstring). ``view_at`` gives the world's snapshot of a moment (memoise it across planners
+    priced on the same request: their watchers look at the same moments)."""
+    view_at = view_at or world.snapshot
+    watch = _Watch(cost_model, replan, rule, plan, view_at(t))
+    start, spent_s, spent_j, rescues = t, 0.0, 0.0, 0
+    while rescues < MAX_RESCUES:
+        cost = cost_model.cost(plan, world, start)
+        end = start + cost.latency_s
+        down = world.first_down(cost_model.skeleton(plan).devices, start, end)
+        at = watch.rescue_moment(world, plan, start, end if down is None else down, rescues, view_at)
+        if at is None:
+            break
+        spent_s += at - start
+        spent_j += cost.energy_j * ((at - start) / cost.latency_s if cost.latency_s > 0 else 1.0)
+        start, plan, rescues = at, watch.in_force, rescues + 1
+    rest = charged_in_world(cost_model, world, plan, start)
+    return Outcome(
+        spent_s + rest.latency_s, spent_j + rest.energy_j, rest.outputs_match, rest.failed, rescues
+    )
+
+
+class _Watch:
+    """Serving's watcher over one request: the plan in force and the view it was made on."""
+
+    def __init__(self, cost_model: CostModel, replan: Replan, rule: RescueRule, plan: Plan, view: Snapshot):
+        self.cost_model, self.replan, self.rule = cost_model, replan, rule
+        self.in_force, self.made_on, self.seen = plan, view, view
+
+    def rescue_moment(
+        self,
+        world: NetworkState,
+        running: Plan,
+        start: float,
+        stop: float,
+        rescues: int,
+        view_at: Callable[[float], Snapshot],
+    ) -> float | None:
+        """The first watch in (start, stop) at which the attempt of ``running`` begun at ``start`` is
+        restarted on the plan in force (re-planned first if conditions moved), or None."""
+        k = 1
+        while (w := start + k * self.rule.watch_every_s) < stop:
+            k += 1
+            view = view_at(w)
+            seen, self.seen = self.seen, view
+            if not settled(seen, view):
+                continue
+            if moved(self.in_force, self.made_on, view, self.rule.threshold):
+                fresh = self.replan(view)
+                self.made_on = view
+                self.in_force = self.in_force if fresh is None else fresh
+            if self.in_force == running:
+                continue
+            progress = self.cost_model.progress(running, world, start, w)
+            attempt = InFlight(0, running, False, w - start, progress, rescues)
+            if worth_restarting(self.cost_model, attempt, self.in_force, view, self.rule.margin):
+                return w
+        return None

@@ -1,0 +1,108 @@
+"""Adaptive serving's rescue replayed in the trace-driven world (serving/world_rescue.py): a request
+caught by a link going dark is restarted on its planner's newer plan, as serving restarts it; one in
+steady conditions is priced as before; the clairvoyant is never rescued."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from env.cost_model import CostModel, Objective
+from env.network import NetworkState
+from env.simulator import charged_in_world
+from env.snapshot import link_key
+from env.traces import constant, step_drop
+from runtime import models
+from runtime.graph import LayerGraph
+from runtime.plan import Plan
+from runtime.spec import complete_cluster
+from serving.evaluation import CLAIRVOYANT, SimExecutor, rescuers
+from serving.world_rescue import SERVING_RULE, served_in_world
+
+torch.set_num_threads(1)
+DROP_AT = 12.0  # h1's link to the sink goes dark while h1 computes the request of t = 10
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return LayerGraph.from_model(models.build("tiny"), models.input_shape("tiny"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def spec():
+    """s (source) and k (sink) slow, helpers h1 and h2 fast, every pair linked at 10 Mbit/s."""
+    return complete_cluster(
+        "rescue", {"s": 0.0002, "k": 0.0002, "h1": 0.0008, "h2": 0.0008}, 10, source="s", sink="k"
+    )
+
+
+def world(spec, dark: bool) -> NetworkState:
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    if dark:
+        links[link_key("h1", "k")] = step_drop(10.0, 0.0, DROP_AT, 200.0, 400.0)
+    return NetworkState(spec, links)
+
+
+def on(device: str, graph: LayerGraph) -> Plan:
+    return Plan.build("s", "k", [(0, len(graph.units), {device: 1.0})])
+
+
+class Replanner:
+    """A planner that answers every view with the plan on h2, and remembers when it was asked."""
+
+    def __init__(self, graph):
+        self.plan, self.asked = on("h2", graph), []
+
+    def __call__(self, view):
+        self.asked.append(view.time)
+        return self.plan
+
+
+def test_a_request_caught_by_a_dark_link_is_restarted_on_the_newer_plan(spec, tiny):
+    model, dark = CostModel(tiny, spec), world(spec, dark=True)
+    stuck, replan = on("h1", tiny), Replanner(tiny)
+    waited = charged_in_world(model, dark, stuck, 10.0)
+    served = served_in_world(model, dark, stuck, 10.0, replan)
+    assert served.rescues == 1 and len(replan.asked) == 1
+    # re-planned once the view's mean fell by half: after the drop, within the view's 5 s window
+    assert DROP_AT < replan.asked[0] < DROP_AT + 5.0
+    # restarted at a later watch, when the rest of the attempt cost more than a fresh start: charged
+    # the attempt up to then (its energy in proportion) and the newer plan from then, in the world
+    attempt = model.cost(stuck, dark, 10.0)
+    watches = [10.0 + k * SERVING_RULE.watch_every_s for k in range(1, 200)]
+    rescued_at = [w for w in watches if w >= replan.asked[0]]
+    priced = {w: (w - 10.0 + charged_in_world(model, dark, replan.plan, w).latency_s) for w in rescued_at}
+    at = min(priced, key=lambda w: abs(priced[w] - served.latency_s))
+    assert served.latency_s == pytest.approx(priced[at])
+    fresh = charged_in_world(model, dark, replan.plan, at)
+    assert served.energy_j == pytest.approx(
+        attempt.energy_j * (at - 10.0) / attempt.latency_s + fresh.energy_j
+    )
+    assert served.latency_s < waited.latency_s / 10
+
+
+def test_a_request_in_steady_conditions_is_priced_as_without_rescues(spec, tiny):
+    model, steady = CostModel(tiny, spec), world(spec, dark=False)
+    replan = Replanner(tiny)
+    served = served_in_world(model, steady, on("h1", tiny), 10.0, replan)
+    assert served == charged_in_world(model, steady, on("h1", tiny), 10.0)
+    assert served.rescues == 0 and replan.asked == []  # nothing moved: never re-planned
+
+
+def test_the_clairvoyant_is_never_rescued(spec, tiny):
+    """It planned on what was coming; the others are, each by its own planner."""
+
+    class Fixed:
+        def __init__(self, plan):
+            self.plan = plan
+
+        def decide(self, view, graph, objective):
+            return type("Decision", (), {"plan": self.plan})()
+
+    model, dark = CostModel(tiny, spec), world(spec, dark=True)
+    planners = {CLAIRVOYANT: Fixed(on("h2", tiny)), "a": Fixed(on("h2", tiny))}
+    execute = SimExecutor(model, dark, rescuers(planners, tiny, Objective()), SERVING_RULE)
+    assert execute("a", 0, 10.0, on("h1", tiny)).rescues == 1
+    assert execute(CLAIRVOYANT, 0, 10.0, on("h1", tiny)) == charged_in_world(
+        model, dark, on("h1", tiny), 10.0
+    )
