@@ -2,7 +2,7 @@
 
   python evaluate.py compare --cluster CONFIG --model vgg16_bn --agents optimal,disnet,modnn,... \
       [--bandwidth-cap MBPS] [--backend sim|live] [--requests N] [--traces DIR] [--failures PER_MIN] \
-      [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D] [--pacing cpu]
+      [--rescue] [--json OUT] [--plots DIR] [--cost profile|flops] [--profile FILE] [--dilation D] [--pacing cpu]
   python evaluate.py calibrate --cluster CONFIG --model NAME --plans N [--profile FILE] [--network kernel] [--json OUT]
 
 Both take ``--scenario NAME|FILE`` (configs/scenarios, cli/scenarios.py): a YAML file that may set every
@@ -28,8 +28,11 @@ is not the default).
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
 unsplit model. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
-world's true future; the table and JSON also give each agent's fallbacks, failed requests and (for an
-optimiser that proves one) its gap to the certified bound.
+world's true future; the table and JSON also give each agent's fallbacks, failed requests, rescues and
+(for an optimiser that proves one) its gap to the certified bound. ``--rescue`` (sim) serves each request
+as adaptive serving does: a request that conditions collapse under is restarted on its own planner's
+newer plan (serving/world_rescue.py); without it, a request runs to its end on the plan it was dealt, as
+the live backend runs it.
 """
 
 from __future__ import annotations

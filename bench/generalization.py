@@ -236,8 +236,8 @@ def case_label(case: dict) -> str:
 
 
 def print_table(results: list[dict], key: str, title: str) -> None:
-    """One row per case, one column per planner: its ``key`` (a ratio, or an interval of one) and the
-    requests it answered with a fallback plan."""
+    """One row per case, one column per planner: its ``key`` (a ratio, or an interval of one), the
+    requests it answered with a fallback plan and its rescues."""
     names = list(results[0]["agents"])
     table = Table(title=title)
     table.add_column("case")
@@ -246,8 +246,10 @@ def print_table(results: list[dict], key: str, title: str) -> None:
     for r in results:
         cells = []
         for name in names:
-            value, fallbacks = r["agents"][name][key], r["agents"][name]["fallbacks"]
-            cells.append(_cell(value) + (f" ({fallbacks} fb)" if fallbacks and value is not None else ""))
+            agent = r["agents"][name]
+            value, fallbacks, rescues = agent[key], agent["fallbacks"], agent["rescues"]
+            notes = [f"{fallbacks} fb"] * bool(fallbacks) + [f"{rescues} r"] * bool(rescues)
+            cells.append(_cell(value) + (f" ({', '.join(notes)})" if notes and value is not None else ""))
         table.add_row(case_label(r), *cells)
     console.print(table)
 
@@ -325,7 +327,10 @@ def run(args: argparse.Namespace) -> int:
             )
         except PlannerError as exc:
             raise PlannerError(f"case {case_label(case)}: {exc}") from exc
-    console.print("cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back")
+    console.print(
+        "cases: devices, trace set, cap (Mbit/s), F = with failures; fb: requests that fell back; "
+        "r: rescues (--rescue)"
+    )
     print_table(results, "vs_clairvoyant", "mean latency / the clairvoyant's")
     print_table(results, "vs_optimal", "mean latency / the optimiser's (optimal)")
     print_table(
@@ -341,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "cost": args.cost,
             "requests_per_case": args.requests,
+            "rescue": args.rescue,
             "trace_sets": sets,
             "target": target,
             "target_misses": misses,
