@@ -13,7 +13,7 @@ its radio bytes (every hop) carried so far, from the cost model's replay of the 
 (``CostModel.progress``). What it knows of the links differs from serving's: it sees the world's
 snapshot at each moment, the one view every decision gets (time-weighted means over the last seconds),
 while serving's live view also bounds a link by a transfer still on the air, so it sees a dark link
-sooner: the world rescues later than serving would, never sooner.
+sooner: the world's rescues come a second or two later than serving's would.
 
 An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion; a device
 failure during an attempt follows the failure rule (env/simulator.py: the restart on the reference plan
