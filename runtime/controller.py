@@ -82,6 +82,8 @@ from runtime.telemetry import Telemetry
 from runtime.transport import MAX_MESSAGE_BYTES, Header, Kind, Message
 from runtime.verify import Verifier
 
+WATCH_EVERY_S = 0.2  # how often the watcher a serving loop attaches is called while requests run
+
 log = logging.getLogger("runtime.controller")
 
 Watcher = Callable[[], None]  # called while requests run
@@ -110,7 +112,7 @@ class Controller:
         telemetry_grace_s: float = 2.0,
         history: int = 4096,
         watch: Watcher | None = None,
-        watch_every_s: float = 0.2,
+        watch_every_s: float = WATCH_EVERY_S,
         kernel_links: Mapping[str, Mapping[str, str]] | None = None,
         verify: float = 0.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,

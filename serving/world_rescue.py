@@ -30,8 +30,10 @@ from env.cost_model import CostModel
 from env.network import NetworkState
 from env.simulator import charged_in_world
 from env.snapshot import Snapshot
+from runtime.controller import WATCH_EVERY_S
 from runtime.plan import Plan
 from runtime.results import InFlight
+from serving.loop import ServeOptions
 from serving.rules import MAX_RESCUES, moved, settled, worth_restarting
 
 # the planner's plan for a view (None: it found no plan, and the plan in force stays)
@@ -40,14 +42,14 @@ Replan = Callable[[Snapshot], Plan | None]
 
 @dataclass(frozen=True)
 class RescueRule:
-    """Serving's defaults (serving/loop.py ``ServeOptions``, the controller's watcher period)."""
+    """When the watcher looks, and the thresholds of ``moved`` and ``worth_restarting``."""
 
-    watch_every_s: float = 0.2
-    threshold: float = 0.5
-    margin: float = 1.2
+    watch_every_s: float
+    threshold: float
+    margin: float
 
 
-SERVING_RULE = RescueRule()
+SERVING_RULE = RescueRule(WATCH_EVERY_S, ServeOptions.threshold, ServeOptions.rescue_margin)
 
 
 def served_in_world(
