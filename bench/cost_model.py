@@ -9,7 +9,7 @@ rounds (a fresh model each round, after one warm-up pass that compiles the kerne
 graph's caches), with the ratio of their medians: the kernel reads the same tables, which hold seconds
 instead of FLOPs.
 
-Rerun: python bench/cost_model.py [--plans 2000] [--rounds 4]
+Rerun: python -m bench.cost_model [--plans 2000] [--rounds 4]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ next to the bytes the devices exchange when the same layers are re-split after e
 Then it times the executor on a 3-stage, 4-way plan against a plain forward pass on the same input,
 interleaved in one run so machine noise hits both alike.
 
-Rerun: python bench/halo.py [--reps 5]
+Rerun: python -m bench.halo [--reps 5]
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ process. Measured side by side in one run:
 3. decision time of the PPO planner (argmax, and top-3 checked by the cost model) and of the analytic
    optimiser on the same snapshots, and the ratios.
 
-Rerun: python bench/microsplit.py [--policy agents/pretrained/vgg16_mesh.zip] [--steps 600] [--decisions 5]
-(Not bench/env.py: ``python bench/X.py`` puts bench/ first on sys.path, where a file named env.py
-would shadow the ``env`` package for every bench script.)
+Rerun: python -m bench.microsplit [--policy agents/pretrained/vgg16_mesh.zip] [--steps 600] [--decisions 5]
+(As a module: ``python bench/microsplit.py`` puts bench/ first on sys.path, where bench/serving.py
+shadows the ``serving`` package.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Three tables, measured in one run (the machine is shared, so times come with CPU
    peer-to-peer reading), DeepSlicing and DISNET, and its energy under the energy objective against
    MoDNN's. Needs ../shared/scenarios; skipped without it.
 
-Rerun: python bench/planners.py [--sizes 5,10,15,20,25,30] [--meshes 3] [--json OUT]
+Rerun: python -m bench.planners [--sizes 5,10,15,20,25,30] [--meshes 3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def main() -> None:
         console.print(f"[yellow]targets skipped: {SHARED} not found[/yellow]")
     if args.json:
         write_json(args.json, report, console)
-    console.print("rerun: python bench/planners.py [--sizes 5,10,...] [--meshes 3] [--json OUT]")
+    console.print("rerun: python -m bench.planners [--sizes 5,10,...] [--meshes 3] [--json OUT]")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Three measurements, each side by side in one run so the ratio does not depend on
 3. pipelining: a 3-stage plan over 3 paced devices (stages balanced from a measured profile), a
    stream of requests with 3 in flight vs one request at a time; throughput ratio (target >= 1.8).
 
-Rerun: python bench/runtime_bench.py [--quick] [--json OUT]
+Rerun: python -m bench.runtime_bench [--quick] [--json OUT]
 (Not named bench/runtime.py: run as a script, that file would shadow the runtime package for every
 script in bench/.)
 """
@@ -280,7 +280,7 @@ def main() -> None:
     console.print(
         f"pipeline plan: {p['plan']} (stage CPU ms {', '.join(f'{c:.1f}' for c in p['stage_cpu_ms'])})"
     )
-    console.print("rerun: python bench/runtime_bench.py [--quick] [--json OUT]")
+    console.print("rerun: python -m bench.runtime_bench [--quick] [--json OUT]")
     if args.json:
         write_json(args.json, figures, console, indent=1)
 
