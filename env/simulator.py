@@ -80,11 +80,14 @@ def attempt_in_world(
     return Outcome(ran + DEAD_AFTER_S, cost.energy_j * share, failed=True)
 
 
-def charged_in_world(cost_model: CostModel, world: NetworkState, plan: Plan, t: float) -> Outcome:
+def charged_in_world(
+    cost_model: CostModel, world: NetworkState, plan: Plan, t: float, cost: Cost | None = None
+) -> Outcome:
     """What ``plan`` started at ``t`` costs in ``world`` in all, by the failure rule (module docstring):
     a failed attempt up to its restart, then the reference plan of the snapshot at the restart, paid on
-    top (``charge``)."""
-    attempt = attempt_in_world(cost_model, world, plan, t, cost_model.cost(plan, world, t))
+    top (``charge``). ``cost``: the plan's ``cost_model.cost`` in ``world`` at ``t``, if already known."""
+    cost = cost or cost_model.cost(plan, world, t)
+    attempt = attempt_in_world(cost_model, world, plan, t, cost)
     if not attempt.failed:
         return attempt
     restart = t + attempt.latency_s

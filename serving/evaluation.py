@@ -83,13 +83,15 @@ class SimExecutor:
         self.cost_model, self.world = cost_model, world
         self.rescuers, self.rule = rescuers or {}, rule
         self._views: dict[float, Snapshot] = {}  # one request's watched moments, shared by its agents
+        self._request_t: float | None = None  # the request they belong to
 
     def __call__(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         replan = self.rescuers.get(agent)
         if replan is None:
             return charged_in_world(self.cost_model, self.world, plan, t)
-        if self._views and min(self._views) < t:
+        if t != self._request_t:
             self._views.clear()
+            self._request_t = t
         return served_in_world(self.cost_model, self.world, plan, t, replan, self.rule, self._view_at)
 
     def _view_at(self, w: float) -> Snapshot:

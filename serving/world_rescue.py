@@ -64,20 +64,19 @@ def served_in_world(
     """What ``plan``, decided at ``t`` on the world's snapshot of ``t``, costs when served with rescues
     (module docstring). ``view_at`` gives the world's snapshot of a moment (memoise it across planners
     priced on the same request: their watchers look at the same moments)."""
-    view_at = view_at or world.snapshot
-    watch = _Watch(cost_model, replan, rule, plan, view_at(t))
-    start, spent_s, spent_j, rescues = t, 0.0, 0.0, 0
+    watch = _Watch(cost_model, world, replan, rule, view_at or world.snapshot, plan, t)
+    start, spent_s, spent_j, rescues, cost = t, 0.0, 0.0, 0, None
     while rescues < MAX_RESCUES:
         cost = cost_model.cost(plan, world, start)
         end = start + cost.latency_s
         down = world.first_down(cost_model.skeleton(plan).devices, start, end)
-        at = watch.rescue_moment(world, plan, start, end if down is None else down, rescues, view_at)
+        at = watch.rescue_moment(plan, start, end if down is None else down, rescues)
         if at is None:
             break
         spent_s += at - start
         spent_j += cost.energy_j * ((at - start) / cost.latency_s if cost.latency_s > 0 else 1.0)
-        start, plan, rescues = at, watch.in_force, rescues + 1
-    rest = charged_in_world(cost_model, world, plan, start)
+        start, plan, rescues, cost = at, watch.in_force, rescues + 1, None
+    rest = charged_in_world(cost_model, world, plan, start, cost)
     return Outcome(
         spent_s + rest.latency_s, spent_j + rest.energy_j, rest.outputs_match, rest.failed, rescues
     )
@@ -86,25 +85,33 @@ def served_in_world(
 class _Watch:
     """Serving's watcher over one request: the plan in force and the view it was made on."""
 
-    def __init__(self, cost_model: CostModel, replan: Replan, rule: RescueRule, plan: Plan, view: Snapshot):
-        self.cost_model, self.replan, self.rule = cost_model, replan, rule
-        self.in_force, self.made_on, self.seen = plan, view, view
-
-    def rescue_moment(
+    def __init__(
         self,
+        cost_model: CostModel,
         world: NetworkState,
-        running: Plan,
-        start: float,
-        stop: float,
-        rescues: int,
+        replan: Replan,
+        rule: RescueRule,
         view_at: Callable[[float], Snapshot],
-    ) -> float | None:
+        plan: Plan,
+        t: float,
+    ):
+        self.cost_model, self.world, self.replan, self.rule, self.view_at = (
+            cost_model,
+            world,
+            replan,
+            rule,
+            view_at,
+        )
+        self.in_force = plan
+        self.made_on = self.seen = view_at(t)
+
+    def rescue_moment(self, running: Plan, start: float, stop: float, rescues: int) -> float | None:
         """The first watch in (start, stop) at which the attempt of ``running`` begun at ``start`` is
         restarted on the plan in force (re-planned first if conditions moved), or None."""
         k = 1
         while (w := start + k * self.rule.watch_every_s) < stop:
             k += 1
-            view = view_at(w)
+            view = self.view_at(w)
             seen, self.seen = self.seen, view
             if not settled(seen, view):
                 continue
@@ -114,7 +121,7 @@ class _Watch:
                 self.in_force = self.in_force if fresh is None else fresh
             if self.in_force == running:
                 continue
-            progress = self.cost_model.progress(running, world, start, w)
+            progress = self.cost_model.progress(running, self.world, start, w)
             attempt = InFlight(0, running, False, w - start, progress, rescues)
             if worth_restarting(self.cost_model, attempt, self.in_force, view, self.rule.margin):
                 return w

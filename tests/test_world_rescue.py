@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agents.base import Decision
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.simulator import charged_in_world
@@ -97,7 +98,7 @@ def test_the_clairvoyant_is_never_rescued(spec, tiny):
             self.plan = plan
 
         def decide(self, view, graph, objective):
-            return type("Decision", (), {"plan": self.plan})()
+            return Decision(self.plan)
 
     model, dark = CostModel(tiny, spec), world(spec, dark=True)
     planners = {CLAIRVOYANT: Fixed(on("h2", tiny)), "a": Fixed(on("h2", tiny))}
