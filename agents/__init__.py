@@ -1,9 +1,10 @@
 """disnet agents layer: planners that turn a Snapshot into a Plan, and a registry to build them by name.
 
 ``make_planner("optimal")`` (the robust online optimiser, agents/robust.py; ``snapshot-optimal`` is the
-optimiser that trusts the snapshot's rates, agents/optimizer.py) and friends; ``clairvoyant`` is for
-evaluation only and needs ``world=`` (the ``NetworkState`` the requests run in); ``graph`` and ``spec`` (or ``cost_model``) let the planners
-that score candidates share one cost model with the caller. Other keyword options go to the class.
+optimiser that trusts the snapshot's rates, agents/optimizer.py) and friends; the references ``clairvoyant`` and
+``hindsight`` are for evaluation only and need ``world=`` (the ``NetworkState`` the requests run in);
+``graph`` and ``spec`` (or ``cost_model``) let the planners that score candidates share one cost model
+with the caller. Other keyword options go to the class.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from typing import Any
 
 from agents.base import Decision, Planner, PlannerError
 from agents.baselines import DeepSlicing, DeepThings, LocalOnly, MoDNN, Neurosurgeon
-from agents.clairvoyant import Clairvoyant
+from agents.clairvoyant import Clairvoyant, Hindsight
 from agents.disnet import DisnetPlanner
 from agents.optimizer import OptimalPlanner
 from agents.robust import RobustPlanner
 from env.cost_model import CostModel
+from env.network import NetworkState
 from runtime.graph import LayerGraph
 from runtime.spec import ClusterSpec
 
+REFERENCES = {p.name: p for p in (Clairvoyant, Hindsight)}  # evaluation only: they read the world itself
 POLICY_NAME = re.compile(
     r"ppo(?:-top(?P<k>[1-9][0-9]*))?(?P<polished>-polish(?P<polish>[1-9][0-9]*)?)?:(?P<path>.+)"
 )
@@ -63,9 +66,12 @@ def make_planner(
     graph: LayerGraph | None = None,
     spec: ClusterSpec | None = None,
     cost_model: CostModel | None = None,
+    world: NetworkState | None = None,
     **options: Any,
 ) -> Planner:
     """The planner registered as ``name``; raises PlannerError for an unknown name or a bad option.
+    ``world``: the world the requests run in, which the references (``REFERENCES``) plan on and every
+    online planner ignores.
     ``ppo:PATH`` loads a trained policy file (agents/ppo.py, or agents/staged_policy.py for a policy for
     any cluster), an error if ``graph`` (and ``spec``) are given and the policy cannot plan them;
     ``ppo-topK:PATH`` lets the cost model pick the best of the policy's K most likely actions;
@@ -87,11 +93,13 @@ def make_planner(
         if problem is not None:  # a policy for another model or a larger cluster: an error, not a fallback
             raise PlannerError(f"planner {name!r}: {problem}")
         return planner
-    if name == Clairvoyant.name and "world" not in options:
-        raise PlannerError("planner 'clairvoyant' is for evaluation only: it needs the world it plans on")
-    factory = Clairvoyant if name == Clairvoyant.name else PLANNERS.get(name)
+    if name in REFERENCES:
+        if world is None:
+            raise PlannerError(f"planner {name!r} is for evaluation only: it needs the world it plans on")
+        options["world"] = world
+    factory = REFERENCES.get(name) or PLANNERS.get(name)
     if factory is None:
-        valid = ", ".join([*PLANNERS, Clairvoyant.name])
+        valid = ", ".join([*PLANNERS, *REFERENCES])
         raise PlannerError(
             f"unknown planner {name!r}; valid names: {valid}, and a trained policy file as ppo:PATH "
             "(ppo-topK:PATH, ppo-polish:PATH, ppo-topK-polish:PATH)"
@@ -106,11 +114,13 @@ def make_planner(
 
 __all__ = [
     "PLANNERS",
+    "REFERENCES",
     "Clairvoyant",
     "DeepSlicing",
     "DeepThings",
     "Decision",
     "DisnetPlanner",
+    "Hindsight",
     "LocalOnly",
     "MoDNN",
     "Neurosurgeon",

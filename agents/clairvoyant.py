@@ -144,3 +144,34 @@ class Clairvoyant(Planner):
         """The plan with its objective in the world."""
         plan = self.plan(snapshot, graph, objective)
         return Decision(plan, fallback=BLOCKED if self.last_blocked else None, score=self.last_score)
+
+
+LOOKBACK_S = 8.0  # the seconds of past the hindsight reference replays: as long as a snapshot's history
+
+
+class Hindsight(Clairvoyant):
+    """The clairvoyant's planner, search and budget on the past instead of the future (``hindsight``,
+    evaluation only): each request is planned and priced on the world as its last ``lookback_s`` seconds
+    make it look (``NetworkState.past_replayed``: every link and device repeats them exactly, who is
+    down stays down). It is an online planner that knows the past perfectly, at the traces' own
+    resolution, and searches as long as the clairvoyant. Its regret is what knowing the past cannot buy:
+    the part of any online planner's regret that only a better forecast (not a better search or price)
+    could remove, if the next seconds are read as a repeat of the last ones. It does not price failure
+    risk: the device that fails next is not in the past."""
+
+    name = "hindsight"
+
+    def __init__(
+        self,
+        cost_model: CostModel | None = None,
+        *,
+        world: NetworkState,
+        lookback_s: float = LOOKBACK_S,
+        **options,
+    ):
+        super().__init__(cost_model, world=world, **options)
+        self.true_world, self.lookback_s = world, lookback_s
+
+    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
+        self.world = self.true_world.past_replayed(snapshot.time, self.lookback_s)
+        return super().plan(snapshot, graph, objective)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from agents import PlannerError, make_planner, planner_labels
+from agents import REFERENCES, PlannerError, make_planner, planner_labels
 from cli import flags
 from cli.errors import reporting_user_errors
 from cli.output import script_console, write_json
@@ -146,7 +146,10 @@ def run_case(
     world = world_for(spec, links, case["failures"], case["mesh_seed"] + 7)
     cost = CostModel(graph, spec, profile)
     planners = {CLAIRVOYANT: make_planner(CLAIRVOYANT, cost_model=cost, world=world)}
-    planners |= {label: make_planner(name, cost_model=cost) for name, label in planner_labels(agents).items()}
+    planners |= {
+        label: make_planner(name, cost_model=cost, world=world)
+        for name, label in planner_labels(agents).items()
+    }
     execute = SimExecutor(cost, world, rescuers(planners, graph, Objective()) if rescue else None)
     records = run_comparison(
         planners, lambda i: world.snapshot(START_S + i * GAP_S), requests, graph, Objective(), execute
@@ -314,7 +317,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         sets = dict(list(sets.items())[:1])
     for name in args.agents:  # a bad name fails now, not after the first cases
-        make_planner(name)
+        if name not in REFERENCES:  # the references need a case's world
+            make_planner(name)
     graph = LayerGraph.from_model(models.build(args.model), models.input_shape(args.model), args.model)
     profile = resolve_profile(graph, args.cost, say=console.print)
     todo = cases(args.sizes, list(sets), args.caps, FAILURE_CASES[args.failures])

@@ -105,7 +105,7 @@ def add_problem(parser: argparse.ArgumentParser, *, cluster_required: bool = Tru
 def add_agents(
     parser: argparse.ArgumentParser,
     default: str,
-    help: str = "comma list of planners: optimal, snapshot-optimal, disnet, modnn, ..., local, clairvoyant, "
+    help: str = "comma list of planners: optimal, snapshot-optimal, disnet, modnn, ..., local, clairvoyant, hindsight, "
     "and trained policies as ppo:PATH, ppo-top3:PATH, ppo-polish:PATH, ppo-top3-polish:PATH",
 ) -> None:
     """The planners to run (``--agent`` is the same flag)."""

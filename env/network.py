@@ -239,6 +239,28 @@ class NetworkState:
         snap.__dict__["rates"] = means
         return snap
 
+    def past_replayed(self, t: float, lookback_s: float) -> NetworkState:
+        """The world as the past makes it look from ``t``, for evaluation only: from ``t`` on, every
+        link and device repeats its true last ``lookback_s`` seconds (clipped at time 0; with no past,
+        the traces' values at 0 hold), over and over; who is down at ``t`` stays down, everyone else
+        stays up. Nothing after ``t`` is read: a planner priced on it knows the past exactly and the
+        future not at all (the hindsight reference, agents/clairvoyant.py)."""
+        if not (t >= 0 and lookback_s > 0):
+            raise NetworkError(f"past_replayed needs t >= 0 and lookback_s > 0 (got {t}, {lookback_s})")
+        past = min(lookback_s, t)
+
+        def replayed(trace: Trace) -> Trace:
+            if past == 0:
+                return constant(trace.value_at(0.0))
+            return trace.window(t - past, past).shifted(-t)
+
+        return NetworkState(
+            self.spec,
+            {key: replayed(trace) for key, trace in self._links.items()},
+            {d: replayed(trace) for d, trace in self._speed.items()},
+            {d: [(0.0, math.inf)] for d in self.spec.devices if not self.available_at(d, t)},
+        )
+
     def snapshot(
         self, t: float, window_s: float = 5.0, history: int = 8, failure_window_s: float = 300.0
     ) -> Snapshot:

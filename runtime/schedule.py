@@ -269,6 +269,18 @@ class Trace:
         keep = np.append(times[1:], self.duration) > times
         return self._derived(times[keep], mbps[keep], f"{self.name}@{o:g}s")
 
+    def window(self, t0: float, length_s: float) -> Trace:
+        """The series over [t0, t0 + length_s) as a loop of period ``length_s``: new(t) == old(t0 + t)
+        for 0 <= t < length_s, then again. What the link would do if those seconds repeated."""
+        if not (length_s > 0 and math.isfinite(length_s) and math.isfinite(t0)):
+            raise ValueError(f"a window needs a finite start and a length > 0, got {t0}, {length_s}")
+        start = self.shifted(t0)
+        laps = math.ceil(length_s / self.duration)
+        times = np.concatenate([start.times + k * self.duration for k in range(laps)])
+        mbps = np.tile(start.mbps, laps)
+        keep = times < length_s
+        return Trace(times[keep], mbps[keep], length_s, f"{self.name}[{t0:g}+{length_s:g}s]")
+
 
 def constant(mbps: float, duration: float = 1.0) -> Trace:
     """A link that always carries ``mbps``."""
