@@ -51,13 +51,12 @@ from env.cost_model import Cost, CostModel, Objective
 from env.net_view import net_view
 from env.network import NetworkState
 from env.simulator import reference_plan
-from env.snapshot import Snapshot, link_key
+from env.snapshot import FLOOR_MBPS, Snapshot, link_key
 from env.traces import Trace, constant
 from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 
-FLOOR_MBPS = 1e-6  # what a second measured at 0 Mbit/s counts as: next to nothing, for any tensor
 CUT_OFF_NOW = "the snapshot's links cut the source or sink off: planned on their history"
 
 

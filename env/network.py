@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from env.dynamics import DynamicsConfig
-from env.snapshot import NO_TRACES, NetworkError, Rates, Snapshot, direct_link, link_key
+from env.snapshot import FLOOR_MBPS, NO_TRACES, NetworkError, Rates, Snapshot, direct_link, link_key
 from env.trace_kernels import window_means
 from env.traces import Trace, TraceSource, constant
 from runtime.schedule import TraceStack
@@ -243,16 +243,18 @@ class NetworkState:
         """The world as the past makes it look from ``t``, for evaluation only: from ``t`` on, every
         link and device repeats its true last ``lookback_s`` seconds (clipped at time 0; with no past,
         the traces' values at 0 hold), over and over; who is down at ``t`` stays down, everyone else
-        stays up. Nothing after ``t`` is read: a planner priced on it knows the past exactly and the
-        future not at all (the hindsight reference, agents/clairvoyant.py)."""
+        stays up; a link dark throughout its last seconds carries ``FLOOR_MBPS`` (next to nothing, where
+        nothing would never deliver). Nothing after ``t`` is read: a planner priced on it knows the
+        past exactly and the future not at all (the hindsight reference, agents/clairvoyant.py)."""
         if not (t >= 0 and lookback_s > 0):
             raise NetworkError(f"past_replayed needs t >= 0 and lookback_s > 0 (got {t}, {lookback_s})")
         past = min(lookback_s, t)
 
         def replayed(trace: Trace) -> Trace:
-            if past == 0:
-                return constant(trace.value_at(0.0))
-            return trace.window(t - past, past).shifted(-t)
+            repeated = (
+                constant(trace.value_at(0.0)) if past == 0 else trace.window(t - past, past).shifted(-t)
+            )
+            return repeated if repeated.period_bytes > 0 else constant(FLOOR_MBPS)
 
         return NetworkState(
             self.spec,

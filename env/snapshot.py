@@ -132,3 +132,4 @@ class Rates:
 
 
 NO_TRACES = TraceStack(())  # a snapshot's rates: no traces, constant values
+FLOOR_MBPS = 1e-6  # what a second measured at 0 Mbit/s counts as: next to nothing, for any tensor

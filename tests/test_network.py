@@ -11,7 +11,7 @@ import pytest
 
 from env.dynamics import DynamicsConfig
 from env.network import NetworkState
-from env.snapshot import NetworkError, Snapshot, link_key
+from env.snapshot import FLOOR_MBPS, NetworkError, Snapshot, link_key
 from env.traces import Trace, constant, step_drop
 from runtime.spec import ClusterSpec, Device, Link, PowerProfile, load_cluster
 
@@ -84,6 +84,34 @@ def test_snapshot_is_blind_to_the_future():
     for t in (0.0, 4.0, 10.0):
         assert early.snapshot(t) == late.snapshot(t)
     assert early.snapshot(11.0) != late.snapshot(11.0)
+
+
+def test_the_replayed_past_repeats_the_last_seconds_and_reads_nothing_later():
+    """From t, each link repeats its last seconds; two worlds equal up to t replay the same past, who is
+    down at t stays down, and with no past yet the traces' first values hold."""
+    early, late = _world_with(_drop_at_10(10.0)), _world_with(_drop_at_10(25.0))
+    down = NetworkState(
+        _line_spec(),
+        {("a", "b"): _drop_at_10(), ("b", "c"): constant(40.0)},
+        downtime={"b": [(9.0, 9.5), (11.5, 14.0)]},
+    )
+    replay = early.past_replayed(12.0, 4.0)  # the last 4 s: 2 s at 20 Mbit/s, then 2 s at 2
+    t = 12.0 + np.linspace(0.0, 20.0, 401)
+    expected = np.where(np.mod(t - 12.0, 4.0) < 2.0, 20.0, 2.0)
+    np.testing.assert_array_equal(replay.link_schedule("a", "b").bandwidth_at(t), expected)
+    assert replay.transfer_time("a", "b", 6 * MB, 12.0) == pytest.approx(4.2)  # 5 + 0.5 MB, then 0.5 at 20
+    for world in (early, late):  # equal up to 9 s, so their pasts replayed from then are too
+        np.testing.assert_array_equal(
+            world.past_replayed(9.0, 4.0).link_schedule("a", "b").bandwidth_at(t), 20.0
+        )
+    replay = down.past_replayed(12.0, 4.0)
+    assert not any(replay.available_at("b", t) for t in (12.0, 1000.0))  # down at 12: stays down
+    assert down.past_replayed(10.0, 4.0).available_at("b", 100.0)  # it came back before 10: stays up
+    assert late.past_replayed(0.0, 4.0).bandwidth_at("a", "b", 50.0) == 20.0
+    dark = _world_with(step_drop(high=20.0, low=0.0, t_drop=10.0, drop_len=20.0, duration=60.0))
+    assert dark.past_replayed(15.0, 4.0).bandwidth_at("a", "b", 16.0) == FLOOR_MBPS  # never nothing at all
+    with pytest.raises(NetworkError, match="lookback_s > 0"):
+        late.past_replayed(5.0, 0.0)
 
 
 def test_snapshot_windows_are_clipped_at_time_zero():

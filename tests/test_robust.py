@@ -28,7 +28,7 @@ from env.net_view import net_view
 from env.network import NetworkState
 from env.simulator import reference_plan
 from env.snapshot import link_key
-from env.traces import constant, step_drop
+from env.traces import Trace, constant, step_drop
 from runtime import models
 from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
@@ -347,3 +347,26 @@ def test_the_robust_optimisers_bound_is_below_the_price_of_every_plan(tiny):
         for name in ("snapshot-optimal", "disnet", "deepslicing", "neurosurgeon", "local"):
             plan = make_planner(name, cost_model=model).plan(snap, tiny, objective)
             assert search.price(plan) >= decision.bound, name
+
+
+def test_the_hindsight_reference_plans_on_the_past_and_never_reads_the_future(tiny):
+    """s-h1 all but stopped over the last seconds and is three times the other links from t = 20 on: the
+    clairvoyant sends the image over it, the hindsight reference (the same planner on the past
+    replayed) does not, and its plan is the same in a world where the link never recovers."""
+    spec = slow_star()
+    model = CostModel(tiny, spec)
+    fast = link_key("s", "h1")
+
+    def world(after: float) -> NetworkState:
+        links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+        return NetworkState(spec, links | {fast: Trace([0.0, 12.0, 20.0], [10.0, 0.01, after], 600.0)})
+
+    recovers, stays = world(30.0), world(0.01)
+    snap = recovers.snapshot(20.0)
+    assert snap == stays.snapshot(20.0)
+    ceiling = make_planner("clairvoyant", cost_model=model, world=recovers, **FAST).plan(snap, tiny, LATENCY)
+    past = make_planner("hindsight", cost_model=model, world=recovers, **FAST).plan(snap, tiny, LATENCY)
+    assert crosses(model, ceiling, fast) and not crosses(model, past, fast)
+    assert make_planner("hindsight", cost_model=model, world=stays, **FAST).plan(snap, tiny, LATENCY) == past
+    with pytest.raises(PlannerError, match="'hindsight' is for evaluation only"):
+        make_planner("hindsight")

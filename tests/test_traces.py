@@ -307,6 +307,18 @@ def test_shifted_real_trace_keeps_every_value() -> None:
     assert moved.transfer_time(3 * MB, 5.0) == pytest.approx(trace.transfer_time(3 * MB, 46.13))
 
 
+@pytest.mark.parametrize(("t0", "length"), [(0.5, 1.0), (3.0, 2.5), (9.5, 1.0), (-0.5, 3.0), (4.0, 25.0)])
+def test_a_window_repeats_those_seconds_of_the_series(t0: float, length: float) -> None:
+    trace = _step_trace(duration=10.0)
+    window = trace.window(t0, length)
+    assert window.duration == length and window.times[0] == 0.0
+    t = np.linspace(0.0, 3 * length, 3001, endpoint=False)
+    np.testing.assert_array_equal(window.bandwidth_at(t), trace.bandwidth_at(t0 + np.mod(t, length)))
+    assert window.period_bytes == pytest.approx(trace.bytes_between(t0, t0 + length))
+    with pytest.raises(ValueError, match="length > 0"):
+        trace.window(1.0, 0.0)
+
+
 # ------------------------------------------------------------------------------- property checks
 
 
