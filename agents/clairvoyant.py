@@ -153,11 +153,14 @@ class Hindsight(Clairvoyant):
     """The clairvoyant's planner, search and budget on the past instead of the future (``hindsight``,
     evaluation only): each request is planned and priced on the world as its last ``lookback_s`` seconds
     make it look (``NetworkState.past_replayed``: every link and device repeats them exactly, who is
-    down stays down). It is an online planner that knows the past perfectly, at the traces' own
-    resolution, and searches as long as the clairvoyant. Its regret is what knowing the past cannot buy:
-    the part of any online planner's regret that only a better forecast (not a better search or price)
-    could remove, if the next seconds are read as a repeat of the last ones. It does not price failure
-    risk: the device that fails next is not in the past."""
+    down stays down). It is an online planner with a perfect record of the past, at the traces' own
+    resolution, that searches as long as the clairvoyant, so it says what an online planner's regret is
+    made of: where a planner loses to it, a better record of the past or a longer search would help;
+    where a planner beats it, the planner reads the past better than as one exact repeat (the robust
+    optimiser reads it as a spread of scenarios), and a longer search or a finer record of the past alone is
+    not what its regret lacks. It does not price failure risk: the device that fails next is not in the
+    past.
+    """
 
     name = "hindsight"
 
