@@ -105,13 +105,14 @@ class Clairvoyant(Planner):
         model = self.cost_model(graph, snapshot.spec)
         others, self._others = self._others, []  # for this request only
         t, horizon = snapshot.time, self.first_horizon_s
+        world = self.world_at(t)
         for _ in range(self.ROUNDS):
-            plan, horizon = self._plan_on_future(t, horizon, graph, objective)
-            latency = model.cost(plan, self.world, t).latency_s
-            if not self.world.down_during(model.skeleton(plan).devices, t, t + latency):
+            plan, horizon = self._plan_on_future(world, t, horizon, graph, objective)
+            latency = model.cost(plan, world, t).latency_s
+            if not world.down_during(model.skeleton(plan).devices, t, t + latency):
                 break
             horizon = max(latency, 2 * horizon)
-        search = ForesightSearch(model, self.world.foresight(t, horizon), graph, objective, self.world)
+        search = ForesightSearch(model, world.foresight(t, horizon), graph, objective, world)
         search.consider(plan)
         try:
             search.consider(self.optimiser.plan(snapshot, graph, objective))
@@ -122,19 +123,23 @@ class Clairvoyant(Planner):
         search.local_search(self.refine_evaluations, np.random.default_rng(0))
         if search.best is None and search.blocked is None:
             self.last_blocked = False  # the plan loses a device whatever: priced with the loss
-            self.last_score = objective.score(model.cost(plan, self.world, t))
+            self.last_score = objective.score(model.cost(plan, world, t))
             return plan
         plan, self.last_score, self.last_blocked = search.outcome()
         return plan
 
+    def world_at(self, t: float) -> NetworkState:
+        """The world a request at ``t`` is planned and priced on: the true one."""
+        return self.world
+
     def _plan_on_future(
-        self, t: float, horizon: float, graph: LayerGraph, objective: Objective
+        self, world: NetworkState, t: float, horizon: float, graph: LayerGraph, objective: Objective
     ) -> tuple[Plan, float]:
-        """The optimiser's plan on the world over [t, t + horizon], and that horizon, doubled while the
+        """The optimiser's plan on ``world`` over [t, t + horizon], and that horizon, doubled while the
         window cuts the source or sink off (module doc)."""
         while True:
             try:
-                return self.optimiser.plan(self.world.foresight(t, horizon), graph, objective), horizon
+                return self.optimiser.plan(world.foresight(t, horizon), graph, objective), horizon
             except CutOff:
                 if horizon >= self.max_horizon_s:
                     raise
@@ -173,8 +178,8 @@ class Hindsight(Clairvoyant):
         **options,
     ):
         super().__init__(cost_model, world=world, **options)
-        self.true_world, self.lookback_s = world, lookback_s
+        self.lookback_s = lookback_s
 
-    def plan(self, snapshot: Snapshot, graph: LayerGraph, objective: Objective) -> Plan:
-        self.world = self.true_world.past_replayed(snapshot.time, self.lookback_s)
-        return super().plan(snapshot, graph, objective)
+    def world_at(self, t: float) -> NetworkState:
+        """The world as its last ``lookback_s`` seconds before ``t`` make it look."""
+        return self.world.past_replayed(t, self.lookback_s)
