@@ -28,8 +28,8 @@ is not the default).
 Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
 unsplit model. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
-world's true future, and ``hindsight`` for the same planner on the world's true past (its regret is what
-knowing the past exactly cannot buy); the table and JSON also give each agent's fallbacks, failed requests, rescues and
+world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
+with a perfect record and a long search, to tell what the regret is made of); the table and JSON also give each agent's fallbacks, failed requests, rescues and
 (for an optimiser that proves one) its gap to the certified bound. ``--rescue`` (sim) serves each request
 as adaptive serving does: a request that conditions collapse under is restarted on its own planner's
 newer plan (serving/world_rescue.py); without it, a request runs to its end on the plan it was dealt, as
