@@ -29,11 +29,12 @@ Every agent plans on the same snapshots of the same world; ``sim`` scores plans 
 trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
 unsplit model. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
 world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
-with a perfect record and a long search, to tell what the regret is made of); the table and JSON also give each agent's fallbacks, failed requests, rescues and
-(for an optimiser that proves one) its gap to the certified bound. ``--rescue`` (sim) serves each request
-as adaptive serving does: a request that conditions collapse under is restarted on its own planner's
-newer plan (serving/world_rescue.py); without it, a request runs to its end on the plan it was dealt, as
-the live backend runs it.
+with a perfect record and a long search, to tell what the regret is made of); the table and JSON also
+give each agent's fallbacks, failed requests, rescues and (for an optimiser that proves one) its gap to
+the certified bound. ``--rescue`` serves each request as adaptive serving does: a request that
+conditions collapse under is restarted on its own planner's newer plan (in the sim as
+serving/world_rescue.py replays the rule; live by serving's own watcher on the cluster's telemetry);
+without it, a request runs to its end on the plan it was dealt.
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ from runtime.plan import random_plan
 from runtime.spec import load_cluster
 from serving.calibration import calibration_report, print_calibration
 from serving.comparison_report import plot, print_summary, report_json, summarize
-from serving.evaluation import ComparisonInterrupted, SimExecutor, live_session, rescuers, run_comparison
+from serving.evaluation import (
+    ComparisonInterrupted,
+    LiveRescue,
+    SimExecutor,
+    live_session,
+    rescuers,
+    run_comparison,
+)
 
 console = script_console()
 
@@ -109,6 +117,8 @@ def compare(args: argparse.Namespace) -> dict:
     try:
         if live:
             options = cluster_options(args, profile or paced_by(graph))
+            if args.rescue:
+                options["rescue"] = LiveRescue(planners, graph, objective)
             with live_session(spec, args.model, model, world, seed=args.seed, **options) as session:
                 console.print(f"emulation: time dilation {session.cluster.dilation:g}")
                 records = run(session.snapshot_at, session.execute)
@@ -294,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dilation and --pacing are for the live backend (the sim emulates no cluster)")
     if args.command == "compare" and args.failures and args.backend == "live":
         parser.error("--failures is for the sim backend (a live cluster's workers fail only for real)")
-    if args.command == "compare" and args.rescue and args.backend == "live":
-        parser.error("--rescue is for the sim backend (the live backend runs each request to its end)")
 
     def work() -> int:
         report = compare(args) if args.command == "compare" else calibrate(args)

@@ -3,7 +3,9 @@
 Every agent sees the same sequence of snapshots (the same world, the same request times); what differs
 is only the plan it chooses. A request's outcome comes from an ``executor`` callable: the cost model in
 the trace-driven world (``sim``) or a live cluster (``live``), so both backends share all the reporting
-(serving/comparison_report.py).
+(serving/comparison_report.py). Either backend may serve each request as adaptive serving does, restarted
+on its agent's newer plan when conditions collapse under it (``SimExecutor``'s rescuers in the world,
+``LiveRescue``'s watcher on the cluster).
 
 Each request records the planner's ``Decision`` as well as its outcome, so the summary can say what a
 mean latency alone hides: how many requests a planner answered with a fallback plan, how far the
@@ -19,25 +21,30 @@ comparison with its message.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from agents.base import CutOff, Decision, PlannerError
+from agents.base import CutOff, Decision, Planner, PlannerError
 from env.backends import Outcome
-from env.cost_model import CostModel
+from env.cost_model import CostModel, Objective
 from env.net_view import net_view
 from env.network import NetworkState
 from env.simulator import charged_in_world, reference_plan
 from env.snapshot import Snapshot
+from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
+from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from serving.heap import setup_frozen
+from serving.loop import ServeOptions
+from serving.policies import Adaptive, Decider, Rescue
 from serving.world_rescue import SERVING_RULE, Replan, RescueRule, served_in_world
 
 CLAIRVOYANT = "clairvoyant"  # the agent every other agent's regret is measured against
@@ -200,12 +207,28 @@ def decide_or_wait(planner, snapshot: Snapshot, graph, objective) -> Decision:
         return Decision(reference_plan(graph, net_view(snapshot)).plan, fallback=f"cut off: {exc}")
 
 
-class LiveSession:
-    """A running local emulated cluster plus the reference model that checks its outputs."""
+@dataclass(frozen=True)
+class LiveRescue:
+    """What a live comparison needs to serve each request as adaptive serving does (``--rescue``): every
+    agent's planner (the clairvoyant's aside) and serving's options, for the controller's watcher."""
 
-    def __init__(self, cluster: LocalCluster, model, world, seed: int):
+    planners: dict[str, Planner]
+    graph: LayerGraph
+    objective: Objective
+    options: ServeOptions = field(default_factory=ServeOptions)
+
+
+class LiveSession:
+    """A running local emulated cluster plus the reference model that checks its outputs. With a
+    ``LiveRescue``, each agent's request is watched as adaptive serving watches its own (serving/loop.py's
+    rescue, on the cluster's own telemetry): when conditions collapse under it, the agent's planner
+    re-plans and the request restarts on that plan when it is worth it. The clairvoyant is never rescued."""
+
+    def __init__(self, cluster: LocalCluster, model, world, seed: int, rescue: LiveRescue | None = None):
         self.cluster, self.model, self.world, self.seed = cluster, model, world, seed
         self.controller = cluster.controller
+        self.rescue = rescue
+        self.view = LiveView(cluster.spec, self.controller) if rescue else None  # what serving's watcher sees
         self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def snapshot_at(self, index: int) -> Snapshot:
@@ -219,18 +242,51 @@ class LiveSession:
             (self._inputs[index],) = reference_pool(self.model, shape, 1, self.seed + index)
         x, expected = self._inputs[index]
         done = run_checked(self.controller, plan, x, expected)
-        return Outcome(done.result.latency_s, done.result.energy_j, done.exact), done.start_s
+        result = done.result
+        return Outcome(result.latency_s, result.energy_j, done.exact, rescues=result.rescues), done.start_s
 
     def execute(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
-        return self.run(index, plan)[0]
+        if self.rescue is None or agent == CLAIRVOYANT:
+            return self.run(index, plan)[0]
+        with self._watched(agent, plan):
+            return self.run(index, plan)[0]
+
+    @contextmanager
+    def _watched(self, agent: str, plan: Plan) -> Iterator[None]:
+        """``plan`` deployed with serving's rescue watching the requests run meanwhile, ``agent``'s planner
+        re-planning on a thread of its own; once they are done, the watcher leaves and a plan still being
+        made is waited for (the planner plans the next request)."""
+        rescue, ctl = self.rescue, self.controller
+        options = rescue.options
+        decide = Decider(rescue.planners[agent], rescue.graph, rescue.objective)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rescue-{agent}") as planning:
+            keeper = Adaptive(
+                ctl,
+                decide,
+                self.view.snapshot,
+                options.threshold,
+                options.replan_margin,
+                options.plan_wait_s,
+                thread=planning,
+            )
+            keeper.start(plan)
+            ctl.attach(keeper.for_devices, Rescue(keeper, options.rescue_margin))
+            try:
+                yield
+            finally:
+                ctl.attach(None)
+                keeper.close()
 
 
 @contextmanager
-def live_session(spec, model_name: str, model, world, *, seed: int = 0, **cluster_options):
-    """A local emulated cluster whose links and device speeds follow ``world``'s schedules."""
+def live_session(
+    spec, model_name: str, model, world, *, seed: int = 0, rescue: LiveRescue | None = None, **cluster_options
+):
+    """A local emulated cluster whose links and device speeds follow ``world``'s schedules (``rescue``:
+    requests served with serving's rescue, ``LiveSession``)."""
     links = {(link.a, link.b): world.link_schedule(link.a, link.b) for link in spec.links}
     speeds = {d: world.speed_schedule(d) for d in spec.devices}
     with LocalCluster(
         spec, model=model_name, seed=seed, link_schedules=links, speed_schedules=speeds, **cluster_options
     ) as cluster:
-        yield LiveSession(cluster, model, world, seed)
+        yield LiveSession(cluster, model, world, seed, rescue)

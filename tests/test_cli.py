@@ -176,12 +176,6 @@ def test_an_energy_weight_outside_the_weighted_objective_is_refused_not_ignored(
     assert deploy.parse(["--cluster", str(TINY3), *weighted]).energy_weight == 0.5
 
 
-def test_rescues_are_modelled_in_the_sim_backend_only(capsys):
-    with pytest.raises(SystemExit):
-        evaluate.main(["compare", "--cluster", str(TINY3), "--backend", "live", "--rescue"])
-    assert "--rescue is for the sim backend" in capsys.readouterr().err
-
-
 def test_output_paths_of_the_wrong_kind_are_refused_before_any_work(tmp_path, capsys):
     a_file = tmp_path / "taken.json"
     a_file.write_text("{}")

@@ -24,8 +24,9 @@ import torch
 
 from agents.base import Planner
 from env.cost_model import Objective
+from env.network import NetworkState
 from env.snapshot import link_key
-from env.traces import step_drop
+from env.traces import constant, step_drop
 from runtime import models
 from runtime.cluster import LocalCluster
 from runtime.controller import Controller
@@ -33,6 +34,7 @@ from runtime.graph import LayerGraph
 from runtime.plan import Assignment, Plan, Stage
 from runtime.results import DEFAULT_LANE
 from runtime.spec import ClusterSpec, load_cluster, parse_cluster
+from serving.evaluation import LiveRescue, live_session, run_comparison
 from serving.loop import ServeOptions, serve
 from serving.policies import Decider
 from serving.records import RequestLog
@@ -537,3 +539,31 @@ def test_requests_queued_on_a_relays_radio_behind_one_caught_by_a_collapse_are_a
     assert sum(sum(n for *_, n in t) == OUTPUT_BYTES for t in later) == 5, logs
     assert_the_first_three_rescued_once(records, summary, on_d0, t_drop)
     assert left == CLEAN
+
+
+def test_a_live_comparison_with_rescue_restarts_a_request_caught_by_a_collapse_on_its_agents_new_plan(graph):
+    """``evaluate.py compare --backend live --rescue``: the agent's request runs on d1, its 12 kB input
+    crossing d0-d1 at 0.02 Mbit/s (4.9 s) until 2 s on the traces' clock, then 0.001. Planned just
+    after the clock starts, the request is on the air at the drop whenever it began; serving's watcher
+    sees the crawl, the agent's own planner re-plans on d0 and the request restarts there: rescued once,
+    exact, long before its input would have arrived (over a minute more). Without a rescue it runs to
+    its end on d1."""
+    t_drop = 2.0
+    spec = cluster({"d0-d1": 0.02, "d0-d2": 50.0})
+    n = len(graph.units)
+    on_d1, on_d0 = chain(graph, ("d1", n)), chain(graph, ("d0", n))
+    planner = Scripted([(on_d1, ("d0-d1",)), (on_d0, ())], floor_mbps=0.01)
+    collapse = step_drop(0.02, 0.001, t_drop, drop_len=3000.0, duration=3600.0)
+    world = NetworkState(spec, {link_key("d0", "d1"): collapse, link_key("d0", "d2"): constant(50.0)})
+    model, objective = models.build("tiny", seed=0), Objective()
+    rescue = LiveRescue({"agent": planner}, graph, objective)
+    with live_session(spec, "tiny", model, world, rescue=rescue) as session:
+        session.controller.restart_clock()  # the traces' clock starts with the request
+        (record,) = run_comparison(
+            {"agent": planner}, session.snapshot_at, 1, graph, objective, session.execute
+        )
+        log = first_transfer(pieces(session.controller, "d0", "d1"))
+    assert record.plan == on_d1.to_json() and record.outputs_match, record  # the plan it was dealt
+    assert record.time_s < t_drop and caught(log, t_drop, INPUT_BYTES), (record, log)
+    assert record.rescues == 1 and record.latency_s < t_drop + 4.0, record
+    assert [plan for _, plan in planner.chosen] == [on_d1, on_d0], planner.chosen  # its own new plan
