@@ -42,6 +42,7 @@ from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
+from serving.gil import prompt_switches
 from serving.heap import setup_frozen
 from serving.loop import ServeOptions
 from serving.policies import Adaptive, Decider, Rescue
@@ -254,12 +255,14 @@ class LiveSession:
     @contextmanager
     def _watched(self, agent: str, plan: Plan) -> Iterator[None]:
         """``plan`` deployed with serving's rescue watching the requests run meanwhile, ``agent``'s planner
-        re-planning on a thread of its own; once they are done, the watcher leaves and a plan still being
-        made is waited for (the planner plans the next request)."""
+        re-planning on a thread of its own that yields the GIL as promptly as in serving; once they are
+        done, the watcher leaves and a plan still being made is waited for (the planner plans the next
+        request)."""
         rescue, ctl = self.rescue, self.controller
         options = rescue.options
         decide = Decider(rescue.planners[agent], rescue.graph, rescue.objective)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rescue-{agent}") as planning:
+        threads = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rescue-{agent}")
+        with prompt_switches(), threads as planning:
             keeper = Adaptive(
                 ctl,
                 decide,
@@ -269,9 +272,9 @@ class LiveSession:
                 options.plan_wait_s,
                 thread=planning,
             )
-            keeper.start(plan)
-            ctl.attach(keeper.for_devices, Rescue(keeper, options.rescue_margin))
+            ctl.attach(keeper.for_devices, Rescue(keeper, options.rescue_margin))  # as serving attaches them
             try:
+                keeper.start(plan)
                 yield
             finally:
                 ctl.attach(None)
