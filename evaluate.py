@@ -33,8 +33,9 @@ with a perfect record and a long search, to tell what the regret is made of); th
 give each agent's fallbacks, failed requests, rescues and (for an optimiser that proves one) its gap to
 the certified bound. ``--rescue`` serves each request as adaptive serving does: a request that
 conditions collapse under is restarted on its own planner's newer plan (in the sim as
-serving/world_rescue.py replays the rule; live by serving's own watcher on the cluster's telemetry);
-without it, a request runs to its end on the plan it was dealt.
+serving/world_rescue.py replays the rule, a failed request retried on its planner's plan for the
+devices still up; live by serving's own watcher on the cluster's telemetry); without it, a request runs
+to its end on the plan it was dealt.
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ def add_rescue(parser: argparse.ArgumentParser) -> None:
         "--rescue",
         action="store_true",
         help="serve each request as adaptive serving does: restarted on its planner's newer plan when "
-        "conditions collapse under it (the clairvoyant is never rescued)",
+        "conditions collapse under it (the clairvoyant is never rescued), and after a device failure on "
+        "its planner's plan for the devices still up",
     )
 
 

@@ -16,7 +16,9 @@ moment of ``[t, t + latency]``. As the live controller does, it is restarted onc
 device down (``DEAD_AFTER_S`` after the first such moment), on the reference plan of that moment: it is
 charged the attempt up to the restart (its energy in proportion to the time it ran) plus the reference's
 cost from then (``charge``). Charging the whole attempt and a retry priced at the start, as before,
-overcharged a long attempt that lost a device early (docs/benchmarks.md, thirty-sixth round).
+overcharged a long attempt that lost a device early (docs/benchmarks.md, thirty-sixth round). Serving's
+controller restarts it on its planner's plan for the devices still up instead; an evaluation that
+replays serving passes that planner (``charged_in_world``'s ``retry``, serving/world_rescue.py).
 
 **Backends** execute requests (env/backends.py): ``sim`` predicts each with the cost model in the world;
 ``live`` runs it on a local cluster through the runtime and measures it. ``serve`` runs one request on
@@ -25,7 +27,8 @@ the backend, prices it against the reference (always predicted) and advances the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +84,33 @@ def attempt_in_world(
 
 
 def charged_in_world(
-    cost_model: CostModel, world: NetworkState, plan: Plan, t: float, cost: Cost | None = None
+    cost_model: CostModel,
+    world: NetworkState,
+    plan: Plan,
+    t: float,
+    cost: Cost | None = None,
+    retry: Callable[[Snapshot], Plan | None] | None = None,
 ) -> Outcome:
     """What ``plan`` started at ``t`` costs in ``world`` in all, by the failure rule (module docstring):
-    a failed attempt up to its restart, then the reference plan of the snapshot at the restart, paid on
-    top (``charge``). ``cost``: the plan's ``cost_model.cost`` in ``world`` at ``t``, if already known."""
+    a failed attempt up to its restart, then the retry's cost from the restart, paid on top (``charge``).
+    The retry is ``retry``'s plan for the snapshot at the restart without the devices found down (as the
+    controller asks serving's planner), or the reference plan of that snapshot when there is no
+    ``retry``, it answers None, or the source or sink is the device down. ``cost``: the plan's
+    ``cost_model.cost`` in ``world`` at ``t``, if already known."""
     cost = cost or cost_model.cost(plan, world, t)
     attempt = attempt_in_world(cost_model, world, plan, t, cost)
     if not attempt.failed:
         return attempt
     restart = t + attempt.latency_s
-    retry = reference_plan(cost_model.graph, net_view(world.snapshot(restart))).plan
-    return charge(attempt, cost_model.cost(retry, world, restart))
+    snapshot = world.snapshot(restart)
+    found = {
+        d for d in cost_model.skeleton(plan).devices if not world.available_at(d, restart - DEAD_AFTER_S)
+    }
+    replanned = None
+    if retry is not None and not found & {snapshot.source, snapshot.sink}:
+        replanned = retry(replace(snapshot, available=snapshot.available - found))
+    retried = replanned or reference_plan(cost_model.graph, net_view(snapshot)).plan
+    return charge(attempt, cost_model.cost(retried, world, restart))
 
 
 @dataclass(frozen=True)

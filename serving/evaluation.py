@@ -78,8 +78,10 @@ class SimExecutor:
     top of the attempt up to then (env/simulator.py).
 
     With ``rescuers`` (agent name -> its planner's plan for a view), those agents' requests are also
-    served as adaptive serving serves them: restarted on a newer plan when conditions collapse under them
-    (serving/world_rescue.py). The clairvoyant is never rescued: it planned on what was coming."""
+    served as adaptive serving serves them: restarted on a newer plan when conditions collapse under them,
+    and after a failure on their planner's plan for the devices still up (serving/world_rescue.py). The
+    clairvoyant is never rescued: it planned on what was coming (and is retried on the best single
+    device)."""
 
     def __init__(
         self,

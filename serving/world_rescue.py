@@ -15,9 +15,11 @@ snapshot at each moment, the one view every decision gets (time-weighted means o
 while serving's live view also bounds a link by a transfer still on the air, so it sees a dark link
 sooner: the world's rescues come a second or two later than serving's would.
 
-An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion; a device
-failure during an attempt follows the failure rule (env/simulator.py: the restart on the reference plan
-once heartbeats find the device down), and the retry is not watched.
+An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion. A device
+failure during an attempt follows the failure rule (env/simulator.py: the restart once heartbeats find
+the device down) with serving's retry: the agent's planner plans for the devices still up at the restart
+(the controller's ``replan``), the reference plan only where it finds no plan or the source or sink is
+down; the retry is not watched.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def served_in_world(
         spent_s += at - start
         spent_j += cost.energy_j * ((at - start) / cost.latency_s if cost.latency_s > 0 else 1.0)
         start, plan, rescues, cost = at, watch.in_force, rescues + 1, None
-    rest = charged_in_world(cost_model, world, plan, start, cost)
+    rest = charged_in_world(cost_model, world, plan, start, cost, retry=replan)
     return Outcome(
         spent_s + rest.latency_s, spent_j + rest.energy_j, rest.outputs_match, rest.failed, rescues
     )

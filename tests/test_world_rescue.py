@@ -1,6 +1,7 @@
 """Adaptive serving's rescue replayed in the trace-driven world (serving/world_rescue.py): a request
-caught by a link going dark is restarted on its planner's newer plan, as serving restarts it; one in
-steady conditions is priced as before; the clairvoyant is never rescued."""
+caught by a link going dark is restarted on its planner's newer plan, as serving restarts it, and one that
+loses a device is retried on its planner's plan for the devices still up; one in steady conditions is
+priced as before; the clairvoyant is never rescued."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from env.simulator import charged_in_world
 from env.snapshot import link_key
 from env.traces import constant, step_drop
 from runtime import models
+from runtime.connections import DEAD_AFTER_S
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import complete_cluster
@@ -49,13 +51,17 @@ def on(device: str, graph: LayerGraph) -> Plan:
 
 
 class Replanner:
-    """A planner that answers every view with the plan on h2, and remembers when it was asked."""
+    """A planner that answers every view with ``plan`` (on h2), and remembers the views it was asked."""
 
-    def __init__(self, graph):
-        self.plan, self.asked = on("h2", graph), []
+    def __init__(self, graph, plan: Plan | None = None):
+        self.plan, self.views = plan or on("h2", graph), []
+
+    @property
+    def asked(self) -> list[float]:
+        return [view.time for view in self.views]
 
     def __call__(self, view):
-        self.asked.append(view.time)
+        self.views.append(view)
         return self.plan
 
 
@@ -88,6 +94,35 @@ def test_a_request_in_steady_conditions_is_priced_as_without_rescues(spec, tiny)
     served = served_in_world(model, steady, on("h1", tiny), 10.0, replan)
     assert served == charged_in_world(model, steady, on("h1", tiny), 10.0)
     assert served.rescues == 0 and replan.asked == []  # nothing moved: never re-planned
+
+
+def test_a_request_that_loses_a_device_is_retried_on_its_planners_plan(spec, tiny):
+    """As the controller retries it: once heartbeats find h1 down, on the planner's plan for the devices
+    still up, not on the best single device (the failure rule without a planner)."""
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    failing = NetworkState(spec, links, downtime={"h1": [(10.5, 110.5)]})
+    model = CostModel(tiny, spec)
+    shared = Plan.build("s", "k", [(0, len(tiny.units), {"h2": 0.6, "k": 0.4})])
+    replan = Replanner(tiny, shared)
+    served = served_in_world(model, failing, on("h1", tiny), 10.0, replan)
+    restart = 10.5 + DEAD_AFTER_S
+    assert replan.asked == [restart] and "h1" not in replan.views[0].available
+    assert served.failed and served.rescues == 0
+    assert served.latency_s == pytest.approx(restart - 10.0 + model.cost(shared, failing, restart).latency_s)
+    on_the_best_device = charged_in_world(model, failing, on("h1", tiny), 10.0)  # no planner to ask
+    assert on_the_best_device.latency_s == pytest.approx(
+        restart - 10.0 + model.cost(on("h2", tiny), failing, restart).latency_s
+    )
+    assert served.latency_s != pytest.approx(on_the_best_device.latency_s)
+
+
+def test_a_request_whose_source_fails_is_retried_without_asking_the_planner(spec, tiny):
+    """No plan runs without the source; the failure rule's retry stands (serving's requests wait)."""
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    failing = NetworkState(spec, links, downtime={"s": [(10.5, 12.0)]})
+    model, replan = CostModel(tiny, spec), Replanner(tiny)
+    served = served_in_world(model, failing, on("h1", tiny), 10.0, replan)
+    assert served == charged_in_world(model, failing, on("h1", tiny), 10.0) and replan.views == []
 
 
 def test_the_clairvoyant_is_never_rescued(spec, tiny):
