@@ -93,19 +93,17 @@ def charged_in_world(
 ) -> Outcome:
     """What ``plan`` started at ``t`` costs in ``world`` in all, by the failure rule (module docstring):
     a failed attempt up to its restart, then the retry's cost from the restart, paid on top (``charge``).
-    The retry is ``retry``'s plan for the snapshot at the restart without the devices found down (as the
-    controller asks serving's planner), or the reference plan of that snapshot when there is no
-    ``retry``, it answers None, or the source or sink is the device down. ``cost``: the plan's
-    ``cost_model.cost`` in ``world`` at ``t``, if already known."""
+    The retry is ``retry``'s plan for the snapshot at the restart without the plan's devices that were
+    down during the attempt (as the controller asks serving's planner), or the reference plan of that
+    snapshot when there is no ``retry``, it answers None, or the source or sink was down. ``cost``: the
+    plan's ``cost_model.cost`` in ``world`` at ``t``, if already known."""
     cost = cost or cost_model.cost(plan, world, t)
     attempt = attempt_in_world(cost_model, world, plan, t, cost)
     if not attempt.failed:
         return attempt
     restart = t + attempt.latency_s
     snapshot = world.snapshot(restart)
-    found = {
-        d for d in cost_model.skeleton(plan).devices if not world.available_at(d, restart - DEAD_AFTER_S)
-    }
+    found = {d for d in cost_model.skeleton(plan).devices if world.down_during((d,), t, restart)}
     replanned = None
     if retry is not None and not found & {snapshot.source, snapshot.sink}:
         replanned = retry(replace(snapshot, available=snapshot.available - found))
