@@ -114,6 +114,8 @@ def test_a_request_that_loses_a_device_is_retried_on_its_planners_plan(spec, tin
         restart - 10.0 + model.cost(on("h2", tiny), failing, restart).latency_s
     )
     assert served.latency_s != pytest.approx(on_the_best_device.latency_s)
+    # a planner that finds no plan (the view cut off) leaves the best single device
+    assert served_in_world(model, failing, on("h1", tiny), 10.0, lambda view: None) == on_the_best_device
 
 
 def test_a_request_whose_source_fails_is_retried_without_asking_the_planner(spec, tiny):
