@@ -322,6 +322,29 @@ def test_the_generalization_bench_refuses_bad_options_and_never_claims_an_unchec
     assert generalization.verdict(["optimal", "local"], miss).startswith("missed in 1: n10 mahimahi")
 
 
+def test_the_generalization_bench_checks_a_policys_per_case_target():
+    """1.03x the optimiser without failures, 1.0x with, and below every baseline that ran."""
+
+    def case(failures: bool, ppo: float, local: float) -> dict:
+        agents = {"optimal": 2.0, "ppo:p.zip": ppo, "local": local}
+        return {
+            "devices": 10,
+            "traces": "fcc",
+            "cap_mbps": 15.0,
+            "failures": failures,
+            "agents": {n: {"latency_mean_s": s, "vs_optimal": s / 2.0} for n, s in agents.items()},
+        }
+
+    met = [case(False, 2.06, 3.0), case(True, 2.0, 3.0)]
+    assert generalization.policy_misses(met, "ppo:p.zip") == []
+    missed = [case(False, 2.08, 3.0), case(True, 2.02, 3.0), case(False, 2.0, 1.9)]
+    assert generalization.policy_misses(missed, "ppo:p.zip") == [
+        "n10 fcc 15M: 1.040x the optimiser",
+        "n10 fcc 15M F: 1.010x the optimiser",
+        "n10 fcc 15M: 1.000x the optimiser, not below local",
+    ]
+
+
 def test_a_cases_ratio_to_the_optimiser_comes_with_the_interval_its_requests_allow():
     """60 requests of about 2 s: one request through a long outage (80 s) makes the ratio 1.65, but draws
     of the same requests without it are near 1, so the interval reaches down there; a steady 5% lead is
