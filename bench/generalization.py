@@ -14,9 +14,8 @@ held-out config's rates). Requests every 5 s from t = 60 s (the monitors have a 
 the sim executor prices them on the world with the env's failure rule (a request that loses a device is
 restarted on the best single device once the failure is found, and pays for the attempt up to then and
 the retry; with ``--rescue``, on its planner's plan for the devices still up, as the live controller
-restarts it). Without ../shared two synthetic sets stand in
-(said so): a random walk and a Markov chain with outages; a ``--traces-dir`` with no held-out set is an
-error. Planners plan and the world prices on the FLOPs cost model by default, so the figures hold on
+restarts it). Without ../shared two synthetic sets stand in (said so): a random walk and a Markov chain
+with outages; a ``--traces-dir`` with no held-out set is an error. Planners plan and the world prices on the FLOPs cost model by default, so the figures hold on
 any host; ``--cost profile`` uses this host's profile instead, as live
 serving does (the shipped policies were trained on it: a model whose layers run far from their FLOPs, such
 as MobileNet's depthwise convolutions, is planned differently on each).
@@ -97,10 +96,8 @@ START_S, GAP_S, HORIZON_S = 60.0, 5.0, 600.0
 INTERVAL = 0.9  # the coverage of each ratio's interval over draws of its case's requests
 BOOTSTRAP_DRAWS, BOOTSTRAP_SEED = 2000, 0  # fixed draws: the same interval for the same requests
 FAILURE_CASES = {"off": [False], "on": [True], "both": [False, True]}  # --failures
-POLICY_TARGET = {
-    False: 1.03,
-    True: 1.0,
-}  # a policy's mean latency over the optimiser's, without / with failures
+# a policy's per-case target (#15): its mean latency over the optimiser's, without / with failures
+POLICY_TARGET = {False: 1.03, True: 1.0}
 console = script_console()
 
 
@@ -247,6 +244,25 @@ def policy_misses(results: list[dict], label: str) -> list[str]:
     return misses
 
 
+def print_policy_targets(agents: list[str], results: list[dict]) -> dict[str, list[str]]:
+    """Each trained policy's ``policy_misses`` (none without the optimiser to measure against), said."""
+    if OPTIMISER not in agents:
+        return {}
+    labels = planner_labels(agents)
+    targets = {labels[n]: policy_misses(results, labels[n]) for n in agents if POLICY_NAME.fullmatch(n)}
+    for label, missed in targets.items():
+        said = (
+            f"missed in {len(missed)} of {len(results)}: " + "; ".join(missed)
+            if missed
+            else "met in every case"
+        )
+        console.print(
+            f"target for {label} (<= {POLICY_TARGET[False]:g}x the optimiser without failures, "
+            f"<= {POLICY_TARGET[True]:g}x with, below every baseline run): {said}"
+        )
+    return targets
+
+
 def verdict(agents: list[str], misses: list[str]) -> str:
     """What the run says of the target: met, missed where, or not checked (and why)."""
     if OPTIMISER not in agents:
@@ -368,22 +384,7 @@ def run(args: argparse.Namespace) -> int:
     misses = target_misses(results)
     target = verdict(args.agents, misses)
     console.print(f"target (optimal <= every baseline): {target}")
-    labels = planner_labels(args.agents)
-    policy_targets = {}
-    if OPTIMISER in args.agents:
-        policy_targets = {
-            labels[n]: policy_misses(results, labels[n]) for n in args.agents if POLICY_NAME.fullmatch(n)
-        }
-    for label, missed in policy_targets.items():
-        said = (
-            f"missed in {len(missed)} of {len(results)}: " + "; ".join(missed)
-            if missed
-            else "met in every case"
-        )
-        console.print(
-            f"target for {label} (<= {POLICY_TARGET[False]:g}x the optimiser without failures, "
-            f"<= {POLICY_TARGET[True]:g}x with, below every baseline run): {said}"
-        )
+    policy_targets = print_policy_targets(args.agents, results)
     if args.json:
         report = {
             "model": args.model,
