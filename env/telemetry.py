@@ -83,6 +83,8 @@ from env.snapshot import Snapshot, link_key
 from runtime.spec import ClusterSpec
 
 LinkSample = tuple[float, int, float]  # (end wall time, bytes, radio seconds) of one transfer
+DRIFT = 1.5  # a rate this many times off a link's estimate is a change, not noise
+OVERDUE_S = 0.25  # a transfer on the air for less than this says nothing yet about its link
 
 
 def current_rate(
@@ -188,9 +190,9 @@ class LiveView:
         controller,
         *,
         window_s: float = 2.0,
-        drift: float = 1.5,
+        drift: float = DRIFT,
         history: int = 8,
-        overdue_s: float = 0.25,
+        overdue_s: float = OVERDUE_S,
         vote_s: float = 1.0,
         settle_s: float = 0.05,
         failure_window_s: float = 300.0,

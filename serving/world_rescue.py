@@ -8,12 +8,16 @@ than ``threshold``, it asks the planner for a new plan, and restarts the request
 world waits the outage out (80 s for one VGG-16 request on a Mahimahi recording, docs/benchmarks.md,
 thirty-seventh round), which no deployment of disnet does.
 
-The watcher reads the request's progress as the controller's transfer reports give it: the share of
-its radio bytes (every hop) carried so far, from the cost model's replay of the attempt in the world
-(``CostModel.progress``). What it knows of the links differs from serving's: it sees the world's
-snapshot at each moment, the one view every decision gets (time-weighted means over the last seconds),
-while serving's live view also bounds a link by a transfer still on the air, so it sees a dark link
-sooner: the world's rescues come a second or two later than serving's would.
+The watcher reads the request as the controller's transfer reports show it, from the cost model's
+replay of the attempt in the world (``CostModel.midway``): the share of its radio bytes (every hop)
+carried so far, and what each hop still on the air carried over its last half second. Its view is the
+world's snapshot of the moment, the one view every decision gets (time-weighted means over the last
+seconds), with each link that a hop of the attempt has been on the air for ``OVERDUE_S`` or more read at
+what that hop carried lately when that is ``DRIFT`` x below the snapshot's: serving's live view bounds a
+link by a transfer still on the air (env/telemetry.py), and sees a dark link while the first transfer it
+stalls is still crawling, not once the 5-s mean has fallen. Serving's view also moves the links nothing
+crossed lately when the crossed ones moved together (its vote); the world's watcher does not: links of
+a world follow traces of their own.
 
 An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion. A device
 failure during an attempt follows the failure rule (env/simulator.py: the restart once heartbeats find
@@ -25,13 +29,14 @@ down; the retry is not watched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from env.backends import Outcome
-from env.cost_model import CostModel
+from env.cost_model import CostModel, Midway
 from env.network import NetworkState
 from env.simulator import charged_in_world
-from env.snapshot import Snapshot
+from env.snapshot import FLOOR_MBPS, Snapshot
+from env.telemetry import DRIFT, OVERDUE_S
 from runtime.controller import WATCH_EVERY_S
 from runtime.plan import Plan
 from runtime.results import InFlight
@@ -113,7 +118,8 @@ class _Watch:
         k = 1
         while (w := start + k * self.rule.watch_every_s) < stop:
             k += 1
-            view = self.view_at(w)
+            midway = self.cost_model.midway(running, self.world, start, w)
+            view = bounded_by_hops_on_the_air(self.view_at(w), midway)
             seen, self.seen = self.seen, view
             if not settled(seen, view):
                 continue
@@ -123,8 +129,30 @@ class _Watch:
                 self.in_force = self.in_force if fresh is None else fresh
             if self.in_force == running:
                 continue
-            progress = self.cost_model.progress(running, self.world, start, w)
-            attempt = InFlight(0, running, False, w - start, progress, rescues)
+            attempt = InFlight(0, running, False, w - start, midway.progress, rescues)
             if worth_restarting(self.cost_model, attempt, self.in_force, view, self.rule.margin):
                 return w
         return None
+
+
+def bounded_by_hops_on_the_air(view: Snapshot, midway: Midway) -> Snapshot:
+    """``view`` with each link that a hop has been on the air for ``OVERDUE_S`` or more, and that carried
+    ``DRIFT`` x less lately than ``view`` says, read at what it carried (its newest second too)."""
+    slow = {
+        key: max(mbps, FLOOR_MBPS)
+        for key, (mbps, seconds) in midway.on_air.items()
+        if seconds >= OVERDUE_S and mbps * DRIFT < view.link_mbps[key]
+    }
+    if not slow:
+        return view
+    return replace(
+        view,
+        link_mbps=view.link_mbps | slow,
+        link_history=view.link_history
+        | {key: _newest(view.link_history[key], mbps) for key, mbps in slow.items()},
+    )
+
+
+def _newest(history: tuple[float, ...], mbps: float) -> tuple[float, ...]:
+    """A link's per-second history (oldest first) with its newest second read as ``mbps``."""
+    return (*history[:-1], mbps) if history else history

@@ -269,10 +269,12 @@ def test_compiled_replay_matches_a_plain_replay_of_the_layout(graph, cluster):
                 ) == pytest.approx((c, s, r), rel=1e-12, abs=1e-15)
 
 
-def test_progress_is_the_share_of_radio_bytes_carried_so_far(graph):
+def test_midway_is_the_share_of_radio_bytes_carried_and_the_links_on_the_air(graph):
     """s sends the input to h1, which computes everything and sends the output to the sink k: half-way
-    through the input's airtime the request has carried half the input's bytes; when the link goes dark
-    at that moment, it has carried no more a second later; once done, all of them."""
+    through the input's airtime the request has carried half the input's bytes, and s-h1 is on the air at
+    its 10 Mbit/s since the hop began; when the link goes dark at that moment, it has carried no more a
+    second later, and the hop on the air carried nothing over its last half second; once done, all of
+    them, and nothing is on the air."""
     spec = complete_cluster("line", {"s": 0.001, "h1": 0.001, "k": 0.001}, 10)
     model = CostModel(graph, spec)
     plan = Plan.build("s", "k", [(0, len(graph.units), {"h1": 1.0})])
@@ -280,10 +282,16 @@ def test_progress_is_the_share_of_radio_bytes_carried_so_far(graph):
     share_in = hops["s", "h1"] / sum(hops.values())
     half = airtime(hops["s", "h1"], mbps=10) / 2
     steady = NetworkState.static(spec)
-    assert model.progress(plan, steady, 1.0, 1.0) == 0.0
-    assert model.progress(plan, steady, 1.0, 1.0 + half) == pytest.approx(share_in / 2)
-    assert model.progress(plan, steady, 1.0, 1.0 + model.latency(plan, steady, 1.0)) == pytest.approx(1.0)
+    assert model.midway(plan, steady, 1.0, 1.0).progress == 0.0
+    halfway = model.midway(plan, steady, 1.0, 1.0 + half)
+    assert halfway.progress == pytest.approx(share_in / 2)
+    assert halfway.on_air.keys() == {link_key("s", "h1")}
+    assert halfway.on_air[link_key("s", "h1")] == pytest.approx((10.0, half))
+    done = model.midway(plan, steady, 1.0, 1.0 + model.latency(plan, steady, 1.0))
+    assert done.progress == pytest.approx(1.0) and done.on_air == {}
     links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
     links[link_key("s", "h1")] = step_drop(10.0, 0.0, 1.0 + half, 50.0, 100.0)
     dark = NetworkState(spec, links)
-    assert model.progress(plan, dark, 1.0, 2.0 + half) == pytest.approx(share_in / 2)
+    stuck = model.midway(plan, dark, 1.0, 2.0 + half, recent_s=0.5)
+    assert stuck.progress == pytest.approx(share_in / 2)
+    assert stuck.on_air == {link_key("s", "h1"): pytest.approx((0.0, 0.5))}

@@ -12,7 +12,7 @@ from agents.base import Decision
 from env.cost_model import CostModel, Objective
 from env.network import NetworkState
 from env.simulator import charged_in_world
-from env.snapshot import link_key
+from env.snapshot import FLOOR_MBPS, link_key
 from env.traces import constant, step_drop
 from runtime import models
 from runtime.connections import DEAD_AFTER_S
@@ -86,6 +86,26 @@ def test_a_request_caught_by_a_dark_link_is_restarted_on_the_newer_plan(spec, ti
         attempt.energy_j * (at - 10.0) / attempt.latency_s + fresh.energy_j
     )
     assert served.latency_s < waited.latency_s / 10
+
+
+def test_a_link_that_stalls_a_hop_on_the_air_is_seen_before_its_mean_falls(spec, tiny):
+    """The input's link s-h1 goes dark half-way through the input: serving's live view bounds the link by
+    the stalled transfer (env/telemetry.py), and so does the world's watcher, which re-plans once that
+    bound has settled, within a second of the drop, where the world's 5-s mean alone reads the link at
+    over 8 Mbit/s still (it halves 2.5 s after the drop)."""
+    model, stuck = CostModel(tiny, spec), on("h1", tiny)
+    input_bytes = model.skeleton(stuck).link_bytes(tuple(spec.devices))["s", "h1"]
+    drop = 10.0 + input_bytes * 8 / 10e6 / 2  # half-way through the input at 10 Mbit/s
+    links = {link_key(ln.a, ln.b): constant(ln.mbps) for ln in spec.links}
+    links[link_key("s", "h1")] = step_drop(10.0, 0.0, drop, 200.0, 400.0)
+    dark, replan = NetworkState(spec, links), Replanner(tiny)
+    served = served_in_world(model, dark, stuck, 10.0, replan)
+    assert served.rescues == 1 and len(replan.asked) == 1
+    asked = replan.asked[0]
+    assert asked - drop < 1.0
+    assert replan.views[0].link_mbps[link_key("s", "h1")] == FLOOR_MBPS
+    assert dark.snapshot(asked).link_mbps[link_key("s", "h1")] > 8.0
+    assert served.latency_s == pytest.approx(asked - 10.0 + model.cost(replan.plan, dark, asked).latency_s)
 
 
 def test_a_request_in_steady_conditions_is_priced_as_without_rescues(spec, tiny):
