@@ -186,14 +186,6 @@ def compile_skeleton(
 
 
 @njit  # called only by replay, whose cache holds it
-def _carried_between(times, rate, cum, lo, hi, duration, period, t0, t1):
-    """Bytes one link's trace carries over [t0, t1] (``period``: the bytes of one whole trace period)."""
-    k0, _, c0 = locate(times, rate, cum, lo, hi, duration, t0)
-    k1, _, c1 = locate(times, rate, cum, lo, hi, duration, t1)
-    return (k1 - k0) * period + c1 - c0
-
-
-@njit  # called only by replay, whose cache holds it
 def _push(heap_t, heap_s, heap_a, heap_b, n, t, seq, a, b):
     """Push event (t, seq) carrying (a, b) on a binary min-heap ordered by (time, seq); returns size."""
     i = n
@@ -275,7 +267,6 @@ def replay(
     finishes,
     carried_at,
     carried,
-    recent_s,
     on_air,
 ):
     """Discrete-event replay (env/cost_model.py's module docstring) of requests whose sources hold their
@@ -283,9 +274,9 @@ def replay(
     the participating ``devices`` only, over the span from the first start to the last finish),
     ``finishes`` (the time each request's sink holds its whole output; NaN if it never does) and
     ``carried`` (the radio bytes every hop had carried by ``carried_at``, and all of them) and ``on_air``
-    (per link carrying a hop still on the air at ``carried_at``: the bytes that hop carried over its last
-    ``recent_s`` and those seconds, the slowest such hop per link; untouched rows for the other links),
-    and returns the total energy.
+    (per link carrying a hop still on the air at ``carried_at``: that hop's bytes and start, the one with
+    the fewest bytes a second since it began where two are; rows of the other links untouched), and
+    returns the total energy.
 
     Request ``k``'s source is CSR row ``n_tasks + k`` and its sink is task ``-1 - k``. Events are
     source-ready (kind -2, b = request), task-ready (kind -1, b = task) and hop-ready (a = route, b = hop
@@ -376,37 +367,18 @@ def replay(
         if start + airtime <= carried_at:
             carried[0] += nbytes
         elif start < carried_at:  # on the air at carried_at: what the link carried since it began
-            recent_from = carried_at - recent_s if carried_at - recent_s > start else start
             if constant:
                 so_far = (carried_at - start) * link_mbps[link] * BYTES_PER_MBIT
-                recent = (carried_at - recent_from) * link_mbps[link] * BYTES_PER_MBIT
             else:
-                so_far = _carried_between(
-                    l_times,
-                    l_rate,
-                    l_cum,
-                    l_lo[link],
-                    l_hi[link],
-                    l_duration[link],
-                    l_period[link],
-                    start,
-                    carried_at,
+                k0, _, c0 = locate(l_times, l_rate, l_cum, l_lo[link], l_hi[link], l_duration[link], start)
+                k1, _, c1 = locate(
+                    l_times, l_rate, l_cum, l_lo[link], l_hi[link], l_duration[link], carried_at
                 )
-                recent = _carried_between(
-                    l_times,
-                    l_rate,
-                    l_cum,
-                    l_lo[link],
-                    l_hi[link],
-                    l_duration[link],
-                    l_period[link],
-                    recent_from,
-                    carried_at,
-                )
+                so_far = (k1 - k0) * l_period[link] + c1 - c0
             carried[0] += so_far if so_far < nbytes else nbytes
-            span = carried_at - recent_from
-            if on_air[link, 1] == 0.0 or recent * on_air[link, 1] < on_air[link, 0] * span:
-                on_air[link, 0], on_air[link, 1] = recent, span
+            held, since = on_air[link, 0], on_air[link, 1]
+            if held == 0.0 or nbytes * (carried_at - since) < held * (carried_at - start):
+                on_air[link, 0], on_air[link, 1] = nbytes, start
         out[1, src] += airtime
         out[2, dst] += airtime
         arrival = start + airtime + hop_latency[b]

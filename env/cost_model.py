@@ -34,7 +34,7 @@ import numpy as np
 from env import cost_kernels
 from env.band_tables import BandTables
 from env.plan_arrays import PlanArrays
-from env.snapshot import Rates, link_key
+from env.snapshot import Rates
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from runtime.spec import ClusterSpec
@@ -70,10 +70,10 @@ class Cost:
 @dataclass(frozen=True)
 class Midway:
     """A running request as its transfer reports show it (``CostModel.midway``): the share of its radio
-    bytes carried, and per link with a hop on the air, (Mbit/s it carried lately, over how many seconds)."""
+    bytes carried, and its hops on the air ``(a, b, bytes, start)``, one per link (the slowest so far)."""
 
     progress: float
-    on_air: dict[tuple[str, str], tuple[float, float]]
+    on_air: list[tuple[str, str, int, float]]
 
 
 @dataclass(frozen=True)
@@ -334,14 +334,13 @@ class CostModel:
         carried: np.ndarray | None = None,
         at: float = 0.0,
         on_air: np.ndarray | None = None,
-        recent_s: float = 0.0,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Replay a skeleton whose requests' sources hold their inputs at ``starts`` (one request for a
         plan's skeleton, several for one merged by ``env.contention``, sharing devices and radios):
         (each request's finish time, NaN if its sink never completes; energy; per-device rows). With
         ``carried`` (two zeros), it is filled with the radio bytes carried by ``at`` and all of them; with
         ``on_air`` (zeros, a row per link in spec order), per link carrying a hop still on the air at
-        ``at``, with what that hop carried over its last ``recent_s`` and those seconds."""
+        ``at``, with that hop's bytes and start."""
         rates: Rates = conditions.rates
         spec = conditions.spec
         if spec is not self._checked_spec:
@@ -392,7 +391,6 @@ class CostModel:
             finishes,
             float(at),
             np.zeros(2) if carried is None else carried,
-            float(recent_s),
             np.zeros((len(spec.links), 2)) if on_air is None else on_air,
         )
         return finishes, energy, out
@@ -413,22 +411,17 @@ class CostModel:
     def latency(self, plan: Plan | PlanArrays, conditions, t0: float = 0.0) -> float:
         return self._run(plan, conditions, t0)[1]
 
-    def midway(
-        self, plan: Plan | PlanArrays, conditions, t0: float, at: float, recent_s: float = 0.5
-    ) -> Midway:
+    def midway(self, plan: Plan | PlanArrays, conditions, t0: float, at: float) -> Midway:
         """What the controller's transfer reports tell a watcher at ``at`` of a request started at ``t0``:
         the share of its radio bytes (every hop) carried so far (1.0 for a plan that sends nothing), and
-        per link carrying a hop still on the air, the Mbit/s that hop carried over its last ``recent_s``
-        and over how many seconds (fewer when it began later)."""
+        the hops still on the air, as the controller lists its transfers in progress."""
         carried, on_air = np.zeros(2), np.zeros((len(conditions.spec.links), 2))
-        self.replay(self.skeleton(plan), conditions, np.array([float(t0)]), carried, at, on_air, recent_s)
-        progress = float(carried[0] / carried[1]) if carried[1] > 0 else 1.0
+        self.replay(self.skeleton(plan), conditions, np.array([float(t0)]), carried, at, on_air)
         links = conditions.spec.links
-        rates = {
-            link_key(links[i].a, links[i].b): (
-                float(on_air[i, 0] * 8 / 1e6 / on_air[i, 1]),
-                float(on_air[i, 1]),
-            )
-            for i in np.flatnonzero(on_air[:, 1] > 0)
-        }
-        return Midway(progress, rates)
+        return Midway(
+            float(carried[0] / carried[1]) if carried[1] > 0 else 1.0,
+            [
+                (links[i].a, links[i].b, int(on_air[i, 0]), float(on_air[i, 1]))
+                for i in np.flatnonzero(on_air[:, 0])
+            ],
+        )

@@ -10,14 +10,16 @@ thirty-seventh round), which no deployment of disnet does.
 
 The watcher reads the request as the controller's transfer reports show it, from the cost model's
 replay of the attempt in the world (``CostModel.midway``): the share of its radio bytes (every hop)
-carried so far, and what each hop still on the air carried over its last half second. Its view is the
-world's snapshot of the moment, the one view every decision gets (time-weighted means over the last
-seconds), with each link that a hop of the attempt has been on the air for ``OVERDUE_S`` or more read at
-what that hop carried lately when that is ``DRIFT`` x below the snapshot's: serving's live view bounds a
-link by a transfer still on the air (env/telemetry.py), and sees a dark link while the first transfer it
-stalls is still crawling, not once the 5-s mean has fallen. Serving's view also moves the links nothing
-crossed lately when the crossed ones moved together (its vote); the world's watcher does not: links of
-a world follow traces of their own.
+carried so far, and the hops still on the air. Its view is the world's snapshot of the moment, the one
+view every decision gets (time-weighted means over the last seconds), with the bound that serving's live
+view draws from a transfer still on the air (env/telemetry.py, ``overdue_bounds``): a hop that has run
+``DRIFT`` x the time the snapshot gives it, and at least ``OVERDUE_S``, caps its link at its bytes over
+the seconds it has run. So the watcher sees a dark link while the first hop it stalls is still on the
+air, not once the 5-s mean has fallen. Serving's view also reads a long transfer's rate from its
+quarter-second ticks, and moves the links nothing crossed lately when the crossed ones moved together
+(its vote); the world's watcher does neither (a first version read each hop on the air at what it
+carried over its last half second, and on the Mahimahi recordings restarted three to five times as many
+requests as before, many of them at a loss: docs/benchmarks.md, forty-second round).
 
 An attempt cut short by a rescue is charged the seconds it ran and its energy in proportion. A device
 failure during an attempt follows the failure rule (env/simulator.py: the restart once heartbeats find
@@ -35,8 +37,8 @@ from env.backends import Outcome
 from env.cost_model import CostModel, Midway
 from env.network import NetworkState
 from env.simulator import charged_in_world
-from env.snapshot import FLOOR_MBPS, Snapshot
-from env.telemetry import DRIFT, OVERDUE_S
+from env.snapshot import Snapshot
+from env.telemetry import DRIFT, OVERDUE_S, overdue_bounds
 from runtime.controller import WATCH_EVERY_S
 from runtime.plan import Plan
 from runtime.results import InFlight
@@ -136,20 +138,16 @@ class _Watch:
 
 
 def bounded_by_hops_on_the_air(view: Snapshot, midway: Midway) -> Snapshot:
-    """``view`` with each link that a hop has been on the air for ``OVERDUE_S`` or more, and that carried
-    ``DRIFT`` x less lately than ``view`` says, read at what it carried (its newest second too)."""
-    slow = {
-        key: max(mbps, FLOOR_MBPS)
-        for key, (mbps, seconds) in midway.on_air.items()
-        if seconds >= OVERDUE_S and mbps * DRIFT < view.link_mbps[key]
-    }
-    if not slow:
+    """``view`` with each link that a hop on the air is overdue on capped at that hop's bound, as serving's
+    live view caps it (``overdue_bounds``), its newest second too."""
+    bounds = overdue_bounds(midway.on_air, view.time, view.link_mbps, DRIFT, OVERDUE_S)
+    if not bounds:
         return view
     return replace(
         view,
-        link_mbps=view.link_mbps | slow,
+        link_mbps=view.link_mbps | bounds,
         link_history=view.link_history
-        | {key: _newest(view.link_history[key], mbps) for key, mbps in slow.items()},
+        | {key: _newest(view.link_history[key], mbps) for key, mbps in bounds.items()},
     )
 
 
