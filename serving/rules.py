@@ -96,5 +96,6 @@ def worth_restarting(
     ``margin``.
     """
     full = cost.latency(running.plan, snapshot)
-    rest = min(full * (1.0 - running.progress), max(0.0, full - running.elapsed_s))
+    unsent = full * (1.0 - running.progress) if running.progress < 1.0 else 0.0  # inf x 0 is not 0
+    rest = min(unsent, max(0.0, full - running.elapsed_s))
     return rest > margin * cost.latency(plan, snapshot)

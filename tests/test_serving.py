@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,6 +189,13 @@ def test_a_stuck_request_is_worth_restarting_only_when_the_rest_of_it_costs_more
     assert full > 2 * fresh
     assert worth_restarting(cost, running(on_d1, 0.0, full - 1.3 * fresh), local, collapsed, margin=1.2)
     assert not worth_restarting(cost, running(on_d1, 0.0, full - 1.1 * fresh), local, collapsed, margin=1.2)
+    # every radio byte through on a link now dark (its plan priced at infinity): nothing left to send,
+    # so nothing to win by starting over, and no NaN from infinity times nothing
+    dark = replace(snap, link_mbps={**snap.link_mbps, ("d0", "d1"): 0.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cost.latency(on_d1, dark) == math.inf
+        assert not worth_restarting(cost, running(on_d1, 1.0, 0.5), local, dark, margin=1.2)
 
 
 def test_a_new_plan_is_swapped_in_only_when_its_gain_pays_for_the_swap(setup):
