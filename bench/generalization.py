@@ -15,10 +15,10 @@ the sim executor prices them on the world with the env's failure rule (a request
 restarted on the best single device once the failure is found, and pays for the attempt up to then and
 the retry; with ``--rescue``, on its planner's plan for the devices still up, as the live controller
 restarts it). Without ../shared two synthetic sets stand in (said so): a random walk and a Markov chain
-with outages; a ``--traces-dir`` with no held-out set is an error. Planners plan and the world prices on the FLOPs cost model by default, so the figures hold on
-any host; ``--cost profile`` uses this host's profile instead, as live
-serving does (the shipped policies were trained on it: a model whose layers run far from their FLOPs, such
-as MobileNet's depthwise convolutions, is planned differently on each).
+with outages; a ``--traces-dir`` with no held-out set is an error. Planners plan and the world prices on
+the FLOPs cost model by default, so the figures hold on any host; ``--cost profile`` uses this host's
+profile instead, as live serving does (the shipped policies were trained on it: a model whose layers run
+far from their FLOPs, such as MobileNet's depthwise convolutions, is planned differently on each).
 
 The clairvoyant (agents/clairvoyant.py) always runs: it is what "over the clairvoyant" is measured
 against. The targets checked at the end: ``optimal``'s mean latency <= every baseline's in every case;
