@@ -25,9 +25,11 @@ takes the profile's seconds for it, so live and sim differ only by what the runt
 paces each band by the CPU time its real computation took instead (runtime/emulation.py says why that
 is not the default).
 
-Every agent plans on the same snapshots of the same world; ``sim`` scores plans with the cost model in the
-trace-driven world, ``live`` runs them on a local emulated cluster and checks every output against the
-unsplit model. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
+Every agent plans on the same snapshots of the same world, taken at the same request times
+(``--warmup-s`` + i x ``--gap-s``); ``sim`` scores plans with the cost model in the trace-driven world,
+``live`` runs them on a local emulated cluster and checks every output against the unsplit model, each
+agent's request from its snapshot's time on the traces' clock (the clock restarted there), so that every
+agent's request meets the same seconds of the traces. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
 world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
 with a perfect record and a long search, to tell what the regret is made of); the table and JSON also
 give each agent's fallbacks, failed requests, rescues and (for an optimiser that proves one) its gap to
@@ -114,6 +116,9 @@ def compare(args: argparse.Namespace) -> dict:
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
 
+    def snapshot_at(index: int):  # the same request times for either backend
+        return world.snapshot(args.warmup_s + index * args.gap_s)
+
     emulation = {}
     try:
         if live:
@@ -122,12 +127,11 @@ def compare(args: argparse.Namespace) -> dict:
                 options["rescue"] = LiveRescue(planners, graph, objective)
             with live_session(spec, args.model, model, world, seed=args.seed, **options) as session:
                 console.print(f"emulation: time dilation {session.cluster.dilation:g}")
-                records = run(session.snapshot_at, session.execute)
+                records = run(snapshot_at, session.execute)
                 emulation = fidelity_report(session)
         else:
             rescue = rescuers(planners, graph, objective) if args.rescue else None
-            execute = SimExecutor(cost, world, rescue)
-            records = run(lambda i: world.snapshot(args.warmup_s + i * args.gap_s), execute)
+            records = run(snapshot_at, SimExecutor(cost, world, rescue))
     except ComparisonInterrupted as stop:
         if not stop.requests:
             raise
@@ -236,7 +240,7 @@ def cluster_options(args, profile) -> dict:
 
 def fidelity_report(session) -> dict:
     """Print the live run's per-device fidelity; its JSON fields."""
-    fidelity, dilation = session.controller.fidelity.per_device(), session.cluster.dilation
+    fidelity, dilation = session.fidelity.per_device(), session.cluster.dilation
     print_fidelity(fidelity, dilation, session.cluster.pacing, console)
     return fidelity_fields(fidelity, dilation, session.cluster.pacing)
 

@@ -196,7 +196,11 @@ class LiveView:
         vote_s: float = 1.0,
         settle_s: float = 0.05,
         failure_window_s: float = 300.0,
+        start: Snapshot | None = None,
     ):
+        """``start``: what the view believes until the cluster measures otherwise (its links' rates and
+        histories and its devices' speeds; default the spec's rates at full speed): a live comparison's
+        watcher starts from the snapshot its agent planned on."""
         self.spec = spec
         self.controller = controller
         self.window_s = window_s
@@ -209,6 +213,11 @@ class LiveView:
         self.history = {key: deque([mbps] * history, maxlen=history) for key, mbps in self.link_mbps.items()}
         self._history_len = history
         self._folded = -np.inf  # wall time up to which link telemetry has been folded in
+        if start is not None:
+            self.link_mbps = {key: start.link_mbps[key] for key in self.link_mbps}
+            self.speed = {d: start.speed.get(d, 1.0) for d in spec.devices}
+            for key, past in self.history.items():
+                past.extend(start.link_history.get(key, ()))
         self._last_compute: tuple | None = None  # the newest compute sample folded in
         self._bounded: dict[tuple[str, str], float] = {}  # per link: wall time of its last overdue bound
         self._caps: dict[

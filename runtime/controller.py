@@ -338,12 +338,13 @@ class Controller:
         """Configure again a worker back from down, dropping every deployment it may still hold."""
         self.configuration.send(dev, self.emulation, self.epoch, reset=True)
 
-    def restart_clock(self) -> None:
-        """Start every emulation schedule again from t=0: replays the same traces, e.g. for another planner.
+    def restart_clock(self, at: float = 0.0) -> None:
+        """Start every emulation schedule again from t=``at``: replays the same traces, e.g. for another
+        planner (a live comparison gives each planner's request the same seconds of them).
 
         Telemetry gathered so far is dropped, since its times refer to the old clock.
         """
-        self.epoch = time.time()
+        self.epoch = time.time() - at * self.dilation
         self.forget_telemetry()
         self.configure(self.emulation)
 

@@ -40,6 +40,12 @@ class FidelityMeter:
         self._target.clear()
         self._wall.clear()
 
+    def absorb(self, other: FidelityMeter) -> None:
+        """Count ``other``'s computations too (a run whose clock restarts clears the controller's meter)."""
+        for d, seconds in other._target.items():
+            self._target[d] = self._target.get(d, 0.0) + seconds
+            self._wall[d] = self._wall.get(d, 0.0) + other._wall[d]
+
     def per_device(self) -> dict[str, float]:
         """Achieved over nominal compute speed per device that computed (at most 1)."""
         return {d: min(1.0, self._target[d] / self._wall[d]) for d in sorted(self._wall)}

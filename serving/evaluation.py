@@ -40,6 +40,7 @@ from env.snapshot import Snapshot
 from env.telemetry import LiveView
 from runtime.cluster import LocalCluster
 from runtime.exactness import reference_pool, run_checked
+from runtime.fidelity import FidelityMeter
 from runtime.graph import LayerGraph
 from runtime.plan import Plan
 from serving.gil import prompt_switches
@@ -148,8 +149,9 @@ def run_comparison(
 ) -> list[RequestRecord]:
     """For each request, every planner plans on the same snapshot and its plan is executed.
 
-    Request-major order keeps the agents' requests of one index close in time on a live cluster, and
-    makes an interrupted run's finished requests a fair comparison (``ComparisonInterrupted``). The
+    Request-major order makes an interrupted run's finished requests a fair comparison
+    (``ComparisonInterrupted``); on a live cluster every agent's request of one index runs on the same
+    seconds of the traces whatever the order (``LiveSession``). The
     clairvoyant plans last, weighing the others' plans too (agents/clairvoyant.py). The set-up is frozen
     out of full garbage collections (serving/heap.py), so a planner's decision time is its own, not a
     collection of everything another planner's allocations set off.
@@ -222,21 +224,22 @@ class LiveRescue:
 
 
 class LiveSession:
-    """A running local emulated cluster plus the reference model that checks its outputs. With a
-    ``LiveRescue``, each agent's request is watched as adaptive serving watches its own (serving/loop.py's
-    rescue, on the cluster's own telemetry): when conditions collapse under it, the agent's planner
-    re-plans and the request restarts on that plan when it is worth it. The clairvoyant is never rescued."""
+    """A running local emulated cluster plus the reference model that checks its outputs.
+
+    ``execute`` runs an agent's request from its snapshot's time on the traces' clock (``restart_clock``
+    once the plan is deployed): every agent's request of one index meets the same seconds of the traces,
+    those its snapshot was taken at, as in the simulator, rather than whichever seconds the agents before
+    it left to it. With a ``LiveRescue``, each agent's request is watched as adaptive serving watches its
+    own (serving/loop.py's rescue, on the cluster's own telemetry, from a view that starts from the
+    snapshot the agent planned on): when conditions collapse under it, the agent's planner re-plans and
+    the request restarts on that plan when it is worth it. The clairvoyant is never rescued."""
 
     def __init__(self, cluster: LocalCluster, model, world, seed: int, rescue: LiveRescue | None = None):
         self.cluster, self.model, self.world, self.seed = cluster, model, world, seed
         self.controller = cluster.controller
         self.rescue = rescue
-        self.view = LiveView(cluster.spec, self.controller) if rescue else None  # what serving's watcher sees
+        self.fidelity = FidelityMeter()  # every request's, across the clock's restarts
         self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def snapshot_at(self, index: int) -> Snapshot:
-        """What planners may know now: the world's snapshot at the cluster's current time."""
-        return self.world.snapshot(max(0.0, self.controller.now()))
 
     def run(self, index: int, plan: Plan) -> tuple[Outcome, float]:
         """Run request ``index`` (a seeded input) on ``plan``; returns the outcome and its start time."""
@@ -245,19 +248,29 @@ class LiveSession:
             (self._inputs[index],) = reference_pool(self.model, shape, 1, self.seed + index)
         x, expected = self._inputs[index]
         done = run_checked(self.controller, plan, x, expected)
+        self.fidelity.absorb(self.controller.fidelity)
+        self.controller.fidelity.clear()
         result = done.result
         return Outcome(result.latency_s, result.energy_j, done.exact, rescues=result.rescues), done.start_s
 
     def execute(self, agent: str, index: int, t: float, plan: Plan) -> Outcome:
         if self.rescue is None or agent == CLAIRVOYANT:
-            return self.run(index, plan)[0]
-        with self._watched(agent, plan):
-            return self.run(index, plan)[0]
+            return self._run_from(t, index, plan)
+        view = LiveView(self.cluster.spec, self.controller, start=self.world.snapshot(t))
+        with self._watched(agent, plan, view):
+            return self._run_from(t, index, plan)
+
+    def _run_from(self, t: float, index: int, plan: Plan) -> Outcome:
+        """Request ``index`` on ``plan``, started at ``t`` on the traces' clock once the plan is deployed."""
+        if self.controller.plan != plan:
+            self.controller.deploy(plan)
+        self.controller.restart_clock(at=t)
+        return self.run(index, plan)[0]
 
     @contextmanager
-    def _watched(self, agent: str, plan: Plan) -> Iterator[None]:
-        """``plan`` deployed with serving's rescue watching the requests run meanwhile, ``agent``'s planner
-        re-planning on a thread of its own that yields the GIL as promptly as in serving; once they are
+    def _watched(self, agent: str, plan: Plan, view: LiveView) -> Iterator[None]:
+        """``plan`` deployed with serving's rescue watching the requests run meanwhile on ``view``, ``agent``'s
+        planner re-planning on a thread of its own that yields the GIL as promptly as in serving; once they are
         done, the watcher leaves and a plan still being made is waited for (the planner plans the next
         request)."""
         rescue, ctl = self.rescue, self.controller
@@ -268,7 +281,7 @@ class LiveSession:
             keeper = Adaptive(
                 ctl,
                 decide,
-                self.view.snapshot,
+                view.snapshot,
                 options.threshold,
                 options.replan_margin,
                 options.plan_wait_s,

@@ -6,7 +6,8 @@ one on the air). Multi-stream serving (serving/streams.py) without an ``Adaptati
 frames caught by a collapse under one lane's plan wait it out on their plan; with one, the lane whose link
 collapsed is re-planned and its frames on the air are rescued, and the other lane is left alone.
 A live comparison served with rescues (``evaluate.py compare --backend live --rescue``) rescues its
-agent's request the same way, onto that agent's own planner's new plan.
+agent's request the same way, onto that agent's own planner's new plan; every agent's request of one
+index runs on the same seconds of the traces.
 
 A scripted planner chooses the plans and every rescue lands on d0, the source. The collapsed link starts
 slow enough that the caught band is on the air for over a second from its first byte, and the collapse
@@ -560,13 +561,31 @@ def test_a_live_comparison_with_rescue_restarts_a_request_caught_by_a_collapse_o
     model, objective = models.build("tiny", seed=0), Objective()
     rescue = LiveRescue({"agent": planner}, graph, objective)
     with live_session(spec, "tiny", model, world, rescue=rescue) as session:
-        session.controller.restart_clock()  # the traces' clock starts with the request
-        (record,) = run_comparison(
-            {"agent": planner}, session.snapshot_at, 1, graph, objective, session.execute
-        )
+        at_start = lambda _: world.snapshot(0.0)  # noqa: E731  (the request at t=0 on the traces' clock)
+        (record,) = run_comparison({"agent": planner}, at_start, 1, graph, objective, session.execute)
         log = first_transfer(pieces(session.controller, "d0", "d1"))
     assert record.plan == on_d1.to_json() and record.outputs_match, record  # the plan it was dealt
     assert record.time_s < t_drop and caught(log, t_drop, INPUT_BYTES), (record, log)
     assert record.rescues == 1 and record.latency_s < t_drop + 4.0, record
     plans = [plan for _, plan in planner.chosen]
     assert plans[0] == on_d1 and plans[-1] == on_d0, planner.chosen  # restarted on its own planner's plan
+
+
+def test_a_live_comparison_runs_every_agents_request_on_the_same_seconds_of_the_traces(graph):
+    """Two agents deal the same plan, on d1 (its 12 kB input over d0-d1: 1 s at 0.1 Mbit/s), for a request
+    at t=0; the link falls to 0.005 Mbit/s at 1.5 s. The second agent's request runs after the first's
+    on the wall clock, yet from t=0 on the traces' clock as well: both inputs are through before the
+    fall, in the same time (had it started where the first left the clock, its input would meet the fall
+    and take over ten seconds more)."""
+    spec = cluster({"d0-d1": 0.1, "d0-d2": 50.0})
+    on_d1 = chain(graph, ("d1", len(graph.units)))
+    fall = step_drop(0.1, 0.005, 1.5, drop_len=3000.0, duration=3600.0)
+    world = NetworkState(spec, {link_key("d0", "d1"): fall, link_key("d0", "d2"): constant(50.0)})
+    planners = {name: Scripted([(on_d1, ())], floor_mbps=0.0) for name in ("first", "second")}
+    model, objective = models.build("tiny", seed=0), Objective()
+    with live_session(spec, "tiny", model, world) as session:
+        at_start = lambda _: world.snapshot(0.0)  # noqa: E731
+        first, second = run_comparison(planners, at_start, 1, graph, objective, session.execute)
+    assert first.outputs_match and second.outputs_match, (first, second)
+    assert first.latency_s < 1.45 and second.latency_s < 1.45, (first, second)
+    assert second.latency_s == pytest.approx(first.latency_s, abs=0.2), (first, second)

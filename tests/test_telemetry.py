@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,27 @@ def test_before_any_measurement_the_spec_is_the_guess():
     snap = LiveView(SPEC, Telemetry()).snapshot()
     assert snap.link_mbps == {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     assert set(snap.speed.values()) == {1.0} and snap.time == 12.5
+
+
+def test_a_view_started_from_a_snapshot_believes_it_until_the_cluster_measures_otherwise():
+    """A live comparison's watcher starts from the snapshot its agent planned on: its rates, histories
+    and speeds, not the spec's; a transfer then moves the link it crossed as from any other estimate."""
+    start = LiveView(SPEC, Telemetry()).snapshot()
+    half = {key: mbps / 2 for key, mbps in start.link_mbps.items()}
+    start = replace(
+        start,
+        link_mbps=half,
+        link_history={key: (mbps * 2,) * 4 + (mbps,) * 4 for key, mbps in half.items()},
+        speed=dict.fromkeys(SPEC.devices, 0.5),
+    )
+    tel = Telemetry()
+    view = LiveView(SPEC, tel, start=start)
+    snap = view.snapshot()
+    assert snap.link_mbps == half and set(snap.speed.values()) == {0.5}
+    # the start's eight seconds, the oldest dropped for the second the view was read in
+    assert snap.link_history[link_key("0", "9")] == (26.0,) * 3 + (13.0,) * 5
+    tel.transfer("8", "4", 30.0)  # spec 30, believed 15: measured back
+    assert view.snapshot().link_mbps[link_key("8", "4")] == pytest.approx(30.0)
 
 
 def test_under_a_time_dilation_the_view_measures_the_emulated_cluster():
