@@ -20,6 +20,7 @@ the collapse out on its plan.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -576,14 +577,20 @@ def test_a_live_comparison_runs_every_agents_request_on_the_same_seconds_of_the_
     at t=0; the link falls to 0.005 Mbit/s at 1.5 s. The second agent's request runs after the first's
     on the wall clock, yet from t=0 on the traces' clock as well: both inputs are through before the
     fall, in the same time (had it started where the first left the clock, its input would meet the fall
-    and take over ten seconds more)."""
+    and take over ten seconds more). The unsplit model's output for the input takes 2 s here (a large
+    model's takes a second or more): it is ready before the clock starts."""
     spec = cluster({"d0-d1": 0.1, "d0-d2": 50.0})
     on_d1 = chain(graph, ("d1", len(graph.units)))
     fall = step_drop(0.1, 0.005, 1.5, drop_len=3000.0, duration=3600.0)
     world = NetworkState(spec, {link_key("d0", "d1"): fall, link_key("d0", "d2"): constant(50.0)})
     planners = {name: Scripted([(on_d1, ())], floor_mbps=0.0) for name in ("first", "second")}
-    model, objective = models.build("tiny", seed=0), Objective()
-    with live_session(spec, "tiny", model, world) as session:
+    tiny, objective = models.build("tiny", seed=0), Objective()
+
+    def slow_reference(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(2.0)
+        return tiny(x)
+
+    with live_session(spec, "tiny", slow_reference, world) as session:
         at_start = lambda _: world.snapshot(0.0)  # noqa: E731
         first, second = run_comparison(planners, at_start, 1, graph, objective, session.execute)
     assert first.outputs_match and second.outputs_match, (first, second)
