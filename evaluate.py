@@ -29,8 +29,8 @@ Every agent plans on the same snapshots of the same world, taken at the same req
 (``--warmup-s`` + i x ``--gap-s``); ``sim`` scores plans with the cost model in the trace-driven world,
 ``live`` runs them on a local emulated cluster and checks every output against the unsplit model, each
 agent's request from its snapshot's time on the traces' clock (the clock restarted there), so that every
-agent's request meets the same seconds of the traces. Add ``clairvoyant`` to ``--agents`` for every agent's regret against the plan made on the
-world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
+agent's request meets the same seconds of the traces. Add ``clairvoyant`` to ``--agents`` for every
+agent's regret against the plan made on the world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
 with a perfect record and a long search, to tell what the regret is made of); the table and JSON also
 give each agent's fallbacks, failed requests, rescues and (for an optimiser that proves one) its gap to
 the certified bound. ``--rescue`` serves each request as adaptive serving does: a request that

@@ -265,9 +265,10 @@ class LiveSession:
             return self._run_from(t, index, plan)
 
     def _run_from(self, t: float, index: int, plan: Plan) -> Outcome:
-        """Request ``index`` on ``plan``, started at ``t`` on the traces' clock once the plan is deployed and
-        the input ready (the unsplit model's output for it takes a second of the host for VGG-16: computed
-        after the restart, it made the first agent of each index meet later seconds of the traces)."""
+        """Request ``index`` on ``plan``, started at ``t`` on the traces' clock once the plan is deployed
+        and the input ready (the unsplit model's output for it takes a second of the host for VGG-16:
+        computed after the restart, it made the first agent of each index meet later seconds of the
+        traces)."""
         self._input(index)
         if self.controller.plan != plan:
             self.controller.deploy(plan)
@@ -276,10 +277,10 @@ class LiveSession:
 
     @contextmanager
     def _watched(self, agent: str, plan: Plan, view: LiveView) -> Iterator[None]:
-        """``plan`` deployed with serving's rescue watching the requests run meanwhile on ``view``, ``agent``'s
-        planner re-planning on a thread of its own that yields the GIL as promptly as in serving; once they are
-        done, the watcher leaves and a plan still being made is waited for (the planner plans the next
-        request)."""
+        """``plan`` deployed with serving's rescue watching the requests run meanwhile on ``view``,
+        ``agent``'s planner re-planning on a thread of its own that yields the GIL as promptly as in
+        serving; once they are done, the watcher leaves and a plan still being made is waited for (the
+        planner plans the next request)."""
         rescue, ctl = self.rescue, self.controller
         options = rescue.options
         decide = Decider(rescue.planners[agent], rescue.graph, rescue.objective)
