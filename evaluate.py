@@ -30,10 +30,10 @@ Every agent plans on the same snapshots of the same world, taken at the same req
 ``live`` runs them on a local emulated cluster and checks every output against the unsplit model, each
 agent's request from its snapshot's time on the traces' clock (the clock restarted there), so that every
 agent's request meets the same seconds of the traces. Add ``clairvoyant`` to ``--agents`` for every
-agent's regret against the plan made on the world's true future, and ``hindsight`` for the same planner on the world's true past (an online planner
-with a perfect record and a long search, to tell what the regret is made of); the table and JSON also
-give each agent's fallbacks, failed requests, rescues and (for an optimiser that proves one) its gap to
-the certified bound. ``--rescue`` serves each request as adaptive serving does: a request that
+agent's regret against the plan made on the world's true future, and ``hindsight`` for the same planner
+on the world's true past (an online planner with a perfect record and a long search, to tell what the
+regret is made of); the table and JSON also give each agent's fallbacks, failed requests, rescues and
+(for an optimiser that proves one) its gap to the certified bound. ``--rescue`` serves each request as adaptive serving does: a request that
 conditions collapse under is restarted on its own planner's newer plan (in the sim as
 serving/world_rescue.py replays the rule, a failed request retried on its planner's plan for the
 devices still up; live by serving's own watcher on the cluster's telemetry); without it, a request runs
@@ -57,6 +57,7 @@ from cli.scenarios import parse_with_scenario
 from cli.worlds import build_world, trace_dynamics
 from env.cost_model import CostModel, Objective
 from env.profiles import host_profile, pacing, resolve_profile
+from env.snapshot import Snapshot
 from runtime import models
 from runtime.fidelity import fidelity_fields, print_fidelity
 from runtime.graph import LayerGraph
@@ -116,7 +117,7 @@ def compare(args: argparse.Namespace) -> dict:
             planners, snapshot_at, args.requests, graph, objective, execute, console=console
         )
 
-    def snapshot_at(index: int):  # the same request times for either backend
+    def snapshot_at(index: int) -> Snapshot:  # the same request times for either backend
         return world.snapshot(args.warmup_s + index * args.gap_s)
 
     emulation = {}

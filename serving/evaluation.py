@@ -151,10 +151,10 @@ def run_comparison(
 
     Request-major order makes an interrupted run's finished requests a fair comparison
     (``ComparisonInterrupted``); on a live cluster every agent's request of one index runs on the same
-    seconds of the traces whatever the order (``LiveSession``). The
-    clairvoyant plans last, weighing the others' plans too (agents/clairvoyant.py). The set-up is frozen
-    out of full garbage collections (serving/heap.py), so a planner's decision time is its own, not a
-    collection of everything another planner's allocations set off.
+    seconds of the traces whatever the order (``LiveSession``). The clairvoyant plans last, weighing the
+    others' plans too (agents/clairvoyant.py). The set-up is frozen out of full garbage collections
+    (serving/heap.py), so a planner's decision time is its own, not a collection of everything another
+    planner's allocations set off.
     """
     records: list[RequestRecord] = []  # whole requests only: every planner's record of each index
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ import torch
 from agents.base import Planner
 from env.cost_model import Objective
 from env.network import NetworkState
-from env.snapshot import link_key
+from env.snapshot import Snapshot, link_key
 from env.traces import constant, step_drop
 from runtime import models
 from runtime.cluster import LocalCluster
@@ -100,6 +101,11 @@ class Scripted(Planner):
         plan = next(plan for plan, links in self.choices if all(map(up, links)))
         self.chosen.append((snapshot.time, plan))
         return plan
+
+
+def at_zero(world: NetworkState) -> Callable[[int], Snapshot]:
+    """A live comparison's request times: every request at t=0 on the traces' clock."""
+    return lambda _index: world.snapshot(0.0)
 
 
 def pieces(ctl: Controller, a: str, b: str) -> list[tuple[float, float, int]]:
@@ -562,8 +568,7 @@ def test_a_live_comparison_with_rescue_restarts_a_request_caught_by_a_collapse_o
     model, objective = models.build("tiny", seed=0), Objective()
     rescue = LiveRescue({"agent": planner}, graph, objective)
     with live_session(spec, "tiny", model, world, rescue=rescue) as session:
-        at_start = lambda _: world.snapshot(0.0)  # noqa: E731  (the request at t=0 on the traces' clock)
-        (record,) = run_comparison({"agent": planner}, at_start, 1, graph, objective, session.execute)
+        (record,) = run_comparison({"agent": planner}, at_zero(world), 1, graph, objective, session.execute)
         log = first_transfer(pieces(session.controller, "d0", "d1"))
     assert record.plan == on_d1.to_json() and record.outputs_match, record  # the plan it was dealt
     assert record.time_s < t_drop and caught(log, t_drop, INPUT_BYTES), (record, log)
@@ -591,8 +596,7 @@ def test_a_live_comparison_runs_every_agents_request_on_the_same_seconds_of_the_
         return tiny(x)
 
     with live_session(spec, "tiny", slow_reference, world) as session:
-        at_start = lambda _: world.snapshot(0.0)  # noqa: E731
-        first, second = run_comparison(planners, at_start, 1, graph, objective, session.execute)
+        first, second = run_comparison(planners, at_zero(world), 1, graph, objective, session.execute)
     assert first.outputs_match and second.outputs_match, (first, second)
     assert first.latency_s < 1.45 and second.latency_s < 1.45, (first, second)
     assert second.latency_s == pytest.approx(first.latency_s, abs=0.2), (first, second)
