@@ -20,10 +20,11 @@ seconds would see only the tail of a slow request and forget the links its early
   of theirs (a link's level: the one it fell from, below, else its estimate), and only in the vote's
   direction (a link measured at the collapsed rate a moment before a transfer crawled on a link still
   believed at its old rate was taken down again by the crawl's whole ratio, to a third of its rate).
-  That takes two or more links measured by transfers that ended (or by the ticks of one still on the
-  air): one transfer's rate may be a starved sender's timer overshooting, and the median, not the worst,
-  keeps one such measurement among several from moving every silent link. A stuck transfer (below) bounds
-  its own link and does not vote: it used to be evidence enough on its own, on the bet that a site's links
+  That takes two or more links measured by transfers that ended: one transfer's rate may be a starved
+  sender's timer overshooting, and the median, not the worst, keeps one such measurement among several
+  from moving every silent link. A link still carrying a transfer does not vote: a transfer stuck on it
+  bounds it (below) and its ticks measure it, its link only. A stuck transfer used to be evidence enough on
+  its own, on the bet that a site's links
   fade together, and on recorded traces, where each link fades on its own, the transfers stalled on two
   links dark in their recordings took every silent link of a 10-device mesh down to 0.01-0.07 Mbit/s and
   the request was restarted on three devices, needlessly (serving's rescue made the polished policy 1.10x
@@ -228,12 +229,13 @@ class LiveView:
         overdue = overdue_bounds(on_air, wall, self.link_mbps, self.drift, self.overdue_s)
         # only the newest measurements speak for the present: a link last measured more than vote_s
         # before the newest transfer (say, before a drop the newest ones saw) sets its own estimate, then
-        # moves with the silent links; a bounded link does not vote (module docstring)
+        # moves with the silent links; a link still carrying a transfer does not vote (module docstring)
         last = {key: max(end for end, _, _ in samples) for key, samples in fresh.items()}
         newest = max(last.values(), default=wall)
         recent = {key: measured[key] for key, end in last.items() if end >= newest - self.vote_s}
         evidence = recent | {key: min(b, recent.get(key, b)) for key, b in overdue.items()}
-        voters = {key: mbps for key, mbps in recent.items() if key not in overdue}
+        on_the_air = {link_key(a, b) for a, b, *_ in on_air}
+        voters = {key: mbps for key, mbps in recent.items() if key not in on_the_air}
         factor = drift_factor([mbps / self.link_mbps[key] for key, mbps in voters.items()], self.drift)
         before = self.link_mbps
         self.link_mbps = before | measured | evidence

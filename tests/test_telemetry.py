@@ -267,15 +267,20 @@ def test_a_bound_stands_when_the_links_it_took_down_are_measured_back_up():
     assert view.snapshot().link_mbps[stuck] == pytest.approx(25.0)
 
 
-def test_a_crawling_transfer_measured_by_its_ticks_moves_only_its_link():
-    """The pieces a crawling transfer reported measure its link exactly; alone, they move no other link
-    (recorded links fade on their own: the module docstring's stuck vote)."""
+def test_crawling_transfers_measured_by_their_ticks_move_only_their_links():
+    """The pieces two crawling transfers reported measure their links exactly, and the silent links stay:
+    a link still carrying a transfer does not vote (two ticking links were a vote of two, and took every
+    silent link down as the stuck vote had: the module docstring)."""
     tel = Telemetry()
     view = LiveView(SPEC, tel)
-    tel.started("8", "4", 250_000, ago=1.0)  # spec 30 Mbit/s: 0.07 s expected, a second on the air
-    tel.transfer("8", "4", 1.5, seconds=0.25)  # its latest quarter second
+    # 2 MB, 0.53 s and 0.94 s at the specs' 30 and 17 Mbit/s: on the air for half a second, not overdue
+    tel.started("8", "4", 2_000_000, ago=0.5)
+    tel.started("6", "8", 2_000_000, ago=0.5)
+    tel.transfer("8", "4", 1.5, seconds=0.25)  # their latest quarter seconds
+    tel.transfer("6", "8", 0.85, seconds=0.25)
     snap = view.snapshot()
     assert snap.link_mbps[link_key("8", "4")] == pytest.approx(1.5)
+    assert snap.link_mbps[link_key("6", "8")] == pytest.approx(0.85, rel=1e-3)
     assert snap.link_mbps[link_key("0", "9")] == 26
 
 
