@@ -235,8 +235,8 @@ class LiveView:
         newest = max(last.values(), default=wall)
         recent = {key: measured[key] for key, end in last.items() if end >= newest - self.vote_s}
         evidence = recent | {key: min(b, recent.get(key, b)) for key, b in overdue.items()}
-        on_the_air = {link_key(a, b) for a, b, *_ in on_air}
-        voters = {key: mbps for key, mbps in recent.items() if key not in on_the_air}
+        carrying = {link_key(a, b) for a, b, *_ in on_air}
+        voters = {key: mbps for key, mbps in recent.items() if key not in carrying}
         factor = drift_factor([mbps / self.link_mbps[key] for key, mbps in voters.items()], self.drift)
         before = self.link_mbps
         self.link_mbps = before | measured | evidence
@@ -257,17 +257,18 @@ class LiveView:
         self,
         before: dict[tuple[str, str], float],
         voters: dict[tuple[str, str], float],
-        measured: Collection[tuple[str, str]],
+        spared: Collection[tuple[str, str]],
         factor: float,
     ) -> None:
-        """Move every link not just ``measured`` to the share of its level that the ``voters`` now carry
-        of theirs (a link's level: the one it fell from, else its estimate; a voter's, from ``before`` its
-        measurement), in the direction of the vote (``factor``) only: a link measured at the new rate since
-        it fell is not moved again by a voter whose estimate predates the change."""
+        """Move every link but the ``spared`` (measured within ``vote_s`` of the newest transfer, or bounded,
+        in this fold) to the share of its level that the ``voters`` now carry of theirs (a link's level: the
+        one it fell from, else its estimate; a voter's, from ``before`` its measurement), in the direction of
+        the vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a
+        voter whose estimate predates the change."""
         share = float(np.median([mbps / self._fallen.get(key, before[key]) for key, mbps in voters.items()]))
         follow = min if factor < 1 else max
         for key, mbps in self.link_mbps.items():
-            if key not in measured:
+            if key not in spared:
                 self.link_mbps[key] = follow(mbps, self._fallen.get(key, mbps) * share)
 
     def _end_fall(
