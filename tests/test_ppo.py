@@ -148,7 +148,9 @@ def test_polish_improves_on_the_policys_plan_within_its_budget_and_is_repeatable
         gains.append(
             plain.score(mine, snap, graph, objective) - polished.score(better, snap, graph, objective)
         )
-    assert min(gains) >= 0.0, "the polish never returns a plan the cost model scores worse"
+    # the robust price picks among plans the snapshot prices alike up to rounding (a gain of -1.8e-15 s
+    # once): worse means worse beyond that
+    assert min(gains) >= -1e-9, "the polish never returns a plan the cost model scores worse"
     assert max(gains) > 0.0, "and it finds something the completion missed"
 
 
