@@ -87,6 +87,7 @@ from runtime.spec import ClusterSpec
 LinkSample = tuple[float, int, float]  # (end wall time, bytes, radio seconds) of one transfer
 DRIFT = 1.5  # a rate this many times off a link's estimate is a change, not noise
 OVERDUE_S = 0.25  # a transfer on the air for less than this says nothing yet about its link
+STAND_S = 5.0  # a link's own measurement outranks other links' evidence up this long (the sim's mean window)
 
 
 def current_rate(
@@ -167,6 +168,7 @@ class LiveView:
         history: int = 8,
         overdue_s: float = OVERDUE_S,
         vote_s: float = 1.0,
+        stand_s: float = STAND_S,
         settle_s: float = 0.05,
         failure_window_s: float = 300.0,
         start: Snapshot | None = None,
@@ -180,6 +182,7 @@ class LiveView:
         self.drift = drift
         self.overdue_s = overdue_s
         self.vote_s = vote_s
+        self.stand_s = stand_s
         self.settle_s = settle_s
         self.link_mbps = {link_key(link.a, link.b): link.mbps for link in spec.links}
         self.speed = dict.fromkeys(spec.devices, 1.0)
@@ -197,6 +200,7 @@ class LiveView:
             tuple[str, str], float
         ] = {}  # per link: its last bound, until a transfer measures it
         self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
+        self._own_at: dict[tuple[str, str], float] = {}  # per link: wall time its own transfers last spoke
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = self._clock()
@@ -240,14 +244,18 @@ class LiveView:
         factor = drift_factor([mbps / self.link_mbps[key] for key, mbps in voters.items()], self.drift)
         before = self.link_mbps
         self.link_mbps = before | measured | evidence
+        self._own_at |= last | dict.fromkeys(overdue, wall)
+        standing = {key for key, at in self._own_at.items() if wall - at < self.stand_s}
         if factor != 1.0:
-            self._follow_the_vote(before, voters, evidence.keys(), factor)
+            self._follow_the_vote(
+                before, voters, evidence.keys() | (standing if factor > 1 else set()), factor
+            )
         # a bound stands until a transfer that ends after it measures the link: the silent links may move
         # up with the others, the bounded one not above its bound (its stuck transfer, cut short by a
         # rescue, never reports an end)
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
         if factor == 1.0 and not overdue:
-            self._end_fall({key: self.link_mbps[key] for key in voters} | brief, evidence.keys())
+            self._end_fall({key: self.link_mbps[key] for key in voters} | brief, evidence.keys() | standing)
         self.link_mbps |= {key: min(self.link_mbps[key], cap) for key, cap in self._caps.items()}
         self._remember_falls(before)
         # a bound is a change point: transfers that ended before it no longer speak for the link
@@ -261,7 +269,7 @@ class LiveView:
         factor: float,
     ) -> None:
         """Move every link but the ``spared`` (measured within ``vote_s`` of the newest transfer, or bounded,
-        in this fold) to the share of its level that the ``voters`` now carry of theirs (a link's level: the
+        in this fold; for a vote up, also those whose own measurement still stands) to the share of its level that the ``voters`` now carry of theirs (a link's level: the
         one it fell from, else its estimate; a voter's, from ``before`` its measurement), in the direction of
         the vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a
         voter whose estimate predates the change."""
@@ -270,21 +278,23 @@ class LiveView:
         for key, mbps in self.link_mbps.items():
             if key not in spared:
                 self.link_mbps[key] = follow(mbps, self._fallen.get(key, mbps) * share)
+                if self.link_mbps[key] != mbps:  # its estimate is the vote's now, not its own measurement
+                    self._own_at.pop(key, None)
 
     def _end_fall(
-        self, readings: dict[tuple[str, str], float], measured: Collection[tuple[str, str]]
+        self, readings: dict[tuple[str, str], float], standing: Collection[tuple[str, str]]
     ) -> None:
         """If a link read last (``readings``, Mbit/s) is back within ``drift`` of the level it fell from,
-        the fall is over: every link that fell and was not just ``measured`` goes back to its level (a
-        bound still caps it)."""
+        the fall is over: every link that fell goes back to its level (a bound still caps it) but those
+        whose own measurement still ``standing`` says otherwise, which keep their level for a later end."""
         if not any(
             k in self._fallen and mbps * self.drift >= self._fallen[k] for k, mbps in readings.items()
         ):
             return
         for key, level in self._fallen.items():
-            if key not in measured:
+            if key not in standing:
                 self.link_mbps[key] = max(self.link_mbps[key], level)
-        self._fallen.clear()
+        self._fallen = {key: level for key, level in self._fallen.items() if key in standing}
 
     def _remember_falls(self, before: dict[tuple[str, str], float]) -> None:
         """Keep the level of every link that fell ``drift`` x since ``before``; forget it once back."""

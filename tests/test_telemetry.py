@@ -101,7 +101,7 @@ def test_silent_links_keep_their_estimate_while_the_measured_ones_hold():
 
 def test_after_a_common_drop_silent_links_fall_as_much_as_the_median_measured_one():
     tel = Telemetry()
-    view = LiveView(SPEC, tel)
+    view = LiveView(SPEC, tel, stand_s=0.0)  # the vote alone: no link's own reading stands
     tel.transfer("8", "4", 1.0)  # spec 30: a thirtieth (one sender's timer overshot, say)
     tel.transfer("6", "8", 3.4)  # spec 17: a fifth
     tel.transfer("4", "9", 8.6)  # spec 43: a fifth
@@ -152,9 +152,10 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     """After a fall seen on every link, the plan made for it crosses one link only. A reading at twice the
     fallen rate moves nothing else (a link the vote took too far down reads that when next crossed); the
     link measured back near the level it fell from ends the fall, and the others go back to theirs: a view
-    that waited for two links would keep the plan made for the fall for ever."""
+    that waited for two links would keep the plan made for the fall for ever (every link was measured at
+    its fall here; none of those readings stands, as a crossing long before would not)."""
     tel = Telemetry()
-    view = LiveView(SPEC, tel)
+    view = LiveView(SPEC, tel, stand_s=0.0)
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     for key, mbps in spec_mbps.items():
         tel.transfer(*key, mbps / 10)
@@ -168,18 +169,50 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
+def test_a_link_measured_dark_stands_against_other_links_evidence_until_its_reading_ages():
+    """On #15's unseen live mesh a crawling transfer measured 8-9 at 0.28 Mbit/s; with nothing on it, the
+    view put it back at its level when another link was measured back near its own (a fall's end) or
+    faster (a vote up), and the last rescue crossed it while still dark. A link's own reading now outranks
+    other links' evidence for ``stand_s``; after that, the next fall's end takes it back to its level."""
+
+    def fall_then_half(stand_s: float) -> tuple[LiveView, Telemetry, dict]:
+        tel = Telemetry()
+        view = LiveView(SPEC, tel, stand_s=stand_s)
+        for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3), ("6", "8", 1.7)]:  # a tenth of their spec
+            tel.transfer(a, b, mbps)
+        assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(2.6)
+        tel.link_samples.clear()
+        for a, b, mbps in [("8", "4", 15.0), ("4", "9", 21.5)]:  # half: a vote up
+            tel.transfer(a, b, mbps)
+        return view, tel, view.snapshot().link_mbps
+
+    _, _, links = fall_then_half(stand_s=0.0)
+    assert links[link_key("6", "8")] == pytest.approx(8.5)  # without the rule, up with the others
+    view, tel, links = fall_then_half(stand_s=0.3)
+    assert links[link_key("0", "9")] == pytest.approx(13.0)
+    assert links[link_key("6", "8")] == pytest.approx(1.7)  # its own reading stands
+    time.sleep(0.35)
+    tel.link_samples.clear()
+    tel.transfer("8", "4", 30.0)  # back at its level: the fall is over
+    links = view.snapshot().link_mbps
+    assert links[link_key("6", "8")] == pytest.approx(17.0) and links[link_key("0", "9")] == pytest.approx(
+        26.0
+    )
+
+
 def test_brief_transfers_move_no_link_mid_fall_but_can_end_it():
     """Mid-collapse, the few-kB outputs that end a request cross two links at 2.6x their estimate (a
     shaper's burst over a kernel-shaped link). In the kernel-mode collapse runs such readings moved every
     silent link up; set on their own link, they drew the next plan onto it, whose first long transfer
     crawled and took every link down. The same rates held for half a second are a recovery and move the
-    silent links; a brief reading back near the level its link fell from ends the fall."""
+    silent links; a brief reading back near the level its link fell from ends the fall (none of the readings
+    at the fall stands here)."""
     spec_mbps = {link_key(link.a, link.b): link.mbps for link in SPEC.links}
     fallen = {key: mbps / 10 for key, mbps in spec_mbps.items()}
     outputs = [link_key("8", "4"), link_key("4", "9")]
     for seconds in (0.01, 0.5):
         tel = Telemetry()
-        view = LiveView(SPEC, tel)
+        view = LiveView(SPEC, tel, stand_s=0.0)
         for key, mbps in fallen.items():
             tel.transfer(*key, mbps)
         assert view.snapshot().link_mbps == pytest.approx(fallen)
@@ -192,7 +225,7 @@ def test_brief_transfers_move_no_link_mid_fall_but_can_end_it():
         else:
             assert snap.link_mbps == pytest.approx({key: 2.6 * mbps for key, mbps in fallen.items()})
     tel = Telemetry()
-    view = LiveView(SPEC, tel)
+    view = LiveView(SPEC, tel, stand_s=0.0)
     for key, mbps in fallen.items():
         tel.transfer(*key, mbps)
     view.snapshot()
