@@ -38,6 +38,14 @@ seconds would see only the tail of a slow request and forget the links its early
   one link only, and the two links the rule above needs might never be measured again). One reading
   measured faster does not count otherwise: a link the vote took below what it carries reads twice its
   estimate when next crossed.
+  A link's own reading outranks other links' evidence upward for ``stand_s`` (5 s, the window of the
+  simulator's means): neither a vote up nor a fall's end lifts a link whose estimate is what its own
+  transfers read (or bound) in the last ``stand_s``; it keeps the level it fell from, and returns to it
+  once its reading is older (a plan made around it never measures it again: in a loaded run of the
+  collapse bench, a first version that waited for another fall's end kept the plan made for the collapse's
+  last seconds for the rest of the run). On #15's unseen live mesh a link a crawling transfer read at 0.28 Mbit/s was
+  put back at its level when another link was read back near its own, with nothing on it, and a request's
+  last rescue crossed it, still dark. A vote down still moves such a link (the links of a collapse).
   A brief link, one whose fresh transfers hold less than ``settle_s`` of radio time in all, neither sets
   its own estimate nor votes: such a rate is mostly the sender's timer overshoot (it reads low), or a
   shaper's burst (over a kernel-shaped link the few-kB outputs that end every request read up to 2.6x
@@ -201,6 +209,7 @@ class LiveView:
         ] = {}  # per link: its last bound, until a transfer measures it
         self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
         self._own_at: dict[tuple[str, str], float] = {}  # per link: wall time its own transfers last spoke
+        self._waiting: set[tuple[str, str]] = set()  # links a fall's end left at their own reading
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = self._clock()
@@ -245,17 +254,19 @@ class LiveView:
         before = self.link_mbps
         self.link_mbps = before | measured | evidence
         self._own_at |= last | dict.fromkeys(overdue, wall)
-        standing = {key for key, at in self._own_at.items() if wall - at < self.stand_s}
+        # the links whose own reading (this fold's, or one of the last stand_s) outranks others' evidence up
+        standing = evidence.keys() | {key for key, at in self._own_at.items() if wall - at < self.stand_s}
         if factor != 1.0:
-            self._follow_the_vote(
-                before, voters, evidence.keys() | (standing if factor > 1 else set()), factor
-            )
+            self._follow_the_vote(before, voters, standing if factor > 1 else evidence.keys(), factor)
         # a bound stands until a transfer that ends after it measures the link: the silent links may move
         # up with the others, the bounded one not above its bound (its stuck transfer, cut short by a
         # rescue, never reports an end)
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
+        if factor < 1.0:  # a new fall: its end returns the links the last one's end left waiting
+            self._waiting.clear()
         if factor == 1.0 and not overdue:
-            self._end_fall({key: self.link_mbps[key] for key in voters} | brief, evidence.keys() | standing)
+            self._end_fall({key: self.link_mbps[key] for key in voters} | brief, standing)
+            self._release(standing)
         self.link_mbps |= {key: min(self.link_mbps[key], cap) for key, cap in self._caps.items()}
         self._remember_falls(before)
         # a bound is a change point: transfers that ended before it no longer speak for the link
@@ -269,10 +280,11 @@ class LiveView:
         factor: float,
     ) -> None:
         """Move every link but the ``spared`` (measured within ``vote_s`` of the newest transfer, or bounded,
-        in this fold; for a vote up, also those whose own measurement still stands) to the share of its level that the ``voters`` now carry of theirs (a link's level: the
-        one it fell from, else its estimate; a voter's, from ``before`` its measurement), in the direction of
-        the vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a
-        voter whose estimate predates the change."""
+        in this fold; for a vote up, also those whose own reading still stands) to the share of its level
+        that the ``voters`` now carry of theirs (a link's level: the one it fell from, else its estimate; a
+        voter's, from ``before`` its measurement), in the direction of the vote (``factor``) only: a link
+        measured at the new rate since it fell is not moved again by a voter whose estimate predates the
+        change."""
         share = float(np.median([mbps / self._fallen.get(key, before[key]) for key, mbps in voters.items()]))
         follow = min if factor < 1 else max
         for key, mbps in self.link_mbps.items():
@@ -286,7 +298,7 @@ class LiveView:
     ) -> None:
         """If a link read last (``readings``, Mbit/s) is back within ``drift`` of the level it fell from,
         the fall is over: every link that fell goes back to its level (a bound still caps it) but those
-        whose own measurement still ``standing`` says otherwise, which keep their level for a later end."""
+        whose own reading still ``standing`` says otherwise, which wait for it to age (``_release``)."""
         if not any(
             k in self._fallen and mbps * self.drift >= self._fallen[k] for k, mbps in readings.items()
         ):
@@ -295,6 +307,16 @@ class LiveView:
             if key not in standing:
                 self.link_mbps[key] = max(self.link_mbps[key], level)
         self._fallen = {key: level for key, level in self._fallen.items() if key in standing}
+        self._waiting |= self._fallen.keys()
+
+    def _release(self, standing: set[tuple[str, str]]) -> None:
+        """The links a fall's end left at their own reading go back to their levels once it no longer
+        stands (a plan that avoids them never measures them again)."""
+        for key in self._waiting - standing:
+            level = self._fallen.pop(key, None)
+            if level is not None:
+                self.link_mbps[key] = max(self.link_mbps[key], level)
+        self._waiting &= standing
 
     def _remember_falls(self, before: dict[tuple[str, str], float]) -> None:
         """Keep the level of every link that fell ``drift`` x since ``before``; forget it once back."""
