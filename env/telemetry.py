@@ -40,12 +40,14 @@ seconds would see only the tail of a slow request and forget the links its early
   estimate when next crossed.
   A link's own reading outranks other links' evidence upward for ``stand_s`` (5 s, the window of the
   simulator's means): neither a vote up nor a fall's end lifts a link whose estimate is what its own
-  transfers read (or bound) in the last ``stand_s``; it keeps the level it fell from, and returns to it
-  once its reading is older (a plan made around it never measures it again: in a loaded run of the
-  collapse bench, a first version that waited for another fall's end kept the plan made for the collapse's
-  last seconds for the rest of the run). On #15's unseen live mesh a link a crawling transfer read at 0.28 Mbit/s was
-  put back at its level when another link was read back near its own, with nothing on it, and a request's
-  last rescue crossed it, still dark. A vote down still moves such a link (the links of a collapse).
+  transfers read (or bound) in the last ``stand_s``. On #15's unseen live mesh a link a crawling transfer
+  read at 0.28 Mbit/s was put back at its level when another link was read back near its own, with
+  nothing on it, and a request's last rescue crossed it, still dark (the live target missed in one run of
+  two on the rule before, met in every run since: docs/benchmarks.md, forty-fifth round). Such a link
+  keeps the level it fell from and returns to it once its reading is older: a plan made around it never
+  measures it again (in a loaded run of the collapse bench, a first version that waited for another
+  fall's end kept the plan made in the collapse's last seconds for the rest of the run). A vote down
+  still moves it (the links of a collapse).
   A brief link, one whose fresh transfers hold less than ``settle_s`` of radio time in all, neither sets
   its own estimate nor votes: such a rate is mostly the sender's timer overshoot (it reads low), or a
   shaper's burst (over a kernel-shaped link the few-kB outputs that end every request read up to 2.6x
@@ -95,7 +97,7 @@ from runtime.spec import ClusterSpec
 LinkSample = tuple[float, int, float]  # (end wall time, bytes, radio seconds) of one transfer
 DRIFT = 1.5  # a rate this many times off a link's estimate is a change, not noise
 OVERDUE_S = 0.25  # a transfer on the air for less than this says nothing yet about its link
-STAND_S = 5.0  # a link's own measurement outranks other links' evidence up this long (the sim's mean window)
+STAND_S = 5.0  # a link's own reading outranks other links' evidence up this long (the sim's mean window)
 
 
 def current_rate(
