@@ -44,10 +44,12 @@ seconds would see only the tail of a slow request and forget the links its early
   read at 0.28 Mbit/s was put back at its level when another link was read back near its own, with
   nothing on it, and a request's last rescue crossed it, still dark (the live target missed in one run of
   two on the rule before, met in every run since: docs/benchmarks.md, forty-fifth round). Such a link
-  keeps the level it fell from and returns to it once its reading is older: a plan made around it never
-  measures it again (in a loaded run of the collapse bench, a first version that waited for another
-  fall's end kept the plan made in the collapse's last seconds for the rest of the run). A vote down
-  still moves it (the links of a collapse).
+  keeps the level it fell from and returns to it once its reading is older, whether a fall's end or a
+  vote up passed it by: a plan made around it never measures it again (in a loaded run of the collapse
+  bench, a first version that waited for another fall's end kept the plan made in the collapse's last
+  seconds for the rest of the run; after a vote up that takes every other link back to its level no
+  fall's end comes, and the next version left a link passed by so dark for good). A vote down still
+  moves it (the links of a collapse).
   A brief link, one whose fresh transfers hold less than ``settle_s`` of radio time in all, neither sets
   its own estimate nor votes: such a rate is mostly the sender's timer overshoot (it reads low), or a
   shaper's burst (over a kernel-shaped link the few-kB outputs that end every request read up to 2.6x
@@ -211,7 +213,7 @@ class LiveView:
         ] = {}  # per link: its last bound, until a transfer measures it
         self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
         self._own_at: dict[tuple[str, str], float] = {}  # per link: wall time its own transfers last spoke
-        self._waiting: set[tuple[str, str]] = set()  # links a fall's end left at their own reading
+        self._waiting: set[tuple[str, str]] = set()  # links a fall's end or a vote up left at their reading
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = self._clock()
@@ -266,6 +268,8 @@ class LiveView:
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
         if factor < 1.0:  # a new fall: its end returns the links the last one's end left waiting
             self._waiting.clear()
+        elif factor > 1.0:  # a vote up: the fallen links it spared wait for their readings to age (_release)
+            self._waiting |= standing & self._fallen.keys()
         if factor == 1.0 and not overdue:
             self._end_fall({key: self.link_mbps[key] for key in voters} | brief, standing)
             self._release(standing)
@@ -312,8 +316,8 @@ class LiveView:
         self._waiting |= self._fallen.keys()
 
     def _release(self, standing: set[tuple[str, str]]) -> None:
-        """The links a fall's end left at their own reading go back to their levels once it no longer
-        stands (a plan that avoids them never measures them again)."""
+        """The links a fall's end or a vote up left at their own reading go back to their levels once it
+        no longer stands (a plan that avoids them never measures them again)."""
         for key in self._waiting - standing:
             level = self._fallen.pop(key, None)
             if level is not None:
