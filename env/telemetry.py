@@ -213,7 +213,8 @@ class LiveView:
         ] = {}  # per link: its last bound, until a transfer measures it
         self._fallen: dict[tuple[str, str], float] = {}  # per link that fell: the level it fell from
         self._own_at: dict[tuple[str, str], float] = {}  # per link: wall time its own transfers last spoke
-        self._waiting: set[tuple[str, str]] = set()  # links a fall's end or a vote up left at their reading
+        # per link a fall's end or a vote up left at its own reading: the rate it returns to once that ages
+        self._waiting: dict[tuple[str, str], float] = {}
         self._second: int | None = None  # last whole second (controller clock) written to the history
         self.failure_window_s = failure_window_s
         self._started = self._clock()
@@ -268,8 +269,6 @@ class LiveView:
         self._caps = {key: cap for key, cap in self._caps.items() if key not in measured} | overdue
         if factor < 1.0:  # a new fall: its end returns the links the last one's end left waiting
             self._waiting.clear()
-        elif factor > 1.0:  # a vote up: the fallen links it spared wait for their readings to age (_release)
-            self._waiting |= standing & self._fallen.keys()
         if factor == 1.0 and not overdue:
             self._end_fall({key: self.link_mbps[key] for key in voters} | brief, standing)
             self._release(standing)
@@ -286,13 +285,16 @@ class LiveView:
         factor: float,
     ) -> None:
         """Move every link but the ``spared`` (measured within ``vote_s`` of the newest transfer, or bounded,
-        in this fold; for a vote up, also those whose own reading still stands) to the share of its level
+        in this fold; for a vote up, also those whose own reading still stands, which follow once it ages:
+        ``_release``) to the share of its level
         that the ``voters`` now carry of theirs (a link's level: the one it fell from, else its estimate; a
         voter's, from ``before`` its measurement), in the direction of the vote (``factor``) only: a link
         measured at the new rate since it fell is not moved again by a voter whose estimate predates the
         change."""
         share = float(np.median([mbps / self._fallen.get(key, before[key]) for key, mbps in voters.items()]))
         follow = min if factor < 1 else max
+        if factor > 1:  # the fallen links it spares return where it takes the others once their readings age
+            self._waiting |= {key: self._fallen[key] * share for key in spared if key in self._fallen}
         for key, mbps in self.link_mbps.items():
             if key not in spared:
                 self.link_mbps[key] = follow(mbps, self._fallen.get(key, mbps) * share)
@@ -313,16 +315,16 @@ class LiveView:
             if key not in standing:
                 self.link_mbps[key] = max(self.link_mbps[key], level)
         self._fallen = {key: level for key, level in self._fallen.items() if key in standing}
-        self._waiting |= self._fallen.keys()
+        self._waiting |= self._fallen
 
     def _release(self, standing: set[tuple[str, str]]) -> None:
-        """The links a fall's end or a vote up left at their own reading go back to their levels once it
-        no longer stands (a plan that avoids them never measures them again)."""
-        for key in self._waiting - standing:
-            level = self._fallen.pop(key, None)
-            if level is not None:
-                self.link_mbps[key] = max(self.link_mbps[key], level)
-        self._waiting &= standing
+        """The links a fall's end or a vote up left at their own reading go where it took the others (back
+        to their levels, or the vote's share of them) once it no longer stands (a plan that avoids them
+        never measures them again)."""
+        for key in self._waiting.keys() - standing:
+            back_to = self._waiting.pop(key)
+            if key in self._fallen:  # not measured back since (then its reading says where it is)
+                self.link_mbps[key] = max(self.link_mbps[key], back_to)
 
     def _remember_falls(self, before: dict[tuple[str, str], float]) -> None:
         """Keep the level of every link that fell ``drift`` x since ``before``; forget it once back."""

@@ -202,25 +202,27 @@ def test_a_link_measured_dark_stands_against_other_links_evidence_until_its_read
     assert view.snapshot().link_mbps[link_key("6", "8")] == pytest.approx(17.0)
 
 
-def test_a_link_a_vote_up_passed_by_returns_to_its_level_once_its_reading_ages():
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_a_link_a_vote_up_passed_by_moves_as_the_others_did_once_its_reading_ages(share):
     """When a collapse ends, the links measured back at their levels vote every other link up to its own,
     and no fall's end follows: nothing is still down but the link whose own dark reading stood during the
     vote. Without a wait for that reading to age it stayed dark for good, and every later plan avoided it
-    (a collapse-bench run on that rule kept a plan twice as slow as its first to its end; not traced)."""
+    (a collapse-bench run on that rule kept a plan twice as slow as its first to its end; not traced).
+    It returns to the share of its level the vote took the others to, not above."""
     tel = Telemetry()
     view = LiveView(SPEC, tel, stand_s=1.0)  # a second: the folds before the sleep take milliseconds
     for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3), ("6", "8", 1.7)]:  # a tenth of their spec
         tel.transfer(a, b, mbps)
     view.snapshot()
     tel.link_samples.clear()
-    for a, b, mbps in [("8", "4", 30.0), ("4", "9", 43.0)]:  # back at their levels: a vote up
+    for a, b, mbps in [("8", "4", 30.0 * share), ("4", "9", 43.0 * share)]:  # a vote up
         tel.transfer(a, b, mbps)
     links = view.snapshot().link_mbps
-    assert links[link_key("0", "9")] == pytest.approx(26.0)
+    assert links[link_key("0", "9")] == pytest.approx(26.0 * share)
     assert links[link_key("6", "8")] == pytest.approx(1.7)  # its own reading stands
     time.sleep(1.1)
     tel.link_samples.clear()
-    assert view.snapshot().link_mbps[link_key("6", "8")] == pytest.approx(17.0)
+    assert view.snapshot().link_mbps[link_key("6", "8")] == pytest.approx(17.0 * share)
 
 
 def test_brief_transfers_move_no_link_mid_fall_but_can_end_it():
