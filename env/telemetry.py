@@ -47,9 +47,10 @@ seconds would see only the tail of a slow request and forget the links its early
   keeps the level it fell from and returns to it once its reading is older, whether a fall's end or a
   vote up passed it by: a plan made around it never measures it again (in a loaded run of the collapse
   bench, a first version that waited for another fall's end kept the plan made in the collapse's last
-  seconds for the rest of the run; after a vote up that takes every other link back to its level no
-  fall's end comes, and the next version left a link passed by so dark for good). A vote down still
-  moves it (the links of a collapse).
+  seconds for the rest of the run; and after a vote up that takes every other link back to its level no
+  fall's end ever comes, so the rule as first adopted, which queued only the links a fall's end passed
+  by, left such a link dark for good: docs/benchmarks.md, forty-sixth round). A vote down still moves it
+  (the links of a collapse).
   A brief link, one whose fresh transfers hold less than ``settle_s`` of radio time in all, neither sets
   its own estimate nor votes: such a rate is mostly the sender's timer overshoot (it reads low), or a
   shaper's burst (over a kernel-shaped link the few-kB outputs that end every request read up to 2.6x
