@@ -287,11 +287,10 @@ class LiveView:
     ) -> None:
         """Move every link but the ``spared`` (measured within ``vote_s`` of the newest transfer, or bounded,
         in this fold; for a vote up, also those whose own reading still stands, which follow once it ages:
-        ``_release``) to the share of its level
-        that the ``voters`` now carry of theirs (a link's level: the one it fell from, else its estimate; a
-        voter's, from ``before`` its measurement), in the direction of the vote (``factor``) only: a link
-        measured at the new rate since it fell is not moved again by a voter whose estimate predates the
-        change."""
+        ``_release``) to the share of its level that the ``voters`` now carry of theirs (a link's level: the
+        one it fell from, else its estimate; a voter's, from ``before`` its measurement), in the direction of
+        the vote (``factor``) only: a link measured at the new rate since it fell is not moved again by a
+        voter whose estimate predates the change."""
         share = float(np.median([mbps / self._fallen.get(key, before[key]) for key, mbps in voters.items()]))
         follow = min if factor < 1 else max
         if factor > 1:  # the fallen links it spares return where it takes the others once their readings age

@@ -169,6 +169,21 @@ def test_a_plan_that_crosses_one_link_sees_the_silent_ones_come_back():
     assert view.snapshot().link_mbps == pytest.approx(spec_mbps | {link_key("8", "4"): 24.0})
 
 
+def fall_then_vote_up(stand_s: float, share: float) -> tuple[LiveView, Telemetry, dict]:
+    """Three links measured at a tenth of their spec (every other link voted down with them), then two of
+    them measured back at ``share`` of their levels (a vote up, 6-8 silent): the view, its telemetry and
+    the links after the vote."""
+    tel = Telemetry()
+    view = LiveView(SPEC, tel, stand_s=stand_s)
+    for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3), ("6", "8", 1.7)]:
+        tel.transfer(a, b, mbps)
+    assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(2.6)
+    tel.link_samples.clear()
+    for a, b, mbps in [("8", "4", 30.0 * share), ("4", "9", 43.0 * share)]:
+        tel.transfer(a, b, mbps)
+    return view, tel, view.snapshot().link_mbps
+
+
 def test_a_link_measured_dark_stands_against_other_links_evidence_until_its_reading_ages():
     """On #15's unseen live mesh a crawling transfer measured 8-9 at 0.28 Mbit/s; with nothing on it, the
     view put it back at its level when another link was measured back near its own (a fall's end) or
@@ -176,20 +191,9 @@ def test_a_link_measured_dark_stands_against_other_links_evidence_until_its_read
     other links' evidence for ``stand_s``; once it is older, the link returns to its level (a plan made
     around it would never measure it again)."""
 
-    def fall_then_half(stand_s: float) -> tuple[LiveView, Telemetry, dict]:
-        tel = Telemetry()
-        view = LiveView(SPEC, tel, stand_s=stand_s)
-        for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3), ("6", "8", 1.7)]:  # a tenth of their spec
-            tel.transfer(a, b, mbps)
-        assert view.snapshot().link_mbps[link_key("0", "9")] == pytest.approx(2.6)
-        tel.link_samples.clear()
-        for a, b, mbps in [("8", "4", 15.0), ("4", "9", 21.5)]:  # half: a vote up
-            tel.transfer(a, b, mbps)
-        return view, tel, view.snapshot().link_mbps
-
-    _, _, links = fall_then_half(stand_s=0.0)
+    _, _, links = fall_then_vote_up(stand_s=0.0, share=0.5)
     assert links[link_key("6", "8")] == pytest.approx(8.5)  # without the rule, up with the others
-    view, tel, links = fall_then_half(stand_s=1.0)  # a second: the folds before the sleep take milliseconds
+    view, tel, links = fall_then_vote_up(stand_s=1.0, share=0.5)  # a second: the folds take milliseconds
     assert links[link_key("0", "9")] == pytest.approx(13.0)
     assert links[link_key("6", "8")] == pytest.approx(1.7)  # its own reading stands
     tel.link_samples.clear()
@@ -209,15 +213,7 @@ def test_a_link_a_vote_up_passed_by_moves_as_the_others_did_once_its_reading_age
     vote. Without a wait for that reading to age it stayed dark for good, and every later plan avoided it
     (a collapse-bench run on that rule kept a plan twice as slow as its first to its end; not traced).
     It returns to the share of its level the vote took the others to, not above."""
-    tel = Telemetry()
-    view = LiveView(SPEC, tel, stand_s=1.0)  # a second: the folds before the sleep take milliseconds
-    for a, b, mbps in [("8", "4", 3.0), ("4", "9", 4.3), ("6", "8", 1.7)]:  # a tenth of their spec
-        tel.transfer(a, b, mbps)
-    view.snapshot()
-    tel.link_samples.clear()
-    for a, b, mbps in [("8", "4", 30.0 * share), ("4", "9", 43.0 * share)]:  # a vote up
-        tel.transfer(a, b, mbps)
-    links = view.snapshot().link_mbps
+    view, tel, links = fall_then_vote_up(stand_s=1.0, share=share)  # a second: the folds take milliseconds
     assert links[link_key("0", "9")] == pytest.approx(26.0 * share)
     assert links[link_key("6", "8")] == pytest.approx(1.7)  # its own reading stands
     time.sleep(1.1)
